@@ -1,0 +1,101 @@
+"""Kernel adapters for our own AVX2 C kernels (`explorer.kernels.native`).
+
+- ``int4-wo-native`` / ``int8-wo-native``: weight-only, fp32 activations, packed codes read
+  directly (4-bit offset-binary nibbles, int8), one scale (and zero) per group or channel.
+- ``int8-w8a8-native``: int8 activations (per token or per tensor, dynamic or static, symmetric or
+  not) × int8 weights, exact int32 accumulation (``vpmaddwd``), fp32 dequantization fused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from explorer.kernels import native
+from explorer.kernels.activation import quantize_activation, to_int8_domain
+from explorer.kernels.base import ActQParams, LinearSpec
+from explorer.kernels.torch_ops import A8W8Weights, a8w8_epilogue
+from explorer.quant.qtensor import QuantizedWeight
+
+
+class NativeWeightOnlyKernel:
+    real = True
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.name = f"int{bits}-wo-native"
+
+    def supports(self, spec: LinearSpec) -> str | None:
+        if spec.device != "cpu":
+            return "CPU kernel"
+        if spec.act_bits is not None or spec.weight_bits != self.bits:
+            return f"weight-only int{self.bits}"
+        if spec.k % 32 or spec.group_size % 32:
+            return "K and the group size must be multiples of 32"
+        if not native.available():
+            return f"native kernels unavailable: {native.unavailable_reason()}"
+        return None
+
+    def prepare(
+        self,
+        spec: LinearSpec,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        act: ActQParams | None,
+    ) -> Any:
+        n, k = qw.shape
+        rows = qw.block[0]
+        scale = qw.scale.float().repeat_interleave(rows, 0).contiguous()  # [N, K/G]
+        zeros = None
+        if qw.zero is not None:
+            zeros = qw.stored_zero().float().repeat_interleave(rows, 0).contiguous()
+        if self.bits == 8:
+            codes = qw.data.contiguous()
+        else:
+            codes = qw.data.reshape(n, k // 2)
+        b = None if bias is None else bias.float().contiguous()
+        return codes, scale, zeros, qw.block[1], b
+
+    def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
+        codes, scale, zeros, group, bias = state
+        return native.wo_linear(
+            x.contiguous(), codes, scale, zeros, bits=self.bits, group_size=group, bias=bias
+        )
+
+
+class NativeW8A8Kernel:
+    name = "int8-w8a8-native"
+    real = True
+
+    def supports(self, spec: LinearSpec) -> str | None:
+        if spec.device != "cpu":
+            return "CPU kernel"
+        if spec.act_bits != 8 or spec.weight_bits != 8 or spec.block[1] != spec.k:
+            return "int8 activations × per-channel/per-tensor int8 weights"
+        if not native.available():
+            return f"native kernels unavailable: {native.unavailable_reason()}"
+        return None
+
+    def prepare(
+        self,
+        spec: LinearSpec,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        act: ActQParams | None,
+    ) -> Any:
+        return spec, A8W8Weights.build(qw, bias, "cpu"), act
+
+    def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
+        spec, w, act = state
+        q, xs, xz = quantize_activation(x, spec, act)
+        xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
+        zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
+        if w.zero is None:
+            return native.w8a8_linear(
+                xq.contiguous(), xs.reshape(-1).contiguous(), zx, w.wq, w.scale, w.wsum, w.bias
+            )
+        # Asymmetric weights: exact int32 product, then all zero-point corrections in the epilogue.
+        acc = native.int8_gemm(xq.contiguous(), w.wq)
+        xsum = xq.to(torch.int32).sum(dim=1, keepdim=True)
+        return a8w8_epilogue(acc, xs, xz, xsum, w, spec.k, spec.act_symmetric)

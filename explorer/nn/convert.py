@@ -1,0 +1,230 @@
+"""`quantize_model(model, plan)`: a new model with every planned layer quantized; the input model is
+never touched (the app shares one cached float model between sessions).
+
+The steps: copy → fold batch norms → resolve the plan per layer (explicit misfits are errors,
+pattern/default misfits fall back by the plan's policy and are recorded) → calibrate static
+activation ranges on calibration batches → replace layers with `QuantLinear` / `QuantConv2d`
+(or bf16 baselines) → optionally pick each layer's fastest real kernel on an example input.
+QAT's `convert` goes through `quantize_layer`, the same function PTQ uses.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from explorer.errors import QuantConfigError
+from explorer.kernels.base import ActQParams
+from explorer.nn.fold import fold_batch_norm
+from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantLinear, _QuantBase
+from explorer.quant.config import Plan, QuantConfig, why_not_applicable
+from explorer.quant.observers import ActivationObserver
+from explorer.quant.primitives import choose_qparams
+
+QUANTIZABLE = (nn.Linear, nn.Conv2d)
+MIN_CALIBRATION_SAMPLES = 8
+
+
+@dataclass
+class LayerAssignment:
+    name: str
+    kind: str
+    config: QuantConfig | None  # None: left in fp32
+    source: str  # explicit | pattern:P | default
+    fallback: str | None = None  # why the planned config was replaced, if it was
+
+
+@dataclass
+class QuantReport:
+    layers: dict[str, LayerAssignment] = field(default_factory=dict)
+    folded: list[str] = field(default_factory=list)
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        return {n: a.fallback for n, a in self.layers.items() if a.fallback}
+
+
+def in_features(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return module.in_channels // module.groups * kh * kw
+    return module.in_features
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QUANTIZABLE) and n}
+
+
+def resolve_plan(model: nn.Module, plan: Plan) -> dict[str, LayerAssignment]:
+    layers = quantizable_layers(model)
+    missing = [name for name in plan.explicit_layers() if name not in layers]
+    if missing:
+        raise QuantConfigError(
+            f"the plan names layer(s) {missing} that the model does not have; "
+            f"quantizable layers: {list(layers)[:20]}{' …' if len(layers) > 20 else ''}"
+        )
+    out = {}
+    for name, module in layers.items():
+        config, source = plan.match(name)
+        kind = type(module).__name__
+        assignment = LayerAssignment(name, kind, config, source)
+        if config is not None:
+            why = why_not_applicable(config, in_features(module))
+            if why is not None:
+                message = f"{why} of layer `{name}`"
+                if source == "explicit" or plan.fallback == "error":
+                    raise QuantConfigError(message + f" (config from {source})")
+                if plan.fallback == "channel":
+                    assignment.config = config.with_(granularity="channel", group_size=None)
+                    assignment.fallback = f"{message}: per-channel instead"
+                else:
+                    assignment.config = None
+                    assignment.fallback = f"{message}: kept in fp32"
+        out[name] = assignment
+    return out
+
+
+def _as_batches(data: torch.Tensor | Iterable[torch.Tensor] | None) -> list[torch.Tensor]:
+    if data is None:
+        return []
+    if isinstance(data, torch.Tensor):
+        return [data]
+    return [b[0] if isinstance(b, tuple | list) else b for b in data]
+
+
+def calibrate_activations(
+    model: nn.Module,
+    assignments: dict[str, LayerAssignment],
+    calibration_data: torch.Tensor | Iterable[torch.Tensor] | None,
+) -> dict[str, ActQParams]:
+    """Static per-tensor activation qparams for every layer whose config asks for them."""
+    wanted = {
+        n: a.config
+        for n, a in assignments.items()
+        if a.config is not None and a.config.act_bits is not None and a.config.act_mode == "static"
+    }
+    if not wanted:
+        return {}
+    batches = _as_batches(calibration_data)
+    samples = sum(int(b.shape[0]) for b in batches)
+    if samples < MIN_CALIBRATION_SAMPLES:
+        raise QuantConfigError(
+            f"static activation quantization needs at least {MIN_CALIBRATION_SAMPLES} calibration "
+            f"samples, got {samples}; pass calibration data or use dynamic activations"
+        )
+    modules = dict(model.named_modules())
+    observers = {
+        n: ActivationObserver(c.calibration, c.percentile, c.act_bits, c.act_symmetric)
+        for n, c in wanted.items()
+    }
+    hooks = [
+        modules[n].register_forward_pre_hook(lambda _m, args, o=obs: o.update(args[0]))
+        for n, obs in observers.items()
+    ]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name, obs in observers.items():
+        lo, hi = obs.range()
+        config = wanted[name]
+        scale, zero = choose_qparams(
+            torch.tensor([lo]), torch.tensor([hi]), config.act_bits, config.act_symmetric
+        )
+        out[name] = ActQParams(float(scale[0]), int(zero[0]))
+    return out
+
+
+def quantize_layer(
+    module: nn.Module,
+    config: QuantConfig | None,
+    name: str,
+    act: ActQParams | None = None,
+    qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> nn.Module:
+    """One float layer → its quantized (or bf16, or unchanged fp32) replacement."""
+    if config is None or (config.is_float and config.float_dtype == "fp32"):
+        return module
+    if config.is_float:
+        return Bf16Conv2d(module) if isinstance(module, nn.Conv2d) else Bf16Linear(module)
+    cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+    return cls.from_float(module, config, act, name=f"weight of layer `{name}`", qparams=qparams)
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def quantize_model(
+    model: nn.Module,
+    plan: Plan,
+    calibration_data: torch.Tensor | Iterable[torch.Tensor] | None = None,
+    example_input: torch.Tensor | None = None,
+    fold_bn: bool = True,
+) -> nn.Module:
+    """A quantized copy of ``model`` under ``plan`` (the input is not modified).
+
+    ``calibration_data``: a tensor or iterable of input batches, needed for static activations.
+    ``example_input``: if given, each layer's kernel is chosen by timing the candidates on that
+    layer's real input rows. The result carries ``quant_report`` (`QuantReport`).
+    """
+    qmodel = copy.deepcopy(model).eval()
+    folded: list[str] = []
+    if fold_bn:
+        qmodel, folded = fold_batch_norm(qmodel)
+    assignments = resolve_plan(qmodel, plan)
+    acts = calibrate_activations(qmodel, assignments, calibration_data)
+    for name, assignment in assignments.items():
+        module = qmodel.get_submodule(name)
+        new = quantize_layer(module, assignment.config, name, acts.get(name))
+        if new is not module:
+            set_submodule(qmodel, name, new)
+    qmodel.quant_report = QuantReport(assignments, folded)
+    if example_input is not None:
+        select_kernels(qmodel, example_input)
+    return qmodel
+
+
+def quant_modules(model: nn.Module) -> dict[str, _QuantBase]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, _QuantBase)}
+
+
+def select_kernels(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
+    """Time every candidate kernel of every quantized layer on its real input rows; keep the
+    fastest. Returns ``{layer: kernel}``."""
+    rows: dict[str, int] = {}
+    mods = quant_modules(model)
+
+    def record(name: str, module: _QuantBase, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        if isinstance(module, QuantConv2d):
+            c = module.conv
+            h, w = x.shape[-2:]
+            kh, kw = c["kernel_size"]
+            ho = (h + 2 * c["padding"][0] - c["dilation"][0] * (kh - 1) - 1) // c["stride"][0] + 1
+            wo = (w + 2 * c["padding"][1] - c["dilation"][1] * (kw - 1) - 1) // c["stride"][1] + 1
+            rows[name] = x.shape[0] * ho * wo
+        else:
+            rows[name] = x.numel() // x.shape[-1]
+
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: record(n, mod, args))
+        for n, m in mods.items()
+    ]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: m.select_kernel(rows.get(n, 1)) for n, m in mods.items()}

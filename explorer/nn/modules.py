@@ -1,0 +1,310 @@
+"""Quantized modules: `QuantLinear` and `QuantConv2d` hold packed integer weights, scales and zero
+points as buffers (exactly the bytes that ship), and run a real kernel chosen per layer.
+
+A layer whose format has no real kernel runs the float reference (accuracy) and is `simulated`:
+its latency is measured on `timing_twin()`, the same layer re-quantized to the next wider format
+that has a real kernel. Convolutions run as im2col (``F.unfold``) plus the linear kernel; the
+flattened weight is ``[out_channels, in_channels * kh * kw]`` (channel-major, as PyTorch stores
+it), so a weight group runs along input channels × kernel window. Grouped and depthwise
+convolutions have no integer kernel here: they are simulated and timed as an fp32 convolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.kernels.activation import fake_quantize_activation
+from explorer.kernels.base import ActQParams, LinearSpec, timing_configs
+from explorer.kernels.select import REFERENCE, candidates, choose, get_kernel
+from explorer.quant.config import QuantConfig
+from explorer.quant.qtensor import QuantizedWeight
+
+
+class _QuantBase(nn.Module):
+    """Buffers: ``qweight``, ``scale``, optional ``zero``, ``bias``, ``act_scale``/``act_zero``."""
+
+    def _init_quant(
+        self,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        config: QuantConfig,
+        act: ActQParams | None,
+        kernel: str | None,
+    ) -> None:
+        self.config = config
+        self.weight_shape = qw.shape
+        for name, t in qw.tensors().items():
+            self.register_buffer(name, t)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), False)
+        if act is not None:
+            self.register_buffer("act_scale", torch.tensor([act.scale], dtype=torch.float32))
+            self.register_buffer("act_zero", torch.tensor([act.zero], dtype=torch.int32))
+        self.spec = LinearSpec.from_config(config, *qw.shape)
+        self.kernel_name = kernel if kernel is not None else self._default_kernel()
+        self._state: Any = None
+
+    # --- what the layer is ----------------------------------------------------------------
+    def qweight_view(self) -> QuantizedWeight:
+        return QuantizedWeight(
+            shape=self.weight_shape,
+            bits=self.spec.weight_bits,
+            symmetric=self.spec.weight_symmetric,
+            block=self.spec.block,
+            data=self.qweight,
+            scale=self.scale,
+            zero=getattr(self, "zero", None),
+        )
+
+    def act_qparams(self) -> ActQParams | None:
+        if not hasattr(self, "act_scale"):
+            return None
+        return ActQParams(float(self.act_scale[0]), int(self.act_zero[0]))
+
+    @property
+    def simulated(self) -> bool:
+        return self.kernel_name == REFERENCE.name
+
+    def _default_kernel(self) -> str:
+        found = candidates(self.spec) if self._kernel_capable() else []
+        return found[0].name if found else REFERENCE.name
+
+    def _kernel_capable(self) -> bool:
+        return True
+
+    def select_kernel(self, rows: int) -> str:
+        """Pick the fastest real kernel for inputs of ``rows`` rows (measured), and keep it."""
+        if self._kernel_capable():
+            best = choose(self.spec, self.qweight_view(), self.bias, self.act_qparams(), rows)
+            if best is not None and best != self.kernel_name:
+                self.kernel_name = best
+                self._state = None
+        return self.kernel_name
+
+    def use_kernel(self, name: str) -> None:
+        kernel = get_kernel(name)
+        why = kernel.supports(self.spec)
+        if why:
+            raise ValueError(f"kernel {name} cannot run this layer: {why}")
+        self.kernel_name = name
+        self._state = None
+
+    def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
+        if self._state is None:
+            kernel = get_kernel(self.kernel_name)
+            self._state = (
+                kernel,
+                kernel.prepare(self.spec, self.qweight_view(), self.bias, self.act_qparams()),
+            )
+        kernel, state = self._state
+        return kernel.run(state, x2d.float())
+
+    def _twin_config(self) -> QuantConfig:
+        for config in timing_configs(self.config):
+            n, k = self.weight_shape
+            if config.granularity == "group" and k % (config.group_size or 1):
+                continue
+            if candidates(LinearSpec.from_config(config, n, k)):
+                return config
+        return QuantConfig.float("fp32")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_state"] = None  # runtime kernel state is rebuilt on first use, never copied
+        return state
+
+    def extra_repr(self) -> str:
+        tag = " simulated" if self.simulated else ""
+        return f"{self.weight_shape}, {self.config.name}, kernel={self.kernel_name}{tag}"
+
+
+class QuantLinear(_QuantBase):
+    def __init__(
+        self,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        config: QuantConfig,
+        act: ActQParams | None = None,
+        kernel: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = qw.shape[1], qw.shape[0]
+        self._init_quant(qw, bias, config, act, kernel)
+
+    @classmethod
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        config: QuantConfig,
+        act: ActQParams | None = None,
+        name: str = "weight",
+        qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> QuantLinear:
+        qw = QuantizedWeight.from_float(linear.weight, config, name, qparams)
+        return cls(qw, linear.bias, config, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], -1)
+
+    def timing_twin(self) -> nn.Module:
+        """This layer at the next wider format with a real kernel (for simulated latency)."""
+        config = self._twin_config()
+        w = self.qweight_view().dequantize()
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        if config.is_float:
+            return lin
+        act = self.act_qparams() if config.act_mode == "static" else None
+        return QuantLinear.from_float(lin, config, act)
+
+
+class QuantConv2d(_QuantBase):
+    def __init__(
+        self,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        config: QuantConfig,
+        conv: dict[str, Any],
+        act: ActQParams | None = None,
+        kernel: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv = (
+            conv  # in_channels, out_channels, kernel_size, stride, padding, dilation, groups
+        )
+        self._init_quant(qw, bias, config, act, kernel)
+
+    @classmethod
+    def from_float(
+        cls,
+        conv: nn.Conv2d,
+        config: QuantConfig,
+        act: ActQParams | None = None,
+        name: str = "weight",
+        qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> QuantConv2d:
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise ValueError(f"{name}: only numeric zero padding is supported")
+        w2d = conv.weight.detach().reshape(conv.out_channels, -1)
+        qw = QuantizedWeight.from_float(w2d, config, name, qparams)
+        geometry = {
+            "in_channels": conv.in_channels,
+            "out_channels": conv.out_channels,
+            "kernel_size": tuple(conv.kernel_size),
+            "stride": tuple(conv.stride),
+            "padding": tuple(conv.padding),
+            "dilation": tuple(conv.dilation),
+            "groups": conv.groups,
+        }
+        return cls(qw, conv.bias, config, geometry, act)
+
+    def _kernel_capable(self) -> bool:
+        return self.conv["groups"] == 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        if c["groups"] != 1:
+            return self._grouped(x)
+        b, _, h, w = x.shape
+        cols = F.unfold(x.float(), c["kernel_size"], c["dilation"], c["padding"], c["stride"])
+        out = self._matmul(cols.transpose(1, 2).reshape(-1, cols.shape[1]))  # (B*L, O)
+        ho, wo = _out_hw(h, w, c)
+        return out.reshape(b, ho, wo, -1).permute(0, 3, 1, 2)
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """Grouped/depthwise: float conv of the dequantized weight; activations per tensor."""
+        c = self.conv
+        x = x.float()
+        if self.spec.act_bits is not None:
+            spec = dataclasses.replace(self.spec, act_granularity="tensor")
+            flat = fake_quantize_activation(x.reshape(1, -1), spec, self.act_qparams())
+            x = flat.reshape(x.shape)
+        return F.conv2d(
+            x,
+            self._dequantized_weight(),
+            self.bias,
+            c["stride"],
+            c["padding"],
+            c["dilation"],
+            c["groups"],
+        )
+
+    def _dequantized_weight(self) -> torch.Tensor:
+        if self._state is None:
+            c = self.conv
+            w = self.qweight_view().dequantize()
+            self._state = ("grouped", w.reshape(c["out_channels"], -1, *c["kernel_size"]))
+        return self._state[1]
+
+    def timing_twin(self) -> nn.Module:
+        c = self.conv
+        conv = nn.Conv2d(
+            c["in_channels"],
+            c["out_channels"],
+            c["kernel_size"],
+            c["stride"],
+            c["padding"],
+            c["dilation"],
+            c["groups"],
+            bias=self.bias is not None,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self.qweight_view().dequantize().reshape(conv.weight.shape))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        config = self._twin_config() if c["groups"] == 1 else QuantConfig.float("fp32")
+        if config.is_float:
+            return conv
+        act = self.act_qparams() if config.act_mode == "static" else None
+        return QuantConv2d.from_float(conv, config, act)
+
+
+def _out_hw(h: int, w: int, c: dict[str, Any]) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+        c["kernel_size"],
+        c["stride"],
+        c["padding"],
+        c["dilation"],
+    )
+    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+class Bf16Linear(nn.Module):
+    """The bf16 float baseline: bf16 weights, activations cast to bf16 (the cast is timed)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().bfloat16(), False)
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach().bfloat16(), False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.bfloat16(), self.weight, self.bias).float()
+
+
+class Bf16Conv2d(nn.Module):
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+        )
+        self.conv.load_state_dict(conv.state_dict())
+        self.conv.bfloat16().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.bfloat16()).float()

@@ -1,0 +1,190 @@
+"""Quantization-aware training: ``prepare_qat`` → the caller trains → ``convert``.
+
+`prepare_qat` folds batch norms and swaps each planned layer for a fake-quant twin that keeps
+float weights but computes with ``fake_quantize`` (straight-through rounding), so training learns
+weights that survive rounding. With ``learn_scales`` the weight scales are parameters trained as in
+LSQ (Esser et al., arXiv 1902.08153, gradient scaled by ``1/sqrt(numel * qmax)``); otherwise they
+are recomputed from the current weights by the config's calibration each step. Static activation
+ranges are tracked with an exponential moving average. `convert` hands the trained weights (and
+learned scales, and activation ranges) to `quantize_layer`, the same code PTQ runs, so a QAT model
+runs on exactly the kernels a PTQ model would.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.kernels.base import ActQParams
+from explorer.nn.convert import (
+    QuantReport,
+    calibrate_activations,
+    quantize_layer,
+    resolve_plan,
+    set_submodule,
+)
+from explorer.nn.fold import fold_batch_norm
+from explorer.quant.config import Plan, QuantConfig
+from explorer.quant.observers import weight_range
+from explorer.quant.primitives import (
+    block_minmax,
+    block_size,
+    choose_qparams,
+    fake_quantize,
+    qrange,
+)
+
+EMA_DECAY = 0.99
+
+
+class FakeQuantLayer(nn.Module):
+    """A float layer computing with fake-quantized weights (and activations)."""
+
+    def __init__(self, layer: nn.Module, config: QuantConfig, act: ActQParams | None) -> None:
+        super().__init__()
+        assert config.weight_bits is not None
+        self.layer = layer
+        self.config = config
+        w2d = self._w2d()
+        self.block = block_size(config, tuple(w2d.shape))
+        lo, hi = weight_range(w2d.detach(), config, self.block)
+        scale, zero = choose_qparams(lo, hi, config.weight_bits, config.symmetric)
+        self.register_buffer("w_zero", zero)
+        if config.learn_scales:
+            self.w_scale = nn.Parameter(scale.clone())
+        else:
+            self.register_buffer("w_scale", scale)
+        self.act_range: tuple[float, float] | None = None
+        if act is not None:
+            qmin, _ = qrange(config.act_bits, config.act_symmetric)
+            lo_a = (qmin - act.zero) * act.scale
+            self.act_range = (lo_a, lo_a + act.scale * (2**config.act_bits - 1))
+
+    def _w2d(self) -> torch.Tensor:
+        w = self.layer.weight
+        return w.reshape(w.shape[0], -1)
+
+    def weight_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        if c.learn_scales:
+            return self.w_scale, self.w_zero
+        lo, hi = weight_range(self._w2d().detach(), c, self.block)
+        return choose_qparams(lo, hi, c.weight_bits, c.symmetric)
+
+    def fake_weight(self) -> torch.Tensor:
+        c = self.config
+        scale, zero = self.weight_qparams()
+        if c.learn_scales:
+            qmax = qrange(c.weight_bits, c.symmetric)[1]
+            grad_scale = 1.0 / math.sqrt(self.block[0] * self.block[1] * qmax)
+            scale = scale * grad_scale + (scale - scale * grad_scale).detach()
+        w2d = fake_quantize(self._w2d(), scale, zero, self.block, c.weight_bits, c.symmetric)
+        return w2d.reshape(self.layer.weight.shape)
+
+    def fake_act(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.act_bits is None:
+            return x
+        flat = x.reshape(-1, x.shape[-1]) if isinstance(self.layer, nn.Linear) else x.reshape(1, -1)
+        if c.act_mode == "static":
+            if self.training:
+                lo, hi = float(flat.detach().min()), float(flat.detach().max())
+                if self.act_range is None:
+                    self.act_range = (lo, hi)
+                else:
+                    d = EMA_DECAY
+                    self.act_range = (
+                        d * self.act_range[0] + (1 - d) * lo,
+                        d * self.act_range[1] + (1 - d) * hi,
+                    )
+            lo_t = torch.tensor([[self.act_range[0]]])
+            hi_t = torch.tensor([[self.act_range[1]]])
+            block = tuple(flat.shape)
+        else:
+            block = (1, flat.shape[1]) if c.act_granularity == "token" else tuple(flat.shape)
+            lo_t, hi_t = block_minmax(flat.detach(), block)
+        scale, zero = choose_qparams(lo_t, hi_t, c.act_bits, c.act_symmetric)
+        return fake_quantize(flat, scale, zero, block, c.act_bits, c.act_symmetric).reshape(x.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.fake_weight()
+        x = self.fake_act(x)
+        layer = self.layer
+        if isinstance(layer, nn.Conv2d):
+            return F.conv2d(
+                x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
+            )
+        return F.linear(x, w, layer.bias)
+
+    def act_qparams(self) -> ActQParams | None:
+        c = self.config
+        if c.act_bits is None or c.act_mode != "static" or self.act_range is None:
+            return None
+        scale, zero = choose_qparams(
+            torch.tensor([self.act_range[0]]),
+            torch.tensor([self.act_range[1]]),
+            c.act_bits,
+            c.act_symmetric,
+        )
+        return ActQParams(float(scale[0]), int(zero[0]))
+
+
+def prepare_qat(
+    model: nn.Module,
+    plan: Plan,
+    calibration_data: torch.Tensor | Iterable[torch.Tensor] | None = None,
+) -> nn.Module:
+    """A trainable copy of ``model`` with fake-quant layers where ``plan`` quantizes."""
+    qat = copy.deepcopy(model)
+    qat.eval()
+    qat, folded = fold_batch_norm(qat)
+    assignments = resolve_plan(qat, plan)
+    acts = calibrate_activations(qat, assignments, calibration_data)
+    for name, a in assignments.items():
+        if a.config is None or a.config.is_float:
+            continue
+        set_submodule(qat, name, FakeQuantLayer(qat.get_submodule(name), a.config, acts.get(name)))
+    qat.quant_report = QuantReport(assignments, folded)
+    return qat.train()
+
+
+def convert(qat_model: nn.Module) -> nn.Module:
+    """The deployable quantized model: trained weights through PTQ's own `quantize_layer`."""
+    model = copy.deepcopy(qat_model).eval()
+    report: QuantReport = getattr(model, "quant_report", QuantReport())
+    fq = {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantLayer)}
+    for name, module in fq.items():
+        qparams = None
+        if module.config.learn_scales:
+            qparams = (module.w_scale.detach(), module.w_zero)
+        new = quantize_layer(module.layer, module.config, name, module.act_qparams(), qparams)
+        set_submodule(model, name, new)
+    for name, a in report.layers.items():  # bf16 baselines in a mixed plan
+        if a.config is not None and a.config.is_float and name not in fq:
+            set_submodule(model, name, quantize_layer(model.get_submodule(name), a.config, name))
+    return model
+
+
+def train_qat(
+    model: nn.Module,
+    plan: Plan,
+    batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    lr: float = 1e-3,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    calibration_data: torch.Tensor | Iterable[torch.Tensor] | None = None,
+) -> nn.Module:
+    """prepare → ``steps`` of Adam on ``batches(step) -> (inputs, targets)`` → convert."""
+    qat = prepare_qat(model, plan, calibration_data)
+    opt = torch.optim.Adam([p for p in qat.parameters() if p.requires_grad], lr=lr)
+    for step in range(steps):
+        x, y = batches(step)
+        opt.zero_grad()
+        loss_fn(qat(x), y).backward()
+        opt.step()
+    return convert(qat)

@@ -1,0 +1,131 @@
+"""`QuantizedWeight`: a 2-D weight as it is stored, packed codes plus scales plus zero points.
+
+Stored codes are unsigned for widths below 8 (``u = q + 2^(b-1)`` when symmetric, so that 4-bit
+symmetric codes are the offset-binary nibbles every int4 kernel reads) and signed int8 at 8 bits
+(asymmetric 8-bit codes are shifted by -128, zero point too). Either way the weight is
+``scale * (stored_code - stored_zero)``, where a symmetric weight's stored zero is the constant
+offset and is not stored. Everything a kernel needs can be rebuilt from `tensors()`, and those are
+exactly the bytes that ship.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from explorer.quant import packing
+from explorer.quant.config import QuantConfig
+from explorer.quant.observers import weight_range
+from explorer.quant.primitives import (
+    block_size,
+    check_finite,
+    choose_qparams,
+    dequantize,
+    quantize,
+    scale_dtype_for,
+)
+
+
+def code_offset(bits: int, symmetric: bool) -> int:
+    """What is added to a code ``q`` before it is stored."""
+    if bits == 8:
+        return 0 if symmetric else -128
+    return (1 << (bits - 1)) if symmetric else 0
+
+
+@dataclass
+class QuantizedWeight:
+    shape: tuple[int, int]
+    bits: int
+    symmetric: bool
+    block: tuple[int, int]
+    data: torch.Tensor  # int8 [N, K] at 8 bits, else flat uint8 bitstream
+    scale: torch.Tensor  # [N/bn, K/bk] in its storage dtype (bf16 for groups, else fp32)
+    zero: torch.Tensor | None  # stored zero points, same layout as data; None when symmetric
+
+    @classmethod
+    def from_float(
+        cls,
+        w: torch.Tensor,
+        config: QuantConfig,
+        name: str = "weight",
+        qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> QuantizedWeight:
+        """Quantize a 2-D float weight. ``qparams`` (scale, zero) overrides calibration (QAT)."""
+        assert config.weight_bits is not None
+        w = w.detach().float()
+        check_finite(w, name)
+        bits, sym = config.weight_bits, config.symmetric
+        block = block_size(config, tuple(w.shape))
+        sdtype = scale_dtype_for(config)
+        if qparams is None:
+            lo, hi = weight_range(w, config, block)
+            scale, zero = choose_qparams(lo, hi, bits, sym, sdtype)
+        else:
+            scale = qparams[0].detach().float().clamp_min(torch.finfo(torch.float32).tiny)
+            scale = scale.to(sdtype).float()
+            zero = qparams[1].detach().round().to(torch.int32)
+        q = quantize(w, scale, zero, block, bits, sym)
+        return cls.from_codes(q, scale.to(sdtype), None if sym else zero, bits, sym, block)
+
+    @classmethod
+    def from_codes(
+        cls,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+        bits: int,
+        symmetric: bool,
+        block: tuple[int, int],
+    ) -> QuantizedWeight:
+        off = code_offset(bits, symmetric)
+        stored = q.to(torch.int32) + off
+        zs = None if symmetric else zero.to(torch.int32) + off
+        if bits == 8:
+            data = stored.to(torch.int8)
+            zdata = None if zs is None else zs.to(torch.int8)
+        else:
+            data = packing.pack(stored, bits)
+            zdata = None if zs is None else packing.pack(zs, bits)
+        return cls(tuple(q.shape), bits, symmetric, block, data, scale, zdata)
+
+    # --- views -------------------------------------------------------------------------------
+    @property
+    def n_blocks(self) -> tuple[int, int]:
+        return self.shape[0] // self.block[0], self.shape[1] // self.block[1]
+
+    def stored_codes(self) -> torch.Tensor:
+        """Stored codes as int32 ``[N, K]`` (unsigned below 8 bits, signed int8 values at 8)."""
+        if self.bits == 8:
+            return self.data.to(torch.int32)
+        n, k = self.shape
+        return packing.unpack(self.data, self.bits, n * k).to(torch.int32).reshape(n, k)
+
+    def stored_zero(self) -> torch.Tensor:
+        """Stored zero point per block, int32 ``[N/bn, K/bk]`` (the offset when symmetric)."""
+        nb = self.n_blocks
+        if self.zero is None:
+            return torch.full(nb, code_offset(self.bits, True), dtype=torch.int32)
+        if self.bits == 8:
+            return self.zero.to(torch.int32).reshape(nb)
+        return packing.unpack(self.zero, self.bits, nb[0] * nb[1]).to(torch.int32).reshape(nb)
+
+    def codes(self) -> torch.Tensor:
+        """The codes ``q`` (int32) before the storage offset."""
+        return self.stored_codes() - code_offset(self.bits, self.symmetric)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(
+            self.stored_codes(), self.scale.float(), self.stored_zero(), self.block, dtype
+        )
+
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        out = {f"{prefix}qweight": self.data, f"{prefix}scale": self.scale}
+        if self.zero is not None:
+            out[f"{prefix}zero"] = self.zero
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
