@@ -53,7 +53,7 @@ class A8W8Weights:
             wq=wq.to(device),
             scale=scale.reshape(n).contiguous().to(device),
             zero=zero,
-            wsum=wq.to(torch.int32).sum(dim=1).to(device),
+            wsum=wq.to(torch.int32).sum(dim=1).to(torch.int32).to(device),
             bias=None if bias is None else bias.float().to(device),
         )
 

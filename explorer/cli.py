@@ -1,0 +1,110 @@
+"""The ``explorer`` command: a thin shell over the library.
+
+Every subcommand takes ``--json`` and then prints exactly one JSON document as the last line of
+stdout; progress goes to stderr. Errors exit non-zero with a one-line message on stderr, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from explorer.errors import ExplorerError
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from explorer.measure.bench import format_table, run_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def progress(msg: str) -> None:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+    result = run_bench(
+        ms=args.m,
+        n=args.n,
+        k=args.k,
+        repeats=args.repeats,
+        conv=not args.no_conv,
+        include_slow=args.include_slow,
+        progress=progress,
+    )
+    if not args.json:
+        print(format_table(result))
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="explorer",
+        description="Quantization Explorer: quantize models per layer and measure size, latency "
+        "and accuracy on real int8/int4 kernels.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = sub.add_parser(
+        "bench",
+        help="time fp32, bf16 and every real int8/int4 kernel on linear layers and a convolution",
+    )
+    bench.add_argument("--m", type=_int_list, default=(1, 8, 32), help="rows M (default 1,8,32)")
+    bench.add_argument("--k", type=_positive, default=4096, help="in features K (default 4096)")
+    bench.add_argument("--n", type=_positive, default=4096, help="out features N (default 4096)")
+    bench.add_argument("--repeats", type=_positive, default=30, help="timed calls per kernel")
+    bench.add_argument("--threads", type=_positive, default=None, help="torch threads")
+    bench.add_argument("--no-conv", action="store_true", help="skip the convolution benchmark")
+    bench.add_argument(
+        "--include-slow", action="store_true", help="also time kernels known to be slow here"
+    )
+    bench.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], dict[str, Any]] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        result = func(args)
+    except (ExplorerError, ValueError, OSError) as exc:
+        print(f"explorer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"explorer {args.command}: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, separators=(",", ":"), default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,888 @@
+/*
+ * qe_kernels.c -- hand-written integer kernels for the quantization explorer.
+ *
+ * Compiled at first use by explorer/kernels/native.py (gcc/cc, -O3 -fPIC -shared -fopenmp
+ * -std=c11, deliberately WITHOUT -march=native) and loaded with ctypes.  The AVX2+FMA code
+ * paths are compiled with __attribute__((target("avx2,fma"))) and selected at run time with
+ * __builtin_cpu_supports, so one .so runs on any x86-64; other architectures get the
+ * portable scalar code only.
+ *
+ * All matrices are row-major and contiguous.  Exported entry points (return 0 on success,
+ * a negative QE_E* code otherwise):
+ *
+ *   qe_wo_linear   y[M,N] = x[M,K] . W^T + bias, W[n,k] = s[n,g] * (code[n,k] - z[n,g]),
+ *                  g = k / G.  bits=4: unsigned nibbles packed 2 per byte (element 2j in the
+ *                  low nibble of byte j, 2j+1 in the high nibble), z = 8 when zeros == NULL.
+ *                  bits=8: signed int8 codes, z = 0 when zeros == NULL.
+ *   qe_int8_gemm   out[M,N] = sum_k xq[m,k] * wq[n,k], exact int8 x int8 -> int32.
+ *   qe_w8a8_linear y[m,n] = (acc[m,n] - zx[m] * wsum[n]) * xs[m] * ws[n] + bias[n].
+ *
+ * Weight-only kernel (float activations).  Per group g the kernel accumulates
+ * acc = sum_k code[n,k] * x[m,k] with the *raw* (non-negative for 4 bit) codes in float32 FMA
+ * and corrects the zero point afterwards with per-group activation sums:
+ *     y[m,n] = sum_g s[n,g] * acc_g - sum_g s[n,g] * z[n,g] * xsum[m,g]
+ * so the hot loop never subtracts the zero point.  4-bit decode: a 32-byte load is viewed as
+ * 8 int32 lanes; lane l holds elements 8l..8l+7, nibble t of the lane being element 8l+t.
+ * (w & (0xF << 4t)) is the code times 16^t, an exact small integer, so one AND plus one
+ * int->float conversion decodes 8 codes; the 16^-t is folded into a once-per-call permuted,
+ * pre-scaled copy of x (xp[b*64 + 8t + l] = x[b*64 + 8l + t] * 16^-t, an exact power-of-two
+ * scaling).  Nibble 7 uses a logical shift instead (the mask would hit the sign bit).
+ * 8-bit decode is vpmovsxbd + vcvtdq2ps.  Within one 64-element block lanes 0-3 and 4-7 may
+ * belong to different groups (G = 32), so per-group partial sums are flushed with a scale
+ * vector (s[g_lo] x4, s[g_hi] x4) whenever the lane->group mapping changes.
+ *
+ * Integer kernels.  vpmaddubsw (u8 x s8 -> saturating s16 pair sums) cannot be used: with the
+ * full int8 range a pair sum reaches 2 * 128 * 128 = 32768 (or 65280 with an offset-binary
+ * operand), which saturates.  Instead both operands are sign-extended to int16 (x once per
+ * call, w with vpmovsxbw) and multiplied with vpmaddwd (s16 x s16 -> s32 pair sums, exact),
+ * then accumulated with vpaddd.  |sum| <= K * 2^14, exact in int32 for K <= 131071.
+ *
+ * Work is split over threads by output columns (each thread owns disjoint columns), with
+ * register blocking of MR activation rows x NR weight rows so M > 1 reuses decoded weights.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define QE_HAVE_X86 1
+#else
+#define QE_HAVE_X86 0
+#endif
+
+#define QE_EXPORT __attribute__((visibility("default")))
+
+enum { QE_OK = 0, QE_EINVAL = -1, QE_ENOMEM = -2 };
+
+/* Blocking parameters. */
+#define QE_NT 16        /* columns per thread tile (weights of a tile stay in L1/L2) */
+#define QE_MP 32        /* activation rows per panel (bounds the partial-sum buffer) */
+#define QE_WO_KC 1024   /* K chunk (elements) when several row blocks share a tile */
+#define QE_I8_KC 1024   /* same for the integer kernels */
+#define QE_MAX_K 131071 /* int8 kernels: K * 128 * 128 must fit in int32 */
+
+static int qe_forced_isa = -1; /* -1: auto, 0: scalar, 1: avx2 (if supported) */
+
+static int qe_cpu_has_avx2(void) {
+#if QE_HAVE_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+static int qe_effective_isa(void) {
+    int has = qe_cpu_has_avx2();
+    if (qe_forced_isa == 0) return 0;
+    return has;
+}
+
+QE_EXPORT int qe_abi_version(void) { return 1; }
+
+/* 1 if the AVX2+FMA kernels are used, 0 for the scalar fallback. */
+QE_EXPORT int qe_isa(void) { return qe_effective_isa(); }
+
+/* Force the scalar path (0) or go back to automatic selection (-1); returns qe_isa(). */
+QE_EXPORT int qe_set_isa(int isa) {
+    qe_forced_isa = (isa == 0) ? 0 : -1;
+    return qe_effective_isa();
+}
+
+QE_EXPORT int qe_has_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static int qe_thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static int qe_num_threads(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+static int64_t qe_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Split n items into nth contiguous ranges whose starts are multiples of align. */
+static void qe_split(int64_t n, int64_t align, int nth, int tid, int64_t* b, int64_t* e) {
+    int64_t units = (n + align - 1) / align;
+    int64_t per = units / nth, rem = units % nth;
+    int64_t ub = tid * per + (tid < rem ? tid : rem);
+    int64_t ue = ub + per + (tid < rem ? 1 : 0);
+    *b = qe_min64(ub * align, n);
+    *e = qe_min64(ue * align, n);
+}
+
+static void* qe_alloc(size_t bytes) {
+    size_t sz = (bytes + 63) & ~(size_t)63;
+    if (sz == 0) sz = 64;
+    return aligned_alloc(64, sz);
+}
+
+static size_t qe_round64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+
+/* ======================================================================================= */
+/* Weight-only linear                                                                      */
+/* ======================================================================================= */
+
+typedef struct {
+    const float* x;
+    const uint8_t* codes;
+    const float* scales;
+    const float* zeros;
+    const float* bias;
+    float* y;
+    int64_t M, N, K, G, ng;
+    int bits;
+    /* AVX2 workspace */
+    int64_t be;     /* elements per block: 64 (4 bit) or 32 (8 bit) */
+    int64_t bb;     /* bytes per block per weight row: 32 */
+    int64_t nblk;   /* blocks per row (last one possibly partial) */
+    int64_t nfull;  /* complete blocks per row */
+    int64_t ldw;    /* bytes per weight row */
+    int64_t ldx;    /* floats per row of xp (nblk * be) */
+    float* xp;      /* [M, ldx] permuted / padded activations */
+    float* xsum;    /* [M, ng] per-group activation sums */
+    int32_t* ga;    /* [nblk] group of lanes 0-3 */
+    int32_t* gb;    /* [nblk] group of lanes 4-7 */
+    uint8_t* flush; /* [nblk] lane->group mapping changes after this block */
+    int corr;       /* zero-point correction needed */
+    float zconst;   /* zero point when zeros == NULL */
+    char* tws;      /* per-thread workspace base */
+    size_t tws_stride;
+} qe_wo_ctx;
+
+static void qe_wo_xsum_row(const qe_wo_ctx* c, int64_t m) {
+    const float* xr = c->x + m * c->K;
+    for (int64_t g = 0; g < c->ng; ++g) {
+        double s = 0.0;
+        for (int64_t k = g * c->G; k < (g + 1) * c->G; ++k) s += xr[k];
+        c->xsum[m * c->ng + g] = (float)s;
+    }
+}
+
+/* ---- scalar fallback ------------------------------------------------------------------- */
+
+static void qe_wo_scalar_cols(const qe_wo_ctx* c, int64_t n0, int64_t n1) {
+    const int64_t K = c->K, G = c->G, ng = c->ng;
+    for (int64_t n = n0; n < n1; ++n) {
+        const float* s = c->scales + n * ng;
+        const float* z = c->zeros ? c->zeros + n * ng : NULL;
+        for (int64_t m = 0; m < c->M; ++m) {
+            const float* xr = c->x + m * K;
+            float y = 0.0f;
+            for (int64_t g = 0; g < ng; ++g) {
+                float zz = z ? z[g] : c->zconst;
+                float acc = 0.0f;
+                if (c->bits == 4) {
+                    const uint8_t* w = c->codes + n * (K / 2);
+                    for (int64_t k = g * G; k < (g + 1) * G; ++k) {
+                        int code = (w[k >> 1] >> ((k & 1) * 4)) & 0xF;
+                        acc += ((float)code - zz) * xr[k];
+                    }
+                } else {
+                    const int8_t* w = (const int8_t*)c->codes + n * K;
+                    for (int64_t k = g * G; k < (g + 1) * G; ++k)
+                        acc += ((float)w[k] - zz) * xr[k];
+                }
+                y += s[g] * acc;
+            }
+            if (c->bias) y += c->bias[n];
+            c->y[m * c->N + n] = y;
+        }
+    }
+}
+
+#if QE_HAVE_X86
+#define QE_AVX2 __attribute__((target("avx2,fma")))
+#define QE_INLINE static inline __attribute__((always_inline))
+
+QE_AVX2 QE_INLINE float qe_hsum_ps(__m256 v) {
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+QE_AVX2 QE_INLINE int32_t qe_hsum_epi32(__m256i v) {
+    __m128i lo = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0x4E));
+    lo = _mm_add_epi32(lo, _mm_shuffle_epi32(lo, 0xB1));
+    return _mm_cvtsi128_si32(lo);
+}
+
+QE_AVX2 static float qe_dot_avx2(const float* a, const float* b, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float r = qe_hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < n; ++i) r += a[i] * b[i];
+    return r;
+}
+
+/* Permute (4 bit) or copy (8 bit) one activation row into xp, zero padded to nblk blocks. */
+QE_AVX2 static void qe_wo_prep_row(const qe_wo_ctx* c, int64_t m) {
+    const float* xr = c->x + m * c->K;
+    float* xo = c->xp + m * c->ldx;
+    const int64_t K = c->K;
+    if (c->bits == 8) {
+        memcpy(xo, xr, (size_t)K * sizeof(float));
+        for (int64_t k = K; k < c->ldx; ++k) xo[k] = 0.0f;
+    } else {
+        static const float scl[8] = {1.0f,        1.0f / 16,        1.0f / 256,
+                                     1.0f / 4096, 1.0f / 65536,     1.0f / 1048576,
+                                     1.0f / 16777216, 1.0f};
+        for (int64_t b = 0; b < c->nfull; ++b) {
+            const float* src = xr + b * 64;
+            float* dst = xo + b * 64;
+            /* 8x8 transpose: row l of src = elements 8l..8l+7; row t of dst = src[8l + t]. */
+            __m256 r0 = _mm256_loadu_ps(src + 0), r1 = _mm256_loadu_ps(src + 8);
+            __m256 r2 = _mm256_loadu_ps(src + 16), r3 = _mm256_loadu_ps(src + 24);
+            __m256 r4 = _mm256_loadu_ps(src + 32), r5 = _mm256_loadu_ps(src + 40);
+            __m256 r6 = _mm256_loadu_ps(src + 48), r7 = _mm256_loadu_ps(src + 56);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            __m256 o0 = _mm256_permute2f128_ps(u0, u4, 0x20);
+            __m256 o1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+            __m256 o2 = _mm256_permute2f128_ps(u2, u6, 0x20);
+            __m256 o3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+            __m256 o4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+            __m256 o5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+            __m256 o6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+            __m256 o7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+            _mm256_store_ps(dst + 0, _mm256_mul_ps(o0, _mm256_set1_ps(scl[0])));
+            _mm256_store_ps(dst + 8, _mm256_mul_ps(o1, _mm256_set1_ps(scl[1])));
+            _mm256_store_ps(dst + 16, _mm256_mul_ps(o2, _mm256_set1_ps(scl[2])));
+            _mm256_store_ps(dst + 24, _mm256_mul_ps(o3, _mm256_set1_ps(scl[3])));
+            _mm256_store_ps(dst + 32, _mm256_mul_ps(o4, _mm256_set1_ps(scl[4])));
+            _mm256_store_ps(dst + 40, _mm256_mul_ps(o5, _mm256_set1_ps(scl[5])));
+            _mm256_store_ps(dst + 48, _mm256_mul_ps(o6, _mm256_set1_ps(scl[6])));
+            _mm256_store_ps(dst + 56, _mm256_mul_ps(o7, _mm256_set1_ps(scl[7])));
+        }
+        for (int64_t b = c->nfull; b < c->nblk; ++b) {
+            for (int t = 0; t < 8; ++t)
+                for (int l = 0; l < 8; ++l) {
+                    int64_t k = b * 64 + 8 * l + t;
+                    xo[b * 64 + 8 * t + l] = k < K ? xr[k] * scl[t] : 0.0f;
+                }
+        }
+    }
+}
+
+typedef struct {
+    const float* xp;
+    int64_t ldx;
+    const uint8_t* w[2];
+    const uint8_t* wt[2];
+    const float* s[2];
+    int64_t nfull;
+    const int32_t* ga;
+    const int32_t* gb;
+    const uint8_t* flush;
+    float* buf;
+    int64_t ldbuf;
+} qe_wo_micro_args;
+
+/* MR activation rows x NR weight rows, blocks [b0, b1); partial sums are flushed (scaled)
+ * into buf[i * ldbuf + j * 8 .. +8]. */
+QE_AVX2 QE_INLINE void qe_wo4_micro(const int MR, const int NR, const qe_wo_micro_args* a,
+                                    int64_t b0, int64_t b1) {
+    enum { AMAX = 4 };
+    const int A = MR == 1 ? 4 : (MR == 2 ? 2 : 1);
+    const float* xp = a->xp;
+    const int64_t ldx = a->ldx, nfull = a->nfull, ldbuf = a->ldbuf;
+    const uint8_t* w0 = a->w[0];
+    const uint8_t* w1 = a->w[1];
+    float* buf = a->buf;
+    __m256 acc[4][2][AMAX];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NR; ++j)
+#pragma GCC unroll 4
+            for (int q = 0; q < A; ++q) acc[i][j][q] = _mm256_setzero_ps();
+
+    for (int64_t b = b0; b < b1; ++b) {
+        __m256i wv[2];
+        if (b < nfull) {
+            wv[0] = _mm256_loadu_si256((const __m256i*)(w0 + b * 32));
+            if (NR > 1) wv[1] = _mm256_loadu_si256((const __m256i*)(w1 + b * 32));
+        } else {
+            wv[0] = _mm256_loadu_si256((const __m256i*)a->wt[0]);
+            if (NR > 1) wv[1] = _mm256_loadu_si256((const __m256i*)a->wt[1]);
+        }
+        const float* xb = xp + b * 64;
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) {
+            __m256 d[2];
+#pragma GCC unroll 2
+            for (int j = 0; j < NR; ++j) {
+                __m256i v = (t == 7) ? _mm256_srli_epi32(wv[j], 28)
+                                     : _mm256_and_si256(wv[j],
+                                                        _mm256_set1_epi32((int)(0xFu << (4 * t))));
+                d[j] = _mm256_cvtepi32_ps(v);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) {
+                __m256 xv = _mm256_load_ps(xb + i * ldx + 8 * t);
+#pragma GCC unroll 2
+                for (int j = 0; j < NR; ++j)
+                    acc[i][j][t % A] = _mm256_fmadd_ps(d[j], xv, acc[i][j][t % A]);
+            }
+        }
+        if (a->flush[b] || b + 1 == b1) {
+            const int32_t ga = a->ga[b], gb = a->gb[b];
+#pragma GCC unroll 2
+            for (int j = 0; j < NR; ++j) {
+                __m256 sv = _mm256_insertf128_ps(
+                    _mm256_castps128_ps256(_mm_set1_ps(a->s[j][ga])), _mm_set1_ps(a->s[j][gb]), 1);
+#pragma GCC unroll 4
+                for (int i = 0; i < MR; ++i) {
+                    __m256 sum = acc[i][j][0];
+#pragma GCC unroll 4
+                    for (int q = 1; q < A; ++q) sum = _mm256_add_ps(sum, acc[i][j][q]);
+                    float* bp = buf + i * ldbuf + j * 8;
+                    _mm256_store_ps(bp, _mm256_fmadd_ps(sum, sv, _mm256_load_ps(bp)));
+#pragma GCC unroll 4
+                    for (int q = 0; q < A; ++q) acc[i][j][q] = _mm256_setzero_ps();
+                }
+            }
+        }
+    }
+}
+
+QE_AVX2 QE_INLINE void qe_wo8_micro(const int MR, const int NR, const qe_wo_micro_args* a,
+                                    int64_t b0, int64_t b1) {
+    enum { AMAX = 4 };
+    const int A = MR == 1 ? 4 : (MR == 2 ? 2 : 1);
+    const float* xp = a->xp;
+    const int64_t ldx = a->ldx, nfull = a->nfull, ldbuf = a->ldbuf;
+    const uint8_t* w0 = a->w[0];
+    const uint8_t* w1 = a->w[1];
+    float* buf = a->buf;
+    __m256 acc[4][2][AMAX];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NR; ++j)
+#pragma GCC unroll 4
+            for (int q = 0; q < A; ++q) acc[i][j][q] = _mm256_setzero_ps();
+
+    for (int64_t b = b0; b < b1; ++b) {
+        const uint8_t* p[2];
+        if (b < nfull) {
+            p[0] = w0 + b * 32;
+            p[1] = w1 + b * 32;
+        } else {
+            p[0] = a->wt[0];
+            p[1] = a->wt[1];
+        }
+        const float* xb = xp + b * 32;
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; ++t) {
+            __m256 d[2];
+#pragma GCC unroll 2
+            for (int j = 0; j < NR; ++j)
+                d[j] = _mm256_cvtepi32_ps(
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p[j] + 8 * t))));
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) {
+                __m256 xv = _mm256_load_ps(xb + i * ldx + 8 * t);
+#pragma GCC unroll 2
+                for (int j = 0; j < NR; ++j)
+                    acc[i][j][t % A] = _mm256_fmadd_ps(d[j], xv, acc[i][j][t % A]);
+            }
+        }
+        if (a->flush[b] || b + 1 == b1) {
+            const int32_t ga = a->ga[b];
+#pragma GCC unroll 2
+            for (int j = 0; j < NR; ++j) {
+                __m256 sv = _mm256_set1_ps(a->s[j][ga]);
+#pragma GCC unroll 4
+                for (int i = 0; i < MR; ++i) {
+                    __m256 sum = acc[i][j][0];
+#pragma GCC unroll 4
+                    for (int q = 1; q < A; ++q) sum = _mm256_add_ps(sum, acc[i][j][q]);
+                    float* bp = buf + i * ldbuf + j * 8;
+                    _mm256_store_ps(bp, _mm256_fmadd_ps(sum, sv, _mm256_load_ps(bp)));
+#pragma GCC unroll 4
+                    for (int q = 0; q < A; ++q) acc[i][j][q] = _mm256_setzero_ps();
+                }
+            }
+        }
+    }
+}
+
+#define QE_WO_DISPATCH(FN, MR, NR, A, B0, B1)                                                  \
+    do {                                                                                       \
+        if ((NR) == 2) {                                                                       \
+            switch (MR) {                                                                      \
+                case 1: FN(1, 2, A, B0, B1); break;                                            \
+                case 2: FN(2, 2, A, B0, B1); break;                                            \
+                case 3: FN(3, 2, A, B0, B1); break;                                            \
+                default: FN(4, 2, A, B0, B1); break;                                           \
+            }                                                                                  \
+        } else {                                                                               \
+            switch (MR) {                                                                      \
+                case 1: FN(1, 1, A, B0, B1); break;                                            \
+                case 2: FN(2, 1, A, B0, B1); break;                                            \
+                case 3: FN(3, 1, A, B0, B1); break;                                            \
+                default: FN(4, 1, A, B0, B1); break;                                           \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+
+QE_AVX2 static void qe_wo4_call(int mr, int nr, const qe_wo_micro_args* a, int64_t b0,
+                                int64_t b1) {
+#define QE_CALL4(MR, NR, A, B0, B1) qe_wo4_micro(MR, NR, A, B0, B1)
+    QE_WO_DISPATCH(QE_CALL4, mr, nr, a, b0, b1);
+#undef QE_CALL4
+}
+
+QE_AVX2 static void qe_wo8_call(int mr, int nr, const qe_wo_micro_args* a, int64_t b0,
+                                int64_t b1) {
+#define QE_CALL8(MR, NR, A, B0, B1) qe_wo8_micro(MR, NR, A, B0, B1)
+    QE_WO_DISPATCH(QE_CALL8, mr, nr, a, b0, b1);
+#undef QE_CALL8
+}
+
+QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
+    int64_t nb, ne;
+    qe_split(c->N, 8, nth, tid, &nb, &ne);
+    if (nb >= ne) return;
+    char* ws = c->tws + (size_t)tid * c->tws_stride;
+    float* buf = (float*)ws;                                         /* [QE_MP][QE_NT][8] */
+    uint8_t* tails = (uint8_t*)(ws + sizeof(float) * QE_MP * QE_NT * 8); /* [QE_NT][32] */
+    float* sz = (float*)(tails + QE_NT * 32);                        /* [QE_NT][ng] */
+    const int64_t ldbuf = QE_NT * 8;
+    const int64_t M = c->M, N = c->N, ng = c->ng;
+    const int64_t kcb = (M > 4) ? (QE_WO_KC / c->be) : c->nblk; /* blocks per chunk */
+
+    for (int64_t n0 = nb; n0 < ne; n0 += QE_NT) {
+        const int64_t nt = qe_min64(QE_NT, ne - n0);
+        if (c->nfull < c->nblk) {
+            const int64_t tb = c->ldw - c->nfull * c->bb; /* tail bytes per row */
+            for (int64_t j = 0; j < nt; ++j) {
+                memset(tails + j * 32, 0, 32);
+                memcpy(tails + j * 32, c->codes + (n0 + j) * c->ldw + c->nfull * c->bb,
+                       (size_t)tb);
+            }
+        }
+        if (c->corr) {
+            for (int64_t j = 0; j < nt; ++j) {
+                const float* s = c->scales + (n0 + j) * ng;
+                const float* z = c->zeros ? c->zeros + (n0 + j) * ng : NULL;
+                for (int64_t g = 0; g < ng; ++g) sz[j * ng + g] = s[g] * (z ? z[g] : c->zconst);
+            }
+        }
+        for (int64_t m0 = 0; m0 < M; m0 += QE_MP) {
+            const int64_t mp = qe_min64(QE_MP, M - m0);
+            for (int64_t i = 0; i < mp; ++i) memset(buf + i * ldbuf, 0, sizeof(float) * 8 * nt);
+            for (int64_t cb = 0; cb < c->nblk; cb += kcb) {
+                const int64_t ce = qe_min64(cb + kcb, c->nblk);
+                for (int64_t i0 = 0; i0 < mp; i0 += 4) {
+                    const int mr = (int)qe_min64(4, mp - i0);
+                    for (int64_t j0 = 0; j0 < nt; j0 += 2) {
+                        const int nr = (int)qe_min64(2, nt - j0);
+                        qe_wo_micro_args a;
+                        a.xp = c->xp + (m0 + i0) * c->ldx;
+                        a.ldx = c->ldx;
+                        for (int j = 0; j < 2; ++j) {
+                            int64_t jj = j0 + (j < nr ? j : 0);
+                            a.w[j] = c->codes + (n0 + jj) * c->ldw;
+                            a.wt[j] = tails + jj * 32;
+                            a.s[j] = c->scales + (n0 + jj) * ng;
+                        }
+                        a.nfull = c->nfull;
+                        a.ga = c->ga;
+                        a.gb = c->gb;
+                        a.flush = c->flush;
+                        a.buf = buf + i0 * ldbuf + j0 * 8;
+                        a.ldbuf = ldbuf;
+                        if (c->bits == 4)
+                            qe_wo4_call(mr, nr, &a, cb, ce);
+                        else
+                            qe_wo8_call(mr, nr, &a, cb, ce);
+                    }
+                }
+            }
+            for (int64_t i = 0; i < mp; ++i) {
+                const int64_t m = m0 + i;
+                float* yr = c->y + m * N;
+                for (int64_t j = 0; j < nt; ++j) {
+                    const int64_t n = n0 + j;
+                    float v = qe_hsum_ps(_mm256_load_ps(buf + i * ldbuf + j * 8));
+                    if (c->corr) v -= qe_dot_avx2(sz + j * ng, c->xsum + m * ng, ng);
+                    if (c->bias) v += c->bias[n];
+                    yr[n] = v;
+                }
+            }
+        }
+    }
+}
+#endif /* QE_HAVE_X86 */
+
+QE_EXPORT int qe_wo_linear(const float* x, const void* codes, const float* scales,
+                           const float* zeros, const float* bias, float* y, int64_t M, int64_t N,
+                           int64_t K, int64_t G, int bits, int nthreads) {
+    if (!x || !codes || !scales || !y || M < 0 || N < 0 || K <= 0 || G <= 0 || K % G != 0)
+        return QE_EINVAL;
+    if (bits != 4 && bits != 8) return QE_EINVAL;
+    if (bits == 4 && (K & 1)) return QE_EINVAL;
+    if (G != K && G % 32 != 0) return QE_EINVAL;
+    if (M == 0 || N == 0) return QE_OK;
+    if (nthreads < 1) nthreads = 1;
+
+    qe_wo_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.x = x;
+    c.codes = (const uint8_t*)codes;
+    c.scales = scales;
+    c.zeros = zeros;
+    c.bias = bias;
+    c.y = y;
+    c.M = M;
+    c.N = N;
+    c.K = K;
+    c.G = G;
+    c.ng = K / G;
+    c.bits = bits;
+    c.zconst = bits == 4 ? 8.0f : 0.0f;
+    c.corr = zeros != NULL || bits == 4;
+
+    const int isa = qe_effective_isa();
+    if (isa == 0) {
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+        {
+            int64_t nb, ne;
+            qe_split(N, 1, qe_num_threads(), qe_thread_num(), &nb, &ne);
+            qe_wo_scalar_cols(&c, nb, ne);
+        }
+        return QE_OK;
+    }
+#if QE_HAVE_X86
+    c.be = bits == 4 ? 64 : 32;
+    c.bb = 32;
+    c.nblk = (K + c.be - 1) / c.be;
+    c.nfull = K / c.be;
+    c.ldw = bits == 4 ? K / 2 : K;
+    c.ldx = c.nblk * c.be;
+    size_t o_xp = 0;
+    size_t o_xsum = o_xp + qe_round64(sizeof(float) * (size_t)(M * c.ldx));
+    size_t o_ga = o_xsum + qe_round64(sizeof(float) * (size_t)(M * c.ng));
+    size_t o_gb = o_ga + qe_round64(sizeof(int32_t) * (size_t)c.nblk);
+    size_t o_fl = o_gb + qe_round64(sizeof(int32_t) * (size_t)c.nblk);
+    size_t o_tws = o_fl + qe_round64((size_t)c.nblk);
+    c.tws_stride = qe_round64(sizeof(float) * QE_MP * QE_NT * 8) + qe_round64(QE_NT * 32) +
+                   qe_round64(sizeof(float) * QE_NT * (size_t)c.ng);
+    char* mem = (char*)qe_alloc(o_tws + c.tws_stride * (size_t)nthreads);
+    if (!mem) return QE_ENOMEM;
+    c.xp = (float*)(mem + o_xp);
+    c.xsum = (float*)(mem + o_xsum);
+    c.ga = (int32_t*)(mem + o_ga);
+    c.gb = (int32_t*)(mem + o_gb);
+    c.flush = (uint8_t*)(mem + o_fl);
+    c.tws = mem + o_tws;
+    for (int64_t b = 0; b < c.nblk; ++b) {
+        int64_t k0 = b * c.be;
+        int64_t k1 = qe_min64(k0 + 32, K - 1);
+        c.ga[b] = (int32_t)(k0 / G);
+        c.gb[b] = (int32_t)(bits == 4 ? k1 / G : k0 / G);
+    }
+    for (int64_t b = 0; b < c.nblk; ++b)
+        c.flush[b] = (uint8_t)(b + 1 == c.nblk || c.ga[b + 1] != c.ga[b] || c.gb[b + 1] != c.gb[b]);
+
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        const int tid = qe_thread_num(), nth = qe_num_threads();
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; ++m) {
+            qe_wo_prep_row(&c, m);
+            if (c.corr) qe_wo_xsum_row(&c, m);
+        }
+        qe_wo_avx2_thread(&c, tid, nth);
+    }
+    free(mem);
+    return QE_OK;
+#else
+    return QE_EINVAL;
+#endif
+}
+
+/* ======================================================================================= */
+/* Integer GEMM (exact) and W8A8 linear                                                   */
+/* ======================================================================================= */
+
+typedef struct {
+    const int8_t* xq;
+    const int8_t* wq;
+    int32_t* out;      /* int8_gemm output or NULL */
+    float* y;          /* w8a8 output or NULL */
+    const float* xs;
+    const int32_t* zx;
+    const float* ws;
+    const int32_t* wsum;
+    const float* bias;
+    int64_t M, N, K;
+    int64_t ldx;       /* int16 per row of x16 (K rounded up to 16) */
+    int64_t nsteps;    /* ldx / 16 */
+    int64_t nfull;     /* K / 16 */
+    int16_t* x16;
+    char* tws;
+    size_t tws_stride;
+} qe_i8_ctx;
+
+static void qe_i8_epilogue(const qe_i8_ctx* c, int64_t m, int64_t n, int32_t acc) {
+    if (c->out) {
+        c->out[m * c->N + n] = acc;
+    } else {
+        int64_t d = (int64_t)acc;
+        if (c->zx) d -= (int64_t)c->zx[m] * (int64_t)c->wsum[n];
+        double v = (double)d * (double)c->xs[m] * (double)c->ws[n];
+        if (c->bias) v += (double)c->bias[n];
+        c->y[m * c->N + n] = (float)v;
+    }
+}
+
+static void qe_i8_scalar_cols(const qe_i8_ctx* c, int64_t n0, int64_t n1) {
+    const int64_t K = c->K;
+    for (int64_t n = n0; n < n1; ++n) {
+        const int8_t* w = c->wq + n * K;
+        for (int64_t m = 0; m < c->M; ++m) {
+            const int8_t* xr = c->xq + m * K;
+            int32_t acc = 0;
+            for (int64_t k = 0; k < K; ++k) acc += (int32_t)xr[k] * (int32_t)w[k];
+            qe_i8_epilogue(c, m, n, acc);
+        }
+    }
+}
+
+#if QE_HAVE_X86
+QE_AVX2 static void qe_i8_prep_row(const qe_i8_ctx* c, int64_t m) {
+    const int8_t* xr = c->xq + m * c->K;
+    int16_t* xo = c->x16 + m * c->ldx;
+    int64_t k = 0;
+    for (; k + 16 <= c->K; k += 16)
+        _mm256_store_si256((__m256i*)(xo + k),
+                           _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(xr + k))));
+    for (; k < c->K; ++k) xo[k] = xr[k];
+    for (; k < c->ldx; ++k) xo[k] = 0;
+}
+
+typedef struct {
+    const int16_t* x;
+    int64_t ldx;
+    const int8_t* w[2];
+    const int8_t* wt[2];
+    int64_t nfull;
+    int32_t* buf;
+    int64_t ldbuf;
+} qe_i8_micro_args;
+
+QE_AVX2 QE_INLINE void qe_i8_micro(const int MR, const int NR, const qe_i8_micro_args* a,
+                                   int64_t s0, int64_t s1) {
+    const int16_t* x = a->x;
+    const int64_t ldx = a->ldx, nfull = a->nfull;
+    const int8_t* w0 = a->w[0];
+    const int8_t* w1 = a->w[1];
+    __m256i acc[4][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_si256();
+    for (int64_t s = s0; s < s1; ++s) {
+        __m256i wv[2];
+        if (s < nfull) {
+            wv[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w0 + s * 16)));
+            if (NR > 1)
+                wv[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w1 + s * 16)));
+        } else {
+            wv[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)a->wt[0]));
+            if (NR > 1) wv[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)a->wt[1]));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) {
+            __m256i xv = _mm256_load_si256((const __m256i*)(x + i * ldx + s * 16));
+#pragma GCC unroll 2
+            for (int j = 0; j < NR; ++j)
+                acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(xv, wv[j]));
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < NR; ++j) {
+            __m256i* bp = (__m256i*)(a->buf + i * a->ldbuf + j * 8);
+            _mm256_store_si256(bp, _mm256_add_epi32(_mm256_load_si256(bp), acc[i][j]));
+        }
+}
+
+QE_AVX2 static void qe_i8_call(int mr, int nr, const qe_i8_micro_args* a, int64_t s0,
+                               int64_t s1) {
+#define QE_CALLI(MR, NR, A, B0, B1) qe_i8_micro(MR, NR, A, B0, B1)
+    QE_WO_DISPATCH(QE_CALLI, mr, nr, a, s0, s1);
+#undef QE_CALLI
+}
+
+QE_AVX2 static void qe_i8_avx2_thread(const qe_i8_ctx* c, int tid, int nth) {
+    int64_t nb, ne;
+    qe_split(c->N, 8, nth, tid, &nb, &ne);
+    if (nb >= ne) return;
+    char* ws = c->tws + (size_t)tid * c->tws_stride;
+    int32_t* buf = (int32_t*)ws;                                          /* [MP][NT][8] */
+    int8_t* tails = (int8_t*)(ws + sizeof(int32_t) * QE_MP * QE_NT * 8); /* [NT][16] */
+    const int64_t ldbuf = QE_NT * 8;
+    const int64_t M = c->M, K = c->K;
+    const int64_t kcs = (M > 4) ? (QE_I8_KC / 16) : c->nsteps;
+
+    for (int64_t n0 = nb; n0 < ne; n0 += QE_NT) {
+        const int64_t nt = qe_min64(QE_NT, ne - n0);
+        if (c->nfull < c->nsteps) {
+            const int64_t tb = K - c->nfull * 16;
+            for (int64_t j = 0; j < nt; ++j) {
+                memset(tails + j * 16, 0, 16);
+                memcpy(tails + j * 16, c->wq + (n0 + j) * K + c->nfull * 16, (size_t)tb);
+            }
+        }
+        for (int64_t m0 = 0; m0 < M; m0 += QE_MP) {
+            const int64_t mp = qe_min64(QE_MP, M - m0);
+            for (int64_t i = 0; i < mp; ++i)
+                memset(buf + i * ldbuf, 0, sizeof(int32_t) * 8 * nt);
+            for (int64_t cs = 0; cs < c->nsteps; cs += kcs) {
+                const int64_t ce = qe_min64(cs + kcs, c->nsteps);
+                for (int64_t i0 = 0; i0 < mp; i0 += 4) {
+                    const int mr = (int)qe_min64(4, mp - i0);
+                    for (int64_t j0 = 0; j0 < nt; j0 += 2) {
+                        const int nr = (int)qe_min64(2, nt - j0);
+                        qe_i8_micro_args a;
+                        a.x = c->x16 + (m0 + i0) * c->ldx;
+                        a.ldx = c->ldx;
+                        for (int j = 0; j < 2; ++j) {
+                            int64_t jj = j0 + (j < nr ? j : 0);
+                            a.w[j] = c->wq + (n0 + jj) * K;
+                            a.wt[j] = tails + jj * 16;
+                        }
+                        a.nfull = c->nfull;
+                        a.buf = buf + i0 * ldbuf + j0 * 8;
+                        a.ldbuf = ldbuf;
+                        qe_i8_call(mr, nr, &a, cs, ce);
+                    }
+                }
+            }
+            for (int64_t i = 0; i < mp; ++i)
+                for (int64_t j = 0; j < nt; ++j)
+                    qe_i8_epilogue(c, m0 + i, n0 + j,
+                                   qe_hsum_epi32(_mm256_load_si256(
+                                       (const __m256i*)(buf + i * ldbuf + j * 8))));
+        }
+    }
+}
+#endif /* QE_HAVE_X86 */
+
+static int qe_i8_run(qe_i8_ctx* c, int nthreads) {
+    const int64_t M = c->M, N = c->N, K = c->K;
+    if (M == 0 || N == 0) return QE_OK;
+    if (nthreads < 1) nthreads = 1;
+    const int isa = qe_effective_isa();
+    if (isa == 0) {
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+        {
+            int64_t nb, ne;
+            qe_split(N, 1, qe_num_threads(), qe_thread_num(), &nb, &ne);
+            qe_i8_scalar_cols(c, nb, ne);
+        }
+        return QE_OK;
+    }
+#if QE_HAVE_X86
+    c->ldx = (K + 15) / 16 * 16;
+    c->nsteps = c->ldx / 16;
+    c->nfull = K / 16;
+    size_t o_tws = qe_round64(sizeof(int16_t) * (size_t)(M * c->ldx));
+    c->tws_stride = qe_round64(sizeof(int32_t) * QE_MP * QE_NT * 8) + qe_round64(QE_NT * 16);
+    char* mem = (char*)qe_alloc(o_tws + c->tws_stride * (size_t)nthreads);
+    if (!mem) return QE_ENOMEM;
+    c->x16 = (int16_t*)mem;
+    c->tws = mem + o_tws;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        const int tid = qe_thread_num(), nth = qe_num_threads();
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; ++m) qe_i8_prep_row(c, m);
+        qe_i8_avx2_thread(c, tid, nth);
+    }
+    free(mem);
+    return QE_OK;
+#else
+    return QE_EINVAL;
+#endif
+}
+
+QE_EXPORT int qe_int8_gemm(const int8_t* xq, const int8_t* wq, int32_t* out, int64_t M,
+                           int64_t N, int64_t K, int nthreads) {
+    if (!xq || !wq || !out || M < 0 || N < 0 || K < 0 || K > QE_MAX_K) return QE_EINVAL;
+    if (K == 0) {
+        memset(out, 0, sizeof(int32_t) * (size_t)(M * N));
+        return QE_OK;
+    }
+    qe_i8_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.xq = xq;
+    c.wq = wq;
+    c.out = out;
+    c.M = M;
+    c.N = N;
+    c.K = K;
+    return qe_i8_run(&c, nthreads);
+}
+
+QE_EXPORT int qe_w8a8_linear(const int8_t* xq, const float* xs, const int32_t* zx,
+                             const int8_t* wq, const float* ws, const int32_t* wsum,
+                             const float* bias, float* y, int64_t M, int64_t N, int64_t K,
+                             int nthreads) {
+    if (!xq || !xs || !wq || !ws || !y || M < 0 || N < 0 || K <= 0 || K > QE_MAX_K)
+        return QE_EINVAL;
+    if (zx && !wsum) return QE_EINVAL;
+    qe_i8_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.xq = xq;
+    c.wq = wq;
+    c.y = y;
+    c.xs = xs;
+    c.zx = zx;
+    c.ws = ws;
+    c.wsum = wsum;
+    c.bias = bias;
+    c.M = M;
+    c.N = N;
+    c.K = K;
+    return qe_i8_run(&c, nthreads);
+}

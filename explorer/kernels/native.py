@@ -1,0 +1,508 @@
+"""Hand-written integer CPU kernels, compiled on first use and loaded with :mod:`ctypes`.
+
+Why: on AVX2-only CPUs (no AVX-512 / VNNI) torch's own low-bit CPU paths are slow
+(``_weight_int4pack_mm_for_cpu`` is only ~2.7x faster than fp32 at M=1, ``torch._int_mm`` is
+~10x slower than fp32).  ``csrc/qe_kernels.c`` implements three kernels that work directly on
+the packed integer weights, so a decode-bound (M=1) linear streams 4x / 8x fewer bytes:
+
+``wo_linear`` -- weight-only quantized linear, float32 activations.
+    ``W[n, k] = scales[n, g] * (code[n, k] - zeros[n, g])`` with ``g = k // group_size``.
+    4-bit codes are *offset-binary* (unsigned) nibbles ``u in [0, 15]`` packed two per byte,
+    element ``2j`` in the low nibble of byte ``j`` and ``2j + 1`` in the high nibble; without
+    ``zeros`` the zero point is 8, i.e. symmetric signed codes stored as ``q + 8``.  8-bit codes
+    are signed int8 with zero point 0 unless ``zeros`` is given.  The kernel never subtracts the
+    zero point in its hot loop: per group it accumulates ``acc = sum_k u_k * x_k`` over the raw
+    codes (float32 FMA) and applies ``y += s * acc - s * z * xsum[m, g]`` where
+    ``xsum[m, g] = sum_{k in g} x[m, k]`` is computed once per call.  A 4-bit code is decoded
+    with one AND + one int->float conversion: in a 32-bit lane the nibble ``t`` masked in place
+    equals ``u * 16**t`` exactly, and the ``16**-t`` is folded into a once-per-call permuted,
+    pre-scaled copy of ``x`` (exact power-of-two scaling).  Several activation rows are
+    register-blocked together so batches (M = 8, 32) reuse each decoded weight.
+
+``int8_gemm`` -- exact ``int8 x int8 -> int32`` matrix product ``xq @ wq.T``.
+    It sign-extends both operands to int16 and uses ``vpmaddwd`` (int16 pair products summed
+    into int32, exact) rather than ``vpmaddubsw``: the latter multiplies u8 x s8 and *saturates*
+    the int16 pair sum, which overflows for the full int8 range (``2 * 128 * 128 = 32768``).
+    The result is bit-exact versus int64 arithmetic for every input with ``K <= 131071``.
+
+``w8a8_linear`` -- the same integer core with the dequantization fused in:
+    ``y = (acc - x_zero[m] * w_sum[n]) * x_scale[m] * w_scale[n] + bias[n]``.
+
+The library is built with ``cc``/``gcc -O3 -fPIC -shared -fopenmp -std=c11`` (no
+``-march=native``: AVX2+FMA code is selected at run time, with a scalar fallback, so the
+cached ``.so`` is portable) into ``$EXPLORER_CACHE_DIR``, ``$XDG_CACHE_HOME/quant-explorer``
+or ``~/.cache/quant-explorer``.  The file name contains a hash of the source, the flags and
+the platform; concurrent builds are serialised with an ``fcntl`` lock and the result is
+atomically renamed into place.  Threads: OpenMP, ``torch.get_num_threads()`` per call (the
+process reuses torch's ``libgomp.so.1``); work is split over output columns.  The ctypes
+calls release the GIL.  Set ``EXPLORER_NATIVE=0`` to disable the native kernels entirely.
+
+Caveats: the outputs are not differentiable; float accumulation is float32 (4-bit codes
+are accumulated unsigned and the zero point subtracted per group, so with strongly biased
+activations the rounding error is somewhat larger than a signed accumulation); activations
+with magnitude below ~1e-29 lose precision in the 4-bit kernel (the ``16**-t`` pre-scaling
+makes them subnormal).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+try:  # POSIX only; without it concurrent builds still end in an atomic rename.
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "available",
+    "build_info",
+    "cache_dir",
+    "force_scalar",
+    "int8_gemm",
+    "unavailable_reason",
+    "w8a8_linear",
+    "weight_row_sums",
+    "wo_linear",
+]
+
+_SOURCE = Path(__file__).resolve().parent / "csrc" / "qe_kernels.c"
+_BASE_FLAGS: tuple[str, ...] = ("-O3", "-fPIC", "-shared", "-std=c11")
+_OMP_FLAG = "-fopenmp"
+_COMPILERS: tuple[str, ...] = ("cc", "gcc")
+_ABI_VERSION = 1
+_MAX_INT8_K = 131071  # K * 128 * 128 must fit in int32
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_INT = ctypes.c_int
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_reason: str | None = None
+_tried = False
+_info: dict[str, object] = {}
+
+
+def cache_dir() -> Path:
+    """Directory holding the compiled library (created on demand)."""
+    env = os.environ.get("EXPLORER_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "quant-explorer"
+
+
+def _find_compiler() -> str | None:
+    names = [os.environ["CC"]] if os.environ.get("CC") else []
+    for name in (*names, *_COMPILERS):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _lib_name(source: bytes, flags: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    h.update(source)
+    h.update(b"\0" + " ".join(flags).encode())
+    h.update(b"\0" + f"{sys.platform}-{platform.machine()}-abi{_ABI_VERSION}".encode())
+    return f"qe_kernels-{h.hexdigest()[:20]}"
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _compile(compiler: str, flags: tuple[str, ...], out: Path) -> str | None:
+    """Build into ``out`` (atomically); return an error message or None."""
+    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        cmd = [compiler, *flags, "-o", tmp, str(_SOURCE)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            return f"compiler failed ({' '.join(cmd)}):\n{_tail(proc.stderr or proc.stdout)}"
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, out)
+        _info["compile_seconds"] = time.perf_counter() - t0
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"compiler could not run: {exc}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _build(source: bytes, flags: tuple[str, ...], compiler: str | None) -> Path | str:
+    """Return the path of an up-to-date library, or an error message."""
+    directory = cache_dir()
+    name = _lib_name(source, flags)
+    out = directory / f"{name}.so"
+    if out.exists():
+        return out
+    if compiler is None:
+        return f"no C compiler found (looked for {', '.join(_COMPILERS)})"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / f"{name}.lock", "w") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if out.exists():  # another process finished the build while we waited
+                    return out
+                err = _compile(compiler, flags, out)
+                return err if err is not None else out
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+    except OSError as exc:
+        return f"cannot use cache directory {directory}: {exc}"
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.qe_abi_version.restype = _INT
+    lib.qe_abi_version.argtypes = []
+    lib.qe_isa.restype = _INT
+    lib.qe_isa.argtypes = []
+    lib.qe_set_isa.restype = _INT
+    lib.qe_set_isa.argtypes = [_INT]
+    lib.qe_has_openmp.restype = _INT
+    lib.qe_has_openmp.argtypes = []
+    lib.qe_wo_linear.restype = _INT
+    lib.qe_wo_linear.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
+    lib.qe_int8_gemm.restype = _INT
+    lib.qe_int8_gemm.argtypes = [_P, _P, _P, _I64, _I64, _I64, _INT]
+    lib.qe_w8a8_linear.restype = _INT
+    lib.qe_w8a8_linear.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT]
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _reason, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        try:
+            _lib, _reason = _load_unlocked()
+        except Exception as exc:  # never raise from available()
+            _lib, _reason = None, f"unexpected error while loading native kernels: {exc!r}"
+        _tried = True
+    return _lib
+
+
+def _load_unlocked() -> tuple[ctypes.CDLL | None, str | None]:
+    if os.environ.get("EXPLORER_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, "disabled by EXPLORER_NATIVE=0"
+    try:
+        source = _SOURCE.read_bytes()
+    except OSError as exc:
+        return None, f"kernel source missing: {exc}"
+    compiler = _find_compiler()
+    errors: list[str] = []
+    for flags in ((*_BASE_FLAGS, _OMP_FLAG), _BASE_FLAGS):
+        built = _build(source, flags, compiler)
+        if isinstance(built, str):
+            errors.append(built)
+            if compiler is None:
+                break
+            continue
+        try:
+            lib = ctypes.CDLL(str(built))  # torch (and its libgomp.so.1) is already loaded
+            _declare(lib)
+        except (OSError, AttributeError) as exc:
+            errors.append(f"cannot load {built}: {exc}")
+            continue
+        if lib.qe_abi_version() != _ABI_VERSION:
+            errors.append(f"{built}: ABI version mismatch")
+            continue
+        _info.update(
+            path=str(built),
+            flags=" ".join(flags),
+            compiler=compiler,
+            openmp=bool(lib.qe_has_openmp()),
+        )
+        return lib, None
+    return None, "\n".join(errors) if errors else "unknown error"
+
+
+def available() -> bool:
+    """True if the native library is (or can be) built and loaded.  Never raises."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernels are unavailable, or None if they are available.  Never raises."""
+    _load()
+    return _reason
+
+
+def build_info() -> dict[str, object]:
+    """Library path, flags, compile time (if compiled by this process), ISA, OpenMP."""
+    lib = _load()
+    info = dict(_info)
+    info["available"] = lib is not None
+    if lib is not None:
+        info["isa"] = "avx2" if lib.qe_isa() else "scalar"
+    else:
+        info["reason"] = _reason
+    return info
+
+
+def force_scalar(enabled: bool) -> None:
+    """Force the portable scalar kernels (testing aid); ``False`` restores auto-detection."""
+    _get().qe_set_isa(0 if enabled else -1)
+
+
+def _get() -> ctypes.CDLL:
+    lib = _lib if _tried else _load()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_reason}")
+    return lib
+
+
+# ----------------------------------------------------------------------------------------
+# validation helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _tensor(name: str, t: object, dtype: torch.dtype) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the cpu, got device {t.device}")
+    return t
+
+
+def _dense(name: str, t: object, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    t = _tensor(name, t, dtype)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (got strides {t.stride()})")
+    return t
+
+
+def _vector(name: str, t: object, dtype: torch.dtype, n: int, allow_scalar: bool) -> torch.Tensor:
+    """A length-n vector; accepts any shape with n elements (or 1 if allow_scalar)."""
+    t = _tensor(name, t, dtype)
+    numel = t.numel()
+    if numel == n:
+        t = t.reshape(n)
+    elif allow_scalar and numel == 1:
+        t = t.reshape(1).expand(n)
+    else:
+        want = f"{n} elements" + (" (or 1)" if allow_scalar else "")
+        raise ValueError(f"{name} must have {want}, got shape {list(t.shape)}")
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _activation(name: str, t: object, dtype: torch.dtype) -> torch.Tensor:
+    t = _tensor(name, t, dtype)
+    if t.dim() < 1:
+        raise ValueError(f"{name} must have at least one dimension, got shape {list(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (got strides {t.stride()})")
+    return t
+
+
+def _check_rc(rc: int, fn: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"{fn} failed with status {rc}")
+
+
+# ----------------------------------------------------------------------------------------
+# public kernels
+# ----------------------------------------------------------------------------------------
+
+
+def wo_linear(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    *,
+    bits: int,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weight-only quantized linear: ``x @ W.T + bias`` with float32 ``x`` [..., K].
+
+    ``W[n, k] = scales[n, k // G] * (code[n, k] - zeros[n, k // G])``.
+
+    * ``bits=4``: ``codes`` uint8 [N, K/2], unsigned nibbles (low nibble = even k);
+      ``zeros=None`` means zero point 8.
+    * ``bits=8``: ``codes`` int8 [N, K]; ``zeros=None`` means zero point 0.
+
+    ``scales`` / ``zeros`` are float32 [N, K/G]; ``bias`` float32 [N].  ``group_size`` must
+    divide K and be a multiple of 32, or equal K (per-channel).  Returns float32 [..., N].
+    """
+    lib = _get()
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    x = _activation("x", x, torch.float32)
+    k = x.shape[-1]
+    if k <= 0:
+        raise ValueError(f"x must have a positive last dimension K, got shape {list(x.shape)}")
+    if not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if k % group_size != 0:
+        raise ValueError(f"group_size={group_size} must divide K={k}")
+    if group_size != k and group_size % 32 != 0:
+        raise ValueError(f"group_size={group_size} must be a multiple of 32 or equal K={k}")
+    if bits == 4 and k % 2 != 0:
+        raise ValueError(f"4-bit codes need an even K, got K={k}")
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
+        shape = list(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise ValueError(f"codes must be a 2-D tensor [N, K{'/2' if bits == 4 else ''}], got {shape}")
+    n = codes.shape[0]
+    if bits == 4:
+        codes = _dense("codes", codes, torch.uint8, (n, k // 2))
+    else:
+        codes = _dense("codes", codes, torch.int8, (n, k))
+    ng = k // group_size
+    scales = _dense("scales", scales, torch.float32, (n, ng))
+    zptr = None
+    if zeros is not None:
+        zptr = _dense("zeros", zeros, torch.float32, (n, ng)).data_ptr()
+    bptr = None
+    if bias is not None:
+        bptr = _dense("bias", bias, torch.float32, (n,)).data_ptr()
+    lead = x.shape[:-1]
+    m = x.numel() // k
+    y = torch.empty((*lead, n), dtype=torch.float32)
+    if m == 0 or n == 0:
+        return y
+    rc = lib.qe_wo_linear(
+        x.data_ptr(),
+        codes.data_ptr(),
+        scales.data_ptr(),
+        zptr,
+        bptr,
+        y.data_ptr(),
+        m,
+        n,
+        k,
+        group_size,
+        bits,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_wo_linear")
+    return y
+
+
+def int8_gemm(xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
+    """Exact ``xq @ wq.T`` for int8 ``xq`` [M, K] and ``wq`` [N, K]; returns int32 [M, N].
+
+    Bit-exact versus int64 arithmetic for all int8 inputs (K <= 131071).
+    """
+    lib = _get()
+    xq = _tensor("xq", xq, torch.int8)
+    if xq.dim() != 2:
+        raise ValueError(f"xq must be 2-D [M, K], got shape {list(xq.shape)}")
+    m, k = xq.shape
+    if not xq.is_contiguous():
+        raise ValueError(f"xq must be contiguous (got strides {xq.stride()})")
+    if not isinstance(wq, torch.Tensor) or wq.dim() != 2:
+        shape = list(wq.shape) if isinstance(wq, torch.Tensor) else type(wq).__name__
+        raise ValueError(f"wq must be a 2-D tensor [N, K], got {shape}")
+    n = wq.shape[0]
+    wq = _dense("wq", wq, torch.int8, (n, k))
+    if k > _MAX_INT8_K:
+        raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
+    out = torch.empty((m, n), dtype=torch.int32)
+    if m == 0 or n == 0:
+        return out
+    rc = lib.qe_int8_gemm(
+        xq.data_ptr(), wq.data_ptr(), out.data_ptr(), m, n, k, torch.get_num_threads()
+    )
+    _check_rc(rc, "qe_int8_gemm")
+    return out
+
+
+def w8a8_linear(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero: torch.Tensor | None,
+    wq: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_sum: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Int8 activations x int8 weights with fused dequantization; float32 [..., N].
+
+    ``y[m, n] = (sum_k xq[m, k] * wq[n, k] - x_zero[m] * w_sum[n]) * x_scale[m] * w_scale[n]
+    + bias[n]``.  ``xq`` int8 [..., K] (leading dims are flattened into M); ``x_scale``
+    float32 with M elements or 1 (per-tensor); ``x_zero`` int32 with M elements or 1, or None
+    (symmetric); ``wq`` int8 [N, K]; ``w_scale`` float32 [N]; ``w_sum`` int32 [N] =
+    ``wq.sum(1)`` (see :func:`weight_row_sums`), required when ``x_zero`` is given.
+    """
+    lib = _get()
+    xq = _activation("xq", xq, torch.int8)
+    k = xq.shape[-1]
+    if k <= 0:
+        raise ValueError(f"xq must have a positive last dimension K, got shape {list(xq.shape)}")
+    if k > _MAX_INT8_K:
+        raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
+    m = xq.numel() // k
+    if not isinstance(wq, torch.Tensor) or wq.dim() != 2:
+        shape = list(wq.shape) if isinstance(wq, torch.Tensor) else type(wq).__name__
+        raise ValueError(f"wq must be a 2-D tensor [N, K], got {shape}")
+    n = wq.shape[0]
+    wq = _dense("wq", wq, torch.int8, (n, k))
+    x_scale = _vector("x_scale", x_scale, torch.float32, m, allow_scalar=True)
+    w_scale = _vector("w_scale", w_scale, torch.float32, n, allow_scalar=True)
+    zptr = sptr = bptr = None
+    if x_zero is not None:
+        x_zero = _vector("x_zero", x_zero, torch.int32, m, allow_scalar=True)
+        zptr = x_zero.data_ptr()
+        if w_sum is None:
+            raise ValueError("w_sum is required when x_zero is given (use weight_row_sums(wq))")
+    if w_sum is not None:
+        w_sum = _vector("w_sum", w_sum, torch.int32, n, allow_scalar=False)
+        sptr = w_sum.data_ptr()
+    if bias is not None:
+        bptr = _dense("bias", bias, torch.float32, (n,)).data_ptr()
+    y = torch.empty((*xq.shape[:-1], n), dtype=torch.float32)
+    if m == 0 or n == 0:
+        return y
+    rc = lib.qe_w8a8_linear(
+        xq.data_ptr(),
+        x_scale.data_ptr(),
+        zptr,
+        wq.data_ptr(),
+        w_scale.data_ptr(),
+        sptr,
+        bptr,
+        y.data_ptr(),
+        m,
+        n,
+        k,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_w8a8_linear")
+    return y
+
+
+def weight_row_sums(wq: torch.Tensor) -> torch.Tensor:
+    """``w_sum`` for :func:`w8a8_linear`: int32 [N] row sums of int8 ``wq`` [N, K]."""
+    wq = _tensor("wq", wq, torch.int8)
+    if wq.dim() != 2:
+        raise ValueError(f"wq must be 2-D [N, K], got shape {list(wq.shape)}")
+    return wq.sum(dim=1, dtype=torch.int32)

@@ -1,0 +1,256 @@
+"""The kernel benchmark behind ``explorer bench``: fp32, bf16 and every real kernel on linear layers
+``y = x·Wᵀ`` (K = N = 4096 by default, M ∈ {1, 8, 32}) and on one convolution.
+
+Weight streaming is what int8/int4 buys at small M, so the benchmark must not time weights that sit
+in cache: each candidate rotates over enough weight copies to exceed four times the 32 MiB L3, and
+the candidates are interleaved call by call so that drift (turbo, other load) hits all alike. The
+result is the median of the repeats; GB/s counts the weight bytes each kernel reads.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from explorer.kernels import native
+from explorer.kernels.base import LinearSpec
+from explorer.kernels.select import KERNELS
+from explorer.measure.latency import timing_lock
+from explorer.nn.modules import QuantConv2d
+from explorer.quant.config import QuantConfig
+from explorer.quant.qtensor import QuantizedWeight
+
+L3_BYTES = 32 * 2**20
+ROTATE_FACTOR = 4
+
+# (label, config) of the formats benchmarked; each runs on every real kernel that computes it.
+LINEAR_FORMATS: tuple[tuple[str, QuantConfig], ...] = (
+    ("w8-channel", QuantConfig(weight_bits=8)),
+    ("w4-g128", QuantConfig(weight_bits=4, granularity="group", group_size=128)),
+    ("w4-g32", QuantConfig(weight_bits=4, granularity="group", group_size=32)),
+    ("w8a8-token", QuantConfig(weight_bits=8, act_bits=8, act_granularity="token")),
+    ("w8a8-tensor", QuantConfig(weight_bits=8, act_bits=8, act_granularity="tensor")),
+)
+SLOW_ON_CPU = {"int8-w8a8-intmm"}  # torch._int_mm has no fast x86 path (≈10x slower than fp32)
+
+
+@dataclass
+class _Candidate:
+    kernel: str
+    fmt: str
+    run: Callable[[Any, torch.Tensor], torch.Tensor]
+    states: list[Any]
+    weight_bytes: int
+    inputs: dict[int, torch.Tensor]
+
+
+def _copies(nbytes: int) -> int:
+    return max(2, -(-ROTATE_FACTOR * L3_BYTES // nbytes) + 1)
+
+
+def _random_qweight(config: QuantConfig, n: int, k: int, gen: torch.Generator) -> QuantizedWeight:
+    """Random codes and scales in the config's stored format (values do not affect speed)."""
+    bits, sym = config.weight_bits, config.symmetric
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if sym else (0, (1 << bits) - 1)
+    block = (1, config.group_size or k)
+    codes = torch.randint(lo, hi + 1, (n, k), generator=gen, dtype=torch.int32)
+    scale = torch.rand(n, k // block[1], generator=gen) * 0.01 + 1e-3
+    if config.granularity == "group":
+        scale = scale.bfloat16()
+    return QuantizedWeight.from_codes(codes, scale, None, bits, sym, block)
+
+
+def _float_candidate(dtype: torch.dtype, n: int, k: int, gen: torch.Generator) -> _Candidate:
+    nbytes = n * k * torch.finfo(dtype).bits // 8
+    ws = [torch.randn(n, k, generator=gen).to(dtype) for _ in range(_copies(nbytes))]
+    name = "fp32" if dtype == torch.float32 else "bf16"
+
+    def run(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(w.dtype), w).float()
+
+    return _Candidate(name, name, run, ws, nbytes, {})
+
+
+def linear_candidates(
+    n: int, k: int, include_slow: bool = False, device: str = "cpu"
+) -> list[_Candidate]:
+    gen = torch.Generator().manual_seed(0)
+    out = [_float_candidate(torch.float32, n, k, gen), _float_candidate(torch.bfloat16, n, k, gen)]
+    for fmt, config in LINEAR_FORMATS:
+        spec = LinearSpec.from_config(config, n, k, device)
+        for kernel in KERNELS.values():
+            if kernel.supports(spec) is not None:
+                continue
+            if kernel.name in SLOW_ON_CPU and device == "cpu" and not include_slow:
+                continue
+            probe = _random_qweight(config, n, k, gen)
+            copies = _copies(probe.nbytes)
+            states = [kernel.prepare(spec, probe, None, None)]
+            states += [
+                kernel.prepare(spec, _random_qweight(config, n, k, gen), None, None)
+                for _ in range(copies - 1)
+            ]
+            out.append(_Candidate(kernel.name, fmt, kernel.run, states, probe.nbytes, {}))
+    return out
+
+
+def bench_linear(
+    ms: tuple[int, ...] = (1, 8, 32),
+    n: int = 4096,
+    k: int = 4096,
+    repeats: int = 30,
+    include_slow: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    cands = linear_candidates(n, k, include_slow)
+    rows = []
+    for m in ms:
+        if progress:
+            progress(f"linear M={m}")
+        x = torch.randn(m, k)
+        samples: dict[int, list[float]] = {i: [] for i in range(len(cands))}
+        for i, c in enumerate(cands):  # warm-up every copy once
+            for s in c.states:
+                c.run(s, x)
+        reps = {i: (3 if c.kernel in SLOW_ON_CPU else repeats) for i, c in enumerate(cands)}
+        for r in range(repeats):
+            for i, c in enumerate(cands):
+                if r >= reps[i]:
+                    continue
+                state = c.states[r % len(c.states)]
+                t0 = time.perf_counter()
+                c.run(state, x)
+                samples[i].append((time.perf_counter() - t0) * 1e3)
+        medians = {i: statistics.median(s) for i, s in samples.items()}
+        fp32 = next(medians[i] for i, c in enumerate(cands) if c.kernel == "fp32")
+        bf16 = next(medians[i] for i, c in enumerate(cands) if c.kernel == "bf16")
+        for i, c in enumerate(cands):
+            ms_ = medians[i]
+            rows.append(
+                {
+                    "op": "linear",
+                    "kernel": c.kernel,
+                    "format": c.fmt,
+                    "M": m,
+                    "K": k,
+                    "N": n,
+                    "ms": round(ms_, 4),
+                    "gbps": round(c.weight_bytes / ms_ / 1e6, 2),
+                    "speedup_vs_fp32": round(fp32 / ms_, 2),
+                    "speedup_vs_bf16": round(bf16 / ms_, 2),
+                    "weight_copies": len(c.states),
+                }
+            )
+    return rows
+
+
+CONV_SHAPE = {
+    "batch": 1,
+    "in_channels": 128,
+    "out_channels": 128,
+    "height": 28,
+    "width": 28,
+    "kernel": 3,
+    "padding": 1,
+}
+
+
+def bench_conv(
+    repeats: int = 20, progress: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """One 3x3 convolution (activation-bound; weights fit in cache, so no rotation)."""
+    if progress:
+        progress("conv2d")
+    s = CONV_SHAPE
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(s["in_channels"], s["out_channels"], s["kernel"], padding=s["padding"])
+    x = torch.randn(s["batch"], s["in_channels"], s["height"], s["width"])
+    fns: dict[str, Callable[[], torch.Tensor]] = {"fp32": lambda: conv(x)}
+    conv_bf16 = torch.nn.Conv2d(
+        s["in_channels"], s["out_channels"], s["kernel"], padding=s["padding"]
+    ).bfloat16()
+    fns["bf16"] = lambda: conv_bf16(x.bfloat16())
+    for fmt, config in LINEAR_FORMATS:
+        q = QuantConv2d.from_float(conv, config)
+        spec = q.spec
+        for kernel in KERNELS.values():
+            if kernel.supports(spec) is None and kernel.name not in SLOW_ON_CPU:
+                qk = QuantConv2d.from_float(conv, config)
+                qk.use_kernel(kernel.name)
+                fns[f"{kernel.name}|{fmt}"] = qk
+    with torch.inference_mode():
+        for f in fns.values():
+            f() if not isinstance(f, torch.nn.Module) else f(x)
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, f in fns.items():
+                t0 = time.perf_counter()
+                f() if not isinstance(f, torch.nn.Module) else f(x)
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    rows = []
+    for name, t in med.items():
+        kernel, _, fmt = name.partition("|")
+        rows.append(
+            {
+                "op": "conv2d",
+                "kernel": kernel,
+                "format": fmt or kernel,
+                "shape": dict(s),
+                "ms": round(t, 4),
+                "speedup_vs_fp32": round(med["fp32"] / t, 2),
+                "speedup_vs_bf16": round(med["bf16"] / t, 2),
+            }
+        )
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "native_kernels": native.available(),
+        "native_unavailable_reason": native.unavailable_reason(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "rotate_bytes_min": ROTATE_FACTOR * L3_BYTES,
+    }
+
+
+def run_bench(
+    ms: tuple[int, ...] = (1, 8, 32),
+    n: int = 4096,
+    k: int = 4096,
+    repeats: int = 30,
+    conv: bool = True,
+    include_slow: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    with timing_lock():
+        rows = bench_linear(ms, n, k, repeats, include_slow, progress)
+        if conv:
+            rows += bench_conv(max(5, repeats // 2), progress)
+    return {"env": environment(), "rows": rows}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{'op':7} {'kernel':24} {'format':12} {'M':>4} {'ms':>9} {'GB/s':>7} "
+        f"{'x fp32':>7} {'x bf16':>7}"
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['op']:7} {r['kernel']:24} {r['format']:12} {r.get('M', '-')!s:>4} "
+            f"{r['ms']:9.3f} {r.get('gbps', float('nan')):7.1f} {r['speedup_vs_fp32']:7.2f} "
+            f"{r['speedup_vs_bf16']:7.2f}"
+        )
+    return "\n".join(lines)
