@@ -1,4 +1,4 @@
-"""Exceptions that carry a message a user can act on. The CLI prints the message, never a traceback."""
+"""Exceptions carrying a message a user can act on; the CLI prints it, never a traceback."""
 
 
 class ExplorerError(Exception):

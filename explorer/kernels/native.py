@@ -370,7 +370,9 @@ def wo_linear(
         raise ValueError(f"4-bit codes need an even K, got K={k}")
     if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
         shape = list(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-        raise ValueError(f"codes must be a 2-D tensor [N, K{'/2' if bits == 4 else ''}], got {shape}")
+        raise ValueError(
+            f"codes must be a 2-D tensor [N, K{'/2' if bits == 4 else ''}], got {shape}"
+        )
     n = codes.shape[0]
     if bits == 4:
         codes = _dense("codes", codes, torch.uint8, (n, k // 2))

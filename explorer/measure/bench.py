@@ -29,6 +29,7 @@ from explorer.quant.qtensor import QuantizedWeight
 
 L3_BYTES = 32 * 2**20
 ROTATE_FACTOR = 4
+MAX_COPIES = 64  # small layers fit in cache whatever we do; don't build thousands of copies
 
 # (label, config) of the formats benchmarked; each runs on every real kernel that computes it.
 LINEAR_FORMATS: tuple[tuple[str, QuantConfig], ...] = (
@@ -52,7 +53,9 @@ class _Candidate:
 
 
 def _copies(nbytes: int) -> int:
-    return max(2, -(-ROTATE_FACTOR * L3_BYTES // nbytes) + 1)
+    if nbytes * MAX_COPIES < L3_BYTES:
+        return 2  # no number of copies leaves the cache: time the layer as it will run
+    return min(MAX_COPIES, -(-ROTATE_FACTOR * L3_BYTES // nbytes) + 1)
 
 
 def _random_qweight(config: QuantConfig, n: int, k: int, gen: torch.Generator) -> QuantizedWeight:
@@ -116,7 +119,7 @@ def bench_linear(
             progress(f"linear M={m}")
         x = torch.randn(m, k)
         samples: dict[int, list[float]] = {i: [] for i in range(len(cands))}
-        for i, c in enumerate(cands):  # warm-up every copy once
+        for c in cands:  # warm-up every copy once
             for s in c.states:
                 c.run(s, x)
         reps = {i: (3 if c.kernel in SLOW_ON_CPU else repeats) for i, c in enumerate(cands)}

@@ -101,7 +101,7 @@ class _QuantBase(nn.Module):
                 kernel.prepare(self.spec, self.qweight_view(), self.bias, self.act_qparams()),
             )
         kernel, state = self._state
-        return kernel.run(state, x2d.float())
+        return kernel.run(state, x2d.float().contiguous())
 
     def _twin_config(self) -> QuantConfig:
         for config in timing_configs(self.config):

@@ -1,11 +1,12 @@
 """Quantization configs and per-layer plans: frozen, hashable, validated, JSON round-trippable.
 
-A `QuantConfig` says how one layer is stored and run: weight bits (2-8, or float), granularity
+A `QuantConfig` says how one layer is stored and run: weight bits (2-8, or float); granularity
 (per-tensor, per-channel or per-group, expressed as a block size over the 2-D weight
-``[out_features, in_features]``; convolutions are flattened to ``[out_channels, in/groups * kh * kw]``
-in PyTorch's memory order, so a group runs along input channels times kernel window), symmetric or
-asymmetric codes, the calibration that picks the clipping range, activation quantization, and the
-method (PTQ or QAT). Float baselines are configs too (``QuantConfig.float("fp32")``).
+``[out_features, in_features]``; convolutions are flattened to
+``[out_channels, in/groups * kh * kw]`` in PyTorch's memory order, so a group runs along input
+channels times kernel window); symmetric or asymmetric codes; the calibration that picks the
+clipping range; activation quantization; and the method (PTQ or QAT). Float baselines are configs
+too (``QuantConfig.float("fp32")``).
 
 A `Plan` maps layer names to configs. Rules are ``fnmatch`` glob patterns (``blocks.*.mlp.*``)
 tried in order; a rule whose pattern has no wildcard names one layer *explicitly*. A config that
@@ -62,7 +63,8 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
             raise QuantConfigError(
-                f"config version {self.version} is not supported (this build reads {CONFIG_VERSION})"
+                f"config version {self.version} is not supported "
+                f"(this build reads {CONFIG_VERSION})"
             )
         _check_choice("float_dtype", self.float_dtype, FLOAT_DTYPES)
         if self.weight_bits is None:
@@ -97,7 +99,8 @@ class QuantConfig:
         if self.act_mode == "static" and self.act_granularity == "token":
             raise QuantConfigError(
                 "static activation quantization is per-tensor: per-token scales depend on each "
-                "input, so they can only be dynamic (use act_granularity='tensor' or act_mode='dynamic')"
+                "input, so they can only be dynamic "
+                "(use act_granularity='tensor' or act_mode='dynamic')"
             )
         _check_choice("method", self.method, METHODS)
         _check_choice("algorithm", self.algorithm, ALGORITHMS)
@@ -201,7 +204,7 @@ class Plan:
         return cls(default=config, fallback=fallback)
 
     def match(self, layer: str) -> tuple[QuantConfig | None, str]:
-        """The config for ``layer`` and where it came from: ``explicit``, ``pattern:P`` or ``default``."""
+        """The config for ``layer`` and its source: ``explicit``, ``pattern:P`` or ``default``."""
         for pattern, config in self.rules:
             if not _is_glob(pattern):
                 if pattern == layer:

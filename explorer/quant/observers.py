@@ -25,7 +25,7 @@ ACT_SAMPLE_LIMIT = 1 << 20  # values kept for activation percentile / MSE statis
 def weight_range(
     w: torch.Tensor, config: QuantConfig, block: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-block clipping range ``(lo, hi)`` of the 2-D weight ``w`` under ``config.calibration``."""
+    """Per-block clipping range ``(lo, hi)`` of the 2-D weight ``w`` by ``config.calibration``."""
     assert config.weight_bits is not None
     return _range(
         w, block, config.calibration, config.percentile, config.weight_bits, config.symmetric

@@ -2,8 +2,8 @@
 
 Codes are unsigned integers in ``[0, 2**bits)``. They are written as one little-endian bitstream,
 least significant bit first: element ``i`` occupies bits ``[i*bits, (i+1)*bits)``. For 4 bits this
-is the familiar two-per-byte layout (element ``2j`` in the low nibble of byte ``j``), for 2 bits four
-per byte; 3, 5, 6 and 7 bits straddle byte boundaries. ``packed_nbytes`` is ``ceil(n*bits/8)``.
+is the familiar two-per-byte layout (element ``2j`` in the low nibble of byte ``j``), for 2 bits
+four per byte; 3, 5, 6 and 7 bits straddle byte boundaries. ``packed_nbytes`` is ``ceil(n*bits/8)``.
 """
 
 from __future__ import annotations

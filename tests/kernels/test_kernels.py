@@ -22,8 +22,9 @@ FORMATS = {
     "w8-channel-asym": QuantConfig(weight_bits=8, symmetric=False),
     "w8-tensor": QuantConfig(weight_bits=8, granularity="tensor"),
     "w4-g32": QuantConfig(weight_bits=4, granularity="group", group_size=32),
-    "w4-g128-asym": QuantConfig(weight_bits=4, granularity="group", group_size=128,
-                                symmetric=False),
+    "w4-g128-asym": QuantConfig(
+        weight_bits=4, granularity="group", group_size=128, symmetric=False
+    ),
     "w4-channel": QuantConfig(weight_bits=4),
     "w8a8-token": QuantConfig(act_bits=8),
     "w8a8-tensor-asym": QuantConfig(act_bits=8, act_granularity="tensor", act_symmetric=False),
@@ -71,8 +72,9 @@ def test_kernels_match_reference(fmt: str) -> None:
     k_blocks=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
-def test_kernels_match_reference_property(fmt: str, m: int, n: int, k_blocks: int, seed: int
-                                          ) -> None:
+def test_kernels_match_reference_property(
+    fmt: str, m: int, n: int, k_blocks: int, seed: int
+) -> None:
     config = FORMATS[fmt]
     k = (config.group_size or 32) * k_blocks
     if config.granularity == "tensor" and n == 1:
@@ -89,8 +91,12 @@ def test_every_real_format_has_a_real_kernel_here() -> None:
 
 
 def test_no_kernel_for_formats_without_one() -> None:
-    for config in (QuantConfig(weight_bits=3), QuantConfig(weight_bits=2),
-                   QuantConfig(weight_bits=6), QuantConfig(act_bits=4)):
+    for config in (
+        QuantConfig(weight_bits=3),
+        QuantConfig(weight_bits=2),
+        QuantConfig(weight_bits=6),
+        QuantConfig(act_bits=4),
+    ):
         assert candidates(LinearSpec.from_config(config, 64, 256)) == []
         assert timing_configs(config)[0].weight_bits in (4, 8)
 
@@ -126,8 +132,9 @@ def test_extreme_operands_are_exact(k: int) -> None:
     n = 16
     config = QuantConfig(act_bits=8, act_granularity="tensor", act_mode="static")
     spec = LinearSpec.from_config(config, n, k)
-    qw = QuantizedWeight.from_codes(torch.full((n, k), -128, dtype=torch.int32),
-                                    torch.ones(n, 1), None, 8, True, (1, k))
+    qw = QuantizedWeight.from_codes(
+        torch.full((n, k), -128, dtype=torch.int32), torch.ones(n, 1), None, 8, True, (1, k)
+    )
     x = torch.full((3, k), -128.0)
     for kernel in candidates(spec):
         y = kernel.run(kernel.prepare(spec, qw, None, ActQParams(1.0, 0)), x)
