@@ -43,21 +43,35 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     from explorer.measure.bench import format_table, run_bench
 
+    from tqdm import tqdm
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    bar = tqdm(
+        total=len(args.m) + (0 if args.no_conv else 1),
+        file=sys.stderr,
+        unit="step",
+        desc="bench: preparing weights",
+    )
 
     def progress(msg: str) -> None:
-        print(f"bench: {msg}", file=sys.stderr, flush=True)
+        if bar.desc != "bench: preparing weights":
+            bar.update()
+        bar.set_description(f"bench: {msg}")
 
-    result = run_bench(
-        ms=args.m,
-        n=args.n,
-        k=args.k,
-        repeats=args.repeats,
-        conv=not args.no_conv,
-        include_slow=args.include_slow,
-        progress=progress,
-    )
+    try:
+        result = run_bench(
+            ms=args.m,
+            n=args.n,
+            k=args.k,
+            repeats=args.repeats,
+            conv=not args.no_conv,
+            include_slow=args.include_slow,
+            progress=progress,
+        )
+        bar.update()
+    finally:
+        bar.close()
     if not args.json:
         print(format_table(result))
     return result

@@ -28,6 +28,9 @@ def configs(draw: st.DrawFn) -> QuantConfig:
     granularity = draw(st.sampled_from(["tensor", "channel", "group"]))
     act_bits = draw(st.sampled_from([None, 4, 8]))
     act_mode = draw(st.sampled_from(["dynamic", "static"]))
+    act_granularity = (
+        "tensor" if act_mode == "static" else draw(st.sampled_from(["tensor", "token"]))
+    )
     method = draw(st.sampled_from(["ptq", "qat"]))
     return QuantConfig(
         weight_bits=draw(st.integers(2, 8)),
@@ -38,7 +41,7 @@ def configs(draw: st.DrawFn) -> QuantConfig:
         percentile=draw(st.floats(50.0, 100.0, exclude_min=True)),
         act_bits=act_bits,
         act_mode=act_mode,
-        act_granularity="tensor" if act_mode == "static" else draw(st.sampled_from(["tensor", "token"])),
+        act_granularity=act_granularity,
         act_symmetric=draw(st.booleans()),
         method=method,
         learn_scales=method == "qat" and draw(st.booleans()),
@@ -89,11 +92,9 @@ def test_plan_json_is_canonical(plan: Plan) -> None:
 def test_equal_plans_built_differently_give_equal_json() -> None:
     w4 = QuantConfig(weight_bits=4, granularity="group", group_size=32)
     a = Plan(default=QuantConfig(), rules=(("blocks.*.mlp.*", w4), ("head", None)))
-    b = Plan(
-        default=QuantConfig(weight_bits=8, granularity="channel"),
-        rules=[["blocks.*.mlp.*", QuantConfig().with_(weight_bits=4, granularity="group",
-                                                     group_size=32)], ["head", None]],  # type: ignore[arg-type]
-    )
+    w4_again = QuantConfig().with_(weight_bits=4, granularity="group", group_size=32)
+    rules_as_lists: Any = [["blocks.*.mlp.*", w4_again], ["head", None]]  # as JSON would give
+    b = Plan(default=QuantConfig(weight_bits=8, granularity="channel"), rules=rules_as_lists)
     assert a == b
     assert hash(a) == hash(b)
     assert a.to_json() == b.to_json()
@@ -322,7 +323,11 @@ def test_names() -> None:
     assert QuantConfig.float("bf16").name == "bf16"
     assert QuantConfig.float().is_float
     lsq = QuantConfig(
-        weight_bits=4, symmetric=False, calibration="mse", act_bits=8, method="qat",
+        weight_bits=4,
+        symmetric=False,
+        calibration="mse",
+        act_bits=8,
+        method="qat",
         learn_scales=True,
     )
     assert lsq.name == "W4 channel asym mse A8 token dynamic qat+lsq"

@@ -68,9 +68,8 @@ def test_4bit_layout_by_hand() -> None:
     packed = pack(torch.tensor([1, 2, 3, 4, 5]), 4)
     assert packed.tolist() == [0x21, 0x43, 0x05]
     assert pack(torch.tensor([15, 0, 0, 15]), 4).tolist() == [0x0F, 0xF0]
-    assert unpack(torch.tensor([0x21, 0x43, 0x05], dtype=torch.uint8), 4, 5).tolist() == [
-        1, 2, 3, 4, 5,
-    ]
+    by_hand = torch.tensor([0x21, 0x43, 0x05], dtype=torch.uint8)
+    assert unpack(by_hand, 4, 5).tolist() == [1, 2, 3, 4, 5]
 
 
 def test_2bit_and_3bit_layout_by_hand() -> None:
