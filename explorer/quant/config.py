@@ -67,6 +67,9 @@ class QuantConfig:
                 f"(this build reads {CONFIG_VERSION})"
             )
         _check_choice("float_dtype", self.float_dtype, FLOAT_DTYPES)
+        for flag in ("symmetric", "act_symmetric", "learn_scales"):
+            if not isinstance(getattr(self, flag), bool):
+                raise QuantConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.weight_bits is None:
             if self.act_bits is not None:
                 raise QuantConfigError(
@@ -74,7 +77,7 @@ class QuantConfig:
                     f"(act_bits={self.act_bits}); set weight_bits too"
                 )
             return
-        if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
+        if not _is_int(self.weight_bits) or not 2 <= self.weight_bits <= 8:
             raise QuantConfigError(
                 f"weight_bits must be an integer from 2 to 8, got {self.weight_bits!r}"
             )
@@ -90,9 +93,11 @@ class QuantConfig:
                 f"not {self.granularity!r}"
             )
         _check_choice("calibration", self.calibration, CALIBRATIONS)
-        if not 50.0 < self.percentile <= 100.0:
+        if not _is_number(self.percentile) or not 50.0 < self.percentile <= 100.0:
             raise QuantConfigError(f"percentile must be in (50, 100], got {self.percentile}")
-        if self.act_bits is not None and self.act_bits not in (4, 8):
+        if self.act_bits is not None and (
+            not _is_int(self.act_bits) or self.act_bits not in (4, 8)
+        ):
             raise QuantConfigError(f"act_bits must be 8, 4 or None (float), got {self.act_bits!r}")
         _check_choice("act_mode", self.act_mode, ACT_MODES)
         _check_choice("act_granularity", self.act_granularity, ACT_GRANULARITIES)
@@ -105,7 +110,9 @@ class QuantConfig:
         _check_choice("method", self.method, METHODS)
         _check_choice("algorithm", self.algorithm, ALGORITHMS)
         if self.learn_scales and self.method != "qat":
-            raise QuantConfigError("learn_scales (LSQ) only applies to method 'qat'")
+            raise QuantConfigError(
+                f"learn_scales (LSQ) only applies to method 'qat', not {self.method!r}"
+            )
 
     # --- constructors and names -------------------------------------------------------------
     @classmethod
@@ -165,6 +172,14 @@ def parse_granularity(text: str) -> tuple[str, int | None]:
             f"granularity {text!r} is not one of 'tensor', 'channel' or 'group<N>' (e.g. group32)"
         )
     return "group", int(match.group(1))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

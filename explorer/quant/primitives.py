@@ -103,9 +103,17 @@ def choose_qparams(
 
 
 def _store_scale(scale: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
-    scale = scale.clamp_min(SCALE_EPS).to(scale_dtype)
-    # Rounding to bf16 may land on zero only below fp32's normal range; clamp again after.
-    return scale.float().clamp_min(SCALE_EPS)
+    """Round the scale to its storage dtype, *up* where rounding to nearest would shrink it: a
+    smaller scale would clip the top of the block by up to 1.5 steps instead of half a step."""
+    scale = scale.clamp_min(SCALE_EPS)
+    if scale_dtype == torch.float32:
+        return scale
+    stored = scale.to(scale_dtype)
+    low = stored.float() < scale
+    if bool(low.any()):
+        bits = stored.view(torch.int16)  # positive floats: the next pattern is the next value
+        stored = torch.where(low, bits + 1, bits).view(scale_dtype)
+    return stored.float().clamp_min(SCALE_EPS)
 
 
 def quantize(
