@@ -40,10 +40,9 @@ def _positive(text: str) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     import torch
+    from tqdm import tqdm
 
     from explorer.measure.bench import format_table, run_bench
-
-    from tqdm import tqdm
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,8 +5,9 @@ A layer whose format has no real kernel runs the float reference (accuracy) and 
 its latency is measured on `timing_twin()`, the same layer re-quantized to the next wider format
 that has a real kernel. Convolutions run as im2col (``F.unfold``) plus the linear kernel; the
 flattened weight is ``[out_channels, in_channels * kh * kw]`` (channel-major, as PyTorch stores
-it), so a weight group runs along input channels × kernel window. Grouped and depthwise
-convolutions have no integer kernel here: they are simulated and timed as an fp32 convolution.
+it), so a weight group runs along input channels × kernel window. Depthwise convolutions
+with int8 weights and per-tensor int8 activations run on oneDNN's int8 kernel; other grouped or
+depthwise settings are simulated, timed as that kernel (integer activations) or as fp32.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from explorer.kernels.activation import fake_quantize_activation
 from explorer.kernels.base import ActQParams, LinearSpec, timing_configs
+from explorer.kernels.conv_ops import DEPTHWISE, ConvGeometry
 from explorer.kernels.select import REFERENCE, candidates, choose, get_kernel
 from explorer.quant.config import QuantConfig
 from explorer.quant.qtensor import QuantizedWeight
@@ -208,8 +210,25 @@ class QuantConv2d(_QuantBase):
     def _kernel_capable(self) -> bool:
         return self.conv["groups"] == 1
 
+    def _default_kernel(self) -> str:
+        if self.conv["groups"] == 1:
+            return super()._default_kernel()
+        if DEPTHWISE.supports(self.spec, self.geometry) is None:
+            return DEPTHWISE.name
+        return REFERENCE.name
+
+    @property
+    def geometry(self) -> ConvGeometry:
+        return ConvGeometry(**self.conv)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
+        if self.kernel_name == DEPTHWISE.name:
+            if self._state is None:
+                self._state = DEPTHWISE.prepare(
+                    self.spec, self.geometry, self.qweight_view(), self.bias, self.act_qparams()
+                )
+            return DEPTHWISE.run(self._state, x)
         if c["groups"] != 1:
             return self._grouped(x)
         b, _, h, w = x.shape
@@ -259,11 +278,21 @@ class QuantConv2d(_QuantBase):
             conv.weight.copy_(self.qweight_view().dequantize().reshape(conv.weight.shape))
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
-        config = self._twin_config() if c["groups"] == 1 else QuantConfig.float("fp32")
+        config = self._twin_config() if c["groups"] == 1 else self._grouped_twin_config()
         if config.is_float:
             return conv
         act = self.act_qparams() if config.act_mode == "static" else None
         return QuantConv2d.from_float(conv, config, act)
+
+    def _grouped_twin_config(self) -> QuantConfig:
+        """Depthwise layers without a real kernel are timed as W8A8 per-tensor on oneDNN when
+        the activations are integer, else as the fp32 convolution."""
+        if self.spec.act_bits is None:
+            return QuantConfig.float("fp32")
+        config = QuantConfig(weight_bits=8, act_bits=8, act_granularity="tensor")
+        spec = LinearSpec.from_config(config, *self.weight_shape)
+        ok = DEPTHWISE.supports(spec, self.geometry) is None
+        return config if ok else QuantConfig.float("fp32")
 
 
 def _out_hw(h: int, w: int, c: dict[str, Any]) -> tuple[int, int]:

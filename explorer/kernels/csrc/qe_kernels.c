@@ -61,10 +61,18 @@
 enum { QE_OK = 0, QE_EINVAL = -1, QE_ENOMEM = -2 };
 
 /* Blocking parameters. */
-#define QE_NT 16        /* columns per thread tile (weights of a tile stay in L1/L2) */
-#define QE_MP 32        /* activation rows per panel (bounds the partial-sum buffer) */
-#define QE_WO_KC 1024   /* K chunk (elements) when several row blocks share a tile */
-#define QE_I8_KC 1024   /* same for the integer kernels */
+#ifndef QE_NT
+#define QE_NT 16 /* columns per work tile (the tile's weights stay in L1/L2) */
+#endif
+#ifndef QE_MP
+#define QE_MP 32 /* activation rows per panel (bounds the partial-sum buffer) */
+#endif
+#ifndef QE_WO_KC
+#define QE_WO_KC 1024 /* K chunk (elements) when several row blocks share a tile */
+#endif
+#ifndef QE_I8_KC
+#define QE_I8_KC 1024 /* same for the integer kernels */
+#endif
 #define QE_MAX_K 131071 /* int8 kernels: K * 128 * 128 must fit in int32 */
 
 static int qe_forced_isa = -1; /* -1: auto, 0: scalar, 1: avx2 (if supported) */
@@ -168,6 +176,7 @@ typedef struct {
     float zconst;   /* zero point when zeros == NULL */
     char* tws;      /* per-thread workspace base */
     size_t tws_stride;
+    int64_t* next;  /* shared work counter (first unclaimed column) */
 } qe_wo_ctx;
 
 static void qe_wo_xsum_row(const qe_wo_ctx* c, int64_t m) {
@@ -252,9 +261,9 @@ QE_AVX2 static void qe_wo_prep_row(const qe_wo_ctx* c, int64_t m) {
         memcpy(xo, xr, (size_t)K * sizeof(float));
         for (int64_t k = K; k < c->ldx; ++k) xo[k] = 0.0f;
     } else {
-        static const float scl[8] = {1.0f,        1.0f / 16,        1.0f / 256,
-                                     1.0f / 4096, 1.0f / 65536,     1.0f / 1048576,
-                                     1.0f / 16777216, 1.0f};
+        /* nibble t is decoded as u * 16^(t mod 4) (nibbles 4..7 come from w >> 16) */
+        static const float scl[8] = {1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096,
+                                     1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096};
         for (int64_t b = 0; b < c->nfull; ++b) {
             const float* src = xr + b * 64;
             float* dst = xo + b * 64;
@@ -310,6 +319,7 @@ typedef struct {
     const uint8_t* flush;
     float* buf;
     int64_t ldbuf;
+    int64_t pf; /* prefetch distance in bytes (next column tile), 0 = none */
 } qe_wo_micro_args;
 
 /* MR activation rows x NR weight rows, blocks [b0, b1); partial sums are flushed (scaled)
@@ -322,6 +332,7 @@ QE_AVX2 QE_INLINE void qe_wo4_micro(const int MR, const int NR, const qe_wo_micr
     const int64_t ldx = a->ldx, nfull = a->nfull, ldbuf = a->ldbuf;
     const uint8_t* w0 = a->w[0];
     const uint8_t* w1 = a->w[1];
+    const int64_t pf = a->pf;
     float* buf = a->buf;
     __m256 acc[4][2][AMAX];
 #pragma GCC unroll 4
@@ -336,6 +347,10 @@ QE_AVX2 QE_INLINE void qe_wo4_micro(const int MR, const int NR, const qe_wo_micr
         if (b < nfull) {
             wv[0] = _mm256_loadu_si256((const __m256i*)(w0 + b * 32));
             if (NR > 1) wv[1] = _mm256_loadu_si256((const __m256i*)(w1 + b * 32));
+            if (pf) {
+                _mm_prefetch((const char*)(w0 + b * 32 + pf), _MM_HINT_T0);
+                if (NR > 1) _mm_prefetch((const char*)(w1 + b * 32 + pf), _MM_HINT_T0);
+            }
         } else {
             wv[0] = _mm256_loadu_si256((const __m256i*)a->wt[0]);
             if (NR > 1) wv[1] = _mm256_loadu_si256((const __m256i*)a->wt[1]);
@@ -346,9 +361,9 @@ QE_AVX2 QE_INLINE void qe_wo4_micro(const int MR, const int NR, const qe_wo_micr
             __m256 d[2];
 #pragma GCC unroll 2
             for (int j = 0; j < NR; ++j) {
-                __m256i v = (t == 7) ? _mm256_srli_epi32(wv[j], 28)
-                                     : _mm256_and_si256(wv[j],
-                                                        _mm256_set1_epi32((int)(0xFu << (4 * t))));
+                __m256i v = (t < 4) ? _mm256_and_si256(wv[j], _mm256_set1_epi32(0xF << (4 * t)))
+                                    : _mm256_and_si256(_mm256_srli_epi32(wv[j], 16),
+                                                       _mm256_set1_epi32(0xF << (4 * (t - 4))));
                 d[j] = _mm256_cvtepi32_ps(v);
             }
 #pragma GCC unroll 4
@@ -380,6 +395,48 @@ QE_AVX2 QE_INLINE void qe_wo4_micro(const int MR, const int NR, const qe_wo_micr
     }
 }
 
+/* M = 1 specialisation: one weight row, eight accumulators (one per nibble position).
+ * Nibbles 4..7 are decoded from (w >> 16) with the masks of nibbles 0..3, so only four mask
+ * registers are live and nothing spills. */
+QE_AVX2 static void qe_wo4_row1(const qe_wo_micro_args* a, int64_t b0, int64_t b1) {
+    const float* xb0 = a->xp;
+    const uint8_t* w0 = a->w[0];
+    const int64_t nfull = a->nfull, pf = a->pf;
+    const __m256i m0 = _mm256_set1_epi32(0xF), m1 = _mm256_set1_epi32(0xF0);
+    const __m256i m2 = _mm256_set1_epi32(0xF00), m3 = _mm256_set1_epi32(0xF000);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    __m256 tot = _mm256_setzero_ps();
+    for (int64_t b = b0; b < b1; ++b) {
+        __m256i w;
+        if (b < nfull) {
+            w = _mm256_loadu_si256((const __m256i*)(w0 + b * 32));
+            if (pf) _mm_prefetch((const char*)(w0 + b * 32 + pf), _MM_HINT_T0);
+        } else {
+            w = _mm256_loadu_si256((const __m256i*)a->wt[0]);
+        }
+        const __m256i wh = _mm256_srli_epi32(w, 16);
+        const float* xb = xb0 + b * 64;
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, m0)), _mm256_load_ps(xb + 0), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, m1)), _mm256_load_ps(xb + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, m2)), _mm256_load_ps(xb + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(w, m3)), _mm256_load_ps(xb + 24), a3);
+        a4 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(wh, m0)), _mm256_load_ps(xb + 32), a4);
+        a5 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(wh, m1)), _mm256_load_ps(xb + 40), a5);
+        a6 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(wh, m2)), _mm256_load_ps(xb + 48), a6);
+        a7 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(wh, m3)), _mm256_load_ps(xb + 56), a7);
+        if (a->flush[b] || b + 1 == b1) {
+            const int32_t ga = a->ga[b], gb = a->gb[b];
+            __m256 sv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(a->s[0][ga])),
+                                             _mm_set1_ps(a->s[0][gb]), 1);
+            __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                                       _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+            tot = _mm256_fmadd_ps(sum, sv, tot);
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = _mm256_setzero_ps();
+        }
+    }
+    _mm256_store_ps(a->buf, _mm256_add_ps(tot, _mm256_load_ps(a->buf)));
+}
+
 QE_AVX2 QE_INLINE void qe_wo8_micro(const int MR, const int NR, const qe_wo_micro_args* a,
                                     int64_t b0, int64_t b1) {
     enum { AMAX = 4 };
@@ -388,6 +445,7 @@ QE_AVX2 QE_INLINE void qe_wo8_micro(const int MR, const int NR, const qe_wo_micr
     const int64_t ldx = a->ldx, nfull = a->nfull, ldbuf = a->ldbuf;
     const uint8_t* w0 = a->w[0];
     const uint8_t* w1 = a->w[1];
+    const int64_t pf = a->pf;
     float* buf = a->buf;
     __m256 acc[4][2][AMAX];
 #pragma GCC unroll 4
@@ -402,6 +460,10 @@ QE_AVX2 QE_INLINE void qe_wo8_micro(const int MR, const int NR, const qe_wo_micr
         if (b < nfull) {
             p[0] = w0 + b * 32;
             p[1] = w1 + b * 32;
+            if (pf) {
+                _mm_prefetch((const char*)(p[0] + pf), _MM_HINT_T0);
+                if (NR > 1) _mm_prefetch((const char*)(p[1] + pf), _MM_HINT_T0);
+            }
         } else {
             p[0] = a->wt[0];
             p[1] = a->wt[1];
@@ -463,6 +525,10 @@ QE_AVX2 QE_INLINE void qe_wo8_micro(const int MR, const int NR, const qe_wo_micr
 
 QE_AVX2 static void qe_wo4_call(int mr, int nr, const qe_wo_micro_args* a, int64_t b0,
                                 int64_t b1) {
+    if (mr == 1 && nr == 1) {
+        qe_wo4_row1(a, b0, b1);
+        return;
+    }
 #define QE_CALL4(MR, NR, A, B0, B1) qe_wo4_micro(MR, NR, A, B0, B1)
     QE_WO_DISPATCH(QE_CALL4, mr, nr, a, b0, b1);
 #undef QE_CALL4
@@ -476,9 +542,7 @@ QE_AVX2 static void qe_wo8_call(int mr, int nr, const qe_wo_micro_args* a, int64
 }
 
 QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
-    int64_t nb, ne;
-    qe_split(c->N, 8, nth, tid, &nb, &ne);
-    if (nb >= ne) return;
+    (void)nth;
     char* ws = c->tws + (size_t)tid * c->tws_stride;
     float* buf = (float*)ws;                                         /* [QE_MP][QE_NT][8] */
     uint8_t* tails = (uint8_t*)(ws + sizeof(float) * QE_MP * QE_NT * 8); /* [QE_NT][32] */
@@ -487,8 +551,12 @@ QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
     const int64_t M = c->M, N = c->N, ng = c->ng;
     const int64_t kcb = (M > 4) ? (QE_WO_KC / c->be) : c->nblk; /* blocks per chunk */
 
-    for (int64_t n0 = nb; n0 < ne; n0 += QE_NT) {
-        const int64_t nt = qe_min64(QE_NT, ne - n0);
+    /* Column tiles are handed out dynamically: the vCPUs of a shared machine often run at
+     * very different speeds, and a static split then waits for the slowest thread. */
+    for (;;) {
+        const int64_t n0 = __atomic_fetch_add(c->next, (int64_t)QE_NT, __ATOMIC_RELAXED);
+        if (n0 >= c->N) break;
+        const int64_t nt = qe_min64(QE_NT, c->N - n0);
         if (c->nfull < c->nblk) {
             const int64_t tb = c->ldw - c->nfull * c->bb; /* tail bytes per row */
             for (int64_t j = 0; j < nt; ++j) {
@@ -511,8 +579,9 @@ QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
                 const int64_t ce = qe_min64(cb + kcb, c->nblk);
                 for (int64_t i0 = 0; i0 < mp; i0 += 4) {
                     const int mr = (int)qe_min64(4, mp - i0);
-                    for (int64_t j0 = 0; j0 < nt; j0 += 2) {
-                        const int nr = (int)qe_min64(2, nt - j0);
+                    const int64_t nrmax = (c->bits == 4 && mr == 1) ? 1 : 2;
+                    for (int64_t j0 = 0; j0 < nt; j0 += nrmax) {
+                        const int nr = (int)qe_min64(nrmax, nt - j0);
                         qe_wo_micro_args a;
                         a.xp = c->xp + (m0 + i0) * c->ldx;
                         a.ldx = c->ldx;
@@ -528,6 +597,7 @@ QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
                         a.flush = c->flush;
                         a.buf = buf + i0 * ldbuf + j0 * 8;
                         a.ldbuf = ldbuf;
+                        a.pf = i0 == 0 ? nr * c->ldw : 0;
                         if (c->bits == 4)
                             qe_wo4_call(mr, nr, &a, cb, ce);
                         else
@@ -612,6 +682,8 @@ QE_EXPORT int qe_wo_linear(const float* x, const void* codes, const float* scale
     c.gb = (int32_t*)(mem + o_gb);
     c.flush = (uint8_t*)(mem + o_fl);
     c.tws = mem + o_tws;
+    int64_t next = 0;
+    c.next = &next;
     for (int64_t b = 0; b < c.nblk; ++b) {
         int64_t k0 = b * c.be;
         int64_t k1 = qe_min64(k0 + 32, K - 1);
@@ -659,6 +731,7 @@ typedef struct {
     int16_t* x16;
     char* tws;
     size_t tws_stride;
+    int64_t* next;
 } qe_i8_ctx;
 
 static void qe_i8_epilogue(const qe_i8_ctx* c, int64_t m, int64_t n, int32_t acc) {
@@ -706,37 +779,54 @@ typedef struct {
     int64_t nfull;
     int32_t* buf;
     int64_t ldbuf;
+    int64_t pf;
 } qe_i8_micro_args;
 
+QE_AVX2 QE_INLINE void qe_i8_step(const int MR, const int NR, __m256i acc[4][2],
+                                  const int16_t* x, int64_t ldx, const int8_t* p0,
+                                  const int8_t* p1) {
+    __m256i wv[2];
+    wv[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p0));
+    if (NR > 1) wv[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p1));
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+        __m256i xv = _mm256_load_si256((const __m256i*)(x + i * ldx));
+#pragma GCC unroll 2
+        for (int j = 0; j < NR; ++j) {
+            acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(xv, wv[j]));
+            /* keep one accumulator chain per (i, j): stops gcc from re-associating the
+             * unrolled integer sums into trees that spill */
+            __asm__("" : "+x"(acc[i][j]));
+        }
+    }
+}
+
+/* MR activation rows x NR weight rows over 16-element steps [s0, s1); int32 partial sums are
+ * added to buf[i * ldbuf + j * 8 .. +8]. */
 QE_AVX2 QE_INLINE void qe_i8_micro(const int MR, const int NR, const qe_i8_micro_args* a,
                                    int64_t s0, int64_t s1) {
     const int16_t* x = a->x;
-    const int64_t ldx = a->ldx, nfull = a->nfull;
+    const int64_t ldx = a->ldx, pf = a->pf;
     const int8_t* w0 = a->w[0];
-    const int8_t* w1 = a->w[1];
+    const int8_t* w1 = NR > 1 ? a->w[1] : a->w[0];
     __m256i acc[4][2];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
         for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_si256();
-    for (int64_t s = s0; s < s1; ++s) {
-        __m256i wv[2];
-        if (s < nfull) {
-            wv[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w0 + s * 16)));
-            if (NR > 1)
-                wv[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w1 + s * 16)));
-        } else {
-            wv[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)a->wt[0]));
-            if (NR > 1) wv[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)a->wt[1]));
+    const int64_t se = s1 < a->nfull ? s1 : a->nfull;
+    int64_t s = s0;
+    for (; s + 4 <= se; s += 4) {
+        if (pf) {
+            _mm_prefetch((const char*)(w0 + s * 16 + pf), _MM_HINT_T0);
+            if (NR > 1) _mm_prefetch((const char*)(w1 + s * 16 + pf), _MM_HINT_T0);
         }
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; ++i) {
-            __m256i xv = _mm256_load_si256((const __m256i*)(x + i * ldx + s * 16));
-#pragma GCC unroll 2
-            for (int j = 0; j < NR; ++j)
-                acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(xv, wv[j]));
-        }
+        for (int u = 0; u < 4; ++u)
+            qe_i8_step(MR, NR, acc, x + (s + u) * 16, ldx, w0 + (s + u) * 16, w1 + (s + u) * 16);
     }
+    for (; s < se; ++s) qe_i8_step(MR, NR, acc, x + s * 16, ldx, w0 + s * 16, w1 + s * 16);
+    if (s < s1) qe_i8_step(MR, NR, acc, x + s * 16, ldx, a->wt[0], a->wt[1]);
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
@@ -754,9 +844,7 @@ QE_AVX2 static void qe_i8_call(int mr, int nr, const qe_i8_micro_args* a, int64_
 }
 
 QE_AVX2 static void qe_i8_avx2_thread(const qe_i8_ctx* c, int tid, int nth) {
-    int64_t nb, ne;
-    qe_split(c->N, 8, nth, tid, &nb, &ne);
-    if (nb >= ne) return;
+    (void)nth;
     char* ws = c->tws + (size_t)tid * c->tws_stride;
     int32_t* buf = (int32_t*)ws;                                          /* [MP][NT][8] */
     int8_t* tails = (int8_t*)(ws + sizeof(int32_t) * QE_MP * QE_NT * 8); /* [NT][16] */
@@ -764,8 +852,12 @@ QE_AVX2 static void qe_i8_avx2_thread(const qe_i8_ctx* c, int tid, int nth) {
     const int64_t M = c->M, K = c->K;
     const int64_t kcs = (M > 4) ? (QE_I8_KC / 16) : c->nsteps;
 
-    for (int64_t n0 = nb; n0 < ne; n0 += QE_NT) {
-        const int64_t nt = qe_min64(QE_NT, ne - n0);
+    /* Column tiles are handed out dynamically: the vCPUs of a shared machine often run at
+     * very different speeds, and a static split then waits for the slowest thread. */
+    for (;;) {
+        const int64_t n0 = __atomic_fetch_add(c->next, (int64_t)QE_NT, __ATOMIC_RELAXED);
+        if (n0 >= c->N) break;
+        const int64_t nt = qe_min64(QE_NT, c->N - n0);
         if (c->nfull < c->nsteps) {
             const int64_t tb = K - c->nfull * 16;
             for (int64_t j = 0; j < nt; ++j) {
@@ -794,6 +886,7 @@ QE_AVX2 static void qe_i8_avx2_thread(const qe_i8_ctx* c, int tid, int nth) {
                         a.nfull = c->nfull;
                         a.buf = buf + i0 * ldbuf + j0 * 8;
                         a.ldbuf = ldbuf;
+                        a.pf = i0 == 0 ? nr * K : 0;
                         qe_i8_call(mr, nr, &a, cs, ce);
                     }
                 }
@@ -832,6 +925,8 @@ static int qe_i8_run(qe_i8_ctx* c, int nthreads) {
     if (!mem) return QE_ENOMEM;
     c->x16 = (int16_t*)mem;
     c->tws = mem + o_tws;
+    int64_t next = 0;
+    c->next = &next;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const int tid = qe_thread_num(), nth = qe_num_threads();
