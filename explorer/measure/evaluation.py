@@ -1,0 +1,443 @@
+"""Task metrics and fidelity of a quantized model against its float reference, with paired
+bootstrap confidence intervals.
+
+The quantized and the float model are evaluated on the *same* samples, so the uncertainty of their
+difference comes from resampling sample indices jointly (the paired bootstrap; Efron & Tibshirani,
+"An Introduction to the Bootstrap", 1993, ch. 13; Koehn, "Statistical Significance Tests for
+Machine Translation Evaluation", EMNLP 2004). Pairing cancels the between-sample variance the two
+models share: two identical models give a delta interval of exactly ``[0, 0]``, however hard the
+data set is. Only per-sample statistics are kept (`SampleStats`, `fidelity_per_sample`), never
+the logits, so that every metric of a resample is a ratio of sums over the resampled samples.
+
+The bootstrap is vectorized: a resample is a row of multiplicity counts over the n samples, and
+the sums of every per-sample column over all resamples are one matrix product
+``counts (B, n) @ columns (n, k)``. Resamples are drawn in chunks so that the counts never hold
+more than `BOOTSTRAP_CHUNK_ELEMENTS` entries (n = 100k samples x 1000 resamples stays near 100 MB).
+
+Imports only `explorer.errors` (and torch); `explorer.measure.metrics` computes the same SQNR and
+cosine on whole tensors, and the tests hold the per-sample aggregates to it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.errors import ExplorerError
+
+BOOTSTRAP_CHUNK_ELEMENTS = 1 << 22
+"""Most entries of the (resamples, n) index and count matrices held at once."""
+
+ROW_CHUNK_ELEMENTS = 1 << 22
+"""Most logits converted to float64 at once by `lm_stats` and `fidelity_per_sample`."""
+
+FIDELITY_KEYS = ("signal", "noise", "cosine", "agreement", "kl")
+MIN_BOOT = 100
+
+Task = Literal["classification", "lm"]
+
+
+class EvaluationError(ExplorerError, ValueError):
+    """Evaluation inputs are inconsistent (shapes, empty data, bootstrap settings)."""
+
+
+@dataclass(frozen=True, eq=False)
+class SampleStats:
+    """Per-sample statistics of one model on n samples; float64 tensors of shape (n,).
+
+    ``correct``: 1.0 where a classifier's top-1 prediction equals the label (None if unlabelled).
+    ``nll``: a sequence's negative log-likelihood summed over its scored tokens, and ``tokens``:
+    how many tokens were scored (language models; both or neither). Logits are not kept.
+    ``eq=False``: tensors have no truth value, so identity is the only sound equality.
+    """
+
+    n_samples: int
+    correct: torch.Tensor | None = None
+    nll: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1:
+            raise EvaluationError(f"no samples to evaluate (n_samples={self.n_samples})")
+        if (self.nll is None) != (self.tokens is None):
+            raise EvaluationError("`nll` and `tokens` must be given together")
+        if self.correct is not None and self.nll is not None:
+            raise EvaluationError("stats are either a classifier's (`correct`) or an LM's (`nll`)")
+        for name in ("correct", "nll", "tokens"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value.dtype != torch.float64 or tuple(value.shape) != (self.n_samples,):
+                raise EvaluationError(
+                    f"`{name}` must be float64 of shape ({self.n_samples},), "
+                    f"got {value.dtype} of shape {tuple(value.shape)}"
+                )
+
+    @property
+    def task(self) -> Task | None:
+        """``"classification"`` with labels, ``"lm"`` with NLLs, None when unlabelled."""
+        if self.correct is not None:
+            return "classification"
+        if self.nll is not None:
+            return "lm"
+        return None
+
+    def accuracy(self) -> float:
+        if self.correct is None:
+            raise EvaluationError("no labels, so no accuracy")
+        return float(self.correct.mean())
+
+    def perplexity(self) -> float:
+        """exp(Σ nll / Σ tokens): the per-token perplexity of the whole evaluation set."""
+        if self.nll is None or self.tokens is None:
+            raise EvaluationError("not language-model stats, so no perplexity")
+        return math.exp(float(self.nll.sum() / self.tokens.sum()))
+
+
+def _row_chunk(n_rows: int, row_elements: int) -> int:
+    return max(1, min(n_rows, ROW_CHUNK_ELEMENTS // max(1, row_elements)))
+
+
+def _check_logits(logits: torch.Tensor, ndim: int, what: str) -> None:
+    if logits.ndim != ndim:
+        raise EvaluationError(f"{what} logits must have {ndim} dims, got {tuple(logits.shape)}")
+    if logits.shape[0] == 0:
+        raise EvaluationError(f"{what} logits hold no samples: {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise EvaluationError(f"{what} logits must be floating point, got {logits.dtype}")
+    if torch.isnan(logits).any():
+        raise EvaluationError(f"{what} logits contain NaN")
+
+
+def _check_targets(targets: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(targets.shape) != shape:
+        raise EvaluationError(f"targets must have shape {shape}, got {tuple(targets.shape)}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise EvaluationError(f"targets must be integer class indices, got {targets.dtype}")
+
+
+def classification_stats(logits: torch.Tensor, labels: torch.Tensor | None) -> SampleStats:
+    """Per-sample top-1 correctness of ``logits`` (n, C) against ``labels`` (n,) or None."""
+    _check_logits(logits, 2, "classification")
+    n, classes = logits.shape
+    if labels is None:
+        return SampleStats(n_samples=n)
+    _check_targets(labels, (n,))
+    if ((labels < 0) | (labels >= classes)).any():
+        raise EvaluationError(
+            f"labels must lie in [0, {classes}), got {int(labels.min())}..{int(labels.max())}"
+        )
+    correct = (logits.detach().argmax(dim=-1) == labels).to(torch.float64)
+    return SampleStats(n_samples=n, correct=correct)
+
+
+def lm_stats(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> SampleStats:
+    """Per-sequence NLL summed over tokens (float64) and token counts, from ``logits`` (n, T, V)
+    and next-token ``targets`` (n, T); positions equal to ``ignore_index`` are not scored."""
+    _check_logits(logits, 3, "language-model")
+    n, steps, vocab = logits.shape
+    _check_targets(targets, (n, steps))
+    scored = targets != ignore_index
+    if ((targets[scored] < 0) | (targets[scored] >= vocab)).any():
+        raise EvaluationError(f"targets must lie in [0, {vocab}) or equal {ignore_index}")
+    if not scored.any():
+        raise EvaluationError(f"every target equals ignore_index {ignore_index}: nothing to score")
+    nll = torch.empty(n, dtype=torch.float64)
+    chunk = _row_chunk(n, steps * vocab)
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        block = logits[rows].detach().to(torch.float64)  # (b, T, V)
+        token_nll = F.cross_entropy(
+            block.reshape(-1, vocab),
+            targets[rows].reshape(-1),
+            ignore_index=ignore_index,
+            reduction="none",
+        )
+        nll[rows] = token_nll.view(-1, steps).sum(dim=1)
+    return SampleStats(n_samples=n, nll=nll, tokens=scored.sum(dim=1).to(torch.float64))
+
+
+def fidelity_per_sample(
+    ref_logits: torch.Tensor, q_logits: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-sample fidelity of ``q_logits`` to ``ref_logits``, both (n, C) or (n, T, V); an LM
+    sample's positions are flattened into it. Float64 tensors of shape (n,):
+
+    - ``signal`` Σ ref², ``noise`` Σ (ref − q)²: the SQNR of any subset is 10·log10(Σ signal /
+      Σ noise), equal to `explorer.measure.metrics.sqnr_db` on that subset's logits;
+    - ``cosine`` of the sample's flattened logits (1 when either is all zero, as in `metrics`);
+    - ``agreement``: fraction of the sample's positions whose argmax matches;
+    - ``kl``: KL(softmax(ref) ‖ softmax(q)), mean over the sample's positions, from log_softmax.
+    """
+    if ref_logits.shape != q_logits.shape:
+        raise EvaluationError(
+            f"logit shapes differ: float {tuple(ref_logits.shape)}, "
+            f"quantized {tuple(q_logits.shape)}"
+        )
+    if ref_logits.ndim not in (2, 3):
+        raise EvaluationError(f"logits must be (n, C) or (n, T, V), got {tuple(ref_logits.shape)}")
+    _check_logits(ref_logits, ref_logits.ndim, "float")
+    _check_logits(q_logits, q_logits.ndim, "quantized")
+    n, classes = ref_logits.shape[0], ref_logits.shape[-1]
+    ref_all = ref_logits.detach().reshape(n, -1, classes)  # (n, P, V); P = 1 for classifiers
+    q_all = q_logits.detach().reshape(n, -1, classes)
+    out = {key: torch.empty(n, dtype=torch.float64) for key in FIDELITY_KEYS}
+    chunk = _row_chunk(n, ref_all.shape[1] * classes)
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        ref = ref_all[rows].to(torch.float64)  # (b, P, V)
+        q = q_all[rows].to(torch.float64)
+        flat_ref, flat_q = ref.flatten(1), q.flatten(1)  # (b, P·V)
+        out["signal"][rows] = flat_ref.square().sum(dim=1)
+        out["noise"][rows] = (flat_ref - flat_q).square().sum(dim=1)
+        denom = torch.linalg.vector_norm(flat_ref, dim=1) * torch.linalg.vector_norm(flat_q, dim=1)
+        dot = (flat_ref * flat_q).sum(dim=1)
+        out["cosine"][rows] = torch.where(
+            denom == 0, 1.0, dot / torch.where(denom == 0, 1.0, denom)
+        )
+        out["agreement"][rows] = (ref.argmax(-1) == q.argmax(-1)).to(torch.float64).mean(dim=1)
+        log_p, log_q = F.log_softmax(ref, dim=-1), F.log_softmax(q, dim=-1)
+        p = log_p.exp()
+        # 0·log(0/q) = 0 even where q's logit is −inf (masked vocabulary).
+        terms = torch.where(p > 0, p * (log_p - log_q), 0.0)
+        out["kl"][rows] = terms.sum(dim=-1).clamp_min(0.0).mean(dim=1)
+    return out
+
+
+def _sqnr(signal: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """10·log10(signal / noise) with `metrics.sqnr_db`'s conventions: +inf without noise, −inf
+    without signal."""
+    ratio = 10.0 * torch.log10(signal / torch.where(noise == 0, 1.0, noise))
+    return torch.where(noise == 0, math.inf, torch.where(signal == 0, -math.inf, ratio))
+
+
+def _percentile(values: torch.Tensor, q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) that stays defined at ±inf: between an
+    infinite and another value it takes the nearer order statistic."""
+    ordered = torch.sort(values).values
+    pos = q * (ordered.numel() - 1)
+    i = math.floor(pos)
+    w = pos - i
+    a = float(ordered[i])
+    b = float(ordered[min(i + 1, ordered.numel() - 1)])
+    if w == 0.0 or a == b:
+        return a
+    if math.isinf(a) or math.isinf(b):
+        return a if w < 0.5 else b
+    return a + w * (b - a)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of a quantized model with 95 % (``confidence``) paired-bootstrap intervals.
+
+    ``metrics``: the task metric (``accuracy`` as a fraction, or ``perplexity``) when the data
+    are labelled, and the fidelity metrics ``sqnr_db``, ``cosine`` (mean per-sample cosine),
+    ``agreement`` (top-1 agreement) and ``kl`` (mean KL(float ‖ quantized)).
+
+    ``metrics_ci``: for the task metric, the percentile interval of the *delta* quantized − float
+    (for perplexity, the difference of the two perplexities on each resample). For the fidelity
+    metrics, the interval of the metric itself: the float model's own fidelity is perfect (cosine
+    1, agreement 1, kl 0), so that interval is the delta from float up to sign and a constant;
+    SQNR's float value is +inf, so its interval is kept as SQNR's own.
+    """
+
+    metrics: dict[str, float]
+    metrics_ci: dict[str, tuple[float, float]]
+    n_samples: int
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form of the sweep contract; ±inf (SQNR of an exact model) becomes None,
+        since JSON has no infinity."""
+
+        def plain(x: float) -> float | None:
+            return None if math.isinf(x) else float(x)
+
+        return {
+            "metrics": {k: plain(v) for k, v in self.metrics.items()},
+            "metrics_ci": {k: [plain(lo), plain(hi)] for k, (lo, hi) in self.metrics_ci.items()},
+            "n_samples": self.n_samples,
+        }
+
+
+def _check_pair(
+    float_stats: SampleStats, quant_stats: SampleStats, fidelity: Mapping[str, torch.Tensor]
+) -> int:
+    n = float_stats.n_samples
+    if quant_stats.n_samples != n:
+        raise EvaluationError(
+            f"float and quantized stats cover different samples: {n} vs {quant_stats.n_samples}"
+        )
+    if float_stats.task != quant_stats.task:
+        raise EvaluationError(
+            f"float stats are {float_stats.task or 'unlabelled'}, "
+            f"quantized stats are {quant_stats.task or 'unlabelled'}"
+        )
+    if float_stats.tokens is not None and not torch.equal(float_stats.tokens, quant_stats.tokens):
+        raise EvaluationError(
+            "token counts differ: the two models were not scored on the same data"
+        )
+    missing = set(FIDELITY_KEYS) - set(fidelity)
+    if missing:
+        raise EvaluationError(f"fidelity lacks {sorted(missing)}; use fidelity_per_sample()")
+    for key in FIDELITY_KEYS:
+        value = fidelity[key]
+        if tuple(value.shape) != (n,):
+            raise EvaluationError(
+                f"fidelity `{key}` has shape {tuple(value.shape)}, expected ({n},)"
+            )
+    return n
+
+
+def summarize(
+    float_stats: SampleStats,
+    quant_stats: SampleStats,
+    fidelity: Mapping[str, torch.Tensor],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Evaluation:
+    """Point metrics of the quantized model and their paired-bootstrap percentile intervals
+    (see `Evaluation`) from ``n_boot`` resamples drawn with a ``torch.Generator`` seeded by
+    ``seed``; the same seed and data give the same intervals."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < MIN_BOOT:
+        raise EvaluationError(f"n_boot must be an integer >= {MIN_BOOT}, got {n_boot!r}")
+    if not 0.0 < confidence < 1.0:
+        raise EvaluationError(f"confidence must lie in (0, 1), got {confidence!r}")
+    n = _check_pair(float_stats, quant_stats, fidelity)
+    fidelity = {key: fidelity[key].to(torch.float64) for key in FIDELITY_KEYS}
+
+    # Per-sample columns whose resampled sums give every metric; names index `sums` below.
+    columns: dict[str, torch.Tensor] = {}
+    task = float_stats.task
+    if task == "classification":
+        columns["d_correct"] = quant_stats.correct - float_stats.correct
+    elif task == "lm":
+        columns |= {
+            "f_nll": float_stats.nll,
+            "q_nll": quant_stats.nll,
+            "tokens": quant_stats.tokens,
+        }
+    columns |= fidelity
+    col = {name: j for j, name in enumerate(columns)}
+    matrix = torch.stack(list(columns.values()), dim=1)  # (n, k)
+
+    generator = torch.Generator().manual_seed(seed)
+    chunk = max(1, min(n_boot, BOOTSTRAP_CHUNK_ELEMENTS // n))
+    sums = torch.empty(n_boot, matrix.shape[1], dtype=torch.float64)  # (B, k)
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        idx = torch.randint(n, (rows, n), generator=generator)  # (b, n)
+        idx += torch.arange(rows).unsqueeze(1) * n
+        counts = torch.bincount(idx.view(-1), minlength=rows * n).view(rows, n)
+        sums[start : start + rows] = counts.to(torch.float64) @ matrix
+
+    def column(name: str) -> torch.Tensor:
+        return sums[:, col[name]]
+
+    boot: dict[str, torch.Tensor] = {}
+    metrics: dict[str, float] = {}
+    if task == "classification":
+        metrics["accuracy"] = quant_stats.accuracy()
+        boot["accuracy"] = column("d_correct") / n
+    elif task == "lm":
+        metrics["perplexity"] = quant_stats.perplexity()
+        tokens = column("tokens")
+        boot["perplexity"] = torch.exp(column("q_nll") / tokens) - torch.exp(
+            column("f_nll") / tokens
+        )
+    metrics["sqnr_db"] = float(_sqnr(fidelity["signal"].sum(), fidelity["noise"].sum()))
+    boot["sqnr_db"] = _sqnr(column("signal"), column("noise"))
+    for key in ("cosine", "agreement", "kl"):
+        metrics[key] = float(fidelity[key].mean())
+        boot[key] = column(key) / n
+
+    tail = (1.0 - confidence) / 2.0
+    metrics_ci = {
+        name: (_percentile(values, tail), _percentile(values, 1.0 - tail))
+        for name, values in boot.items()
+    }
+    return Evaluation(metrics=metrics, metrics_ci=metrics_ci, n_samples=n)
+
+
+def _logits(output: object, which: str) -> torch.Tensor:
+    logits = getattr(output, "logits", output)  # Hugging Face models return a ModelOutput
+    if not isinstance(logits, torch.Tensor):
+        raise EvaluationError(f"{which} model returned {type(output).__name__}, not a tensor")
+    return logits
+
+
+def evaluate_pair(
+    float_model: nn.Module,
+    quant_model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+    task: Task,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Evaluation:
+    """Run both models on every ``(inputs, targets or None)`` batch under inference mode and
+    `summarize` the pair. ``task`` is ``"classification"`` (logits (b, C); targets None for
+    every batch gives fidelity metrics only) or ``"lm"`` (logits (b, T, V), next-token targets
+    required). Models must already be in eval mode: this function never mutates them."""
+    if task not in ("classification", "lm"):
+        raise EvaluationError(f"task must be 'classification' or 'lm', got {task!r}")
+    for which, model in (("float", float_model), ("quantized", quant_model)):
+        if model.training:
+            raise EvaluationError(
+                f"the {which} model is in training mode (dropout and batch-norm statistics "
+                "would unpair the comparison); call .eval() on it first"
+            )
+    f_parts: list[SampleStats] = []
+    q_parts: list[SampleStats] = []
+    fid_parts: list[dict[str, torch.Tensor]] = []
+    labelled: bool | None = None
+    with torch.inference_mode():
+        for inputs, targets in batches:
+            if labelled is None:
+                labelled = targets is not None
+            elif labelled != (targets is not None):
+                raise EvaluationError("some batches have targets and others do not")
+            f_out = _logits(float_model(inputs), "float")
+            q_out = _logits(quant_model(inputs), "quantized")
+            fid_parts.append(fidelity_per_sample(f_out, q_out))
+            if task == "classification":
+                f_parts.append(classification_stats(f_out, targets))
+                q_parts.append(classification_stats(q_out, targets))
+            elif targets is None:
+                raise EvaluationError("language-model evaluation needs next-token targets")
+            else:
+                f_parts.append(lm_stats(f_out, targets))
+                q_parts.append(lm_stats(q_out, targets))
+    if not fid_parts:
+        raise EvaluationError("no batches to evaluate")
+    fidelity = {key: torch.cat([part[key] for part in fid_parts]) for key in FIDELITY_KEYS}
+    return summarize(
+        _concat(f_parts),
+        _concat(q_parts),
+        fidelity,
+        n_boot=n_boot,
+        seed=seed,
+        confidence=confidence,
+    )
+
+
+def _concat(parts: list[SampleStats]) -> SampleStats:
+    def cat(name: str) -> torch.Tensor | None:
+        values = [getattr(part, name) for part in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    return SampleStats(
+        n_samples=sum(part.n_samples for part in parts),
+        correct=cat("correct"),
+        nll=cat("nll"),
+        tokens=cat("tokens"),
+    )
