@@ -133,3 +133,11 @@ def measure_model_latency(
     if simulated:
         result = LatencyResult(**{**asdict(result), "kind": "simulated"})
     return result
+
+
+def measure_callable(
+    fn: Callable[[], Any], warmup: int = 3, repeats: int = 20, device: str = "cpu"
+) -> LatencyResult:
+    """Median latency of ``fn()`` (a model's workload) under the machine-wide timing lock."""
+    with torch.inference_mode(), timing_lock():
+        return time_callable(fn, warmup, repeats, device)

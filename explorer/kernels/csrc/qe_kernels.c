@@ -70,8 +70,11 @@ enum { QE_OK = 0, QE_EINVAL = -1, QE_ENOMEM = -2 };
 #ifndef QE_WO_KC
 #define QE_WO_KC 1024 /* K chunk (elements) when several row blocks share a tile */
 #endif
+#ifndef QE_I8_MR
+#define QE_I8_MR 4 /* activation rows per register tile of the integer kernels (4 or 6) */
+#endif
 #ifndef QE_I8_KC
-#define QE_I8_KC 1024 /* same for the integer kernels */
+#define QE_I8_KC 2048 /* same for the integer kernels */
 #endif
 #define QE_MAX_K 131071 /* int8 kernels: K * 128 * 128 must fit in int32 */
 
@@ -261,9 +264,12 @@ QE_AVX2 static void qe_wo_prep_row(const qe_wo_ctx* c, int64_t m) {
         memcpy(xo, xr, (size_t)K * sizeof(float));
         for (int64_t k = K; k < c->ldx; ++k) xo[k] = 0.0f;
     } else {
-        /* nibble t is decoded as u * 16^(t mod 4) (nibbles 4..7 come from w >> 16) */
-        static const float scl[8] = {1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096,
-                                     1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096};
+        /* M == 1 (qe_wo4_row1) decodes nibble t as u * 16^(t mod 4) (nibbles 4..7 from
+         * w >> 16); the M > 1 kernels decode u itself */
+        static const float scl_row[8] = {1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096,
+                                         1.0f, 1.0f / 16, 1.0f / 256, 1.0f / 4096};
+        static const float scl_one[8] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+        const float* scl = c->M == 1 ? scl_row : scl_one;
         for (int64_t b = 0; b < c->nfull; ++b) {
             const float* src = xr + b * 64;
             float* dst = xo + b * 64;
@@ -319,29 +325,46 @@ typedef struct {
     const uint8_t* flush;
     float* buf;
     int64_t ldbuf;
-    int64_t pf; /* prefetch distance in bytes (next column tile), 0 = none */
+    int64_t pf;   /* prefetch distance in bytes (next column tile), 0 = none */
+    int row1;     /* M == 1, 4 bit: use qe_wo4_row1 (x pre-scaled by 16^-(t mod 4)) */
 } qe_wo_micro_args;
 
-/* MR activation rows x NR weight rows, blocks [b0, b1); partial sums are flushed (scaled)
- * into buf[i * ldbuf + j * 8 .. +8]. */
+/* Flush MR x NR accumulators into buf with the lane scale vector (lanes 0-3: group ga,
+ * lanes 4-7: group gb) of each weight row. */
+QE_AVX2 QE_INLINE void qe_wo_flush(const int MR, const int NR, __m256 acc[4][2],
+                                   const qe_wo_micro_args* a, int64_t b) {
+    const int32_t ga = a->ga[b], gb = a->gb[b];
+#pragma GCC unroll 2
+    for (int j = 0; j < NR; ++j) {
+        const __m256 sv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(a->s[j][ga])),
+                                               _mm_set1_ps(a->s[j][gb]), 1);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) {
+            float* bp = a->buf + i * a->ldbuf + j * 8;
+            _mm256_store_ps(bp, _mm256_fmadd_ps(acc[i][j], sv, _mm256_load_ps(bp)));
+            acc[i][j] = _mm256_setzero_ps();
+        }
+    }
+}
+
+/* M > 1, 4 bit: MR activation rows x NR weight rows over blocks [b0, b1).  The decode
+ * (w >> 4t) & 0xF is shared by the MR rows; x is the permuted, *unscaled* copy.  Scaled
+ * partial sums are flushed into buf[i * ldbuf + j * 8 .. +8]. */
 QE_AVX2 QE_INLINE void qe_wo4_micro(const int MR, const int NR, const qe_wo_micro_args* a,
                                     int64_t b0, int64_t b1) {
-    enum { AMAX = 4 };
-    const int A = MR == 1 ? 4 : (MR == 2 ? 2 : 1);
-    const float* xp = a->xp;
-    const int64_t ldx = a->ldx, nfull = a->nfull, ldbuf = a->ldbuf;
+    const int64_t nfull = a->nfull, pf = a->pf;
+    const float* x0 = a->xp;
+    const float* x1 = x0 + a->ldx;
+    const float* x2 = x1 + a->ldx;
+    const float* x3 = x2 + a->ldx;
     const uint8_t* w0 = a->w[0];
     const uint8_t* w1 = a->w[1];
-    const int64_t pf = a->pf;
-    float* buf = a->buf;
-    __m256 acc[4][2][AMAX];
+    const __m256i m = _mm256_set1_epi32(0xF);
+    __m256 acc[4][2];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
-        for (int j = 0; j < NR; ++j)
-#pragma GCC unroll 4
-            for (int q = 0; q < A; ++q) acc[i][j][q] = _mm256_setzero_ps();
-
+        for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
     for (int64_t b = b0; b < b1; ++b) {
         __m256i wv[2];
         if (b < nfull) {
@@ -355,43 +378,26 @@ QE_AVX2 QE_INLINE void qe_wo4_micro(const int MR, const int NR, const qe_wo_micr
             wv[0] = _mm256_loadu_si256((const __m256i*)a->wt[0]);
             if (NR > 1) wv[1] = _mm256_loadu_si256((const __m256i*)a->wt[1]);
         }
-        const float* xb = xp + b * 64;
+        const int64_t o = b * 64;
 #pragma GCC unroll 8
         for (int t = 0; t < 8; ++t) {
             __m256 d[2];
 #pragma GCC unroll 2
             for (int j = 0; j < NR; ++j) {
-                __m256i v = (t < 4) ? _mm256_and_si256(wv[j], _mm256_set1_epi32(0xF << (4 * t)))
-                                    : _mm256_and_si256(_mm256_srli_epi32(wv[j], 16),
-                                                       _mm256_set1_epi32(0xF << (4 * (t - 4))));
+                __m256i v = t == 0   ? _mm256_and_si256(wv[j], m)
+                            : t == 7 ? _mm256_srli_epi32(wv[j], 28)
+                                     : _mm256_and_si256(_mm256_srli_epi32(wv[j], 4 * t), m);
                 d[j] = _mm256_cvtepi32_ps(v);
             }
 #pragma GCC unroll 4
             for (int i = 0; i < MR; ++i) {
-                __m256 xv = _mm256_load_ps(xb + i * ldx + 8 * t);
+                const float* xr = i == 0 ? x0 : i == 1 ? x1 : i == 2 ? x2 : x3;
+                __m256 xv = _mm256_load_ps(xr + o + 8 * t);
 #pragma GCC unroll 2
-                for (int j = 0; j < NR; ++j)
-                    acc[i][j][t % A] = _mm256_fmadd_ps(d[j], xv, acc[i][j][t % A]);
+                for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(d[j], xv, acc[i][j]);
             }
         }
-        if (a->flush[b] || b + 1 == b1) {
-            const int32_t ga = a->ga[b], gb = a->gb[b];
-#pragma GCC unroll 2
-            for (int j = 0; j < NR; ++j) {
-                __m256 sv = _mm256_insertf128_ps(
-                    _mm256_castps128_ps256(_mm_set1_ps(a->s[j][ga])), _mm_set1_ps(a->s[j][gb]), 1);
-#pragma GCC unroll 4
-                for (int i = 0; i < MR; ++i) {
-                    __m256 sum = acc[i][j][0];
-#pragma GCC unroll 4
-                    for (int q = 1; q < A; ++q) sum = _mm256_add_ps(sum, acc[i][j][q]);
-                    float* bp = buf + i * ldbuf + j * 8;
-                    _mm256_store_ps(bp, _mm256_fmadd_ps(sum, sv, _mm256_load_ps(bp)));
-#pragma GCC unroll 4
-                    for (int q = 0; q < A; ++q) acc[i][j][q] = _mm256_setzero_ps();
-                }
-            }
-        }
+        if (a->flush[b] || b + 1 == b1) qe_wo_flush(MR, NR, acc, a, b);
     }
 }
 
@@ -437,24 +443,28 @@ QE_AVX2 static void qe_wo4_row1(const qe_wo_micro_args* a, int64_t b0, int64_t b
     _mm256_store_ps(a->buf, _mm256_add_ps(tot, _mm256_load_ps(a->buf)));
 }
 
+/* 8 bit: MR activation rows x NR weight rows over 32-element blocks [b0, b1) (natural x
+ * order); decode vpmovsxbd + vcvtdq2ps shared by the MR rows.  MR = 1 uses four accumulators
+ * per row (t = 0..3) to hide the FMA latency. */
 QE_AVX2 QE_INLINE void qe_wo8_micro(const int MR, const int NR, const qe_wo_micro_args* a,
                                     int64_t b0, int64_t b1) {
-    enum { AMAX = 4 };
-    const int A = MR == 1 ? 4 : (MR == 2 ? 2 : 1);
-    const float* xp = a->xp;
-    const int64_t ldx = a->ldx, nfull = a->nfull, ldbuf = a->ldbuf;
+    const int64_t nfull = a->nfull, pf = a->pf;
+    const float* x0 = a->xp;
+    const float* x1 = x0 + a->ldx;
+    const float* x2 = x1 + a->ldx;
+    const float* x3 = x2 + a->ldx;
     const uint8_t* w0 = a->w[0];
     const uint8_t* w1 = a->w[1];
-    const int64_t pf = a->pf;
-    float* buf = a->buf;
-    __m256 acc[4][2][AMAX];
+    __m256 acc[4][2], acc1[2][4];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
+        for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+    if (MR == 1)
+#pragma GCC unroll 2
         for (int j = 0; j < NR; ++j)
 #pragma GCC unroll 4
-            for (int q = 0; q < A; ++q) acc[i][j][q] = _mm256_setzero_ps();
-
+            for (int q = 0; q < 4; ++q) acc1[j][q] = _mm256_setzero_ps();
     for (int64_t b = b0; b < b1; ++b) {
         const uint8_t* p[2];
         if (b < nfull) {
@@ -468,7 +478,7 @@ QE_AVX2 QE_INLINE void qe_wo8_micro(const int MR, const int NR, const qe_wo_micr
             p[0] = a->wt[0];
             p[1] = a->wt[1];
         }
-        const float* xb = xp + b * 32;
+        const int64_t o = b * 32;
 #pragma GCC unroll 4
         for (int t = 0; t < 4; ++t) {
             __m256 d[2];
@@ -476,30 +486,30 @@ QE_AVX2 QE_INLINE void qe_wo8_micro(const int MR, const int NR, const qe_wo_micr
             for (int j = 0; j < NR; ++j)
                 d[j] = _mm256_cvtepi32_ps(
                     _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p[j] + 8 * t))));
+            if (MR == 1) {
+                __m256 xv = _mm256_load_ps(x0 + o + 8 * t);
+#pragma GCC unroll 2
+                for (int j = 0; j < NR; ++j) acc1[j][t] = _mm256_fmadd_ps(d[j], xv, acc1[j][t]);
+                continue;
+            }
 #pragma GCC unroll 4
             for (int i = 0; i < MR; ++i) {
-                __m256 xv = _mm256_load_ps(xb + i * ldx + 8 * t);
+                const float* xr = i == 0 ? x0 : i == 1 ? x1 : i == 2 ? x2 : x3;
+                __m256 xv = _mm256_load_ps(xr + o + 8 * t);
 #pragma GCC unroll 2
-                for (int j = 0; j < NR; ++j)
-                    acc[i][j][t % A] = _mm256_fmadd_ps(d[j], xv, acc[i][j][t % A]);
+                for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(d[j], xv, acc[i][j]);
             }
         }
         if (a->flush[b] || b + 1 == b1) {
-            const int32_t ga = a->ga[b];
+            if (MR == 1)
 #pragma GCC unroll 2
-            for (int j = 0; j < NR; ++j) {
-                __m256 sv = _mm256_set1_ps(a->s[j][ga]);
+                for (int j = 0; j < NR; ++j) {
+                    acc[0][j] = _mm256_add_ps(_mm256_add_ps(acc1[j][0], acc1[j][1]),
+                                              _mm256_add_ps(acc1[j][2], acc1[j][3]));
 #pragma GCC unroll 4
-                for (int i = 0; i < MR; ++i) {
-                    __m256 sum = acc[i][j][0];
-#pragma GCC unroll 4
-                    for (int q = 1; q < A; ++q) sum = _mm256_add_ps(sum, acc[i][j][q]);
-                    float* bp = buf + i * ldbuf + j * 8;
-                    _mm256_store_ps(bp, _mm256_fmadd_ps(sum, sv, _mm256_load_ps(bp)));
-#pragma GCC unroll 4
-                    for (int q = 0; q < A; ++q) acc[i][j][q] = _mm256_setzero_ps();
+                    for (int q = 0; q < 4; ++q) acc1[j][q] = _mm256_setzero_ps();
                 }
-            }
+            qe_wo_flush(MR, NR, acc, a, b);
         }
     }
 }
@@ -525,7 +535,7 @@ QE_AVX2 QE_INLINE void qe_wo8_micro(const int MR, const int NR, const qe_wo_micr
 
 QE_AVX2 static void qe_wo4_call(int mr, int nr, const qe_wo_micro_args* a, int64_t b0,
                                 int64_t b1) {
-    if (mr == 1 && nr == 1) {
+    if (a->row1) {
         qe_wo4_row1(a, b0, b1);
         return;
     }
@@ -549,7 +559,7 @@ QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
     float* sz = (float*)(tails + QE_NT * 32);                        /* [QE_NT][ng] */
     const int64_t ldbuf = QE_NT * 8;
     const int64_t M = c->M, N = c->N, ng = c->ng;
-    const int64_t kcb = (M > 4) ? (QE_WO_KC / c->be) : c->nblk; /* blocks per chunk */
+    const int64_t kcb = (M > 1) ? (QE_WO_KC / c->be) : c->nblk; /* blocks per chunk */
 
     /* Column tiles are handed out dynamically: the vCPUs of a shared machine often run at
      * very different speeds, and a static split then waits for the slowest thread. */
@@ -579,7 +589,7 @@ QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
                 const int64_t ce = qe_min64(cb + kcb, c->nblk);
                 for (int64_t i0 = 0; i0 < mp; i0 += 4) {
                     const int mr = (int)qe_min64(4, mp - i0);
-                    const int64_t nrmax = (c->bits == 4 && mr == 1) ? 1 : 2;
+                    const int64_t nrmax = (c->bits == 4 && M == 1) ? 1 : 2;
                     for (int64_t j0 = 0; j0 < nt; j0 += nrmax) {
                         const int nr = (int)qe_min64(nrmax, nt - j0);
                         qe_wo_micro_args a;
@@ -598,6 +608,7 @@ QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
                         a.buf = buf + i0 * ldbuf + j0 * 8;
                         a.ldbuf = ldbuf;
                         a.pf = i0 == 0 ? nr * c->ldw : 0;
+                        a.row1 = c->bits == 4 && M == 1;
                         if (c->bits == 4)
                             qe_wo4_call(mr, nr, &a, cb, ce);
                         else
@@ -782,15 +793,16 @@ typedef struct {
     int64_t pf;
 } qe_i8_micro_args;
 
-QE_AVX2 QE_INLINE void qe_i8_step(const int MR, const int NR, __m256i acc[4][2],
+QE_AVX2 QE_INLINE void qe_i8_step(const int MR, const int NR, __m256i acc[QE_I8_MR][2],
                                   const int16_t* x, int64_t ldx, const int8_t* p0,
                                   const int8_t* p1) {
     __m256i wv[2];
     wv[0] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p0));
     if (NR > 1) wv[1] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p1));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
         __m256i xv = _mm256_load_si256((const __m256i*)(x + i * ldx));
+        if (NR > 1) __asm__("" : "+x"(xv)); /* one load, reused by all NR columns */
 #pragma GCC unroll 2
         for (int j = 0; j < NR; ++j) {
             acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(xv, wv[j]));
@@ -809,8 +821,8 @@ QE_AVX2 QE_INLINE void qe_i8_micro(const int MR, const int NR, const qe_i8_micro
     const int64_t ldx = a->ldx, pf = a->pf;
     const int8_t* w0 = a->w[0];
     const int8_t* w1 = NR > 1 ? a->w[1] : a->w[0];
-    __m256i acc[4][2];
-#pragma GCC unroll 4
+    __m256i acc[QE_I8_MR][2];
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
         for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_si256();
@@ -827,7 +839,7 @@ QE_AVX2 QE_INLINE void qe_i8_micro(const int MR, const int NR, const qe_i8_micro
     }
     for (; s < se; ++s) qe_i8_step(MR, NR, acc, x + s * 16, ldx, w0 + s * 16, w1 + s * 16);
     if (s < s1) qe_i8_step(MR, NR, acc, x + s * 16, ldx, a->wt[0], a->wt[1]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
         for (int j = 0; j < NR; ++j) {
@@ -838,9 +850,25 @@ QE_AVX2 QE_INLINE void qe_i8_micro(const int MR, const int NR, const qe_i8_micro
 
 QE_AVX2 static void qe_i8_call(int mr, int nr, const qe_i8_micro_args* a, int64_t s0,
                                int64_t s1) {
-#define QE_CALLI(MR, NR, A, B0, B1) qe_i8_micro(MR, NR, A, B0, B1)
-    QE_WO_DISPATCH(QE_CALLI, mr, nr, a, s0, s1);
-#undef QE_CALLI
+#define QE_I8_CASE(MR)                                \
+    case MR:                                          \
+        if (nr == 2)                                  \
+            qe_i8_micro(MR, 2, a, s0, s1);            \
+        else                                          \
+            qe_i8_micro(MR, 1, a, s0, s1);            \
+        break;
+    switch (mr) {
+        QE_I8_CASE(1)
+        QE_I8_CASE(2)
+        QE_I8_CASE(3)
+        QE_I8_CASE(4)
+#if QE_I8_MR > 4
+        QE_I8_CASE(5)
+        QE_I8_CASE(6)
+#endif
+        default: break;
+    }
+#undef QE_I8_CASE
 }
 
 QE_AVX2 static void qe_i8_avx2_thread(const qe_i8_ctx* c, int tid, int nth) {
@@ -850,7 +878,7 @@ QE_AVX2 static void qe_i8_avx2_thread(const qe_i8_ctx* c, int tid, int nth) {
     int8_t* tails = (int8_t*)(ws + sizeof(int32_t) * QE_MP * QE_NT * 8); /* [NT][16] */
     const int64_t ldbuf = QE_NT * 8;
     const int64_t M = c->M, K = c->K;
-    const int64_t kcs = (M > 4) ? (QE_I8_KC / 16) : c->nsteps;
+    const int64_t kcs = (M > QE_I8_MR) ? (QE_I8_KC / 16) : c->nsteps;
 
     /* Column tiles are handed out dynamically: the vCPUs of a shared machine often run at
      * very different speeds, and a static split then waits for the slowest thread. */
@@ -871,8 +899,8 @@ QE_AVX2 static void qe_i8_avx2_thread(const qe_i8_ctx* c, int tid, int nth) {
                 memset(buf + i * ldbuf, 0, sizeof(int32_t) * 8 * nt);
             for (int64_t cs = 0; cs < c->nsteps; cs += kcs) {
                 const int64_t ce = qe_min64(cs + kcs, c->nsteps);
-                for (int64_t i0 = 0; i0 < mp; i0 += 4) {
-                    const int mr = (int)qe_min64(4, mp - i0);
+                for (int64_t i0 = 0; i0 < mp; i0 += QE_I8_MR) {
+                    const int mr = (int)qe_min64(QE_I8_MR, mp - i0);
                     for (int64_t j0 = 0; j0 < nt; j0 += 2) {
                         const int nr = (int)qe_min64(2, nt - j0);
                         qe_i8_micro_args a;
