@@ -48,7 +48,33 @@ class QuantReport:
         return {n: a.fallback for n, a in self.layers.items() if a.fallback}
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is stored ``[in, out]``.
+    Recognised by shape, so the engine does not import transformers."""
+    return (
+        type(module).__name__ == "Conv1D"
+        and hasattr(module, "nf")
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+        and module.weight.dim() == 2
+    )
+
+
+def as_linear(module: nn.Module) -> nn.Module:
+    """A ``Conv1D`` as the ``nn.Linear`` computing the same function; anything else unchanged."""
+    if not is_conv1d(module):
+        return module
+    n_in, n_out = module.weight.shape
+    linear = nn.Linear(n_in, n_out, bias=module.bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(module.weight.t())
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+    return linear
+
+
 def in_features(module: nn.Module) -> int:
+    if is_conv1d(module):
+        return module.weight.shape[0]
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
         return module.in_channels // module.groups * kh * kw
@@ -56,7 +82,14 @@ def in_features(module: nn.Module) -> int:
 
 
 def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QUANTIZABLE) and n}
+    return {
+        n: m for n, m in model.named_modules() if n and (isinstance(m, QUANTIZABLE) or is_conv1d(m))
+    }
+
+
+def linear_parameter_count(model: nn.Module) -> int:
+    """Weights of every layer `quantize_model` could quantize (linear, Conv1D, conv)."""
+    return sum(m.weight.numel() for m in quantizable_layers(model).values())
 
 
 def resolve_plan(model: nn.Module, plan: Plan) -> dict[str, LayerAssignment]:
@@ -153,6 +186,7 @@ def quantize_layer(
     """One float layer → its quantized (or bf16, or unchanged fp32) replacement."""
     if config is None or (config.is_float and config.float_dtype == "fp32"):
         return module
+    module = as_linear(module)
     if config.is_float:
         return Bf16Conv2d(module) if isinstance(module, nn.Conv2d) else Bf16Linear(module)
     cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear

@@ -23,6 +23,7 @@ from torch import nn
 from explorer.kernels.base import ActQParams
 from explorer.nn.convert import (
     QuantReport,
+    as_linear,
     calibrate_activations,
     quantize_layer,
     resolve_plan,
@@ -148,7 +149,8 @@ def prepare_qat(
     for name, a in assignments.items():
         if a.config is None or a.config.is_float:
             continue
-        set_submodule(qat, name, FakeQuantLayer(qat.get_submodule(name), a.config, acts.get(name)))
+        layer = as_linear(qat.get_submodule(name))
+        set_submodule(qat, name, FakeQuantLayer(layer, a.config, acts.get(name)))
     qat.quant_report = QuantReport(assignments, folded)
     return qat.train()
 
