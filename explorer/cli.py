@@ -76,6 +76,52 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
+    from explorer.models.registry import builtin_models
+
+    rows = []
+    for model in builtin_models().values():
+        try:
+            value = model.card().get("float")
+        except ExplorerError:
+            value = None
+        rows.append(
+            {
+                "name": model.name,
+                "task": model.task,
+                "params": model.params(),
+                "metric": {"name": model.metric, "value": value},
+                "default": model.default,
+                "description": model.description,
+            }
+        )
+    if not args.json:
+        for r in rows:
+            star = "*" if r["default"] else " "
+            value = r["metric"]["value"]
+            shown = "n/a" if value is None else f"{value:.4g}"
+            print(
+                f"{star} {r['name']:12} {r['task']:15} {r['params']:>10,} params  "
+                f"{r['metric']['name']} {shown}  {r['description']}"
+            )
+    return {"models": rows}
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from explorer.models.registry import get_builtin
+
+    model = get_builtin(args.name)
+    out = Path(args.out) if args.out else model.asset_dir
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"train: {model.name} → {out} (seed {args.seed})", file=sys.stderr)
+    metrics = model.train(out, args.seed)
+    if not args.json:
+        print(json.dumps(metrics, indent=2))
+    return {"model": model.name, "out": str(out), "seed": args.seed, "metrics": metrics}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="explorer",
@@ -98,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
     bench.set_defaults(func=cmd_bench)
+
+    models = sub.add_parser("models", help="list the built-in models with their float metric")
+    models.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
+    models.set_defaults(func=cmd_models)
+
+    train = sub.add_parser("train", help="retrain a built-in model from scratch (reproducible)")
+    train.add_argument("name", help="built-in model name (see `explorer models`)")
+    train.add_argument("--out", default=None, help="output folder (default: its assets folder)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--json", action="store_true", help="end with one JSON line on stdout")
+    train.set_defaults(func=cmd_train)
     return parser
 
 
