@@ -38,6 +38,7 @@ from explorer.quant.primitives import (
     choose_qparams,
     fake_quantize,
     qrange,
+    scale_dtype_for,
 )
 
 EMA_DECAY = 0.99
@@ -54,7 +55,9 @@ class FakeQuantLayer(nn.Module):
         w2d = self._w2d()
         self.block = block_size(config, tuple(w2d.shape))
         lo, hi = weight_range(w2d.detach(), config, self.block)
-        scale, zero = choose_qparams(lo, hi, config.weight_bits, config.symmetric)
+        scale, zero = choose_qparams(
+            lo, hi, config.weight_bits, config.symmetric, scale_dtype_for(config)
+        )
         self.register_buffer("w_zero", zero)
         if config.learn_scales:
             self.w_scale = nn.Parameter(scale.clone())
@@ -75,7 +78,7 @@ class FakeQuantLayer(nn.Module):
         if c.learn_scales:
             return self.w_scale, self.w_zero
         lo, hi = weight_range(self._w2d().detach(), c, self.block)
-        return choose_qparams(lo, hi, c.weight_bits, c.symmetric)
+        return choose_qparams(lo, hi, c.weight_bits, c.symmetric, scale_dtype_for(c))
 
     def fake_weight(self) -> torch.Tensor:
         c = self.config
