@@ -22,15 +22,20 @@ pytestmark = [
     ("config", "kernel", "tol"),
     [
         (QuantConfig(act_bits=8), "int8-w8a8-intmm", 1e-4),
-        (QuantConfig(act_bits=8, act_granularity="tensor", act_symmetric=False),
-         "int8-w8a8-intmm", 1e-4),
-        (QuantConfig(weight_bits=4, granularity="group", group_size=128), "int4-wo-tinygemm-bf16",
-         2e-2),
+        (
+            QuantConfig(act_bits=8, act_granularity="tensor", act_symmetric=False),
+            "int8-w8a8-intmm",
+            1e-4,
+        ),
+        (
+            QuantConfig(weight_bits=4, granularity="group", group_size=128),
+            "int4-wo-tinygemm-bf16",
+            2e-2,
+        ),
     ],
 )
 @pytest.mark.parametrize("m", [1, 16, 17, 64])
-def test_cuda_kernels_match_reference(config: QuantConfig, kernel: str, tol: float, m: int
-                                      ) -> None:
+def test_cuda_kernels_match_reference(config: QuantConfig, kernel: str, tol: float, m: int) -> None:
     n, k = 256, 512
     gen = torch.Generator().manual_seed(m)
     w = torch.randn(n, k, generator=gen)
