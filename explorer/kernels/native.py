@@ -13,11 +13,14 @@ the packed integer weights, so a decode-bound (M=1) linear streams 4x / 8x fewer
     are signed int8 with zero point 0 unless ``zeros`` is given.  The kernel never subtracts the
     zero point in its hot loop: per group it accumulates ``acc = sum_k u_k * x_k`` over the raw
     codes (float32 FMA) and applies ``y += s * acc - s * z * xsum[m, g]`` where
-    ``xsum[m, g] = sum_{k in g} x[m, k]`` is computed once per call.  A 4-bit code is decoded
-    with one AND + one int->float conversion: in a 32-bit lane the nibble ``t`` masked in place
-    equals ``u * 16**t`` exactly, and the ``16**-t`` is folded into a once-per-call permuted,
-    pre-scaled copy of ``x`` (exact power-of-two scaling).  Several activation rows are
-    register-blocked together so batches (M = 8, 32) reuse each decoded weight.
+    ``xsum[m, g] = sum_{k in g} x[m, k]`` is computed once per call.  A 32-byte load of codes
+    is read as eight 32-bit lanes of eight nibbles each; ``x`` is permuted once per call so that
+    nibble position ``t`` of all lanes meets one contiguous vector of ``x``.  At M = 1 a code is
+    decoded with one AND + one int->float conversion: a nibble masked in place (the upper
+    four after one 16-bit shift of the lane) equals ``u * 16**(t % 4)`` exactly, and the
+    ``16**-(t % 4)`` is folded into the permuted copy of ``x`` (exact power-of-two scaling).
+    For M > 1 the decode is shared by a 4 x 2 register tile of activation rows x weight rows,
+    so batches (M = 8, 32) reuse each decoded weight.
 
 ``int8_gemm`` -- exact ``int8 x int8 -> int32`` matrix product ``xq @ wq.T``.
     It sign-extends both operands to int16 and uses ``vpmaddwd`` (int16 pair products summed
@@ -37,11 +40,12 @@ atomically renamed into place.  Threads: OpenMP, ``torch.get_num_threads()`` per
 process reuses torch's ``libgomp.so.1``); work is split over output columns.  The ctypes
 calls release the GIL.  Set ``EXPLORER_NATIVE=0`` to disable the native kernels entirely.
 
-Caveats: the outputs are not differentiable; float accumulation is float32 (4-bit codes
-are accumulated unsigned and the zero point subtracted per group, so with strongly biased
-activations the rounding error is somewhat larger than a signed accumulation); activations
-with magnitude below ~1e-29 lose precision in the 4-bit kernel (the ``16**-t`` pre-scaling
-makes them subnormal).
+Caveats: the outputs are not differentiable; accumulation is float32 (4-bit codes are
+accumulated unsigned and the zero point subtracted per group, so with strongly biased
+activations the rounding error is somewhat larger than a signed accumulation would give);
+at M = 1 activations below ~1e-34 in magnitude lose precision in the 4-bit kernel (the
+``16**-(t % 4)`` pre-scaling makes them subnormal).  Like torch's own OpenMP kernels, a call slows
+down sharply when another process occupies one of the cores it uses.
 """
 
 from __future__ import annotations
@@ -280,19 +284,25 @@ def _get() -> ctypes.CDLL:
 # ----------------------------------------------------------------------------------------
 
 
-def _tensor(name: str, t: object, dtype: torch.dtype) -> torch.Tensor:
+def _bad_tensor(name: str, t: object, dtype: torch.dtype) -> ValueError:
+    """The error for a ``t`` that is not a cpu tensor of ``dtype`` (slow path only)."""
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        return ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {dtype}, got {t.dtype}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} must be on the cpu, got device {t.device}")
+        return ValueError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    return ValueError(f"{name} must be on the cpu, got device {t.device}")
+
+
+def _tensor(name: str, t: object, dtype: torch.dtype) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or not t.is_cpu:
+        raise _bad_tensor(name, t, dtype)
     return t
 
 
 def _dense(name: str, t: object, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    t = _tensor(name, t, dtype)
-    if tuple(t.shape) != shape:
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or not t.is_cpu:
+        raise _bad_tensor(name, t, dtype)
+    if t.shape != shape:
         raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (got strides {t.stride()})")
@@ -304,7 +314,8 @@ def _vector(name: str, t: object, dtype: torch.dtype, n: int, allow_scalar: bool
     t = _tensor(name, t, dtype)
     numel = t.numel()
     if numel == n:
-        t = t.reshape(n)
+        if t.dim() != 1:
+            t = t.reshape(n)
     elif allow_scalar and numel == 1:
         t = t.reshape(1).expand(n)
     else:
@@ -314,12 +325,21 @@ def _vector(name: str, t: object, dtype: torch.dtype, n: int, allow_scalar: bool
 
 
 def _activation(name: str, t: object, dtype: torch.dtype) -> torch.Tensor:
-    t = _tensor(name, t, dtype)
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or not t.is_cpu:
+        raise _bad_tensor(name, t, dtype)
     if t.dim() < 1:
         raise ValueError(f"{name} must have at least one dimension, got shape {list(t.shape)}")
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (got strides {t.stride()})")
     return t
+
+
+def _matrix(name: str, t: object, dtype: torch.dtype, cols: int, what: str) -> torch.Tensor:
+    """A contiguous 2-D cpu tensor [rows, cols] of dtype (any number of rows)."""
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be a 2-D tensor {what}, got {shape}")
+    return _dense(name, t, dtype, (t.shape[0], cols))
 
 
 def _check_rc(rc: int, fn: str) -> None:
@@ -368,16 +388,11 @@ def wo_linear(
         raise ValueError(f"group_size={group_size} must be a multiple of 32 or equal K={k}")
     if bits == 4 and k % 2 != 0:
         raise ValueError(f"4-bit codes need an even K, got K={k}")
-    if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
-        shape = list(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-        raise ValueError(
-            f"codes must be a 2-D tensor [N, K{'/2' if bits == 4 else ''}], got {shape}"
-        )
-    n = codes.shape[0]
     if bits == 4:
-        codes = _dense("codes", codes, torch.uint8, (n, k // 2))
+        codes = _matrix("codes", codes, torch.uint8, k // 2, "[N, K/2]")
     else:
-        codes = _dense("codes", codes, torch.int8, (n, k))
+        codes = _matrix("codes", codes, torch.int8, k, "[N, K]")
+    n = codes.shape[0]
     ng = k // group_size
     scales = _dense("scales", scales, torch.float32, (n, ng))
     zptr = None
@@ -421,11 +436,8 @@ def int8_gemm(xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
     m, k = xq.shape
     if not xq.is_contiguous():
         raise ValueError(f"xq must be contiguous (got strides {xq.stride()})")
-    if not isinstance(wq, torch.Tensor) or wq.dim() != 2:
-        shape = list(wq.shape) if isinstance(wq, torch.Tensor) else type(wq).__name__
-        raise ValueError(f"wq must be a 2-D tensor [N, K], got {shape}")
+    wq = _matrix("wq", wq, torch.int8, k, "[N, K]")
     n = wq.shape[0]
-    wq = _dense("wq", wq, torch.int8, (n, k))
     if k > _MAX_INT8_K:
         raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
     out = torch.empty((m, n), dtype=torch.int32)
@@ -463,11 +475,8 @@ def w8a8_linear(
     if k > _MAX_INT8_K:
         raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
     m = xq.numel() // k
-    if not isinstance(wq, torch.Tensor) or wq.dim() != 2:
-        shape = list(wq.shape) if isinstance(wq, torch.Tensor) else type(wq).__name__
-        raise ValueError(f"wq must be a 2-D tensor [N, K], got {shape}")
+    wq = _matrix("wq", wq, torch.int8, k, "[N, K]")
     n = wq.shape[0]
-    wq = _dense("wq", wq, torch.int8, (n, k))
     x_scale = _vector("x_scale", x_scale, torch.float32, m, allow_scalar=True)
     w_scale = _vector("w_scale", w_scale, torch.float32, n, allow_scalar=True)
     zptr = sptr = bptr = None

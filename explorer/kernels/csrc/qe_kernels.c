@@ -18,18 +18,23 @@
  *   qe_w8a8_linear y[m,n] = (acc[m,n] - zx[m] * wsum[n]) * xs[m] * ws[n] + bias[n].
  *
  * Weight-only kernel (float activations).  Per group g the kernel accumulates
- * acc = sum_k code[n,k] * x[m,k] with the *raw* (non-negative for 4 bit) codes in float32 FMA
+ * acc = sum_k code[n,k] * x[m,k] with the *raw* codes (4 bit: unsigned 0..15) in float32 FMA
  * and corrects the zero point afterwards with per-group activation sums:
- *     y[m,n] = sum_g s[n,g] * acc_g - sum_g s[n,g] * z[n,g] * xsum[m,g]
- * so the hot loop never subtracts the zero point.  4-bit decode: a 32-byte load is viewed as
- * 8 int32 lanes; lane l holds elements 8l..8l+7, nibble t of the lane being element 8l+t.
- * (w & (0xF << 4t)) is the code times 16^t, an exact small integer, so one AND plus one
- * int->float conversion decodes 8 codes; the 16^-t is folded into a once-per-call permuted,
- * pre-scaled copy of x (xp[b*64 + 8t + l] = x[b*64 + 8l + t] * 16^-t, an exact power-of-two
- * scaling).  Nibble 7 uses a logical shift instead (the mask would hit the sign bit).
- * 8-bit decode is vpmovsxbd + vcvtdq2ps.  Within one 64-element block lanes 0-3 and 4-7 may
- * belong to different groups (G = 32), so per-group partial sums are flushed with a scale
- * vector (s[g_lo] x4, s[g_hi] x4) whenever the lane->group mapping changes.
+ *     y[m,n] = sum_g s[n,g] * acc_g - sum_g s[n,g] * z[n,g] * xsum[m,g] + bias[n]
+ * so the hot loop never subtracts the zero point.  A 32-byte load of codes is viewed as 8
+ * int32 lanes; for 4 bit lane l holds elements 8l..8l+7 (nibble t = element 8l+t), so x is
+ * permuted once per call into xp[b*64 + 8t + l] = x[b*64 + 8l + t] and nibble position t of
+ * all 8 lanes multiplies one contiguous x vector.  Decode:
+ *   M == 1: (w & (0xF << 4t)) for t < 4 and ((w >> 16) & (0xF << 4(t-4))) for t >= 4 equal
+ *           u * 16^(t mod 4) exactly, so one AND + one vcvtdq2ps decodes 8 codes and the
+ *           16^-(t mod 4) is folded into xp (an exact power-of-two scaling); eight
+ *           accumulators per row, no spills.
+ *   M  > 1: (w >> 4t) & 0xF (the decode is shared by 4 activation rows, so the extra shift is
+ *           cheap and a single mask register leaves room for a 4 x 2 register tile).
+ * 8-bit decode is vpmovsxbd + vcvtdq2ps, x in natural order.  Within one 64-element 4-bit
+ * block lanes 0-3 and 4-7 may belong to different groups (G = 32), so partial sums are
+ * flushed with a scale vector (s[g_lo] x4, s[g_hi] x4) whenever the lane->group mapping
+ * changes; groups must be multiples of 32 or the whole row.
  *
  * Integer kernels.  vpmaddubsw (u8 x s8 -> saturating s16 pair sums) cannot be used: with the
  * full int8 range a pair sum reaches 2 * 128 * 128 = 32768 (or 65280 with an offset-binary
@@ -37,8 +42,14 @@
  * call, w with vpmovsxbw) and multiplied with vpmaddwd (s16 x s16 -> s32 pair sums, exact),
  * then accumulated with vpaddd.  |sum| <= K * 2^14, exact in int32 for K <= 131071.
  *
- * Work is split over threads by output columns (each thread owns disjoint columns), with
- * register blocking of MR activation rows x NR weight rows so M > 1 reuses decoded weights.
+ * Threads: OpenMP (the process shares torch's libgomp.so.1).  Output columns are handed out
+ * in tiles of QE_NT through an atomic counter (each thread owns the columns it claimed); the
+ * dynamic split matters on shared VMs whose vCPUs run at very different speeds.  Register
+ * tiles of MR activation rows x NR weight rows let M > 1 reuse decoded weights; for M > 1
+ * the K dimension is chunked so an MR-row slice of x stays in L1 while it meets every column
+ * of the tile.  The next tile's weight rows are software-prefetched (the weight rows are
+ * short, 2-4 KiB streams that the hardware prefetcher ramps up on too late).  The per-call
+ * workspace is cached between calls (no page faults in steady state).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -148,6 +159,38 @@ static void* qe_alloc(size_t bytes) {
     return aligned_alloc(64, sz);
 }
 
+/* One cached workspace, reused across calls so that steady-state calls neither allocate nor
+ * page-fault (fresh pages are expensive, notably in VMs).  A call that finds it busy (calls
+ * from several threads at once) falls back to a private allocation. */
+static char* qe_ws_buf = NULL;
+static size_t qe_ws_cap = 0;
+static int qe_ws_busy = 0;
+
+static char* qe_ws_get(size_t bytes, int* cached) {
+    *cached = 0;
+    if (__atomic_exchange_n(&qe_ws_busy, 1, __ATOMIC_ACQUIRE) == 0) {
+        if (qe_ws_cap < bytes) {
+            free(qe_ws_buf);
+            qe_ws_cap = (bytes + 4095) & ~(size_t)4095;
+            qe_ws_buf = (char*)aligned_alloc(64, qe_ws_cap);
+            if (!qe_ws_buf) qe_ws_cap = 0;
+        }
+        if (qe_ws_buf) {
+            *cached = 1;
+            return qe_ws_buf;
+        }
+        __atomic_store_n(&qe_ws_busy, 0, __ATOMIC_RELEASE);
+    }
+    return (char*)qe_alloc(bytes);
+}
+
+static void qe_ws_put(char* mem, int cached) {
+    if (cached)
+        __atomic_store_n(&qe_ws_busy, 0, __ATOMIC_RELEASE);
+    else
+        free(mem);
+}
+
 static size_t qe_round64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
 
 /* ======================================================================================= */
@@ -181,15 +224,6 @@ typedef struct {
     size_t tws_stride;
     int64_t* next;  /* shared work counter (first unclaimed column) */
 } qe_wo_ctx;
-
-static void qe_wo_xsum_row(const qe_wo_ctx* c, int64_t m) {
-    const float* xr = c->x + m * c->K;
-    for (int64_t g = 0; g < c->ng; ++g) {
-        double s = 0.0;
-        for (int64_t k = g * c->G; k < (g + 1) * c->G; ++k) s += xr[k];
-        c->xsum[m * c->ng + g] = (float)s;
-    }
-}
 
 /* ---- scalar fallback ------------------------------------------------------------------- */
 
@@ -253,6 +287,26 @@ QE_AVX2 static float qe_dot_avx2(const float* a, const float* b, int64_t n) {
     float r = qe_hsum_ps(_mm256_add_ps(s0, s1));
     for (; i < n; ++i) r += a[i] * b[i];
     return r;
+}
+
+/* Per-group sums of one activation row (float32, 4 x 8 lanes, pairwise at the end). */
+QE_AVX2 static void qe_wo_xsum_row_avx2(const qe_wo_ctx* c, int64_t m) {
+    const float* xr = c->x + m * c->K;
+    const int64_t G = c->G;
+    for (int64_t g = 0; g < c->ng; ++g) {
+        const float* p = xr + g * G;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        int64_t k = 0;
+        for (; k + 32 <= G; k += 32) {
+            s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p + k));
+            s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p + k + 8));
+            s2 = _mm256_add_ps(s2, _mm256_loadu_ps(p + k + 16));
+            s3 = _mm256_add_ps(s3, _mm256_loadu_ps(p + k + 24));
+        }
+        float r = qe_hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+        for (; k < G; ++k) r += p[k];
+        c->xsum[m * c->ng + g] = r;
+    }
 }
 
 /* Permute (4 bit) or copy (8 bit) one activation row into xp, zero padded to nblk blocks. */
@@ -685,7 +739,8 @@ QE_EXPORT int qe_wo_linear(const float* x, const void* codes, const float* scale
     size_t o_tws = o_fl + qe_round64((size_t)c.nblk);
     c.tws_stride = qe_round64(sizeof(float) * QE_MP * QE_NT * 8) + qe_round64(QE_NT * 32) +
                    qe_round64(sizeof(float) * QE_NT * (size_t)c.ng);
-    char* mem = (char*)qe_alloc(o_tws + c.tws_stride * (size_t)nthreads);
+    int cached;
+    char* mem = qe_ws_get(o_tws + c.tws_stride * (size_t)nthreads, &cached);
     if (!mem) return QE_ENOMEM;
     c.xp = (float*)(mem + o_xp);
     c.xsum = (float*)(mem + o_xsum);
@@ -704,17 +759,15 @@ QE_EXPORT int qe_wo_linear(const float* x, const void* codes, const float* scale
     for (int64_t b = 0; b < c.nblk; ++b)
         c.flush[b] = (uint8_t)(b + 1 == c.nblk || c.ga[b + 1] != c.ga[b] || c.gb[b + 1] != c.gb[b]);
 
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        const int tid = qe_thread_num(), nth = qe_num_threads();
-#pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; ++m) {
-            qe_wo_prep_row(&c, m);
-            if (c.corr) qe_wo_xsum_row(&c, m);
-        }
-        qe_wo_avx2_thread(&c, tid, nth);
+    /* Activation prep on the calling thread (cheap next to the GEMM): no barrier inside the
+     * parallel region, so the caller starts on column tiles while the workers wake up. */
+    for (int64_t m = 0; m < M; ++m) {
+        qe_wo_prep_row(&c, m);
+        if (c.corr) qe_wo_xsum_row_avx2(&c, m);
     }
-    free(mem);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    qe_wo_avx2_thread(&c, qe_thread_num(), qe_num_threads());
+    qe_ws_put(mem, cached);
     return QE_OK;
 #else
     return QE_EINVAL;
@@ -949,20 +1002,17 @@ static int qe_i8_run(qe_i8_ctx* c, int nthreads) {
     c->nfull = K / 16;
     size_t o_tws = qe_round64(sizeof(int16_t) * (size_t)(M * c->ldx));
     c->tws_stride = qe_round64(sizeof(int32_t) * QE_MP * QE_NT * 8) + qe_round64(QE_NT * 16);
-    char* mem = (char*)qe_alloc(o_tws + c->tws_stride * (size_t)nthreads);
+    int cached;
+    char* mem = qe_ws_get(o_tws + c->tws_stride * (size_t)nthreads, &cached);
     if (!mem) return QE_ENOMEM;
     c->x16 = (int16_t*)mem;
     c->tws = mem + o_tws;
     int64_t next = 0;
     c->next = &next;
+    for (int64_t m = 0; m < M; ++m) qe_i8_prep_row(c, m); /* see qe_wo_linear */
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        const int tid = qe_thread_num(), nth = qe_num_threads();
-#pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; ++m) qe_i8_prep_row(c, m);
-        qe_i8_avx2_thread(c, tid, nth);
-    }
-    free(mem);
+    qe_i8_avx2_thread(c, qe_thread_num(), qe_num_threads());
+    qe_ws_put(mem, cached);
     return QE_OK;
 #else
     return QE_EINVAL;

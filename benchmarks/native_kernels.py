@@ -1,0 +1,270 @@
+"""Benchmark the native integer kernels against torch's CPU linear paths.
+
+K = N = 4096 (one LLM-sized projection), M in {1, 8, 32} rows, 2 threads by default.  Every
+candidate rotates over enough weight copies that its weights total more than 4 x 32 MiB, so
+each call streams its weights from DRAM (defeating the 32 MiB L3) as in real decoding.
+Candidates are interleaved (shuffled order every repetition) so drifting machine load hits
+all of them alike; the reported figure is the median over the repetitions.
+
+Candidates:
+  fp32            torch F.linear, float32 weights
+  bf16            torch F.linear, bfloat16 activations and weights
+  int4pack-g128   torch._weight_int4pack_mm_for_cpu, bf16 activations, group 128
+  fbgemm-dyn-int8 torch.ops.quantized.linear_dynamic (per-channel int8, dynamic activations)
+  wo4-g32/-g128   native.wo_linear, 4-bit, float32 activations
+  wo8-pc          native.wo_linear, 8-bit per-channel, float32 activations
+  w8a8            native.w8a8_linear on pre-quantized int8 activations (kernel only)
+  w8a8+quant      the same plus per-token dynamic activation quantization in torch ops
+
+Prints a table, then one JSON line (the last line on stdout).
+
+Usage: python benchmarks/native_kernels.py [--reps 30] [--threads 2] [--m 1 8 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from explorer.kernels import native  # noqa: E402
+
+MIB = 1 << 20
+ROTATE_BYTES = 4 * 32 * MIB  # > 4x the 32 MiB L3
+
+
+def _copies(nbytes: int) -> int:
+    return ROTATE_BYTES // nbytes + 1
+
+
+class Candidate:
+    """A named callable over a rotating list of weight sets."""
+
+    def __init__(self, name: str, fn: Callable[[object], object], weights: list, nbytes: int):
+        self.name = name
+        self.fn = fn
+        self.weights = weights
+        self.nbytes = nbytes  # bytes of weight data streamed per call
+        self.i = 0
+        self.times: list[float] = []
+
+    def run(self, record: bool) -> None:
+        w = self.weights[self.i % len(self.weights)]
+        self.i += 1
+        t0 = time.perf_counter()
+        self.fn(w)
+        dt = time.perf_counter() - t0
+        if record:
+            self.times.append(dt)
+
+
+def _quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = x.abs().amax(dim=1).clamp_min(1e-8)
+    scale = amax / 127.0
+    xq = torch.round(x / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return xq, scale
+
+
+def build_weights(n: int, k: int, seed: int = 0) -> dict[str, tuple[list, int]]:
+    """Weight copies per format: name -> (list of weight objects, bytes per call)."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, tuple[list, int]] = {}
+
+    nb = n * k * 4
+    out["fp32"] = ([torch.randn(n, k, generator=g) for _ in range(_copies(nb))], nb)
+    nb = n * k * 2
+    out["bf16"] = (
+        [torch.randn(n, k, generator=g).to(torch.bfloat16) for _ in range(_copies(nb))],
+        nb,
+    )
+
+    # torch int4pack (group 128): scales_and_zeros bf16 [K/G, N, 2]
+    nb = n * k // 2
+    packs = []
+    for _ in range(_copies(nb)):
+        codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=g)
+        packed = torch._convert_weight_to_int4pack_for_cpu(codes, 2)
+        sz = torch.stack(
+            [
+                torch.rand(k // 128, n, generator=g).to(torch.bfloat16) * 0.02,
+                torch.zeros(k // 128, n, dtype=torch.bfloat16),
+            ],
+            dim=-1,
+        ).contiguous()
+        packs.append((packed, sz))
+    out["int4pack"] = (packs, nb + (k // 128) * n * 4)
+
+    # fbgemm dynamic int8 (per-channel)
+    nb = n * k
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pps = []
+        for _ in range(_copies(nb)):
+            qw = torch.quantize_per_channel(
+                torch.randn(n, k, generator=g),
+                torch.rand(n, generator=g, dtype=torch.float64) * 0.01 + 0.01,
+                torch.zeros(n, dtype=torch.long),
+                0,
+                torch.qint8,
+            )
+            pps.append(torch.ops.quantized.linear_prepack(qw, None))
+    out["fbgemm"] = (pps, nb)
+
+    # native 4-bit: uint8 [N, K/2] codes (shared by g32 / g128), fp32 scales per group
+    nb = n * k // 2
+    codes4 = [
+        torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g)
+        for _ in range(_copies(nb))
+    ]
+    for gs in (32, 128):
+        ws = [(c, torch.rand(n, k // gs, generator=g) * 0.02) for c in codes4]
+        out[f"wo4-g{gs}"] = (ws, nb + n * (k // gs) * 4)
+
+    # native int8: int8 [N, K] (shared by wo8 and w8a8)
+    nb = n * k
+    codes8 = [
+        torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g) for _ in range(_copies(nb))
+    ]
+    out["int8"] = (
+        [
+            (c, torch.rand(n, 1, generator=g) * 0.01, torch.rand(n, generator=g) * 0.01)
+            for c in codes8
+        ],
+        nb,
+    )
+    return out
+
+
+def make_candidates(m: int, k: int, w: dict[str, tuple[list, int]]) -> list[Candidate]:
+    x = torch.randn(m, k)
+    xb = x.to(torch.bfloat16)
+    xq, xs = _quantize_per_token(x)
+    c: list[Candidate] = []
+    ws, nb = w["fp32"]
+    c.append(Candidate("fp32", lambda wt: F.linear(x, wt), ws, nb))
+    ws, nb = w["bf16"]
+    c.append(Candidate("bf16", lambda wt: F.linear(xb, wt), ws, nb))
+    ws, nb = w["int4pack"]
+    c.append(
+        Candidate(
+            "int4pack-g128",
+            lambda p: torch._weight_int4pack_mm_for_cpu(xb, p[0], 128, p[1]),
+            ws,
+            nb,
+        )
+    )
+    ws, nb = w["fbgemm"]
+    c.append(
+        Candidate("fbgemm-dyn-int8", lambda p: torch.ops.quantized.linear_dynamic(x, p), ws, nb)
+    )
+    if native.available():
+        for gs in (32, 128):
+            ws, nb = w[f"wo4-g{gs}"]
+            c.append(
+                Candidate(
+                    f"wo4-g{gs}",
+                    lambda p, gs=gs: native.wo_linear(x, p[0], p[1], None, bits=4, group_size=gs),
+                    ws,
+                    nb,
+                )
+            )
+        ws, nb = w["int8"]
+        c.append(
+            Candidate(
+                "wo8-pc",
+                lambda p: native.wo_linear(x, p[0], p[1], None, bits=8, group_size=k),
+                ws,
+                nb,
+            )
+        )
+        c.append(
+            Candidate("w8a8", lambda p: native.w8a8_linear(xq, xs, None, p[0], p[2], None), ws, nb)
+        )
+
+        def w8a8_quant(p: tuple) -> torch.Tensor:
+            q, s = _quantize_per_token(x)
+            return native.w8a8_linear(q, s, None, p[0], p[2], None)
+
+        c.append(Candidate("w8a8+quant", w8a8_quant, ws, nb))
+    return c
+
+
+def run(ms: list[int], reps: int, threads: int, warmup: int = 3, seed: int = 0) -> dict:
+    torch.set_num_threads(threads)
+    if "fbgemm" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "fbgemm"
+    n = k = 4096
+    t0 = time.perf_counter()
+    available = native.available()  # compiles (or loads the cached build) on first use
+    load_s = time.perf_counter() - t0
+    w = build_weights(n, k, seed)
+    rng = random.Random(seed)
+    results: dict[str, dict[str, float]] = {}
+    rows = []
+    for m in ms:
+        cands = make_candidates(m, k, w)
+        for r in range(warmup + reps):
+            rng.shuffle(cands)
+            for cand in cands:
+                cand.run(record=r >= warmup)
+        cands.sort(key=lambda c: c.name)
+        base = statistics.median(next(c for c in cands if c.name == "fp32").times)
+        results[f"M={m}"] = {}
+        for cand in sorted(cands, key=lambda c: statistics.median(c.times)):
+            med = statistics.median(cand.times)
+            results[f"M={m}"][cand.name] = round(med * 1e3, 4)
+            rows.append((m, cand.name, med * 1e3, base / med, cand.nbytes / med / 1e9))
+    info = native.build_info()
+    return {
+        "rows": rows,
+        "json": {
+            "benchmark": "native_kernels",
+            "K": k,
+            "N": n,
+            "threads": threads,
+            "reps": reps,
+            "median_ms": results,
+            "native_available": available,
+            "native_isa": info.get("isa"),
+            "native_load_seconds": round(load_s, 3),
+            "native_compile_seconds": info.get("compile_seconds"),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "quantized_engine": torch.backends.quantized.engine,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=30, help="timed repetitions (>= 20)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--m", type=int, nargs="+", default=[1, 8, 32])
+    args = ap.parse_args(argv)
+    res = run(args.m, args.reps, args.threads)
+    if not native.available():
+        print(f"# native kernels unavailable: {native.unavailable_reason()}", file=sys.stderr)
+    print(f"{'M':>3}  {'candidate':<16} {'median ms':>10} {'x fp32':>8} {'weight GB/s':>12}")
+    last_m = None
+    for m, name, ms, speedup, gbs in res["rows"]:
+        if last_m is not None and m != last_m:
+            print()
+        last_m = m
+        print(f"{m:>3}  {name:<16} {ms:>10.3f} {speedup:>8.2f} {gbs:>12.1f}")
+    print(json.dumps(res["json"]))
+
+
+if __name__ == "__main__":
+    main()
