@@ -97,7 +97,7 @@ def _load_builtins() -> None:
         importlib.import_module(module)
 
 
-BUILTIN_MODULES: list[str] = []
+BUILTIN_MODULES: list[str] = ["explorer.models.digits", "explorer.models.mobile"]
 
 
 def builtin_models() -> dict[str, BuiltinModel]:
