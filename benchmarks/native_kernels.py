@@ -16,6 +16,11 @@ Candidates:
   w8a8            native.w8a8_linear on pre-quantized int8 activations (kernel only)
   w8a8+quant      the same plus per-token dynamic activation quantization in torch ops
 
+Shared machines: on Linux the CPU time used by *other* processes is measured over each batch
+of repetitions (``/proc/stat`` minus this process's CPU time); a batch during which others used
+more than ``--foreign-max`` of the machine is discarded and repeated (OpenMP kernels slow down
+several-fold when a core is taken away from them mid-call).  ``--foreign-max 1`` disables this.
+
 Prints a table, then one JSON line (the last line on stdout).
 
 Usage: python benchmarks/native_kernels.py [--reps 30] [--threads 2] [--m 1 8 32]
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -68,6 +74,33 @@ class Candidate:
         dt = time.perf_counter() - t0
         if record:
             self.times.append(dt)
+
+
+def _cpu_busy_seconds() -> float | None:
+    """Machine-wide non-idle CPU seconds (Linux), or None where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class ForeignLoad:
+    """Share of the machine's CPU capacity used by other processes during a time window."""
+
+    def __init__(self) -> None:
+        self.busy = _cpu_busy_seconds()
+        self.own = time.process_time()
+        self.wall = time.perf_counter()
+
+    def share(self) -> float:
+        busy = _cpu_busy_seconds()
+        if busy is None or self.busy is None:
+            return 0.0
+        wall = time.perf_counter() - self.wall
+        foreign = (busy - self.busy) - (time.process_time() - self.own)
+        return max(0.0, foreign / (wall * (os.cpu_count() or 1)))
 
 
 def _quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +234,16 @@ def make_candidates(m: int, k: int, w: dict[str, tuple[list, int]]) -> list[Cand
     return c
 
 
-def run(ms: list[int], reps: int, threads: int, warmup: int = 3, seed: int = 0) -> dict:
+def run(
+    ms: list[int],
+    reps: int,
+    threads: int,
+    warmup: int = 3,
+    seed: int = 0,
+    foreign_max: float = 0.1,
+    batch_seconds: float = 1.0,
+    max_discards: int = 200,
+) -> dict:
     torch.set_num_threads(threads)
     if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
@@ -212,13 +254,27 @@ def run(ms: list[int], reps: int, threads: int, warmup: int = 3, seed: int = 0) 
     w = build_weights(n, k, seed)
     rng = random.Random(seed)
     results: dict[str, dict[str, float]] = {}
+    discarded: dict[str, int] = {}
     rows = []
     for m in ms:
         cands = make_candidates(m, k, w)
-        for r in range(warmup + reps):
-            rng.shuffle(cands)
+        for _ in range(warmup):
             for cand in cands:
-                cand.run(record=r >= warmup)
+                cand.run(record=False)
+        drops = 0
+        while min(len(c.times) for c in cands) < reps:
+            # one batch: whole interleaved passes until ~batch_seconds have elapsed
+            window = ForeignLoad()
+            kept = [len(c.times) for c in cands]
+            while time.perf_counter() - window.wall < batch_seconds:
+                rng.shuffle(cands)
+                for cand in cands:
+                    cand.run(record=True)
+            if window.share() > foreign_max and drops < max_discards:
+                drops += 1
+                for cand, nkeep in zip(cands, kept, strict=True):
+                    del cand.times[nkeep:]
+        discarded[f"M={m}"] = drops
         cands.sort(key=lambda c: c.name)
         base = statistics.median(next(c for c in cands if c.name == "fp32").times)
         results[f"M={m}"] = {}
@@ -234,8 +290,10 @@ def run(ms: list[int], reps: int, threads: int, warmup: int = 3, seed: int = 0) 
             "K": k,
             "N": n,
             "threads": threads,
-            "reps": reps,
+            "min_reps": reps,
             "median_ms": results,
+            "discarded_batches": discarded,
+            "foreign_max": foreign_max,
             "native_available": available,
             "native_isa": info.get("isa"),
             "native_load_seconds": round(load_s, 3),
@@ -252,8 +310,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=30, help="timed repetitions (>= 20)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--m", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument(
+        "--foreign-max",
+        type=float,
+        default=0.1,
+        help="discard batches during which other processes used more than this share of the "
+        "machine's CPU (1 disables the check)",
+    )
     args = ap.parse_args(argv)
-    res = run(args.m, args.reps, args.threads)
+    res = run(args.m, args.reps, args.threads, foreign_max=args.foreign_max)
     if not native.available():
         print(f"# native kernels unavailable: {native.unavailable_reason()}", file=sys.stderr)
     print(f"{'M':>3}  {'candidate':<16} {'median ms':>10} {'x fp32':>8} {'weight GB/s':>12}")
