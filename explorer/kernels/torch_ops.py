@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from explorer.kernels.activation import quantize_activation, to_int8_domain
+from explorer.kernels.activation import act_qparams, quantize_activation, to_int8_domain
 from explorer.kernels.base import ActQParams, LinearSpec
 from explorer.quant.qtensor import QuantizedWeight
 
@@ -167,7 +167,7 @@ class FbgemmKernel:
 
     def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
         spec, packed, act = state
-        _, xs, xz = quantize_activation(x, spec, act)
+        xs, xz = act_qparams(x, spec, act)  # fbgemm quantizes x itself with these qparams
         scale = float(xs[0, 0])
         zero = int(xz[0, 0]) + (128 if spec.act_symmetric else 0)  # uint8 domain
         op = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
