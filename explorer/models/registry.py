@@ -97,7 +97,11 @@ def _load_builtins() -> None:
         importlib.import_module(module)
 
 
-BUILTIN_MODULES: list[str] = ["explorer.models.digits", "explorer.models.mobile"]
+BUILTIN_MODULES: list[str] = [
+    "explorer.models.digits",
+    "explorer.models.mobile",
+    "explorer.models.tinylm",
+]
 
 
 def builtin_models() -> dict[str, BuiltinModel]:

@@ -551,7 +551,7 @@ def measure_workloads(
     model: nn.Module,
     threads: tuple[int, ...] = (1, 2),
     repeats: dict[str, int] | None = None,
-    rounds: int = 3,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Latency of every workload under each of `LATENCY_CONFIGS`, at each thread count.
 
@@ -563,12 +563,13 @@ def measure_workloads(
     """
     from explorer.measure.latency import measure_callable
 
-    repeats = repeats or {"decode": 100, "prefill": 20}
+    repeats = repeats or {"decode": 200, "prefill": 20}
     before = torch.get_num_threads()
     results: dict[str, Any] = {
         "threads": {},
         "method": f"lowest of {rounds} interleaved round medians; repeats {repeats}",
         "load_average_at_start": os.getloadavg()[0],
+        "cpu": cpu_features(),
     }
     try:
         for n_threads in threads:
@@ -816,7 +817,78 @@ def latency_markdown(latency: dict[str, Any]) -> list[str]:
             f"- decode goal (best int8 and best int4 at least {DECODE_GOAL}x fp32): "
             + ("met" if goal >= DECODE_GOAL else f"not met (the slower of the two is {goal:.2f}x)")
         )
-    return lines
+    fastest_fp32 = min(r["plans"]["fp32"]["decode"]["ms"] for r in latency["threads"].values())
+    for label in ("int8", "int4"):
+        fastest = min(r["best"][f"{label}_decode"]["ms"] for r in latency["threads"].values())
+        lines.append(
+            f"- best {label} decode at any thread count against the fastest fp32 decode at any "
+            f"thread count: {fastest_fp32 / fastest:.2f}x"
+        )
+    return [*lines, "", *_reading(latency)]
+
+
+def cpu_features() -> dict[str, Any]:
+    """The CPU's model name and the instruction sets the kernels' speed depends on (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), ""
+    )
+    flags_line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    flags = set(flags_line.split(":", 1)[-1].split())
+    return {
+        "model": model,
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}),
+        "bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+    }
+
+
+def _reading(latency: dict[str, Any]) -> list[str]:
+    """How to read the latency table of the highest thread count, from its own numbers."""
+    n_threads = max(latency["threads"], key=int)
+    plans = latency["threads"][n_threads]["plans"]
+
+    def mb(name: str) -> str:
+        return f"{plans[name]['weight_bytes'] / 1e6:.1f} MB"
+
+    def x(name: str, workload: str = "decode") -> str:
+        return f"{plans[name][workload]['speedup_vs_fp32']:.2f}x"
+
+    cpu = latency.get("cpu") or {}
+    isa = (
+        f"{cpu.get('model', 'this CPU')}: AVX2 {'yes' if cpu.get('avx2') else 'no'}, AVX-512 "
+        f"{'yes' if cpu.get('avx512') else 'no'}, VNNI {'yes' if cpu.get('vnni') else 'no'}, "
+        f"bf16 arithmetic {'yes' if cpu.get('bf16') else 'no'}"
+        if cpu
+        else "CPU features not recorded"
+    )
+    int4 = min(INT4_PLANS, key=lambda n: plans[n]["decode"]["ms"])
+    int4_vs_int8 = plans[int4]["decode"]["ms"] / plans["w8_channel"]["decode"]["ms"]
+    prefill_best = max(
+        (n for n in plans if n not in ("fp32", "bf16")),
+        key=lambda n: plans[n]["prefill"]["speedup_vs_fp32"],
+    )
+    return [
+        f"**Reading the numbers** ({n_threads} threads; {isa}). A decode step reads every "
+        f"linear weight once: {mb('fp32')} in fp32, close to the 32 MiB L3 that the KV "
+        "cache, the activations and other processes share, so much of it comes from memory "
+        f"every step; {mb('w8_channel')} in int8 and {mb(int4)} in int4 ({int4}) stay cached; bf16 "
+        f"({mb('bf16')}) gets {x('bf16')} from halving the bytes alone. int8 weight-only gets "
+        f"{x('w8_channel')}; int4 reads about half of int8's bytes but takes "
+        f"{int4_vs_int8:.2f}x int8's time ({x(int4)}), because the int4 kernels unpack nibbles "
+        "with extra instructions before each fp32 multiply-add, so at one row they are bound "
+        "by instructions as much as by bytes. W8A8 with per-token dynamic scales "
+        f"({x('w8a8_token')} at decode) quantizes each activation row with a chain of small "
+        "torch ops in every layer, a fixed cost that one row cannot amortize. Prefill "
+        "multiplies 128 rows by each weight and is compute-bound: the weight-only kernels "
+        "multiply in fp32 after converting the codes, W8A8 multiplies int16 pairs, and the best "
+        f"quantized prefill is {prefill_best} at {x(prefill_best, 'prefill')} of torch's fp32 "
+        f"GEMM; bf16 prefill ({x('bf16', 'prefill')}) shows the missing bf16 arithmetic.",
+    ]
 
 
 TINY_LM = register(
