@@ -11,8 +11,9 @@ QAT's `convert` goes through `quantize_layer`, the same function PTQ uses.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -133,15 +134,28 @@ def calibrate_activations(
     model: nn.Module,
     assignments: dict[str, LayerAssignment],
     calibration_data: torch.Tensor | Iterable[torch.Tensor] | None,
+    cache: dict[tuple[Any, ...], ActQParams] | None = None,
 ) -> dict[str, ActQParams]:
-    """Static per-tensor activation qparams for every layer whose config asks for them."""
+    """Static per-tensor activation qparams for every layer whose config asks for them.
+
+    The observers watch the float model, so a layer's qparams depend only on the layer, the
+    calibration data and the activation settings: ``cache`` (keyed by layer and settings; the
+    caller keeps one per calibration set) lets a sweep calibrate each combination once."""
     wanted = {
         n: a.config
         for n, a in assignments.items()
         if a.config is not None and a.config.act_bits is not None and a.config.act_mode == "static"
     }
+
+    def key(name: str, c: QuantConfig) -> tuple[Any, ...]:
+        return (name, c.calibration, c.percentile, c.act_bits, c.act_symmetric)
+
+    out: dict[str, ActQParams] = {}
+    if cache is not None:
+        out = {n: cache[key(n, c)] for n, c in wanted.items() if key(n, c) in cache}
+        wanted = {n: c for n, c in wanted.items() if n not in out}
     if not wanted:
-        return {}
+        return out
     batches = _as_batches(calibration_data)
     samples = sum(int(b.shape[0]) for b in batches)
     if samples < MIN_CALIBRATION_SAMPLES:
@@ -165,7 +179,6 @@ def calibrate_activations(
     finally:
         for h in hooks:
             h.remove()
-    out = {}
     for name, obs in observers.items():
         lo, hi = obs.range()
         config = wanted[name]
@@ -173,6 +186,8 @@ def calibrate_activations(
             torch.tensor([lo]), torch.tensor([hi]), config.act_bits, config.act_symmetric
         )
         out[name] = ActQParams(float(scale[0]), int(zero[0]))
+        if cache is not None:
+            cache[key(name, config)] = out[name]
     return out
 
 
@@ -205,6 +220,7 @@ def quantize_model(
     calibration_data: torch.Tensor | Iterable[torch.Tensor] | None = None,
     example_input: torch.Tensor | None = None,
     fold_bn: bool = True,
+    act_cache: dict[tuple[Any, ...], ActQParams] | None = None,
 ) -> nn.Module:
     """A quantized copy of ``model`` under ``plan`` (the input is not modified).
 
@@ -217,7 +233,7 @@ def quantize_model(
     if fold_bn:
         qmodel, folded = fold_batch_norm(qmodel)
     assignments = resolve_plan(qmodel, plan)
-    acts = calibrate_activations(qmodel, assignments, calibration_data)
+    acts = calibrate_activations(qmodel, assignments, calibration_data, act_cache)
     for name, assignment in assignments.items():
         module = qmodel.get_submodule(name)
         new = quantize_layer(module, assignment.config, name, acts.get(name))
@@ -233,9 +249,17 @@ def quant_modules(model: nn.Module) -> dict[str, _QuantBase]:
     return {n: m for n, m in model.named_modules() if isinstance(m, _QuantBase)}
 
 
-def select_kernels(model: nn.Module, example_input: torch.Tensor) -> dict[str, str]:
+def select_kernels(
+    model: nn.Module,
+    example_input: torch.Tensor | None = None,
+    *,
+    run: Callable[[], object] | None = None,
+) -> dict[str, str]:
     """Time every candidate kernel of every quantized layer on its real input rows; keep the
-    fastest. Returns ``{layer: kernel}``."""
+    fastest. The rows come from one call of ``model(example_input)`` or of ``run()`` (a workload
+    that drives the model itself, such as a KV-cache decode step). Returns ``{layer: kernel}``."""
+    if (example_input is None) == (run is None):
+        raise ValueError("select_kernels needs exactly one of example_input and run")
     rows: dict[str, int] = {}
     mods = quant_modules(model)
 
@@ -257,7 +281,10 @@ def select_kernels(model: nn.Module, example_input: torch.Tensor) -> dict[str, s
     ]
     try:
         with torch.no_grad():
-            model(example_input)
+            if run is not None:
+                run()
+            else:
+                model(example_input)
     finally:
         for h in hooks:
             h.remove()

@@ -1,0 +1,412 @@
+"""The sweep runner: evaluate plans on real kernels and stream result rows into the store.
+
+`evaluate_entry` turns one `PlanEntry` into one result row, all from *one* quantized model: it
+quantizes (PTQ) or trains (QAT from the PTQ point), chooses each layer's kernel by timing on the
+model's primary workload, evaluates the task metric and fidelity against the float reference
+outputs (computed once per context) with paired-bootstrap intervals, counts the bytes as stored,
+times every workload (layers without a real kernel run on a timing twin, and the row says
+`simulated`), and records per-layer figures: weight SQNR, output SQNR on a calibration batch,
+kernel, and share of the primary workload's time.
+
+`run_sweep` keys each entry (`row_parts`: everything that changes its numbers), skips entries
+whose key is already in the store, sends the rest to an executor, and writes each finished row
+in its own transaction, so a killed sweep resumes where it stopped. Timings run one at a time
+under the machine-wide timing lock, and the local executor does nothing else while one runs.
+
+Imports: `explorer.nn`, `explorer.measure`, `explorer.sweep.context`, `.space`, `.store`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from explorer.errors import ExplorerError
+from explorer.measure.latency import measure_callable, timing_model
+from explorer.measure.metrics import sqnr_db
+from explorer.measure.size import size_report
+from explorer.nn.convert import as_linear, quant_modules, quantize_model, select_kernels
+from explorer.nn.qat import train_qat
+from explorer.sweep.context import ModelContext, ModelSource, environment, open_context
+from explorer.sweep.space import PlanEntry
+from explorer.sweep.store import ResultStore, row_key
+
+ROW_VERSION = 1
+"""Bumped whenever a change to the engine changes the numbers of a row with the same key."""
+
+LAYER_PROFILE_RUNS = 5
+OUTPUT_SQNR_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything besides the plan that changes a row's numbers (all part of its key)."""
+
+    calibration_samples: int = 128
+    seed: int = 0
+    n_boot: int = 1000
+    warmup: int = 3
+    repeats: int = 20
+    qat_batch: int = 64
+    per_layer: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("calibration_samples", "n_boot", "repeats", "qat_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ExplorerError(f"{name} must be a positive integer, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kernel_policy() -> dict[str, Any]:
+    """Which kernels a row could have chosen from: the choice among them is by timing."""
+    from explorer.kernels.select import KERNELS
+
+    return {"choice": "fastest-measured", "registry": sorted(KERNELS)}
+
+
+def row_parts(
+    ctx: ModelContext, entry: PlanEntry, settings: RunSettings, env: dict[str, Any]
+) -> dict[str, Any]:
+    """The key parts of a row: a row is reused only if every one of them matches."""
+    return {
+        "model": ctx.name,
+        "model_fingerprint": ctx.fingerprint,
+        "data_fingerprint": ctx.data_fingerprint,
+        "plan": entry.plan.to_json(),
+        "qat": None
+        if entry.qat_steps is None
+        else {"steps": entry.qat_steps, "lr": entry.qat_lr, "batch": settings.qat_batch},
+        "seeds": {"bootstrap": settings.seed, "qat": settings.seed},
+        "calibration_samples": settings.calibration_samples,
+        "n_boot": settings.n_boot,
+        "timing": {"warmup": settings.warmup, "repeats": settings.repeats},
+        "kernels": kernel_policy(),
+        "env": env,
+        "code": ROW_VERSION,
+    }
+
+
+def entry_key(
+    ctx: ModelContext, entry: PlanEntry, settings: RunSettings, env: dict[str, Any]
+) -> str:
+    return row_key(row_parts(ctx, entry, settings, env))
+
+
+# --- one row -------------------------------------------------------------------------------
+
+
+def build_quantized(ctx: ModelContext, entry: PlanEntry, settings: RunSettings) -> nn.Module:
+    """The quantized model of ``entry``: PTQ, or QAT for its step budget from the PTQ point."""
+    calibration = ctx.calibration_inputs(settings.calibration_samples)
+    if entry.qat_steps is None:
+        return quantize_model(
+            ctx.model, entry.plan, calibration_data=calibration, act_cache=ctx.act_cache
+        )
+    torch.manual_seed(settings.seed)
+    return train_qat(
+        ctx.model,
+        entry.plan,
+        ctx.qat_batches(settings.qat_batch, settings.seed),
+        entry.qat_steps,
+        lr=entry.qat_lr or 1e-3,
+        loss_fn=ctx.loss,
+        calibration_data=calibration,
+    ).eval()
+
+
+def _float_weight(module: nn.Module) -> torch.Tensor:
+    layer = as_linear(module)
+    return layer.weight.detach().reshape(layer.weight.shape[0], -1)
+
+
+def _layer_outputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, Any]:
+    outputs: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    hooks = [
+        modules[n].register_forward_hook(
+            lambda _m, _a, out, n=n: outputs.__setitem__(n, out.detach())
+        )
+        for n in names
+        if n in modules
+    ]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outputs
+
+
+def _layer_times(model: nn.Module, names: Sequence[str], run: Callable[[], Any]) -> dict[str, Any]:
+    """Wall time per layer over `LAYER_PROFILE_RUNS` calls of ``run``, and the total."""
+    spent = dict.fromkeys(names, 0.0)
+    starts: dict[str, float] = {}
+    modules = dict(model.named_modules())
+    hooks = []
+    for n in names:
+        m = modules[n]
+        hooks.append(
+            m.register_forward_pre_hook(
+                lambda _m, _a, n=n: starts.__setitem__(n, time.perf_counter())
+            )
+        )
+        hooks.append(
+            m.register_forward_hook(
+                lambda _m, _a, _o, n=n: spent.__setitem__(
+                    n, spent[n] + time.perf_counter() - starts[n]
+                )
+            )
+        )
+    try:
+        with torch.inference_mode():
+            run()  # warm-up
+            for n in names:
+                spent[n] = 0.0
+            t0 = time.perf_counter()
+            for _ in range(LAYER_PROFILE_RUNS):
+                run()
+            total = time.perf_counter() - t0
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"total": total, **spent}
+
+
+def per_layer(
+    ctx: ModelContext, qmodel: nn.Module, primary: Callable[[], Any] | None
+) -> list[dict[str, Any]]:
+    """Each quantized layer's config, kernel, weight SQNR, output SQNR (on calibration inputs,
+    with every other layer quantized as the plan says) and share of the primary workload."""
+    report = getattr(qmodel, "quant_report", None)
+    layers = report.layers if report is not None else {}
+    mods = quant_modules(qmodel)
+    float_modules = dict(ctx.folded.named_modules())
+    names = [n for n in layers if n in float_modules]
+    x = ctx.calibration_inputs(OUTPUT_SQNR_SAMPLES)
+    if ctx.task == "lm":
+        x = x[:4]
+    f_out = _layer_outputs(ctx.folded, names, x)
+    q_out = _layer_outputs(qmodel, names, x)
+    times = _layer_times(qmodel, names, primary) if primary is not None else {}
+    out = []
+    for name in names:
+        a = layers[name]
+        module = mods.get(name)
+        weight_sqnr = None
+        if module is not None:
+            w = _float_weight(float_modules[name])
+            weight_sqnr = sqnr_db(w, module.qweight_view().dequantize())
+        output_sqnr = None
+        if name in f_out and name in q_out and f_out[name].shape == q_out[name].shape:
+            output_sqnr = sqnr_db(f_out[name], q_out[name])
+        out.append(
+            {
+                "name": name,
+                "type": a.kind,
+                "config": None if a.config is None else a.config.name,
+                "weight_bits": None if a.config is None else a.config.weight_bits,
+                "fallback": a.fallback,
+                "kernel": module.kernel_name if module is not None else None,
+                "simulated": bool(module.simulated) if module is not None else False,
+                "weight_sqnr_db": _finite(weight_sqnr),
+                "output_sqnr_db": _finite(output_sqnr),
+                "latency_share": (times[name] / times["total"]) if times.get("total") else None,
+                "bytes": module.qweight_view().nbytes if module is not None else None,
+            }
+        )
+    return out
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or x in (float("inf"), float("-inf")) else float(x)
+
+
+def evaluate_entry(
+    ctx: ModelContext, entry: PlanEntry, settings: RunSettings, env: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One result row for ``entry`` (see the module docstring)."""
+    env = env or environment()
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    qmodel = build_quantized(ctx, entry, settings)
+    seconds["qat" if entry.qat_steps else "quantize"] = time.perf_counter() - t0
+
+    workloads = list(ctx.workloads.items())
+    primary_name, primary_make = workloads[0]
+    t0 = time.perf_counter()
+    if quant_modules(qmodel):
+        select_kernels(qmodel, run=primary_make(qmodel))
+    seconds["kernel_choice"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    evaluation = ctx.reference.evaluate(qmodel, n_boot=settings.n_boot, seed=settings.seed)
+    seconds["evaluate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    timed, simulated = timing_model(qmodel)
+    if simulated:
+        select_kernels(timed, run=primary_make(timed))
+    latency = {}
+    for name, make in workloads:
+        result = measure_callable(make(timed), settings.warmup, settings.repeats)
+        latency[name] = {**result.to_dict(), "kind": "simulated" if simulated else "measured"}
+    seconds["latency"] = time.perf_counter() - t0
+
+    layers: list[dict[str, Any]] = []
+    if settings.per_layer:
+        t0 = time.perf_counter()
+        layers = per_layer(ctx, qmodel, primary_make(timed) if not simulated else None)
+        seconds["per_layer"] = time.perf_counter() - t0
+
+    size = size_report(qmodel)
+    report = getattr(qmodel, "quant_report", None)
+    kernels = {n: m.kernel_name for n, m in quant_modules(qmodel).items()}
+    metrics = evaluation.to_dict()
+    parent = entry.ptq_parent()
+    return {
+        "model": ctx.name,
+        "task": ctx.task,
+        "metric_name": ctx.metric,
+        "label": entry.label,
+        "kind": entry.kind,
+        "config": entry.plan.to_dict(),
+        **entry.flat,
+        "qat_steps": entry.qat_steps,
+        "qat_lr": entry.qat_lr,
+        "qat_data": None
+        if entry.qat_steps is None
+        else ("train" if ctx.train_split is not None else "calibration"),
+        "parent": None if parent is None else entry_key(ctx, parent, settings, env),
+        "size_bytes": size.total_bytes,
+        "bits_per_weight": size.bits_per_quantized_weight,
+        "quantized_share": size.quantized_share,
+        "latency_ms": latency[primary_name]["median_ms"],
+        "latency_kind": "simulated" if simulated else "measured",
+        "latency_workload": primary_name,
+        "latency": latency,
+        "simulated_layers": simulated,
+        "kernels": kernels,
+        "fallbacks": dict(report.fallbacks) if report is not None else {},
+        "metrics": metrics["metrics"],
+        "metrics_ci": metrics["metrics_ci"],
+        "n_samples": metrics["n_samples"],
+        "layers": layers,
+        "seconds": seconds,
+        "env": env,
+    }
+
+
+# --- executors -----------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Runs entries and yields ``(entry, row or the exception it raised)`` as each finishes."""
+
+    def run(
+        self,
+        source: ModelSource,
+        settings: RunSettings,
+        entries: Sequence[PlanEntry],
+        cancelled: Callable[[], bool],
+    ) -> Iterator[tuple[PlanEntry, dict[str, Any] | BaseException]]: ...
+
+
+class LocalExecutor:
+    """In this process, one entry at a time, so a timing never overlaps other work."""
+
+    def __init__(self, ctx: ModelContext | None = None) -> None:
+        self.ctx = ctx
+
+    def run(
+        self,
+        source: ModelSource,
+        settings: RunSettings,
+        entries: Sequence[PlanEntry],
+        cancelled: Callable[[], bool],
+    ) -> Iterator[tuple[PlanEntry, dict[str, Any] | BaseException]]:
+        ctx = self.ctx or open_context(source)
+        env = environment()
+        for entry in entries:
+            if cancelled():
+                return
+            try:
+                yield entry, evaluate_entry(ctx, entry, settings, env)
+            except ExplorerError as exc:
+                yield entry, exc
+
+
+# --- the sweep -----------------------------------------------------------------------------
+
+
+@dataclass
+class SweepEvent:
+    """``kind``: ``row`` (evaluated and stored), ``cached`` (found in the store), ``failed``
+    (its error, nothing stored), ``skipped`` (cannot apply), ``cancelled``, ``done``."""
+
+    kind: str
+    label: str = ""
+    key: str = ""
+    row: dict[str, Any] | None = None
+    reason: str = ""
+    done: int = 0
+    total: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_sweep(
+    ctx: ModelContext,
+    entries: Sequence[PlanEntry],
+    store: ResultStore,
+    *,
+    settings: RunSettings | None = None,
+    executor: Executor | None = None,
+    owner: str = "",
+    sweep_id: str = "",
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Iterator[SweepEvent]:
+    """Evaluate the entries missing from ``store`` and yield an event per entry as it finishes
+    (cached ones first). Rows are stored one transaction each as they finish."""
+    settings = settings or RunSettings()
+    executor = executor or LocalExecutor(ctx)
+    env = environment()
+    total = len(entries)
+    done = 0
+    todo: list[PlanEntry] = []
+    keys: dict[int, str] = {}
+    for entry in entries:
+        parts = row_parts(ctx, entry, settings, env)
+        key = row_key(parts)
+        keys[id(entry)] = key
+        cached = store.get(key)
+        if cached is not None:
+            done += 1
+            yield SweepEvent("cached", entry.label, key, cached, done=done, total=total)
+        else:
+            todo.append(entry)
+    by_id = {id(e): e for e in todo}
+    for entry, result in executor.run(ctx.source, settings, todo, cancelled):
+        entry = by_id.get(id(entry), entry)
+        key = keys.get(id(entry)) or entry_key(ctx, entry, settings, env)
+        done += 1
+        if isinstance(result, BaseException):
+            yield SweepEvent("failed", entry.label, key, reason=str(result), done=done, total=total)
+            continue
+        store.put(
+            key, result, parts=row_parts(ctx, entry, settings, env), owner=owner, sweep=sweep_id
+        )
+        yield SweepEvent("row", entry.label, key, {**result, "key": key}, done=done, total=total)
+    if done < total:
+        yield SweepEvent("cancelled", done=done, total=total)
+    yield SweepEvent("done", done=done, total=total)

@@ -1,0 +1,393 @@
+"""Per-layer sensitivity: how much each layer, quantized *alone*, hurts the model.
+
+For every quantizable layer and every candidate setting (``W8 channel``, ``W4 g32``, ...), the
+layer is quantized while every other layer stays float, in two passes: first the cheap weight
+SQNR of every pair (no forward pass), then the full metric on the calibration split (never the
+held-out split, which the mixed-precision search must not see before verification): the metric
+drop against float, the KL divergence from the float outputs, and the layer's output SQNR. Each
+pair also gets the bytes that layer stores at that setting and, optionally, the layer's own
+latency on the rows it sees in the model's primary workload (real kernel, or its timing twin,
+flagged ``simulated``). The metric pass runs the quantized layer on the reference kernel, which
+computes the same function as the real kernels (tested in `tests/kernels`) at fp32 GEMM speed.
+
+The result is a layer-by-setting table; `to_search_table` turns it into the
+`explorer.sweep.search.SensitivityTable` that the knapsack search consumes, with the additive
+approximation HAWQ-V3 (Yao et al., arXiv 2011.10680) and HAQ use: a plan's damage is the sum of
+its layers' damages.
+
+Imports: `explorer.nn`, `explorer.measure`, `explorer.sweep.context`, `explorer.sweep.search`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from explorer.errors import ExplorerError
+from explorer.measure.latency import measure_callable
+from explorer.measure.metrics import sqnr_db
+from explorer.nn.convert import (
+    as_linear,
+    in_features,
+    quant_modules,
+    quantizable_layers,
+    quantize_model,
+)
+from explorer.quant.config import Plan, QuantConfig, parse_granularity, why_not_applicable
+from explorer.sweep.context import FloatReference, ModelContext
+from explorer.sweep.search import SensitivityTable
+
+CALIBRATION_EVAL_SAMPLES = {"classification": 512, "lm": 32, "fidelity": 32}
+LAYER_TIMING_REPEATS = 20
+
+
+def setting_config(name: str) -> QuantConfig | None:
+    """``"W4 g32"``, ``"W8 channel"``, ``"W8A8 token"``, ``"W3 tensor asym"``, ``"fp32"``,
+    ``"bf16"`` → the config (None: fp32)."""
+    words = name.split()
+    if not words:
+        raise ExplorerError("empty setting name")
+    head = words[0].lower()
+    if head == "fp32":
+        return None
+    if head == "bf16":
+        return QuantConfig.float("bf16")
+    bits, _, act = head.partition("a")
+    if not bits.startswith("w") or not bits[1:].isdigit():
+        raise ExplorerError(
+            f"setting {name!r} must look like 'W4 g32', 'W8 channel', 'W8A8 token' or 'fp32'"
+        )
+    fields: dict[str, Any] = {"weight_bits": int(bits[1:])}
+    if act:
+        fields["act_bits"] = int(act)
+    for word in words[1:]:
+        w = word.lower()
+        if w in ("sym", "asym"):
+            fields["symmetric"] = w == "sym"
+        elif w in ("token", "tensor") and "act_bits" in fields and "granularity" in fields:
+            fields["act_granularity"] = w
+        elif w in ("static", "dynamic"):
+            fields["act_mode"] = w
+        elif w in ("mse", "percentile", "minmax"):
+            fields["calibration"] = w
+        else:
+            fields["granularity"], fields["group_size"] = parse_granularity(w)
+    if "act_bits" in fields and fields.get("act_mode") == "static":
+        fields.setdefault("act_granularity", "tensor")
+    return QuantConfig(**fields)
+
+
+DEFAULT_SETTINGS = ("W8 channel", "W4 g32", "W4 g128", "W3 g32", "W3 g128", "W2 g32")
+
+
+@dataclass(frozen=True)
+class Cell:
+    layer: str
+    setting: str
+    applicable: str | None  # None when it applies, else why not
+    size_bytes: int | None = None
+    weight_sqnr_db: float | None = None
+    output_sqnr_db: float | None = None
+    metric: float | None = None
+    metric_drop: float | None = None  # damage: perplexity increase, or accuracy lost
+    kl: float | None = None
+    latency_ms: float | None = None
+    simulated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Sensitivity:
+    """The layer-by-setting table, plus what the search needs besides it."""
+
+    model: str
+    metric: str | None
+    float_metric: float | None
+    layers: list[str]
+    settings: list[str]
+    cells: dict[tuple[str, str], Cell]
+    float_layer_bytes: dict[str, int]
+    other_bytes: int  # every stored byte outside the swept layers
+    other_latency_ms: float | None
+    seconds: float
+
+    def cell(self, layer: str, setting: str) -> Cell:
+        return self.cells[(layer, setting)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "metric": self.metric,
+            "float_metric": self.float_metric,
+            "layers": self.layers,
+            "settings": self.settings,
+            "cells": [c.to_dict() for c in self.cells.values()],
+            "float_layer_bytes": self.float_layer_bytes,
+            "other_bytes": self.other_bytes,
+            "other_latency_ms": self.other_latency_ms,
+            "seconds": self.seconds,
+        }
+
+    def to_search_table(self, damage: str = "metric_drop") -> SensitivityTable:
+        """The search's input; ``damage``: ``metric_drop`` (default) or ``kl``."""
+        if damage not in ("metric_drop", "kl"):
+            raise ExplorerError(f"damage must be 'metric_drop' or 'kl', got {damage!r}")
+
+        def grid(attr: str) -> tuple[tuple[Any, ...], ...]:
+            return tuple(
+                tuple(
+                    getattr(self.cells[(layer, s)], attr)
+                    if self.cells[(layer, s)].applicable is None
+                    else None
+                    for s in self.settings
+                )
+                for layer in self.layers
+            )
+
+        latency = grid("latency_ms")
+        has_latency = all(v is not None for row in latency for v in row if v is not None) and any(
+            v is not None for row in latency for v in row
+        )
+        return SensitivityTable(
+            layers=tuple(self.layers),
+            settings=tuple(self.settings),
+            damage=grid(damage),
+            size_bytes=grid("size_bytes"),
+            latency_ms=latency if has_latency else None,
+            base_size_bytes=self.other_bytes,
+            base_latency_ms=self.other_latency_ms or 0.0,
+            metric=self.metric or damage,
+        )
+
+
+def _stored_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def _primary_rows(ctx: ModelContext, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Each layer's input in one timed call of the primary workload (the rows its kernel will
+    see; a decode workload's set-up prefill is not the timed call)."""
+    inputs: dict[str, torch.Tensor] = {}
+    modules = dict(ctx.folded.named_modules())
+    run = next(iter(ctx.workloads.values()))(ctx.folded)
+
+    def keep(name: str, x: torch.Tensor) -> None:
+        inputs[name] = x.detach().clone()
+
+    hooks = [
+        modules[n].register_forward_pre_hook(lambda _m, args, n=n: keep(n, args[0])) for n in names
+    ]
+    try:
+        with torch.inference_mode():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs
+
+
+def _time_layer(module: nn.Module, x: torch.Tensor, warmup: int = 3) -> float:
+    return measure_callable(lambda: module(x), warmup, LAYER_TIMING_REPEATS).median_ms
+
+
+def measure_sensitivity(
+    ctx: ModelContext,
+    settings: Sequence[str] = DEFAULT_SETTINGS,
+    *,
+    layers: Sequence[str] | None = None,
+    full_metric: bool = True,
+    latency: bool = True,
+    samples: int | None = None,
+    calibration_samples: int = 128,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Sensitivity:
+    """Quantize each layer alone at each setting (see the module docstring)."""
+    t_start = time.perf_counter()
+    configs = {s: setting_config(s) for s in settings}
+    all_layers = quantizable_layers(ctx.folded)
+    if layers:
+        unknown = [n for n in layers if n not in all_layers]
+        if unknown:
+            raise ExplorerError(
+                f"no quantizable layer named {unknown}; layers: {', '.join(all_layers)}"
+            )
+        names = list(layers)
+    else:
+        names = list(all_layers)
+    n_eval = samples or CALIBRATION_EVAL_SAMPLES[ctx.task]
+    x_cal, y_cal = ctx.calibration_split
+    x_eval = x_cal[:n_eval]
+    y_eval = None if y_cal is None else y_cal[:n_eval]
+    b = 256 if ctx.task == "classification" else 8
+    batches = [
+        (x_eval[i : i + b], None if y_eval is None else y_eval[i : i + b])
+        for i in range(0, len(x_eval), b)
+    ]
+    reference = FloatReference.compute(ctx.model, ctx.task, batches) if full_metric else None
+    float_metric = None
+    metric_key = ctx.metric
+    if reference is not None and metric_key is not None:
+        float_metric = (
+            reference.stats.accuracy() if metric_key == "accuracy" else reference.stats.perplexity()
+        )
+    calibration = ctx.calibration_inputs(calibration_samples)
+    rows = _primary_rows(ctx, names) if latency else {}
+    float_modules = dict(ctx.folded.named_modules())
+    float_bytes = {n: _stored_bytes(as_linear(float_modules[n])) for n in names}
+    total_float = sum(t.numel() * t.element_size() for t in ctx.folded.state_dict().values())
+
+    cells: dict[tuple[str, str], Cell] = {}
+    total = len(names) * len(settings)
+    done = 0
+    for name in names:
+        module = as_linear(float_modules[name])
+        w = module.weight.detach().reshape(module.weight.shape[0], -1)
+        k = in_features(float_modules[name])
+        float_latency = _time_layer(module, rows[name]) if latency and name in rows else None
+        for setting, config in configs.items():
+            if cancelled():
+                raise ExplorerError("sensitivity analysis cancelled")
+            why = None if config is None else why_not_applicable(config, k)
+            if why is not None:
+                cells[(name, setting)] = Cell(name, setting, why)
+                done += 1
+                continue
+            if config is None:
+                cells[(name, setting)] = Cell(
+                    name,
+                    setting,
+                    None,
+                    size_bytes=float_bytes[name],
+                    metric=float_metric,
+                    metric_drop=0.0,
+                    kl=0.0,
+                    latency_ms=float_latency,
+                )
+                done += 1
+                continue
+            plan = Plan(default=None, rules=((name, config),))
+            qmodel = quantize_model(
+                ctx.model, plan, calibration_data=calibration, act_cache=ctx.act_cache
+            )
+            qlayer = qmodel.get_submodule(name)
+            qmods = quant_modules(qmodel)
+            weight_sqnr = (
+                sqnr_db(w, qmods[name].qweight_view().dequantize()) if name in qmods else None
+            )
+            cell = Cell(
+                name,
+                setting,
+                None,
+                size_bytes=_stored_bytes(qlayer),
+                weight_sqnr_db=_finite(weight_sqnr),
+            )
+            cells[(name, setting)] = cell
+            done += 1
+            if progress:
+                progress(done, total, f"{name} {setting}: weight SQNR")
+            if latency and name in rows:
+                lat, sim = _layer_latency(qlayer, rows[name])
+                cells[(name, setting)] = _replace(cell, latency_ms=lat, simulated=sim)
+            if reference is not None:
+                for module in qmods.values():  # the same function at fp32 GEMM speed
+                    module.use_kernel("reference")
+                cells[(name, setting)] = _full_metric(
+                    cells[(name, setting)],
+                    ctx,
+                    reference,
+                    qmodel,
+                    name,
+                    metric_key,
+                    float_metric,
+                    batches,
+                )
+            if progress:
+                progress(done, total, f"{name} {setting}")
+    other_latency = None
+    if latency:
+        run = next(iter(ctx.workloads.values()))(ctx.folded)
+        whole = measure_callable(run, 3, LAYER_TIMING_REPEATS).median_ms
+        layer_sum = sum(
+            cells[(n, s)].latency_ms or 0.0
+            for n in names
+            for s in settings
+            if configs[s] is None and cells[(n, s)].latency_ms is not None
+        )
+        if layer_sum == 0.0:
+            layer_sum = sum(_time_layer(as_linear(float_modules[n]), rows[n]) for n in names)
+        other_latency = max(0.0, whole - layer_sum)
+    return Sensitivity(
+        model=ctx.name,
+        metric=metric_key,
+        float_metric=float_metric,
+        layers=names,
+        settings=list(settings),
+        cells=cells,
+        float_layer_bytes=float_bytes,
+        other_bytes=total_float - sum(float_bytes.values()),
+        other_latency_ms=other_latency,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _replace(cell: Cell, **changes: Any) -> Cell:
+    return Cell(**{**asdict(cell), **changes})
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isinf(x) else float(x)
+
+
+def _layer_latency(qlayer: nn.Module, x: torch.Tensor) -> tuple[float, bool]:
+    simulated = bool(getattr(qlayer, "simulated", False))
+    timed = qlayer.timing_twin() if simulated else qlayer
+    if hasattr(timed, "select_kernel"):
+        rows = x.numel() // x.shape[-1] if x.dim() != 4 else x.shape[0]
+        timed.select_kernel(rows)
+    return _time_layer(timed, x), simulated
+
+
+def _full_metric(
+    cell: Cell,
+    ctx: ModelContext,
+    reference: FloatReference,
+    qmodel: nn.Module,
+    name: str,
+    metric_key: str | None,
+    float_metric: float | None,
+    batches: list[tuple[torch.Tensor, torch.Tensor | None]],
+) -> Cell:
+    evaluation = reference.evaluate(qmodel, n_boot=100, seed=0)
+    metric = evaluation.metrics.get(metric_key) if metric_key else None
+    drop = None
+    if metric is not None and float_metric is not None:
+        drop = float_metric - metric if metric_key == "accuracy" else metric - float_metric
+    f_out: dict[str, torch.Tensor] = {}
+    q_out: dict[str, torch.Tensor] = {}
+    x = batches[0][0]
+    for model, store in ((ctx.folded, f_out), (qmodel, q_out)):
+        handle = model.get_submodule(name).register_forward_hook(
+            lambda _m, _a, out, store=store: store.__setitem__("y", out.detach())
+        )
+        try:
+            with torch.inference_mode():
+                model(x)
+        finally:
+            handle.remove()
+    output_sqnr = sqnr_db(f_out["y"], q_out["y"])
+    return _replace(
+        cell,
+        metric=metric,
+        metric_drop=drop,
+        kl=evaluation.metrics["kl"],
+        output_sqnr_db=_finite(output_sqnr),
+    )
