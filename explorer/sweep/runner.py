@@ -392,7 +392,9 @@ def run_sweep(
         cached = store.get(key)
         if cached is not None:
             done += 1
-            yield SweepEvent("cached", entry.label, key, cached, done=done, total=total)
+            yield SweepEvent(
+                "cached", entry.label, key, {**cached, "key": key}, done=done, total=total
+            )
         else:
             todo.append(entry)
     by_id = {id(e): e for e in todo}

@@ -1,0 +1,163 @@
+"""A sweep in a worker process, so the caller (the web app) stays responsive.
+
+`SweepProcess` starts a *spawned* process (a clean interpreter: no inherited threads, locks or
+OpenMP state) that opens the model, runs `run_sweep` and writes every finished row to the store
+itself, one transaction per row; the parent only reads events from a queue. Cancelling sets an
+event the runner checks between rows, so the row in flight finishes (or is abandoned if the
+process is killed) and nothing half-written reaches the store. A killed or cancelled sweep
+started again resumes: finished rows are found in the store by their keys.
+
+Imports: `explorer.sweep.runner`, `.space`, `.store`, `.context`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue as queue_module
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from explorer.errors import ExplorerError
+from explorer.sweep.context import ModelSource
+from explorer.sweep.runner import RunSettings, SweepEvent
+from explorer.sweep.space import PlanEntry, SweepSpec
+
+_CONTEXT = mp.get_context("spawn")
+
+
+def _child(
+    source: dict[str, Any],
+    spec: dict[str, Any] | None,
+    entries: list[dict[str, Any]] | None,
+    store_path: str,
+    settings: dict[str, Any],
+    owner: str,
+    sweep_id: str,
+    threads: int | None,
+    events: Any,
+    cancel: Any,
+) -> None:
+    try:
+        import torch
+
+        from explorer.sweep.context import open_context
+        from explorer.sweep.runner import run_sweep
+        from explorer.sweep.space import expand
+        from explorer.sweep.store import ResultStore
+
+        if threads:
+            torch.set_num_threads(threads)
+        ctx = open_context(ModelSource.from_dict(source))
+        if entries is not None:
+            plan_entries = [PlanEntry.from_dict(e) for e in entries]
+        else:
+            plan_entries, skipped = expand(SweepSpec.from_dict(spec or {}), ctx.model)
+            for s in skipped:
+                events.put(SweepEvent("skipped", s.label, reason=s.reason).to_dict())
+        events.put(SweepEvent("started", total=len(plan_entries)).to_dict())
+        with ResultStore(store_path) as store:
+            for event in run_sweep(
+                ctx,
+                plan_entries,
+                store,
+                settings=RunSettings(**settings),
+                owner=owner,
+                sweep_id=sweep_id,
+                cancelled=cancel.is_set,
+            ):
+                events.put(event.to_dict())
+    except ExplorerError as exc:
+        events.put(SweepEvent("error", reason=str(exc)).to_dict())
+    except BaseException as exc:  # reported to the parent, which shows it without a traceback
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        events.put(SweepEvent("error", reason=f"internal error: {detail}").to_dict())
+
+
+@dataclass
+class SweepProcess:
+    """A running sweep: `poll` returns new events; `cancel` asks it to stop after the row in
+    flight; `terminate` kills it (committed rows stay)."""
+
+    source: ModelSource
+    store_path: str
+    spec: SweepSpec | None = None
+    entries: list[PlanEntry] | None = None
+    settings: RunSettings = field(default_factory=RunSettings)
+    owner: str = ""
+    sweep_id: str = ""
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.spec is None) == (self.entries is None):
+            raise ExplorerError("a sweep process needs exactly one of spec and entries")
+        self._events = _CONTEXT.Queue()
+        self._cancel = _CONTEXT.Event()
+        self._process = _CONTEXT.Process(
+            target=_child,
+            args=(
+                self.source.to_dict(),
+                None if self.spec is None else self.spec.to_dict(),
+                None if self.entries is None else [e.to_dict() for e in self.entries],
+                str(self.store_path),
+                self.settings.to_dict(),
+                self.owner,
+                self.sweep_id,
+                self.threads,
+                self._events,
+                self._cancel,
+            ),
+            daemon=True,
+        )
+        self.finished = False
+        self.history: list[SweepEvent] = []
+
+    def start(self) -> SweepProcess:
+        self._process.start()
+        return self
+
+    def poll(self, timeout: float = 0.0) -> list[SweepEvent]:
+        """Events that arrived since the last call (waits up to ``timeout`` for the first)."""
+        out: list[SweepEvent] = []
+        block = timeout > 0
+        while True:
+            try:
+                data = self._events.get(block=block, timeout=timeout if block else None)
+            except queue_module.Empty:
+                break
+            block = False
+            event = SweepEvent(**data)
+            out.append(event)
+            if event.kind in ("done", "error"):
+                self.finished = True
+        if not out and not self._process.is_alive() and self._process.exitcode is not None:
+            if not self.finished:
+                self.finished = True
+                code = self._process.exitcode
+                out.append(SweepEvent("error", reason=f"the sweep process exited with code {code}"))
+        self.history.extend(out)
+        return out
+
+    def wait(self, timeout: float | None = None) -> list[SweepEvent]:
+        """Collect events until the sweep finishes (or ``timeout`` seconds pass)."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        events: list[SweepEvent] = []
+        while not self.finished:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            events += self.poll(timeout=0.2)
+        self._process.join(timeout=5)
+        return events
+
+    @property
+    def alive(self) -> bool:
+        return self._process.is_alive()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def terminate(self) -> None:
+        self._process.kill()
+        self._process.join(timeout=5)

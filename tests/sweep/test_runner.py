@@ -1,0 +1,217 @@
+"""The sweep runner on real models: the accuracy trends a correct quantizer must show, resuming a
+killed sweep, keys that re-evaluate when a setting changes, concurrent writers, cancelling."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from explorer.measure.evaluation import classification_stats
+from explorer.quant.config import Plan, QuantConfig
+from explorer.sweep.context import ModelContext, ModelSource, environment, open_context
+from explorer.sweep.runner import (
+    RunSettings,
+    build_quantized,
+    entry_key,
+    evaluate_entry,
+    run_sweep,
+)
+from explorer.sweep.space import SweepSpec, entry_for_plan, expand
+from explorer.sweep.store import ResultStore
+from explorer.sweep.worker import SweepProcess
+
+FAST = RunSettings(repeats=3, n_boot=200, per_layer=False)
+
+
+@pytest.fixture(scope="module")
+def digits() -> ModelContext:
+    return open_context(ModelSource(model="digits-cnn"))
+
+
+@pytest.fixture(scope="module")
+def mobile() -> ModelContext:
+    return open_context(ModelSource(model="mobile-cnn"))
+
+
+def _by(rows: list[dict], **match: object) -> dict:
+    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    assert len(found) == 1, (match, [r["label"] for r in rows])
+    return found[0]
+
+
+@pytest.mark.slow
+def test_trends_on_a_seeded_model(mobile: ModelContext, tmp_path: Path) -> None:
+    """ANCHORS trends on mobile-cnn (seeded, shipped): W8 per-channel within 1 point of float;
+    at 4 bits per-channel at least 5 points above per-tensor; accuracy never rises as bits fall
+    beyond the confidence interval; 2-bit PTQ loses at least 20 points; QAT recovers at least
+    half of the PTQ drop at 2 and 3 bits, on held-out data."""
+    spec = SweepSpec(weight_bits=(8, 4, 3, 2), granularity=("tensor", "channel"))
+    entries, skipped = expand(spec, mobile.model)
+    qat, _ = expand(
+        SweepSpec(weight_bits=(3, 2), granularity=("channel",), method=("qat",), qat_steps=150),
+        mobile.model,
+    )
+    entries += qat[2:]  # without the baselines, already in `entries`
+    assert not skipped
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        rows = [e.row for e in run_sweep(mobile, entries, store, settings=FAST) if e.row]
+    assert len(rows) == len(entries)
+    fp32 = _by(rows, label="fp32")["metrics"]["accuracy"]
+
+    def ptq(bits: int, gran: str) -> dict:
+        return _by(rows, weight_bits=bits, granularity=gran, method="ptq")
+
+    acc = {
+        (b, g): ptq(b, g)["metrics"]["accuracy"]
+        for b in (8, 4, 3, 2)
+        for g in ("tensor", "channel")
+    }
+    assert abs(acc[(8, "channel")] - fp32) <= 0.01
+    assert acc[(4, "channel")] - acc[(4, "tensor")] >= 0.05
+    for gran in ("tensor", "channel"):
+        assert fp32 - acc[(2, gran)] >= 0.20
+        for high, low in ((8, 4), (4, 3), (3, 2)):
+            # a rise beyond the interval: the lower width's delta interval lies wholly above
+            lo_low = ptq(low, gran)["metrics_ci"]["accuracy"][0]
+            hi_high = ptq(high, gran)["metrics_ci"]["accuracy"][1]
+            assert lo_low <= hi_high, (gran, high, low, acc)
+    for bits in (3, 2):
+        row = _by(rows, weight_bits=bits, granularity="channel", method="qat")
+        drop = fp32 - acc[(bits, "channel")]
+        recovered = row["metrics"]["accuracy"] - acc[(bits, "channel")]
+        assert recovered >= 0.5 * drop, (bits, drop, recovered)
+        assert row["parent"] == ptq(bits, "channel")["key"]  # linked for the recovery arrow
+        assert row["qat_data"] == "train"
+
+
+def test_row_numbers_come_from_one_quantized_model(digits: ModelContext) -> None:
+    entry = entry_for_plan(Plan.uniform(QuantConfig(weight_bits=4, granularity="channel")))
+    settings = RunSettings(repeats=3, n_boot=200)
+    row = evaluate_entry(digits, entry, settings)
+    q = build_quantized(digits, entry, settings)
+    x, y = digits.eval_split
+    with torch.inference_mode():
+        expected = classification_stats(q(x), y).accuracy()
+    assert row["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-12)
+    assert row["size_bytes"] < _float_size(digits) / 6
+    assert 4.0 < row["bits_per_weight"] < 4.5
+    layers = row["layers"]
+    assert [layer["name"] for layer in layers] == list(row["kernels"])
+    for layer in layers:
+        assert layer["weight_bits"] == 4 and layer["kernel"]
+        assert 10 < layer["weight_sqnr_db"] < 30  # ~6 dB per bit at 4 bits, minus outliers
+        assert layer["output_sqnr_db"] is not None
+    shares = [layer["latency_share"] for layer in layers if layer["latency_share"] is not None]
+    assert not shares or (all(s >= 0 for s in shares) and sum(shares) <= 1.0 + 1e-9)
+
+
+def _float_size(ctx: ModelContext) -> int:
+    return sum(t.numel() * t.element_size() for t in ctx.model.state_dict().values())
+
+
+def test_impossible_combinations_are_skipped_with_their_reason(digits: ModelContext) -> None:
+    spec = SweepSpec(
+        weight_bits=(8,),
+        act_bits=(8,),
+        act_mode=("static", "dynamic"),
+        act_granularity=("token", "tensor"),
+    )
+    entries, skipped = expand(spec, digits.model)
+    assert [e.label for e in entries[:2]] == ["fp32", "bf16"]
+    assert len(entries) == 2 + 3 and len(skipped) == 1
+    assert "per-tensor" in skipped[0].reason and "static" in skipped[0].label
+    explicit = SweepSpec(weight_bits=(4,), granularity=("group32",), layers=("features.1",))
+    entries, skipped = expand(explicit, digits.model)
+    assert len(entries) == 2 and "group size 32 does not divide" in skipped[0].reason
+
+
+def test_changed_settings_re_evaluate_and_same_settings_reuse(
+    digits: ModelContext, tmp_path: Path
+) -> None:
+    static = QuantConfig(weight_bits=8, act_bits=8, act_mode="static", act_granularity="tensor")
+    ptq = entry_for_plan(Plan.uniform(static))
+    qat = entry_for_plan(Plan.uniform(static.with_(method="qat")), qat_steps=5)
+    entries = [ptq, qat]
+    env = environment()
+    with ResultStore(tmp_path / "r.sqlite") as store:
+
+        def kinds(settings: RunSettings, items: list = entries) -> list[str]:
+            return [e.kind for e in run_sweep(digits, items, store, settings=settings) if e.row]
+
+        assert kinds(FAST) == ["row", "row"]
+        assert kinds(FAST) == ["cached", "cached"]
+        more = RunSettings(repeats=3, n_boot=200, per_layer=False, calibration_samples=64)
+        assert kinds(more) == ["row", "row"]  # calibration sample count is in the key
+        longer = entry_for_plan(Plan.uniform(static.with_(method="qat")), qat_steps=6)
+        assert kinds(FAST, [ptq, longer]) == ["cached", "row"]  # so is the QAT budget
+        assert entry_key(digits, qat, FAST, env) != entry_key(digits, longer, FAST, env)
+        assert len(store.keys()) == 5
+
+
+def _spec(bits: tuple[int, ...]) -> SweepSpec:
+    return SweepSpec(weight_bits=bits, granularity=("tensor", "channel", "group32"))
+
+
+def test_killed_sweep_resumes_without_redoing_finished_rows(tmp_path: Path) -> None:
+    store_path = tmp_path / "r.sqlite"
+    source = ModelSource(model="digits-cnn")
+    settings = RunSettings(repeats=3, n_boot=200)
+    first = SweepProcess(source, str(store_path), spec=_spec((8, 4, 3)), settings=settings).start()
+    rows_seen = 0
+    deadline = time.monotonic() + 120
+    while rows_seen < 3 and time.monotonic() < deadline:
+        rows_seen += sum(e.kind == "row" for e in first.poll(timeout=0.5))
+    first.terminate()  # SIGKILL mid-sweep
+    with ResultStore(store_path) as store:
+        stored = len(store.keys())
+    assert 3 <= stored < 11
+    second = SweepProcess(source, str(store_path), spec=_spec((8, 4, 3)), settings=settings)
+    events = second.start().wait(timeout=300)
+    kinds = [e.kind for e in events]
+    assert kinds.count("cached") == stored
+    assert kinds.count("row") == 11 - stored
+    assert kinds[-1] == "done"
+    with ResultStore(store_path) as store:
+        assert len(store.keys()) == 11
+
+
+def test_two_sweeps_writing_to_one_store_lose_nothing(tmp_path: Path) -> None:
+    store_path = str(tmp_path / "r.sqlite")
+    source = ModelSource(model="digits-cnn")
+    a = SweepProcess(source, store_path, spec=_spec((8, 4)), settings=FAST).start()
+    b = SweepProcess(source, store_path, spec=_spec((3, 2)), settings=FAST).start()
+    events_a, events_b = a.wait(timeout=300), b.wait(timeout=300)
+    for events in (events_a, events_b):
+        assert events[-1].kind == "done", [e.reason for e in events if e.reason]
+    new = [e.key for e in events_a + events_b if e.kind in ("row", "cached")]
+    with ResultStore(store_path) as store:
+        assert store.keys() == set(new)
+        assert len(store.keys()) == 2 + 6 + 6  # both sweeps share the two baselines
+
+
+def test_cancel_stops_after_the_row_in_flight(tmp_path: Path) -> None:
+    store_path = str(tmp_path / "r.sqlite")
+    sweep = SweepProcess(
+        ModelSource(model="digits-cnn"), store_path, spec=_spec((8, 4, 3, 2)), settings=FAST
+    ).start()
+    seen: list = []
+    while not any(e.kind == "row" for e in seen):
+        seen += sweep.poll(timeout=0.5)
+        assert sweep.alive or sweep.finished
+    sweep.cancel()
+    seen += sweep.wait(timeout=120)
+    kinds = [e.kind for e in seen]
+    assert "cancelled" in kinds and kinds[-1] == "done"
+    with ResultStore(store_path) as store:
+        assert len(store.keys()) == kinds.count("row") < 14
+
+
+def test_bad_source_is_reported_by_the_worker(tmp_path: Path) -> None:
+    sweep = SweepProcess(
+        ModelSource(model="no-such-model"), str(tmp_path / "r.sqlite"), spec=_spec((8,))
+    ).start()
+    events = sweep.wait(timeout=60)
+    assert events[-1].kind == "error" and "no-such-model" in events[-1].reason
