@@ -29,8 +29,9 @@ from explorer.errors import ExplorerError
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from explorer.quant.config import Plan
     from explorer.sweep.context import ModelContext, ModelSource
-    from explorer.sweep.runner import Executor, RunSettings
+    from explorer.sweep.runner import Executor, RunSettings, SweepEvent
     from explorer.sweep.sensitivity import Sensitivity
     from explorer.sweep.space import PlanEntry, SweepSpec
     from explorer.sweep.store import ResultStore
@@ -213,41 +214,61 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
+        metavar="NAME|DIR",
         default=None,
         help="built-in model name or local Hugging Face directory (default: the default built-in)",
     )
-    group.add_argument("--weights", default=None, help="safetensors weights for the architecture")
     group.add_argument(
-        "--model-factory", default=None, help="pkg.module:function returning the float model"
+        "--weights", metavar="FILE", default=None, help="safetensors weights for the architecture"
     )
-    group.add_argument("--data", default=None, help="evaluation and calibration data file")
-    group.add_argument("--threads", type=_positive, default=None, help="torch threads")
+    group.add_argument(
+        "--model-factory",
+        metavar="PKG.MOD:FN",
+        default=None,
+        help="pkg.module:function returning the float model",
+    )
+    group.add_argument(
+        "--data", metavar="PATH", default=None, help="evaluation and calibration data file"
+    )
+    group.add_argument("--threads", metavar="N", type=_positive, default=None, help="torch threads")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
     group = parser.add_argument_group("run settings")
     group.add_argument(
         "--calibration-samples",
+        metavar="N",
         type=_positive,
         default=128,
         help="calibration inputs for static activation ranges (default 128)",
     )
-    group.add_argument("--seed", type=int, default=0, help="bootstrap and QAT seed (default 0)")
+    group.add_argument(
+        "--seed", metavar="N", type=int, default=0, help="bootstrap and QAT seed (default 0)"
+    )
     if not sweep:
         return
-    group.add_argument("--repeats", type=_positive, default=20, help="timed calls (default 20)")
     group.add_argument(
-        "--n-boot", type=_positive, default=1000, help="bootstrap resamples (default 1000)"
+        "--repeats", metavar="N", type=_positive, default=20, help="timed calls (default 20)"
+    )
+    group.add_argument(
+        "--n-boot",
+        metavar="N",
+        type=_positive,
+        default=1000,
+        help="bootstrap resamples (default 1000)",
     )
     group.add_argument(
         "--store",
+        metavar="PATH",
         default=None,
         help=f"results store (default ${STORE_ENV} or {DEFAULT_STORE})",
     )
     group.add_argument(
         "--executor", choices=("local", "ray"), default="local", help="where rows are evaluated"
     )
-    group.add_argument("--ray-address", default=None, help="Ray cluster address (--executor ray)")
+    group.add_argument(
+        "--ray-address", metavar="ADDR", default=None, help="Ray cluster address (--executor ray)"
+    )
 
 
 def _model_source(args: argparse.Namespace) -> ModelSource:
@@ -294,21 +315,27 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
 
 
 def _executor(args: argparse.Namespace, ctx: ModelContext) -> Executor:
-    """The local executor reuses the open context; any other comes from `make_executor`."""
-    from explorer.sweep.runner import LocalExecutor
-
-    if args.executor == "local":
-        if args.ray_address is not None:
-            raise ExplorerError("--ray-address needs --executor ray")
-        return LocalExecutor(ctx)
+    """``--executor``: local evaluates in this process on the open context, ray on actors."""
     try:
         from explorer.sweep.executors import make_executor
-    except ImportError:
-        raise ExplorerError(
-            f"the {args.executor!r} executor is not available in this build; use --executor local"
-        ) from None
-    options = {} if args.ray_address is None else {"address": args.ray_address}
-    return make_executor(args.executor, **options)
+    except ImportError:  # a build without the executors module: local only
+        from explorer.sweep.runner import LocalExecutor
+
+        if args.executor != "local" or args.ray_address is not None:
+            raise ExplorerError(
+                "the Ray executor is not available in this build; use --executor local"
+            ) from None
+        return LocalExecutor(ctx)
+    if args.executor == "local":
+        return make_executor("local", ctx=ctx, address=args.ray_address)
+    return make_executor(args.executor, address=args.ray_address)
+
+
+def _interrupted(stored: int) -> KeyboardInterrupt:
+    """What main prints on Ctrl-C: every finished row is already committed to the store."""
+    return KeyboardInterrupt(
+        f"interrupted: {stored} rows stored; run the same command again to resume"
+    )
 
 
 def _bar(total: int, desc: str) -> tqdm:
@@ -459,27 +486,39 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
 
 
 def _add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> None:
-    many = "" if single else " (comma-separated to sweep several)"
-    group = parser.add_argument_group("quantization config" + many)
-    group.add_argument("--bits", default=None, help="weight bits, 2 to 8: 8,4,2")
-    group.add_argument("--act-bits", default=None, help="activation bits: 8, 4 or none")
-    group.add_argument("--act-mode", default=None, help="activation ranges: dynamic or static")
-    group.add_argument("--act-granularity", default=None, help="activation scales: token, tensor")
-    group.add_argument("--granularity", default=None, help="weight scales: tensor,channel,group32")
-    group.add_argument("--symmetric", default=None, help="symmetric weights: true,false")
-    group.add_argument("--calibration", default=None, help="minmax, percentile or mse")
-    group.add_argument("--method", default=None, help="ptq or qat")
-    group.add_argument("--qat-steps", type=_positive, default=None, help="QAT steps (default 200)")
-    group.add_argument("--qat-lr", type=float, default=None, help="QAT learning rate (0.001)")
-    group.add_argument("--algorithm", default=None, help="weight rounding algorithm: rtn")
+    """The quantization options: lists to sweep, or one value each (``single``, for export)."""
+    value = "VALUE" if single else "LIST"
+    title = "quantization config" + ("" if single else " (comma-separated values to sweep)")
+    group = parser.add_argument_group(title)
+    for option, help_text in (
+        ("--bits", "weight bits, 2 to 8: 8,4,2"),
+        ("--act-bits", "activation bits: 8, 4 or none (float)"),
+        ("--act-mode", "activation ranges: dynamic or static"),
+        ("--act-granularity", "activation scales: token or tensor"),
+        ("--granularity", "weight scales: tensor, channel, group32, ..."),
+        ("--symmetric", "symmetric weights: true or false"),
+        ("--calibration", "weight ranges: minmax, percentile or mse"),
+        ("--method", "ptq or qat"),
+        ("--algorithm", "weight rounding: rtn"),
+    ):
+        group.add_argument(option, metavar=value, default=None, help=help_text)
     group.add_argument(
-        "--layers", default=None, help="glob patterns of the layers to quantize (default: all)"
+        "--qat-steps", metavar="N", type=_positive, default=None, help="QAT steps (default 200)"
+    )
+    group.add_argument(
+        "--qat-lr", metavar="LR", type=float, default=None, help="QAT learning rate (0.001)"
+    )
+    group.add_argument(
+        "--layers",
+        metavar="GLOBS",
+        default=None,
+        help="layer name patterns the config applies to; other layers stay fp32 (default: all)",
     )
     group.add_argument(
         "--fallback",
         choices=("channel", "float", "error"),
         default=None,
-        help="for a layer a config does not fit (default channel)",
+        help="for a layer the config does not fit (default channel)",
     )
 
 
@@ -512,10 +551,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
                 bar.set_description(event.label)
                 bar.set_postfix(cached=counts["cached"], failed=len(failed))
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(
-                f"interrupted: {counts['evaluated']} rows stored; run the same command again "
-                "to resume"
-            ) from None
+            raise _interrupted(counts["evaluated"]) from None
         finally:
             bar.close()
     finally:
@@ -672,7 +708,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         failed: list[dict[str, str]] = []
         counts = {"cached": 0, "evaluated": 0}
 
-        def on_event(event: Any) -> None:
+        def on_event(event: SweepEvent) -> None:
             if event.kind not in ("row", "cached", "failed"):
                 return
             if event.kind == "failed":
@@ -698,6 +734,8 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
                 with_uniform=not args.no_uniform,
                 on_event=on_event,
             )
+        except KeyboardInterrupt:
+            raise _interrupted(counts["evaluated"]) from None
         finally:
             bar.close()
     finally:
@@ -736,7 +774,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
 # --- export -------------------------------------------------------------------------------------
 
 
-def _read_plan_file(path: str) -> tuple[Any, int | None, float | None]:
+def _read_plan_file(path: str) -> tuple[Plan, int | None, float | None]:
     """The plan in ``path``: a Plan dict, a sweep row (its ``config``, with its QAT budget) or
     an export's plan.json (its ``plan``). Returns (plan, qat steps, qat lr)."""
     from explorer.quant.config import Plan
@@ -814,6 +852,12 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     from explorer.sweep.runner import RunSettings, build_quantized
 
     request = _export_request(args)
+    out = Path(args.out)
+    if not args.overwrite and out.is_dir() and any(out.iterdir()):
+        raise ExplorerError(
+            f"{out} already exists and is not empty; choose another folder or pass --overwrite "
+            "to replace an earlier export"
+        )
     ctx = _open_context(args)
     entry = _export_entry(request, ctx)
     print(f"export: quantizing {ctx.name} with {entry.label}", file=sys.stderr)
@@ -906,7 +950,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(sensitivity)
     _add_sensitivity_options(sensitivity)
-    sensitivity.add_argument("--layers", default=None, help="layer names (default: every layer)")
+    sensitivity.add_argument(
+        "--layers", metavar="NAMES", default=None, help="layer names (default: every layer)"
+    )
     sensitivity.add_argument(
         "--no-latency", action="store_true", help="skip timing each layer at each setting"
     )
@@ -929,13 +975,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(search)
     budget = search.add_argument_group("budget (one kind)")
-    budget.add_argument("--budget-size", default=None, help="bytes stored: 3.5MB, 512KiB, 200000")
-    budget.add_argument("--budget-latency", default=None, help="primary workload latency: 2.5ms")
     budget.add_argument(
-        "--max-drop", default=None, help="largest predicted metric drop: 0.01 (accuracy points)"
+        "--budget-size", metavar="SIZES", default=None, help="bytes stored: 3.5MB, 512KiB, 200000"
     )
     budget.add_argument(
-        "--points", type=int, default=None, help="plans spread along the front (default 6)"
+        "--budget-latency", metavar="MS", default=None, help="primary workload latency: 2.5ms"
+    )
+    budget.add_argument(
+        "--max-drop",
+        metavar="DROPS",
+        default=None,
+        help="largest predicted metric drop: 0.01 (accuracy points)",
+    )
+    budget.add_argument(
+        "--points",
+        metavar="N",
+        type=int,
+        default=None,
+        help="plans spread along the front (default 6)",
     )
     _add_sensitivity_options(search)
     search.add_argument(
@@ -959,10 +1016,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(export)
     export.add_argument(
-        "--plan", default=None, help="plan JSON: a plan, a sweep row, or an export's plan.json"
+        "--plan",
+        metavar="FILE",
+        default=None,
+        help="plan JSON: a plan, a sweep row, or an export's plan.json",
     )
     _add_config_options(export, single=True)
-    export.add_argument("--out", required=True, help="export folder")
+    export.add_argument("--out", metavar="FOLDER", required=True, help="export folder")
     export.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export in --out"
     )
@@ -975,12 +1035,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_sensitivity_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings",
+        metavar="LIST",
         default=None,
-        help="candidate settings, comma-separated (default: W8 channel,W4 g32,W4 g128,W3 g32,"
-        "W3 g128,W2 g32)",
+        help="candidate settings, comma-separated, e.g. 'W8 channel,W4 g32,W2 g32' (default: the "
+        "six standard ones from W8 channel to W2 g32)",
     )
     parser.add_argument(
         "--samples",
+        metavar="N",
         type=_positive,
         default=None,
         help="calibration-split samples to measure the metric on",
@@ -989,7 +1051,10 @@ def _add_sensitivity_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already reported on one line
+        return exc.code if isinstance(exc.code, int) else 2
     func: Callable[[argparse.Namespace], dict[str, Any]] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -39,7 +39,7 @@ def mixed_entry(allocation: Allocation, metric: str | None) -> PlanEntry:
     for _, setting in allocation.choices:
         counts[setting] = counts.get(setting, 0) + 1
     mix = ", ".join(f"{n}x {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    label = f"mixed [{mix}] predicted +{allocation.damage:.4g} {metric or 'damage'}"
+    label = f"mixed [{mix}] predicted {allocation.damage:+.4g} {metric or 'damage'}"
     return entry_for_plan(plan_for(allocation), kind="mixed", label=label)
 
 
@@ -99,6 +99,7 @@ def search_and_verify(
     settings: RunSettings | None = None,
     executor: Executor | None = None,
     with_uniform: bool = True,
+    with_baselines: bool = True,
     owner: str = "",
     on_event: Callable[[SweepEvent], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
@@ -110,7 +111,10 @@ def search_and_verify(
         sensitivity, budgets=budgets, kind=kind, points=points, damage=damage
     )
     mixed = [mixed_entry(a, sensitivity.metric) for a in allocations]
-    entries = [*baselines(), *(uniform_entries(sensitivity.settings) if with_uniform else [])]
+    entries = [
+        *(baselines() if with_baselines else []),
+        *(uniform_entries(sensitivity.settings) if with_uniform else []),
+    ]
     entries += mixed
     by_label = {e.label: a for e, a in zip(mixed, allocations, strict=True)}
     rows: list[dict[str, Any]] = []

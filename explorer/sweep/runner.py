@@ -226,6 +226,13 @@ def per_layer(
     return out
 
 
+def _kernel_counts(model: nn.Module) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for module in quant_modules(model).values():
+        counts[module.kernel_name] = counts.get(module.kernel_name, 0) + 1
+    return counts
+
+
 def _finite(x: float | None) -> float | None:
     return None if x is None or x in (float("inf"), float("-inf")) else float(x)
 
@@ -242,23 +249,35 @@ def evaluate_entry(
 
     workloads = list(ctx.workloads.items())
     primary_name, primary_make = workloads[0]
+    quantized = bool(quant_modules(qmodel))
+    batches = ctx.reference.batches
     t0 = time.perf_counter()
-    if quant_modules(qmodel):
-        select_kernels(qmodel, run=primary_make(qmodel))
+    if quantized:  # real runtimes dispatch by shape: the kernels for the evaluation batches
+        select_kernels(qmodel, example_input=batches[0][0])
     seconds["kernel_choice"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     evaluation = ctx.reference.evaluate(qmodel, n_boot=settings.n_boot, seed=settings.seed)
     seconds["evaluate"] = time.perf_counter() - t0
 
+    # Each workload is timed with the kernels chosen for its own row counts; the primary one
+    # goes last, so the model is left with (and the row reports) the primary workload's kernels.
     t0 = time.perf_counter()
     timed, simulated = timing_model(qmodel)
-    if simulated:
-        select_kernels(timed, run=primary_make(timed))
-    latency = {}
-    for name, make in workloads:
-        result = measure_callable(make(timed), settings.warmup, settings.repeats)
-        latency[name] = {**result.to_dict(), "kind": "simulated" if simulated else "measured"}
+    latency: dict[str, dict[str, Any]] = {}
+    for name, make in reversed(workloads):
+        run = make(timed)
+        if quant_modules(timed):
+            select_kernels(timed, run=run)
+        result = measure_callable(run, settings.warmup, settings.repeats)
+        latency[name] = {
+            **result.to_dict(),
+            "kind": "simulated" if simulated else "measured",
+            "kernels": _kernel_counts(timed),
+        }
+    latency = dict(reversed(latency.items()))
+    if quantized and timed is not qmodel:
+        select_kernels(qmodel, run=primary_make(qmodel))
     seconds["latency"] = time.perf_counter() - t0
 
     layers: list[dict[str, Any]] = []

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from explorer.measure.evaluation import classification_stats
+from explorer.nn.convert import select_kernels
 from explorer.quant.config import Plan, QuantConfig
 from explorer.sweep.context import ModelContext, ModelSource, environment, open_context
 from explorer.sweep.runner import (
@@ -93,6 +94,7 @@ def test_row_numbers_come_from_one_quantized_model(digits: ModelContext) -> None
     row = evaluate_entry(digits, entry, settings)
     q = build_quantized(digits, entry, settings)
     x, y = digits.eval_split
+    select_kernels(q, example_input=digits.reference.batches[0][0])  # as the runner does
     with torch.inference_mode():
         expected = classification_stats(q(x), y).accuracy()
     assert row["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-12)

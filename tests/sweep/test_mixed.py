@@ -1,0 +1,63 @@
+"""Mixed precision end to end: sensitivity on the calibration split, the knapsack front, and
+verification on the held-out split with real kernels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from explorer.sweep.context import ModelContext, ModelSource, open_context
+from explorer.sweep.mixed import plan_for, search_and_verify
+from explorer.sweep.runner import RunSettings
+from explorer.sweep.sensitivity import measure_sensitivity
+from explorer.sweep.store import ResultStore
+
+FAST = RunSettings(repeats=3, n_boot=500, per_layer=False)
+SETTINGS = ("W4 g32", "W4 g128", "W3 g32", "W3 g128", "W2 g32")
+
+
+@pytest.fixture(scope="module")
+def digits() -> ModelContext:
+    return open_context(ModelSource(model="digits-cnn"))
+
+
+def test_search_rows_carry_their_allocation(digits: ModelContext, tmp_path: Path) -> None:
+    sens = measure_sensitivity(digits, ("W8 channel", "W2 g32"), samples=128, latency=False)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        out = search_and_verify(digits, sens, store, points=3, settings=FAST)
+    assert len(out.allocations) == len(out.mixed_rows()) == 3
+    for row in out.mixed_rows():
+        choice = row["allocation"]["choice"]
+        assert set(choice) == set(sens.layers)
+        assert row["config"] == plan_for(_allocation(out, row)).to_dict()
+        assert row["kind"] == "mixed" and row["weight_bits"] is None  # flat fields: mixed
+        predicted = row["allocation"]["size_bytes"]
+        assert row["size_bytes"] == predicted  # the search's byte count is the stored size
+    assert {r["label"] for r in out.uniform_rows()} == {"W8 channel sym ptq", "W2 group32 sym ptq"}
+
+
+def _allocation(out, row):  # type: ignore[no-untyped-def]
+    return next(a for a in out.allocations if a.to_dict()["choice"] == row["allocation"]["choice"])
+
+
+@pytest.mark.slow
+def test_a_searched_mixed_plan_beats_every_uniform_plan_of_its_size_on_tiny_lm(
+    tmp_path: Path,
+) -> None:
+    """Issue acceptance: on tiny-lm, size against held-out perplexity, at some budget a mixed
+    plan beats every uniform plan of no larger size by more than the confidence interval: its
+    95 % interval of the perplexity delta lies wholly below each such uniform plan's."""
+    ctx = open_context(ModelSource(model="tiny-lm"))
+    sens = measure_sensitivity(ctx, SETTINGS, samples=8, latency=False)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        out = search_and_verify(ctx, sens, store, points=4, settings=FAST, with_baselines=False)
+    uniform = out.uniform_rows()
+    assert len(uniform) == len(SETTINGS)
+    winners = []
+    for mixed in out.mixed_rows():
+        rivals = [u for u in uniform if u["size_bytes"] <= mixed["size_bytes"]]
+        hi = mixed["metrics_ci"]["perplexity"][1]
+        if rivals and all(hi < u["metrics_ci"]["perplexity"][0] for u in rivals):
+            winners.append(mixed)
+    assert winners, [(r["label"], r["size_bytes"], r["metrics_ci"]) for r in out.rows]
