@@ -315,20 +315,19 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
 
 
 def _executor(args: argparse.Namespace, ctx: ModelContext) -> Executor:
-    """``--executor``: local evaluates in this process on the open context, ray on actors."""
-    try:
-        from explorer.sweep.executors import make_executor
-    except ImportError:  # a build without the executors module: local only
-        from explorer.sweep.runner import LocalExecutor
+    """``--executor``: local evaluates in this process on the open context, ray on actors (a
+    Ray instance this command starts is shut down when the command exits)."""
+    import atexit
 
-        if args.executor != "local" or args.ray_address is not None:
-            raise ExplorerError(
-                "the Ray executor is not available in this build; use --executor local"
-            ) from None
-        return LocalExecutor(ctx)
+    from explorer.sweep.executors import make_executor
+
     if args.executor == "local":
         return make_executor("local", ctx=ctx, address=args.ray_address)
-    return make_executor(args.executor, address=args.ray_address)
+    executor = make_executor(args.executor, address=args.ray_address)
+    close = getattr(executor, "close", None)
+    if close is not None:
+        atexit.register(close)
+    return executor
 
 
 def _interrupted(stored: int) -> KeyboardInterrupt:

@@ -189,6 +189,11 @@ class RayExecutor:
         entries: Sequence[PlanEntry],
         cancelled: Callable[[], bool],
     ) -> Iterator[tuple[PlanEntry, dict[str, Any] | BaseException]]:
+        """Yield ``(entry, row or ExplorerError)`` as each entry finishes on some actor.
+
+        ``cancelled`` is looked at before each submission and while waiting; once it is true,
+        entries in flight are abandoned (their actors are killed, so none of their work lands
+        anywhere) and the generator returns. A model that an actor cannot load raises."""
         if not entries or cancelled():
             return
         ray = self._ray()

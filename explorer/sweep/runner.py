@@ -399,7 +399,8 @@ def run_sweep(
     (cached ones first). Rows are stored one transaction each as they finish."""
     settings = settings or RunSettings()
     executor = executor or LocalExecutor(ctx)
-    env = environment()
+    # the environment the rows are measured in (a Ray actor's, for the Ray executor)
+    env = executor.environment() if hasattr(executor, "environment") else environment()
     total = len(entries)
     done = 0
     todo: list[PlanEntry] = []

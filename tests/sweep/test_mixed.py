@@ -14,7 +14,7 @@ from explorer.sweep.sensitivity import measure_sensitivity
 from explorer.sweep.store import ResultStore
 
 FAST = RunSettings(repeats=3, n_boot=500, per_layer=False)
-SETTINGS = ("W4 g32", "W4 g128", "W3 g32", "W3 g128", "W2 g32")
+SETTINGS = ("W4 g32", "W3 g128", "W2 g32")
 
 
 @pytest.fixture(scope="module")

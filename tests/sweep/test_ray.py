@@ -5,6 +5,7 @@ CI installs the ``ray`` extra, so these run there; a machine without Ray skips t
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from explorer.sweep.space import PlanEntry, SweepSpec, expand
 from explorer.sweep.store import ResultStore
 
 SETTINGS = RunSettings(repeats=5, n_boot=200)
+NO_USAGE_STATS = "RAY_USAGE_STATS_ENABLED"
 ACTOR_THREADS = 1  # num_cpus_per_actor=1: each actor times with one thread
 
 
@@ -40,11 +42,17 @@ def executor() -> Iterator[RayExecutor]:
     """One executor for the module: its first run starts Ray, `close` shuts it down."""
     ray = pytest.importorskip("ray")
     assert not ray.is_initialized()
+    saved = os.environ.get(NO_USAGE_STATS)
+    os.environ[NO_USAGE_STATS] = "0"  # CI has no network: do not try to report usage
     executor = RayExecutor(actors=1, init_kwargs={"num_cpus": 2})
     try:
         yield executor
     finally:
         executor.close()
+        if saved is None:
+            os.environ.pop(NO_USAGE_STATS, None)
+        else:
+            os.environ[NO_USAGE_STATS] = saved
         if ray.is_initialized():  # close() failed to; do not leak Ray into other tests
             ray.shutdown()
             pytest.fail("RayExecutor.close() left the Ray instance it started running")
@@ -124,32 +132,27 @@ def test_a_failing_entry_is_reported_and_not_stored(
 
 
 @pytest.mark.slow
-def test_cancel_stops_before_the_next_submission(
+def test_cancel_stops_before_the_next_submission_and_a_callers_ray_stays_up(
     ctx: ModelContext, entries: list[PlanEntry], executor: RayExecutor, tmp_path: Any
 ) -> None:
-    with ResultStore(tmp_path / "ray.sqlite") as store:
-        events = []
+    import ray
+
+    if not ray.is_initialized():  # run alone: let the module's executor own the instance
+        assert executor.environment()["threads"] == ACTOR_THREADS
+    events: list[SweepEvent] = []
+    with ResultStore(tmp_path / "ray.sqlite") as store, RayExecutor() as callers:
         for event in run_sweep(
             ctx,
             entries[:2],
             store,
             settings=RunSettings(repeats=5, n_boot=200, per_layer=False),
-            executor=executor,
+            executor=callers,
             cancelled=lambda: len(events) >= 1,
         ):
             events.append(event)
         assert [e.kind for e in events] == ["row", "cancelled", "done"]
         assert len(store.rows()) == 1
-
-
-@pytest.mark.slow
-def test_a_callers_ray_stays_up(executor: RayExecutor) -> None:
-    import ray
-
-    executor.environment()  # starts Ray if the module's earlier tests did not
-    with RayExecutor() as other:
-        assert other.environment()["threads"] == ACTOR_THREADS
-    assert ray.is_initialized()
+    assert ray.is_initialized()  # `callers` found Ray running, so closing it left Ray up
 
 
 def test_make_executor() -> None:

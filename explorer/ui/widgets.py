@@ -1,0 +1,276 @@
+"""Widget groups shared by the pages: each draws its widgets and returns a config object or plain
+values; the computing happens in `explorer` (house style: Streamlit's demo apps' ``*_ui()``).
+
+- `sweep_spec_ui` → `SweepSpec` (raises `SweepSpecError` for a combination that cannot be built);
+- `run_settings_ui` → `RunSettings`;
+- `sweep_job_ui`: the progress bar, cancel button and live partial front of a running sweep,
+  refreshed every 1.5 s in a fragment while it runs (the sweep itself lives in a worker process
+  kept by `explorer.ui.state`, so widget clicks never stop it);
+- `front_figure_ui`: the Pareto scatter of some rows, or a table where the figure is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sys
+import types
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from explorer.inspect import result_table, sweep_progress
+from explorer.quant.config import ACT_GRANULARITIES, ACT_MODES, CALIBRATIONS
+from explorer.sweep.runner import RunSettings
+from explorer.sweep.space import DEFAULT_QAT_STEPS, SweepSpec
+from explorer.sweep.worker import SweepProcess
+from explorer.ui import state
+
+WEIGHT_BITS = (8, 7, 6, 5, 4, 3, 2)
+GRANULARITIES = ("tensor", "channel", "group32", "group64", "group128")
+ACT_BITS = ("none", "8", "4")
+POLL_SECONDS = 1.5
+DEFAULT_RUN = RunSettings(repeats=10, n_boot=500)
+"""Settings of the app's sweeps: the default sweep on the Model page uses them, and the Sweep
+page starts from them, so rows of the same configuration are found in the store, not recomputed."""
+
+_CALIBRATION_HELP = (
+    "How the clipping range of each weight tensor is chosen: min-max keeps every value, "
+    "percentile clips rare outliers, MSE picks the range with the least rounding error."
+)
+
+
+def sweep_spec_ui(model_layers: Sequence[str], *, key: str = "spec") -> SweepSpec:
+    """Widgets for every sweep dimension; the combinations are their cross product."""
+    weights, acts, method = st.columns(3)
+    with weights:
+        st.markdown("**Weights**")
+        bits = st.multiselect(
+            "Weight bits",
+            WEIGHT_BITS,
+            default=[8, 4],
+            key=f"{key}.bits",
+            help="Bits per stored weight. 8 and 4 run on real integer kernels; the others are "
+            "simulated in accuracy and timed on the next wider kernel.",
+        )
+        granularity = st.multiselect(
+            "Granularity",
+            GRANULARITIES,
+            default=["channel"],
+            key=f"{key}.granularity",
+            help="How many weights share one scale: the whole tensor, each output channel, or "
+            "groups of 32/64/128 inputs within a channel.",
+        )
+        symmetric = st.multiselect(
+            "Symmetry",
+            ("symmetric", "asymmetric"),
+            default=["symmetric"],
+            key=f"{key}.symmetric",
+            help="Symmetric grids are centred on zero; asymmetric ones add a zero point.",
+        )
+        calibration = st.multiselect(
+            "Calibration",
+            CALIBRATIONS,
+            default=["minmax"],
+            key=f"{key}.calibration",
+            help=_CALIBRATION_HELP,
+        )
+    with acts:
+        st.markdown("**Activations**")
+        act_bits = st.multiselect(
+            "Activation bits",
+            ACT_BITS,
+            default=["none"],
+            key=f"{key}.act_bits",
+            help="`none` keeps activations in float (weight-only quantization); 8 runs W8A8 "
+            "integer matrix products.",
+        )
+        act_mode = st.multiselect(
+            "Activation scales",
+            ACT_MODES,
+            default=["dynamic"],
+            key=f"{key}.act_mode",
+            help="Dynamic: measured on every input as it arrives. Static: fixed from the "
+            "calibration samples.",
+        )
+        act_granularity = st.multiselect(
+            "Activation granularity",
+            ACT_GRANULARITIES,
+            default=["token"],
+            key=f"{key}.act_granularity",
+            help="One scale per token (row) or per tensor.",
+        )
+    with method:
+        st.markdown("**Method and layers**")
+        methods = st.multiselect(
+            "Method",
+            ("ptq", "qat"),
+            default=["ptq"],
+            format_func=lambda m: {"ptq": "PTQ (post-training)", "qat": "QAT (trained)"}[m],
+            key=f"{key}.method",
+        )
+        qat_steps = st.number_input(
+            "QAT budget (steps)",
+            min_value=1,
+            max_value=20_000,
+            value=DEFAULT_QAT_STEPS,
+            step=50,
+            disabled="qat" not in methods,
+            key=f"{key}.qat_steps",
+            help="Training steps of quantization-aware training, starting from the PTQ model.",
+        )
+        layers = st.multiselect(
+            "Layers",
+            list(model_layers),
+            key=f"{key}.layers",
+            help="The layers the swept settings apply to; the others stay fp32. Empty: all.",
+        )
+        pattern = st.text_input(
+            "…or layer patterns",
+            key=f"{key}.pattern",
+            placeholder="e.g. features.*, classifier.2",
+            help="Comma-separated glob patterns of layer names.",
+        )
+    patterns = [p.strip() for p in pattern.split(",") if p.strip()]
+    return SweepSpec(
+        weight_bits=tuple(bits),
+        granularity=tuple(granularity),
+        symmetric=tuple(s == "symmetric" for s in symmetric),
+        calibration=tuple(calibration),
+        act_bits=tuple(None if b == "none" else int(b) for b in act_bits),
+        act_mode=tuple(act_mode),
+        act_granularity=tuple(act_granularity),
+        method=tuple(methods),
+        qat_steps=int(qat_steps),
+        layers=(*layers, *patterns),
+    )
+
+
+def run_settings_ui(*, key: str = "run", base: RunSettings = DEFAULT_RUN) -> RunSettings:
+    """The run settings expander: timing repeats, bootstrap resamples, calibration samples."""
+    with st.expander("Run settings"):
+        st.caption(
+            "Every setting is part of a row's key: changing one evaluates the configurations "
+            "again instead of reusing stored rows."
+        )
+        a, b, c = st.columns(3)
+        repeats = a.number_input(
+            "Timing repeats",
+            min_value=1,
+            max_value=1000,
+            value=base.repeats,
+            key=f"{key}.repeats",
+            help="Timed runs per workload; the median is reported.",
+        )
+        n_boot = b.number_input(
+            "Bootstrap resamples",
+            min_value=100,
+            max_value=20_000,
+            value=base.n_boot,
+            step=100,
+            key=f"{key}.n_boot",
+            help="Resamples of the evaluation set for the 95 % confidence intervals.",
+        )
+        samples = c.number_input(
+            "Calibration samples",
+            min_value=1,
+            max_value=10_000,
+            value=base.calibration_samples,
+            key=f"{key}.calibration_samples",
+            help="Inputs used to choose static activation scales and clipping ranges.",
+        )
+    return RunSettings(
+        calibration_samples=int(samples),
+        seed=base.seed,
+        n_boot=int(n_boot),
+        warmup=base.warmup,
+        repeats=int(repeats),
+        qat_batch=base.qat_batch,
+        per_layer=base.per_layer,
+    )
+
+
+def new_sweep_id() -> str:
+    return secrets.token_hex(4)
+
+
+@contextlib.contextmanager
+def _plain_main() -> Iterator[None]:
+    """Hide the page script from `multiprocessing`'s spawn while a worker starts.
+
+    Streamlit installs the running page as ``sys.modules["__main__"]`` (with its ``__file__``),
+    and a spawned child re-imports ``__main__`` from that file before running its target: the
+    page would run again inside the worker (and try to start a sweep of its own). A bare module
+    in its place for the moment of the start leaves the child nothing to re-import."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def start_sweep(process: SweepProcess) -> SweepProcess:
+    """Start ``process`` as this run's job (see `state.start_job`), safely from a page."""
+    with _plain_main():
+        return state.start_job(process)
+
+
+def front_figure_ui(
+    rows: Sequence[dict[str, Any]], *, metric: str | None, title: str | None = None, key: str
+) -> None:
+    """The size-against-metric scatter of ``rows`` (a table if the figure cannot be drawn)."""
+    if not rows:
+        return
+    try:
+        from explorer.plots import pareto_figure
+
+        figure = pareto_figure(rows, x="size_bytes", metric=metric, title=title)
+    except (ImportError, ValueError):
+        st.dataframe(pd.DataFrame(result_table(rows, metric)), hide_index=True, key=key)
+        return
+    st.plotly_chart(figure, key=key)
+
+
+def sweep_job_ui(job: SweepProcess, *, metric: str | None, key: str = "job") -> None:
+    """Progress, cancel and the live partial front of ``job``; polls while it runs and reruns
+    the whole page once when it ends (so tables below show the new rows)."""
+    running = not job.finished
+
+    @st.fragment(run_every=POLL_SECONDS if running else None)
+    def panel() -> None:
+        job.poll()
+        progress = sweep_progress(job.history)
+        if not job.finished:
+            text = (
+                f"Evaluated {progress.done} of {progress.total} configurations …"
+                if progress.total
+                else "Starting the sweep: loading the model in a worker process …"
+            )
+            st.progress(progress.fraction, text=text)
+            if st.button("Cancel sweep", key=f"{key}.cancel", icon=":material/stop:"):
+                job.cancel()
+                st.session_state[f"{key}.cancelling"] = True
+            if st.session_state.get(f"{key}.cancelling"):
+                st.caption("Cancelling: the configuration being evaluated finishes first.")
+        elif progress.error:
+            st.error(f"The sweep stopped: {progress.error}")
+        elif progress.cancelled:
+            st.warning(f"Sweep cancelled after {progress.done} of {progress.total} rows.")
+        else:
+            st.success(f"Sweep finished: {progress.done} of {progress.total} rows.")
+        front_figure_ui(progress.rows, metric=metric, title="This sweep so far", key=f"{key}.front")
+        if progress.skipped or progress.failed:
+            with st.expander(f"{len(progress.skipped)} skipped, {len(progress.failed)} failed"):
+                for label, reason in progress.skipped:
+                    st.markdown(f"- **skipped** `{label}`: {reason}")
+                for label, reason in progress.failed:
+                    st.markdown(f"- **failed** `{label}`: {reason}")
+        if running and job.finished:
+            st.session_state.pop(f"{key}.cancelling", None)
+            st.rerun()
+
+    panel()

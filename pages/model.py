@@ -1,0 +1,255 @@
+"""Model: choose a built-in model or load your own, see its layers and float metric; the first
+open of the default model starts a small default sweep whose points appear as they finish."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
+
+from explorer.errors import ExplorerError
+from explorer.inspect import float_metric, layer_table, pending_entries, sweep_progress
+from explorer.models.registry import builtin_models, default_model
+from explorer.sweep.context import ModelSource
+from explorer.sweep.space import DEFAULT_SPEC
+from explorer.sweep.worker import SweepProcess
+from explorer.ui import state
+from explorer.ui.widgets import (
+    DEFAULT_RUN,
+    front_figure_ui,
+    new_sweep_id,
+    start_sweep,
+    sweep_job_ui,
+)
+from explorer.uploads import MAX_UPLOAD_BYTES, SUFFIXES, error_message, load_upload
+
+AUTO_SWEEP = "auto_sweep_started"
+FLASH = "model.flash"
+UPLOAD_LIMIT_MB = MAX_UPLOAD_BYTES // 1024**2
+
+
+def _describe(source: ModelSource) -> str:
+    if source.model in builtin_models() and source.weights is None and source.data is None:
+        return f"built-in **{source.model}**"
+    parts = []
+    if source.model in builtin_models():
+        parts.append(f"built-in architecture **{source.model}**")
+    elif source.model:
+        parts.append("uploaded Hugging Face model")
+    if source.weights:
+        parts.append("uploaded weights")
+    if source.data:
+        parts.append("uploaded data")
+    return ", ".join(parts)
+
+
+def _choose_builtin() -> None:
+    state.set_source(ModelSource(model=st.session_state["model.builtin"]))
+
+
+def _start_default_sweep(source: ModelSource) -> None:
+    process = SweepProcess(
+        source,
+        str(state.store_path()),
+        spec=DEFAULT_SPEC,
+        settings=DEFAULT_RUN,
+        owner=state.owner_for(source),
+        sweep_id="default-" + new_sweep_id(),
+    )
+    start_sweep(process)
+    state.save_run_settings({AUTO_SWEEP: True})
+
+
+def _job_running() -> bool:
+    job = state.job()
+    return job is not None and not job.finished
+
+
+st.title("Model")
+st.caption(
+    "Pick the model to quantize. Everything on the other pages (sweeps, Pareto fronts, layer "
+    "views) is computed on this machine for the model chosen here."
+)
+if FLASH in st.session_state:
+    st.success(st.session_state.pop(FLASH))
+
+source = state.current_source()
+models = builtin_models()
+names = list(models)
+current_builtin = source.model if source.model in models else default_model().name
+
+# --- choose a built-in model ------------------------------------------------------------------
+pick, card_col = st.columns([1, 2])
+with pick:
+    chosen = st.selectbox(
+        "Built-in model",
+        names,
+        index=names.index(current_builtin),
+        key="model.builtin",
+        on_change=_choose_builtin,
+        help="Models that ship with their weights, data and a card of float results.",
+    )
+    plain = ModelSource(model=chosen)
+    if source != plain and st.button(f"Use built-in {chosen}", key="model.use_builtin"):
+        state.set_source(plain)
+        st.rerun()
+with card_col:
+    spec = models[chosen]
+    st.markdown(spec.description)
+    try:
+        card = spec.card()
+    except ExplorerError:
+        card = {}
+    params = card.get("params") or spec.params()
+    facts = [spec.task, f"{params:,} parameters"]
+    if isinstance(card.get("float"), int | float):
+        value = card["float"]
+        shown = f"{value:.2%}" if spec.metric == "accuracy" else f"{value:.3f}"
+        facts.append(f"float {spec.metric} {shown} (from its card)")
+    st.caption(" · ".join(facts))
+
+# --- load your own -----------------------------------------------------------------------------
+with st.expander("Load your own model or data"):
+    st.caption(
+        f"Files up to {UPLOAD_LIMIT_MB} MB. They are read as data only (safetensors, no pickle), "
+        "checked, and kept for this session's run; other sessions never see them."
+    )
+    weights_tab, hf_tab, data_tab = st.tabs(
+        ["Weights for a built-in model", "Hugging Face model (zip)", "Evaluation data"]
+    )
+    request: tuple[str, UploadedFile, str | None] | None = None
+    with weights_tab:
+        architecture = st.selectbox("Architecture", names, key="upload.architecture")
+        weights = st.file_uploader(
+            "State dict (safetensors)",
+            type=[s.lstrip(".") for s in SUFFIXES["weights"]],
+            key="upload.weights",
+        )
+        if weights is not None and st.button("Load weights", key="upload.weights.load"):
+            request = ("weights", weights, architecture)
+    with hf_tab:
+        st.caption(
+            "Zip the folder that `save_pretrained` wrote: `config.json` and `model.safetensors`. "
+            "Without uploaded data the model is compared with its float self on random tokens."
+        )
+        archive = st.file_uploader("Zipped model folder", type=["zip"], key="upload.hf")
+        if archive is not None and st.button("Load model", key="upload.hf.load"):
+            request = ("hf-zip", archive, None)
+    with data_tab:
+        st.caption(
+            "Evaluation and calibration data for the current model: safetensors or npz with "
+            "`inputs` (and `labels`), CSV with a `label` column, or UTF-8 text for byte-level "
+            "language models. The first samples calibrate, the rest evaluate."
+        )
+        dataset = st.file_uploader(
+            "Data file", type=[s.lstrip(".") for s in SUFFIXES["data"]], key="upload.data"
+        )
+        if dataset is not None and st.button("Use this data", key="upload.data.load"):
+            request = ("data", dataset, None)
+    if request is not None:
+        kind, uploaded, arch = request
+        try:
+            with st.spinner("Checking the upload …"):
+                new_source, _ = load_upload(
+                    kind,
+                    uploaded.getvalue(),
+                    uploaded.name,
+                    state.run_dir(),
+                    base=source,
+                    architecture=arch,
+                    open_fn=state.context,
+                )
+        except (ExplorerError, ValueError, OSError) as exc:
+            st.error(f"Could not use {uploaded.name}: {error_message(exc, state.run_dir())}")
+        else:
+            state.set_source(new_source)
+            st.session_state[FLASH] = f"Loaded {uploaded.name}."
+            st.rerun()
+
+# --- the current model -----------------------------------------------------------------------
+st.subheader("Current model")
+st.markdown(f"Working on the {_describe(source)}.")
+plain_builtin = source == ModelSource(model=source.model) and source.model in models
+try:
+    ctx = state.context(source)
+    card_float = models[source.model].card().get("float") if plain_builtin else None
+    metric = (ctx.metric, card_float) if card_float is not None else float_metric(ctx)
+except (ExplorerError, ValueError, OSError) as exc:
+    st.error(f"The model cannot be loaded: {exc}")
+    st.stop()
+
+table = layer_table(ctx.model)
+total_params = sum(r["parameters"] for r in table)
+total_bytes = sum(r["float_bytes"] for r in table)
+a, b, c = st.columns(3)
+if metric is None:
+    a.metric("Float metric", "fidelity only")
+    a.caption("No labels: configurations are compared with the float model's outputs.")
+else:
+    name, value = metric
+    a.metric(
+        f"Float {name}",
+        f"{value:.2%}" if name == "accuracy" else f"{value:.3f}",
+        help=f"The unquantized model on {len(ctx.eval_split[0]):,} evaluation samples.",
+    )
+b.metric("Parameters", f"{total_params:,}")
+c.metric("Float size", f"{total_bytes / 1024:,.1f} KiB")
+
+frame = pd.DataFrame(
+    {
+        "layer": [r["name"] for r in table],
+        "type": [r["type"] for r in table],
+        "shape": [" × ".join(str(d) for d in r["shape"]) for r in table],
+        "parameters": [r["parameters"] for r in table],
+        "float KiB": [r["float_bytes"] / 1024 for r in table],
+        "quantizable": [r["quantizable"] for r in table],
+    }
+)
+st.dataframe(
+    frame,
+    hide_index=True,
+    column_config={"float KiB": st.column_config.NumberColumn(format="%.1f")},
+    key="model.layers",
+)
+st.caption(
+    "Quantizable layers (linear and convolution) are the ones a sweep can store in fewer bits; "
+    "the others stay in float."
+)
+
+# --- the default sweep -------------------------------------------------------------------------
+st.subheader("Default sweep")
+st.caption(
+    "Weights in 8 and 4 bits, per channel and in groups of 32, with float or 8-bit activations, "
+    "plus the fp32 and bf16 baselines: a first look at the size–accuracy trade-off, computed "
+    "here as you watch."
+)
+is_default = source == ModelSource(model=default_model().name)
+if is_default and not state.run_settings().get(AUTO_SWEEP) and not _job_running():
+    # Once per run: start only if the store lacks some of the default sweep's rows.
+    if pending_entries(ctx, DEFAULT_SPEC, DEFAULT_RUN, state.store()):
+        _start_default_sweep(source)
+    else:
+        state.save_run_settings({AUTO_SWEEP: True})
+
+if st.button("Run default sweep", disabled=_job_running(), key="model.run_default"):
+    _start_default_sweep(source)
+    st.rerun()
+job = state.job()
+if job is not None and job.source == source and not job.finished:
+    sweep_job_ui(job, metric=ctx.metric, key="model.job")
+else:
+    if job is not None and job.source == source:
+        progress = sweep_progress(job.history)
+        if progress.error:
+            st.error(f"The last sweep stopped: {progress.error}")
+    try:
+        rows = state.rows_for(source)
+    except ExplorerError as exc:
+        st.error(f"The results store cannot be read: {exc}")
+        rows = []
+    if rows:
+        front_figure_ui(rows, metric=ctx.metric, title="Stored results", key="model.front")
+    elif job is not None and not job.finished:
+        st.info("A sweep of another model is running; follow it on the Sweep page.")
+    else:
+        st.info("No results for this model yet: run the default sweep or pick your own.")

@@ -1,0 +1,272 @@
+"""Pareto: every stored configuration of the model as a point of quality against size, against
+latency and in three axes; clicking a point (or choosing it below) opens its layer view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from explorer.errors import ExplorerError
+from explorer.inspect import result_table
+from explorer.plots import (
+    float_metric,
+    metric_of,
+    pareto_3d_figure,
+    pareto_figure,
+    selected_keys,
+    series_of,
+)
+from explorer.ui import state
+
+ROW_BOX = "pareto.row"
+AUTO_OPEN = "pareto.auto_open"
+OPEN_LAYERS = "pareto.open_layers"
+CHARTS = ("pareto.size", "pareto.latency")
+TABLE = "pareto.table"
+LAYERS_PAGE = "pages/layers.py"
+
+
+def _select(key: str | None, *, open_layers: bool) -> None:
+    if key:
+        state.select_row(key)
+        if open_layers and st.session_state.get(AUTO_OPEN, True):
+            st.session_state[OPEN_LAYERS] = True
+
+
+def _on_chart_select(chart: str) -> None:
+    """A click on a point: select its row (and open its layer view if the toggle says so)."""
+    keys = selected_keys(st.session_state.get(chart))
+    _select(keys[0] if keys else None, open_layers=True)
+
+
+def _on_table_select(keys: list[str]) -> None:
+    chosen = st.session_state[TABLE].selection.rows
+    _select(keys[chosen[0]] if chosen else None, open_layers=False)
+
+
+def _on_row_box() -> None:
+    state.select_row(st.session_state[ROW_BOX])
+
+
+def _labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    seen: dict[str, int] = {}
+    for row in rows:
+        seen[row.get("label") or ""] = seen.get(row.get("label") or "", 0) + 1
+    return {
+        row["key"]: (row.get("label") or "?")
+        + (f" ({row['key'][:6]})" if seen[row.get("label") or ""] > 1 else "")
+        for row in rows
+    }
+
+
+def _at_workload(row: dict[str, Any], workload: str) -> dict[str, Any]:
+    timing = (row.get("latency") or {}).get(workload)
+    if not isinstance(timing, dict):
+        return {**row, "latency_ms": None}
+    return {
+        **row,
+        "latency_ms": timing.get("median_ms"),
+        "latency_kind": timing.get("kind", row.get("latency_kind")),
+        "latency_workload": workload,
+    }
+
+
+def _filter(label: str, options: list[Any], *, key: str, help: str) -> list[Any]:
+    """A multiselect that remembers what the user *hid*, so that options appearing later (a
+    sweep adds a series) are shown rather than filtered out."""
+    hidden = st.session_state.setdefault(f"{key}.hidden", [])
+    st.session_state[key] = [o for o in options if o not in hidden]
+
+    def changed() -> None:
+        st.session_state[f"{key}.hidden"] = [o for o in options if o not in st.session_state[key]]
+
+    return st.multiselect(label, options, key=key, on_change=changed, help=help)
+
+
+def _open_layers() -> None:
+    # switch_page clears the URL's query parameters unless given: keep this session's run id
+    st.switch_page(LAYERS_PAGE, query_params={"run": state.run_id()})
+
+
+if st.session_state.pop(OPEN_LAYERS, False):
+    _open_layers()
+
+st.title("Pareto fronts")
+st.caption(
+    "Each point is one way of quantizing the model, measured on this machine. A point on the "
+    "**front** (joined by the line) is one that no other point beats on both axes at once: "
+    "nothing else is both smaller (or faster) and more accurate. **Hollow** markers are "
+    "*simulated* latencies: that configuration has no real kernel here, so it was timed on the "
+    "next wider one (an upper bound). **Bars** are 95 % confidence intervals from resampling the "
+    "evaluation set; **arrows** lead from a post-training (PTQ) point to the same configuration "
+    "after quantization-aware training (QAT). The fp32 and bf16 baselines are marked for "
+    "reference. Hover over a point to see its configuration; click it to open its layers."
+)
+
+source = state.current_source()
+try:
+    ctx = state.context(source)
+    rows = state.rows_for(source)
+except ExplorerError as exc:
+    st.error(f"Cannot load this model's results: {exc}")
+    st.stop()
+
+if not rows:
+    st.info(
+        f"No results for **{ctx.name}** yet. Start the default sweep on the Model page or run "
+        "one on the Sweep page: its points appear here as each configuration finishes."
+    )
+    st.stop()
+
+by_key = {row["key"]: row for row in rows}
+labels = _labels(rows)
+selected = state.selected_row_key()
+if selected not in by_key:
+    selected = None
+
+# --- filters -------------------------------------------------------------------------------------
+series = list(dict.fromkeys(series_of(row) for row in rows))
+bits = sorted({row["weight_bits"] for row in rows if isinstance(row.get("weight_bits"), int)})
+workloads = list(dict.fromkeys(w for row in rows for w in (row.get("latency") or {})))
+left, middle, right = st.columns([2, 2, 1])
+with left:
+    shown_series = _filter(
+        "Series",
+        series,
+        key="pareto.series",
+        help="Groups of configurations that share everything but the bit width.",
+    )
+with middle:
+    shown_bits = _filter(
+        "Weight bits",
+        bits,
+        key="pareto.bits",
+        help="Baselines and mixed-precision plans are always shown.",
+    )
+with right:
+    workload = (
+        st.radio(
+            "Latency of",
+            workloads,
+            key="pareto.workload",
+            help="The workload whose time the latency axis shows (one sample, a batch, ...).",
+        )
+        if len(workloads) > 1
+        else (workloads[0] if workloads else None)
+    )
+    st.toggle(
+        "Click opens layers",
+        value=True,
+        key=AUTO_OPEN,
+        help="Clicking a point opens its per-layer view; off: it only selects the point.",
+    )
+
+visible = [
+    row
+    for row in rows
+    if series_of(row) in shown_series
+    and (not isinstance(row.get("weight_bits"), int) or row["weight_bits"] in shown_bits)
+]
+if not visible:
+    st.warning("No configuration matches these filters.")
+    st.stop()
+timed = [_at_workload(row, workload) for row in visible] if workload else visible
+
+# --- the plots -----------------------------------------------------------------------------------
+metric_path, _ = metric_of(rows)
+reference = float_metric(rows)
+try:
+    size_tab, latency_tab, three_tab = st.tabs(
+        ["Quality vs size", "Quality vs latency", "Three axes"]
+    )
+    with size_tab:
+        st.plotly_chart(
+            pareto_figure(visible, x="size_bytes", selected_key=selected),
+            key=CHARTS[0],
+            on_select=lambda: _on_chart_select(CHARTS[0]),
+            selection_mode="points",
+        )
+    with latency_tab:
+        st.plotly_chart(
+            pareto_figure(timed, x="latency_ms", selected_key=selected),
+            key=CHARTS[1],
+            on_select=lambda: _on_chart_select(CHARTS[1]),
+            selection_mode="points",
+        )
+        if workload:
+            st.caption(f"Latency of the **{workload}** workload: median of repeated timed runs.")
+    with three_tab:
+        st.plotly_chart(pareto_3d_figure(timed, selected_key=selected), key="pareto.3d")
+        st.caption(
+            "Size, latency and quality at once: drag to turn the view. A configuration can be "
+            "on this three-way front while missing both flat ones."
+        )
+except (ExplorerError, ValueError) as exc:
+    st.error(f"Cannot draw these results: {exc}")
+
+# --- choose a configuration ----------------------------------------------------------------------
+st.subheader("Configurations")
+keys = list(by_key)
+if selected is not None:
+    st.session_state[ROW_BOX] = selected
+elif st.session_state.get(ROW_BOX) not in by_key:
+    st.session_state.pop(ROW_BOX, None)
+choice, go = st.columns([3, 1], vertical_alignment="bottom")
+with choice:
+    picked = st.selectbox(
+        "Selected configuration",
+        keys,
+        format_func=labels.__getitem__,
+        index=None,
+        placeholder="Choose a configuration (or click a point)",
+        key=ROW_BOX,
+        on_change=_on_row_box,
+    )
+with go:
+    if st.button(
+        "Open layers", key="pareto.open", disabled=picked is None, icon=":material/layers:"
+    ):
+        _open_layers()
+
+if picked is not None:
+    row = by_key[picked]
+    name = metric_path.split(".", 1)[-1]
+    value = (row.get("metrics") or {}).get(name)
+    cols = st.columns(4)
+    cols[0].metric(
+        name,
+        "–" if value is None else f"{value:.4g}",
+        None if value is None or reference is None else f"{value - reference:+.4g} vs float",
+    )
+    cols[1].metric("Size", f"{row['size_bytes'] / 1024:,.1f} KiB")
+    latency = row.get("latency_ms")
+    cols[2].metric(
+        "Latency" + (" (simulated)" if row.get("latency_kind") == "simulated" else ""),
+        "–" if latency is None else f"{latency:.3g} ms",
+    )
+    bpw = row.get("bits_per_weight")
+    cols[3].metric("Bits per weight", "–" if bpw is None else f"{bpw:.2f}")
+
+table = pd.DataFrame(result_table(rows))
+st.dataframe(
+    table.drop(columns=["key"]),
+    hide_index=True,
+    key=TABLE,
+    on_select=lambda: _on_table_select(keys),
+    selection_mode="single-row",
+    column_config={
+        "size_kb": st.column_config.NumberColumn("size (KiB)", format="%.1f"),
+        "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.3f"),
+        "bits_per_weight": st.column_config.NumberColumn("bits/weight", format="%.2f"),
+        "value": st.column_config.NumberColumn("value", format="%.4f"),
+        "ci_lo": st.column_config.NumberColumn("Δ 95% lo", format="%.4f"),
+        "ci_hi": st.column_config.NumberColumn("Δ 95% hi", format="%.4f"),
+    },
+)
+st.caption(
+    "Click a table row to select it. `pareto`: on the size-against-quality front. The interval "
+    "columns are the 95 % interval of the change against float (of the SQNR itself for models "
+    "without labels)."
+)

@@ -1,0 +1,162 @@
+"""The Model page (AppTest): the layer table and float metric of the default model, the default
+sweep that starts by itself on first open and shows its first points, uploads through the real
+file uploader (good weights switch the model; a truncated file shows an error and changes
+nothing), and switching to another built-in model."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors.torch
+from streamlit.testing.v1 import AppTest
+
+from explorer.models.registry import get_builtin
+from explorer.sweep.store import ResultStore
+from explorer.ui import state
+
+PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "model.py")
+FIRST_POINTS_S = 60
+
+
+@pytest.fixture
+def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Path]]:
+    cache, store = tmp_path / "cache", tmp_path / "results.sqlite"
+    monkeypatch.setenv("EXPLORER_CACHE", str(cache))
+    monkeypatch.setenv("EXPLORER_STORE", str(store))
+    monkeypatch.setattr(state, "CACHE_DIR", cache)
+    yield {"cache": cache, "store": store}
+    jobs = state._jobs()
+    for rid in list(jobs):
+        jobs.pop(rid).terminate()
+
+
+def _app(run: str, *, auto_sweep_done: bool = True, cache: Path | None = None) -> AppTest:
+    """The page for run ``run``; unless asked, the run already had its default sweep (so a
+    test of something else does not start one)."""
+    if auto_sweep_done:
+        assert cache is not None
+        folder = cache / "runs" / run
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "run.json").write_text(json.dumps({"auto_sweep_started": True}))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.query_params["run"] = run
+    return at
+
+
+def _layers(at: AppTest) -> Any:
+    """The layer table (the one data frame with a ``layer`` column)."""
+    (frame,) = [d.value for d in at.dataframe if "layer" in d.value.columns]
+    return frame
+
+
+def _run_json(cache: Path, run: str) -> dict[str, Any]:
+    path = cache / "runs" / run / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_first_open_shows_layers_metric_and_starts_the_default_sweep(
+    app_env: dict[str, Path],
+) -> None:
+    run = "0000000000a1"
+    at = _app(run, auto_sweep_done=False).run()
+    assert not at.exception, at.exception
+    assert not at.error
+    layers = _layers(at)
+    assert list(layers["layer"]) == ["features.1", "features.3", "features.5", "classifier.2"]
+    assert list(layers["shape"])[0] == "32 × 1 × 4 × 4"
+    assert layers["parameters"].sum() == get_builtin("digits-cnn").params()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Float accuracy"] == f"{get_builtin('digits-cnn').card()['float']:.2%}"
+    # the default sweep started by itself, once, in a worker process
+    job = state.job(run)
+    assert job is not None and job.alive
+    assert _run_json(app_env["cache"], run)["auto_sweep_started"] is True
+    assert at.get("progress")
+    deadline = time.monotonic() + FIRST_POINTS_S
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        at.run()
+        assert not at.exception, at.exception
+        if at.get("plotly_chart"):
+            break
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert charts, "no point of the default sweep appeared within a minute"
+    points = {
+        key
+        for trace in charts[0]["data"]
+        if trace.get("meta") == "series"
+        for key in trace.get("customdata") or []
+    }
+    with ResultStore(app_env["store"]) as store:
+        assert points and points <= store.keys(owner="")  # computed here, stored as shared
+    # a reload of the same run neither starts a second sweep nor loses the running one
+    again = AppTest.from_file(PAGE, default_timeout=120)
+    again.query_params["run"] = run
+    again.run()
+    assert not again.exception, again.exception
+    assert state.job(run) is job
+    job.terminate()
+
+
+def test_a_truncated_upload_shows_an_error_and_changes_nothing(
+    app_env: dict[str, Path],
+) -> None:
+    run = "0000000000a2"
+    at = _app(run, cache=app_env["cache"]).run()
+    state_dict = get_builtin("digits-cnn").load().state_dict()
+    data = safetensors.torch.save({k: v.contiguous() for k, v in state_dict.items()})
+    at.file_uploader(key="upload.weights").set_value(
+        ("cut.safetensors", data[:-500], "application/octet-stream")
+    )
+    at.run()
+    at.button(key="upload.weights.load").click().run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1
+    assert "Could not use cut.safetensors: cut.safetensors" in at.error[0].value
+    assert str(app_env["cache"]) not in at.error[0].value
+    assert "source" not in _run_json(app_env["cache"], run)
+    assert not list((app_env["cache"] / "runs" / run / "uploads").glob("*.safetensors"))
+    assert _layers(at).shape[0] == 4  # the page still works
+
+    at.file_uploader(key="upload.weights").set_value(
+        ("digits.safetensors", data, "application/octet-stream")
+    )
+    at.run()
+    at.button(key="upload.weights.load").click().run()
+    assert not at.exception, at.exception
+    assert not at.error
+    source = _run_json(app_env["cache"], run)["source"]
+    assert source["model"] == "digits-cnn" and source["weights"].endswith("digits.safetensors")
+    assert any("Loaded digits.safetensors" in s.value for s in at.success)
+    assert any("uploaded weights" in m.value for m in at.markdown)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Float accuracy"] == f"{get_builtin('digits-cnn').card()['float']:.2%}"
+
+
+def test_a_bad_zip_shows_an_error(app_env: dict[str, Path]) -> None:
+    run = "0000000000a3"
+    at = _app(run, cache=app_env["cache"]).run()
+    at.file_uploader(key="upload.hf").set_value(("model.zip", b"PK not a zip", "application/zip"))
+    at.run()
+    at.button(key="upload.hf.load").click().run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1 and "not a readable zip" in at.error[0].value
+    assert "source" not in _run_json(app_env["cache"], run)
+
+
+def test_choosing_another_builtin_model(app_env: dict[str, Path]) -> None:
+    run = "0000000000a4"
+    at = _app(run, cache=app_env["cache"]).run()
+    at.selectbox(key="model.builtin").select("mobile-cnn").run()
+    assert not at.exception, at.exception
+    assert _run_json(app_env["cache"], run)["source"] == {"model": "mobile-cnn"}
+    layers = _layers(at)
+    assert layers["parameters"].sum() == get_builtin("mobile-cnn").params()
+    assert "BatchNorm2d" in set(layers["type"]) and not layers["quantizable"].all()
+    assert state.job(run) is None  # only the default model starts a sweep by itself
+    assert any("No results for this model yet" in i.value for i in at.info)
