@@ -35,13 +35,15 @@ SELECTED_ROW = "selected_row"
 
 
 def run_id() -> str:
-    """This session's run id, from the URL, or a new one written into the URL."""
+    """This session's run id, from the URL, else from the session (page switches drop the
+    query string), else a new one; it is always written back into the URL."""
     current = st.query_params.get("run")
-    if isinstance(current, str) and RUN_ID.fullmatch(current):
-        return current
-    new = secrets.token_hex(6)
-    st.query_params["run"] = new
-    return new
+    if not (isinstance(current, str) and RUN_ID.fullmatch(current)):
+        remembered = st.session_state.get("run_id")
+        current = remembered if isinstance(remembered, str) else secrets.token_hex(6)
+        st.query_params["run"] = current
+    st.session_state["run_id"] = current
+    return current
 
 
 def run_dir(rid: str | None = None) -> Path:
