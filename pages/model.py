@@ -56,7 +56,10 @@ def _start_default_sweep(source: ModelSource) -> None:
         owner=state.owner_for(source),
         sweep_id="default-" + new_sweep_id(),
     )
-    start_sweep(process)
+    try:
+        start_sweep(process)
+    except RuntimeError as exc:  # another sweep of this run started meanwhile
+        st.warning(str(exc))
     state.save_run_settings({AUTO_SWEEP: True})
 
 
@@ -220,8 +223,8 @@ st.caption(
 st.subheader("Default sweep")
 st.caption(
     "Weights in 8 and 4 bits, per channel and in groups of 32, with float or 8-bit activations, "
-    "plus the fp32 and bf16 baselines: a first look at the size–accuracy trade-off, computed "
-    "here as you watch."
+    "plus the fp32 and bf16 baselines: a first look at how much quality each saved byte costs, "
+    "computed here as you watch."
 )
 is_default = source == ModelSource(model=default_model().name)
 if is_default and not state.run_settings().get(AUTO_SWEEP) and not _job_running():

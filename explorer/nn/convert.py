@@ -2,15 +2,26 @@
 never touched (the app shares one cached float model between sessions).
 
 The steps: copy → fold batch norms → resolve the plan per layer (explicit misfits are errors,
-pattern/default misfits fall back by the plan's policy and are recorded) → calibrate static
-activation ranges on calibration batches → replace layers with `QuantLinear` / `QuantConv2d`
-(or bf16 baselines) → optionally pick each layer's fastest real kernel on an example input.
-QAT's `convert` goes through `quantize_layer`, the same function PTQ uses.
+pattern/default misfits fall back by the plan's policy and are recorded) → for layers whose
+config names an error-compensating algorithm (GPTQ, AWQ, SmoothQuant), collect statistics of
+their float inputs on the calibration batches and run the algorithm → calibrate static
+activation ranges (of the rescaled inputs, where an algorithm rescales them) → replace layers
+with `QuantLinear` / `QuantConv2d` (or bf16 baselines) → optionally pick each layer's fastest
+real kernel on an example input. The seconds spent calibrating (statistics, algorithms,
+activation ranges) are on ``quant_report.seconds``. QAT's `convert` goes through
+`quantize_layer`, the same function PTQ uses.
+
+Every statistic is taken on the float model (batch norms folded), so it depends only on the
+layer and the calibration data: the caller's ``act_cache`` (one per calibration set; a sweep's
+`ModelContext` keeps one) holds both the static activation qparams and the input statistics, so
+that a sweep collects each once.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +33,13 @@ from explorer.errors import QuantConfigError
 from explorer.kernels.base import ActQParams
 from explorer.nn.fold import fold_batch_norm
 from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantLinear, _QuantBase
+from explorer.quant.awq import awq_quantize
 from explorer.quant.config import Plan, QuantConfig, why_not_applicable
-from explorer.quant.observers import ActivationObserver
+from explorer.quant.gptq import gptq_quantize
+from explorer.quant.observers import ActivationObserver, InputStatistics
 from explorer.quant.primitives import choose_qparams
+from explorer.quant.qtensor import QuantizedWeight, round_to_nearest
+from explorer.quant.smoothquant import smoothquant_quantize
 
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
 MIN_CALIBRATION_SAMPLES = 8
@@ -37,12 +52,20 @@ class LayerAssignment:
     config: QuantConfig | None  # None: left in fp32
     source: str  # explicit | pattern:P | default
     fallback: str | None = None  # why the planned config was replaced, if it was
+    algorithm: dict[str, float] = field(default_factory=dict)
+    """What an error-compensating algorithm reports for the layer: ``error`` and ``rtn_error``
+    (mean squared output error per calibration row, of this layer's weight and of
+    round-to-nearest's, where the Gram matrix was collected), AWQ's ``alpha``, ..."""
 
 
 @dataclass
 class QuantReport:
     layers: dict[str, LayerAssignment] = field(default_factory=dict)
     folded: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Calibration cost: ``statistics`` (input statistics for the algorithms), ``algorithm``
+    (GPTQ/AWQ/SmoothQuant), ``activations`` (static ranges) and their sum ``calibrate``; cached
+    statistics cost nothing here."""
 
     @property
     def fallbacks(self) -> dict[str, str]:
@@ -107,19 +130,33 @@ def resolve_plan(model: nn.Module, plan: Plan) -> dict[str, LayerAssignment]:
         kind = type(module).__name__
         assignment = LayerAssignment(name, kind, config, source)
         if config is not None:
-            why = why_not_applicable(config, in_features(module))
+            k, conv = in_features(module), isinstance(module, nn.Conv2d)
+            why = why_not_applicable(config, k, conv)
             if why is not None:
                 message = f"{why} of layer `{name}`"
                 if source == "explicit" or plan.fallback == "error":
                     raise QuantConfigError(message + f" (config from {source})")
                 if plan.fallback == "channel":
-                    assignment.config = config.with_(granularity="channel", group_size=None)
-                    assignment.fallback = f"{message}: per-channel instead"
+                    assignment.config, instead = _nearest_applicable(config, k, conv)
+                    assignment.fallback = f"{message}: {instead} instead"
                 else:
                     assignment.config = None
                     assignment.fallback = f"{message}: kept in fp32"
         out[name] = assignment
     return out
+
+
+def _nearest_applicable(config: QuantConfig, k: int, conv: bool) -> tuple[QuantConfig, str]:
+    """The ``channel`` fallback: round-to-nearest where the algorithm does not apply, then
+    per-channel where the group size does not divide the layer."""
+    changes = []
+    if why_not_applicable(config, k, conv) is not None and config.algorithm != "rtn":
+        config = config.as_rtn()
+        changes.append("round-to-nearest")
+    if why_not_applicable(config, k, conv) is not None:
+        config = config.with_(granularity="channel", group_size=None)
+        changes.append("per-channel")
+    return config, " and ".join(changes)
 
 
 def _as_batches(data: torch.Tensor | Iterable[torch.Tensor] | None) -> list[torch.Tensor]:
@@ -134,13 +171,17 @@ def calibrate_activations(
     model: nn.Module,
     assignments: dict[str, LayerAssignment],
     calibration_data: torch.Tensor | Iterable[torch.Tensor] | None,
-    cache: dict[tuple[Any, ...], ActQParams] | None = None,
+    cache: dict[tuple[Any, ...], Any] | None = None,
+    input_scales: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, ActQParams]:
     """Static per-tensor activation qparams for every layer whose config asks for them.
 
     The observers watch the float model, so a layer's qparams depend only on the layer, the
     calibration data and the activation settings: ``cache`` (keyed by layer and settings; the
-    caller keeps one per calibration set) lets a sweep calibrate each combination once."""
+    caller keeps one per calibration set) lets a sweep calibrate each combination once. A layer
+    with an entry in ``input_scales`` (AWQ, SmoothQuant) is calibrated on its input times that
+    scale, which is what its kernel quantizes."""
+    input_scales = input_scales or {}
     wanted = {
         n: a.config
         for n, a in assignments.items()
@@ -148,7 +189,9 @@ def calibrate_activations(
     }
 
     def key(name: str, c: QuantConfig) -> tuple[Any, ...]:
-        return (name, c.calibration, c.percentile, c.act_bits, c.act_symmetric)
+        base = (name, c.calibration, c.percentile, c.act_bits, c.act_symmetric)
+        scale = input_scales.get(name)
+        return base if scale is None else (*base, "input_scale", _digest(scale))
 
     out: dict[str, ActQParams] = {}
     if cache is not None:
@@ -168,9 +211,14 @@ def calibrate_activations(
         n: ActivationObserver(c.calibration, c.percentile, c.act_bits, c.act_symmetric)
         for n, c in wanted.items()
     }
+
+    def observe(name: str, x: torch.Tensor) -> None:
+        scale = input_scales.get(name)
+        observers[name].update(x if scale is None else x * scale)
+
     hooks = [
-        modules[n].register_forward_pre_hook(lambda _m, args, o=obs: o.update(args[0]))
-        for n, obs in observers.items()
+        modules[n].register_forward_pre_hook(lambda _m, args, n=n: observe(n, args[0]))
+        for n in observers
     ]
     try:
         with torch.no_grad():
@@ -191,21 +239,154 @@ def calibrate_activations(
     return out
 
 
+def _digest(t: torch.Tensor) -> str:
+    data = t.detach().float().contiguous().reshape(-1)
+    return hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
+
+
+def _needs_statistics(config: QuantConfig | None) -> bool:
+    return config is not None and not config.is_float and config.algorithm != "rtn"
+
+
+def collect_input_statistics(
+    model: nn.Module,
+    assignments: dict[str, LayerAssignment],
+    calibration_data: torch.Tensor | Iterable[torch.Tensor] | None,
+    cache: dict[tuple[Any, ...], Any] | None = None,
+) -> dict[str, InputStatistics]:
+    """`InputStatistics` of the inputs of every layer whose config names an algorithm, from one
+    pass of the float ``model`` over the calibration batches (hooks on those layers). The Gram
+    matrix is collected for GPTQ and AWQ, not for SmoothQuant (it reads channel maxima only).
+
+    ``cache`` is the caller's, one per calibration set (see the module docstring); entries are
+    keyed by layer, whether they hold the Gram matrix, and the shapes of the batches."""
+    wanted = {n: a.config for n, a in assignments.items() if _needs_statistics(a.config)}
+    if not wanted:
+        return {}
+    batches = _as_batches(calibration_data)
+    samples = sum(int(b.shape[0]) for b in batches)
+    if samples < MIN_CALIBRATION_SAMPLES:
+        algorithms = sorted({c.algorithm for c in wanted.values()})
+        raise QuantConfigError(
+            f"algorithm {', '.join(algorithms)} needs at least {MIN_CALIBRATION_SAMPLES} "
+            f"calibration samples, got {samples}; pass calibration data or use algorithm 'rtn'"
+        )
+    shapes = tuple(tuple(b.shape) for b in batches)
+
+    def key(name: str, gram: bool) -> tuple[Any, ...]:
+        return ("input_statistics", name, gram, shapes)
+
+    out: dict[str, InputStatistics] = {}
+    need_gram = {n: c.algorithm in ("gptq", "awq") for n, c in wanted.items()}
+    if cache is not None:
+        for name, gram in need_gram.items():
+            found = cache.get(key(name, True)) or (None if gram else cache.get(key(name, False)))
+            if found is not None:
+                out[name] = found
+    todo = {n: g for n, g in need_gram.items() if n not in out}
+    if not todo:
+        return out
+    modules = dict(model.named_modules())
+    stats = {n: InputStatistics.empty(in_features(modules[n]), gram=g) for n, g in todo.items()}
+    hooks = [
+        modules[n].register_forward_pre_hook(lambda _m, args, st=st: st.update(args[0]))
+        for n, st in stats.items()
+    ]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, st in stats.items():
+        out[name] = st
+        if cache is not None:
+            cache[key(name, todo[name])] = st
+    return out
+
+
+ALGORITHM_FUNCTIONS = {
+    "gptq": gptq_quantize,
+    "awq": awq_quantize,
+    "smoothquant": smoothquant_quantize,
+}
+
+
+@dataclass
+class AlgorithmResult:
+    """A layer's weight as an algorithm stored it, its input scale (AWQ, SmoothQuant) and what
+    the algorithm reports (`LayerAssignment.algorithm`)."""
+
+    qweight: QuantizedWeight
+    input_scale: torch.Tensor | None
+    info: dict[str, float]
+
+
+def run_algorithm(
+    module: nn.Module, config: QuantConfig, stats: InputStatistics, name: str
+) -> AlgorithmResult:
+    """GPTQ, AWQ or SmoothQuant of one linear layer (or Conv1D) from its input statistics."""
+    linear = as_linear(module)
+    if isinstance(linear, nn.Conv2d):
+        raise QuantConfigError(
+            f"algorithm {config.algorithm} applies to linear layers only, not convolution `{name}`"
+        )
+    w = linear.weight.detach().float()  # (N, K)
+    qw, input_scale, info = ALGORITHM_FUNCTIONS[config.algorithm](
+        w, stats, config, f"weight of layer `{name}`"
+    )
+    info = dict(info)
+    if stats.gram is not None:
+        effective = qw.dequantize()
+        if input_scale is not None:
+            effective = effective * input_scale[None, :]
+        info["error"] = stats.output_error(w - effective)
+        info["rtn_error"] = stats.output_error(w - round_to_nearest(w, config))
+    return AlgorithmResult(qw, input_scale, info)
+
+
 def quantize_layer(
     module: nn.Module,
     config: QuantConfig | None,
     name: str,
     act: ActQParams | None = None,
     qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    prepared: AlgorithmResult | None = None,
+    input_scale: torch.Tensor | None = None,
 ) -> nn.Module:
-    """One float layer → its quantized (or bf16, or unchanged fp32) replacement."""
+    """One float layer → its quantized (or bf16, or unchanged fp32) replacement.
+
+    Round-to-nearest by default, or of the given ``qparams`` (QAT). ``prepared``: the weight an
+    algorithm made (`run_algorithm`), required when the config names one. ``input_scale``: with
+    ``qparams``, the input scale of a layer rebuilt from stored tensors (export)."""
     if config is None or (config.is_float and config.float_dtype == "fp32"):
         return module
     module = as_linear(module)
     if config.is_float:
         return Bf16Conv2d(module) if isinstance(module, nn.Conv2d) else Bf16Linear(module)
-    cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-    return cls.from_float(module, config, act, name=f"weight of layer `{name}`", qparams=qparams)
+    if prepared is not None:
+        return QuantLinear(
+            prepared.qweight, module.bias, config, act, input_scale=prepared.input_scale
+        )
+    if config.algorithm != "rtn" and qparams is None:
+        raise QuantConfigError(
+            f"layer `{name}`: algorithm {config.algorithm} needs calibration statistics; "
+            "quantize the model with quantize_model(..., calibration_data=...)"
+        )
+    if isinstance(module, nn.Conv2d):
+        return QuantConv2d.from_float(
+            module, config, act, name=f"weight of layer `{name}`", qparams=qparams
+        )
+    return QuantLinear.from_float(
+        module,
+        config,
+        act,
+        name=f"weight of layer `{name}`",
+        qparams=qparams,
+        input_scale=input_scale,
+    )
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -224,7 +405,9 @@ def quantize_model(
 ) -> nn.Module:
     """A quantized copy of ``model`` under ``plan`` (the input is not modified).
 
-    ``calibration_data``: a tensor or iterable of input batches, needed for static activations.
+    ``calibration_data``: a tensor or iterable of input batches, needed for static activations
+    and for the algorithms (GPTQ, AWQ, SmoothQuant). ``act_cache``: the caller's cache of
+    calibration results for this calibration data (see the module docstring).
     ``example_input``: if given, each layer's kernel is chosen by timing the candidates on that
     layer's real input rows. The result carries ``quant_report`` (`QuantReport`).
     """
@@ -233,13 +416,29 @@ def quantize_model(
     if fold_bn:
         qmodel, folded = fold_batch_norm(qmodel)
     assignments = resolve_plan(qmodel, plan)
-    acts = calibrate_activations(qmodel, assignments, calibration_data, act_cache)
+    t0 = time.perf_counter()
+    stats = collect_input_statistics(qmodel, assignments, calibration_data, act_cache)
+    t1 = time.perf_counter()
+    prepared = {
+        name: run_algorithm(qmodel.get_submodule(name), assignments[name].config, st, name)
+        for name, st in stats.items()
+    }
+    t2 = time.perf_counter()
+    input_scales = {n: r.input_scale for n, r in prepared.items() if r.input_scale is not None}
+    acts = calibrate_activations(qmodel, assignments, calibration_data, act_cache, input_scales)
+    t3 = time.perf_counter()
     for name, assignment in assignments.items():
         module = qmodel.get_submodule(name)
-        new = quantize_layer(module, assignment.config, name, acts.get(name))
+        new = quantize_layer(
+            module, assignment.config, name, acts.get(name), prepared=prepared.get(name)
+        )
+        if name in prepared:
+            assignment.algorithm = prepared[name].info
         if new is not module:
             set_submodule(qmodel, name, new)
-    qmodel.quant_report = QuantReport(assignments, folded)
+    seconds = {"statistics": t1 - t0, "algorithm": t2 - t1, "activations": t3 - t2}
+    seconds["calibrate"] = t3 - t0
+    qmodel.quant_report = QuantReport(assignments, folded, seconds)
     if example_input is not None:
         select_kernels(qmodel, example_input)
     return qmodel

@@ -8,6 +8,10 @@ flattened weight is ``[out_channels, in_channels * kh * kw]`` (channel-major, as
 it), so a weight group runs along input channels × kernel window. Depthwise convolutions
 with int8 weights and per-tensor int8 activations run on oneDNN's int8 kernel; other grouped or
 depthwise settings are simulated, timed as that kernel (integer activations) or as fp32.
+
+A `QuantLinear` made by AWQ or SmoothQuant also holds ``input_scale`` (fp32, one per input
+channel): its stored weight is ``W diag(s)`` and it multiplies its input by ``1/s`` before the
+kernel, so the kernel, the packed format and the kernel choice are those of round-to-nearest.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from explorer.quant.qtensor import QuantizedWeight
 
 
 class _QuantBase(nn.Module):
-    """Buffers: ``qweight``, ``scale``, optional ``zero``, ``bias``, ``act_scale``/``act_zero``."""
+    """Buffers: ``qweight``, ``scale``, optional ``zero``, ``bias``, ``act_scale``/``act_zero``
+    (and, on a `QuantLinear`, ``input_scale``)."""
 
     def _init_quant(
         self,
@@ -61,6 +66,13 @@ class _QuantBase(nn.Module):
             scale=self.scale,
             zero=getattr(self, "zero", None),
         )
+
+    def effective_weight(self) -> torch.Tensor:
+        """The float weight (N, K) this layer applies to its input: the dequantized stored
+        weight, times the input scale where the layer has one."""
+        w = self.qweight_view().dequantize()
+        input_scale = getattr(self, "input_scale", None)
+        return w if input_scale is None else w * input_scale[None, :]
 
     def act_qparams(self) -> ActQParams | None:
         if not hasattr(self, "act_scale"):
@@ -132,10 +144,19 @@ class QuantLinear(_QuantBase):
         config: QuantConfig,
         act: ActQParams | None = None,
         kernel: str | None = None,
+        input_scale: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = qw.shape[1], qw.shape[0]
         self._init_quant(qw, bias, config, act, kernel)
+        if input_scale is not None:
+            if tuple(input_scale.shape) != (self.in_features,):
+                raise ValueError(
+                    f"input_scale has shape {tuple(input_scale.shape)}, expected "
+                    f"({self.in_features},)"
+                )
+            input_scale = input_scale.detach().float().clone()
+        self.register_buffer("input_scale", input_scale)
 
     @classmethod
     def from_float(
@@ -145,26 +166,35 @@ class QuantLinear(_QuantBase):
         act: ActQParams | None = None,
         name: str = "weight",
         qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+        input_scale: torch.Tensor | None = None,
     ) -> QuantLinear:
+        """Round-to-nearest of ``linear`` (``qparams`` override calibration). With
+        ``input_scale`` (K,), ``linear``'s weight is taken as the already rescaled ``W diag(s)``
+        and the input is multiplied by ``input_scale`` (``1/s``) before the kernel."""
         qw = QuantizedWeight.from_float(linear.weight, config, name, qparams)
-        return cls(qw, linear.bias, config, act)
+        return cls(qw, linear.bias, config, act, input_scale=input_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale
         return self._matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], -1)
 
     def timing_twin(self) -> nn.Module:
-        """This layer at the next wider format with a real kernel (for simulated latency)."""
+        """This layer at the next wider format with a real kernel (for simulated latency); an
+        input scale stays on the twin (its multiply is part of the layer's time), except on a
+        float twin, whose weight absorbs it."""
         config = self._twin_config()
-        w = self.qweight_view().dequantize()
+        float_twin = config.is_float
+        w = self.effective_weight() if float_twin else self.qweight_view().dequantize()
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         with torch.no_grad():
             lin.weight.copy_(w)
             if self.bias is not None:
                 lin.bias.copy_(self.bias)
-        if config.is_float:
+        if float_twin:
             return lin
         act = self.act_qparams() if config.act_mode == "static" else None
-        return QuantLinear.from_float(lin, config, act)
+        return QuantLinear.from_float(lin, config, act, input_scale=self.input_scale)
 
 
 class QuantConv2d(_QuantBase):

@@ -5,8 +5,10 @@ A `QuantConfig` says how one layer is stored and run: weight bits (2-8, or float
 ``[out_features, in_features]``; convolutions are flattened to
 ``[out_channels, in/groups * kh * kw]`` in PyTorch's memory order, so a group runs along input
 channels times kernel window); symmetric or asymmetric codes; the calibration that picks the
-clipping range; activation quantization; and the method (PTQ or QAT). Float baselines are configs
-too (``QuantConfig.float("fp32")``).
+clipping range; activation quantization; the method (PTQ or QAT); and the PTQ algorithm that
+turns float weights into codes: round-to-nearest (``rtn``, the default), GPTQ (``gptq``), AWQ's
+activation-aware scaling (``awq``) or SmoothQuant (``smoothquant``, W8A8), each with its
+hyper-parameters as fields. Float baselines are configs too (``QuantConfig.float("fp32")``).
 
 A `Plan` maps layer names to configs. Rules are ``fnmatch`` glob patterns (``blocks.*.mlp.*``)
 tried in order; a rule whose pattern has no wildcard names one layer *explicitly*. A config that
@@ -35,7 +37,18 @@ CALIBRATIONS = ("minmax", "percentile", "mse")
 ACT_MODES = ("dynamic", "static")
 ACT_GRANULARITIES = ("tensor", "token")
 METHODS = ("ptq", "qat")
-ALGORITHMS = ("rtn",)
+ALGORITHMS = ("rtn", "gptq", "awq", "smoothquant")
+INPUT_SCALING_ALGORITHMS = ("awq", "smoothquant")
+"""Algorithms that rescale a layer's input channels: the layer stores a per-input-channel
+``input_scale`` that multiplies its input before the kernel."""
+ALGORITHM_FIELDS: dict[str, dict[str, Any]] = {
+    "gptq": {"gptq_damp": 0.01, "gptq_block": 128, "act_order": False},
+    "awq": {"awq_grid": 20},
+    "smoothquant": {"smooth_alpha": 0.5},
+}
+"""Each algorithm's hyper-parameters and their defaults. A config keeps the others at their
+defaults (validated) and leaves them out of its JSON, so a round-to-nearest config's JSON, and
+the key of every result row made with it, is what it was before the algorithms existed."""
 FLOAT_DTYPES = ("fp32", "bf16")
 FALLBACKS = ("channel", "float", "error")
 
@@ -58,6 +71,11 @@ class QuantConfig:
     algorithm: str = "rtn"
     learn_scales: bool = False
     float_dtype: str = "fp32"
+    gptq_damp: float = 0.01
+    gptq_block: int = 128
+    act_order: bool = False
+    awq_grid: int = 20
+    smooth_alpha: float = 0.5
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -67,7 +85,8 @@ class QuantConfig:
                 f"(this build reads {CONFIG_VERSION})"
             )
         _check_choice("float_dtype", self.float_dtype, FLOAT_DTYPES)
-        for flag in ("symmetric", "act_symmetric", "learn_scales"):
+        self._check_unused_hyperparameters()
+        for flag in ("symmetric", "act_symmetric", "learn_scales", "act_order"):
             if not isinstance(getattr(self, flag), bool):
                 raise QuantConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.weight_bits is None:
@@ -113,6 +132,50 @@ class QuantConfig:
             raise QuantConfigError(
                 f"learn_scales (LSQ) only applies to method 'qat', not {self.method!r}"
             )
+        self._check_algorithm()
+
+    def _check_unused_hyperparameters(self) -> None:
+        for algorithm, defaults in ALGORITHM_FIELDS.items():
+            if algorithm == self.algorithm:
+                continue
+            for name, default in defaults.items():
+                value = getattr(self, name)
+                if value != default or type(value) is not type(default):
+                    raise QuantConfigError(
+                        f"{name}={value!r} only applies to algorithm {algorithm!r}, "
+                        f"not {self.algorithm!r}"
+                    )
+
+    def _check_algorithm(self) -> None:
+        if self.algorithm != "rtn" and self.method != "ptq":
+            raise QuantConfigError(
+                f"algorithm {self.algorithm!r} is a PTQ algorithm; QAT starts from "
+                f"round-to-nearest (use method 'ptq', or algorithm 'rtn' with method "
+                f"{self.method!r})"
+            )
+        if self.algorithm == "smoothquant" and self.act_bits != 8:
+            raise QuantConfigError(
+                "smoothquant moves activation outliers into the weights so that int8 activations "
+                f"hold: it needs act_bits=8, got act_bits={self.act_bits}"
+            )
+        if not _is_number(self.gptq_damp) or not 0.0 < self.gptq_damp <= 1.0:
+            raise QuantConfigError(
+                f"gptq_damp (dampening, a fraction of the mean Hessian diagonal) must be in "
+                f"(0, 1], got {self.gptq_damp!r}"
+            )
+        if not _is_int(self.gptq_block) or self.gptq_block < 1:
+            raise QuantConfigError(
+                f"gptq_block must be a positive number of columns, got {self.gptq_block!r}"
+            )
+        if not _is_int(self.awq_grid) or not 2 <= self.awq_grid <= 1000:
+            raise QuantConfigError(
+                f"awq_grid must be an integer from 2 to 1000 (points of the alpha search), "
+                f"got {self.awq_grid!r}"
+            )
+        if not _is_number(self.smooth_alpha) or not 0.0 <= self.smooth_alpha <= 1.0:
+            raise QuantConfigError(
+                f"smooth_alpha (migration strength) must be in [0, 1], got {self.smooth_alpha!r}"
+            )
 
     # --- constructors and names -------------------------------------------------------------
     @classmethod
@@ -124,13 +187,43 @@ class QuantConfig:
         return self.weight_bits is None
 
     @property
+    def scales_inputs(self) -> bool:
+        """Whether layers under this config store a per-input-channel ``input_scale``."""
+        return not self.is_float and self.algorithm in INPUT_SCALING_ALGORITHMS
+
+    def as_rtn(self) -> QuantConfig:
+        """The same grid and activations with round-to-nearest (every hyper-parameter reset)."""
+        defaults = {k: v for fields in ALGORITHM_FIELDS.values() for k, v in fields.items()}
+        return dataclasses.replace(self, algorithm="rtn", **defaults)
+
+    @property
+    def algorithm_name(self) -> str:
+        """``gptq``, ``gptq act-order damp0.1``, ``awq grid10``, ``smoothquant alpha0.8``: the
+        algorithm and every hyper-parameter that differs from its default."""
+        parts = [self.algorithm]
+        if self.algorithm == "gptq":
+            if self.act_order:
+                parts.append("act-order")
+            if self.gptq_damp != 0.01:
+                parts.append(f"damp{self.gptq_damp:g}")
+            if self.gptq_block != 128:
+                parts.append(f"block{self.gptq_block}")
+        elif self.algorithm == "awq" and self.awq_grid != 20:
+            parts.append(f"grid{self.awq_grid}")
+        elif self.algorithm == "smoothquant" and self.smooth_alpha != 0.5:
+            parts.append(f"alpha{self.smooth_alpha:g}")
+        return " ".join(parts)
+
+    @property
     def granularity_name(self) -> str:
         """``tensor``, ``channel`` or ``group32`` (the names the CLI and result rows use)."""
         return f"group{self.group_size}" if self.granularity == "group" else self.granularity
 
     @property
     def name(self) -> str:
-        """A short human-readable label such as ``W4 g32 sym A8 token ptq``."""
+        """A short human-readable label such as ``W4 group32 sym A8 token dynamic ptq``, with the
+        algorithm before the method when it is not round-to-nearest (``W4 group128 sym gptq
+        ptq``)."""
         if self.is_float:
             return self.float_dtype
         parts = [f"W{self.weight_bits}", self.granularity_name, "sym" if self.symmetric else "asym"]
@@ -140,6 +233,8 @@ class QuantConfig:
             )
         if self.act_bits is not None:
             parts.append(f"A{self.act_bits} {self.act_granularity} {self.act_mode}")
+        if self.algorithm != "rtn":
+            parts.append(self.algorithm_name)
         parts.append(self.method + ("+lsq" if self.learn_scales else ""))
         return " ".join(parts)
 
@@ -148,7 +243,14 @@ class QuantConfig:
 
     # --- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, except the hyper-parameters of algorithms other than this config's
+        (always at their defaults; see `ALGORITHM_FIELDS`)."""
+        data = dataclasses.asdict(self)
+        for algorithm, defaults in ALGORITHM_FIELDS.items():
+            if algorithm != self.algorithm:
+                for name in defaults:
+                    del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
@@ -281,10 +383,14 @@ def _is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 
 
-def why_not_applicable(config: QuantConfig, in_features: int) -> str | None:
-    """Why ``config`` cannot quantize a weight with ``in_features`` columns, or None if it can."""
+def why_not_applicable(config: QuantConfig, in_features: int, conv: bool = False) -> str | None:
+    """Why ``config`` cannot quantize a weight with ``in_features`` columns (of a convolution when
+    ``conv``), or None if it can. GPTQ, AWQ and SmoothQuant are implemented for linear layers
+    only: a convolution's input statistics would be those of its im2col patches."""
     if config.is_float:
         return None
+    if conv and config.algorithm != "rtn":
+        return f"algorithm {config.algorithm} applies to linear layers only, not convolutions"
     if config.granularity == "group":
         assert config.group_size is not None
         if in_features % config.group_size != 0:

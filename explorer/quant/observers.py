@@ -7,10 +7,14 @@
   MSE-optimal clipping of Banner et al. (arXiv 1810.05723) and Krishnamoorthi 2018, section 3.
 
 `weight_range` works per block on a weight; `ActivationObserver` accumulates statistics over
-calibration batches for a static per-tensor activation scale.
+calibration batches for a static per-tensor activation scale; `InputStatistics` accumulates what
+the error-compensating PTQ algorithms read from a linear layer's inputs (the Gram matrix
+``H = XᵀX`` for GPTQ and AWQ, per-channel mean and max magnitudes for AWQ and SmoothQuant).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -129,3 +133,56 @@ class ActivationObserver:
             self.symmetric,
         )
         return float(lo), float(hi)
+
+
+@dataclass
+class InputStatistics:
+    """Per-input-channel statistics of one linear layer's inputs ``x`` (rows of K features) over
+    calibration batches. ``gram`` is ``Σ xᵀx`` (K, K), each batch's product computed in float32
+    and accumulated in float64 (None unless asked for: it is K² numbers); ``abs_sum`` and
+    ``abs_max`` are per channel (K,). ``rows``: how many rows (tokens) were seen."""
+
+    features: int
+    gram: torch.Tensor | None
+    abs_sum: torch.Tensor
+    abs_max: torch.Tensor
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, features: int, gram: bool = True) -> InputStatistics:
+        return cls(
+            features=features,
+            gram=torch.zeros(features, features, dtype=torch.float64) if gram else None,
+            abs_sum=torch.zeros(features, dtype=torch.float64),
+            abs_max=torch.zeros(features, dtype=torch.float32),
+        )
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float().reshape(-1, self.features)  # (rows, K)
+        if x.shape[0] == 0:
+            return
+        if not bool(torch.isfinite(x).all()):
+            raise QuantizationError("calibration activations contain NaN or Inf")
+        if self.gram is not None:
+            self.gram += (x.T @ x).double()  # (K, K)
+        a = x.abs()
+        self.abs_sum += a.sum(dim=0, dtype=torch.float64)
+        self.abs_max = torch.maximum(self.abs_max, a.amax(dim=0))
+        self.rows += x.shape[0]
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        """Mean |x| per input channel (float32, (K,)): AWQ's activation salience."""
+        if self.rows == 0:
+            raise QuantizationError("input statistics saw no calibration data")
+        return (self.abs_sum / self.rows).float()
+
+    def output_error(self, delta: torch.Tensor) -> float:
+        """Mean over the calibration rows of ``‖x Δᵀ‖²``: the squared output error of a layer
+        whose weight is off by ``delta`` (N, K), from the Gram matrix alone (``tr(Δ H Δᵀ)``)."""
+        if self.gram is None:
+            raise QuantizationError("these input statistics were collected without the Gram matrix")
+        if self.rows == 0:
+            raise QuantizationError("input statistics saw no calibration data")
+        d = delta.detach().double()  # (N, K)
+        return float(((d @ self.gram) * d).sum()) / self.rows

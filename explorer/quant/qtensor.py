@@ -129,3 +129,18 @@ class QuantizedWeight:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+
+def round_to_nearest(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """The float weight that round-to-nearest stores for ``w`` under ``config``: equal, bit for
+    bit, to ``QuantizedWeight.from_float(w, config).dequantize()``, without packing. The
+    error-compensating algorithms compare against it and search with it."""
+    assert config.weight_bits is not None
+    w = w.detach().float()
+    block = block_size(config, tuple(w.shape))
+    lo, hi = weight_range(w, config, block)
+    scale, zero = choose_qparams(
+        lo, hi, config.weight_bits, config.symmetric, scale_dtype_for(config)
+    )
+    q = quantize(w, scale, zero, block, config.weight_bits, config.symmetric)
+    return dequantize(q, scale, zero, block)

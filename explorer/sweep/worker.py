@@ -12,9 +12,14 @@ Imports: `explorer.sweep.runner`, `.space`, `.store`, `.context`.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import queue as queue_module
+import sys
+import threading
 import traceback
+import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +29,25 @@ from explorer.sweep.runner import RunSettings, SweepEvent
 from explorer.sweep.space import PlanEntry, SweepSpec
 
 _CONTEXT = mp.get_context("spawn")
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _plain_main() -> Iterator[None]:
+    """Hide the caller's ``__main__`` from `multiprocessing`'s spawn while a worker starts.
+
+    A spawned child re-imports ``__main__`` from its file before running its target. Under
+    Streamlit ``__main__`` is the running page, which would then run again inside the worker. A
+    bare module in its place for the moment of the start leaves the child nothing to re-import.
+    """
+    with _START_LOCK:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
 
 
 def _child(
@@ -113,7 +137,8 @@ class SweepProcess:
         self.history: list[SweepEvent] = []
 
     def start(self) -> SweepProcess:
-        self._process.start()
+        with _plain_main():
+            self._process.start()
         return self
 
     def poll(self, timeout: float = 0.0) -> list[SweepEvent]:

@@ -11,11 +11,8 @@ values; the computing happens in `explorer` (house style: Streamlit's demo apps'
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-import sys
-import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -196,27 +193,9 @@ def new_sweep_id() -> str:
     return secrets.token_hex(4)
 
 
-@contextlib.contextmanager
-def _plain_main() -> Iterator[None]:
-    """Hide the page script from `multiprocessing`'s spawn while a worker starts.
-
-    Streamlit installs the running page as ``sys.modules["__main__"]`` (with its ``__file__``),
-    and a spawned child re-imports ``__main__`` from that file before running its target: the
-    page would run again inside the worker (and try to start a sweep of its own). A bare module
-    in its place for the moment of the start leaves the child nothing to re-import."""
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
-
-
 def start_sweep(process: SweepProcess) -> SweepProcess:
-    """Start ``process`` as this run's job (see `state.start_job`), safely from a page."""
-    with _plain_main():
-        return state.start_job(process)
+    """Start ``process`` as this run's job (see `state.start_job`)."""
+    return state.start_job(process)
 
 
 def front_figure_ui(
@@ -243,6 +222,9 @@ def sweep_job_ui(job: SweepProcess, *, metric: str | None, key: str = "job") -> 
     @st.fragment(run_every=POLL_SECONDS if running else None)
     def panel() -> None:
         job.poll()
+        if running and job.finished:  # draw the whole page again: its tables gain the rows
+            st.session_state.pop(f"{key}.cancelling", None)
+            st.rerun()
         progress = sweep_progress(job.history)
         if not job.finished:
             text = (
@@ -269,8 +251,5 @@ def sweep_job_ui(job: SweepProcess, *, metric: str | None, key: str = "job") -> 
                     st.markdown(f"- **skipped** `{label}`: {reason}")
                 for label, reason in progress.failed:
                     st.markdown(f"- **failed** `{label}`: {reason}")
-        if running and job.finished:
-            st.session_state.pop(f"{key}.cancelling", None)
-            st.rerun()
 
     panel()
