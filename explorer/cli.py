@@ -343,23 +343,37 @@ def _bar(total: int, desc: str) -> tqdm:
     return tqdm(total=total, file=sys.stderr, unit="row", desc=desc, dynamic_ncols=True)
 
 
-def _metric_axis(rows: Sequence[dict[str, Any]], metric: str | None) -> tuple[str, str]:
-    """The quality axis of the fronts: the task metric, else the output SQNR against float
-    (models without labels)."""
-    from explorer.sweep.pareto import metric_sense
+class _Tally:
+    """The progress bar of a sweep or search on stderr, and what its events came to: the rows
+    (evaluated or from the store), how many of each, and the failures. Call it with each event."""
 
-    if metric is not None and any(
-        isinstance((r.get("metrics") or {}).get(metric), int | float) for r in rows
-    ):
-        return f"metrics.{metric}", metric_sense(metric)
-    return "metrics.sqnr_db", "max"
+    def __init__(self, total: int, desc: str) -> None:
+        self.bar = _bar(total, desc)
+        self.rows: list[dict[str, Any]] = []
+        self.failed: list[dict[str, str]] = []
+        self.counts = {"cached": 0, "evaluated": 0}
+
+    def __call__(self, event: SweepEvent) -> None:
+        if event.kind == "failed":
+            self.failed.append({"config": event.label, "reason": event.reason})
+        elif event.kind in ("row", "cached"):
+            assert event.row is not None
+            self.rows.append(event.row)
+            self.counts["evaluated" if event.kind == "row" else "cached"] += 1
+        else:
+            return
+        self.bar.total = event.total
+        self.bar.update()
+        self.bar.set_description(event.label)
+        self.bar.set_postfix(cached=self.counts["cached"], failed=len(self.failed))
 
 
 def _flag_fronts(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, str]:
     """Set ``pareto`` (size vs metric) and ``pareto_latency`` (latency vs metric) on each row."""
+    from explorer.inspect import quality_axis
     from explorer.sweep.pareto import flag_pareto
 
-    axis = _metric_axis(rows, metric)
+    axis = quality_axis(rows, metric)
     by_size = flag_pareto(rows, [("size_bytes", "min"), axis])
     by_latency = flag_pareto(rows, [("latency_ms", "min"), axis])
     for row, size_flag, latency_flag in zip(rows, by_size, by_latency, strict=True):
@@ -532,30 +546,18 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         ctx = _open_context(args)
         executor = _executor(args, ctx)
         entries, skipped = expand(spec, ctx.model)
-        rows: list[dict[str, Any]] = []
-        failed: list[dict[str, str]] = []
-        counts = {"cached": 0, "evaluated": 0}
-        bar = _bar(len(entries), f"sweep {ctx.name}")
+        tally = _Tally(len(entries), f"sweep {ctx.name}")
         try:
             for event in run_sweep(ctx, entries, store, settings=settings, executor=executor):
-                if event.kind in ("row", "cached"):
-                    assert event.row is not None
-                    rows.append(event.row)
-                    counts["evaluated" if event.kind == "row" else "cached"] += 1
-                elif event.kind == "failed":
-                    failed.append({"config": event.label, "reason": event.reason})
-                else:
-                    continue
-                bar.update()
-                bar.set_description(event.label)
-                bar.set_postfix(cached=counts["cached"], failed=len(failed))
+                tally(event)
         except KeyboardInterrupt:
-            raise _interrupted(counts["evaluated"]) from None
+            raise _interrupted(tally.counts["evaluated"]) from None
         finally:
-            bar.close()
+            tally.bar.close()
     finally:
         store.close()
-    ordered = _in_entry_order(entries, rows)
+    counts, failed = tally.counts, tally.failed
+    ordered = _in_entry_order(entries, tally.rows)
     axis = _flag_fronts(ordered, ctx.metric)
     baseline = {
         r["label"]: {**r["metrics"], "size_bytes": r["size_bytes"], "latency_ms": r["latency_ms"]}
@@ -703,22 +705,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         ctx = _open_context(args)
         executor = _executor(args, ctx)
         sensitivity = _measure(args, ctx, full_metric=True, latency=kind == "latency")
-        bar = _bar(0, "verify")
-        failed: list[dict[str, str]] = []
-        counts = {"cached": 0, "evaluated": 0}
-
-        def on_event(event: SweepEvent) -> None:
-            if event.kind not in ("row", "cached", "failed"):
-                return
-            if event.kind == "failed":
-                failed.append({"config": event.label, "reason": event.reason})
-            else:
-                counts["evaluated" if event.kind == "row" else "cached"] += 1
-            bar.total = event.total
-            bar.update()
-            bar.set_description(event.label)
-            bar.set_postfix(cached=counts["cached"], failed=len(failed))
-
+        tally = _Tally(0, "verify")
         try:
             outcome = search_and_verify(
                 ctx,
@@ -731,14 +718,15 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
                 settings=settings,
                 executor=executor,
                 with_uniform=not args.no_uniform,
-                on_event=on_event,
+                on_event=tally,
             )
         except KeyboardInterrupt:
-            raise _interrupted(counts["evaluated"]) from None
+            raise _interrupted(tally.counts["evaluated"]) from None
         finally:
-            bar.close()
+            tally.bar.close()
     finally:
         store.close()
+    counts, failed = tally.counts, tally.failed
     rows = _in_entry_order(outcome.entries, outcome.rows)
     axis = _flag_fronts(rows, ctx.metric)
     compared = [r for r in rows if r.get("kind") in ("baseline", "uniform")]

@@ -786,6 +786,51 @@ def _hatch_legend(fig: go.Figure) -> None:
     )
 
 
+def _layer_bars(
+    layers: Sequence[Mapping[str, Any]],
+    value: str,
+    row: Row,
+    name: str,
+    color: str,
+    *,
+    hover: str = "",
+) -> go.Bar:
+    """A bar of ``value`` per layer of ``row``, hatched where the layer has no real kernel;
+    ``hover`` starts each hover text."""
+    values = [_number(layer.get(value)) for layer in layers]
+    return go.Bar(
+        x=[str(layer.get("name")) for layer in layers],
+        y=values,
+        name=name,
+        meta="series",
+        customdata=[row.get("key")] * len(layers),
+        hovertext=[
+            hover + _layer_hover(la, value, v) for la, v in zip(layers, values, strict=True)
+        ],
+        hovertemplate="%{hovertext}<extra></extra>",
+        marker={
+            "color": color,
+            "pattern": {"shape": ["/" if la.get("simulated") else "" for la in layers]},
+        },
+    )
+
+
+def _layer_layout(
+    fig: go.Figure, title: str, names: list[str], value: str, *, barmode: str, legend: str
+) -> None:
+    """Layers along x in the model's order, ``value`` up y."""
+    fig.update_layout(
+        title=title,
+        barmode=barmode,
+        xaxis={"title": "layer", "categoryorder": "array", "categoryarray": names},
+        yaxis={
+            "title": LAYER_VALUES[value],
+            "tickformat": ".0%" if value == "latency_share" else None,
+        },
+        legend={"title": legend},
+    )
+
+
 def layer_figure(row: Row, value: str = "latency_share") -> go.Figure:
     """One bar per layer of ``row["layers"]``, coloured by kernel; layers without a real kernel
     hatched."""
@@ -801,25 +846,7 @@ def layer_figure(row: Row, value: str = "latency_share") -> go.Figure:
     }
     fig = go.Figure()
     for kernel in sorted(by_kernel):
-        members = by_kernel[kernel]
-        values = [_number(layer.get(value)) for layer in members]
-        fig.add_trace(
-            go.Bar(
-                x=[str(layer.get("name")) for layer in members],
-                y=values,
-                name=kernel,
-                meta="series",
-                customdata=[row.get("key")] * len(members),
-                hovertext=[
-                    _layer_hover(la, value, v) for la, v in zip(members, values, strict=True)
-                ],
-                hovertemplate="%{hovertext}<extra></extra>",
-                marker={
-                    "color": colors[kernel],
-                    "pattern": {"shape": ["/" if la.get("simulated") else "" for la in members]},
-                },
-            )
-        )
+        fig.add_trace(_layer_bars(by_kernel[kernel], value, row, kernel, colors[kernel]))
     if any(layer.get("simulated") for layer in layers):
         _hatch_legend(fig)
     if layers and all(_number(layer.get(value)) is None for layer in layers):
@@ -831,15 +858,13 @@ def layer_figure(row: Row, value: str = "latency_share") -> go.Figure:
         _empty_note(fig, reason)
     elif not layers:
         _empty_note(fig, "this row has no per-layer report")
-    fig.update_layout(
-        title=f"{row.get('label') or row.get('key')}: {LAYER_VALUES[value]} per layer",
+    _layer_layout(
+        fig,
+        f"{row.get('label') or row.get('key')}: {LAYER_VALUES[value]} per layer",
+        names,
+        value,
         barmode="relative",
-        xaxis={"title": "layer", "categoryorder": "array", "categoryarray": names},
-        yaxis={
-            "title": LAYER_VALUES[value],
-            "tickformat": ".0%" if value == "latency_share" else None,
-        },
-        legend={"title": "kernel"},
+        legend="kernel",
     )
     return fig
 
@@ -866,40 +891,18 @@ def compare_layers_figure(row_a: Row, row_b: Row, value: str = "output_sqnr_db")
     simulated = False
     for row, label, color in ((row_a, label_a, "#1f77b4"), (row_b, label_b, "#ff7f0e")):
         layers = {str(layer.get("name")): layer for layer in row.get("layers") or []}
-        present = [n for n in names if n in layers]
-        values = [_number(layers[n].get(value)) for n in present]
-        simulated = simulated or any(layers[n].get("simulated") for n in present)
-        fig.add_trace(
-            go.Bar(
-                x=present,
-                y=values,
-                name=label,
-                meta="series",
-                customdata=[row.get("key")] * len(present),
-                hovertext=[
-                    f"{label}<br>{_layer_hover(layers[n], value, v)}"
-                    for n, v in zip(present, values, strict=True)
-                ],
-                hovertemplate="%{hovertext}<extra></extra>",
-                marker={
-                    "color": color,
-                    "pattern": {
-                        "shape": ["/" if layers[n].get("simulated") else "" for n in present]
-                    },
-                },
-            )
-        )
+        present = [layers[n] for n in names if n in layers]
+        simulated = simulated or any(layer.get("simulated") for layer in present)
+        fig.add_trace(_layer_bars(present, value, row, label, color, hover=f"{label}<br>"))
     if simulated:
         _hatch_legend(fig)
-    fig.update_layout(
-        title=f"{LAYER_VALUES[value]} per layer: {label_a} vs {label_b}",
+    _layer_layout(
+        fig,
+        f"{LAYER_VALUES[value]} per layer: {label_a} vs {label_b}",
+        names,
+        value,
         barmode="group",
-        xaxis={"title": "layer", "categoryorder": "array", "categoryarray": names},
-        yaxis={
-            "title": LAYER_VALUES[value],
-            "tickformat": ".0%" if value == "latency_share" else None,
-        },
-        legend={"title": "configuration"},
+        legend="configuration",
     )
     return fig
 

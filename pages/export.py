@@ -12,41 +12,22 @@ from explorer.errors import ExplorerError
 from explorer.plots import pareto_figure, to_html
 from explorer.sweep.export import WEIGHTS_FILE
 from explorer.ui import state
+from explorer.ui.rows import row_picker_ui
 
 ROW_BOX = "export.row"
 BUNDLES = "export.bundles"  # {row key: {file name: bytes}}, this session's built exports
 
 
-def _labels(rows: list[dict[str, Any]]) -> dict[str, str]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.get("label") or ""] = counts.get(row.get("label") or "", 0) + 1
-    return {
-        row["key"]: (row.get("label") or "?")
-        + (f" ({row['key'][:6]})" if counts[row.get("label") or ""] > 1 else "")
-        for row in rows
-    }
-
-
-def _on_row_box() -> None:
-    state.select_row(st.session_state[ROW_BOX])
-
-
 def _choose_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    labels = _labels(rows)
-    keys = list(labels)
     selected = state.selected_row_key()
-    if selected not in labels:
+    if selected not in {r["key"] for r in rows}:
         quantized = [r["key"] for r in rows if r.get("kind") != "baseline"]
-        selected = quantized[-1] if quantized else keys[-1]
-    if st.session_state.get(ROW_BOX) not in labels or st.session_state.get(ROW_BOX) != selected:
-        st.session_state[ROW_BOX] = selected
-    key = st.selectbox(
-        "Configuration",
-        keys,
-        format_func=labels.get,
-        key=ROW_BOX,
-        on_change=_on_row_box,
+        selected = quantized[-1] if quantized else rows[-1]["key"]
+    key = row_picker_ui(
+        rows,
+        selected,
+        box=ROW_BOX,
+        label="Configuration",
         help="The row selected on the Pareto or Layers page, or any other stored result.",
     )
     return next(r for r in rows if r["key"] == key)

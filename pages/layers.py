@@ -20,6 +20,7 @@ from explorer.plots import (
 )
 from explorer.sweep.sensitivity import DEFAULT_SETTINGS
 from explorer.ui import state
+from explorer.ui.rows import row_labels, row_picker_ui, rows_or_stop
 from explorer.ui.widgets import DEFAULT_RUN
 from explorer.whatif import (
     cached_sensitivity,
@@ -60,21 +61,6 @@ SENSITIVITY_VALUES = {
     "output_sqnr_db": "Output SQNR",
     "weight_sqnr_db": "Weight SQNR",
 }
-
-
-def _labels(rows: list[dict[str, Any]]) -> dict[str, str]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.get("label") or ""] = counts.get(row.get("label") or "", 0) + 1
-    return {
-        row["key"]: (row.get("label") or "?")
-        + (f" ({row['key'][:6]})" if counts[row.get("label") or ""] > 1 else "")
-        for row in rows
-    }
-
-
-def _on_row_box() -> None:
-    state.select_row(st.session_state[ROW_BOX])
 
 
 def _fmt(name: str, value: Any) -> str:
@@ -154,23 +140,12 @@ st.caption(
     "precision), how much of the model's time it takes and how many bytes it stores."
 )
 
-source = state.current_source()
-try:
-    ctx = state.context(source)
-    rows = state.rows_for(source)
-except ExplorerError as exc:
-    st.error(f"Cannot load this model's results: {exc}")
-    st.stop()
-if not rows:
-    st.info(
-        f"No results for **{ctx.name}** yet. Start the default sweep on the Model page or run "
-        "one on the Sweep page, then pick a configuration here or click a point on the Pareto "
-        "page."
-    )
-    st.stop()
+source, ctx, rows = rows_or_stop(
+    ", then pick a configuration here or click a point on the Pareto page."
+)
 
 by_key = {row["key"]: row for row in rows}
-labels = _labels(rows)
+labels = row_labels(rows)
 keys = list(by_key)
 metric_path, sense = metric_of(rows)
 metric_name = metric_path.split(".", 1)[-1]
@@ -179,13 +154,11 @@ if selected not in by_key:
     selected = next(
         (r["key"] for r in rows if r.get("kind") != "baseline" and r.get("layers")), keys[0]
     )
-st.session_state[ROW_BOX] = selected
-key = st.selectbox(
-    "Configuration",
-    keys,
-    format_func=labels.__getitem__,
-    key=ROW_BOX,
-    on_change=_on_row_box,
+key = row_picker_ui(
+    rows,
+    selected,
+    box=ROW_BOX,
+    label="Configuration",
     help="The configuration shown below; clicking a point on the Pareto page selects it too.",
 )
 row = by_key[key]

@@ -12,12 +12,10 @@ from explorer.inspect import float_metric, layer_table, pending_entries, sweep_p
 from explorer.models.registry import builtin_models, default_model
 from explorer.sweep.context import ModelSource
 from explorer.sweep.space import DEFAULT_SPEC
-from explorer.sweep.worker import SweepProcess
 from explorer.ui import state
 from explorer.ui.widgets import (
     DEFAULT_RUN,
     front_figure_ui,
-    new_sweep_id,
     start_sweep,
     sweep_job_ui,
 )
@@ -48,16 +46,8 @@ def _choose_builtin() -> None:
 
 
 def _start_default_sweep(source: ModelSource) -> None:
-    process = SweepProcess(
-        source,
-        str(state.store_path()),
-        spec=DEFAULT_SPEC,
-        settings=DEFAULT_RUN,
-        owner=state.owner_for(source),
-        sweep_id="default-" + new_sweep_id(),
-    )
     try:
-        start_sweep(process)
+        start_sweep(source, DEFAULT_SPEC, DEFAULT_RUN, id_prefix="default-")
     except RuntimeError as exc:  # another sweep of this run started meanwhile
         st.warning(str(exc))
     state.save_run_settings({AUTO_SWEEP: True})

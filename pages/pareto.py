@@ -19,6 +19,7 @@ from explorer.plots import (
     series_of,
 )
 from explorer.ui import state
+from explorer.ui.rows import row_picker_ui, rows_or_stop
 
 ROW_BOX = "pareto.row"
 AUTO_OPEN = "pareto.auto_open"
@@ -44,21 +45,6 @@ def _on_chart_select(chart: str) -> None:
 def _on_table_select(keys: list[str]) -> None:
     chosen = st.session_state[TABLE].selection.rows
     _select(keys[chosen[0]] if chosen else None, open_layers=False)
-
-
-def _on_row_box() -> None:
-    state.select_row(st.session_state[ROW_BOX])
-
-
-def _labels(rows: list[dict[str, Any]]) -> dict[str, str]:
-    seen: dict[str, int] = {}
-    for row in rows:
-        seen[row.get("label") or ""] = seen.get(row.get("label") or "", 0) + 1
-    return {
-        row["key"]: (row.get("label") or "?")
-        + (f" ({row['key'][:6]})" if seen[row.get("label") or ""] > 1 else "")
-        for row in rows
-    }
 
 
 def _at_workload(row: dict[str, Any], workload: str) -> dict[str, Any]:
@@ -105,23 +91,9 @@ st.caption(
     "reference. Hover over a point to see its configuration; click it to open its layers."
 )
 
-source = state.current_source()
-try:
-    ctx = state.context(source)
-    rows = state.rows_for(source)
-except ExplorerError as exc:
-    st.error(f"Cannot load this model's results: {exc}")
-    st.stop()
-
-if not rows:
-    st.info(
-        f"No results for **{ctx.name}** yet. Start the default sweep on the Model page or run "
-        "one on the Sweep page: its points appear here as each configuration finishes."
-    )
-    st.stop()
+*_, rows = rows_or_stop(": its points appear here as each configuration finishes.")
 
 by_key = {row["key"]: row for row in rows}
-labels = _labels(rows)
 selected = state.selected_row_key()
 if selected not in by_key:
     selected = None
@@ -209,20 +181,14 @@ except (ExplorerError, ValueError) as exc:
 # --- choose a configuration ----------------------------------------------------------------------
 st.subheader("Configurations")
 keys = list(by_key)
-if selected is not None:
-    st.session_state[ROW_BOX] = selected
-elif st.session_state.get(ROW_BOX) not in by_key:
-    st.session_state.pop(ROW_BOX, None)
 choice, go = st.columns([3, 1], vertical_alignment="bottom")
 with choice:
-    picked = st.selectbox(
-        "Selected configuration",
-        keys,
-        format_func=labels.__getitem__,
-        index=None,
+    picked = row_picker_ui(
+        rows,
+        selected,
+        box=ROW_BOX,
+        label="Selected configuration",
         placeholder="Choose a configuration (or click a point)",
-        key=ROW_BOX,
-        on_change=_on_row_box,
     )
 with go:
     if st.button(

@@ -11,10 +11,8 @@ import streamlit as st
 from explorer.errors import ExplorerError
 from explorer.inspect import layer_table, result_table
 from explorer.sweep.space import SweepSpecError, expand
-from explorer.sweep.worker import SweepProcess
 from explorer.ui import state
 from explorer.ui.widgets import (
-    new_sweep_id,
     run_settings_ui,
     start_sweep,
     sweep_job_ui,
@@ -107,16 +105,8 @@ if st.button(
     key="sweep.run",
     icon=":material/play_arrow:",
 ):
-    process = SweepProcess(
-        source,
-        str(state.store_path()),
-        spec=spec,
-        settings=settings,
-        owner=state.owner_for(source),
-        sweep_id=new_sweep_id(),
-    )
     try:
-        start_sweep(process)
+        start_sweep(source, spec, settings)
     except RuntimeError as exc:
         st.error(str(exc))
     else:

@@ -54,6 +54,31 @@ def run_cli(*args: str) -> tuple[int, dict[str, Any] | None, str]:
     return code, doc, err.getvalue()
 
 
+def run_json(*args: str) -> dict[str, Any]:
+    """The JSON document of a command run with ``--json`` that must succeed."""
+    code, doc, err = run_cli(*args, "--json")
+    assert code == 0, err
+    assert doc is not None
+    return doc
+
+
+def search(store: Path, *options: str) -> dict[str, Any]:
+    """`explorer search` on digits-cnn among three settings, measured on 64 samples."""
+    return run_json(
+        "search",
+        "--model",
+        "digits-cnn",
+        "--settings",
+        "W8 channel,W4 g32,W2 g32",
+        "--samples",
+        "64",
+        *options,
+        *FAST,
+        "--store",
+        str(store),
+    )
+
+
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -78,10 +103,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def swept(store: Path) -> dict[str, Any]:
-    code, doc, err = run_cli(*SWEEP, *FAST, "--store", str(store), "--json")
-    assert code == 0, err
-    assert doc is not None
-    return doc
+    return run_json(*SWEEP, *FAST, "--store", str(store))
 
 
 # --- sweep --------------------------------------------------------------------------------------
@@ -126,9 +148,7 @@ def test_sweep_again_reads_every_row_from_the_store(
     swept: dict[str, Any], store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(cli.STORE_ENV, str(store))  # no --store: $EXPLORER_STORE is the default
-    code, again, err = run_cli(*SWEEP, *FAST, "--json")
-    assert code == 0, err
-    assert again is not None
+    again = run_json(*SWEEP, *FAST)
     assert again["store"] == str(store)
     assert again["cached"] == len(swept["rows"]) and again["evaluated"] == 0
     assert [r["key"] for r in again["rows"]] == [r["key"] for r in swept["rows"]]
@@ -165,19 +185,14 @@ def test_calibration_samples_are_part_of_the_key(tmp_path: Path) -> None:
         *FAST,
         "--store",
         str(tmp_path / "r.sqlite"),
-        "--json",
     )
-    code, first, err = run_cli(*static, "--calibration-samples", "32")
-    assert code == 0, err
-    assert first is not None and first["evaluated"] == 3
+    first = run_json(*static, "--calibration-samples", "32")
+    assert first["evaluated"] == 3
     assert [r["act_bits"] for r in first["rows"]] == [None, None, 8]
     assert first["rows"][2]["act_mode"] == "static"
-    code, same, err = run_cli(*static, "--calibration-samples", "32")
-    assert code == 0 and same is not None, err
+    same = run_json(*static, "--calibration-samples", "32")
     assert same["evaluated"] == 0 and same["cached"] == 3
-    code, changed, err = run_cli(*static, "--calibration-samples", "64")
-    assert code == 0 and changed is not None, err
-    assert changed["evaluated"] > 0
+    assert run_json(*static, "--calibration-samples", "64")["evaluated"] > 0
 
 
 def test_interrupted_sweep_keeps_finished_rows(
@@ -283,7 +298,7 @@ def test_export_plan_that_is_not_json(tmp_path: Path) -> None:
 
 
 def test_sensitivity_table(tmp_path: Path) -> None:
-    code, doc, err = run_cli(
+    doc = run_json(
         "sensitivity",
         "--model",
         "digits-cnn",
@@ -294,10 +309,7 @@ def test_sensitivity_table(tmp_path: Path) -> None:
         "--no-latency",
         "--threads",
         "1",
-        "--json",
     )
-    assert code == 0, err
-    assert doc is not None
     assert doc["model"] == "digits-cnn" and doc["metric"] == "accuracy"
     assert doc["settings"] == ["W8 channel", "W2 g32"]
     layers = doc["layers"]
@@ -320,23 +332,7 @@ def test_sensitivity_table(tmp_path: Path) -> None:
 
 
 def test_search_verifies_mixed_plans(swept: dict[str, Any], store: Path) -> None:
-    code, doc, err = run_cli(
-        "search",
-        "--model",
-        "digits-cnn",
-        "--settings",
-        "W8 channel,W4 g32,W2 g32",
-        "--points",
-        "3",
-        "--samples",
-        "64",
-        *FAST,
-        "--store",
-        str(store),
-        "--json",
-    )
-    assert code == 0, err
-    assert doc is not None
+    doc = search(store, "--points", "3")
     assert doc["model"] == "digits-cnn" and doc["sensitivity_seconds"] > 0
     assert doc["allocations"]
     assert all({"choice", "size_bytes", "predicted_damage"} <= a.keys() for a in doc["allocations"])
@@ -355,24 +351,7 @@ def test_search_verifies_mixed_plans(swept: dict[str, Any], store: Path) -> None
 
 
 def test_search_size_budgets(swept: dict[str, Any], store: Path) -> None:
-    code, doc, err = run_cli(
-        "search",
-        "--model",
-        "digits-cnn",
-        "--settings",
-        "W8 channel,W4 g32,W2 g32",
-        "--budget-size",
-        "30KB,20KB",
-        "--samples",
-        "64",
-        "--no-uniform",
-        *FAST,
-        "--store",
-        str(store),
-        "--json",
-    )
-    assert code == 0, err
-    assert doc is not None
+    doc = search(store, "--budget-size", "30KB,20KB", "--no-uniform")
     sizes = [a["size_bytes"] for a in doc["allocations"]]
     assert len(sizes) == 2 and sizes[0] <= 30_000 and sizes[1] <= 20_000
     assert {r["kind"] for r in doc["rows"]} == {"baseline", "mixed"}
@@ -383,7 +362,7 @@ def test_search_size_budgets(swept: dict[str, Any], store: Path) -> None:
 
 def test_export_reloads_bit_for_bit(tmp_path: Path) -> None:
     out = tmp_path / "x"
-    code, doc, err = run_cli(
+    doc = run_json(
         "export",
         "--model",
         "digits-cnn",
@@ -395,10 +374,7 @@ def test_export_reloads_bit_for_bit(tmp_path: Path) -> None:
         str(out),
         "--threads",
         "1",
-        "--json",
     )
-    assert code == 0, err
-    assert doc is not None
     assert doc["folder"] == str(out) and doc["layers"] == 4 and doc["method"] == "ptq"
     for name in ("plan.json", "model.safetensors", "reapply.py"):
         assert (out / name).is_file()
@@ -422,9 +398,8 @@ def test_export_plan_from_a_sweep_row(swept: dict[str, Any], tmp_path: Path) -> 
     path = tmp_path / "row.json"
     path.write_text(json.dumps(row))
     out = tmp_path / "x"
-    code, doc, err = run_cli("export", "--plan", str(path), "--out", str(out), "--json")
-    assert code == 0, err
-    assert doc is not None and doc["config"] == row["config"]
+    doc = run_json("export", "--plan", str(path), "--out", str(out))
+    assert doc["config"] == row["config"]
     assert json.loads((out / "plan.json").read_text())["plan"] == row["config"]
     code, _, err = run_cli("export", "--plan", str(path), "--out", str(out), "--json")
     assert_one_line_error(code, err, "--overwrite")
@@ -432,7 +407,7 @@ def test_export_plan_from_a_sweep_row(swept: dict[str, Any], tmp_path: Path) -> 
 
 def test_export_qat(tmp_path: Path) -> None:
     out = tmp_path / "qat"
-    code, doc, err = run_cli(
+    doc = run_json(
         "export",
         "--model",
         "digits-cnn",
@@ -448,10 +423,8 @@ def test_export_qat(tmp_path: Path) -> None:
         str(out),
         "--threads",
         "1",
-        "--json",
     )
-    assert code == 0, err
-    assert doc is not None and doc["method"] == "qat"
+    assert doc["method"] == "qat"
     assert json.loads((out / "plan.json").read_text())["method"] == "qat"
     spec = get_builtin("digits-cnn")
     loaded = load_export(spec.load(), out)

@@ -20,6 +20,7 @@ import streamlit as st
 
 from explorer.inspect import result_table, sweep_progress
 from explorer.quant.config import ACT_GRANULARITIES, ACT_MODES, CALIBRATIONS
+from explorer.sweep.context import ModelSource
 from explorer.sweep.runner import RunSettings
 from explorer.sweep.space import DEFAULT_QAT_STEPS, SweepSpec
 from explorer.sweep.worker import SweepProcess
@@ -193,8 +194,19 @@ def new_sweep_id() -> str:
     return secrets.token_hex(4)
 
 
-def start_sweep(process: SweepProcess) -> SweepProcess:
-    """Start ``process`` as this run's job (see `state.start_job`)."""
+def start_sweep(
+    source: ModelSource, spec: SweepSpec, settings: RunSettings, *, id_prefix: str = ""
+) -> SweepProcess:
+    """Start a sweep of ``spec`` on ``source`` in a worker process as this run's job (see
+    `state.start_job`); its rows go to the app's store, owned as `state.owner_for` says."""
+    process = SweepProcess(
+        source,
+        str(state.store_path()),
+        spec=spec,
+        settings=settings,
+        owner=state.owner_for(source),
+        sweep_id=id_prefix + new_sweep_id(),
+    )
     return state.start_job(process)
 
 

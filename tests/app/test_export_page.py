@@ -4,7 +4,6 @@ download for the selected row, and the weights it offers reload to the model the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,8 @@ DOWNLOADS = {
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A store holding a real sweep of digits-cnn (fp32 and W8A8), shared by the tests."""
+    """A store holding a real sweep of digits-cnn (fp32 and W8A8), shared by the tests (in
+    place of the one in conftest)."""
     base = tmp_path_factory.mktemp("export-page")
     store_path = base / "results.sqlite"
     ctx = open_context(ModelSource(model="digits-cnn"))
@@ -49,11 +49,9 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture
-def cache(swept: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
+def cache(swept: dict[str, Any], app_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EXPLORER_STORE", str(swept["store"]))
-    monkeypatch.setattr(state, "CACHE_DIR", tmp_path / "cache")
-    yield tmp_path / "cache"
+    return app_env["cache"]
 
 
 def _app() -> AppTest:

@@ -9,17 +9,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.ui import state
-
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "kernels.py")
 RUN = "0123456789ab"
 
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("EXPLORER_STORE", str(tmp_path / "results.sqlite"))
-    monkeypatch.setattr(state, "CACHE_DIR", tmp_path / "cache")
+pytestmark = pytest.mark.usefixtures("app_env")
 
 
 def _app() -> AppTest:

@@ -6,42 +6,17 @@ and cached, and two configurations compared."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.quant.config import Plan
-from explorer.sweep.context import ModelSource, open_context
-from explorer.sweep.runner import RunSettings, run_sweep
-from explorer.sweep.space import SweepSpec, expand
 from explorer.sweep.store import ResultStore
 from explorer.ui import state
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "layers.py")
-FAST = RunSettings(repeats=3, n_boot=200)
-SPEC = SweepSpec(weight_bits=(8, 4), granularity=("channel",))
 W8 = "W8 channel sym ptq"
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """As in test_pareto_page: the same store path, so the sweep runs once per session."""
-    base = tmp_path_factory.getbasetemp() / "app-pages"
-    cache, store_path = base / "cache", base / "results.sqlite"
-    ctx = open_context(ModelSource(model="digits-cnn"))
-    entries, _ = expand(SPEC, ctx.model)
-    with ResultStore(store_path) as store:
-        events = list(run_sweep(ctx, entries, store, settings=FAST, owner=""))
-    rows = {e.row["label"]: e.row for e in events if e.kind in ("row", "cached")}
-    assert len(rows) == len(entries)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EXPLORER_CACHE", str(cache))
-        mp.setenv("EXPLORER_STORE", str(store_path))
-        mp.setattr(state, "CACHE_DIR", cache)
-        yield {"rows": rows, "cache": cache, "store": store_path}
 
 
 def _app(run: str, selected: str | None = None) -> AppTest:
@@ -63,6 +38,19 @@ def _table(at: AppTest, column: str) -> Any:
 
 def _statuses(at: AppTest) -> list[str]:
     return [s.label for s in at.status]
+
+
+def _whatif(swept: dict[str, Any], run: str, layer: str, setting: str) -> tuple[AppTest, set[str]]:
+    """The page of ``run`` on the W8 row after asking to re-evaluate it with ``layer`` at
+    ``setting``, and the store's keys before."""
+    with ResultStore(swept["store"]) as store:
+        before = store.keys()
+    at = _app(run, swept["rows"][W8]["key"]).run()
+    at.selectbox(key="layers.whatif.layer").select(layer)
+    at.selectbox(key="layers.whatif.setting").select(setting)
+    at.button(key="layers.whatif.run").click().run()
+    assert not at.exception, at.exception
+    return at, before
 
 
 def test_layers_page_shows_the_selected_row(swept: dict[str, Any]) -> None:
@@ -90,14 +78,7 @@ def test_layers_page_shows_the_selected_row(swept: dict[str, Any]) -> None:
 
 
 def test_whatif_evaluates_one_new_row_then_reuses_it(swept: dict[str, Any]) -> None:
-    row = swept["rows"][W8]
-    with ResultStore(swept["store"]) as store:
-        before = store.keys()
-    at = _app("11111111bbbb", row["key"]).run()
-    at.selectbox(key="layers.whatif.layer").select("features.3")
-    at.selectbox(key="layers.whatif.setting").select("W4 g32")
-    at.button(key="layers.whatif.run").click().run()
-    assert not at.exception, at.exception
+    at, before = _whatif(swept, "11111111bbbb", "features.3", "W4 g32")
     assert not at.error, [e.value for e in at.error]
     with ResultStore(swept["store"]) as store:
         after = store.keys()
@@ -128,14 +109,7 @@ def test_whatif_evaluates_one_new_row_then_reuses_it(swept: dict[str, Any]) -> N
 
 
 def test_whatif_that_cannot_apply_shows_why(swept: dict[str, Any]) -> None:
-    row = swept["rows"][W8]
-    with ResultStore(swept["store"]) as store:
-        before = store.keys()
-    at = _app("11111111cccc", row["key"]).run()
-    at.selectbox(key="layers.whatif.layer").select("features.1")
-    at.selectbox(key="layers.whatif.setting").select("W4 g32")
-    at.button(key="layers.whatif.run").click().run()
-    assert not at.exception, at.exception
+    at, before = _whatif(swept, "11111111cccc", "features.1", "W4 g32")
     assert any("group size 32 does not divide in_features 16" in e.value for e in at.error)
     at.selectbox(key="layers.whatif.setting").select("W8 channel")
     at.button(key="layers.whatif.run").click().run()

@@ -13,17 +13,11 @@ from streamlit.testing.v1 import AppTest
 from explorer.lesson import compare_granularities, kernel_options, layer_weights, lesson
 from explorer.quant.config import QuantConfig
 from explorer.sweep.context import ModelSource, open_context
-from explorer.ui import state
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "learn.py")
 RUN = "0123456789ab"
 
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("EXPLORER_STORE", str(tmp_path / "results.sqlite"))
-    monkeypatch.setattr(state, "CACHE_DIR", tmp_path / "cache")
+pytestmark = pytest.mark.usefixtures("app_env")
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import safetensors.torch
 from streamlit.testing.v1 import AppTest
 
@@ -21,18 +19,6 @@ from explorer.ui import state
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "model.py")
 FIRST_POINTS_S = 60
-
-
-@pytest.fixture
-def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Path]]:
-    cache, store = tmp_path / "cache", tmp_path / "results.sqlite"
-    monkeypatch.setenv("EXPLORER_CACHE", str(cache))
-    monkeypatch.setenv("EXPLORER_STORE", str(store))
-    monkeypatch.setattr(state, "CACHE_DIR", cache)
-    yield {"cache": cache, "store": store}
-    jobs = state._jobs()
-    for rid in list(jobs):
-        jobs.pop(rid).terminate()
 
 
 def _app(run: str, *, auto_sweep_done: bool = True, cache: Path | None = None) -> AppTest:

@@ -4,43 +4,16 @@ carry every row as a point, filters hide points, and choosing a row selects it f
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.sweep.context import ModelSource, open_context
-from explorer.sweep.runner import RunSettings, run_sweep
-from explorer.sweep.space import SweepSpec, expand
 from explorer.sweep.store import ResultStore
-from explorer.ui import state
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = str(ROOT / "pages" / "pareto.py")
 RUN = "0123456789ab"
-FAST = RunSettings(repeats=3, n_boot=200)
-SPEC = SweepSpec(weight_bits=(8, 4), granularity=("channel",))
-
-
-@pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A cache and a store holding a real sweep of digits-cnn (fp32, bf16, W8 and W4
-    per-channel); the store path is shared by the page tests, so the sweep runs once."""
-    base = tmp_path_factory.getbasetemp() / "app-pages"
-    cache, store_path = base / "cache", base / "results.sqlite"
-    ctx = open_context(ModelSource(model="digits-cnn"))
-    entries, _ = expand(SPEC, ctx.model)
-    with ResultStore(store_path) as store:
-        events = list(run_sweep(ctx, entries, store, settings=FAST, owner=""))
-    rows = {e.row["label"]: e.row for e in events if e.kind in ("row", "cached")}
-    assert len(rows) == len(entries)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EXPLORER_CACHE", str(cache))
-        mp.setenv("EXPLORER_STORE", str(store_path))
-        mp.setattr(state, "CACHE_DIR", cache)
-        yield {"rows": rows, "cache": cache, "store": store_path, "fingerprint": ctx.fingerprint}
 
 
 def _app(run: str = RUN) -> AppTest:

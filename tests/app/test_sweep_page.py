@@ -8,29 +8,15 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.ui import state
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "sweep.py")
 SWEEP_S = 90
-
-
-@pytest.fixture
-def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Path]]:
-    cache, store = tmp_path / "cache", tmp_path / "results.sqlite"
-    monkeypatch.setenv("EXPLORER_CACHE", str(cache))
-    monkeypatch.setenv("EXPLORER_STORE", str(store))
-    monkeypatch.setattr(state, "CACHE_DIR", cache)
-    yield {"cache": cache, "store": store}
-    jobs = state._jobs()
-    for rid in list(jobs):
-        jobs.pop(rid).terminate()
 
 
 def _app(run: str) -> AppTest:

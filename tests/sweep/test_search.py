@@ -105,6 +105,27 @@ def check_consistent(table: SensitivityTable, alloc: Allocation) -> None:
         assert alloc.latency_ms == pytest.approx(expected, abs=1e-12)
 
 
+def allocate_within(
+    table: SensitivityTable,
+    everything: list[tuple[int, float, float, tuple[int, ...]]],
+    column: int,
+    refusal: str,
+    **budget: float,
+) -> tuple[Allocation, list[tuple[int, float, float, tuple[int, ...]]]] | None:
+    """The allocation for the one ``budget`` (on ``column`` of `every_allocation`), consistent,
+    with the allocations that meet it; None where none does, once the search refused with
+    ``refusal``."""
+    (limit,) = budget.values()
+    feasible = [a for a in everything if a[column] <= limit]
+    if not feasible:
+        with pytest.raises(SearchError, match=refusal):
+            allocate(table, **budget)
+        return None
+    alloc = allocate(table, **budget)
+    check_consistent(table, alloc)
+    return alloc, feasible
+
+
 def brute_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Distinct non-dominated (cost, damage) pairs, both minimized, by the definition."""
     distinct = set(points)
@@ -124,14 +145,17 @@ def test_size_budget_matches_brute_force(seed: int, integer_damage: bool, fracti
     everything = every_allocation(table)
     sizes = [a[0] for a in everything]
     budget = int(round(min(sizes) + fraction * (max(sizes) - min(sizes))))
-    feasible = [a for a in everything if a[0] <= budget]
-    if not feasible:
-        with pytest.raises(SearchError, match=f"smallest achievable is {min(sizes):,} bytes"):
-            allocate(table, max_size_bytes=budget)
+    found = allocate_within(
+        table,
+        everything,
+        0,
+        f"smallest achievable is {min(sizes):,} bytes",
+        max_size_bytes=budget,
+    )
+    if found is None:
         return
+    alloc, feasible = found
     best_damage = min(a[2] for a in feasible)
-    alloc = allocate(table, max_size_bytes=budget)
-    check_consistent(table, alloc)
     assert alloc.size_bytes <= budget
     assert alloc.damage == pytest.approx(best_damage, abs=1e-9)
     # Ties in damage go to the cheaper allocation.
@@ -146,13 +170,11 @@ def test_latency_budget_matches_brute_force(seed: int, fraction: float) -> None:
     everything = every_allocation(table)
     latencies = [a[1] for a in everything]
     budget = min(latencies) + fraction * (max(latencies) - min(latencies))
-    feasible = [a for a in everything if a[1] <= budget]  # latencies are sums of eighths: exact
-    if not feasible:
-        with pytest.raises(SearchError, match="smallest achievable is"):
-            allocate(table, max_latency_ms=budget)
+    # latencies are sums of eighths: exact
+    found = allocate_within(table, everything, 1, "smallest achievable is", max_latency_ms=budget)
+    if found is None:
         return
-    alloc = allocate(table, max_latency_ms=budget)
-    check_consistent(table, alloc)
+    alloc, feasible = found
     assert alloc.latency_ms <= budget
     assert alloc.damage == pytest.approx(min(a[2] for a in feasible), abs=1e-9)
 
@@ -172,13 +194,10 @@ def test_damage_budget_matches_brute_force(
     budget = min(damages) + fraction * (max(damages) - min(damages))
     if integer_damage:
         budget = float(round(budget))  # lands exactly on achievable damages
-    feasible = [a for a in everything if a[2] <= budget]
-    if not feasible:
-        with pytest.raises(SearchError, match="least achievable is"):
-            allocate(table, max_damage=budget)
+    found = allocate_within(table, everything, 2, "least achievable is", max_damage=budget)
+    if found is None:
         return
-    alloc = allocate(table, max_damage=budget)
-    check_consistent(table, alloc)
+    alloc, feasible = found
     assert alloc.damage <= budget
     assert alloc.size_bytes == min(a[0] for a in feasible)
 
