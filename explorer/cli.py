@@ -512,7 +512,7 @@ def _add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> Non
         ("--symmetric", "symmetric weights: true or false"),
         ("--calibration", "weight ranges: minmax, percentile or mse"),
         ("--method", "ptq or qat"),
-        ("--algorithm", "weight rounding: rtn"),
+        ("--algorithm", "PTQ algorithm: rtn, gptq, awq or smoothquant (W8A8)"),
     ):
         group.add_argument(option, metavar=value, default=None, help=help_text)
     group.add_argument(

@@ -329,15 +329,7 @@ def summarize(
     col = {name: j for j, name in enumerate(columns)}
     matrix = torch.stack(list(columns.values()), dim=1)  # (n, k)
 
-    generator = torch.Generator().manual_seed(seed)
-    chunk = max(1, min(n_boot, BOOTSTRAP_CHUNK_ELEMENTS // n))
-    sums = torch.empty(n_boot, matrix.shape[1], dtype=torch.float64)  # (B, k)
-    for start in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - start)
-        idx = torch.randint(n, (rows, n), generator=generator)  # (b, n)
-        idx += torch.arange(rows).unsqueeze(1) * n
-        counts = torch.bincount(idx.view(-1), minlength=rows * n).view(rows, n)
-        sums[start : start + rows] = counts.to(torch.float64) @ matrix
+    sums = _bootstrap_sums(matrix, n_boot, seed)  # (B, k)
 
     def column(name: str) -> torch.Tensor:
         return sums[:, col[name]]
@@ -365,6 +357,87 @@ def summarize(
         for name, values in boot.items()
     }
     return Evaluation(metrics=metrics, metrics_ci=metrics_ci, n_samples=n)
+
+
+def _bootstrap_sums(matrix: torch.Tensor, n_boot: int, seed: int) -> torch.Tensor:
+    """Column sums of ``matrix`` (n, k) over ``n_boot`` resamples of its rows: (n_boot, k)."""
+    n = matrix.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    chunk = max(1, min(n_boot, BOOTSTRAP_CHUNK_ELEMENTS // n))
+    sums = torch.empty(n_boot, matrix.shape[1], dtype=torch.float64)  # (B, k)
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        idx = torch.randint(n, (rows, n), generator=generator)  # (b, n)
+        idx += torch.arange(rows).unsqueeze(1) * n
+        counts = torch.bincount(idx.view(-1), minlength=rows * n).view(rows, n)
+        sums[start : start + rows] = counts.to(torch.float64) @ matrix
+    return sums
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """``metric`` of model a minus that of model b on the same samples, with the paired-bootstrap
+    percentile interval of that difference. ``significant``: the interval excludes 0."""
+
+    metric: str
+    a: float
+    b: float
+    n_samples: int
+    ci: tuple[float, float]
+
+    @property
+    def delta(self) -> float:
+        return self.a - self.b
+
+    @property
+    def significant(self) -> bool:
+        return self.ci[0] > 0.0 or self.ci[1] < 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "metric": self.metric,
+            "a": self.a,
+            "b": self.b,
+            "delta": self.delta,
+            "ci": list(self.ci),
+            "n_samples": self.n_samples,
+        }
+
+
+def compare_pair(
+    stats_a: SampleStats,
+    stats_b: SampleStats,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> PairedDelta:
+    """Is model a better or worse than model b, beyond chance? Both were scored on the same
+    samples (`lm_stats` or `classification_stats` of each, in the same order); resampling the
+    samples jointly gives the interval of ``metric(a) − metric(b)`` (perplexity for language
+    models, accuracy for classifiers), as `summarize` does for a model against float."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < MIN_BOOT:
+        raise EvaluationError(f"n_boot must be an integer >= {MIN_BOOT}, got {n_boot!r}")
+    if not 0.0 < confidence < 1.0:
+        raise EvaluationError(f"confidence must lie in (0, 1), got {confidence!r}")
+    fidelity = {key: torch.zeros(stats_b.n_samples, dtype=torch.float64) for key in FIDELITY_KEYS}
+    n = _check_pair(stats_b, stats_a, fidelity)
+    if stats_a.task == "lm":
+        # One product per model over the same resamples (same seed): equal models give exactly
+        # equal sums, so a zero delta is exactly zero.
+        sums_a = _bootstrap_sums(torch.stack([stats_a.nll, stats_a.tokens], dim=1), n_boot, seed)
+        sums_b = _bootstrap_sums(torch.stack([stats_b.nll, stats_b.tokens], dim=1), n_boot, seed)
+        boot = torch.exp(sums_a[:, 0] / sums_a[:, 1]) - torch.exp(sums_b[:, 0] / sums_b[:, 1])
+        metric, a, b = "perplexity", stats_a.perplexity(), stats_b.perplexity()
+    elif stats_a.task == "classification":
+        sums = _bootstrap_sums((stats_a.correct - stats_b.correct)[:, None], n_boot, seed)
+        boot = sums[:, 0] / n
+        metric, a, b = "accuracy", stats_a.accuracy(), stats_b.accuracy()
+    else:
+        raise EvaluationError("unlabelled stats have no task metric to compare")
+    tail = (1.0 - confidence) / 2.0
+    ci = (_percentile(boot, tail), _percentile(boot, 1.0 - tail))
+    return PairedDelta(metric, a, b, n, ci)
 
 
 def _logits(output: object, which: str) -> torch.Tensor:

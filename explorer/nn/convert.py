@@ -52,7 +52,7 @@ class LayerAssignment:
     config: QuantConfig | None  # None: left in fp32
     source: str  # explicit | pattern:P | default
     fallback: str | None = None  # why the planned config was replaced, if it was
-    algorithm: dict[str, float] = field(default_factory=dict)
+    algorithm_info: dict[str, float] = field(default_factory=dict)
     """What an error-compensating algorithm reports for the layer: ``error`` and ``rtn_error``
     (mean squared output error per calibration row, of this layer's weight and of
     round-to-nearest's, where the Gram matrix was collected), AWQ's ``alpha``, ..."""
@@ -316,7 +316,7 @@ ALGORITHM_FUNCTIONS = {
 @dataclass
 class AlgorithmResult:
     """A layer's weight as an algorithm stored it, its input scale (AWQ, SmoothQuant) and what
-    the algorithm reports (`LayerAssignment.algorithm`)."""
+    the algorithm reports (`LayerAssignment.algorithm_info`)."""
 
     qweight: QuantizedWeight
     input_scale: torch.Tensor | None
@@ -331,6 +331,12 @@ def run_algorithm(
     if isinstance(linear, nn.Conv2d):
         raise QuantConfigError(
             f"algorithm {config.algorithm} applies to linear layers only, not convolution `{name}`"
+        )
+    if stats.rows == 0:
+        raise QuantConfigError(
+            f"layer `{name}` saw no calibration inputs (the model's forward on the calibration "
+            f"data never called it), so {config.algorithm} has nothing to work from; use "
+            "algorithm 'rtn' for it"
         )
     w = linear.weight.detach().float()  # (N, K)
     qw, input_scale, info = ALGORITHM_FUNCTIONS[config.algorithm](
@@ -401,7 +407,7 @@ def quantize_model(
     calibration_data: torch.Tensor | Iterable[torch.Tensor] | None = None,
     example_input: torch.Tensor | None = None,
     fold_bn: bool = True,
-    act_cache: dict[tuple[Any, ...], ActQParams] | None = None,
+    act_cache: dict[tuple[Any, ...], Any] | None = None,
 ) -> nn.Module:
     """A quantized copy of ``model`` under ``plan`` (the input is not modified).
 
@@ -433,7 +439,7 @@ def quantize_model(
             module, assignment.config, name, acts.get(name), prepared=prepared.get(name)
         )
         if name in prepared:
-            assignment.algorithm = prepared[name].info
+            assignment.algorithm_info = prepared[name].info
         if new is not module:
             set_submodule(qmodel, name, new)
     seconds = {"statistics": t1 - t0, "algorithm": t2 - t1, "activations": t3 - t2}

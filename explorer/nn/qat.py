@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -148,13 +149,16 @@ def prepare_qat(
     qat.eval()
     qat, folded = fold_batch_norm(qat)
     assignments = resolve_plan(qat, plan)
+    t0 = time.perf_counter()
     acts = calibrate_activations(qat, assignments, calibration_data)
+    seconds = {"activations": time.perf_counter() - t0}
+    seconds["calibrate"] = seconds["activations"]
     for name, a in assignments.items():
         if a.config is None or a.config.is_float:
             continue
         layer = as_linear(qat.get_submodule(name))
         set_submodule(qat, name, FakeQuantLayer(layer, a.config, acts.get(name)))
-    qat.quant_report = QuantReport(assignments, folded)
+    qat.quant_report = QuantReport(assignments, folded, seconds)
     return qat.train()
 
 

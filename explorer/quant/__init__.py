@@ -1,4 +1,6 @@
-"""The numerics: configs and plans, qparams, (fake-)quantization, observers, bit packing.
+"""The numerics: configs and plans, qparams, (fake-)quantization, observers, bit packing, and
+the error-compensating PTQ algorithms (`gptq`, `awq`, `smoothquant`) that work on a weight and
+the statistics of its layer's inputs.
 
 Imports only torch and `explorer.errors`; every other layer of the explorer builds on this one.
 """

@@ -42,13 +42,20 @@ INPUT_SCALING_ALGORITHMS = ("awq", "smoothquant")
 """Algorithms that rescale a layer's input channels: the layer stores a per-input-channel
 ``input_scale`` that multiplies its input before the kernel."""
 ALGORITHM_FIELDS: dict[str, dict[str, Any]] = {
-    "gptq": {"gptq_damp": 0.01, "gptq_block": 128, "act_order": False},
+    "gptq": {"act_order": False, "gptq_damp": 0.01, "gptq_block": 128},
     "awq": {"awq_grid": 20},
     "smoothquant": {"smooth_alpha": 0.5},
 }
 """Each algorithm's hyper-parameters and their defaults. A config keeps the others at their
 defaults (validated) and leaves them out of its JSON, so a round-to-nearest config's JSON, and
 the key of every result row made with it, is what it was before the algorithms existed."""
+_FIELD_LABELS = {
+    "act_order": "act-order",
+    "gptq_damp": "damp{:g}",
+    "gptq_block": "block{}",
+    "awq_grid": "grid{}",
+    "smooth_alpha": "alpha{:g}",
+}
 FLOAT_DTYPES = ("fp32", "bf16")
 FALLBACKS = ("channel", "float", "error")
 
@@ -201,17 +208,10 @@ class QuantConfig:
         """``gptq``, ``gptq act-order damp0.1``, ``awq grid10``, ``smoothquant alpha0.8``: the
         algorithm and every hyper-parameter that differs from its default."""
         parts = [self.algorithm]
-        if self.algorithm == "gptq":
-            if self.act_order:
-                parts.append("act-order")
-            if self.gptq_damp != 0.01:
-                parts.append(f"damp{self.gptq_damp:g}")
-            if self.gptq_block != 128:
-                parts.append(f"block{self.gptq_block}")
-        elif self.algorithm == "awq" and self.awq_grid != 20:
-            parts.append(f"grid{self.awq_grid}")
-        elif self.algorithm == "smoothquant" and self.smooth_alpha != 0.5:
-            parts.append(f"alpha{self.smooth_alpha:g}")
+        for name, default in ALGORITHM_FIELDS.get(self.algorithm, {}).items():
+            value = getattr(self, name)
+            if value != default:
+                parts.append(_FIELD_LABELS[name].format(value))
         return " ".join(parts)
 
     @property

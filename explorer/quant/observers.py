@@ -161,13 +161,14 @@ class InputStatistics:
         x = x.detach().float().reshape(-1, self.features)  # (rows, K)
         if x.shape[0] == 0:
             return
-        if not bool(torch.isfinite(x).all()):
+        a = x.abs()
+        batch_max = a.amax(dim=0)  # (K,): NaN or Inf anywhere in x shows here
+        if not bool(torch.isfinite(batch_max).all()):
             raise QuantizationError("calibration activations contain NaN or Inf")
         if self.gram is not None:
             self.gram += (x.T @ x).double()  # (K, K)
-        a = x.abs()
-        self.abs_sum += a.sum(dim=0, dtype=torch.float64)
-        self.abs_max = torch.maximum(self.abs_max, a.amax(dim=0))
+        self.abs_sum += a.sum(dim=0).double()
+        self.abs_max = torch.maximum(self.abs_max, batch_max)
         self.rows += x.shape[0]
 
     @property
@@ -184,5 +185,5 @@ class InputStatistics:
             raise QuantizationError("these input statistics were collected without the Gram matrix")
         if self.rows == 0:
             raise QuantizationError("input statistics saw no calibration data")
-        d = delta.detach().double()  # (N, K)
-        return float(((d @ self.gram) * d).sum()) / self.rows
+        d = delta.detach().float()  # (N, K)
+        return float(((d @ self.gram.float()) * d).sum(dtype=torch.float64)) / self.rows

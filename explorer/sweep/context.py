@@ -6,7 +6,8 @@ directory, optional safetensors weights, an operator-named factory, optional dat
 data, so a worker process or a Ray actor can rebuild the same `ModelContext` from it.
 `ModelContext` computes once, and then reuses for every plan, the float model with batch norm
 folded (per-layer references), the float outputs on the evaluation split (`FloatReference`), and
-the activation calibration cache.
+the calibration cache (static activation ranges, and the input statistics that GPTQ, AWQ and
+SmoothQuant read: see `explorer.nn.convert`).
 
 Imports: `explorer.models`, `explorer.measure`, `explorer.nn`.
 """

@@ -450,7 +450,8 @@ def _skeleton_layer(module: nn.Module, config: QuantConfig | None, name: str) ->
 
     The float weights are zeroed first and quantized with unit scales (no calibration), so
     nothing of their values survives; the real codes come from the file. Static activations get
-    placeholder qparams so that their ``act_scale``/``act_zero`` buffers exist to load into.
+    placeholder qparams so that their ``act_scale``/``act_zero`` buffers exist to load into, and
+    layers of an input-scaling algorithm (AWQ, SmoothQuant) a placeholder ``input_scale``.
     """
     if config is None or config.is_float:
         return quantize_layer(module, config, name)
@@ -466,7 +467,8 @@ def _skeleton_layer(module: nn.Module, config: QuantConfig | None, name: str) ->
     act = (
         ActQParams(1.0, 0) if config.act_bits is not None and config.act_mode == "static" else None
     )
-    return quantize_layer(module, config, name, act, qparams)
+    input_scale = torch.ones(shape[1]) if config.scales_inputs else None
+    return quantize_layer(module, config, name, act, qparams, input_scale=input_scale)
 
 
 def _load_stored(model: nn.Module, weights_path: Path, max_bytes: int, source: str) -> None:
@@ -555,13 +557,15 @@ def snippet(
         part_b = _reapply_call("", calibrated=False)
     elif builtin is not None:
         part_b = (
-            "# static activation ranges are calibrated afresh on the model's calibration split\n"
+            "# calibration (static activation ranges, GPTQ/AWQ/SmoothQuant statistics) runs\n"
+            "# afresh on the model's calibration split\n"
             f'calibration_data = get_builtin({builtin!r}).load_split("calibration")[0]\n'
             + _reapply_call("", calibrated=True)
         )
     else:
         part_b = (
-            "# static activation ranges need real inputs: set this to a batch of them\n"
+            "# calibration (static activation ranges, GPTQ/AWQ/SmoothQuant) needs real inputs:\n"
+            "# set this to a batch of them\n"
             "calibration_data = None\n"
             "reapplied = None\n"
             "if calibration_data is not None:\n" + _reapply_call("    ", calibrated=True)
@@ -617,8 +621,11 @@ def _reapply_call(indent: str, *, calibrated: bool) -> str:
 
 
 def _needs_calibration(plan: Plan) -> bool:
-    configs = [plan.default, *(c for _, c in plan.rules)]
-    return any(c is not None and c.act_bits is not None and c.act_mode == "static" for c in configs)
+    """Static activation ranges and the algorithms (GPTQ, AWQ, SmoothQuant) need real inputs."""
+    configs = [c for c in (plan.default, *(c for _, c in plan.rules)) if c is not None]
+    return any(
+        (c.act_bits is not None and c.act_mode == "static") or c.algorithm != "rtn" for c in configs
+    )
 
 
 def _builtin_name(ref: Mapping[str, str]) -> str | None:

@@ -204,7 +204,7 @@ def per_layer(
         weight_sqnr = None
         if module is not None:
             w = _float_weight(float_modules[name])
-            weight_sqnr = sqnr_db(w, module.qweight_view().dequantize())
+            weight_sqnr = sqnr_db(w, module.effective_weight())
         output_sqnr = None
         if name in f_out and name in q_out and f_out[name].shape == q_out[name].shape:
             output_sqnr = sqnr_db(f_out[name], q_out[name])
@@ -246,6 +246,9 @@ def evaluate_entry(
     t0 = time.perf_counter()
     qmodel = build_quantized(ctx, entry, settings)
     seconds["qat" if entry.qat_steps else "quantize"] = time.perf_counter() - t0
+    report = getattr(qmodel, "quant_report", None)
+    if report is not None and "calibrate" in report.seconds:
+        seconds["calibrate"] = report.seconds["calibrate"]  # statistics, algorithms, ranges
 
     workloads = list(ctx.workloads.items())
     primary_name, primary_make = workloads[0]

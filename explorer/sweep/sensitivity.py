@@ -39,17 +39,25 @@ from explorer.nn.convert import (
     quantizable_layers,
     quantize_model,
 )
-from explorer.quant.config import Plan, QuantConfig, parse_granularity, why_not_applicable
+from explorer.quant.config import (
+    ALGORITHMS,
+    Plan,
+    QuantConfig,
+    parse_granularity,
+    why_not_applicable,
+)
 from explorer.sweep.context import FloatReference, ModelContext
 from explorer.sweep.search import SensitivityTable
 
 CALIBRATION_EVAL_SAMPLES = {"classification": 512, "lm": 32, "fidelity": 32}
 LAYER_TIMING_REPEATS = 20
+SQNR_SAMPLES = 64  # samples (images, or sequences) of the first batch kept for output SQNR
 
 
 def setting_config(name: str) -> QuantConfig | None:
-    """``"W4 g32"``, ``"W8 channel"``, ``"W8A8 token"``, ``"W3 tensor asym"``, ``"fp32"``,
-    ``"bf16"`` → the config (None: fp32)."""
+    """``"W4 g32"``, ``"W8 channel"``, ``"W8A8 token"``, ``"W3 tensor asym"``, ``"W4 g128 gptq"``,
+    ``"W4 g128 gptq act-order"``, ``"W4 g128 awq"``, ``"W8A8 channel tensor smoothquant"``,
+    ``"fp32"``, ``"bf16"`` → the config (None: fp32)."""
     words = name.split()
     if not words:
         raise ExplorerError("empty setting name")
@@ -76,6 +84,10 @@ def setting_config(name: str) -> QuantConfig | None:
             fields["act_mode"] = w
         elif w in ("mse", "percentile", "minmax"):
             fields["calibration"] = w
+        elif w in ALGORITHMS:
+            fields["algorithm"] = w
+        elif w in ("act-order", "actorder"):
+            fields["act_order"] = True
         else:
             fields["granularity"], fields["group_size"] = parse_granularity(w)
     if "act_bits" in fields and fields.get("act_mode") == "static":
@@ -239,6 +251,7 @@ def measure_sensitivity(
         float_metric = (
             reference.stats.accuracy() if metric_key == "accuracy" else reference.stats.perplexity()
         )
+    float_outputs = _float_outputs(ctx.folded, names, batches[0][0]) if full_metric else {}
     calibration = ctx.calibration_inputs(calibration_samples)
     rows = _primary_rows(ctx, names) if latency else {}
     float_modules = dict(ctx.folded.named_modules())
@@ -256,7 +269,8 @@ def measure_sensitivity(
         for setting, config in configs.items():
             if cancelled():
                 raise ExplorerError("sensitivity analysis cancelled")
-            why = None if config is None else why_not_applicable(config, k)
+            conv = isinstance(float_modules[name], nn.Conv2d)
+            why = None if config is None else why_not_applicable(config, k, conv)
             if why is not None:
                 cells[(name, setting)] = Cell(name, setting, why)
                 done += 1
@@ -280,9 +294,7 @@ def measure_sensitivity(
             )
             qlayer = qmodel.get_submodule(name)
             qmods = quant_modules(qmodel)
-            weight_sqnr = (
-                sqnr_db(w, qmods[name].qweight_view().dequantize()) if name in qmods else None
-            )
+            weight_sqnr = sqnr_db(w, qmods[name].effective_weight()) if name in qmods else None
             cell = Cell(
                 name,
                 setting,
@@ -302,13 +314,12 @@ def measure_sensitivity(
                     module.use_kernel("reference")
                 cells[(name, setting)] = _full_metric(
                     cells[(name, setting)],
-                    ctx,
                     reference,
                     qmodel,
                     name,
                     metric_key,
                     float_metric,
-                    batches,
+                    float_outputs.get(name),
                 )
             if progress:
                 progress(done, total, f"{name} {setting}")
@@ -358,36 +369,55 @@ def _layer_latency(qlayer: nn.Module, x: torch.Tensor) -> tuple[float, bool]:
 
 def _full_metric(
     cell: Cell,
-    ctx: ModelContext,
     reference: FloatReference,
     qmodel: nn.Module,
     name: str,
     metric_key: str | None,
     float_metric: float | None,
-    batches: list[tuple[torch.Tensor, torch.Tensor | None]],
+    float_output: torch.Tensor | None,
 ) -> Cell:
-    evaluation = reference.evaluate(qmodel, n_boot=100, seed=0)
+    """The metric pass: one forward over the calibration batches, which also captures the
+    layer's output on the first batch for its output SQNR (against ``float_output``)."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(out: torch.Tensor) -> None:
+        if "y" not in captured:
+            captured["y"] = out.detach()[:SQNR_SAMPLES].clone()
+
+    handle = qmodel.get_submodule(name).register_forward_hook(lambda _m, _a, out: keep(out))
+    try:
+        evaluation = reference.evaluate(qmodel, n_boot=100, seed=0)
+    finally:
+        handle.remove()
     metric = evaluation.metrics.get(metric_key) if metric_key else None
     drop = None
     if metric is not None and float_metric is not None:
         drop = float_metric - metric if metric_key == "accuracy" else metric - float_metric
-    f_out: dict[str, torch.Tensor] = {}
-    q_out: dict[str, torch.Tensor] = {}
-    x = batches[0][0]
-    for model, store in ((ctx.folded, f_out), (qmodel, q_out)):
-        handle = model.get_submodule(name).register_forward_hook(
-            lambda _m, _a, out, store=store: store.__setitem__("y", out.detach())
-        )
-        try:
-            with torch.inference_mode():
-                model(x)
-        finally:
-            handle.remove()
-    output_sqnr = sqnr_db(f_out["y"], q_out["y"])
+    output_sqnr = None
+    if float_output is not None and "y" in captured and captured["y"].shape == float_output.shape:
+        output_sqnr = _finite(sqnr_db(float_output, captured["y"]))
     return _replace(
         cell,
         metric=metric,
         metric_drop=drop,
         kl=evaluation.metrics["kl"],
-        output_sqnr_db=_finite(output_sqnr),
+        output_sqnr_db=output_sqnr,
     )
+
+
+def _float_outputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, Any]:
+    """Every named layer's output on ``x`` (its first `SQNR_SAMPLES` samples), in one pass."""
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, out: torch.Tensor) -> None:
+        outputs[name] = out.detach()[:SQNR_SAMPLES].clone()
+
+    modules = dict(model.named_modules())
+    hooks = [modules[n].register_forward_hook(lambda _m, _a, out, n=n: keep(n, out)) for n in names]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outputs
