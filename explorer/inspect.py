@@ -126,7 +126,13 @@ def result_table(
                 "act_bits": row.get("act_bits"),
                 "granularity": row.get("granularity"),
                 "method": row.get("method"),
+                "algorithm": row.get("algorithm"),
                 "qat_steps": row.get("qat_steps"),
+                # what the method costs before deployment: calibration + algorithm, or training
+                "prepare_s": _number(
+                    (row.get("seconds") or {}).get("qat")
+                    or (row.get("seconds") or {}).get("calibrate")
+                ),
                 "size_kib": None if size is None else size / 1024,
                 "bits_per_weight": _number(row.get("bits_per_weight")),
                 "latency_ms": _number(row.get("latency_ms")),

@@ -46,6 +46,10 @@ SETTING_CHOICES = (
     "W3 g32",
     "W3 g128",
     "W2 g32",
+    "W4 g128 gptq",
+    "W4 g128 awq",
+    "W3 g128 gptq",
+    "W8A8 channel tensor smoothquant",
     "bf16",
     "fp32",
 )

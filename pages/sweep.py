@@ -37,6 +37,8 @@ def _results_frame(table: list[dict]) -> pd.DataFrame:
             "activation bits": [r["act_bits"] for r in table],
             "granularity": [r["granularity"] for r in table],
             "method": [r["method"] for r in table],
+            "algorithm": [r["algorithm"] for r in table],
+            "calibrate / train s": [r["prepare_s"] for r in table],
             "size KiB": [r["size_kib"] for r in table],
             "bits/weight": [r["bits_per_weight"] for r in table],
             "latency ms": [r["latency_ms"] for r in table],
@@ -142,6 +144,11 @@ else:
             "size KiB": st.column_config.NumberColumn(format="%.1f"),
             "bits/weight": st.column_config.NumberColumn(format="%.2f"),
             "latency ms": st.column_config.NumberColumn(format="%.3f"),
+            "calibrate / train s": st.column_config.NumberColumn(
+                format="%.1f",
+                help="What the method costs before deployment: calibration statistics and the "
+                "PTQ algorithm (GPTQ, AWQ, SmoothQuant), or QAT's training time.",
+            ),
         },
         key="sweep.results",
     )

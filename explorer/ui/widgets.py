@@ -109,6 +109,21 @@ def sweep_spec_ui(model_layers: Sequence[str], *, key: str = "spec") -> SweepSpe
             format_func=lambda m: {"ptq": "PTQ (post-training)", "qat": "QAT (trained)"}[m],
             key=f"{key}.method",
         )
+        algorithms = st.multiselect(
+            "PTQ algorithm",
+            ("rtn", "gptq", "awq", "smoothquant"),
+            default=["rtn"],
+            format_func=lambda a: {
+                "rtn": "round to nearest",
+                "gptq": "GPTQ (error compensation)",
+                "awq": "AWQ (activation-aware scales)",
+                "smoothquant": "SmoothQuant (W8A8 only)",
+            }[a],
+            key=f"{key}.algorithm",
+            help="How PTQ rounds the weights. GPTQ and AWQ apply to linear layers and need "
+            "calibration data; SmoothQuant needs 8-bit activations. QAT starts from round to "
+            "nearest.",
+        )
         qat_steps = st.number_input(
             "QAT budget (steps)",
             min_value=1,
@@ -141,6 +156,7 @@ def sweep_spec_ui(model_layers: Sequence[str], *, key: str = "spec") -> SweepSpe
         act_mode=tuple(act_mode),
         act_granularity=tuple(act_granularity),
         method=tuple(methods),
+        algorithm=tuple(algorithms),
         qat_steps=int(qat_steps),
         layers=(*layers, *patterns),
     )
