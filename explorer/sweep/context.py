@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -239,10 +239,6 @@ class ModelContext:
         if logits.dim() == 3:
             return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return F.cross_entropy(logits, targets)
-
-    def example_runs(self, model: nn.Module) -> Iterator[tuple[str, Callable[[], Any]]]:
-        for name, make in self.workloads.items():
-            yield name, make(model)
 
 
 def _input_workloads(example: torch.Tensor) -> dict[str, Workload]:

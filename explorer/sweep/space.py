@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -394,10 +394,3 @@ def parse_list(text: str, convert: Any = str) -> list[Any]:
     if not out:
         raise SweepSpecError(f"empty list {text!r}")
     return out
-
-
-def ints(values: Sequence[str]) -> list[int]:
-    try:
-        return [int(v) for v in values]
-    except ValueError:
-        raise SweepSpecError(f"expected integers, got {list(values)}") from None
