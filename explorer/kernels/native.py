@@ -72,6 +72,7 @@ except ImportError:  # pragma: no cover - non-POSIX
 __all__ = [
     "available",
     "build_info",
+    "byte_sum",
     "cache_dir",
     "force_scalar",
     "int8_gemm",
@@ -190,6 +191,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qe_wo_linear.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
     lib.qe_int8_gemm.restype = _INT
     lib.qe_int8_gemm.argtypes = [_P, _P, _P, _I64, _I64, _I64, _INT]
+    lib.qe_byte_sum.restype = _I64
+    lib.qe_byte_sum.argtypes = [_P, _I64, _INT]
     lib.qe_w8a8_linear.restype = _INT
     lib.qe_w8a8_linear.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT]
 
@@ -509,6 +512,19 @@ def w8a8_linear(
     )
     _check_rc(rc, "qe_w8a8_linear")
     return y
+
+
+def byte_sum(t: torch.Tensor) -> int:
+    """Sum of the bytes of a contiguous CPU tensor read as unsigned 8-bit values.
+
+    A plain streaming read with ``torch.get_num_threads()`` threads: :mod:`explorer.measure.bench`
+    times it as the memory-bandwidth floor of the kernels that stream weights.
+    """
+    lib = _get()
+    if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError("byte_sum needs a contiguous CPU tensor")
+    nbytes = t.numel() * t.element_size()
+    return int(lib.qe_byte_sum(t.data_ptr(), nbytes, torch.get_num_threads())) if nbytes else 0
 
 
 def weight_row_sums(wq: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,12 @@ Weight streaming is what int8/int4 buys at small M, so the benchmark must not ti
 in cache: each candidate rotates over enough weight copies to exceed four times the 32 MiB L3, and
 the candidates are interleaved call by call so that drift (turbo, other load) hits all alike. The
 result is the median of the repeats; GB/s counts the weight bytes each kernel reads.
+
+The floor: interleaved with the kernels, a plain streaming read of the fp32 weight copies
+(:func:`explorer.kernels.native.byte_sum`, as many threads) measures what reading bytes costs on
+this machine at this moment. ``floor_ms`` is a kernel's weight bytes at that rate and
+``of_floor`` = ``floor_ms / ms``: 1.0 means the kernel runs as fast as its weights can be read, so
+no kernel for that format can be faster, and ``fp32 ms / floor_ms`` bounds any speedup at M = 1.
 """
 
 from __future__ import annotations
@@ -104,6 +110,20 @@ def linear_candidates(
     return out
 
 
+READ = "read"  # the streaming-read pseudo-candidate: it gives the floor, not a row of its own
+
+
+def _read_candidate(fp32: _Candidate) -> _Candidate | None:
+    """Stream the fp32 candidate's weight copies without computing: the bandwidth floor."""
+    if not native.available():
+        return None
+
+    def run(w: torch.Tensor, x: torch.Tensor) -> int:
+        return native.byte_sum(w)
+
+    return _Candidate(READ, "read", run, fp32.states, fp32.weight_bytes, {})
+
+
 def bench_linear(
     ms: tuple[int, ...] = (1, 8, 32),
     n: int = 4096,
@@ -113,6 +133,9 @@ def bench_linear(
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     cands = linear_candidates(n, k, include_slow)
+    read = _read_candidate(cands[0])
+    if read is not None:
+        cands.append(read)
     rows = []
     for m in ms:
         if progress:
@@ -134,8 +157,19 @@ def bench_linear(
         medians = {i: statistics.median(s) for i, s in samples.items()}
         fp32 = next(medians[i] for i, c in enumerate(cands) if c.kernel == "fp32")
         bf16 = next(medians[i] for i, c in enumerate(cands) if c.kernel == "bf16")
+        read_ms = next((medians[i] for i, c in enumerate(cands) if c.kernel == READ), None)
         for i, c in enumerate(cands):
+            if c.kernel == READ:
+                continue
             ms_ = medians[i]
+            floor: dict[str, Any] = {}
+            if read_ms is not None:
+                floor_ms = read_ms * c.weight_bytes / cands[0].weight_bytes
+                floor = {
+                    "floor_ms": round(floor_ms, 6),
+                    "of_floor": round(floor_ms / ms_, 4),
+                    "read_gbps": round(cands[0].weight_bytes / read_ms / 1e6, 2),
+                }
             rows.append(
                 {
                     "op": "linear",
@@ -149,6 +183,8 @@ def bench_linear(
                     "speedup_vs_fp32": round(fp32 / ms_, 2),
                     "speedup_vs_bf16": round(bf16 / ms_, 2),
                     "weight_copies": len(c.states),
+                    "weight_bytes": c.weight_bytes,
+                    **floor,
                 }
             )
     return rows
@@ -248,12 +284,20 @@ def run_bench(
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{'op':7} {'kernel':24} {'format':12} {'M':>4} {'ms':>9} {'GB/s':>7} "
-        f"{'x fp32':>7} {'x bf16':>7}"
+        f"{'x fp32':>7} {'x bf16':>7} {'floor':>7} {'of fl.':>6}"
     ]
+    nan = float("nan")
     for r in result["rows"]:
         lines.append(
             f"{r['op']:7} {r['kernel']:24} {r['format']:12} {r.get('M', '-')!s:>4} "
-            f"{r['ms']:9.3f} {r.get('gbps', float('nan')):7.1f} {r['speedup_vs_fp32']:7.2f} "
-            f"{r['speedup_vs_bf16']:7.2f}"
+            f"{r['ms']:9.3f} {r.get('gbps', nan):7.1f} {r['speedup_vs_fp32']:7.2f} "
+            f"{r['speedup_vs_bf16']:7.2f} {r.get('floor_ms', nan):7.3f} "
+            f"{r.get('of_floor', nan):6.2f}"
+        )
+    reads = sorted({r["read_gbps"] for r in result["rows"] if "read_gbps" in r})
+    if reads:
+        lines.append(
+            f"floor: weight bytes at the streaming-read rate measured alongside "
+            f"({', '.join(f'{g:.1f}' for g in reads)} GB/s); 'of fl.' = floor / ms"
         )
     return "\n".join(lines)

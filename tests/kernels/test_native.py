@@ -506,3 +506,27 @@ def test_concurrent_cold_builds(tmp_path: Path) -> None:
     built = list((tmp_path / "cache").glob("qe_kernels-*.so"))
     assert len(built) == 1
     assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+# --- byte_sum: the streaming read behind the benchmark's bandwidth floor ----------------------
+
+
+@pytest.mark.parametrize("nbytes", [1, 31, 128, 4095, 4097, (1 << 20) + 77])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_byte_sum_equals_the_sum_of_the_bytes(isa: str, nbytes: int, threads: int) -> None:
+    gen = torch.Generator().manual_seed(nbytes)
+    t = torch.randint(0, 256, (nbytes,), generator=gen, dtype=torch.uint8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert native.byte_sum(t) == int(t.to(torch.int64).sum())
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_byte_sum_reads_any_dtype_as_bytes() -> None:
+    w = torch.full((64, 33), -1.0)  # 0xBF800000: bytes 0x00 0x00 0x80 0xBF
+    assert native.byte_sum(w) == 64 * 33 * (0x80 + 0xBF)
+    assert native.byte_sum(torch.empty(0)) == 0
+    with pytest.raises(ValueError, match="contiguous CPU tensor"):
+        native.byte_sum(torch.zeros(8, 8).T)

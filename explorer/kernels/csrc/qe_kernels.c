@@ -16,6 +16,8 @@
  *                  bits=8: signed int8 codes, z = 0 when zeros == NULL.
  *   qe_int8_gemm   out[M,N] = sum_k xq[m,k] * wq[n,k], exact int8 x int8 -> int32.
  *   qe_w8a8_linear y[m,n] = (acc[m,n] - zx[m] * wsum[n]) * xs[m] * ws[n] + bias[n].
+ *   qe_byte_sum    sum of all bytes of a buffer (unsigned): a plain streaming read, the
+ *                  bandwidth floor that `explorer bench` sets each kernel against.
  *
  * Weight-only kernel (float activations).  Per group g the kernel accumulates
  * acc = sum_k code[n,k] * x[m,k] with the *raw* codes (4 bit: unsigned 0..15) in float32 FMA
@@ -772,6 +774,61 @@ QE_EXPORT int qe_wo_linear(const float* x, const void* codes, const float* scale
 #else
     return QE_EINVAL;
 #endif
+}
+
+/* ======================================================================================= */
+/* Streaming read (the bandwidth floor)                                                    */
+/* ======================================================================================= */
+
+/* What reading `bytes` bytes costs when nothing else is done with them: each thread sums a
+ * contiguous slice with vpsadbw (one op per 32 bytes), so the loop is bound by the memory
+ * system, as a weight-streaming GEMV at M = 1 would be if its arithmetic were free.  The sum
+ * (of the bytes as unsigned values) is returned so the reads cannot be optimised away and so
+ * that tests can check them. */
+#if QE_HAVE_X86
+QE_AVX2 static int64_t qe_byte_sum_avx2(const uint8_t* p, int64_t n) {
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    const __m256i z = _mm256_setzero_si256();
+    int64_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i*)(p + i)), z));
+        s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i*)(p + i + 32)), z));
+        s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i*)(p + i + 64)), z));
+        s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i*)(p + i + 96)), z));
+    }
+    __m256i s = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+    int64_t r = _mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) +
+                _mm256_extract_epi64(s, 2) + _mm256_extract_epi64(s, 3);
+    for (; i < n; ++i) r += p[i];
+    return r;
+}
+#endif
+
+static int64_t qe_byte_sum_scalar(const uint8_t* p, int64_t n) {
+    int64_t r = 0;
+    for (int64_t i = 0; i < n; ++i) r += p[i];
+    return r;
+}
+
+QE_EXPORT int64_t qe_byte_sum(const void* data, int64_t bytes, int nthreads) {
+    if (!data || bytes <= 0) return 0;
+    if (nthreads < 1) nthreads = 1;
+    const uint8_t* p = (const uint8_t*)data;
+    const int isa = qe_effective_isa();
+    int64_t total = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1) reduction(+ : total)
+    {
+        int64_t b, e;
+        qe_split(bytes, 4096, qe_num_threads(), qe_thread_num(), &b, &e);
+#if QE_HAVE_X86
+        if (isa)
+            total += qe_byte_sum_avx2(p + b, e - b);
+        else
+#endif
+            total += qe_byte_sum_scalar(p + b, e - b);
+    }
+    (void)isa;
+    return total;
 }
 
 /* ======================================================================================= */
