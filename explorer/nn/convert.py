@@ -65,7 +65,8 @@ class QuantReport:
     seconds: dict[str, float] = field(default_factory=dict)
     """Calibration cost: ``statistics`` (input statistics for the algorithms), ``algorithm``
     (GPTQ/AWQ/SmoothQuant), ``activations`` (static ranges) and their sum ``calibrate``; cached
-    statistics cost nothing here."""
+    statistics cost nothing here, and ``statistics_reused`` is what collecting them cost the
+    plan that did."""
 
     @property
     def fallbacks(self) -> dict[str, str]:
@@ -260,9 +261,22 @@ def collect_input_statistics(
 
     ``cache`` is the caller's, one per calibration set (see the module docstring); entries are
     keyed by layer, whether they hold the Gram matrix, and the shapes of the batches."""
+    return _input_statistics(model, assignments, calibration_data, cache)[0]
+
+
+def _input_statistics(
+    model: nn.Module,
+    assignments: dict[str, LayerAssignment],
+    calibration_data: torch.Tensor | Iterable[torch.Tensor] | None,
+    cache: dict[tuple[Any, ...], Any] | None,
+) -> tuple[dict[str, InputStatistics], float]:
+    """`collect_input_statistics`, and the seconds that the statistics taken from ``cache`` cost
+    the plan that collected them: each cached entry keeps its share of its pass (the pass's
+    seconds over the layers it served), so a plan can report its calibration cost as if it had
+    run alone, whatever an earlier plan of the sweep collected."""
     wanted = {n: a.config for n, a in assignments.items() if _needs_statistics(a.config)}
     if not wanted:
-        return {}
+        return {}, 0.0
     batches = _as_batches(calibration_data)
     samples = sum(int(b.shape[0]) for b in batches)
     if samples < MIN_CALIBRATION_SAMPLES:
@@ -277,15 +291,19 @@ def collect_input_statistics(
         return ("input_statistics", name, gram, shapes)
 
     out: dict[str, InputStatistics] = {}
+    reused = 0.0
     need_gram = {n: c.algorithm in ("gptq", "awq") for n, c in wanted.items()}
     if cache is not None:
         for name, gram in need_gram.items():
-            found = cache.get(key(name, True)) or (None if gram else cache.get(key(name, False)))
-            if found is not None:
-                out[name] = found
+            for k in (key(name, True), *(() if gram else (key(name, False),))):
+                if k in cache:
+                    out[name] = cache[k]
+                    reused += cache.get(("seconds", *k), 0.0)
+                    break
     todo = {n: g for n, g in need_gram.items() if n not in out}
     if not todo:
-        return out
+        return out, reused
+    t0 = time.perf_counter()
     modules = dict(model.named_modules())
     stats = {n: InputStatistics.empty(in_features(modules[n]), gram=g) for n, g in todo.items()}
     hooks = [
@@ -299,11 +317,13 @@ def collect_input_statistics(
     finally:
         for h in hooks:
             h.remove()
+    share = (time.perf_counter() - t0) / len(stats)
     for name, st in stats.items():
         out[name] = st
         if cache is not None:
             cache[key(name, todo[name])] = st
-    return out
+            cache[("seconds", *key(name, todo[name]))] = share
+    return out, reused
 
 
 ALGORITHM_FUNCTIONS = {
@@ -423,7 +443,7 @@ def quantize_model(
         qmodel, folded = fold_batch_norm(qmodel)
     assignments = resolve_plan(qmodel, plan)
     t0 = time.perf_counter()
-    stats = collect_input_statistics(qmodel, assignments, calibration_data, act_cache)
+    stats, reused = _input_statistics(qmodel, assignments, calibration_data, act_cache)
     t1 = time.perf_counter()
     prepared = {
         name: run_algorithm(qmodel.get_submodule(name), assignments[name].config, st, name)
@@ -444,6 +464,7 @@ def quantize_model(
             set_submodule(qmodel, name, new)
     seconds = {"statistics": t1 - t0, "algorithm": t2 - t1, "activations": t3 - t2}
     seconds["calibrate"] = t3 - t0
+    seconds["statistics_reused"] = reused  # not in "calibrate": spent by an earlier plan
     qmodel.quant_report = QuantReport(assignments, folded, seconds)
     if example_input is not None:
         select_kernels(qmodel, example_input)

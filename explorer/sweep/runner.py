@@ -6,14 +6,19 @@ model's primary workload, evaluates the task metric and fidelity against the flo
 outputs (computed once per context) with paired-bootstrap intervals, counts the bytes as stored,
 times every workload (layers without a real kernel run on a timing twin, and the row says
 `simulated`), and records per-layer figures: weight SQNR, output SQNR on a calibration batch,
-kernel, and share of the primary workload's time.
+kernel, and share of the primary workload's time. A row says which PTQ algorithm produced each
+layer as resolved (``algorithms``: counts; ``layers[i].algorithm``) and what calibration cost
+(``seconds.calibrate``, of which ``seconds.algorithm`` was GPTQ/AWQ/SmoothQuant; input statistics
+reused from an earlier row of the sweep are not in it, and ``seconds.statistics_reused`` says what
+they cost there) or QAT's training (``seconds.qat``).
 
 `run_sweep` keys each entry (`row_parts`: everything that changes its numbers), skips entries
 whose key is already in the store, sends the rest to an executor, and writes each finished row
 in its own transaction, so a killed sweep resumes where it stopped. Timings run one at a time
 under the machine-wide timing lock, and the local executor does nothing else while one runs.
 
-Imports: `explorer.nn`, `explorer.measure`, `explorer.sweep.context`, `.space`, `.store`.
+Imports: `explorer.quant`, `explorer.nn`, `explorer.measure`, `explorer.sweep.context`, `.space`,
+`.store`.
 """
 
 from __future__ import annotations
@@ -30,8 +35,15 @@ from explorer.errors import ExplorerError
 from explorer.measure.latency import measure_callable, timing_model
 from explorer.measure.metrics import sqnr_db
 from explorer.measure.size import size_report
-from explorer.nn.convert import as_linear, quant_modules, quantize_model, select_kernels
+from explorer.nn.convert import (
+    QuantReport,
+    as_linear,
+    quant_modules,
+    quantize_model,
+    select_kernels,
+)
 from explorer.nn.qat import train_qat
+from explorer.quant.config import QuantConfig
 from explorer.sweep.context import ModelContext, ModelSource, environment, open_context
 from explorer.sweep.space import PlanEntry
 from explorer.sweep.store import ResultStore, row_key
@@ -214,6 +226,7 @@ def per_layer(
                 "type": a.kind,
                 "config": None if a.config is None else a.config.name,
                 "weight_bits": None if a.config is None else a.config.weight_bits,
+                "algorithm": _algorithm(a.config),
                 "fallback": a.fallback,
                 "kernel": module.kernel_name if module is not None else None,
                 "simulated": bool(module.simulated) if module is not None else False,
@@ -224,6 +237,21 @@ def per_layer(
             }
         )
     return out
+
+
+def _algorithm(config: QuantConfig | None) -> str | None:
+    return None if config is None or config.is_float else config.algorithm
+
+
+def algorithm_counts(report: QuantReport | None) -> dict[str, int]:
+    """How many quantized layers each PTQ algorithm produced, as resolved (a layer the planned
+    algorithm cannot apply to counts under its fallback's, e.g. a convolution under ``rtn``)."""
+    counts: dict[str, int] = {}
+    for assignment in report.layers.values() if report is not None else ():
+        algorithm = _algorithm(assignment.config)
+        if algorithm is not None:
+            counts[algorithm] = counts.get(algorithm, 0) + 1
+    return counts
 
 
 def _kernel_counts(model: nn.Module) -> dict[str, int]:
@@ -248,7 +276,12 @@ def evaluate_entry(
     seconds["qat" if entry.qat_steps else "quantize"] = time.perf_counter() - t0
     report = getattr(qmodel, "quant_report", None)
     if report is not None and "calibrate" in report.seconds:
-        seconds["calibrate"] = report.seconds["calibrate"]  # statistics, algorithms, ranges
+        # statistics, algorithm and activation ranges; of them GPTQ/AWQ/SmoothQuant alone; and
+        # what the input statistics this plan took from the sweep's cache cost the plan that
+        # collected them
+        for name in ("calibrate", "algorithm", "statistics_reused"):
+            if name in report.seconds:
+                seconds[name] = report.seconds[name]
 
     workloads = list(ctx.workloads.items())
     primary_name, primary_make = workloads[0]
@@ -318,6 +351,7 @@ def evaluate_entry(
         "simulated_layers": simulated,
         "kernels": kernels,
         "fallbacks": dict(report.fallbacks) if report is not None else {},
+        "algorithms": algorithm_counts(report),
         "metrics": metrics["metrics"],
         "metrics_ci": metrics["metrics_ci"],
         "n_samples": metrics["n_samples"],

@@ -371,12 +371,13 @@ def expand(
             qat_lr=spec.qat_lr if qat else None,
         )
         if spec.layers:  # a selection is uniform over the chosen layers: keep its flat fields
+            name = entry_for_plan(Plan.uniform(config), qat_steps=entry.qat_steps).label
             entry = PlanEntry(
                 entry.plan,
                 "uniform",
                 entry.qat_steps,
                 entry.qat_lr,
-                entry.label + f" on {', '.join(spec.layers)}",
+                f"{name} on {', '.join(spec.layers)}",
                 flat_fields(config),
             )
         entries.append(entry)

@@ -236,8 +236,15 @@ def test_quantize_model_runs_the_algorithm_and_reports_it(config: QuantConfig) -
     qmodel = quantize_model(model, Plan.uniform(config), calibration_data=inputs(64))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     report = qmodel.quant_report
-    assert set(report.seconds) == {"statistics", "algorithm", "activations", "calibrate"}
+    assert set(report.seconds) == {
+        "statistics",
+        "algorithm",
+        "activations",
+        "calibrate",
+        "statistics_reused",
+    }
     assert report.seconds["calibrate"] > 0
+    assert report.seconds["statistics_reused"] == 0.0  # no cache: nothing reused
     mods = quant_modules(qmodel)
     assert set(mods) == {"proj", "fc1", "fc2", "head"}
     for name, module in mods.items():
@@ -286,6 +293,14 @@ def test_statistics_are_cached_per_layer_and_calibration_set() -> None:
     for name, module in quant_modules(first).items():
         assert torch.equal(module.qweight, quant_modules(second)[name].qweight)
     assert again.quant_report.seconds["statistics"] < first.quant_report.seconds["calibrate"]
+    # what the reused statistics cost the plan that collected them, so a row can report its
+    # calibration as if run alone
+    collected = first.quant_report.seconds
+    assert collected["statistics_reused"] == 0.0
+    assert 0 < again.quant_report.seconds["statistics_reused"] <= collected["statistics"]
+    assert second.quant_report.seconds["statistics_reused"] == pytest.approx(
+        again.quant_report.seconds["statistics_reused"]
+    )
 
 
 def test_static_activations_are_calibrated_on_the_smoothed_input() -> None:
@@ -413,6 +428,23 @@ def test_sweep_expands_algorithms_and_skips_impossible_ones() -> None:
     assert "PTQ algorithm" in reasons and "act_bits=8" in reasons
 
 
+def test_a_layer_selection_is_labelled_by_its_setting_and_layers() -> None:
+    spec = SweepSpec(
+        weight_bits=(4,),
+        granularity=("group32",),
+        method=("ptq", "qat"),
+        algorithm=("rtn", "gptq"),
+        qat_steps=10,
+        layers=("fc*", "head"),
+    )
+    entries, _ = expand(spec, Block().eval())
+    assert [e.label for e in entries if e.kind == "uniform"] == [
+        "W4 group32 sym ptq on fc*, head",
+        "W4 group32 sym gptq ptq on fc*, head",
+        "W4 group32 sym qat (10 steps) on fc*, head",
+    ]
+
+
 @pytest.mark.slow
 def test_runner_rows_record_the_algorithm_and_calibration_seconds() -> None:
     from explorer.sweep.context import ModelSource, open_context
@@ -429,6 +461,10 @@ def test_runner_rows_record_the_algorithm_and_calibration_seconds() -> None:
     assert all("round-to-nearest instead" in r for r in row["fallbacks"].values())
     layers = {r["name"]: r for r in row["layers"]}
     assert layers["classifier.2"]["config"] == "W4 channel sym gptq ptq"
+    # which algorithm each layer got as resolved: the convolutions fell back to RTN
+    assert row["algorithms"] == {"rtn": 3, "gptq": 1}
+    assert [layers[n]["algorithm"] for n in ("features.1", "classifier.2")] == ["rtn", "gptq"]
+    assert 0 < row["seconds"]["algorithm"] <= row["seconds"]["calibrate"]
     assert layers["classifier.2"]["weight_sqnr_db"] is not None
 
 
