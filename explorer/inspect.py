@@ -106,7 +106,10 @@ def result_table(
 ) -> list[dict[str, Any]]:
     """The main columns of each row, oldest first, with ``pareto`` (on the size-against-metric
     front). ``metric`` defaults to the rows' own ``metric_name``; ``metric_ci_lo``/``_hi`` is the
-    95 % interval of the task metric's change against float (of SQNR itself without labels)."""
+    95 % interval of the task metric's change against float (of SQNR itself without labels).
+
+    What a configuration costs before deployment: ``calibrate_s`` for PTQ (see
+    `calibration_seconds`), ``train_s`` for QAT (prepare, train, convert)."""
     if metric is None:
         metric = next((r.get("metric_name") for r in rows if r.get("metric_name")), None)
     path, _ = axis = quality_axis(rows, metric)
@@ -117,6 +120,8 @@ def result_table(
         metrics = row.get("metrics") or {}
         ci = (row.get("metrics_ci") or {}).get(name) or [None, None]
         size = _number(row.get("size_bytes"))
+        seconds = row.get("seconds") or {}
+        calibrated = not row.get("qat_steps") and row.get("kind") != "baseline"
         out.append(
             {
                 "key": row.get("key"),
@@ -126,13 +131,10 @@ def result_table(
                 "act_bits": row.get("act_bits"),
                 "granularity": row.get("granularity"),
                 "method": row.get("method"),
-                "algorithm": row.get("algorithm"),
+                "algorithm": algorithm_summary(row),
                 "qat_steps": row.get("qat_steps"),
-                # what the method costs before deployment: calibration + algorithm, or training
-                "prepare_s": _number(
-                    (row.get("seconds") or {}).get("qat")
-                    or (row.get("seconds") or {}).get("calibrate")
-                ),
+                "calibrate_s": calibration_seconds(row) if calibrated else None,
+                "train_s": _number(seconds.get("qat")),
                 "size_kib": None if size is None else size / 1024,
                 "bits_per_weight": _number(row.get("bits_per_weight")),
                 "latency_ms": _number(row.get("latency_ms")),
@@ -145,6 +147,29 @@ def result_table(
             }
         )
     return out
+
+
+def calibration_seconds(row: Mapping[str, Any]) -> float | None:
+    """What calibrating ``row``'s model costs on its own: input statistics, the PTQ algorithm
+    and static activation ranges, counting statistics that the row reused from an earlier row
+    of its sweep at what they cost there (round-to-nearest of the weights alone needs none)."""
+    seconds = row.get("seconds") or {}
+    calibrate = _number(seconds.get("calibrate"))
+    if calibrate is None:
+        return None
+    return calibrate + (_number(seconds.get("statistics_reused")) or 0.0)
+
+
+def algorithm_summary(row: Mapping[str, Any]) -> str | None:
+    """The PTQ algorithm that produced ``row``: its flat ``algorithm`` (``gptq``), or for a mixed
+    plan the algorithms of its quantized layers as resolved (``gptq ×1, rtn ×16``); None for a
+    float baseline."""
+    if row.get("algorithm"):
+        return str(row["algorithm"])
+    counts = row.get("algorithms")
+    if isinstance(counts, Mapping) and counts:
+        return ", ".join(f"{a} ×{n}" for a, n in sorted(counts.items()))
+    return None
 
 
 def _number(value: Any) -> float | None:

@@ -36,22 +36,36 @@ from explorer.sweep.pareto import METRIC_SENSES, flag_pareto, front_order, metri
 
 Row = Mapping[str, Any]
 
+ALGORITHM_NAMES = {"rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "smoothquant": "SmoothQuant"}
 BASELINE_SERIES = "fp32/bf16 baseline"
-MIXED_SERIES = "mixed (search)"
+MIXED_SERIES = "mixed (per layer)"  # searched plans and what-if edits
+QAT_SERIES = "QAT"
 TASK_METRICS = ("accuracy", "perplexity")  # their CI is of the delta against float
 X_AXES = {"size_bytes": "size as stored", "latency_ms": "latency", "bits_per_weight": "bits/weight"}
 
+
+def algorithm_name(algorithm: str) -> str:
+    """``gptq`` → ``GPTQ``: a PTQ algorithm as the legend and hover texts write it."""
+    return ALGORITHM_NAMES.get(algorithm, algorithm)
+
+
+def ptq_series(algorithm: str) -> str:
+    """The legend series of uniform PTQ rows of ``algorithm``: ``PTQ · GPTQ``."""
+    return f"PTQ · {algorithm_name(algorithm)}"
+
+
 SERIES_COLORS = {
     BASELINE_SERIES: "#4d4d4d",
-    "PTQ rtn": "#1f77b4",
-    "QAT": "#ff7f0e",
+    ptq_series("rtn"): "#1f77b4",
+    QAT_SERIES: "#ff7f0e",
     MIXED_SERIES: "#2ca02c",
-    "PTQ gptq": "#9467bd",
-    "PTQ awq": "#8c564b",
-    "QAT gptq": "#e377c2",
-    "QAT awq": "#bcbd22",
+    ptq_series("gptq"): "#9467bd",
+    ptq_series("awq"): "#8c564b",
+    ptq_series("smoothquant"): "#e377c2",
 }
 PALETTE = ("#17becf", "#d62728", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5")
+ALGORITHM_SYMBOLS = {"gptq": "hexagon", "awq": "pentagon", "smoothquant": "hourglass"}
+"""2-D markers of the PTQ algorithms besides RTN's circle, so the series differ beyond colour."""
 BASELINE_SYMBOLS = {"fp32": "star", "bf16": "diamond"}
 BASELINE_SYMBOLS_3D = {"fp32": "cross", "bf16": "x"}  # 3-D markers: a short list
 OPEN_3D = ("circle", "diamond", "square")  # the 3-D markers with a hollow variant
@@ -146,7 +160,9 @@ def float_metric(rows: Iterable[Row], metric: str | None = None) -> float | None
 
 
 def series_of(row: Row) -> str:
-    """The legend series of a row: baselines, PTQ per algorithm, QAT, mixed plans."""
+    """The legend series of a row: the fp32/bf16 baselines, uniform PTQ per algorithm
+    (``PTQ · RTN``, ``PTQ · GPTQ``, ...), QAT (which starts from round-to-nearest), and mixed
+    plans (per-layer settings: searched plans, what-if edits)."""
     kind = row.get("kind")
     if kind == "baseline":
         return BASELINE_SERIES
@@ -154,22 +170,22 @@ def series_of(row: Row) -> str:
         return MIXED_SERIES
     algorithm = row.get("algorithm") or "rtn"
     if row.get("method") == "qat":
-        return "QAT" if algorithm == "rtn" else f"QAT {algorithm}"
-    return f"PTQ {algorithm}"
+        return QAT_SERIES if algorithm == "rtn" else f"{QAT_SERIES} · {algorithm_name(algorithm)}"
+    return ptq_series(algorithm)
 
 
-def _series_rank(name: str) -> tuple[int, str]:
+def _series_rank(name: str) -> tuple[int, int, str]:
+    """Legend order: baselines, PTQ by algorithm (RTN first), QAT, mixed plans, the rest."""
+    ptq = [ptq_series(a) for a in ALGORITHM_NAMES]
     if name == BASELINE_SERIES:
-        return (0, name)
-    if name == "PTQ rtn":
-        return (1, name)
+        return (0, 0, name)
     if name.startswith("PTQ"):
-        return (2, name)
-    if name.startswith("QAT"):
-        return (3, name)
+        return (1, ptq.index(name) if name in ptq else len(ptq), name)
+    if name.startswith(QAT_SERIES):
+        return (2, 0, name)
     if name == MIXED_SERIES:
-        return (4, name)
-    return (5, name)
+        return (3, 0, name)
+    return (4, 0, name)
 
 
 def _series_colors(names: Iterable[str]) -> dict[str, str]:
@@ -187,11 +203,13 @@ def _base_symbol(row: Row, series: str, three_d: bool = False) -> str:
     if series == BASELINE_SERIES:
         symbols = BASELINE_SYMBOLS_3D if three_d else BASELINE_SYMBOLS
         return symbols.get(row.get("label"), "square")
-    if series.startswith("QAT"):
+    if series.startswith(QAT_SERIES):
         return "square" if three_d else "triangle-up"
     if series == MIXED_SERIES:
         return "diamond" if three_d else "square"
-    return "circle"
+    if three_d:
+        return "circle"
+    return ALGORITHM_SYMBOLS.get(str(row.get("algorithm")), "circle")
 
 
 def _symbol(row: Row, series: str, hollow: bool, three_d: bool = False) -> str:
@@ -245,6 +263,42 @@ def _bits(row: Row) -> str:
     return text
 
 
+def _seconds(row: Row, name: str) -> float | None:
+    seconds = row.get("seconds")
+    return _number(seconds.get(name)) if isinstance(seconds, Mapping) else None
+
+
+def _method_line(row: Row) -> str | None:
+    """How the row's model was produced and what that cost before deployment: the PTQ
+    algorithm and its calibration seconds, or QAT's steps and training seconds."""
+    kind = row.get("kind")
+    if kind == "baseline":
+        return None
+    calibrate, algorithm_s = _seconds(row, "calibrate"), _seconds(row, "algorithm")
+    reused = _seconds(row, "statistics_reused") or 0.0
+    if row.get("qat_steps"):
+        train = _seconds(row, "qat")
+        return f"QAT from RTN: {row['qat_steps']} steps" + (
+            "" if train is None else f" · training {train:.1f} s"
+        )
+    if kind == "mixed":
+        counts = row.get("algorithms") or {}
+        text = "mixed plan"
+        if isinstance(counts, Mapping) and counts:
+            text += ": " + ", ".join(
+                f"{algorithm_name(str(a))} ×{n}" for a, n in sorted(counts.items())
+            )
+    else:
+        text = f"PTQ, {algorithm_name(str(row.get('algorithm') or 'rtn'))}"
+    if calibrate is not None:
+        text += f" · calibration {calibrate + reused:.1f} s"
+        if algorithm_s is not None and row.get("algorithm") not in (None, "rtn"):
+            text += f" (of which the algorithm {algorithm_s:.1f} s)"
+        if reused:
+            text += f"<br>input statistics ({reused:.1f} s of it) reused from an earlier row"
+    return text
+
+
 def _kernels_summary(row: Row) -> str:
     kernels = row.get("kernels") or {}
     if not kernels:
@@ -274,8 +328,9 @@ def _hover(row: Row, path: str, base: float | None, on_front: bool | None = None
     value = _number(_get(row, path))
     lo, hi = _interval(row, path, base)
     lines = [f"<b>{row.get('label') or row.get('key')}</b> — {series_of(row)}", _bits(row)]
-    if row.get("qat_steps"):
-        lines.append(f"QAT: {row['qat_steps']} steps")
+    method = _method_line(row)
+    if method:
+        lines.append(method)
     size = _number(row.get("size_bytes"))
     bpw = _number(row.get("bits_per_weight"))
     lines.append(f"size: {_fmt_bytes(size)}" + ("" if bpw is None else f" · {bpw:.2f} bits/weight"))
@@ -484,7 +539,7 @@ def pareto_figure(
             arrowhead=3,
             arrowsize=1.2,
             arrowwidth=1.5,
-            arrowcolor=colors.get(series_of(row), SERIES_COLORS["QAT"]),
+            arrowcolor=colors.get(series_of(row), SERIES_COLORS[QAT_SERIES]),
             standoff=6,
             startstandoff=4,
             hovertext=(
@@ -637,6 +692,141 @@ def pareto_3d_figure(
     )
     if not plotted:
         _empty_note(fig, f"no rows with size, latency and {name} to plot yet")
+    return fig
+
+
+def _padded(values: Sequence[float], share: float = 0.08) -> list[float] | None:
+    """``[lo, hi]`` around ``values`` with ``share`` of their span (or of their size) on each
+    side; None without values."""
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * share or abs(hi) * share or 1.0
+    return [lo - pad, hi + pad]
+
+
+def setting_of(row: Row) -> str:
+    """The storage format of a uniform row without how it was produced (algorithm, PTQ or
+    QAT): ``W4 group32``, ``W8 channel asym A8 token``. Rows that share it store weights of the
+    same size, so they stack on one x of a size plot."""
+    text = f"W{row.get('weight_bits')} {row.get('granularity') or ''}".rstrip()
+    if row.get("symmetric") is False:
+        text += " asym"
+    if row.get("calibration") not in (None, "minmax"):
+        text += f" {row['calibration']}"
+    if row.get("act_bits") is not None:
+        text += f" A{row['act_bits']} {row.get('act_granularity') or ''}".rstrip()
+    config = row.get("config")
+    rules = config.get("rules") if isinstance(config, Mapping) else None
+    if rules:  # a sweep over chosen layers: the others stay float
+        text += " on " + ", ".join(str(rule[0]) for rule in rules)
+    return text
+
+
+def setting_figure(
+    rows: Iterable[Row],
+    *,
+    metric: str | None = None,
+    selected_key: str | None = None,
+    float_value: float | None = None,
+) -> go.Figure:
+    """The metric of every uniform configuration per storage format (`setting_of`, one category
+    on x, larger formats left), side by side by `series_of` (RTN, GPTQ, AWQ, QAT, ...), with
+    the same error bars, hover texts and fp32 line as `pareto_figure`. On a size plot the
+    algorithms of one format share one x and hide each other; here they stand apart."""
+    all_rows = list(rows)
+    path, sense = _quality_axis(all_rows, metric)
+    name = _metric_name(path)
+    base = float_value if float_value is not None else float_metric(all_rows, path)
+    plotted = [
+        r
+        for r in _plotted(all_rows, [path])
+        if r.get("kind") == "uniform" and r.get("weight_bits") is not None
+    ]
+    order: dict[str, float] = {}
+    for row in plotted:
+        size = _number(row.get("size_bytes")) or 0.0
+        order[setting_of(row)] = max(order.get(setting_of(row), 0.0), size)
+    categories = sorted(order, key=lambda c: (-order[c], c))
+    by_series: dict[str, list[Row]] = {}
+    for row in plotted:
+        by_series.setdefault(series_of(row), []).append(row)
+    colors = _series_colors(by_series)
+    fig = go.Figure()
+    extent = [] if base is None else [base]  # what the y range must show
+    for series in sorted(by_series, key=_series_rank):
+        members = by_series[series]
+        ys = [float(_get(r, path)) for r in members]
+        plus, minus = [], []
+        for r, y in zip(members, ys, strict=True):
+            lo, hi = _interval(r, path, base)
+            plus.append(0.0 if hi is None else max(0.0, hi - y))
+            minus.append(0.0 if lo is None else max(0.0, y - lo))
+            extent += [y + plus[-1], y - minus[-1]]
+        fig.add_trace(
+            go.Scatter(
+                x=[setting_of(r) for r in members],
+                y=ys,
+                mode="markers",
+                name=series,
+                meta="series",
+                offsetgroup=series,
+                customdata=[r.get("key") for r in members],
+                hovertext=[_hover(r, path, base) for r in members],
+                hovertemplate="%{hovertext}<extra></extra>",
+                marker={
+                    "symbol": [_symbol(r, series, False) for r in members],
+                    "size": 11,
+                    "color": colors[series],
+                    "line": {
+                        "width": [3 if r.get("key") == selected_key else 0 for r in members],
+                        "color": SELECTED_COLOR,
+                    },
+                },
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": plus,
+                    "arrayminus": minus,
+                    "visible": any(plus) or any(minus),
+                    "thickness": 1.2,
+                    "width": 3,
+                    "color": colors[series],
+                },
+            )
+        )
+    if base is not None:
+        fig.add_hline(
+            y=base,
+            name="fp32-metric",
+            line={"dash": "dash", "color": "#4d4d4d", "width": 1},
+            annotation_text=f"fp32 {_fmt_metric(name, base)}",
+            annotation_position="bottom left",
+            annotation_font={"size": 10, "color": "#4d4d4d"},
+        )
+    model = next((r.get("model") for r in plotted if r.get("model")), None)
+    fig.update_layout(
+        title=f"{name} by storage format and method" + (f" — {model}" if model else ""),
+        scattermode="group",
+        xaxis={
+            "title": "storage format (larger left)",
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": categories,
+        },
+        yaxis={
+            "title": _axis_title(name, sense),
+            "tickformat": ".1%" if name in ("accuracy", "agreement") else None,
+            # grouped scatter would start the axis at zero, as bars do: the metric's own range
+            "range": _padded(extent),
+        },
+        legend={"title": "series"},
+        hovermode="closest",
+        clickmode="event+select",
+        margin={"t": 60},
+    )
+    if not plotted:
+        _empty_note(fig, f"no uniform configurations with {name} to compare yet")
     return fig
 
 

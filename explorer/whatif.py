@@ -62,8 +62,9 @@ def whatif_plan(
     ``"bf16"``; see `setting_config`) and every other layer resolving as before.
 
     If the layer was trained (QAT) under ``plan``, a quantized new setting is trained too, so the
-    what-if changes the setting and not the method. ``layers``: the model's quantizable layer
-    names, to refuse a name the model does not have."""
+    what-if changes the setting and not the method; a PTQ algorithm other than round-to-nearest
+    (GPTQ, AWQ, SmoothQuant) is then refused, since QAT starts from round-to-nearest.
+    ``layers``: the model's quantizable layer names, to refuse a name the model does not have."""
     if not isinstance(layer, str) or not layer.strip():
         raise ExplorerError("name the layer to change")
     if any(ch in layer for ch in "*?["):
@@ -81,6 +82,12 @@ def whatif_plan(
         and not current.is_float
         and current.method == "qat"
     ):
+        if config.algorithm != "rtn":
+            raise ExplorerError(
+                f"layer {layer!r} is trained (QAT) in this configuration, and QAT starts from "
+                f"round-to-nearest: {config.algorithm_name} is a post-training algorithm. Try "
+                f"{setting!r} on a PTQ configuration, or pick a setting without it."
+            )
         config = config.with_(method="qat")
     rules = ((layer, config), *((p, c) for p, c in plan.rules if p != layer))
     return Plan(default=plan.default, rules=rules, fallback=plan.fallback)

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer.errors import ExplorerError
+from explorer.inspect import algorithm_summary, calibration_seconds
 from explorer.nn.convert import quantizable_layers
 from explorer.plots import (
     compare_layers_figure,
@@ -46,9 +47,12 @@ SETTING_CHOICES = (
     "W3 g32",
     "W3 g128",
     "W2 g32",
+    "W4 g32 gptq",
+    "W4 g32 awq",
     "W4 g128 gptq",
     "W4 g128 awq",
     "W3 g128 gptq",
+    "W3 g128 awq",
     "W8A8 channel tensor smoothquant",
     "bf16",
     "fp32",
@@ -124,6 +128,7 @@ def _layer_table(row: dict[str, Any]) -> pd.DataFrame:
                 "layer": lay.get("name"),
                 "type": lay.get("type"),
                 "setting": lay.get("config") or "fp32",
+                "algorithm": lay.get("algorithm") or "",
                 "kernel": lay.get("kernel") or "float",
                 "simulated": bool(lay.get("simulated")),
                 "weight SQNR (dB)": lay.get("weight_sqnr_db"),
@@ -288,7 +293,14 @@ layer = w_cols[0].selectbox(
     format_func=lambda n: f"{n} (now {current.get(n, '?')})",
     key="layers.whatif.layer",
 )
-setting = w_cols[1].selectbox("New setting", SETTING_CHOICES, key="layers.whatif.setting")
+setting = w_cols[1].selectbox(
+    "New setting",
+    SETTING_CHOICES,
+    key="layers.whatif.setting",
+    help="A setting ending in gptq or awq quantizes the layer with that post-training algorithm "
+    "(linear layers only, calibrated on the calibration data) instead of rounding to nearest; "
+    "smoothquant needs 8-bit activations.",
+)
 if w_cols[2].button("Re-evaluate", key="layers.whatif.run", icon=":material/replay:"):
     with st.status(f"Evaluating with {layer} at {setting} …") as status:
         try:
@@ -315,6 +327,9 @@ if result is not None and result["from"] == row["key"]:
     new = result["row"]
     st.markdown(f"**{new.get('label')}** — against **{row.get('label')}**:")
     _headline(row, new, sense)
+    algorithms, calibrate = algorithm_summary(new), calibration_seconds(new)
+    if algorithms and calibrate is not None:
+        st.caption(f"Layers by PTQ algorithm: {algorithms}; calibration took {calibrate:.1f} s.")
     changes = pd.DataFrame(layer_changes(row, new))
     if not changes.empty:
         st.dataframe(changes, hide_index=True, key="layers.whatif.changes")

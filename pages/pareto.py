@@ -17,6 +17,7 @@ from explorer.plots import (
     pareto_figure,
     selected_keys,
     series_of,
+    setting_figure,
 )
 from explorer.ui import state
 from explorer.ui.rows import row_picker_ui, rows_or_stop
@@ -24,7 +25,7 @@ from explorer.ui.rows import row_picker_ui, rows_or_stop
 ROW_BOX = "pareto.row"
 AUTO_OPEN = "pareto.auto_open"
 OPEN_LAYERS = "pareto.open_layers"
-CHARTS = ("pareto.size", "pareto.latency")
+CHARTS = ("pareto.size", "pareto.latency", "pareto.formats")
 TABLE = "pareto.table"
 LAYERS_PAGE = "pages/layers.py"
 
@@ -87,8 +88,11 @@ st.caption(
     "*simulated* latencies: that configuration has no real kernel here, so it was timed on the "
     "next wider one (an upper bound). **Bars** are 95 % confidence intervals from resampling the "
     "evaluation set; **arrows** lead from a post-training (PTQ) point to the same configuration "
-    "after quantization-aware training (QAT). The fp32 and bf16 baselines are marked for "
-    "reference. Hover over a point to see its configuration; click it to open its layers."
+    "after quantization-aware training (QAT). Colours and marker shapes tell how a point was "
+    "made: post-training quantization by its algorithm (RTN rounds to nearest; GPTQ and AWQ "
+    "compensate the rounding error using calibration data) or QAT; the fp32 and bf16 baselines "
+    "are marked for reference. Hover over a point to see its configuration and what it cost to "
+    "calibrate or train; click it to open its layers."
 )
 
 *_, rows = rows_or_stop(": its points appear here as each configuration finishes.")
@@ -108,7 +112,9 @@ with left:
         "Series",
         series,
         key="pareto.series",
-        help="Groups of configurations that share everything but the bit width.",
+        help="How each configuration was produced: post-training quantization (PTQ) by "
+        "its algorithm (round to nearest, GPTQ, AWQ, SmoothQuant), quantization-aware "
+        "training (QAT), or a mixed per-layer plan; the baselines are fp32 and bf16.",
     )
 with middle:
     shown_bits = _filter(
@@ -150,8 +156,8 @@ timed = [_at_workload(row, workload) for row in visible] if workload else visibl
 metric_path, _ = metric_of(rows)
 reference = float_metric(rows)
 try:
-    size_tab, latency_tab, three_tab = st.tabs(
-        ["Quality vs size", "Quality vs latency", "Three axes"]
+    size_tab, latency_tab, three_tab, formats_tab = st.tabs(
+        ["Quality vs size", "Quality vs latency", "Three axes", "Algorithms by format"]
     )
     with size_tab:
         st.plotly_chart(
@@ -174,6 +180,18 @@ try:
         st.caption(
             "Size, latency and quality at once: drag to turn the view. A configuration can be "
             "on this three-way front while missing both flat ones."
+        )
+    with formats_tab:
+        st.plotly_chart(
+            setting_figure(visible, selected_key=selected),
+            key=CHARTS[2],
+            on_select=lambda: _on_chart_select(CHARTS[2]),
+            selection_mode="points",
+        )
+        st.caption(
+            "Configurations that store weights in the same format have the same size, so on the "
+            "size plot they share one x. Here each format is one column and the ways of reaching "
+            "it (round to nearest, GPTQ, AWQ, QAT) stand side by side."
         )
 except (ExplorerError, ValueError) as exc:
     st.error(f"Cannot draw these results: {exc}")
@@ -223,7 +241,16 @@ st.dataframe(
     on_select=lambda: _on_table_select(keys),
     selection_mode="single-row",
     column_config={
-        "size_kb": st.column_config.NumberColumn("size (KiB)", format="%.1f"),
+        "size_kib": st.column_config.NumberColumn("size (KiB)", format="%.1f"),
+        "calibrate_s": st.column_config.NumberColumn(
+            "calibration (s)",
+            format="%.1f",
+            help="PTQ: input statistics, the algorithm (GPTQ, AWQ, SmoothQuant) and "
+            "activation ranges.",
+        ),
+        "train_s": st.column_config.NumberColumn(
+            "QAT training (s)", format="%.1f", help="QAT: prepare, train, convert."
+        ),
         "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.3f"),
         "bits_per_weight": st.column_config.NumberColumn("bits/weight", format="%.2f"),
         "value": st.column_config.NumberColumn("value", format="%.4f"),

@@ -38,7 +38,8 @@ def _results_frame(table: list[dict]) -> pd.DataFrame:
             "granularity": [r["granularity"] for r in table],
             "method": [r["method"] for r in table],
             "algorithm": [r["algorithm"] for r in table],
-            "calibrate / train s": [r["prepare_s"] for r in table],
+            "calibration s": [r["calibrate_s"] for r in table],
+            "QAT training s": [r["train_s"] for r in table],
             "size KiB": [r["size_kib"] for r in table],
             "bits/weight": [r["bits_per_weight"] for r in table],
             "latency ms": [r["latency_ms"] for r in table],
@@ -144,10 +145,16 @@ else:
             "size KiB": st.column_config.NumberColumn(format="%.1f"),
             "bits/weight": st.column_config.NumberColumn(format="%.2f"),
             "latency ms": st.column_config.NumberColumn(format="%.3f"),
-            "calibrate / train s": st.column_config.NumberColumn(
+            "calibration s": st.column_config.NumberColumn(
                 format="%.1f",
-                help="What the method costs before deployment: calibration statistics and the "
-                "PTQ algorithm (GPTQ, AWQ, SmoothQuant), or QAT's training time.",
+                help="What PTQ costs before deployment: input statistics, the PTQ algorithm "
+                "(GPTQ, AWQ, SmoothQuant) and static activation ranges. Round-to-nearest of the "
+                "weights alone needs no calibration.",
+            ),
+            "QAT training s": st.column_config.NumberColumn(
+                format="%.1f",
+                help="What QAT costs before deployment: preparing, training for its step "
+                "budget and converting to the stored format.",
             ),
         },
         key="sweep.results",

@@ -10,6 +10,7 @@ import pytest
 from torch import nn
 
 from explorer.inspect import (
+    algorithm_summary,
     float_metric,
     layer_table,
     pending_entries,
@@ -109,6 +110,28 @@ def test_result_table_flags_the_size_front_and_keeps_intervals() -> None:
     assert (table[1]["ci_lo"], table[1]["ci_hi"]) == (-0.01, 0.005)
     assert table[4]["value"] is None
     assert result_table([]) == []
+
+
+def test_result_table_names_the_algorithm_and_its_calibration_or_training_seconds() -> None:
+    rows = [
+        _row("fp32", 4000, 0.99, kind="baseline", seconds={"quantize": 0.1}),
+        _row("rtn", 600, 0.95, method="ptq", algorithm="rtn", seconds={"calibrate": 0.0}),
+        _row("gptq", 600, 0.97, algorithm="gptq", seconds={"calibrate": 12.5, "algorithm": 11.0}),
+        _row("awq", 600, 0.96, algorithm="awq",
+             seconds={"calibrate": 4.0, "algorithm": 3.5, "statistics_reused": 1.25}),
+        _row("qat", 600, 0.98, method="qat", algorithm="rtn", qat_steps=100,
+             seconds={"qat": 40.0, "calibrate": 0.0}),
+        _row("whatif", 620, 0.96, kind="mixed", algorithm=None, algorithms={"rtn": 3, "awq": 1},
+             seconds={"calibrate": 2.0}),
+    ]  # fmt: skip
+    table = {r["label"]: r for r in result_table(rows)}
+    assert [table[k]["algorithm"] for k in table] == [
+        None, "rtn", "gptq", "awq", "rtn", "awq ×1, rtn ×3"
+    ]  # fmt: skip
+    # calibration as if run alone: statistics reused from an earlier row count at their cost
+    assert [table[k]["calibrate_s"] for k in table] == [None, 0.0, 12.5, 5.25, None, 2.0]
+    assert [table[k]["train_s"] for k in table] == [None, None, None, None, 40.0, None]
+    assert algorithm_summary({"kind": "mixed"}) is None
 
 
 def test_quality_axis_falls_back_to_sqnr_without_labels() -> None:

@@ -191,14 +191,100 @@ def test_metric_float_and_series_of_rows() -> None:
     assert plots.float_metric(rows[2:]) is None  # no fp32 row
     by_key = {r["key"]: plots.series_of(r) for r in rows}
     assert by_key["fp32"] == by_key["bf16"] == "fp32/bf16 baseline"
-    assert by_key["w8"] == "PTQ rtn"
+    assert by_key["w8"] == "PTQ · RTN"
     assert by_key["w8qat"] == "QAT"
-    assert by_key["w4gptq"] == "PTQ gptq"
-    assert by_key["mix"] == "mixed (search)"
+    assert by_key["w4gptq"] == "PTQ · GPTQ"
+    assert by_key["mix"] == "mixed (per layer)"
     ppl = [make_row("a", metric_name="perplexity", value=12.0)]
     assert plots.metric_of(ppl) == ("metrics.perplexity", "min")
     unlabelled = [make_row("a", metric_name=None)]
     assert plots.metric_of(unlabelled) == ("metrics.sqnr_db", "max")
+
+
+def algorithm_rows() -> list[dict[str, Any]]:
+    """fp32, W4 per channel by RTN, GPTQ, AWQ and QAT, W2 by RTN, and a mixed plan."""
+    return [
+        make_row("fp32", kind="baseline", label="fp32", bits=None, size=4000, value=FLOAT),
+        {**make_row("rtn", bits=4, size=500, value=0.90), "seconds": {"calibrate": 0.0}},
+        {
+            **make_row("gptq", bits=4, algorithm="gptq", size=500, value=0.93),
+            "seconds": {"calibrate": 12.5, "algorithm": 11.0},
+        },
+        {
+            **make_row("awq", bits=4, algorithm="awq", size=500, value=0.92),
+            "seconds": {"calibrate": 8.0, "algorithm": 6.25, "statistics_reused": 1.5},
+        },
+        {
+            **make_row("qat", bits=4, method="qat", size=500, value=0.94, parent="rtn"),
+            "seconds": {"qat": 40.0, "calibrate": 0.0},
+        },
+        {
+            **make_row("mix", kind="mixed", bits=None, method=None, algorithm=None, size=520),
+            "algorithms": {"rtn": 3, "gptq": 1},
+            "seconds": {"calibrate": 3.0},
+        },
+        make_row("w2", bits=2, size=250, value=0.5),
+    ]
+
+
+def test_algorithms_are_distinct_series_and_the_hover_names_their_cost() -> None:
+    rows = algorithm_rows()
+    for fig in (plots.pareto_figure(rows), plots.pareto_figure(rows, x="latency_ms")):
+        series = traces(fig, "series")
+        assert [t.name for t in series] == [
+            "fp32/bf16 baseline",
+            "PTQ · RTN",
+            "PTQ · GPTQ",
+            "PTQ · AWQ",
+            "QAT",
+            "mixed (per layer)",
+        ]
+        assert len({t.marker.color for t in series}) == len(series)
+        points = point_table(fig)
+        assert [points[k]["symbol"] for k in ("rtn", "gptq", "awq", "qat")] == [
+            "circle",
+            "hexagon",
+            "pentagon",
+            "triangle-up",
+        ]
+        hover = {k: t.hovertext[i] for t in series for i, k in enumerate(t.customdata)}
+        assert "— PTQ · GPTQ" in hover["gptq"]
+        assert "PTQ, GPTQ · calibration 12.5 s (of which the algorithm 11.0 s)" in hover["gptq"]
+        assert "PTQ, AWQ · calibration 9.5 s (of which the algorithm 6.2 s)" in hover["awq"]
+        assert "input statistics (1.5 s of it) reused from an earlier row" in hover["awq"]
+        assert "reused" not in hover["gptq"]
+        assert "PTQ, RTN · calibration 0.0 s" in hover["rtn"]
+        assert "QAT from RTN: 20 steps · training 40.0 s" in hover["qat"]
+        assert "mixed plan: GPTQ ×1, RTN ×3 · calibration 3.0 s" in hover["mix"]
+        assert "calibration" not in hover["fp32"]
+    three_d = plots.pareto_3d_figure(rows)
+    assert [t.name for t in traces(three_d, "series")][1:4] == [
+        "PTQ · RTN",
+        "PTQ · GPTQ",
+        "PTQ · AWQ",
+    ]
+
+
+def test_setting_figure_puts_the_algorithms_of_one_format_side_by_side() -> None:
+    rows = algorithm_rows()
+    fig = plots.setting_figure(rows, selected_key="gptq")
+    series = {t.name: t for t in traces(fig, "series")}
+    assert list(series) == ["PTQ · RTN", "PTQ · GPTQ", "PTQ · AWQ", "QAT"]  # no baseline, mixed
+    assert list(series["PTQ · RTN"].customdata) == ["rtn", "w2"]
+    assert list(series["PTQ · RTN"].x) == ["W4 channel", "W2 channel"]
+    assert [list(series[n].x) for n in ("PTQ · GPTQ", "PTQ · AWQ", "QAT")] == [["W4 channel"]] * 3
+    assert fig.layout.scattermode == "group" and fig.layout.xaxis.type == "category"
+    assert list(fig.layout.xaxis.categoryarray) == ["W4 channel", "W2 channel"]  # larger first
+    assert series["PTQ · GPTQ"].y == (0.93,) and series["PTQ · GPTQ"].marker.line.width == (3,)
+    assert "PTQ, GPTQ · calibration 12.5 s" in series["PTQ · GPTQ"].hovertext[0]
+    (line,) = [s for s in fig.layout.shapes if s.name == "fp32-metric"]
+    assert line.y0 == FLOAT
+    lo, hi = fig.layout.yaxis.range  # the metric's range (with the bars and fp32), not from 0
+    assert 0.4 < lo < 0.5 and FLOAT < hi < 1.05
+    assert plots.setting_of({**rows[1], "config": {"rules": [["fc*", {}]]}}) == "W4 channel on fc*"
+    assert plots.setting_of({**rows[1], "symmetric": False, "act_bits": 8}) == "W4 channel asym A8"
+    empty = plots.setting_figure(rows[:1])
+    assert "empty" in [a.name for a in empty.layout.annotations]
 
 
 # --- the Pareto scatter ---------------------------------------------------------------------
@@ -244,7 +330,7 @@ def test_pareto_figure_synthetic(x: str) -> None:
     notes = [t.name for t in traces(fig, "legend")]
     assert notes == ([plots.SIMULATED_NOTE] if x == "latency_ms" else [])
     if x == "latency_ms":
-        assert "(simulated)" in fig.data[names.index("PTQ rtn")].hovertext[1]  # w4
+        assert "(simulated)" in fig.data[names.index("PTQ · RTN")].hovertext[1]  # w4
 
     # PTQ → QAT arrows for QAT rows whose parent is plotted, parent → QAT point
     arrows = [a for a in fig.layout.annotations if (a.name or "").startswith("qat-recovery:")]
@@ -349,7 +435,7 @@ def test_pareto_figure_real_rows(real: dict[str, Any], x: str) -> None:
     assert (path, sense) == ("metrics.accuracy", "max")
     shown = plotted(rows, x, path)
     assert sorted(keys_of(fig)) == sorted(r["key"] for r in shown)
-    assert {t.name for t in traces(fig, "series")} == {"fp32/bf16 baseline", "PTQ rtn", "QAT"}
+    assert {t.name for t in traces(fig, "series")} == {"fp32/bf16 baseline", "PTQ · RTN", "QAT"}
 
     flags = flag_pareto(shown, [(x, "min"), (path, sense)])
     assert sorted(traces(fig, "front")[0].customdata) == sorted(

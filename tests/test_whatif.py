@@ -96,6 +96,15 @@ def test_whatif_plan_keeps_a_trained_layer_trained() -> None:
     new = whatif_plan(plan, "features.3", "W4 g32")
     assert new.rules[0][1] == W4G32.with_(method="qat")
     assert whatif_plan(plan, "features.3", "fp32").rules[0] == ("features.3", None)
+    with pytest.raises(ExplorerError, match="QAT starts from round-to-nearest: gptq is a post"):
+        whatif_plan(plan, "classifier.2", "W4 g32 gptq")
+
+
+def test_whatif_plan_sets_a_ptq_algorithm_on_one_layer() -> None:
+    plan = Plan.uniform(W8)
+    new = whatif_plan(plan, "classifier.2", "W4 g32 awq")
+    assert new.rules == (("classifier.2", W4G32.with_(algorithm="awq")),)
+    assert new.default == W8
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ def sweep_spec_ui(model_layers: Sequence[str], *, key: str = "spec") -> SweepSpe
             ("rtn", "gptq", "awq", "smoothquant"),
             default=["rtn"],
             format_func=lambda a: {
-                "rtn": "round to nearest",
+                "rtn": "RTN (round to nearest)",
                 "gptq": "GPTQ (error compensation)",
                 "awq": "AWQ (activation-aware scales)",
                 "smoothquant": "SmoothQuant (W8A8 only)",

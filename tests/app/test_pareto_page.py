@@ -40,14 +40,17 @@ def test_pareto_page_draws_every_row(swept: dict[str, Any]) -> None:
     assert not at.exception, at.exception
     assert not at.error
     charts = _charts(at)
-    assert set(charts) == {"pareto.size", "pareto.latency", "pareto.3d"}
+    assert set(charts) == {"pareto.size", "pareto.latency", "pareto.3d", "pareto.formats"}
     with ResultStore(swept["store"]) as store:
         stored = store.rows()  # the swept rows, and what-if rows of other page tests
     keys = {row["key"] for row in stored}
     assert {row["key"] for row in swept["rows"].values()} <= keys
-    for figure in charts.values():
-        assert _points(figure) == keys
-        assert _points(figure, "front")  # the front is drawn
+    for key in ("pareto.size", "pareto.latency", "pareto.3d"):
+        assert _points(charts[key]) == keys
+        assert _points(charts[key], "front")  # the front is drawn
+    # by storage format: every uniform configuration (not the baselines, not mixed plans)
+    uniform = {row["key"] for row in stored if row["kind"] == "uniform"}
+    assert _points(charts["pareto.formats"]) == uniform
     size = charts["pareto.size"]
     assert "accuracy" in size["layout"]["yaxis"]["title"]["text"]
     latency = charts["pareto.latency"]
@@ -118,7 +121,7 @@ def test_filters_hide_points(swept: dict[str, Any]) -> None:
             store.delete("f" * 64)
     shown = _points(_charts(at)["pareto.size"])
     assert "f" * 64 in shown and rows["W4 channel sym ptq"]["key"] not in shown
-    assert "mixed (search)" in at.multiselect(key="pareto.series").value
+    assert "mixed (per layer)" in at.multiselect(key="pareto.series").value
     at.multiselect(key="pareto.series").set_value([]).run()
     assert not at.exception
     assert any("No configuration matches" in w.value for w in at.warning)
