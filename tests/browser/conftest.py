@@ -4,7 +4,10 @@ by Playwright through Debian's Chromium (``/usr/bin/chromium``, headless, no san
 The server runs with ``EXPLORER_CACHE`` and ``EXPLORER_STORE`` in a temporary folder, so the
 user's cache and results are never touched, and in a process group of its own, so the sweep
 workers it spawns stop with it. Chromium starts *before* the server, so the time from launching
-the server to an interactive first page is not inflated by the browser's own start.
+the server to an interactive first page is not inflated by the browser's own start. The session
+shares one server (``app_server``); a module whose work must stay apart from it (its own store,
+no effect on the session server's first-open timing) overrides ``app_server`` with
+``own_app_server``.
 
 Timings the tests measure go into `TIMINGS`: they are printed in pytest's terminal summary (with
 or without ``-s``), recorded as junit properties and written to ``browser-timings.json`` in the
@@ -23,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,11 +128,13 @@ def browser(browser_dir: Path) -> Iterator[Any]:
             chromium.close()
 
 
-@pytest.fixture(scope="session")
-def app_server(browser: Any, browser_dir: Path) -> Iterator[AppServer]:
-    """`streamlit run streamlit_app.py` on a free port, until the end of the session."""
-    cache, store = browser_dir / "cache", browser_dir / "results.sqlite"
-    log = browser_dir / "streamlit.log"
+@contextmanager
+def serve_app(base: Path) -> Iterator[AppServer]:
+    """`streamlit run streamlit_app.py` on a free port with its cache and store in ``base``,
+    which this process's environment also points at (the tests read the same rows), until the
+    block ends."""
+    cache, store = base / "cache", base / "results.sqlite"
+    log = base / "streamlit.log"
     port = free_port()
     command = [
         *(str(Path(sys.executable).parent / "streamlit"), "run", "streamlit_app.py"),
@@ -136,7 +142,6 @@ def app_server(browser: Any, browser_dir: Path) -> Iterator[AppServer]:
         *("--server.address", "127.0.0.1"),
     ]
     with pytest.MonkeyPatch.context() as mp:
-        # The tests read the same store and cache in this process (rows, run folders).
         mp.setenv("EXPLORER_CACHE", str(cache))
         mp.setenv("EXPLORER_STORE", str(store))
         with log.open("wb") as out:
@@ -155,10 +160,26 @@ def app_server(browser: Any, browser_dir: Path) -> Iterator[AppServer]:
                 healthy_at = wait_healthy(f"{url}/_stcore/health", process, HEALTH_TIMEOUT_S)
             except (RuntimeError, TimeoutError) as exc:
                 pytest.fail(f"streamlit did not start: {exc}\n{log.read_text(errors='replace')}")
-            TIMINGS["health_after_launch_s"] = round(healthy_at - launched_at, 3)
             yield AppServer(url, port, cache, store, log, process, launched_at, healthy_at)
         finally:
             stop_process_group(process)
+
+
+@pytest.fixture(scope="session")
+def app_server(browser: Any, browser_dir: Path) -> Iterator[AppServer]:
+    """The session's server, until the end of the session."""
+    with serve_app(browser_dir) as server:
+        TIMINGS["health_after_launch_s"] = round(server.healthy_at - server.launched_at, 3)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def own_app_server(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """A server of the module's own, with an empty cache and store: for a module whose sweeps
+    must not reach the session server's rows or its first-open timings (a module overrides
+    ``app_server`` with it)."""
+    with serve_app(tmp_path_factory.mktemp("own-app")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
