@@ -1,36 +1,30 @@
 """Model: choose a built-in model or load your own, see its layers and float metric; the first
-open of the default model starts a small default sweep whose points appear as they finish."""
+open of the default model starts a small default sweep whose points appear as they finish.
+
+The title and the model picker are drawn first, from modules that import neither torch nor
+pandas; the rest of the page imports them afterwards. Streamlit sends each element as it is
+drawn, so on the first run after ``streamlit run`` the picker is usable while torch loads and the
+model opens (issue 5: the first page is interactive within 5 s on a 2-core machine).
+"""
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from explorer.errors import ExplorerError
-from explorer.inspect import float_metric, layer_table, pending_entries, sweep_progress
-from explorer.models.registry import builtin_models, default_model
-from explorer.sweep.context import ModelSource
-from explorer.sweep.space import DEFAULT_SPEC
+from explorer.models.catalog import BUILTIN_NAMES, DEFAULT_MODEL, ModelSource
 from explorer.ui import state
-from explorer.ui.widgets import (
-    DEFAULT_RUN,
-    front_figure_ui,
-    start_sweep,
-    sweep_job_ui,
-)
-from explorer.uploads import MAX_UPLOAD_BYTES, SUFFIXES, error_message, load_upload
 
 AUTO_SWEEP = "auto_sweep_started"
 FLASH = "model.flash"
-UPLOAD_LIMIT_MB = MAX_UPLOAD_BYTES // 1024**2
 
 
 def _describe(source: ModelSource) -> str:
-    if source.model in builtin_models() and source.weights is None and source.data is None:
+    if source.model in BUILTIN_NAMES and source.weights is None and source.data is None:
         return f"built-in **{source.model}**"
     parts = []
-    if source.model in builtin_models():
+    if source.model in BUILTIN_NAMES:
         parts.append(f"built-in architecture **{source.model}**")
     elif source.model:
         parts.append("uploaded Hugging Face model")
@@ -67,9 +61,8 @@ if FLASH in st.session_state:
     st.success(st.session_state.pop(FLASH))
 
 source = state.current_source()
-models = builtin_models()
-names = list(models)
-current_builtin = source.model if source.model in models else default_model().name
+names = list(BUILTIN_NAMES)
+current_builtin = source.model if source.model in BUILTIN_NAMES else DEFAULT_MODEL
 
 # --- choose a built-in model ------------------------------------------------------------------
 pick, card_col = st.columns([1, 2])
@@ -86,6 +79,19 @@ with pick:
     if source != plain and st.button(f"Use built-in {chosen}", key="model.use_builtin"):
         state.set_source(plain)
         st.rerun()
+
+# Everything below needs torch (and pandas), imported only now that the picker is on screen.
+import pandas as pd  # noqa: E402
+
+from explorer.inspect import float_metric, layer_table, pending_entries, sweep_progress  # noqa: E402
+from explorer.models.registry import builtin_models  # noqa: E402
+from explorer.sweep.space import DEFAULT_SPEC  # noqa: E402
+from explorer.ui.widgets import DEFAULT_RUN, front_figure_ui, start_sweep, sweep_job_ui  # noqa: E402
+from explorer.uploads import MAX_UPLOAD_BYTES, SUFFIXES, error_message, load_upload  # noqa: E402
+
+UPLOAD_LIMIT_MB = MAX_UPLOAD_BYTES // 1024**2
+models = builtin_models()
+
 with card_col:
     spec = models[chosen]
     st.markdown(spec.description)
@@ -216,7 +222,7 @@ st.caption(
     "plus the fp32 and bf16 baselines: a first look at how much quality each saved byte costs, "
     "computed here as you watch."
 )
-is_default = source == ModelSource(model=default_model().name)
+is_default = source == ModelSource(model=DEFAULT_MODEL)
 if is_default and not state.run_settings().get(AUTO_SWEEP) and not _job_running():
     # Once per run: start only if the store lacks some of the default sweep's rows.
     if pending_entries(ctx, DEFAULT_SPEC, DEFAULT_RUN, state.store()):

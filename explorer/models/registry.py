@@ -11,6 +11,9 @@ A built-in model module (``explorer/models/digits.py`` and friends) defines one 
   runs one inference exactly as the user would (one image, a batch of 64, one decode step with a
   KV cache of 128 tokens, ...).
 
+Their names, the default and the module of each are listed, torch-free, in
+`explorer.models.catalog`.
+
 Assets are read only from the repository's ``assets/`` folder (or ``$EXPLORER_ASSETS``); nothing
 is downloaded at run time.
 """
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 from explorer.errors import ModelLoadError
+from explorer.models.catalog import BUILTIN_MODULES
 
 ASSETS = Path(os.environ.get("EXPLORER_ASSETS", Path(__file__).resolve().parents[2] / "assets"))
 SPLITS = ("train", "calibration", "eval")
@@ -93,15 +97,8 @@ def _load_builtins() -> None:
     # light and a broken model module names itself in the error.
     import importlib
 
-    for module in BUILTIN_MODULES:
+    for module in BUILTIN_MODULES.values():
         importlib.import_module(module)
-
-
-BUILTIN_MODULES: list[str] = [
-    "explorer.models.digits",
-    "explorer.models.mobile",
-    "explorer.models.tinylm",
-]
 
 
 def builtin_models() -> dict[str, BuiltinModel]:

@@ -3,7 +3,8 @@ float reference outputs and the fingerprints that key its result rows.
 
 A `ModelSource` names a model the way the command line does (a built-in name or a Hugging Face
 directory, optional safetensors weights, an operator-named factory, optional data) and is plain
-data, so a worker process or a Ray actor can rebuild the same `ModelContext` from it.
+data (defined, torch-free, in `explorer.models.catalog`), so a worker process or a Ray actor
+can rebuild the same `ModelContext` from it.
 `ModelContext` computes once, and then reuses for every plan, the float model with batch norm
 folded (per-layer references), the float outputs on the evaluation split (`FloatReference`), and
 the calibration cache (static activation ranges, and the input statistics that GPTQ, AWQ and
@@ -18,7 +19,7 @@ import copy
 import hashlib
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -38,30 +39,13 @@ from explorer.measure.evaluation import (
     lm_stats,
     summarize,
 )
+from explorer.models.catalog import ModelSource
 from explorer.models.registry import Workload
 from explorer.nn.fold import fold_batch_norm
 
 EVAL_BATCH = {"classification": 256, "lm": 16, "fidelity": 16}
 USER_CALIBRATION_SAMPLES = 128
 FINGERPRINT_CHARS = 16
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """How to load the model: the command line's ``--model``/``--weights``/``--model-factory``
-    and ``--data``. Plain data (JSON round trip), so another process can load the same model."""
-
-    model: str | None = None
-    weights: str | None = None
-    factory: str | None = None
-    data: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSource:
-        return cls(**data)
 
 
 def tensor_fingerprint(tensors: dict[str, torch.Tensor]) -> str:

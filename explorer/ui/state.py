@@ -6,7 +6,9 @@ Every browser session works under a *run id* kept in the URL (``?run=...``): its
 so a reload returns to them and another session never sees them. Rows of the built-in models on
 their own data are computed identically for everyone and shared (owner ``""``).
 
-This is the only package besides the pages that imports streamlit.
+This is the only package besides the pages that imports streamlit. Importing this module does not
+import torch (the model contexts and sweep processes are imported where first used), so the Model
+page can draw its picker before torch loads.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from explorer.models.registry import builtin_models, default_model
-from explorer.sweep.context import ModelContext, ModelSource, open_context
+from explorer.models.catalog import BUILTIN_NAMES, DEFAULT_MODEL, ModelSource
 from explorer.sweep.store import ResultStore
-from explorer.sweep.worker import SweepProcess
+
+if TYPE_CHECKING:
+    from explorer.sweep.context import ModelContext
+    from explorer.sweep.worker import SweepProcess
 
 CACHE_DIR = Path(os.environ.get("EXPLORER_CACHE", "~/.cache/quant-explorer")).expanduser()
 STORE_ENV = "EXPLORER_STORE"
@@ -88,15 +92,11 @@ def current_source() -> ModelSource:
     if isinstance(stored, dict):
         try:
             source = ModelSource.from_dict(stored)
-            if (
-                source.model in builtin_models()
-                or source.model is None
-                or Path(source.model).exists()
-            ):
+            if source.model in BUILTIN_NAMES or source.model is None or Path(source.model).exists():
                 return source
         except TypeError:
             pass
-    return ModelSource(model=default_model().name)
+    return ModelSource(model=DEFAULT_MODEL)
 
 
 def set_source(source: ModelSource) -> None:
@@ -105,12 +105,14 @@ def set_source(source: ModelSource) -> None:
 
 def owner_for(source: ModelSource) -> str:
     """``""`` (shared) for a built-in model on its own data; the run id for anything uploaded."""
-    shared = source.model in builtin_models() and source.weights is None and source.data is None
+    shared = source.model in BUILTIN_NAMES and source.weights is None and source.data is None
     return "" if shared else run_id()
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=8)
 def _context(source_json: str) -> ModelContext:
+    from explorer.sweep.context import open_context
+
     return open_context(ModelSource.from_dict(json.loads(source_json)))
 
 

@@ -1,11 +1,13 @@
 """The Model page (AppTest): the layer table and float metric of the default model, the default
 sweep that starts by itself on first open and shows its first points, uploads through the real
 file uploader (good weights switch the model; a truncated file shows an error and changes
-nothing), and switching to another built-in model."""
+nothing), switching to another built-in model, and the picker drawn before torch is imported."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import safetensors.torch
 from streamlit.testing.v1 import AppTest
 
+from explorer.models.catalog import BUILTIN_NAMES, DEFAULT_MODEL
 from explorer.models.registry import get_builtin
 from explorer.sweep.store import ResultStore
 from explorer.ui import state
@@ -146,3 +149,53 @@ def test_choosing_another_builtin_model(app_env: dict[str, Path]) -> None:
     assert "BatchNorm2d" in set(layers["type"]) and not layers["quantizable"].all()
     assert state.job(run) is None  # only the default model starts a sweep by itself
     assert any("No results for this model yet" in i.value for i in at.info)
+
+
+_WITHOUT_TORCH = """
+import json, sys
+from importlib.abc import MetaPathFinder
+from streamlit.testing.v1 import AppTest
+
+refused = []
+
+class Refuse(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "pandas"):
+            refused.append(name)
+            raise ImportError(f"{name} is refused")
+
+sys.meta_path.insert(0, Refuse())
+at = AppTest.from_file(sys.argv[1], default_timeout=60)
+at.query_params["run"] = sys.argv[2]
+at.run()
+try:
+    box = at.selectbox(key="model.builtin")
+    picker = [box.label, box.value, list(box.options), box.disabled]
+except KeyError:  # not drawn
+    picker = None
+print(json.dumps({
+    "title": [t.value for t in at.title],
+    "picker": picker,
+    "errors": len(at.exception),
+    "refused": refused,
+}))
+"""
+
+
+def test_the_picker_is_drawn_before_torch_is_imported(app_env: dict[str, Path]) -> None:
+    """The first page is interactive while torch loads (issue 5: within 5 s of `streamlit run`
+    on 2 cores): Streamlit sends each element as it is drawn, and nothing above the picker
+    imports torch or pandas. In a fresh interpreter that refuses both, the page still draws its
+    title and picker, with the default model chosen, before it stops at the first import."""
+    run = "0000000000a5"
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, PAGE, run],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["title"] == ["Model"]
+    assert seen["picker"] == ["Built-in model", DEFAULT_MODEL, list(BUILTIN_NAMES), False]
+    assert seen["errors"] == 1 and len(seen["refused"]) == 1
