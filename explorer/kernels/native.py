@@ -77,6 +77,7 @@ __all__ = [
     "force_scalar",
     "int8_gemm",
     "unavailable_reason",
+    "w8a8_dynamic_linear",
     "w8a8_linear",
     "weight_row_sums",
     "wo_linear",
@@ -191,6 +192,22 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qe_wo_linear.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
     lib.qe_int8_gemm.restype = _INT
     lib.qe_int8_gemm.argtypes = [_P, _P, _P, _I64, _I64, _I64, _INT]
+    lib.qe_w8a8_dyn_linear.restype = _INT
+    lib.qe_w8a8_dyn_linear.argtypes = [
+        _P,
+        _INT,
+        _INT,
+        ctypes.c_float,
+        _P,
+        _P,
+        _P,
+        _P,
+        _P,
+        _I64,
+        _I64,
+        _I64,
+        _INT,
+    ]
     lib.qe_byte_sum.restype = _I64
     lib.qe_byte_sum.argtypes = [_P, _I64, _INT]
     lib.qe_w8a8_linear.restype = _INT
@@ -511,6 +528,67 @@ def w8a8_linear(
         torch.get_num_threads(),
     )
     _check_rc(rc, "qe_w8a8_linear")
+    return y
+
+
+def w8a8_dynamic_linear(
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_sum: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    *,
+    per_token: bool,
+    symmetric: bool,
+    eps: float,
+) -> torch.Tensor:
+    """:func:`w8a8_linear` with the dynamic 8-bit activation quantization done in C.
+
+    ``x`` float32 [..., K] is quantized per token (each row of the flattened ``[M, K]``) or per
+    tensor, symmetric or asymmetric, with exactly the arithmetic of
+    :func:`explorer.quant.primitives.choose_qparams` / ``quantize`` (float32 division, round half
+    to even, scales clamped to ``eps``), so the codes and the outputs equal those of quantizing in
+    torch and calling :func:`w8a8_linear`, without the ~10 torch operations per call.
+    ``w_sum`` is required for asymmetric activations.
+    """
+    lib = _get()
+    x = _activation("x", x, torch.float32)
+    k = x.shape[-1]
+    if k <= 0:
+        raise ValueError(f"x must have a positive last dimension K, got shape {list(x.shape)}")
+    if k > _MAX_INT8_K:
+        raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
+    m = x.numel() // k
+    wq = _matrix("wq", wq, torch.int8, k, "[N, K]")
+    n = wq.shape[0]
+    w_scale = _vector("w_scale", w_scale, torch.float32, n, allow_scalar=True)
+    sptr = bptr = None
+    if w_sum is not None:
+        w_sum = _vector("w_sum", w_sum, torch.int32, n, allow_scalar=False)
+        sptr = w_sum.data_ptr()
+    elif not symmetric:
+        raise ValueError("w_sum is required for asymmetric activations (use weight_row_sums(wq))")
+    if bias is not None:
+        bptr = _dense("bias", bias, torch.float32, (n,)).data_ptr()
+    y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
+    if m == 0 or n == 0:
+        return y
+    rc = lib.qe_w8a8_dyn_linear(
+        x.data_ptr(),
+        int(per_token),
+        int(symmetric),
+        eps,
+        wq.data_ptr(),
+        w_scale.data_ptr(),
+        sptr,
+        bptr,
+        y.data_ptr(),
+        m,
+        n,
+        k,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_w8a8_dyn_linear")
     return y
 
 

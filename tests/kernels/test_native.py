@@ -530,3 +530,82 @@ def test_byte_sum_reads_any_dtype_as_bytes() -> None:
     assert native.byte_sum(torch.empty(0)) == 0
     with pytest.raises(ValueError, match="contiguous CPU tensor"):
         native.byte_sum(torch.zeros(8, 8).T)
+
+
+# --- w8a8_dynamic_linear: activation quantization in C, bit-identical to the torch path -------
+
+
+def _dynamic_reference(
+    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor, gran: str, sym: bool
+) -> torch.Tensor:
+    """Quantize x with the torch primitives, then the plain int8 kernel."""
+    from explorer.kernels.activation import quantize_activation, to_int8_domain
+    from explorer.kernels.base import LinearSpec
+    from explorer.quant.config import QuantConfig
+
+    config = QuantConfig(weight_bits=8, act_bits=8, act_granularity=gran, act_symmetric=sym)
+    spec = LinearSpec.from_config(config, wq.shape[0], wq.shape[1], "cpu")
+    q, xs, xz = quantize_activation(x, spec, None)
+    xq, xz = to_int8_domain(q, xz, sym)
+    zx = None if sym else xz.reshape(-1).to(torch.int32).contiguous()
+    wsum = native.weight_row_sums(wq)
+    return native.w8a8_linear(xq.contiguous(), xs.reshape(-1).contiguous(), zx, wq, ws, wsum, bias)
+
+
+@pytest.mark.parametrize("gran", ["token", "tensor"])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize(
+    "inputs", ["gaussian", "positive", "zeros", "ties", "one_row_zero"], ids=str
+)
+@pytest.mark.parametrize("shape", [(1, 48, 4096), (3, 17, 100), (33, 40, 64), (2, 9, 1)])
+def test_w8a8_dynamic_equals_quantizing_in_torch(
+    isa: str, gran: str, sym: bool, inputs: str, shape: tuple[int, int, int]
+) -> None:
+    from explorer.quant.primitives import SCALE_EPS
+
+    m, n, k = shape
+    gen = torch.Generator().manual_seed(m * 1000 + k)
+    x = {
+        "gaussian": lambda: torch.randn(m, k, generator=gen) * 3,
+        "positive": lambda: torch.rand(m, k, generator=gen) + 0.5,
+        "zeros": lambda: torch.zeros(m, k),
+        # multiples of half a step: x / scale lands on .5 ties, which round to even
+        "ties": lambda: torch.randint(-254, 255, (m, k), generator=gen).float() / 2,
+        "one_row_zero": lambda: torch.cat(
+            [torch.zeros(1, k), torch.randn(m - 1, k, generator=gen)]
+        ),
+    }[inputs]()
+    if inputs == "ties":
+        x[:, 0] = 127.0  # symmetric scale exactly 1.0
+    wq = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    ws = torch.rand(n, generator=gen) + 0.1
+    bias = torch.randn(n, generator=gen)
+    ref = _dynamic_reference(x, wq, ws, bias, gran, sym)
+    y = native.w8a8_dynamic_linear(
+        x,
+        wq,
+        ws,
+        native.weight_row_sums(wq),
+        bias,
+        per_token=gran == "token",
+        symmetric=sym,
+        eps=SCALE_EPS,
+    )
+    assert torch.equal(y, ref)
+
+
+def test_w8a8_dynamic_rejects_bad_input() -> None:
+    wq = torch.zeros(3, 64, dtype=torch.int8)
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match="w_sum is required"):
+        native.w8a8_dynamic_linear(
+            x, wq, torch.ones(3), None, per_token=True, symmetric=False, eps=1e-38
+        )
+    with pytest.raises(ValueError, match="x"):
+        native.w8a8_dynamic_linear(
+            x.double(), wq, torch.ones(3), None, per_token=True, symmetric=True, eps=1e-38
+        )
+    with pytest.raises(ValueError):
+        native.w8a8_dynamic_linear(
+            torch.randn(2, 63), wq, torch.ones(3), None, per_token=True, symmetric=True, eps=1e-38
+        )

@@ -1116,3 +1116,145 @@ QE_EXPORT int qe_w8a8_linear(const int8_t* xq, const float* xs, const int32_t* z
     c.K = K;
     return qe_i8_run(&c, nthreads);
 }
+
+/* ======================================================================================= */
+/* W8A8 with dynamic activation quantization fused in                                     */
+/* ======================================================================================= */
+
+/* Dynamic 8-bit activation quantization exactly as explorer/quant/primitives.py does it, so the
+ * codes (and so the outputs) equal those of the Python path bit for bit:
+ *   lo = min(min x, 0), hi = max(max x, 0) over the row (per token) or the whole batch;
+ *   symmetric:  scale = max(max(-lo, hi) / 127, eps), z = 0, q = clamp(rne(x / scale), -128, 127);
+ *   asymmetric: scale = max((hi - lo) / 255, eps), z = clamp(-rne(lo / scale), 0, 255),
+ *               q = clamp(rne(x / scale) + z, 0, 255) - 128 (the int8 domain), z - 128.
+ * rne = round half to even (the default rounding mode); all arithmetic in float32. */
+/* Round half to even for |v| < 2^22 (adding 1.5 * 2^23 leaves no fraction bits, and the
+ * default rounding mode rounds ties to even); larger values are already integers. */
+static float qe_rne(float v) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    if (!(v > -4194304.0f && v < 4194304.0f)) return v;
+    return (v + magic) - magic; /* not folded: no -ffast-math */
+}
+
+static void qe_dyn_range(const float* x, int64_t n, float* lo, float* hi) {
+    float a = 0.0f, b = 0.0f; /* the range always includes 0 */
+    for (int64_t i = 0; i < n; ++i) {
+        a = x[i] < a ? x[i] : a;
+        b = x[i] > b ? x[i] : b;
+    }
+    *lo = a < *lo ? a : *lo;
+    *hi = b > *hi ? b : *hi;
+}
+
+static void qe_dyn_qparams(float lo, float hi, int symmetric, float eps, float* scale,
+                           int32_t* zero) {
+    float s;
+    if (symmetric) {
+        float amax = -lo > hi ? -lo : hi;
+        s = amax / 127.0f;
+    } else {
+        s = (hi - lo) / 255.0f;
+    }
+    s = s < eps ? eps : s;
+    *scale = s;
+    if (symmetric) {
+        *zero = 0;
+    } else {
+        float z = 0.0f - qe_rne(lo / s);
+        z = z < 0.0f ? 0.0f : (z > 255.0f ? 255.0f : z);
+        *zero = (int32_t)z - 128; /* int8 domain */
+    }
+}
+
+static void qe_dyn_quantize_row(const float* x, int8_t* q, int64_t n, float scale,
+                                int32_t zero, int symmetric, int64_t from) {
+    /* codes in [qmin, qmax] of the stored range; asymmetric codes shift into int8 by -128 */
+    const float zf = symmetric ? 0.0f : (float)(zero + 128);
+    const float qmin = symmetric ? -128.0f : 0.0f, qmax = symmetric ? 127.0f : 255.0f;
+    const int shift = symmetric ? 0 : 128;
+    for (int64_t i = from; i < n; ++i) {
+        float v = qe_rne(x[i] / scale) + zf;
+        v = v < qmin ? qmin : (v > qmax ? qmax : v);
+        q[i] = (int8_t)((int)v - shift);
+    }
+}
+
+#if QE_HAVE_X86
+/* The same, 32 codes at a time (vdivps and vroundps compute the same float32 values). */
+QE_AVX2 static void qe_dyn_quantize_row_avx2(const float* x, int8_t* q, int64_t n, float scale,
+                                             int32_t zero, int symmetric) {
+    const __m256 sv = _mm256_set1_ps(scale);
+    const __m256 zf = _mm256_set1_ps(symmetric ? 0.0f : (float)(zero + 128));
+    const __m256 lo = _mm256_set1_ps(symmetric ? -128.0f : 0.0f);
+    const __m256 hi = _mm256_set1_ps(symmetric ? 127.0f : 255.0f);
+    const __m256i shift = _mm256_set1_epi32(symmetric ? 0 : 128);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i v[4];
+        for (int j = 0; j < 4; ++j) {
+            __m256 r = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i + 8 * j), sv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            r = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, zf), lo), hi);
+            v[j] = _mm256_sub_epi32(_mm256_cvtps_epi32(r), shift);
+        }
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]),
+                                       _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i*)(q + i), _mm256_permutevar8x32_epi32(p, order));
+    }
+    qe_dyn_quantize_row(x, q, n, scale, zero, symmetric, i);
+}
+#endif
+
+QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, float eps,
+                                 const int8_t* wq, const float* ws, const int32_t* wsum,
+                                 const float* bias, float* y, int64_t M, int64_t N, int64_t K,
+                                 int nthreads) {
+    if (!x || !wq || !ws || !y || M < 0 || N < 0 || K <= 0 || K > QE_MAX_K) return QE_EINVAL;
+    if (!symmetric && !wsum) return QE_EINVAL;
+    if (M == 0 || N == 0) return QE_OK;
+    const size_t o_q = qe_round64((size_t)(M * K));
+    const size_t o_s = qe_round64(sizeof(float) * (size_t)M);
+    char* mem = (char*)qe_alloc(o_q + o_s + sizeof(int32_t) * (size_t)M);
+    if (!mem) return QE_ENOMEM;
+    int8_t* xq = (int8_t*)mem;
+    float* xs = (float*)(mem + o_q);
+    int32_t* zx = (int32_t*)(mem + o_q + o_s);
+    if (per_token) {
+        for (int64_t m = 0; m < M; ++m) {
+            float lo = 0.0f, hi = 0.0f;
+            qe_dyn_range(x + m * K, K, &lo, &hi);
+            qe_dyn_qparams(lo, hi, symmetric, eps, xs + m, zx + m);
+        }
+    } else {
+        float lo = 0.0f, hi = 0.0f;
+        qe_dyn_range(x, M * K, &lo, &hi);
+        qe_dyn_qparams(lo, hi, symmetric, eps, xs, zx);
+        for (int64_t m = 1; m < M; ++m) xs[m] = xs[0], zx[m] = zx[0];
+    }
+    for (int64_t m = 0; m < M; ++m) {
+#if QE_HAVE_X86
+        if (qe_effective_isa()) {
+            qe_dyn_quantize_row_avx2(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric);
+            continue;
+        }
+#endif
+        qe_dyn_quantize_row(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric, 0);
+    }
+    qe_i8_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.xq = xq;
+    c.wq = wq;
+    c.y = y;
+    c.xs = xs;
+    c.zx = symmetric ? NULL : zx;
+    c.ws = ws;
+    c.wsum = wsum;
+    c.bias = bias;
+    c.M = M;
+    c.N = N;
+    c.K = K;
+    int rc = qe_i8_run(&c, nthreads);
+    free(mem);
+    return rc;
+}
