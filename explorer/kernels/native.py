@@ -470,6 +470,17 @@ def int8_gemm(xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _int8_rows(name: str, t: object, dtype: torch.dtype) -> tuple[torch.Tensor, int, int]:
+    """Activations ``[..., K]`` of an int8 kernel, checked; returns them, M and K."""
+    t = _activation(name, t, dtype)
+    k = t.shape[-1]
+    if k <= 0:
+        raise ValueError(f"{name} must have a positive last dimension K, got shape {list(t.shape)}")
+    if k > _MAX_INT8_K:
+        raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
+    return t, t.numel() // k, k
+
+
 def w8a8_linear(
     xq: torch.Tensor,
     x_scale: torch.Tensor,
@@ -488,13 +499,7 @@ def w8a8_linear(
     ``wq.sum(1)`` (see :func:`weight_row_sums`), required when ``x_zero`` is given.
     """
     lib = _get()
-    xq = _activation("xq", xq, torch.int8)
-    k = xq.shape[-1]
-    if k <= 0:
-        raise ValueError(f"xq must have a positive last dimension K, got shape {list(xq.shape)}")
-    if k > _MAX_INT8_K:
-        raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
-    m = xq.numel() // k
+    xq, m, k = _int8_rows("xq", xq, torch.int8)
     wq = _matrix("wq", wq, torch.int8, k, "[N, K]")
     n = wq.shape[0]
     x_scale = _vector("x_scale", x_scale, torch.float32, m, allow_scalar=True)
@@ -552,13 +557,7 @@ def w8a8_dynamic_linear(
     ``w_sum`` is required for asymmetric activations.
     """
     lib = _get()
-    x = _activation("x", x, torch.float32)
-    k = x.shape[-1]
-    if k <= 0:
-        raise ValueError(f"x must have a positive last dimension K, got shape {list(x.shape)}")
-    if k > _MAX_INT8_K:
-        raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
-    m = x.numel() // k
+    x, m, k = _int8_rows("x", x, torch.float32)
     wq = _matrix("wq", wq, torch.int8, k, "[N, K]")
     n = wq.shape[0]
     w_scale = _vector("w_scale", w_scale, torch.float32, n, allow_scalar=True)

@@ -1241,20 +1241,8 @@ QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, f
 #endif
         qe_dyn_quantize_row(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric, 0);
     }
-    qe_i8_ctx c;
-    memset(&c, 0, sizeof(c));
-    c.xq = xq;
-    c.wq = wq;
-    c.y = y;
-    c.xs = xs;
-    c.zx = symmetric ? NULL : zx;
-    c.ws = ws;
-    c.wsum = wsum;
-    c.bias = bias;
-    c.M = M;
-    c.N = N;
-    c.K = K;
-    int rc = qe_i8_run(&c, nthreads);
+    int rc = qe_w8a8_linear(xq, xs, symmetric ? NULL : zx, wq, ws, wsum, bias, y, M, N, K,
+                            nthreads);
     free(mem);
     return rc;
 }
