@@ -102,8 +102,12 @@ def _load_builtins() -> None:
 
 
 def builtin_models() -> dict[str, BuiltinModel]:
+    """The built-in models in the catalog's order (default first), whichever module was
+    imported first; a model registered outside the catalog comes after them."""
     _load_builtins()
-    return dict(_REGISTRY)
+    order = {name: i for i, name in enumerate(BUILTIN_MODULES)}
+    names = sorted(_REGISTRY, key=lambda name: order.get(name, len(order)))
+    return {name: _REGISTRY[name] for name in names}
 
 
 def get_builtin(name: str) -> BuiltinModel:

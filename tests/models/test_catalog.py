@@ -17,6 +17,18 @@ def test_names_and_default_match_the_registry() -> None:
     assert [m.name for m in models.values() if m.default] == [DEFAULT_MODEL]
 
 
+def test_registry_order_does_not_depend_on_import_order() -> None:
+    # A fresh interpreter that imports the last model's module first (as a test module may).
+    last = BUILTIN_MODULES[BUILTIN_NAMES[-1]]
+    code = (
+        f"import {last}\n"
+        "from explorer.models.registry import builtin_models\n"
+        "from explorer.models.catalog import BUILTIN_NAMES\n"
+        "assert tuple(builtin_models()) == BUILTIN_NAMES, list(builtin_models())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_each_module_registers_the_model_of_its_name() -> None:
     for name, module in BUILTIN_MODULES.items():
         assert builtin_models()[name].build.__module__ == module
