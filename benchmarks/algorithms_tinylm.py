@@ -3,7 +3,9 @@
 For each weight-only setting (W4 g32, W4 g128, W3 g128; symmetric, min-max ranges) the built-in
 tiny-lm is quantized by round-to-nearest (RTN), GPTQ and AWQ (calibrated on its 64-row
 calibration split), and trained by QAT from the RTN point (``--qat-steps`` Adam steps of
-``--qat-batch`` random 256-byte windows of the training split). Each model's per-byte perplexity
+``--qat-batch`` random 256-byte windows of the training split, at peak rate ``--qat-lr`` under
+`explorer.nn.qat.qat_lr_at`'s warm-up and cosine schedule; batch and rate default to tiny-lm's
+QAT defaults, as in a sweep). Each model's per-byte perplexity
 is measured on the 128-row held-out split, with the paired-bootstrap 95 % interval of its
 difference from RTN (`explorer.measure.evaluation.compare_pair`).
 
@@ -48,7 +50,7 @@ from explorer.measure.evaluation import SampleStats, _concat, compare_pair, lm_s
 from explorer.models.registry import get_builtin  # noqa: E402
 from explorer.models.tinylm import random_batch, split_bytes  # noqa: E402
 from explorer.nn.convert import quant_modules, quantize_model  # noqa: E402
-from explorer.nn.qat import train_qat  # noqa: E402
+from explorer.nn.qat import QAT_SCHEDULE, train_qat  # noqa: E402
 from explorer.quant.config import Plan, QuantConfig  # noqa: E402
 
 SETTINGS = {
@@ -84,6 +86,15 @@ def on_reference(model: nn.Module) -> tuple[nn.Module, list[str]]:
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def qat_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "steps": args.qat_steps,
+        "batch": args.qat_batch,
+        "lr": args.qat_lr,
+        "schedule": QAT_SCHEDULE,
+    }
 
 
 def qat_run(
@@ -164,7 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "config": base.with_(method="qat").name,
                 "perplexity": stats["qat"].perplexity(),
                 "seconds": {"qat": qat_seconds},
-                "qat": {"steps": args.qat_steps, "batch": args.qat_batch, "lr": args.qat_lr},
+                "qat": qat_settings(args),
                 "kernels": kernels,
             }
         )
@@ -187,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "delta_vs_float": {"delta": vs_float.delta, "ci": list(vs_float.ci)},
             "seconds": {"train": train_seconds},
         },
-        "qat": {"steps": args.qat_steps, "batch": args.qat_batch, "lr": args.qat_lr},
+        "qat": qat_settings(args),
         "eval": {"rows": int(x_eval.shape[0]), "tokens": int(y_eval.numel())},
         "calibration_rows": int(calibration.shape[0]),
         "rows": rows,
@@ -233,8 +244,8 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--qat-steps", type=int, default=100)
-    ap.add_argument("--qat-batch", type=int, default=8)
-    ap.add_argument("--qat-lr", type=float, default=1e-4)
+    ap.add_argument("--qat-batch", type=int, default=None, help="default: the model's")
+    ap.add_argument("--qat-lr", type=float, default=None, help="peak rate; default: the model's")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -242,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
         "--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), metavar="SETTING"
     )
     args = ap.parse_args(argv)
+    spec = get_builtin("tiny-lm")
+    args.qat_batch = args.qat_batch or spec.qat_batch
+    args.qat_lr = args.qat_lr or spec.qat_lr
     result = run(args)
     print(table(result))
     print(json.dumps(result))

@@ -67,6 +67,7 @@ def plan_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "config": entry.plan.to_dict(),
         "qat_steps": entry.qat_steps,
         "qat_lr": entry.qat_lr,
+        "qat_batch": row.get("qat_batch"),
         "label": row.get("label", entry.label),
         "model": row.get("model"),
     }
@@ -101,7 +102,8 @@ def build_row_model(
     ctx: ModelContext, row: Mapping[str, Any], settings: RunSettings | None = None
 ) -> nn.Module:
     """The quantized model of ``row``, on the kernels the row measured."""
-    quantized = build_quantized(ctx, row_entry(row), settings or RunSettings())
+    settings = settings or RunSettings(qat_batch=row.get("qat_batch"))
+    quantized = build_quantized(ctx, row_entry(row), settings)
     use_row_kernels(quantized, row.get("kernels") or {})
     return quantized
 

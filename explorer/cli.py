@@ -519,7 +519,11 @@ def _add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> Non
         "--qat-steps", metavar="N", type=_positive, default=None, help="QAT steps (default 200)"
     )
     group.add_argument(
-        "--qat-lr", metavar="LR", type=float, default=None, help="QAT learning rate (0.001)"
+        "--qat-lr",
+        metavar="LR",
+        type=float,
+        default=None,
+        help="QAT peak learning rate (default: the model's, 0.001 for users' models)",
     )
     group.add_argument(
         "--layers",

@@ -71,7 +71,7 @@ st.markdown(f"Model: **{Path(ctx.name).name}** ({ctx.task}).")
 layers = [r["name"] for r in layer_table(ctx.model) if r["quantizable"]]
 spec = settings = None
 try:
-    spec = sweep_spec_ui(layers)
+    spec = sweep_spec_ui(layers, qat_lr=ctx.qat_lr)
 except SweepSpecError as exc:
     st.error(f"These settings cannot be swept: {exc}")
 try:

@@ -32,6 +32,7 @@ from torch import nn
 
 from explorer.errors import ModelLoadError
 from explorer.models.catalog import BUILTIN_MODULES
+from explorer.nn.qat import DEFAULT_QAT_BATCH, DEFAULT_QAT_LR
 
 ASSETS = Path(os.environ.get("EXPLORER_ASSETS", Path(__file__).resolve().parents[2] / "assets"))
 SPLITS = ("train", "calibration", "eval")
@@ -51,6 +52,10 @@ class BuiltinModel:
     metric: str = "accuracy"  # or "perplexity"
     default: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # QAT fine-tuning defaults (peak rate of `qat_lr_at`'s schedule, samples per step); a sweep
+    # or run setting that names its own value overrides them.
+    qat_lr: float = DEFAULT_QAT_LR
+    qat_batch: int = DEFAULT_QAT_BATCH
 
     @property
     def asset_dir(self) -> Path:

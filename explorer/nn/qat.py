@@ -179,21 +179,51 @@ def convert(qat_model: nn.Module) -> nn.Module:
     return model
 
 
+DEFAULT_QAT_LR = 1e-3
+DEFAULT_QAT_BATCH = 64
+QAT_WARMUP = 0.1
+QAT_CLIP = 1.0
+QAT_SCHEDULE = f"adam, linear warm-up {QAT_WARMUP:.0%}, cosine to 0, grad-norm clip {QAT_CLIP}"
+
+
+def qat_lr_at(step: int, steps: int, lr: float, warmup: float = QAT_WARMUP) -> float:
+    """The learning rate of 0-based ``step``: a linear warm-up over the first ``warmup`` share
+    of ``steps`` (at least one step), then a cosine decay that reaches 0 after the last step.
+
+    Fine-tuning a trained model at a constant rate jolts it. On tiny-lm's first 32 held-out
+    rows, W4 g128 (RTN 5.235): 20 constant steps at 1e-3 gave 6.475; warm-up, decay and
+    clipping at the same peak 5.716; 100 scheduled steps at 1e-3 5.221, at 1e-4 5.057."""
+    ramp = max(1, round(warmup * steps))
+    if step < ramp:
+        return lr * (step + 1) / ramp
+    decay = steps - ramp
+    return 0.5 * lr * (1 + math.cos(math.pi * (step - ramp + 1) / (decay + 1)))
+
+
 def train_qat(
     model: nn.Module,
     plan: Plan,
     batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
     steps: int,
-    lr: float = 1e-3,
+    lr: float = DEFAULT_QAT_LR,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     calibration_data: torch.Tensor | Iterable[torch.Tensor] | None = None,
+    clip: float | None = QAT_CLIP,
 ) -> nn.Module:
-    """prepare → ``steps`` of Adam on ``batches(step) -> (inputs, targets)`` → convert."""
+    """prepare → ``steps`` of Adam on ``batches(step) -> (inputs, targets)`` → convert.
+
+    The rate follows `qat_lr_at` (peak ``lr``) and the gradient norm is clipped to ``clip``
+    (None: no clipping), as `QAT_SCHEDULE` says; rows record that text in their key."""
     qat = prepare_qat(model, plan, calibration_data)
-    opt = torch.optim.Adam([p for p in qat.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in qat.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
     for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = qat_lr_at(step, steps, lr)
         x, y = batches(step)
         opt.zero_grad()
         loss_fn(qat(x), y).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
     return convert(qat)

@@ -42,6 +42,7 @@ from explorer.measure.evaluation import (
 from explorer.models.catalog import ModelSource
 from explorer.models.registry import Workload
 from explorer.nn.fold import fold_batch_norm
+from explorer.nn.qat import DEFAULT_QAT_BATCH, DEFAULT_QAT_LR
 
 EVAL_BATCH = {"classification": 256, "lm": 16, "fidelity": 16}
 USER_CALIBRATION_SAMPLES = 128
@@ -162,6 +163,8 @@ class ModelContext:
     train_split: tuple[torch.Tensor, torch.Tensor | None] | None
     workloads: dict[str, Workload]
     act_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    qat_lr: float = DEFAULT_QAT_LR  # the model's QAT defaults, where a sweep names none
+    qat_batch: int = DEFAULT_QAT_BATCH
 
     # --- derived, computed once -------------------------------------------------------------
     @cached_property
@@ -256,6 +259,8 @@ def open_context(source: ModelSource) -> ModelContext:
             calibration_split=spec.load_split("calibration"),
             train_split=spec.load_split("train"),
             workloads=spec.workloads(),
+            qat_lr=spec.qat_lr,
+            qat_batch=spec.qat_batch,
         )
     if source.data is not None:
         from explorer.models.userdata import load_dataset, require_samples

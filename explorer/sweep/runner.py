@@ -42,7 +42,7 @@ from explorer.nn.convert import (
     quantize_model,
     select_kernels,
 )
-from explorer.nn.qat import train_qat
+from explorer.nn.qat import QAT_SCHEDULE, train_qat
 from explorer.quant.config import QuantConfig
 from explorer.sweep.context import ModelContext, ModelSource, environment, open_context
 from explorer.sweep.space import PlanEntry
@@ -64,12 +64,14 @@ class RunSettings:
     n_boot: int = 1000
     warmup: int = 3
     repeats: int = 20
-    qat_batch: int = 64
+    qat_batch: int | None = None  # None: the model's default (`ModelContext.qat_batch`)
     per_layer: bool = True
 
     def __post_init__(self) -> None:
         for name in ("calibration_samples", "n_boot", "repeats", "qat_batch"):
             value = getattr(self, name)
+            if name == "qat_batch" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ExplorerError(f"{name} must be a positive integer, got {value!r}")
 
@@ -84,6 +86,20 @@ def kernel_policy() -> dict[str, Any]:
     return {"choice": "fastest-measured", "registry": sorted(KERNELS)}
 
 
+def qat_settings(
+    ctx: ModelContext, entry: PlanEntry, settings: RunSettings
+) -> dict[str, Any] | None:
+    """How ``entry`` trains, with the model's defaults filled in (None for PTQ)."""
+    if entry.qat_steps is None:
+        return None
+    return {
+        "steps": entry.qat_steps,
+        "lr": entry.qat_lr if entry.qat_lr is not None else ctx.qat_lr,
+        "batch": settings.qat_batch if settings.qat_batch is not None else ctx.qat_batch,
+        "schedule": QAT_SCHEDULE,
+    }
+
+
 def row_parts(
     ctx: ModelContext, entry: PlanEntry, settings: RunSettings, env: dict[str, Any]
 ) -> dict[str, Any]:
@@ -93,9 +109,7 @@ def row_parts(
         "model_fingerprint": ctx.fingerprint,
         "data_fingerprint": ctx.data_fingerprint,
         "plan": entry.plan.to_json(),
-        "qat": None
-        if entry.qat_steps is None
-        else {"steps": entry.qat_steps, "lr": entry.qat_lr, "batch": settings.qat_batch},
+        "qat": qat_settings(ctx, entry, settings),
         "seeds": {"bootstrap": settings.seed, "qat": settings.seed},
         "calibration_samples": settings.calibration_samples,
         "n_boot": settings.n_boot,
@@ -118,7 +132,8 @@ def entry_key(
 def build_quantized(ctx: ModelContext, entry: PlanEntry, settings: RunSettings) -> nn.Module:
     """The quantized model of ``entry``: PTQ, or QAT for its step budget from the PTQ point."""
     calibration = ctx.calibration_inputs(settings.calibration_samples)
-    if entry.qat_steps is None:
+    qat = qat_settings(ctx, entry, settings)
+    if qat is None:
         return quantize_model(
             ctx.model, entry.plan, calibration_data=calibration, act_cache=ctx.act_cache
         )
@@ -126,12 +141,18 @@ def build_quantized(ctx: ModelContext, entry: PlanEntry, settings: RunSettings) 
     return train_qat(
         ctx.model,
         entry.plan,
-        ctx.qat_batches(settings.qat_batch, settings.seed),
-        entry.qat_steps,
-        lr=entry.qat_lr or 1e-3,
+        ctx.qat_batches(qat["batch"], settings.seed),
+        qat["steps"],
+        lr=qat["lr"],
         loss_fn=ctx.loss,
         calibration_data=calibration,
     ).eval()
+
+
+def _qat_fields(qat: dict[str, Any] | None) -> dict[str, Any]:
+    """A row's ``qat_lr``, ``qat_batch`` and ``qat_schedule``: what training used (None: PTQ)."""
+    qat = qat or {}
+    return {f"qat_{k}": qat.get(k) for k in ("lr", "batch", "schedule")}
 
 
 def _float_weight(module: nn.Module) -> torch.Tensor:
@@ -336,7 +357,7 @@ def evaluate_entry(
         "config": entry.plan.to_dict(),
         **entry.flat,
         "qat_steps": entry.qat_steps,
-        "qat_lr": entry.qat_lr,
+        **_qat_fields(qat_settings(ctx, entry, settings)),
         "qat_data": None
         if entry.qat_steps is None
         else ("train" if ctx.train_split is not None else "calibration"),

@@ -36,7 +36,6 @@ from explorer.quant.config import (
 
 SPEC_VERSION = 1
 DEFAULT_QAT_STEPS = 200
-DEFAULT_QAT_LR = 1e-3
 
 
 class SweepSpecError(QuantConfigError):
@@ -71,7 +70,7 @@ class SweepSpec:
     method: tuple[str, ...] = ("ptq",)
     algorithm: tuple[str, ...] = ("rtn",)
     qat_steps: int = DEFAULT_QAT_STEPS
-    qat_lr: float = DEFAULT_QAT_LR
+    qat_lr: float | None = None  # None: the model's default (`ModelContext.qat_lr`)
     layers: tuple[str, ...] = ()
     fallback: str = "channel"
     version: int = SPEC_VERSION
@@ -120,7 +119,11 @@ class SweepSpec:
             raise SweepSpecError(
                 f"the QAT budget must be a positive step count, not {self.qat_steps!r}"
             )
-        if not isinstance(self.qat_lr, int | float) or not 0 < self.qat_lr < 1:
+        if self.qat_lr is not None and (
+            isinstance(self.qat_lr, bool)
+            or not isinstance(self.qat_lr, int | float)
+            or not 0 < self.qat_lr < 1
+        ):
             raise SweepSpecError(f"the QAT learning rate must lie in (0, 1), got {self.qat_lr!r}")
         if self.fallback not in FALLBACKS:
             raise SweepSpecError(f"fallback must be among {list(FALLBACKS)}, got {self.fallback!r}")
@@ -260,8 +263,6 @@ def entry_for_plan(
         raise SweepSpecError("a plan with QAT layers needs a QAT step budget")
     if not trains:
         qat_steps = qat_lr = None
-    elif qat_lr is None:
-        qat_lr = DEFAULT_QAT_LR
     if kind is None:
         kind = "uniform" if plan.is_uniform else "mixed"
     if kind == "baseline" or (kind == "uniform" and plan.is_uniform):

@@ -40,8 +40,11 @@ _CALIBRATION_HELP = (
 )
 
 
-def sweep_spec_ui(model_layers: Sequence[str], *, key: str = "spec") -> SweepSpec:
-    """Widgets for every sweep dimension; the combinations are their cross product."""
+def sweep_spec_ui(
+    model_layers: Sequence[str], *, key: str = "spec", qat_lr: float | None = None
+) -> SweepSpec:
+    """Widgets for every sweep dimension; the combinations are their cross product.
+    ``qat_lr``: the model's default QAT rate, named in the learning-rate field's help."""
     weights, acts, method = st.columns(3)
     with weights:
         st.markdown("**Weights**")
@@ -134,6 +137,19 @@ def sweep_spec_ui(model_layers: Sequence[str], *, key: str = "spec") -> SweepSpe
             key=f"{key}.qat_steps",
             help="Training steps of quantization-aware training, starting from the PTQ model.",
         )
+        qat_lr = st.number_input(
+            "QAT peak learning rate",
+            min_value=1e-6,
+            max_value=0.5,
+            value=None,
+            format="%.1e",
+            placeholder="the model's default",
+            disabled="qat" not in methods,
+            key=f"{key}.qat_lr",
+            help="Adam's rate after a linear warm-up over the first 10 % of the steps; it then "
+            "decays along a cosine to 0, with the gradient norm clipped to 1. Empty: the "
+            "model's default" + ("." if qat_lr is None else f" ({qat_lr:g})."),
+        )
         layers = st.multiselect(
             "Layers",
             list(model_layers),
@@ -158,6 +174,7 @@ def sweep_spec_ui(model_layers: Sequence[str], *, key: str = "spec") -> SweepSpe
         method=tuple(methods),
         algorithm=tuple(algorithms),
         qat_steps=int(qat_steps),
+        qat_lr=None if qat_lr is None else float(qat_lr),
         layers=(*layers, *patterns),
     )
 

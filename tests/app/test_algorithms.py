@@ -26,6 +26,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.inspect import calibration_seconds
+from explorer.models.registry import get_builtin
+from explorer.nn.qat import QAT_SCHEDULE
 from explorer.sweep.store import ResultStore
 from explorer.ui import state
 
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = "a1a1a1a1a1a1"
 SWEEP_S = 180
 QAT_STEPS = 20
+QAT_LR = 5e-4
 LABELS = {
     "rtn": "W4 channel sym ptq",
     "gptq": "W4 channel sym gptq ptq",
@@ -66,6 +69,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         at.multiselect(key="spec.method").set_value(["ptq", "qat"])
         at.multiselect(key="spec.algorithm").set_value(["rtn", "gptq", "awq"]).run()
         at.number_input(key="spec.qat_steps").set_value(QAT_STEPS)  # enabled once QAT is chosen
+        at.number_input(key="spec.qat_lr").set_value(QAT_LR)
         at.number_input(key="run.repeats").set_value(3)
         at.number_input(key="run.n_boot").set_value(200)
         at.run()
@@ -113,6 +117,11 @@ def test_sweep_page_sweeps_the_algorithm_dimension(swept: dict[str, Any]) -> Non
         head = next(lay for lay in row["layers"] if lay["name"] == "classifier.2")
         assert head["algorithm"] == algorithm
     assert (rows[LABELS["qat"]]["method"], rows[LABELS["qat"]]["algorithm"]) == ("qat", "rtn")
+    # the rate typed in, the model's default batch, and the schedule: what training used
+    qat = rows[LABELS["qat"]]
+    assert (qat["qat_lr"], qat["qat_batch"]) == (QAT_LR, get_builtin("digits-cnn").qat_batch)
+    assert qat["qat_schedule"] == QAT_SCHEDULE
+    assert rows[LABELS["rtn"]]["qat_lr"] is None and rows[LABELS["rtn"]]["qat_schedule"] is None
     # GPTQ and AWQ change the one linear layer's weights: other numbers than round-to-nearest
     assert rows[LABELS["gptq"]]["metrics"] != rows[LABELS["rtn"]]["metrics"]
 

@@ -24,9 +24,11 @@ from explorer.nn.convert import quant_modules, quantize_model, resolve_plan
 from explorer.nn.modules import QuantLinear
 from explorer.quant.config import ALGORITHMS, Plan, QuantConfig, why_not_applicable
 from explorer.quant.qtensor import round_to_nearest
+from explorer.sweep.context import ModelSource, open_context
 from explorer.sweep.export import export_quantized, load_export
+from explorer.sweep.runner import RunSettings, build_quantized
 from explorer.sweep.sensitivity import setting_config
-from explorer.sweep.space import SweepSpec, expand
+from explorer.sweep.space import SweepSpec, entry_for_plan, expand
 
 D, HIDDEN = 128, 256
 GPTQ = QuantConfig(weight_bits=4, granularity="group", group_size=32, algorithm="gptq")
@@ -554,6 +556,26 @@ def test_tiny_lm_gptq_layer_error_is_at_most_round_to_nearest(
             gptq = stats.output_error(w - module.effective_weight())
             rtn = stats.output_error(w - round_to_nearest(w, base))
             assert gptq <= rtn, (setting, name, gptq, rtn)
+
+
+@pytest.mark.slow
+def test_tiny_lm_qat_at_the_models_defaults_improves_on_round_to_nearest(
+    tiny_stats: dict[tuple[str, str], SampleStats],
+) -> None:
+    """QAT as a sweep runs it (`build_quantized`, tiny-lm's default rate and batch, the warm-up
+    and cosine schedule) for 20 steps from W3 g128: held-out perplexity below round-to-nearest's
+    beyond the paired interval. Before the schedule and the per-model defaults, the same 20
+    steps (constant 1e-3, batch 64, no clipping) gave 5.703 against RTN's 5.542, in 169 s.
+    tiny-lm is undertrained, so part of what QAT recovers is plain extra training; the closing
+    table of benchmarks/algorithms_tinylm.py holds QAT against the float model trained alike."""
+    ctx = open_context(ModelSource(model="tiny-lm"))
+    config = TINY_SETTINGS["W3 g128"].with_(method="qat")
+    qmodel = build_quantized(ctx, entry_for_plan(Plan.uniform(config), qat_steps=20), RunSettings())
+    for module in quant_modules(qmodel).values():
+        module.use_kernel(REFERENCE.name)
+    qat = lm_sample_stats(qmodel, *ctx.eval_split)
+    result = compare_pair(qat, tiny_stats[("W3 g128", "rtn")])
+    assert result.ci[1] < 0, result.to_dict()
 
 
 def inject_outliers(model: nn.Module, channels: torch.Tensor, factor: float = 20.0) -> nn.Module:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from explorer.nn import quantize_model, train_qat
-from explorer.nn.qat import FakeQuantLayer, convert, prepare_qat
+from explorer.nn.qat import FakeQuantLayer, convert, prepare_qat, qat_lr_at
 from explorer.quant.config import Plan, QuantConfig
 
 
@@ -84,3 +85,41 @@ def test_lsq_learned_scales_are_used_by_convert() -> None:
     qat.eval()
     with torch.no_grad():
         torch.testing.assert_close(converted(xtr[:16]), qat(xtr[:16]), rtol=1e-4, atol=1e-4)
+
+
+def test_the_rate_warms_up_linearly_then_decays_by_cosine_to_zero() -> None:
+    steps, peak = 100, 3e-4
+    rates = [qat_lr_at(s, steps, peak) for s in range(steps)]
+    assert rates[:10] == pytest.approx([peak * (s + 1) / 10 for s in range(10)], rel=1e-12)
+    assert max(rates) == pytest.approx(peak, rel=1e-12)
+    decay = rates[9:]
+    assert all(a > b for a, b in zip(decay[1:], decay[2:], strict=False))
+    # halfway through the decay the cosine is at half the peak; the last step is just above 0
+    assert rates[9 + 45] == pytest.approx(peak / 2, rel=0.05)
+    assert 0 < rates[-1] < peak * 1e-3
+    assert qat_lr_at(0, 1, peak) == peak  # a one-step budget trains at the peak
+    assert qat_lr_at(0, 5, peak) == peak  # warm-up is at least one step
+
+
+def test_training_follows_the_schedule_and_clips_the_gradient(monkeypatch) -> None:
+    """The optimizer sees `qat_lr_at`'s rate at every step and a gradient of norm at most 1."""
+    (xtr, ytr), _ = make_data(n=400)
+    model = mlp()
+    seen_lr, seen_norm = [], []
+    step_fn = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen_lr.append(self.param_groups[0]["lr"])
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen_norm.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return step_fn(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    config = QuantConfig(weight_bits=2, granularity="channel", method="qat")
+    # labels scrambled and a large output scale: unclipped gradients would be far above 1
+    loud = nn.Sequential(model, nn.Linear(20, 20))
+    with torch.no_grad():
+        loud[1].weight.mul_(50)
+    train_qat(loud, Plan.uniform(config), lambda s: (xtr[:64], ytr[torch.randperm(64)]), 8, 1e-2)
+    assert seen_lr == pytest.approx([qat_lr_at(s, 8, 1e-2) for s in range(8)], rel=1e-12)
+    assert max(seen_norm) <= 1.0 + 1e-5

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from explorer.errors import ExplorerError
 from explorer.measure.evaluation import classification_stats
+from explorer.models.registry import get_builtin
 from explorer.nn.convert import select_kernels
+from explorer.nn.qat import QAT_SCHEDULE
 from explorer.quant.config import Plan, QuantConfig
 from explorer.sweep.context import ModelContext, ModelSource, environment, open_context
 from explorer.sweep.runner import (
@@ -18,9 +21,10 @@ from explorer.sweep.runner import (
     build_quantized,
     entry_key,
     evaluate_entry,
+    qat_settings,
     run_sweep,
 )
-from explorer.sweep.space import SweepSpec, entry_for_plan, expand
+from explorer.sweep.space import SweepSpec, SweepSpecError, entry_for_plan, expand
 from explorer.sweep.store import ResultStore
 from explorer.sweep.worker import SweepProcess
 
@@ -162,6 +166,42 @@ def test_changed_settings_re_evaluate_and_same_settings_reuse(
         assert kinds(FAST, [ptq, longer]) == ["cached", "row"]  # so is the QAT budget
         assert entry_key(digits, qat, FAST, env) != entry_key(digits, longer, FAST, env)
         assert len(store.keys()) == 5
+
+
+def test_qat_takes_the_models_defaults_unless_told_and_keys_say_what_it_used(
+    digits: ModelContext,
+) -> None:
+    """A QAT entry without a rate or batch trains with the model's (recorded as the values, so
+    naming the default explicitly is the same row); another rate, batch or budget is another
+    row. tiny-lm's defaults differ from the small CNNs'."""
+    tiny = get_builtin("tiny-lm")
+    assert (tiny.qat_lr, tiny.qat_batch) != (digits.qat_lr, digits.qat_batch)
+    assert (digits.qat_lr, digits.qat_batch) == (1e-3, 64)
+    env = environment()
+    plan = Plan.uniform(QuantConfig(weight_bits=4, method="qat"))
+    implicit = entry_for_plan(plan, qat_steps=10)
+    assert implicit.qat_lr is None
+    explicit = entry_for_plan(plan, qat_steps=10, qat_lr=digits.qat_lr)
+    key = entry_key(digits, implicit, FAST, env)
+    assert entry_key(digits, explicit, FAST, env) == key
+    named_batch = RunSettings(**{**FAST.to_dict(), "qat_batch": digits.qat_batch})
+    assert entry_key(digits, implicit, named_batch, env) == key
+    others = [
+        entry_key(digits, entry_for_plan(plan, qat_steps=10, qat_lr=3e-4), FAST, env),
+        entry_key(digits, implicit, RunSettings(**{**FAST.to_dict(), "qat_batch": 32}), env),
+    ]
+    assert key not in others and len(set(others)) == 2
+    assert qat_settings(digits, implicit, FAST) == {
+        "steps": 10,
+        "lr": 1e-3,
+        "batch": 64,
+        "schedule": QAT_SCHEDULE,
+    }
+    assert qat_settings(digits, entry_for_plan(Plan.uniform(QuantConfig())), FAST) is None
+    with pytest.raises(ExplorerError, match="qat_batch must be a positive integer, got 0"):
+        RunSettings(qat_batch=0)
+    with pytest.raises(SweepSpecError, match=r"learning rate must lie in \(0, 1\), got 2"):
+        SweepSpec(method=("qat",), qat_lr=2)
 
 
 def _spec(bits: tuple[int, ...]) -> SweepSpec:
