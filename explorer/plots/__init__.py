@@ -1,3 +1,103 @@
-"""Plotly figures: the module moves into this package (split by concept in the next commit)."""
+"""Plotly figures of sweep results, sensitivity tables, per-layer reports, kernel benchmarks and
+quantization lessons: plain data in, a `plotly.graph_objects.Figure` out.
 
-from explorer.plots.pareto import *  # noqa: F403
+Conventions every figure keeps, so a page can rely on them:
+
+- Each point of a result row carries the row's key as its ``customdata`` (a page opens a point's
+  per-layer view from a selection event; `selected_keys` reads the keys back).
+- Simulated numbers say so: a simulated latency is drawn with a hollow marker and "(simulated)" in
+  its hover text; a layer without a real kernel is drawn hatched.
+- Confidence intervals are error bars. The task metric's interval (accuracy, perplexity) is of the
+  *delta* against float, so the bar spans ``float + lo`` to ``float + hi``; a fidelity metric's
+  interval (``sqnr_db``, ``cosine``, ...) is of the metric itself.
+- Traces say what they are in ``meta``: ``"series"``, ``"front"``, ``"selected"``, ``"legend"``
+  (a legend-only explanation), ``"rug"``; layout annotations and shapes carry a ``name``.
+
+Modules, by what they draw: `common` (series, colours, markers, hover texts shared by the
+figures of result rows), `pareto` (the Pareto scatter, 2-D and 3-D), `formats` (the metric per
+storage format), `layers` (sensitivity heatmap and per-layer bars), `learn` (the lessons'
+histogram), `kernels` (the kernel benchmark) and `export` (a figure as offline HTML). Pages import
+from this package, which re-exports every public name.
+
+Imports: plotly, numpy, `explorer.sweep.pareto`. No streamlit.
+"""
+
+from explorer.plots.common import (
+    ALGORITHM_NAMES,
+    ALGORITHM_SYMBOLS,
+    BASELINE_SERIES,
+    BASELINE_SYMBOLS,
+    BASELINE_SYMBOLS_3D,
+    MIXED_SERIES,
+    OPEN_3D,
+    PALETTE,
+    QAT_SERIES,
+    SELECTED_COLOR,
+    SERIES_COLORS,
+    TASK_METRICS,
+    Row,
+    algorithm_name,
+    float_metric,
+    metric_of,
+    ptq_series,
+    series_of,
+)
+from explorer.plots.export import to_html
+from explorer.plots.formats import setting_figure, setting_of
+from explorer.plots.kernels import kernel_speedup_figure
+from explorer.plots.layers import (
+    HATCH_NOTE,
+    LAYER_VALUES,
+    SENSITIVITY_VALUES,
+    compare_layers_figure,
+    layer_figure,
+    sensitivity_heatmap,
+)
+from explorer.plots.learn import GRID_LINES_MAX, histogram_figure
+from explorer.plots.pareto import (
+    FRONT_COLOR,
+    SIMULATED_NOTE,
+    X_AXES,
+    pareto_3d_figure,
+    pareto_figure,
+    selected_keys,
+)
+
+__all__ = [
+    "ALGORITHM_NAMES",
+    "ALGORITHM_SYMBOLS",
+    "BASELINE_SERIES",
+    "BASELINE_SYMBOLS",
+    "BASELINE_SYMBOLS_3D",
+    "FRONT_COLOR",
+    "GRID_LINES_MAX",
+    "HATCH_NOTE",
+    "LAYER_VALUES",
+    "MIXED_SERIES",
+    "OPEN_3D",
+    "PALETTE",
+    "QAT_SERIES",
+    "SELECTED_COLOR",
+    "SENSITIVITY_VALUES",
+    "SERIES_COLORS",
+    "SIMULATED_NOTE",
+    "TASK_METRICS",
+    "X_AXES",
+    "Row",
+    "algorithm_name",
+    "compare_layers_figure",
+    "float_metric",
+    "histogram_figure",
+    "kernel_speedup_figure",
+    "layer_figure",
+    "metric_of",
+    "pareto_3d_figure",
+    "pareto_figure",
+    "ptq_series",
+    "selected_keys",
+    "sensitivity_heatmap",
+    "series_of",
+    "setting_figure",
+    "setting_of",
+    "to_html",
+]

@@ -1,0 +1,164 @@
+"""The metric of every uniform configuration per storage format (`setting_of`), side by side by
+series: where a size plot stacks the algorithms of one format on one x, here they stand apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import plotly.graph_objects as go
+
+from explorer.plots.common import (
+    SELECTED_COLOR,
+    Row,
+    _axis_title,
+    _empty_note,
+    _fmt_metric,
+    _get,
+    _hover,
+    _interval,
+    _metric_name,
+    _number,
+    _plotted,
+    _quality_axis,
+    _series_colors,
+    _series_rank,
+    _symbol,
+    float_metric,
+    series_of,
+)
+
+
+def _padded(values: Sequence[float], share: float = 0.08) -> list[float] | None:
+    """``[lo, hi]`` around ``values`` with ``share`` of their span (or of their size) on each
+    side; None without values."""
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * share or abs(hi) * share or 1.0
+    return [lo - pad, hi + pad]
+
+
+def setting_of(row: Row) -> str:
+    """The storage format of a uniform row without how it was produced (algorithm, PTQ or
+    QAT): ``W4 group32``, ``W8 channel asym A8 token``. Rows that share it store weights of the
+    same size, so they stack on one x of a size plot."""
+    text = f"W{row.get('weight_bits')} {row.get('granularity') or ''}".rstrip()
+    if row.get("symmetric") is False:
+        text += " asym"
+    if row.get("calibration") not in (None, "minmax"):
+        text += f" {row['calibration']}"
+    if row.get("act_bits") is not None:
+        text += f" A{row['act_bits']} {row.get('act_granularity') or ''}".rstrip()
+    config = row.get("config")
+    rules = config.get("rules") if isinstance(config, Mapping) else None
+    if rules:  # a sweep over chosen layers: the others stay float
+        text += " on " + ", ".join(str(rule[0]) for rule in rules)
+    return text
+
+
+def setting_figure(
+    rows: Iterable[Row],
+    *,
+    metric: str | None = None,
+    selected_key: str | None = None,
+    float_value: float | None = None,
+) -> go.Figure:
+    """The metric of every uniform configuration per storage format (`setting_of`, one category
+    on x, larger formats left), side by side by `series_of` (RTN, GPTQ, AWQ, QAT, ...), with
+    the same error bars, hover texts and fp32 line as `pareto_figure`. On a size plot the
+    algorithms of one format share one x and hide each other; here they stand apart."""
+    all_rows = list(rows)
+    path, sense = _quality_axis(all_rows, metric)
+    name = _metric_name(path)
+    base = float_value if float_value is not None else float_metric(all_rows, path)
+    plotted = [
+        r
+        for r in _plotted(all_rows, [path])
+        if r.get("kind") == "uniform" and r.get("weight_bits") is not None
+    ]
+    order: dict[str, float] = {}
+    for row in plotted:
+        size = _number(row.get("size_bytes")) or 0.0
+        order[setting_of(row)] = max(order.get(setting_of(row), 0.0), size)
+    categories = sorted(order, key=lambda c: (-order[c], c))
+    by_series: dict[str, list[Row]] = {}
+    for row in plotted:
+        by_series.setdefault(series_of(row), []).append(row)
+    colors = _series_colors(by_series)
+    fig = go.Figure()
+    extent = [] if base is None else [base]  # what the y range must show
+    for series in sorted(by_series, key=_series_rank):
+        members = by_series[series]
+        ys = [float(_get(r, path)) for r in members]
+        plus, minus = [], []
+        for r, y in zip(members, ys, strict=True):
+            lo, hi = _interval(r, path, base)
+            plus.append(0.0 if hi is None else max(0.0, hi - y))
+            minus.append(0.0 if lo is None else max(0.0, y - lo))
+            extent += [y + plus[-1], y - minus[-1]]
+        fig.add_trace(
+            go.Scatter(
+                x=[setting_of(r) for r in members],
+                y=ys,
+                mode="markers",
+                name=series,
+                meta="series",
+                offsetgroup=series,
+                customdata=[r.get("key") for r in members],
+                hovertext=[_hover(r, path, base) for r in members],
+                hovertemplate="%{hovertext}<extra></extra>",
+                marker={
+                    "symbol": [_symbol(r, series, False) for r in members],
+                    "size": 11,
+                    "color": colors[series],
+                    "line": {
+                        "width": [3 if r.get("key") == selected_key else 0 for r in members],
+                        "color": SELECTED_COLOR,
+                    },
+                },
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": plus,
+                    "arrayminus": minus,
+                    "visible": any(plus) or any(minus),
+                    "thickness": 1.2,
+                    "width": 3,
+                    "color": colors[series],
+                },
+            )
+        )
+    if base is not None:
+        fig.add_hline(
+            y=base,
+            name="fp32-metric",
+            line={"dash": "dash", "color": "#4d4d4d", "width": 1},
+            annotation_text=f"fp32 {_fmt_metric(name, base)}",
+            annotation_position="bottom left",
+            annotation_font={"size": 10, "color": "#4d4d4d"},
+        )
+    model = next((r.get("model") for r in plotted if r.get("model")), None)
+    fig.update_layout(
+        title=f"{name} by storage format and method" + (f" — {model}" if model else ""),
+        scattermode="group",
+        xaxis={
+            "title": "storage format (larger left)",
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": categories,
+        },
+        yaxis={
+            "title": _axis_title(name, sense),
+            "tickformat": ".1%" if name in ("accuracy", "agreement") else None,
+            # grouped scatter would start the axis at zero, as bars do: the metric's own range
+            "range": _padded(extent),
+        },
+        legend={"title": "series"},
+        hovermode="closest",
+        clickmode="event+select",
+        margin={"t": 60},
+    )
+    if not plotted:
+        _empty_note(fig, f"no uniform configurations with {name} to compare yet")
+    return fig
