@@ -1,27 +1,54 @@
-"""The ``explorer`` command; the code lives in `explorer.cli.common` for now (a pure rename, so
-history follows the split that comes next)."""
+"""The ``explorer`` command: a thin shell over the library.
 
+Every subcommand takes ``--json`` and then prints exactly one JSON document as the last line of
+stdout; progress goes to stderr. Errors exit non-zero with a one-line message on stderr, never a
+traceback: 2 for anything the user can fix (a bad value, an unknown model, a foreign store file),
+1 for an internal error, 130 when interrupted.
+
+``sweep``, ``sensitivity``, ``search`` and ``export`` share the model options of
+`explorer.sweep.context.ModelSource` (``--model``, ``--weights``, ``--model-factory``, ``--data``);
+``sweep`` and ``search`` write their rows to the results store (``--store``, default
+``$EXPLORER_STORE`` or `DEFAULT_STORE`), so running the same command again reuses them.
+
+The modules, each importing only from those before it: `common` (the parser, option types, model,
+store and progress helpers), `builtin` (``bench``, ``models``, ``train``), `sweep`, `search`
+(``sensitivity`` and ``search``), `export`, and `main` (`build_parser` and `main`). Outside this
+package they may import the whole library, never streamlit.
+"""
+
+from explorer.cli.builtin import cmd_bench, cmd_models, cmd_train
 from explorer.cli.common import (
     DEFAULT_STORE,
     INTERRUPTED_EXIT,
+    LATENCY_UNITS,
+    SIZE_UNITS,
     STORE_ENV,
-    ExplorerError,
-    _read_plan_file,
-    build_parser,
-    build_spec,
-    main,
     parse_latency,
     parse_size,
 )
+from explorer.cli.export import _read_plan_file as _read_plan_file
+from explorer.cli.export import cmd_export
+from explorer.cli.main import build_parser, main
+from explorer.cli.search import cmd_search, cmd_sensitivity
+from explorer.cli.sweep import build_spec, cmd_sweep
+from explorer.errors import ExplorerError
 
 __all__ = [
     "DEFAULT_STORE",
     "INTERRUPTED_EXIT",
+    "LATENCY_UNITS",
+    "SIZE_UNITS",
     "STORE_ENV",
     "ExplorerError",
-    "_read_plan_file",
     "build_parser",
     "build_spec",
+    "cmd_bench",
+    "cmd_export",
+    "cmd_models",
+    "cmd_search",
+    "cmd_sensitivity",
+    "cmd_sweep",
+    "cmd_train",
     "main",
     "parse_latency",
     "parse_size",

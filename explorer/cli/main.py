@@ -1,0 +1,200 @@
+"""The parser of every subcommand (`build_parser`) and `main`, which runs one and keeps the
+contract: one JSON line last on stdout with ``--json``, one-line errors, the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from explorer.cli.builtin import cmd_bench, cmd_models, cmd_train
+from explorer.cli.common import (
+    INTERRUPTED_EXIT,
+    _add_json,
+    _add_model_options,
+    _add_run_options,
+    _finite_or_none,
+    _int_list,
+    _Parser,
+    _positive,
+)
+from explorer.cli.export import cmd_export
+from explorer.cli.search import _add_sensitivity_options, cmd_search, cmd_sensitivity
+from explorer.cli.sweep import _add_config_options, cmd_sweep
+from explorer.errors import ExplorerError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="explorer",
+        description="Quantization Explorer: quantize models per layer and measure size, latency "
+        "and accuracy on real int8/int4 kernels.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = sub.add_parser(
+        "bench",
+        help="time fp32, bf16 and every real int8/int4 kernel on linear layers and a convolution",
+    )
+    bench.add_argument("--m", type=_int_list, default=(1, 8, 32), help="rows M (default 1,8,32)")
+    bench.add_argument("--k", type=_positive, default=4096, help="in features K (default 4096)")
+    bench.add_argument("--n", type=_positive, default=4096, help="out features N (default 4096)")
+    bench.add_argument("--repeats", type=_positive, default=30, help="timed calls per kernel")
+    bench.add_argument("--threads", type=_positive, default=None, help="torch threads")
+    bench.add_argument("--no-conv", action="store_true", help="skip the convolution benchmark")
+    bench.add_argument(
+        "--include-slow", action="store_true", help="also time kernels known to be slow here"
+    )
+    _add_json(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    models = sub.add_parser("models", help="list the built-in models with their float metric")
+    _add_json(models)
+    models.set_defaults(func=cmd_models)
+
+    train = sub.add_parser("train", help="retrain a built-in model from scratch (reproducible)")
+    train.add_argument("name", help="built-in model name (see `explorer models`)")
+    train.add_argument("--out", default=None, help="output folder (default: its assets folder)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_json(train)
+    train.set_defaults(func=cmd_train)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="evaluate every combination of the given configs; rows go to the results store",
+        description="Evaluate the cross product of the given values (plus fp32 and bf16 "
+        "baselines) and flag the Pareto fronts. Rows already in the store are reused, so an "
+        "interrupted sweep resumes. Without dimension options, or with --default, the app's "
+        "default sweep runs; options given replace its dimensions.",
+    )
+    _add_model_options(sweep)
+    _add_config_options(sweep, single=False)
+    sweep.add_argument("--default", action="store_true", help="start from the default sweep")
+    _add_run_options(sweep, sweep=True)
+    _add_json(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    sensitivity = sub.add_parser(
+        "sensitivity",
+        help="quantize each layer alone at each setting and measure the damage",
+        description="Per-layer sensitivity on the calibration split: each layer quantized "
+        "alone, every other layer float.",
+    )
+    _add_model_options(sensitivity)
+    _add_sensitivity_options(sensitivity)
+    sensitivity.add_argument(
+        "--layers", metavar="NAMES", default=None, help="layer names (default: every layer)"
+    )
+    sensitivity.add_argument(
+        "--no-latency", action="store_true", help="skip timing each layer at each setting"
+    )
+    sensitivity.add_argument(
+        "--weight-only",
+        action="store_true",
+        help="weight SQNR only: no forward passes, no metric drop",
+    )
+    _add_run_options(sensitivity, sweep=False)
+    _add_json(sensitivity)
+    sensitivity.set_defaults(func=cmd_sensitivity)
+
+    search = sub.add_parser(
+        "search",
+        help="mixed precision: choose a setting per layer for a budget, then verify it",
+        description="Measure per-layer sensitivity, choose one setting per layer with the least "
+        "predicted damage for each budget (or points along the whole front), and evaluate the "
+        "chosen plans, the baselines and the uniform plans like sweep rows. Give one budget kind; "
+        "several comma-separated budgets of that kind are allowed.",
+    )
+    _add_model_options(search)
+    budget = search.add_argument_group("budget (one kind)")
+    budget.add_argument(
+        "--budget-size", metavar="SIZES", default=None, help="bytes stored: 3.5MB, 512KiB, 200000"
+    )
+    budget.add_argument(
+        "--budget-latency", metavar="MS", default=None, help="primary workload latency: 2.5ms"
+    )
+    budget.add_argument(
+        "--max-drop",
+        metavar="DROPS",
+        default=None,
+        help="largest predicted metric drop: 0.01 (accuracy points)",
+    )
+    budget.add_argument(
+        "--points",
+        metavar="N",
+        type=int,
+        default=None,
+        help="plans spread along the front (default 6)",
+    )
+    _add_sensitivity_options(search)
+    search.add_argument(
+        "--damage",
+        choices=("metric_drop", "kl"),
+        default="metric_drop",
+        help="what the search minimizes (default metric_drop)",
+    )
+    search.add_argument(
+        "--no-uniform", action="store_true", help="do not evaluate the uniform plans alongside"
+    )
+    _add_run_options(search, sweep=True)
+    _add_json(search)
+    search.set_defaults(func=cmd_search)
+
+    export = sub.add_parser(
+        "export",
+        help="write one quantized model with its plan and a snippet to reapply it",
+        description="Quantize the model with one plan (a plan JSON file, or one value per config "
+        "option) and write plan.json, model.safetensors, reapply.py and README.txt to --out.",
+    )
+    _add_model_options(export)
+    export.add_argument(
+        "--plan",
+        metavar="FILE",
+        default=None,
+        help="plan JSON: a plan, a sweep row, or an export's plan.json",
+    )
+    _add_config_options(export, single=True)
+    export.add_argument("--out", metavar="FOLDER", required=True, help="export folder")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export in --out"
+    )
+    _add_run_options(export, sweep=False)
+    _add_json(export)
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already reported on one line
+        return exc.code if isinstance(exc.code, int) else 2
+    func: Callable[[argparse.Namespace], dict[str, Any]] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        result = func(args)
+    except (ExplorerError, ValueError, OSError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"explorer {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the contract: one line, never a traceback
+        message = " ".join(str(exc).split())
+        print(
+            f"explorer {args.command}: internal error: {type(exc).__name__}: {message}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt as exc:
+        print(f"explorer {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    if args.json:
+        print(json.dumps(_finite_or_none(result), separators=(",", ":"), default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""``sweep``: the sweep spec from the config options (`build_spec`), the run, and the rows it
+prints. The row table and the Pareto flags are shared with ``search``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from explorer.cli.common import (
+    _executor,
+    _finite_or_none,
+    _interrupted,
+    _names,
+    _open_context,
+    _open_store,
+    _positive,
+    _run_settings,
+    _Tally,
+)
+from explorer.errors import ExplorerError
+
+if TYPE_CHECKING:
+    from explorer.sweep.space import PlanEntry, SweepSpec
+
+
+def _flag_fronts(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, str]:
+    """Set ``pareto`` (size vs metric) and ``pareto_latency`` (latency vs metric) on each row."""
+    from explorer.inspect import quality_axis
+    from explorer.sweep.pareto import flag_pareto
+
+    axis = quality_axis(rows, metric)
+    by_size = flag_pareto(rows, [("size_bytes", "min"), axis])
+    by_latency = flag_pareto(rows, [("latency_ms", "min"), axis])
+    for row, size_flag, latency_flag in zip(rows, by_size, by_latency, strict=True):
+        row["pareto"] = size_flag
+        row["pareto_latency"] = latency_flag
+    return axis
+
+
+def _in_entry_order(entries: Sequence[PlanEntry], rows: Sequence[dict[str, Any]]) -> list[dict]:
+    """The rows in the order of their entries, matched by plan and QAT budget (labels need not
+    be unique), each plan once."""
+
+    def identity(plan: dict[str, Any], qat_steps: Any) -> tuple[str, Any]:
+        return json.dumps(plan, sort_keys=True, separators=(",", ":")), qat_steps
+
+    by_plan = {identity(r["config"], r.get("qat_steps")): r for r in rows}
+    ordered = []
+    for key in dict.fromkeys(identity(e.plan.to_dict(), e.qat_steps) for e in entries):
+        if key in by_plan:
+            ordered.append(_finite_or_none(by_plan[key]))
+    return ordered
+
+
+def _print_rows(rows: Sequence[dict[str, Any]], metric_path: str) -> None:
+    name = metric_path.split(".", 1)[1]
+    width = max([len("config"), *(len(str(r.get("label", ""))) for r in rows)])
+    print(f"  {'config':{width}}  {'size KB':>9}  {'bits/w':>6}  {'latency ms':>16}  {name}")
+    for r in rows:
+        star = "*" if r.get("pareto") else " "
+        size = r.get("size_bytes")
+        bits = r.get("bits_per_weight")
+        latency = r.get("latency_ms")
+        shown_latency = "n/a" if latency is None else f"{latency:.3f}"
+        if r.get("latency_kind") == "simulated":
+            shown_latency += " (sim)"
+        value = (r.get("metrics") or {}).get(name)
+        ci = (r.get("metrics_ci") or {}).get(name)
+        shown = "n/a" if value is None else f"{value:.4f}"
+        if value is not None and ci and None not in ci:
+            shown += f"  Δ95% [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+        print(
+            f"{star} {str(r.get('label', '')):{width}}  "
+            f"{'n/a' if size is None else f'{size / 1000:.1f}':>9}  "
+            f"{'-' if bits is None else f'{bits:.2f}':>6}  {shown_latency:>16}  {shown}"
+        )
+    print("* on the size/metric Pareto front; Δ: 95 % interval of the change against fp32")
+
+
+_DIMENSIONS = (
+    "bits",
+    "act_bits",
+    "act_mode",
+    "act_granularity",
+    "granularity",
+    "symmetric",
+    "calibration",
+    "method",
+    "algorithm",
+)
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "sym", "symmetric"):
+        return True
+    if value in ("false", "no", "0", "asym", "asymmetric"):
+        return False
+    raise ExplorerError(f"--symmetric takes true or false values, got {text!r}")
+
+
+def _spec_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The SweepSpec fields the command line sets, parsed (unset options are left out)."""
+    from explorer.sweep.space import SweepSpecError, parse_list
+
+    def ints(text: str, option: str) -> list[int | None]:
+        try:
+            return parse_list(text, int)
+        except ValueError:
+            raise SweepSpecError(
+                f"{option} takes comma-separated integers (or none), got {text!r}"
+            ) from None
+
+    changes: dict[str, Any] = {}
+    if args.bits is not None:
+        changes["weight_bits"] = tuple(ints(args.bits, "--bits"))
+    if args.act_bits is not None:
+        changes["act_bits"] = tuple(ints(args.act_bits, "--act-bits"))
+    for option, field in (
+        ("granularity", "granularity"),
+        ("calibration", "calibration"),
+        ("act_mode", "act_mode"),
+        ("act_granularity", "act_granularity"),
+        ("method", "method"),
+        ("algorithm", "algorithm"),
+    ):
+        text = getattr(args, option)
+        if text is not None:
+            changes[field] = tuple(v.lower() for v in parse_list(text))
+    if args.symmetric is not None:
+        changes["symmetric"] = tuple(_bool(v) for v in args.symmetric.split(",") if v.strip())
+    if args.qat_steps is not None:
+        changes["qat_steps"] = args.qat_steps
+    if args.qat_lr is not None:
+        changes["qat_lr"] = args.qat_lr
+    if args.layers is not None:
+        changes["layers"] = tuple(_names(args.layers))
+    if args.fallback is not None:
+        changes["fallback"] = args.fallback
+    return changes
+
+
+def build_spec(args: argparse.Namespace) -> SweepSpec:
+    """``--default``, or no dimension option at all, starts from `DEFAULT_SPEC`; any option given
+    replaces that dimension."""
+    from explorer.sweep.space import DEFAULT_SPEC, SweepSpec
+
+    changes = _spec_changes(args)
+    given = any(getattr(args, d) is not None for d in _DIMENSIONS)
+    base = DEFAULT_SPEC if getattr(args, "default", False) or not given else SweepSpec()
+    return dataclasses.replace(base, **changes)
+
+
+def _add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> None:
+    """The quantization options: lists to sweep, or one value each (``single``, for export)."""
+    value = "VALUE" if single else "LIST"
+    title = "quantization config" + ("" if single else " (comma-separated values to sweep)")
+    group = parser.add_argument_group(title)
+    for option, help_text in (
+        ("--bits", "weight bits, 2 to 8: 8,4,2"),
+        ("--act-bits", "activation bits: 8, 4 or none (float)"),
+        ("--act-mode", "activation ranges: dynamic or static"),
+        ("--act-granularity", "activation scales: token or tensor"),
+        ("--granularity", "weight scales: tensor, channel, group32, ..."),
+        ("--symmetric", "symmetric weights: true or false"),
+        ("--calibration", "weight ranges: minmax, percentile or mse"),
+        ("--method", "ptq or qat"),
+        ("--algorithm", "PTQ algorithm: rtn, gptq, awq or smoothquant (W8A8)"),
+    ):
+        group.add_argument(option, metavar=value, default=None, help=help_text)
+    group.add_argument(
+        "--qat-steps", metavar="N", type=_positive, default=None, help="QAT steps (default 200)"
+    )
+    group.add_argument(
+        "--qat-lr",
+        metavar="LR",
+        type=float,
+        default=None,
+        help="QAT peak learning rate (default: the model's, 0.001 for users' models)",
+    )
+    group.add_argument(
+        "--layers",
+        metavar="GLOBS",
+        default=None,
+        help="layer name patterns the config applies to; other layers stay fp32 (default: all)",
+    )
+    group.add_argument(
+        "--fallback",
+        choices=("channel", "float", "error"),
+        default=None,
+        help="for a layer the config does not fit (default channel)",
+    )
+
+
+def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from explorer.sweep.runner import run_sweep
+    from explorer.sweep.space import expand
+
+    spec = build_spec(args)
+    settings = _run_settings(args)
+    store = _open_store(args)
+    try:
+        ctx = _open_context(args)
+        executor = _executor(args, ctx)
+        entries, skipped = expand(spec, ctx.model)
+        tally = _Tally(len(entries), f"sweep {ctx.name}")
+        try:
+            for event in run_sweep(ctx, entries, store, settings=settings, executor=executor):
+                tally(event)
+        except KeyboardInterrupt:
+            raise _interrupted(tally.counts["evaluated"]) from None
+        finally:
+            tally.bar.close()
+    finally:
+        store.close()
+    counts, failed = tally.counts, tally.failed
+    ordered = _in_entry_order(entries, tally.rows)
+    axis = _flag_fronts(ordered, ctx.metric)
+    baseline = {
+        r["label"]: {**r["metrics"], "size_bytes": r["size_bytes"], "latency_ms": r["latency_ms"]}
+        for r in ordered
+        if r.get("kind") == "baseline"
+    }
+    if not args.json:
+        _print_rows(ordered, axis[0])
+        for s in skipped:
+            print(f"skipped {s.label}: {s.reason}")
+        for f in failed:
+            print(f"failed {f['config']}: {f['reason']}")
+        print(
+            f"{len(ordered)} rows ({counts['cached']} from the store, {counts['evaluated']} "
+            f"evaluated) in {store.path}"
+        )
+    return {
+        "model": ctx.name,
+        "baseline": baseline,
+        "rows": ordered,
+        "skipped": [s.to_dict() for s in skipped],
+        "failed": failed,
+        "store": str(store.path),
+        "cached": counts["cached"],
+        "evaluated": counts["evaluated"],
+        "spec": spec.to_dict(),
+        "settings": settings.to_dict(),
+    }
