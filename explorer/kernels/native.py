@@ -212,6 +212,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qe_byte_sum.argtypes = [_P, _I64, _INT]
     lib.qe_w8a8_linear.restype = _INT
     lib.qe_w8a8_linear.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT]
+    lib.qe_w4a8_linear.restype = _INT
+    lib.qe_w4a8_linear.argtypes = [_P] * 9 + [_I64, _I64, _I64, _I64, _INT]
 
 
 def _load() -> ctypes.CDLL | None:
@@ -588,6 +590,72 @@ def w8a8_dynamic_linear(
         torch.get_num_threads(),
     )
     _check_rc(rc, "qe_w8a8_dyn_linear")
+    return y
+
+
+def w4a8_linear(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero: torch.Tensor | None,
+    codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero_scaled: torch.Tensor,
+    zero_term: torch.Tensor | None,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Int8 activations x packed int4 weights (one scale per group), float32 [..., N].
+
+    With ``W[n, k] = w_scale[n, g] * (code[n, k] - z[n, g])`` (``g = k // group_size``) and
+    ``x[m, k] = x_scale[m] * (xq[m, k] - x_zero[m])``, returns ``x @ W.T + bias`` computed as
+    exact per-group integer dot products of the codes (see ``qe_w4a8_linear``). ``xq`` int8
+    [..., K]; ``x_scale`` float32 with M elements or 1; ``x_zero`` int32 with M elements or 1,
+    or None (symmetric); ``codes`` uint8 [N, K/2], two nibbles a byte, element 2j low;
+    ``w_scale`` float32 [N, K/G]; ``w_zero_scaled`` = ``w_scale * z`` [N, K/G];
+    ``zero_term`` float32 [N] = ``sum_g w_scale * (sum_k code - G * z)`` (required with
+    ``x_zero``). K and ``group_size`` must be multiples of 32.
+    """
+    lib = _get()
+    xq, m, k = _int8_rows("xq", xq, torch.int8)
+    if k % 32 or group_size <= 0 or group_size % 32 or k % group_size:
+        raise ValueError(
+            f"K={k} and group_size={group_size} must be multiples of 32, the group dividing K"
+        )
+    codes = _matrix("codes", codes, torch.uint8, k // 2, "[N, K/2]")
+    n, ng = codes.shape[0], k // group_size
+    x_scale = _vector("x_scale", x_scale, torch.float32, m, allow_scalar=True)
+    w_scale = _dense("w_scale", w_scale, torch.float32, (n, ng))
+    w_zero_scaled = _dense("w_zero_scaled", w_zero_scaled, torch.float32, (n, ng))
+    zptr = cptr = bptr = None
+    if x_zero is not None:
+        x_zero = _vector("x_zero", x_zero, torch.int32, m, allow_scalar=True)
+        zptr = x_zero.data_ptr()
+        if zero_term is None:
+            raise ValueError("zero_term is required when x_zero is given")
+    if zero_term is not None:
+        cptr = _dense("zero_term", zero_term, torch.float32, (n,)).data_ptr()
+    if bias is not None:
+        bptr = _dense("bias", bias, torch.float32, (n,)).data_ptr()
+    y = torch.empty((*xq.shape[:-1], n), dtype=torch.float32)
+    if m == 0 or n == 0:
+        return y
+    rc = lib.qe_w4a8_linear(
+        xq.data_ptr(),
+        x_scale.data_ptr(),
+        zptr,
+        codes.data_ptr(),
+        w_scale.data_ptr(),
+        w_zero_scaled.data_ptr(),
+        cptr,
+        bptr,
+        y.data_ptr(),
+        m,
+        n,
+        k,
+        group_size,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_w4a8_linear")
     return y
 
 

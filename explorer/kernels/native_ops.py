@@ -5,6 +5,9 @@
 - ``int8-w8a8-native``: int8 activations (per token or per tensor, dynamic or static, symmetric or
   not) × int8 weights, exact int32 accumulation (``vpmaddwd``), fp32 dequantization fused; dynamic
   activations are quantized in C too (bit-identical to the torch primitives).
+- ``int4-w4a8-native``: int8 activations (any mode the W8A8 kernel takes) × packed int4 weights
+  with per-group or per-channel scales (symmetric or not): exact per-group integer dot products
+  (``vpmaddubsw`` on nibble × int8 pairs, which cannot saturate), one float FMA per group.
 """
 
 from __future__ import annotations
@@ -63,6 +66,57 @@ class NativeWeightOnlyKernel:
         codes, scale, zeros, group, bias = state
         return native.wo_linear(
             x.contiguous(), codes, scale, zeros, bits=self.bits, group_size=group, bias=bias
+        )
+
+
+class NativeW4A8Kernel:
+    name = "int4-w4a8-native"
+    real = True
+
+    def supports(self, spec: LinearSpec) -> str | None:
+        if spec.device != "cpu":
+            return "CPU kernel"
+        if spec.act_bits != 8 or spec.weight_bits != 4:
+            return "int8 activations × int4 weights"
+        if spec.k % 32 or spec.block[1] % 32:
+            return "K and the group size must be multiples of 32"
+        if not native.available():
+            return f"native kernels unavailable: {native.unavailable_reason()}"
+        return None
+
+    def prepare(
+        self,
+        spec: LinearSpec,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        act: ActQParams | None,
+    ) -> Any:
+        n, k = qw.shape
+        group = qw.block[1]
+        scale = qw.scale.float().repeat_interleave(qw.block[0], 0).contiguous()  # [N, K/G]
+        zero = qw.stored_zero().float().repeat_interleave(qw.block[0], 0)  # 8 when symmetric
+        codes = qw.data.reshape(n, k // 2).contiguous()
+        nibbles = (codes & 0xF).to(torch.int32) + (codes >> 4).to(torch.int32)
+        code_sums = nibbles.reshape(n, k // group, group // 2).sum(-1).float()  # [N, K/G]
+        zero_term = (scale * (code_sums - group * zero)).sum(1).contiguous()
+        b = None if bias is None else bias.float().contiguous()
+        return spec, act, codes, scale, (scale * zero).contiguous(), zero_term, group, b
+
+    def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
+        spec, act, codes, scale, scaled_zero, zero_term, group, bias = state
+        q, xs, xz = quantize_activation(x, spec, act)
+        xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
+        zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
+        return native.w4a8_linear(
+            xq.contiguous(),
+            xs.reshape(-1).float().contiguous(),
+            zx,
+            codes,
+            scale,
+            scaled_zero,
+            zero_term,
+            group,
+            bias,
         )
 
 

@@ -14,7 +14,11 @@ from typing import Any
 import torch
 
 from explorer.kernels.base import ActQParams, LinearKernel, LinearSpec
-from explorer.kernels.native_ops import NativeW8A8Kernel, NativeWeightOnlyKernel
+from explorer.kernels.native_ops import (
+    NativeW4A8Kernel,
+    NativeW8A8Kernel,
+    NativeWeightOnlyKernel,
+)
 from explorer.kernels.reference import ReferenceKernel
 from explorer.kernels.torch_ops import (
     FbgemmKernel,
@@ -31,6 +35,7 @@ KERNELS: dict[str, LinearKernel] = {
         NativeWeightOnlyKernel(4),
         NativeWeightOnlyKernel(8),
         NativeW8A8Kernel(),
+        NativeW4A8Kernel(),
         TinyGemmInt4Kernel(),
         Int8PackKernel(),
         FbgemmKernel(),

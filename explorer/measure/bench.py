@@ -44,6 +44,8 @@ LINEAR_FORMATS: tuple[tuple[str, QuantConfig], ...] = (
     ("w4-g32", QuantConfig(weight_bits=4, granularity="group", group_size=32)),
     ("w8a8-token", QuantConfig(weight_bits=8, act_bits=8, act_granularity="token")),
     ("w8a8-tensor", QuantConfig(weight_bits=8, act_bits=8, act_granularity="tensor")),
+    ("w4a8-g128", QuantConfig(weight_bits=4, granularity="group", group_size=128, act_bits=8)),
+    ("w4a8-g32", QuantConfig(weight_bits=4, granularity="group", group_size=32, act_bits=8)),
 )
 SLOW_ON_CPU = {"int8-w8a8-intmm"}  # torch._int_mm has no fast x86 path (≈10x slower than fp32)
 

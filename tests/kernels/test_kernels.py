@@ -30,6 +30,16 @@ FORMATS = {
     "w8a8-tensor-asym": QuantConfig(act_bits=8, act_granularity="tensor", act_symmetric=False),
     "w8a8-static": QuantConfig(act_bits=8, act_granularity="tensor", act_mode="static"),
     "w8asym-a8-token": QuantConfig(act_bits=8, symmetric=False),
+    "w4a8-g32-token": QuantConfig(weight_bits=4, granularity="group", group_size=32, act_bits=8),
+    "w4asym-g128-a8-tensor-asym": QuantConfig(
+        weight_bits=4,
+        granularity="group",
+        group_size=128,
+        symmetric=False,
+        act_bits=8,
+        act_granularity="tensor",
+        act_symmetric=False,
+    ),
 }
 # bf16-activation kernels round x (and scales) to bf16: about 3 significant digits.
 TOLERANCE = {"int8-wo-int8pack-bf16": 2e-2, "int4-wo-tinygemm-bf16": 2e-2}
@@ -84,8 +94,8 @@ def test_kernels_match_reference_property(
 
 
 def test_every_real_format_has_a_real_kernel_here() -> None:
-    """Int8 weight-only, int4 weight-only grouped and W8A8 must not fall back to the reference."""
-    for fmt in ("w8-channel", "w4-g32", "w8a8-token", "w8a8-tensor-asym"):
+    """Int8 and int4 weight-only, W8A8 and W4A8 must not fall back to the reference."""
+    for fmt in ("w8-channel", "w4-g32", "w8a8-token", "w8a8-tensor-asym", "w4a8-g32-token"):
         spec = LinearSpec.from_config(FORMATS[fmt], 64, 256)
         assert candidates(spec), f"{fmt} has no real kernel"
 

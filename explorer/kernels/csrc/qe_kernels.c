@@ -16,6 +16,9 @@
  *                  bits=8: signed int8 codes, z = 0 when zeros == NULL.
  *   qe_int8_gemm   out[M,N] = sum_k xq[m,k] * wq[n,k], exact int8 x int8 -> int32.
  *   qe_w8a8_linear y[m,n] = (acc[m,n] - zx[m] * wsum[n]) * xs[m] * ws[n] + bias[n].
+ *   qe_w4a8_linear y[m,n] = xs[m] * sum_k (code[n,k] - z[n,g]) * (xq[m,k] - zx[m]) * s[n,g]
+ *                  + bias[n]: int8 activations x 4-bit codes, exact integer dot per group
+ *                  (see its section at the end of this file).
  *   qe_byte_sum    sum of all bytes of a buffer (unsigned): a plain streaming read, the
  *                  bandwidth floor that `explorer bench` sets each kernel against.
  *
@@ -1245,4 +1248,217 @@ QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, f
                             nthreads);
     free(mem);
     return rc;
+}
+
+/* ======================================================================================= */
+/* W4A8 linear: int4 weights (per group) x int8 activations, exact integer dot per group    */
+/* ======================================================================================= */
+/*
+ * y[m,n] = xs[m] * ( sum_g ws[n,g] * D[m,n,g] - sum_g wzs[n,g] * Sx[m,g] - zx[m] * cz[n] )
+ *          + bias[n]
+ * with D[m,n,g] = sum_{k in g} code[n,k] * xq[m,k] (codes unsigned 0..15, xq int8),
+ * Sx[m,g] = sum_{k in g} xq[m,k], wzs = ws * z (the weight zero point, 8 when symmetric) and
+ * cz[n] = sum_g ws[n,g] * (sum_{k in g} code[n,k] - G * z[n,g]) (only with an activation zero
+ * point zx).  Expanding (code - z)(xq - zx) gives exactly these terms.
+ *
+ * Unlike int8 x int8 (see above), an unsigned nibble times int8 fits vpmaddubsw: a pair sum is
+ * at most 2 * 15 * 128 = 3840, far from int16 saturation, so one vpmaddubsw + vpmaddwd(1)
+ * turns 32 code/activation pairs into 8 exact int32 partial sums.  Decode keeps the natural
+ * element order: vpmovzxbw puts byte j (elements 2j, 2j+1 as low/high nibble) in a 16-bit
+ * lane; (v | v << 4) & 0x0F0F leaves element 2j in the lane's low byte and 2j+1 in its high
+ * byte.  Per group (G a multiple of 32) the int32 sums are converted once and scaled by
+ * ws[n,g] with one FMA; the zero-point terms are float dot products over groups, once per
+ * output.  Register tiles: 1 x 4 (row x columns) for M == 1, 2 x 2 otherwise.
+ */
+
+typedef struct {
+    const int8_t* xq;
+    const float* xs;
+    const int32_t* zx;
+    const uint8_t* codes;
+    const float* ws;
+    const float* wzs;
+    const float* cz;
+    const float* bias;
+    float* y;
+    int64_t M, N, K, G, ng;
+    float* sx; /* [M, ng] per-group activation sums */
+    int64_t* next;
+} qe_w4a8_ctx;
+
+static float qe_w4a8_out(const qe_w4a8_ctx* c, int64_t m, int64_t n, float acc, float corr) {
+    double v = (double)acc - (double)corr;
+    if (c->zx) v -= (double)c->zx[m] * (double)c->cz[n];
+    v *= (double)c->xs[m];
+    if (c->bias) v += (double)c->bias[n];
+    return (float)v;
+}
+
+static void qe_w4a8_scalar_cols(const qe_w4a8_ctx* c, int64_t n0, int64_t n1) {
+    const int64_t K = c->K, G = c->G, ng = c->ng;
+    for (int64_t n = n0; n < n1; ++n) {
+        const uint8_t* w = c->codes + n * (K / 2);
+        for (int64_t m = 0; m < c->M; ++m) {
+            const int8_t* xr = c->xq + m * K;
+            float acc = 0.0f, corr = 0.0f;
+            for (int64_t g = 0; g < ng; ++g) {
+                int32_t d = 0;
+                for (int64_t k = g * G; k < (g + 1) * G; ++k)
+                    d += (int32_t)((w[k >> 1] >> ((k & 1) * 4)) & 0xF) * (int32_t)xr[k];
+                acc += c->ws[n * ng + g] * (float)d;
+                corr += c->wzs[n * ng + g] * c->sx[m * ng + g];
+            }
+            c->y[m * c->N + n] = qe_w4a8_out(c, m, n, acc, corr);
+        }
+    }
+}
+
+#if QE_HAVE_X86
+QE_AVX2 QE_INLINE __m256i qe_w4a8_decode(const uint8_t* p) {
+    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p));
+    v = _mm256_or_si256(v, _mm256_slli_epi16(v, 4));
+    return _mm256_and_si256(v, _mm256_set1_epi16(0x0F0F));
+}
+
+QE_AVX2 static float qe_dot_f32(const float* a, const float* b, int64_t n) {
+    __m256 s = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        s = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s);
+    float r = qe_hsum_ps(s);
+    for (; i < n; ++i) r += a[i] * b[i];
+    return r;
+}
+
+/* MR activation rows (from m0) x NR weight rows (n[0..NR)) over all K; out[i][j] is the
+ * scaled sum sum_g ws[n,g] * D[m,n,g]. */
+QE_AVX2 QE_INLINE void qe_w4a8_micro(const int MR, const int NR, const qe_w4a8_ctx* c,
+                                     int64_t m0, const int64_t* n, float out[2][4]) {
+    const int64_t K = c->K, ng = c->ng, cpg = c->G / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const uint8_t* w[4];
+    const float* s[4];
+    const int8_t* x[2];
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) w[j] = c->codes + n[j] * (K / 2), s[j] = c->ws + n[j] * ng;
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; ++i) x[i] = c->xq + (m0 + i) * K;
+    __m256 facc[2][4];
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) facc[i][j] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        __m256i iacc[2][4];
+#pragma GCC unroll 2
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+            for (int j = 0; j < NR; ++j) iacc[i][j] = _mm256_setzero_si256();
+        for (int64_t t = 0; t < cpg; ++t) {
+            const int64_t k = (g * cpg + t) * 32;
+            __m256i cw[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < NR; ++j) cw[j] = qe_w4a8_decode(w[j] + k / 2);
+#pragma GCC unroll 2
+            for (int i = 0; i < MR; ++i) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i*)(x[i] + k));
+#pragma GCC unroll 4
+                for (int j = 0; j < NR; ++j)
+                    iacc[i][j] = _mm256_add_epi32(
+                        iacc[i][j], _mm256_madd_epi16(_mm256_maddubs_epi16(cw[j], xv), ones));
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) {
+            const __m256 sv = _mm256_broadcast_ss(s[j] + g);
+#pragma GCC unroll 2
+            for (int i = 0; i < MR; ++i)
+                facc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[i][j]), sv, facc[i][j]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) out[i][j] = qe_hsum_ps(facc[i][j]);
+}
+
+QE_AVX2 static void qe_w4a8_avx2_thread(const qe_w4a8_ctx* c) {
+    const int64_t M = c->M, N = c->N, ng = c->ng;
+    float out[2][4];
+    for (;;) {
+        const int64_t n0 = __atomic_fetch_add(c->next, (int64_t)QE_NT, __ATOMIC_RELAXED);
+        if (n0 >= N) break;
+        const int64_t n1 = qe_min64(n0 + QE_NT, N);
+        const int nr_max = M == 1 ? 4 : 2;
+        for (int64_t j0 = n0; j0 < n1; j0 += nr_max) {
+            const int nr = (int)qe_min64(nr_max, n1 - j0);
+            int64_t n[4];
+            for (int j = 0; j < 4; ++j) n[j] = j0 + (j < nr ? j : 0); /* pad with a copy */
+            if (j0 + 2 * nr_max <= n1) /* the next columns' first bytes */
+                for (int j = 0; j < nr_max; ++j)
+                    _mm_prefetch((const char*)(c->codes + (j0 + nr_max + j) * (c->K / 2)),
+                                 _MM_HINT_T0);
+            for (int64_t m0 = 0; m0 < M;) {
+                int mr = (int)qe_min64(M - m0, 2);
+                if (M == 1)
+                    qe_w4a8_micro(1, 4, c, m0, n, out);
+                else if (mr == 2)
+                    qe_w4a8_micro(2, 2, c, m0, n, out);
+                else
+                    qe_w4a8_micro(1, 2, c, m0, n, out);
+                for (int i = 0; i < mr; ++i)
+                    for (int j = 0; j < nr; ++j) {
+                        const int64_t m = m0 + i;
+                        const float corr =
+                            qe_dot_f32(c->wzs + n[j] * ng, c->sx + m * ng, ng);
+                        c->y[m * N + n[j]] = qe_w4a8_out(c, m, n[j], out[i][j], corr);
+                    }
+                m0 += mr;
+            }
+        }
+    }
+}
+#endif /* QE_HAVE_X86 */
+
+QE_EXPORT int qe_w4a8_linear(const int8_t* xq, const float* xs, const int32_t* zx,
+                             const uint8_t* codes, const float* ws, const float* wzs,
+                             const float* cz, const float* bias, float* y, int64_t M, int64_t N,
+                             int64_t K, int64_t G, int nthreads) {
+    if (!xq || !xs || !codes || !ws || !wzs || !y || M < 0 || N < 0 || K <= 0 || G <= 0)
+        return QE_EINVAL;
+    if (K % 32 || G % 32 || K % G || K > QE_MAX_K || (zx && !cz)) return QE_EINVAL;
+    if (M == 0 || N == 0) return QE_OK;
+    if (nthreads < 1) nthreads = 1;
+    qe_w4a8_ctx c;
+    memset(&c, 0, sizeof(c));
+    c.xq = xq, c.xs = xs, c.zx = zx, c.codes = codes, c.ws = ws, c.wzs = wzs, c.cz = cz;
+    c.bias = bias, c.y = y, c.M = M, c.N = N, c.K = K, c.G = G, c.ng = K / G;
+    float* sx = (float*)qe_alloc(sizeof(float) * (size_t)(M * c.ng));
+    if (!sx) return QE_ENOMEM;
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t g = 0; g < c.ng; ++g) {
+            int32_t s = 0;
+            for (int64_t k = g * G; k < (g + 1) * G; ++k) s += xq[m * K + k];
+            sx[m * c.ng + g] = (float)s;
+        }
+    c.sx = sx;
+    int64_t next = 0;
+    c.next = &next;
+    const int isa = qe_effective_isa();
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+#if QE_HAVE_X86
+        if (isa) {
+            qe_w4a8_avx2_thread(&c);
+        } else
+#endif
+        {
+            int64_t nb, ne;
+            qe_split(N, 1, qe_num_threads(), qe_thread_num(), &nb, &ne);
+            qe_w4a8_scalar_cols(&c, nb, ne);
+        }
+    }
+    (void)isa;
+    free(sx);
+    return QE_OK;
 }
