@@ -214,6 +214,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qe_w8a8_linear.argtypes = [_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _INT]
     lib.qe_w4a8_linear.restype = _INT
     lib.qe_w4a8_linear.argtypes = [_P] * 9 + [_I64, _I64, _I64, _I64, _INT]
+    lib.qe_w4a8_dyn_linear.restype = _INT
+    lib.qe_w4a8_dyn_linear.argtypes = (
+        [_P, _INT, _INT, ctypes.c_float]
+        + [_P] * 6
+        + [
+            _I64,
+            _I64,
+            _I64,
+            _I64,
+            _INT,
+        ]
+    )
 
 
 def _load() -> ctypes.CDLL | None:
@@ -656,6 +668,64 @@ def w4a8_linear(
         torch.get_num_threads(),
     )
     _check_rc(rc, "qe_w4a8_linear")
+    return y
+
+
+def w4a8_dynamic_linear(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero_scaled: torch.Tensor,
+    zero_term: torch.Tensor | None,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    *,
+    per_token: bool = True,
+    symmetric: bool = True,
+    eps: float,
+) -> torch.Tensor:
+    """:func:`w4a8_linear` on float32 activations ``x`` [..., K] quantized to int8 in C, per
+    token (row) or per tensor, with the arithmetic of :func:`w8a8_dynamic_linear`."""
+    lib = _get()
+    x = _activation("x", x, torch.float32)
+    k = x.shape[-1]
+    if k % 32 or group_size <= 0 or group_size % 32 or k % group_size or k > _MAX_INT8_K:
+        raise ValueError(
+            f"K={k} and group_size={group_size} must be multiples of 32, the group dividing K"
+        )
+    m = x.numel() // k
+    codes = _matrix("codes", codes, torch.uint8, k // 2, "[N, K/2]")
+    n, ng = codes.shape[0], k // group_size
+    w_scale = _dense("w_scale", w_scale, torch.float32, (n, ng))
+    w_zero_scaled = _dense("w_zero_scaled", w_zero_scaled, torch.float32, (n, ng))
+    cptr = bptr = None
+    if zero_term is not None:
+        cptr = _dense("zero_term", zero_term, torch.float32, (n,)).data_ptr()
+    elif not symmetric:
+        raise ValueError("zero_term is required for asymmetric activations")
+    if bias is not None:
+        bptr = _dense("bias", bias, torch.float32, (n,)).data_ptr()
+    y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
+    if m == 0 or n == 0:
+        return y
+    rc = lib.qe_w4a8_dyn_linear(
+        x.data_ptr(),
+        int(per_token),
+        int(symmetric),
+        eps,
+        codes.data_ptr(),
+        w_scale.data_ptr(),
+        w_zero_scaled.data_ptr(),
+        cptr,
+        bptr,
+        y.data_ptr(),
+        m,
+        n,
+        k,
+        group_size,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_w4a8_dyn_linear")
     return y
 
 

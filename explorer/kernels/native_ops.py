@@ -104,6 +104,19 @@ class NativeW4A8Kernel:
 
     def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
         spec, act, codes, scale, scaled_zero, zero_term, group, bias = state
+        if not spec.act_static:  # quantized in C, as for W8A8: no torch ops per call
+            return native.w4a8_dynamic_linear(
+                x.float().contiguous(),
+                codes,
+                scale,
+                scaled_zero,
+                zero_term,
+                group,
+                bias,
+                per_token=spec.act_granularity == "token",
+                symmetric=spec.act_symmetric,
+                eps=SCALE_EPS,
+            )
         q, xs, xz = quantize_activation(x, spec, act)
         xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
         zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()

@@ -61,7 +61,16 @@ def exact(xq: torch.Tensor, zx: torch.Tensor, codes: torch.Tensor, zero: torch.T
 
 @pytest.mark.parametrize(
     ("m", "n", "k", "group"),
-    [(1, 5, 32, 32), (1, 17, 256, 64), (2, 9, 128, 128), (3, 16, 96, 32), (5, 33, 512, 128)],
+    [
+        (1, 5, 32, 32),  # one 32-element chunk, no 64-block
+        (1, 17, 256, 64),
+        (2, 9, 128, 128),
+        (3, 16, 96, 32),  # a 64-block, then a 32-element tail
+        (1, 4, 160, 32),
+        (2, 7, 192, 96),  # groups that end in the middle of a 64-block
+        (5, 33, 512, 128),
+        (1, 6, 2048, 2048),  # per channel: more 64-blocks than int16 may sum
+    ],
 )
 @pytest.mark.parametrize("weight_zero", [False, True])
 @pytest.mark.parametrize("act_zero", [False, True])

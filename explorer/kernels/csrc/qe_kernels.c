@@ -1262,14 +1262,22 @@ QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, f
  * point zx).  Expanding (code - z)(xq - zx) gives exactly these terms.
  *
  * Unlike int8 x int8 (see above), an unsigned nibble times int8 fits vpmaddubsw: a pair sum is
- * at most 2 * 15 * 128 = 3840, far from int16 saturation, so one vpmaddubsw + vpmaddwd(1)
- * turns 32 code/activation pairs into 8 exact int32 partial sums.  Decode keeps the natural
- * element order: vpmovzxbw puts byte j (elements 2j, 2j+1 as low/high nibble) in a 16-bit
- * lane; (v | v << 4) & 0x0F0F leaves element 2j in the lane's low byte and 2j+1 in its high
- * byte.  Per group (G a multiple of 32) the int32 sums are converted once and scaled by
- * ws[n,g] with one FMA; the zero-point terms are float dot products over groups, once per
- * output.  Register tiles: 1 x 4 (row x columns) for M == 1, 2 x 2 otherwise.
+ * at most 2 * 15 * 128 = 3840 in magnitude.  The AVX2 path reads 64 codes (32 bytes) at a time:
+ * the low nibbles are elements 0, 2, ..., 62 of the block and the high nibbles 1, 3, ..., 63,
+ * so x is permuted once per call to match (xp[64b + j] = x[64b + 2j], xp[64b + 32 + j] =
+ * x[64b + 2j + 1]) and one AND, one shift and one AND decode all 64.  Two vpmaddubsw per
+ * block are summed in int16 for up to QE_W4A8_I16 blocks (|sum| <= 4 * 2 * 3840 < 32768), then
+ * widened with vpmaddwd(1) into int32, and converted and scaled once per group with one FMA.
+ * The low 128-bit half of a block holds, in its low and its high nibbles, the elements
+ * [64b, 64b + 32), the high half [64b + 32, 64b + 64); group boundaries (multiples of 32)
+ * never cut a half, so each half has one group (qe_w4a8_blocks) and a flush scales with a
+ * (s[g_lo] x4, s[g_hi] x4) vector.  A final 32-element chunk (K = 64b + 32) is read in natural order.  The zero-point
+ * terms are float dot products over groups, once per output.  Register tiles: 1 x 4 (row x
+ * columns) for M == 1, 2 x 2 otherwise; the next weight rows are prefetched at the pace the
+ * current ones are read (without it the short row streams reach about half the read rate).
  */
+
+#define QE_W4A8_I16 4 /* 64-element blocks summed in int16 before widening */
 
 typedef struct {
     const int8_t* xq;
@@ -1282,7 +1290,12 @@ typedef struct {
     const float* bias;
     float* y;
     int64_t M, N, K, G, ng;
-    float* sx; /* [M, ng] per-group activation sums */
+    float* sx;        /* [M, ng] per-group activation sums */
+    int8_t* xp;       /* [M, K] activations permuted to the nibble order of 64-blocks */
+    int32_t* glo;     /* [nb] group of the low half (elements 64b .. 64b + 31) of block b */
+    int32_t* ghi;     /* [nb] group of the high half */
+    uint8_t* flush;   /* [nb] bit 0: widen int16 after block b; bit 1: convert and scale */
+    int64_t nb;       /* complete 64-element blocks */
     int64_t* next;
 } qe_w4a8_ctx;
 
@@ -1313,13 +1326,25 @@ static void qe_w4a8_scalar_cols(const qe_w4a8_ctx* c, int64_t n0, int64_t n1) {
     }
 }
 
-#if QE_HAVE_X86
-QE_AVX2 QE_INLINE __m256i qe_w4a8_decode(const uint8_t* p) {
-    __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p));
-    v = _mm256_or_si256(v, _mm256_slli_epi16(v, 4));
-    return _mm256_and_si256(v, _mm256_set1_epi16(0x0F0F));
+/* Block plan: the group of each half of each 64-block, and where partial sums are flushed. */
+static void qe_w4a8_blocks(qe_w4a8_ctx* c) {
+    const int64_t nb = c->nb, G = c->G;
+    int run = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+        c->glo[b] = (int32_t)(64 * b / G);
+        c->ghi[b] = (int32_t)((64 * b + 32) / G);
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+        const int last = b + 1 == nb;
+        const int regroup = last || c->glo[b + 1] != c->glo[b] || c->ghi[b + 1] != c->ghi[b];
+        ++run;
+        const int widen = regroup || run == QE_W4A8_I16;
+        if (widen) run = 0;
+        c->flush[b] = (uint8_t)(widen | (regroup << 1));
+    }
 }
 
+#if QE_HAVE_X86
 QE_AVX2 static float qe_dot_f32(const float* a, const float* b, int64_t n) {
     __m256 s = _mm256_setzero_ps();
     int64_t i = 0;
@@ -1331,49 +1356,89 @@ QE_AVX2 static float qe_dot_f32(const float* a, const float* b, int64_t n) {
 }
 
 /* MR activation rows (from m0) x NR weight rows (n[0..NR)) over all K; out[i][j] is the
- * scaled sum sum_g ws[n,g] * D[m,n,g]. */
+ * scaled sum sum_g ws[n,g] * D[m,n,g].  pf: the next NR weight rows (contiguous, NR * K/2
+ * bytes), prefetched at the pace this call reads its own (or NULL). */
 QE_AVX2 QE_INLINE void qe_w4a8_micro(const int MR, const int NR, const qe_w4a8_ctx* c,
-                                     int64_t m0, const int64_t* n, float out[2][4]) {
-    const int64_t K = c->K, ng = c->ng, cpg = c->G / 32;
+                                     int64_t m0, const int64_t* n, const uint8_t* pf,
+                                     float out[2][4]) {
+    const int64_t K = c->K, ng = c->ng, nb = c->nb;
     const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
     const uint8_t* w[4];
     const float* s[4];
     const int8_t* x[2];
 #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) w[j] = c->codes + n[j] * (K / 2), s[j] = c->ws + n[j] * ng;
 #pragma GCC unroll 2
-    for (int i = 0; i < MR; ++i) x[i] = c->xq + (m0 + i) * K;
+    for (int i = 0; i < MR; ++i) x[i] = c->xp + (m0 + i) * K;
     __m256 facc[2][4];
+    __m256i iacc[2][4], hacc[2][4];
 #pragma GCC unroll 2
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-        for (int j = 0; j < NR; ++j) facc[i][j] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < ng; ++g) {
-        __m256i iacc[2][4];
+        for (int j = 0; j < NR; ++j) {
+            facc[i][j] = _mm256_setzero_ps();
+            iacc[i][j] = _mm256_setzero_si256();
+            hacc[i][j] = _mm256_setzero_si256();
+        }
+    for (int64_t b = 0; b < nb; ++b) {
+        if (pf) {
+            _mm_prefetch((const char*)(pf + b * 32 * NR), _MM_HINT_T0);
+            if (NR > 2) _mm_prefetch((const char*)(pf + b * 32 * NR + 64), _MM_HINT_T0);
+        }
+        __m256i lo[4], hi[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(w[j] + b * 32));
+            lo[j] = _mm256_and_si256(v, low4);
+            hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        }
 #pragma GCC unroll 2
-        for (int i = 0; i < MR; ++i)
+        for (int i = 0; i < MR; ++i) {
+            const __m256i xl = _mm256_loadu_si256((const __m256i*)(x[i] + b * 64));
+            const __m256i xh = _mm256_loadu_si256((const __m256i*)(x[i] + b * 64 + 32));
 #pragma GCC unroll 4
-            for (int j = 0; j < NR; ++j) iacc[i][j] = _mm256_setzero_si256();
-        for (int64_t t = 0; t < cpg; ++t) {
-            const int64_t k = (g * cpg + t) * 32;
-            __m256i cw[4];
+            for (int j = 0; j < NR; ++j)
+                hacc[i][j] = _mm256_add_epi16(
+                    hacc[i][j], _mm256_add_epi16(_mm256_maddubs_epi16(lo[j], xl),
+                                                 _mm256_maddubs_epi16(hi[j], xh)));
+        }
+        const int flush = c->flush[b];
+        if (flush & 1) {
+#pragma GCC unroll 2
+            for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-            for (int j = 0; j < NR; ++j) cw[j] = qe_w4a8_decode(w[j] + k / 2);
+                for (int j = 0; j < NR; ++j) {
+                    iacc[i][j] = _mm256_add_epi32(iacc[i][j], _mm256_madd_epi16(hacc[i][j], ones));
+                    hacc[i][j] = _mm256_setzero_si256();
+                }
+        }
+        if (flush & 2) {
+            const int32_t ga = c->glo[b], gb = c->ghi[b];
+#pragma GCC unroll 4
+            for (int j = 0; j < NR; ++j) {
+                const __m256 sv = _mm256_set_m128(_mm_set1_ps(s[j][gb]), _mm_set1_ps(s[j][ga]));
+#pragma GCC unroll 2
+                for (int i = 0; i < MR; ++i) {
+                    facc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[i][j]), sv, facc[i][j]);
+                    iacc[i][j] = _mm256_setzero_si256();
+                }
+            }
+        }
+    }
+    if (K > nb * 64) { /* a last 32-element chunk, natural order (x too: see qe_w4a8_permute) */
+        const int64_t k = nb * 64, g = k / c->G;
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) {
+            __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(w[j] + k / 2)));
+            v = _mm256_and_si256(_mm256_or_si256(v, _mm256_slli_epi16(v, 4)), low4);
+            const __m256 sv = _mm256_broadcast_ss(s[j] + g);
 #pragma GCC unroll 2
             for (int i = 0; i < MR; ++i) {
                 const __m256i xv = _mm256_loadu_si256((const __m256i*)(x[i] + k));
-#pragma GCC unroll 4
-                for (int j = 0; j < NR; ++j)
-                    iacc[i][j] = _mm256_add_epi32(
-                        iacc[i][j], _mm256_madd_epi16(_mm256_maddubs_epi16(cw[j], xv), ones));
+                const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(v, xv), ones);
+                facc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sv, facc[i][j]);
             }
-        }
-#pragma GCC unroll 4
-        for (int j = 0; j < NR; ++j) {
-            const __m256 sv = _mm256_broadcast_ss(s[j] + g);
-#pragma GCC unroll 2
-            for (int i = 0; i < MR; ++i)
-                facc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[i][j]), sv, facc[i][j]);
         }
     }
 #pragma GCC unroll 2
@@ -1385,40 +1450,51 @@ QE_AVX2 QE_INLINE void qe_w4a8_micro(const int MR, const int NR, const qe_w4a8_c
 QE_AVX2 static void qe_w4a8_avx2_thread(const qe_w4a8_ctx* c) {
     const int64_t M = c->M, N = c->N, ng = c->ng;
     float out[2][4];
-    for (;;) {
-        const int64_t n0 = __atomic_fetch_add(c->next, (int64_t)QE_NT, __ATOMIC_RELAXED);
-        if (n0 >= N) break;
+    const int nr_max = M == 1 ? 4 : 2;
+    /* Tiles are claimed one ahead, so the last rows of a tile prefetch the first rows of this
+     * thread's next tile rather than of a tile another thread may be reading. */
+    int64_t n0 = __atomic_fetch_add(c->next, (int64_t)QE_NT, __ATOMIC_RELAXED);
+    while (n0 < N) {
+        const int64_t after = __atomic_fetch_add(c->next, (int64_t)QE_NT, __ATOMIC_RELAXED);
         const int64_t n1 = qe_min64(n0 + QE_NT, N);
-        const int nr_max = M == 1 ? 4 : 2;
         for (int64_t j0 = n0; j0 < n1; j0 += nr_max) {
             const int nr = (int)qe_min64(nr_max, n1 - j0);
             int64_t n[4];
             for (int j = 0; j < 4; ++j) n[j] = j0 + (j < nr ? j : 0); /* pad with a copy */
-            if (j0 + 2 * nr_max <= n1) /* the next columns' first bytes */
-                for (int j = 0; j < nr_max; ++j)
-                    _mm_prefetch((const char*)(c->codes + (j0 + nr_max + j) * (c->K / 2)),
-                                 _MM_HINT_T0);
+            const int64_t jn = j0 + nr_max < n1 ? j0 + nr_max : after;
+            const uint8_t* next_rows = jn + nr_max <= N ? c->codes + jn * (c->K / 2) : NULL;
             for (int64_t m0 = 0; m0 < M;) {
-                int mr = (int)qe_min64(M - m0, 2);
+                const int mr = (int)qe_min64(M - m0, 2);
+                const uint8_t* pf = m0 == 0 ? next_rows : NULL;
                 if (M == 1)
-                    qe_w4a8_micro(1, 4, c, m0, n, out);
+                    qe_w4a8_micro(1, 4, c, m0, n, pf, out);
                 else if (mr == 2)
-                    qe_w4a8_micro(2, 2, c, m0, n, out);
+                    qe_w4a8_micro(2, 2, c, m0, n, pf, out);
                 else
-                    qe_w4a8_micro(1, 2, c, m0, n, out);
+                    qe_w4a8_micro(1, 2, c, m0, n, pf, out);
                 for (int i = 0; i < mr; ++i)
                     for (int j = 0; j < nr; ++j) {
                         const int64_t m = m0 + i;
-                        const float corr =
-                            qe_dot_f32(c->wzs + n[j] * ng, c->sx + m * ng, ng);
+                        const float corr = qe_dot_f32(c->wzs + n[j] * ng, c->sx + m * ng, ng);
                         c->y[m * N + n[j]] = qe_w4a8_out(c, m, n[j], out[i][j], corr);
                     }
                 m0 += mr;
             }
         }
+        n0 = after;
     }
 }
 #endif /* QE_HAVE_X86 */
+
+/* xp: each complete 64-block in nibble order (even elements, then odd), the rest as is. */
+static void qe_w4a8_permute(const int8_t* x, int8_t* xp, int64_t K, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b)
+        for (int64_t j = 0; j < 32; ++j) {
+            xp[b * 64 + j] = x[b * 64 + 2 * j];
+            xp[b * 64 + 32 + j] = x[b * 64 + 2 * j + 1];
+        }
+    for (int64_t k = nb * 64; k < K; ++k) xp[k] = x[k];
+}
 
 QE_EXPORT int qe_w4a8_linear(const int8_t* xq, const float* xs, const int32_t* zx,
                              const uint8_t* codes, const float* ws, const float* wzs,
@@ -1432,16 +1508,26 @@ QE_EXPORT int qe_w4a8_linear(const int8_t* xq, const float* xs, const int32_t* z
     qe_w4a8_ctx c;
     memset(&c, 0, sizeof(c));
     c.xq = xq, c.xs = xs, c.zx = zx, c.codes = codes, c.ws = ws, c.wzs = wzs, c.cz = cz;
-    c.bias = bias, c.y = y, c.M = M, c.N = N, c.K = K, c.G = G, c.ng = K / G;
-    float* sx = (float*)qe_alloc(sizeof(float) * (size_t)(M * c.ng));
-    if (!sx) return QE_ENOMEM;
-    for (int64_t m = 0; m < M; ++m)
+    c.bias = bias, c.y = y, c.M = M, c.N = N, c.K = K, c.G = G, c.ng = K / G, c.nb = K / 64;
+    const size_t nb = (size_t)c.nb;
+    const size_t o_xp = qe_round64(sizeof(float) * (size_t)(M * c.ng));
+    const size_t o_g = o_xp + qe_round64((size_t)(M * K));
+    char* mem = (char*)qe_alloc(o_g + 2 * sizeof(int32_t) * nb + nb + 64);
+    if (!mem) return QE_ENOMEM;
+    c.sx = (float*)mem;
+    c.xp = (int8_t*)(mem + o_xp);
+    c.glo = (int32_t*)(mem + o_g);
+    c.ghi = c.glo + nb;
+    c.flush = (uint8_t*)(c.ghi + nb);
+    for (int64_t m = 0; m < M; ++m) {
         for (int64_t g = 0; g < c.ng; ++g) {
-            int32_t s = 0;
-            for (int64_t k = g * G; k < (g + 1) * G; ++k) s += xq[m * K + k];
-            sx[m * c.ng + g] = (float)s;
+            int32_t t = 0;
+            for (int64_t k = g * G; k < (g + 1) * G; ++k) t += xq[m * K + k];
+            c.sx[m * c.ng + g] = (float)t;
         }
-    c.sx = sx;
+        qe_w4a8_permute(xq + m * K, c.xp + m * K, K, c.nb);
+    }
+    qe_w4a8_blocks(&c);
     int64_t next = 0;
     c.next = &next;
     const int isa = qe_effective_isa();
@@ -1453,12 +1539,54 @@ QE_EXPORT int qe_w4a8_linear(const int8_t* xq, const float* xs, const int32_t* z
         } else
 #endif
         {
-            int64_t nb, ne;
-            qe_split(N, 1, qe_num_threads(), qe_thread_num(), &nb, &ne);
-            qe_w4a8_scalar_cols(&c, nb, ne);
+            int64_t nb0, ne;
+            qe_split(N, 1, qe_num_threads(), qe_thread_num(), &nb0, &ne);
+            qe_w4a8_scalar_cols(&c, nb0, ne);
         }
     }
     (void)isa;
-    free(sx);
+    free(mem);
     return QE_OK;
+}
+
+/* qe_w4a8_linear on float activations quantized here, per token or per tensor, with the
+ * arithmetic of qe_w8a8_dyn_linear (bit-identical codes to the torch primitives). */
+QE_EXPORT int qe_w4a8_dyn_linear(const float* x, int per_token, int symmetric, float eps,
+                                 const uint8_t* codes, const float* ws, const float* wzs,
+                                 const float* cz, const float* bias, float* y, int64_t M,
+                                 int64_t N, int64_t K, int64_t G, int nthreads) {
+    if (!x || M < 0 || K <= 0 || K > QE_MAX_K || (!symmetric && !cz)) return QE_EINVAL;
+    if (M == 0 || N == 0) return QE_OK;
+    const size_t o_q = qe_round64((size_t)(M * K));
+    const size_t o_s = qe_round64(sizeof(float) * (size_t)M);
+    char* mem = (char*)qe_alloc(o_q + o_s + sizeof(int32_t) * (size_t)M);
+    if (!mem) return QE_ENOMEM;
+    int8_t* xq = (int8_t*)mem;
+    float* xs = (float*)(mem + o_q);
+    int32_t* zx = (int32_t*)(mem + o_q + o_s);
+    if (per_token) {
+        for (int64_t m = 0; m < M; ++m) {
+            float lo = 0.0f, hi = 0.0f;
+            qe_dyn_range(x + m * K, K, &lo, &hi);
+            qe_dyn_qparams(lo, hi, symmetric, eps, xs + m, zx + m);
+        }
+    } else {
+        float lo = 0.0f, hi = 0.0f;
+        qe_dyn_range(x, M * K, &lo, &hi);
+        qe_dyn_qparams(lo, hi, symmetric, eps, xs, zx);
+        for (int64_t m = 1; m < M; ++m) xs[m] = xs[0], zx[m] = zx[0];
+    }
+    for (int64_t m = 0; m < M; ++m) {
+#if QE_HAVE_X86
+        if (qe_effective_isa()) {
+            qe_dyn_quantize_row_avx2(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric);
+            continue;
+        }
+#endif
+        qe_dyn_quantize_row(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric, 0);
+    }
+    int rc = qe_w4a8_linear(xq, xs, symmetric ? NULL : zx, codes, ws, wzs, cz, bias, y, M, N, K,
+                            G, nthreads);
+    free(mem);
+    return rc;
 }
