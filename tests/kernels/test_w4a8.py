@@ -207,3 +207,72 @@ def _good() -> dict:
 def test_bad_inputs_are_named(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         native.w4a8_linear(**{**_good(), **change})
+
+
+@pytest.mark.parametrize("gran", ["token", "tensor"])
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("inputs", ["gaussian", "positive", "zeros", "ties"])
+@pytest.mark.parametrize("shape", [(1, 20, 4096, 128), (3, 9, 96, 32), (17, 5, 256, 64)])
+def test_dynamic_activations_in_c_equal_quantizing_in_torch(
+    isa: str, gran: str, sym: bool, inputs: str, shape: tuple[int, int, int, int]
+) -> None:
+    """The C path quantizes x to the very codes the torch primitives give: outputs are equal."""
+    from explorer.kernels.activation import quantize_activation, to_int8_domain
+    from explorer.quant.primitives import SCALE_EPS
+
+    m, n, k, group = shape
+    gen = torch.Generator().manual_seed(m * 1000 + k)
+    x = {
+        "gaussian": lambda: torch.randn(m, k, generator=gen) * 3,
+        "positive": lambda: torch.rand(m, k, generator=gen) + 0.5,
+        "zeros": lambda: torch.zeros(m, k),
+        "ties": lambda: torch.randint(-254, 255, (m, k), generator=gen).float() / 2,
+    }[inputs]()
+    if inputs == "ties":
+        x[:, 0] = 127.0  # symmetric scale exactly 1.0: x / scale lands on .5 ties
+    codes = torch.randint(0, 16, (n, k), generator=gen)
+    zero = torch.randint(0, 16, (n, k // group), generator=gen)
+    args = operands(codes, zero, group)
+    args["w_scale"] = torch.rand(n, k // group, generator=gen) + 0.1
+    args["w_zero_scaled"] = args["w_scale"] * zero
+    args["zero_term"] = (
+        args["w_scale"] * (codes.reshape(n, k // group, group).sum(-1) - group * zero)
+    ).sum(1)
+    bias = torch.randn(n, generator=gen)
+    config = QuantConfig(weight_bits=4, act_bits=8, act_granularity=gran, act_symmetric=sym)
+    spec = LinearSpec.from_config(config, n, k)
+    q, xs, xz = quantize_activation(x, spec, None)
+    xq, xz = to_int8_domain(q, xz, sym)
+    zx = None if sym else xz.reshape(-1).to(torch.int32).contiguous()
+    ref = native.w4a8_linear(
+        xq.contiguous(), xs.reshape(-1).contiguous(), zx, group_size=group, bias=bias, **args
+    )
+    y = native.w4a8_dynamic_linear(
+        x,
+        group_size=group,
+        bias=bias,
+        per_token=gran == "token",
+        symmetric=sym,
+        eps=SCALE_EPS,
+        **args,
+    )
+    assert torch.equal(y, ref)
+
+
+def test_dynamic_rejects_bad_input() -> None:
+    good = _good()
+    weights = {k: good[k] for k in ("codes", "w_scale", "w_zero_scaled", "zero_term")}
+    with pytest.raises(ValueError, match="zero_term is required for asymmetric"):
+        native.w4a8_dynamic_linear(
+            torch.randn(2, 64),
+            **{**weights, "zero_term": None},
+            group_size=32,
+            symmetric=False,
+            eps=1e-8,
+        )
+    with pytest.raises(ValueError, match="x must have dtype torch.float32"):
+        native.w4a8_dynamic_linear(
+            torch.zeros(2, 64, dtype=torch.int8), **weights, group_size=32, eps=1e-8
+        )
+    with pytest.raises(ValueError, match="K=40 and group_size=32"):
+        native.w4a8_dynamic_linear(torch.randn(2, 40), **weights, group_size=32, eps=1e-8)
