@@ -92,10 +92,14 @@ class FakeQuantLayer(nn.Module):
         return w2d.reshape(self.layer.weight.shape)
 
     def fake_act(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        if c.act_bits is None:
+        if self.config.act_bits is None:
             return x
         flat = x.reshape(-1, x.shape[-1]) if isinstance(self.layer, nn.Linear) else x.reshape(1, -1)
+        return self._fake_rows(flat).reshape(x.shape)
+
+    def _fake_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """Fake-quantized activations ``flat`` (rows = tokens), as the real kernel sees them."""
+        c = self.config
         if c.act_mode == "static":
             if self.training:
                 lo, hi = float(flat.detach().min()), float(flat.detach().max())
@@ -114,12 +118,40 @@ class FakeQuantLayer(nn.Module):
             block = (1, flat.shape[1]) if c.act_granularity == "token" else tuple(flat.shape)
             lo_t, hi_t = block_minmax(flat.detach(), block)
         scale, zero = choose_qparams(lo_t, hi_t, c.act_bits, c.act_symmetric)
-        return fake_quantize(flat, scale, zero, block, c.act_bits, c.act_symmetric).reshape(x.shape)
+        return fake_quantize(flat, scale, zero, block, c.act_bits, c.act_symmetric)
+
+    def _per_patch(self) -> bool:
+        """A dense convolution with dynamic per-token activations: `QuantConv2d` runs it as
+        im2col rows (one per output position) through a per-token kernel, so the tokens whose
+        scales QAT must imitate are those patches, not the whole input."""
+        c, layer = self.config, self.layer
+        return (
+            isinstance(layer, nn.Conv2d)
+            and layer.groups == 1
+            and c.act_bits is not None
+            and c.act_mode == "dynamic"
+            and c.act_granularity == "token"
+            and not isinstance(layer.padding, str)
+        )
+
+    def _conv_per_patch(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        b, _, h, wd = x.shape
+        cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+        rows = self._fake_rows(cols.transpose(1, 2).reshape(-1, cols.shape[1]))  # (B*L, C*kh*kw)
+        out = F.linear(rows, w.reshape(w.shape[0], -1), layer.bias)  # (B*L, O)
+        (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+        (ph, pw), (dh, dw) = layer.padding, layer.dilation
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return out.reshape(b, ho, wo, -1).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.fake_weight()
-        x = self.fake_act(x)
         layer = self.layer
+        if self._per_patch():
+            return self._conv_per_patch(x, w)
+        x = self.fake_act(x)
         if isinstance(layer, nn.Conv2d):
             return F.conv2d(
                 x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups

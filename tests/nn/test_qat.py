@@ -123,3 +123,42 @@ def test_training_follows_the_schedule_and_clips_the_gradient(monkeypatch) -> No
     train_qat(loud, Plan.uniform(config), lambda s: (xtr[:64], ytr[torch.randperm(64)]), 8, 1e-2)
     assert seen_lr == pytest.approx([qat_lr_at(s, 8, 1e-2) for s in range(8)], rel=1e-12)
     assert max(seen_norm) <= 1.0 + 1e-5
+
+
+@pytest.mark.parametrize(
+    ("act_granularity", "act_mode", "groups"),
+    [
+        ("token", "dynamic", 1),
+        ("tensor", "dynamic", 1),
+        ("tensor", "static", 1),
+        ("token", "dynamic", 4),
+    ],
+)
+def test_qat_forward_computes_what_the_converted_model_runs(
+    act_granularity: str, act_mode: str, groups: int
+) -> None:
+    """Before training moves anything, the fake-quant model and its conversion are the same
+    function (relative error <= 1e-5), convolutions included: a dense convolution with per-token
+    activations quantizes each im2col patch row, as `QuantConv2d` does; a grouped one per tensor."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=groups),
+        nn.Flatten(),
+        nn.Linear(8 * 5 * 5, 10),
+    ).eval()
+    config = QuantConfig(
+        weight_bits=8,
+        act_bits=8,
+        act_granularity=act_granularity,
+        act_mode=act_mode,
+        method="qat",
+    )
+    x = torch.randn(8, 4, 10, 10) * torch.linspace(0.1, 3, 10)  # patches of very different range
+    qat = prepare_qat(model, Plan.uniform(config), calibration_data=x).eval()
+    with torch.no_grad():
+        fake = qat(x)
+        real = convert(qat)(x)
+    err = float((fake - real).norm() / real.norm())
+    assert err <= 1e-5, err
