@@ -605,6 +605,31 @@ def w8a8_dynamic_linear(
     return y
 
 
+def _w4_weights(
+    k: int,
+    codes: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero_scaled: torch.Tensor,
+    zero_term: torch.Tensor | None,
+    group_size: int,
+    bias: torch.Tensor | None,
+) -> tuple[int, tuple[int | None, ...]]:
+    """The weight-side arguments of the W4A8 kernels, checked: N and the five pointers."""
+    if k % 32 or group_size <= 0 or group_size % 32 or k % group_size:
+        raise ValueError(
+            f"K={k} and group_size={group_size} must be multiples of 32, the group dividing K"
+        )
+    codes = _matrix("codes", codes, torch.uint8, k // 2, "[N, K/2]")
+    n, ng = codes.shape[0], k // group_size
+    w_scale = _dense("w_scale", w_scale, torch.float32, (n, ng))
+    w_zero_scaled = _dense("w_zero_scaled", w_zero_scaled, torch.float32, (n, ng))
+    cptr = None if zero_term is None else _dense("zero_term", zero_term, torch.float32, (n,))
+    bptr = None if bias is None else _dense("bias", bias, torch.float32, (n,))
+    return n, tuple(
+        None if t is None else t.data_ptr() for t in (codes, w_scale, w_zero_scaled, cptr, bptr)
+    )
+
+
 def w4a8_linear(
     xq: torch.Tensor,
     x_scale: torch.Tensor,
@@ -629,25 +654,14 @@ def w4a8_linear(
     """
     lib = _get()
     xq, m, k = _int8_rows("xq", xq, torch.int8)
-    if k % 32 or group_size <= 0 or group_size % 32 or k % group_size:
-        raise ValueError(
-            f"K={k} and group_size={group_size} must be multiples of 32, the group dividing K"
-        )
-    codes = _matrix("codes", codes, torch.uint8, k // 2, "[N, K/2]")
-    n, ng = codes.shape[0], k // group_size
     x_scale = _vector("x_scale", x_scale, torch.float32, m, allow_scalar=True)
-    w_scale = _dense("w_scale", w_scale, torch.float32, (n, ng))
-    w_zero_scaled = _dense("w_zero_scaled", w_zero_scaled, torch.float32, (n, ng))
-    zptr = cptr = bptr = None
+    zptr = None
     if x_zero is not None:
         x_zero = _vector("x_zero", x_zero, torch.int32, m, allow_scalar=True)
         zptr = x_zero.data_ptr()
         if zero_term is None:
             raise ValueError("zero_term is required when x_zero is given")
-    if zero_term is not None:
-        cptr = _dense("zero_term", zero_term, torch.float32, (n,)).data_ptr()
-    if bias is not None:
-        bptr = _dense("bias", bias, torch.float32, (n,)).data_ptr()
+    n, weights = _w4_weights(k, codes, w_scale, w_zero_scaled, zero_term, group_size, bias)
     y = torch.empty((*xq.shape[:-1], n), dtype=torch.float32)
     if m == 0 or n == 0:
         return y
@@ -655,11 +669,7 @@ def w4a8_linear(
         xq.data_ptr(),
         x_scale.data_ptr(),
         zptr,
-        codes.data_ptr(),
-        w_scale.data_ptr(),
-        w_zero_scaled.data_ptr(),
-        cptr,
-        bptr,
+        *weights,
         y.data_ptr(),
         m,
         n,
@@ -689,22 +699,12 @@ def w4a8_dynamic_linear(
     lib = _get()
     x = _activation("x", x, torch.float32)
     k = x.shape[-1]
-    if k % 32 or group_size <= 0 or group_size % 32 or k % group_size or k > _MAX_INT8_K:
-        raise ValueError(
-            f"K={k} and group_size={group_size} must be multiples of 32, the group dividing K"
-        )
+    if k > _MAX_INT8_K:
+        raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
     m = x.numel() // k
-    codes = _matrix("codes", codes, torch.uint8, k // 2, "[N, K/2]")
-    n, ng = codes.shape[0], k // group_size
-    w_scale = _dense("w_scale", w_scale, torch.float32, (n, ng))
-    w_zero_scaled = _dense("w_zero_scaled", w_zero_scaled, torch.float32, (n, ng))
-    cptr = bptr = None
-    if zero_term is not None:
-        cptr = _dense("zero_term", zero_term, torch.float32, (n,)).data_ptr()
-    elif not symmetric:
+    if zero_term is None and not symmetric:
         raise ValueError("zero_term is required for asymmetric activations")
-    if bias is not None:
-        bptr = _dense("bias", bias, torch.float32, (n,)).data_ptr()
+    n, weights = _w4_weights(k, codes, w_scale, w_zero_scaled, zero_term, group_size, bias)
     y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
     if m == 0 or n == 0:
         return y
@@ -713,11 +713,7 @@ def w4a8_dynamic_linear(
         int(per_token),
         int(symmetric),
         eps,
-        codes.data_ptr(),
-        w_scale.data_ptr(),
-        w_zero_scaled.data_ptr(),
-        cptr,
-        bptr,
+        *weights,
         y.data_ptr(),
         m,
         n,

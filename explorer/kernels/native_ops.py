@@ -24,6 +24,20 @@ from explorer.quant.primitives import SCALE_EPS
 from explorer.quant.qtensor import QuantizedWeight
 
 
+def _not_here(spec: LinearSpec) -> str | None:
+    """Why our C kernels cannot run ``spec`` on this machine (None: they can)."""
+    if spec.device != "cpu":
+        return "CPU kernel"
+    if not native.available():
+        return f"native kernels unavailable: {native.unavailable_reason()}"
+    return None
+
+
+def _per_row(blocks: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-block values [N/rows, K/G] as float32 for every weight row [N, K/G]."""
+    return blocks.float().repeat_interleave(rows, 0).contiguous()
+
+
 class NativeWeightOnlyKernel:
     real = True
 
@@ -32,15 +46,11 @@ class NativeWeightOnlyKernel:
         self.name = f"int{bits}-wo-native"
 
     def supports(self, spec: LinearSpec) -> str | None:
-        if spec.device != "cpu":
-            return "CPU kernel"
         if spec.act_bits is not None or spec.weight_bits != self.bits:
             return f"weight-only int{self.bits}"
         if spec.k % 32 or spec.group_size % 32:
             return "K and the group size must be multiples of 32"
-        if not native.available():
-            return f"native kernels unavailable: {native.unavailable_reason()}"
-        return None
+        return _not_here(spec)
 
     def prepare(
         self,
@@ -50,11 +60,8 @@ class NativeWeightOnlyKernel:
         act: ActQParams | None,
     ) -> Any:
         n, k = qw.shape
-        rows = qw.block[0]
-        scale = qw.scale.float().repeat_interleave(rows, 0).contiguous()  # [N, K/G]
-        zeros = None
-        if qw.zero is not None:
-            zeros = qw.stored_zero().float().repeat_interleave(rows, 0).contiguous()
+        scale = _per_row(qw.scale, qw.block[0])  # [N, K/G]
+        zeros = None if qw.zero is None else _per_row(qw.stored_zero(), qw.block[0])
         if self.bits == 8:
             codes = qw.data.contiguous()
         else:
@@ -74,15 +81,11 @@ class NativeW4A8Kernel:
     real = True
 
     def supports(self, spec: LinearSpec) -> str | None:
-        if spec.device != "cpu":
-            return "CPU kernel"
         if spec.act_bits != 8 or spec.weight_bits != 4:
             return "int8 activations × int4 weights"
         if spec.k % 32 or spec.block[1] % 32:
             return "K and the group size must be multiples of 32"
-        if not native.available():
-            return f"native kernels unavailable: {native.unavailable_reason()}"
-        return None
+        return _not_here(spec)
 
     def prepare(
         self,
@@ -93,8 +96,8 @@ class NativeW4A8Kernel:
     ) -> Any:
         n, k = qw.shape
         group = qw.block[1]
-        scale = qw.scale.float().repeat_interleave(qw.block[0], 0).contiguous()  # [N, K/G]
-        zero = qw.stored_zero().float().repeat_interleave(qw.block[0], 0)  # 8 when symmetric
+        scale = _per_row(qw.scale, qw.block[0])  # [N, K/G]
+        zero = _per_row(qw.stored_zero(), qw.block[0])  # 8 when symmetric
         codes = qw.data.reshape(n, k // 2).contiguous()
         nibbles = (codes & 0xF).to(torch.int32) + (codes >> 4).to(torch.int32)
         code_sums = nibbles.reshape(n, k // group, group // 2).sum(-1).float()  # [N, K/G]
@@ -138,13 +141,9 @@ class NativeW8A8Kernel:
     real = True
 
     def supports(self, spec: LinearSpec) -> str | None:
-        if spec.device != "cpu":
-            return "CPU kernel"
         if spec.act_bits != 8 or spec.weight_bits != 8 or spec.block[1] != spec.k:
             return "int8 activations × per-channel/per-tensor int8 weights"
-        if not native.available():
-            return f"native kernels unavailable: {native.unavailable_reason()}"
-        return None
+        return _not_here(spec)
 
     def prepare(
         self,

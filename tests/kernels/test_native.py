@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +28,6 @@ from hypothesis import strategies as st  # noqa: E402
 
 REL_TOL = 1e-5
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(params=["simd", "scalar"])
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    native.force_scalar(request.param == "scalar")
-    try:
-        yield request.param
-    finally:
-        native.force_scalar(False)
 
 
 # ----------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ stays within 1e-5 relative error of the float64 reference kernel; bad inputs are
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -23,15 +21,6 @@ from explorer.quant.qtensor import QuantizedWeight
 pytestmark = pytest.mark.skipif(not native.available(), reason="native kernels unavailable")
 REF64 = ReferenceKernel(torch.float64)
 KERNEL = KERNELS["int4-w4a8-native"]
-
-
-@pytest.fixture(params=["simd", "scalar"])
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    native.force_scalar(request.param == "scalar")
-    try:
-        yield request.param
-    finally:
-        native.force_scalar(False)
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:

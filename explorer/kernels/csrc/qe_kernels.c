@@ -1209,20 +1209,24 @@ QE_AVX2 static void qe_dyn_quantize_row_avx2(const float* x, int8_t* q, int64_t 
 }
 #endif
 
-QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, float eps,
-                                 const int8_t* wq, const float* ws, const int32_t* wsum,
-                                 const float* bias, float* y, int64_t M, int64_t N, int64_t K,
-                                 int nthreads) {
-    if (!x || !wq || !ws || !y || M < 0 || N < 0 || K <= 0 || K > QE_MAX_K) return QE_EINVAL;
-    if (!symmetric && !wsum) return QE_EINVAL;
-    if (M == 0 || N == 0) return QE_OK;
+/* Dynamic activations of the W8A8 and W4A8 kernels: x [M, K] quantized to int8 per token or
+ * per tensor, with their scales and zero points (one allocation, freed by the caller). */
+typedef struct {
+    char* mem;
+    int8_t* xq;
+    float* xs;
+    int32_t* zx;
+} qe_dyn_acts;
+
+static int qe_dyn_quantize(const float* x, int64_t M, int64_t K, int per_token, int symmetric,
+                           float eps, qe_dyn_acts* a) {
     const size_t o_q = qe_round64((size_t)(M * K));
     const size_t o_s = qe_round64(sizeof(float) * (size_t)M);
-    char* mem = (char*)qe_alloc(o_q + o_s + sizeof(int32_t) * (size_t)M);
-    if (!mem) return QE_ENOMEM;
-    int8_t* xq = (int8_t*)mem;
-    float* xs = (float*)(mem + o_q);
-    int32_t* zx = (int32_t*)(mem + o_q + o_s);
+    a->mem = (char*)qe_alloc(o_q + o_s + sizeof(int32_t) * (size_t)M);
+    if (!a->mem) return QE_ENOMEM;
+    int8_t* xq = a->xq = (int8_t*)a->mem;
+    float* xs = a->xs = (float*)(a->mem + o_q);
+    int32_t* zx = a->zx = (int32_t*)(a->mem + o_q + o_s);
     if (per_token) {
         for (int64_t m = 0; m < M; ++m) {
             float lo = 0.0f, hi = 0.0f;
@@ -1244,9 +1248,24 @@ QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, f
 #endif
         qe_dyn_quantize_row(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric, 0);
     }
+    return QE_OK;
+}
+
+QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, float eps,
+                                 const int8_t* wq, const float* ws, const int32_t* wsum,
+                                 const float* bias, float* y, int64_t M, int64_t N, int64_t K,
+                                 int nthreads) {
+    if (!x || !wq || !ws || !y || M < 0 || N < 0 || K <= 0 || K > QE_MAX_K) return QE_EINVAL;
+    if (!symmetric && !wsum) return QE_EINVAL;
+    if (M == 0 || N == 0) return QE_OK;
+    qe_dyn_acts a;
+    if (qe_dyn_quantize(x, M, K, per_token, symmetric, eps, &a)) return QE_ENOMEM;
+    int8_t* xq = a.xq;
+    float* xs = a.xs;
+    int32_t* zx = a.zx;
     int rc = qe_w8a8_linear(xq, xs, symmetric ? NULL : zx, wq, ws, wsum, bias, y, M, N, K,
                             nthreads);
-    free(mem);
+    free(a.mem);
     return rc;
 }
 
@@ -1557,36 +1576,13 @@ QE_EXPORT int qe_w4a8_dyn_linear(const float* x, int per_token, int symmetric, f
                                  int64_t N, int64_t K, int64_t G, int nthreads) {
     if (!x || M < 0 || K <= 0 || K > QE_MAX_K || (!symmetric && !cz)) return QE_EINVAL;
     if (M == 0 || N == 0) return QE_OK;
-    const size_t o_q = qe_round64((size_t)(M * K));
-    const size_t o_s = qe_round64(sizeof(float) * (size_t)M);
-    char* mem = (char*)qe_alloc(o_q + o_s + sizeof(int32_t) * (size_t)M);
-    if (!mem) return QE_ENOMEM;
-    int8_t* xq = (int8_t*)mem;
-    float* xs = (float*)(mem + o_q);
-    int32_t* zx = (int32_t*)(mem + o_q + o_s);
-    if (per_token) {
-        for (int64_t m = 0; m < M; ++m) {
-            float lo = 0.0f, hi = 0.0f;
-            qe_dyn_range(x + m * K, K, &lo, &hi);
-            qe_dyn_qparams(lo, hi, symmetric, eps, xs + m, zx + m);
-        }
-    } else {
-        float lo = 0.0f, hi = 0.0f;
-        qe_dyn_range(x, M * K, &lo, &hi);
-        qe_dyn_qparams(lo, hi, symmetric, eps, xs, zx);
-        for (int64_t m = 1; m < M; ++m) xs[m] = xs[0], zx[m] = zx[0];
-    }
-    for (int64_t m = 0; m < M; ++m) {
-#if QE_HAVE_X86
-        if (qe_effective_isa()) {
-            qe_dyn_quantize_row_avx2(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric);
-            continue;
-        }
-#endif
-        qe_dyn_quantize_row(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric, 0);
-    }
+    qe_dyn_acts a;
+    if (qe_dyn_quantize(x, M, K, per_token, symmetric, eps, &a)) return QE_ENOMEM;
+    int8_t* xq = a.xq;
+    float* xs = a.xs;
+    int32_t* zx = a.zx;
     int rc = qe_w4a8_linear(xq, xs, symmetric ? NULL : zx, codes, ws, wzs, cz, bias, y, M, N, K,
                             G, nthreads);
-    free(mem);
+    free(a.mem);
     return rc;
 }
