@@ -62,7 +62,7 @@ def _bundle(ctx: Any, row: dict[str, Any]) -> dict[str, bytes]:
 
 
 def main() -> None:
-    st.title("📤 Export")
+    st.title("Export")
     st.caption(
         "Take a configuration with you: its plan, the quantized weights exactly as they were "
         "measured (packed integer codes, scales and zero points), a Python snippet that loads "

@@ -153,7 +153,7 @@ def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def main() -> None:
-    st.title("⚙️ Kernels")
+    st.title("Kernels")
     st.caption(
         "How fast is each real kernel on this machine? A linear layer y = x·Wᵀ of the shape you "
         "pick runs in fp32, bf16 and every integer kernel that exists here (int8 and int4 "

@@ -285,7 +285,7 @@ def _fake_vs_real_section(ctx: Any, layer: str, settings: dict[str, Any]) -> Non
 
 
 def main() -> None:
-    st.title("🎓 Learn")
+    st.title("Learn")
     st.caption(
         "Quantizing stores each weight as a small integer code plus a shared *scale* (a float "
         "that says how far apart the representable values are). Pick a layer of the current "
