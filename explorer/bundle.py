@@ -67,7 +67,6 @@ def plan_document(row: Mapping[str, Any]) -> dict[str, Any]:
         "config": entry.plan.to_dict(),
         "qat_steps": entry.qat_steps,
         "qat_lr": entry.qat_lr,
-        "qat_batch": row.get("qat_batch"),
         "label": row.get("label", entry.label),
         "model": row.get("model"),
     }
