@@ -1,0 +1,112 @@
+"""tiny-lm's decode step and prefill under fp32 and the real int4/int8 formats, timed together.
+
+For fp32, W4 g128 weight-only, W4A8 g128 (per-token dynamic int8 activations) and W8A8 (per
+channel, per token), the built-in tiny-lm is quantized by round to nearest, each layer's kernel
+is chosen by timing on the decode step's real row count (`select_kernels`), and then the
+``decode`` workload (one token at batch 1 after 128 cached tokens) and the ``prefill`` workload
+(128 tokens) are timed in interleaved rounds: every round times every model once, so machine
+load hits them alike. The table gives the median of the round medians and the speedup over fp32,
+and the per-byte perplexity on the first ``--eval-rows`` held-out rows, from the same models.
+
+Prints a table, then one JSON document (the last line on stdout).
+
+Usage: python benchmarks/decode_tinylm.py [--rounds 7] [--repeats 30] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from explorer.measure.evaluation import _concat, lm_stats  # noqa: E402
+from explorer.measure.latency import time_callable  # noqa: E402
+from explorer.models.registry import get_builtin  # noqa: E402
+from explorer.models.tinylm import decode_workload, prefill_workload  # noqa: E402
+from explorer.nn.convert import quant_modules, quantize_model, select_kernels  # noqa: E402
+from explorer.quant.config import Plan, QuantConfig  # noqa: E402
+
+FORMATS: dict[str, QuantConfig | None] = {
+    "fp32": None,
+    "W4 g128": QuantConfig(weight_bits=4, granularity="group", group_size=128),
+    "W4A8 g128": QuantConfig(weight_bits=4, granularity="group", group_size=128, act_bits=8),
+    "W8A8": QuantConfig(weight_bits=8, act_bits=8),
+}
+WORKLOADS = {"decode": decode_workload, "prefill": prefill_workload}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    spec = get_builtin("tiny-lm")
+    model = spec.load()
+    x, y = (t[: args.eval_rows] for t in spec.load_split("eval"))
+    models, calls = {}, {}
+    with torch.inference_mode():
+        for name, config in FORMATS.items():
+            qmodel = model if config is None else quantize_model(model, Plan.uniform(config))
+            if config is not None:
+                select_kernels(qmodel, run=decode_workload(qmodel))
+            models[name] = qmodel
+            for workload, bind in WORKLOADS.items():
+                calls[(name, workload)] = bind(qmodel)
+        rounds: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+        for _ in range(args.rounds):
+            for key, call in calls.items():
+                rounds[key].append(time_callable(call, warmup=3, repeats=args.repeats).median_ms)
+        rows = []
+        for name, qmodel in models.items():
+            parts = [lm_stats(qmodel(x[i : i + 16]), y[i : i + 16]) for i in range(0, len(x), 16)]
+            kernels = sorted({m.kernel_name for m in quant_modules(qmodel).values()})
+            row = {"format": name, "perplexity": _concat(parts).perplexity(), "kernels": kernels}
+            for workload in WORKLOADS:
+                ms = statistics.median(rounds[(name, workload)])
+                base = statistics.median(rounds[("fp32", workload)])
+                row[workload] = {"ms": ms, "speedup_vs_fp32": base / ms}
+            rows.append(row)
+    return {
+        "model": "tiny-lm",
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "eval_rows": int(x.shape[0]),
+        "rows": rows,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"tiny-lm, {result['threads']} threads, median of {result['rounds']} interleaved rounds; "
+        f"perplexity on {result['eval_rows']} held-out rows",
+        f"{'format':<10} {'decode ms':>10} {'x fp32':>7} {'prefill ms':>11} {'x fp32':>7} "
+        f"{'perplexity':>11}  kernels",
+    ]
+    for r in result["rows"]:
+        d, p = r["decode"], r["prefill"]
+        lines.append(
+            f"{r['format']:<10} {d['ms']:>10.3f} {d['speedup_vs_fp32']:>7.2f} {p['ms']:>11.3f} "
+            f"{p['speedup_vs_fp32']:>7.2f} {r['perplexity']:>11.4f}  {', '.join(r['kernels'])}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-rows", type=int, default=32)
+    args = ap.parse_args(argv)
+    result = run(args)
+    print(table(result))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
