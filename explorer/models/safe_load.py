@@ -113,13 +113,16 @@ _TORCHSCRIPT_REFUSAL = (
 )
 
 
-def load_tensors(path: StrPath, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, torch.Tensor]:
+def load_tensors(
+    path: StrPath, *, max_bytes: int = DEFAULT_MAX_BYTES, check_finite: bool = True
+) -> dict[str, torch.Tensor]:
     """Load a flat ``{name: tensor}`` mapping from an untrusted file, choosing the reader by suffix.
 
     Accepts ``.safetensors``, ``.pt``/``.pth``/``.bin`` (a ``torch.save`` state_dict, optionally
     under a ``"state_dict"`` key) and ``.npz``. Raises `ModelLoadError` if the file is larger than
     ``max_bytes``, malformed, holds anything but tensors, has a dtype outside `ALLOWED_DTYPES`, or
-    has NaN or Inf in a floating tensor.
+    (unless ``check_finite`` is False: data files word that check themselves) has NaN or Inf in
+    a floating tensor.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -135,7 +138,7 @@ def load_tensors(path: StrPath, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[s
         tensors = _load_npz(path, max_bytes)
     else:
         tensors = _load_torch(path, max_bytes)
-    _check_tensors(path, tensors)
+    _check_tensors(path, tensors, check_finite=check_finite)
     return tensors
 
 
@@ -540,7 +543,9 @@ def _zip_infos(path: Path, max_bytes: int) -> list[zipfile.ZipInfo]:
     return infos
 
 
-def _check_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+def _check_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], *, check_finite: bool = True
+) -> None:
     if not tensors:
         raise ModelLoadError(f"{path}: contains no tensors")
     bad_dtypes = [
@@ -563,6 +568,8 @@ def _check_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
         raise ModelLoadError(
             f"{path}: {len(not_dense)} tensor(s) are not dense CPU tensors: {_listing(not_dense)}"
         )
+    if not check_finite:
+        return
     non_finite = []
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
