@@ -40,10 +40,12 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import re
 import shutil
 import stat
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
@@ -90,8 +92,10 @@ _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-# The safetensors library refuses larger headers itself; checking first gives a clearer message.
-_SAFETENSORS_MAX_HEADER = 100_000_000
+SAFETENSORS_MAX_HEADER_BYTES = 16 * 1024**2
+"""Largest safetensors JSON header read. Headers take about 100 bytes a tensor, so 16 MiB is
+room for ~150k tensors, while parsing a 60 MB header took 2.25 GB and 45 s (issue 18); the
+limit is checked from the 8-byte length prefix, before a byte of the header is read."""
 _NUMPY_DTYPES: dict[np.dtype[Any], torch.dtype] = {
     np.dtype(np.float64): torch.float64,
     np.dtype(np.float32): torch.float32,
@@ -142,6 +146,23 @@ def load_tensors(
     return tensors
 
 
+def safetensors_header(
+    path: StrPath, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """``{name: (dtype, shape)}`` of a safetensors file, from its checked header alone.
+
+    The same checks as `load_tensors` that need no tensor data: file size against ``max_bytes``,
+    header length against `SAFETENSORS_MAX_HEADER_BYTES`, JSON, dtypes and data offsets.
+    """
+    path = Path(path)
+    header = _read_safetensors_header(path, _checked_size(path, max_bytes))
+    return {
+        name: (_SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"]))
+        for name, info in header.items()
+        if name != "__metadata__"
+    }
+
+
 def validate_state_dict(
     expected: Mapping[str, torch.Size | tuple[int, ...]],
     got: Mapping[str, torch.Tensor],
@@ -183,7 +204,7 @@ def load_into(model: nn.Module, path: StrPath, *, max_bytes: int = DEFAULT_MAX_B
     """
     tensors = load_tensors(path, max_bytes=max_bytes)
     reference = model.state_dict()
-    tensors = _fill_tied(reference, tensors)
+    tensors = fill_tied(reference, tensors)
     validate_state_dict({name: t.shape for name, t in reference.items()}, tensors, source=str(path))
     kind_mismatches = [
         f"{_clip(name)}: model has {_dtype_name(reference[name].dtype)}, file has "
@@ -269,7 +290,8 @@ def _checked_size(path: Path, max_bytes: int) -> int:
     return info.st_size
 
 
-def _load_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
+def _read_safetensors_header(path: Path, size: int) -> dict[str, Any]:
+    """The checked JSON header of a safetensors file; no tensor data is read."""
     with path.open("rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
@@ -283,14 +305,20 @@ def _load_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
                 f"{path}: header claims {header_len} bytes but only {size - 8} bytes follow the "
                 "length prefix; the file is truncated or not a safetensors file"
             )
-        if header_len > _SAFETENSORS_MAX_HEADER:
+        if header_len > SAFETENSORS_MAX_HEADER_BYTES:
             raise ModelLoadError(
-                f"{path}: safetensors header of {_fmt_bytes(header_len)} exceeds the "
-                f"{_fmt_bytes(_SAFETENSORS_MAX_HEADER)} that safetensors accepts"
+                f"{path}: safetensors header of {_fmt_bytes(header_len)} is over the limit of "
+                f"{_fmt_bytes(SAFETENSORS_MAX_HEADER_BYTES)}; a real checkpoint's header is a "
+                "few hundred KiB"
             )
         raw = f.read(header_len)
     header = _parse_header(path, raw)
     _check_header(path, header, data_len=size - 8 - header_len)
+    return header
+
+
+def _load_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
+    _read_safetensors_header(path, size)
     try:
         return safetensors.torch.load_file(path, device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
@@ -398,7 +426,11 @@ def _load_torch(path: Path, max_bytes: int) -> dict[str, torch.Tensor]:
         if any("/code/" in name or name.rsplit("/", 1)[-1] == "constants.pkl" for name in names):
             raise ModelLoadError(f"{path}: {_TORCHSCRIPT_REFUSAL}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (two lines, on stderr) about pickle protocols 4 and 5 before refusing
+            # them; our message below is the one a user needs.
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # untrusted bytes can make torch raise anything
         message = _ANSI.sub("", str(exc))
         if "TorchScript" in message:  # torch's reader found what Python's zipfile could not
@@ -443,7 +475,30 @@ def _refused_globals(path: Path, message: str) -> list[str]:
         names = []
     if not names:
         names = re.findall(r"GLOBAL (\S+) was not an allowed global", message)
+    if not names and not zipfile.is_zipfile(path):
+        names = [n for n in _pickle_globals(path) if not n.startswith(("torch.", "collections."))]
     return sorted(set(names))
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals a raw pickle imports, read from its opcodes, never executed.
+
+    ``GLOBAL`` carries the name as its argument; ``STACK_GLOBAL`` (protocol 4+) takes the two
+    strings pushed before it."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with path.open("rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL" and isinstance(arg, str):
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.append(arg)
+    except Exception:  # a malformed pickle: the globals only improve the message
+        pass
+    return names
 
 
 def _starts_as_pickle(path: Path) -> bool:
@@ -584,10 +639,17 @@ def _check_tensors(
         )
 
 
-def _fill_tied(
-    reference: Mapping[str, torch.Tensor], tensors: dict[str, torch.Tensor]
+def fill_tied(
+    reference: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Give names tied to one parameter (same storage and view) the tensor saved for any of them."""
+    """Give names tied to one tensor of ``reference`` the tensor saved for any of them.
+
+    Checkpoints store a tied tensor once (``safetensors.torch.save_model``, our exports). Two
+    names are tied when they are the same view of the same storage: storage pointer, offset,
+    shape and stride all equal. Pointer and offset alone would tie a view to a differently
+    shaped view that starts at the same byte (``w`` and ``w[:2]``, or ``w.t()``), and then load a
+    tensor of the wrong shape into it. Empty and meta tensors have no storage to compare.
+    """
     groups: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
     for name, t in reference.items():
         if t.numel() and t.device.type != "meta":

@@ -16,17 +16,28 @@ from pathlib import Path
 from torch import nn
 
 from explorer.errors import ModelLoadError
-from explorer.models.hf import is_hf_directory, load_hf_directory
+from explorer.models.hf import DEFAULT_MAX_PARAMS, is_hf_directory, load_hf
 from explorer.models.registry import BuiltinModel, builtin_models, get_builtin
 from explorer.models.safe_load import DEFAULT_MAX_BYTES, load_into
 
 
 @dataclass
 class LoadedModel:
+    """A float model in eval mode and where it came from.
+
+    For a Hugging Face directory: ``path`` (the directory, where the tokenizer and config live),
+    ``architecture`` (the transformers class), ``stored_dtype`` (of the weight files, e.g.
+    ``bfloat16``; the model itself is float32) and ``warnings`` (e.g. weights initialised at
+    random because the checkpoint lacks them), which the CLI and the app show."""
+
     model: nn.Module
     name: str
     task: str  # "classification" | "lm" | "unknown"
     builtin: BuiltinModel | None = None
+    path: str | None = None
+    architecture: str | None = None
+    stored_dtype: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def _factory(spec: str) -> nn.Module:
@@ -54,8 +65,12 @@ def load_model(
     weights: str | os.PathLike[str] | None = None,
     factory: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_params: int = DEFAULT_MAX_PARAMS,
 ) -> LoadedModel:
-    """Resolve the command line's model options to a float model in eval mode."""
+    """Resolve the command line's model options to a float model in eval mode.
+
+    ``max_bytes`` bounds weight files; ``max_params`` a Hugging Face model's parameter count,
+    checked on the meta device before anything is allocated."""
     if factory is not None:
         if model is not None:
             raise ModelLoadError("give either --model or --model-factory, not both")
@@ -79,7 +94,16 @@ def load_model(
                 f"{model} is not a Hugging Face model directory (no config.json); "
                 "for weights of a built-in architecture use --model NAME --weights FILE"
             )
-        return LoadedModel(load_hf_directory(model, max_bytes=max_bytes), model, "unknown")
+        hf = load_hf(model, max_bytes=max_bytes, max_params=max_params)
+        return LoadedModel(
+            hf.model,
+            model,
+            "unknown",
+            path=str(model),
+            architecture=hf.architecture,
+            stored_dtype=hf.stored_dtype,
+            warnings=hf.warnings,
+        )
     names = ", ".join(sorted(builtin_models()))
     raise ModelLoadError(
         f"--model {model!r} is neither a built-in model ({names}) nor an existing directory"

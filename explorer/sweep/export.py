@@ -42,7 +42,12 @@ from explorer.kernels.base import ActQParams
 from explorer.kernels.select import get_kernel
 from explorer.measure.size import export_safetensors, size_bytes
 from explorer.models.registry import builtin_models
-from explorer.models.safe_load import DEFAULT_MAX_BYTES, load_tensors, validate_state_dict
+from explorer.models.safe_load import (
+    DEFAULT_MAX_BYTES,
+    fill_tied,
+    load_tensors,
+    validate_state_dict,
+)
 from explorer.nn.convert import (
     QuantReport,
     in_features,
@@ -474,7 +479,7 @@ def _skeleton_layer(module: nn.Module, config: QuantConfig | None, name: str) ->
 def _load_stored(model: nn.Module, weights_path: Path, max_bytes: int, source: str) -> None:
     tensors = load_tensors(weights_path, max_bytes=max_bytes)
     reference = model.state_dict()
-    tensors = _fill_tied(reference, tensors)
+    tensors = fill_tied(reference, tensors)
     validate_state_dict({n: t.shape for n, t in reference.items()}, tensors, source=source)
     wrong_dtype = [
         f"{n}: expected {reference[n].dtype}, got {t.dtype}".replace("torch.", "")
@@ -492,23 +497,6 @@ def _load_stored(model: nn.Module, weights_path: Path, max_bytes: int, source: s
         raise ModelLoadError(f"{source}: {str(exc).splitlines()[0]}") from exc
     for module in quant_modules(model).values():
         module._state = None  # kernel state packed from the placeholders must not survive
-
-
-def _fill_tied(
-    reference: Mapping[str, torch.Tensor], tensors: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """The export stores tensors tied to one storage once; give every tied name that tensor."""
-    groups: dict[tuple[int, int], list[str]] = {}
-    for name, t in reference.items():
-        if t.numel():
-            groups.setdefault((t.untyped_storage().data_ptr(), t.storage_offset()), []).append(name)
-    filled = dict(tensors)
-    for names in groups.values():
-        present = [n for n in names if n in tensors]
-        for n in names:
-            if present and n not in filled:
-                filled[n] = tensors[present[0]]
-    return filled
 
 
 def _restore_kernels(model: nn.Module, stored: Mapping[str, dict[str, Any]]) -> dict[str, str]:
