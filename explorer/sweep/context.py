@@ -263,7 +263,7 @@ def open_context(source: ModelSource) -> ModelContext:
             qat_batch=spec.qat_batch,
         )
     if source.data is not None:
-        from explorer.models.userdata import load_dataset, require_samples
+        from explorer.models.userdata import check_for_model, load_dataset, require_samples
 
         data = load_dataset(source.data)
         require_samples(data, 2 * 8, "evaluation and calibration")
@@ -273,6 +273,7 @@ def open_context(source: ModelSource) -> ModelContext:
         if task == "classification" and labelled and data.inputs.dim() == 2:
             if data.inputs.dtype in (torch.int64, torch.int32):  # token ids with next tokens
                 task = "lm"
+        check_for_model(data, loaded.model, task)  # labels and token ids in the model's range
         return ModelContext(
             name=loaded.name,
             source=source,

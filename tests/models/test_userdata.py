@@ -60,18 +60,41 @@ def test_csv(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("a,b\n1,2\n", "no 'label' column"),
-        ("a,label\n1,0\nx,1\n", r"row 3, column 'a': 'x' is not a number"),
-        ("a,label\n1,0\n2\n", "row 3 has 1 cells, expected 2"),
-        ("a,label\n1,0.5\n", "label 0.5 is not an integer"),
-        ("a,label\nnan,0\n", "column 'a' is nan"),
-        ("a,label\n", "header row and at least one data row"),
+        ("a,b\n1,2\n", "data file bad.csv has no 'label' column (columns: ['a', 'b'])"),
+        (
+            "a,label\n1,0\nx,1\n",
+            "data file bad.csv row 2 (line 3), column 'a': 'x' is not a number",
+        ),
+        ("a,label\n1,0\n2\n", "data file bad.csv row 2 (line 3) has 1 cells, expected 2"),
+        ("a,label\n1,0.5\n", "data file bad.csv row 1 (line 2): label 0.5 is not an integer"),
+        ("a,label\n1,x\n", "data file bad.csv row 1 (line 2), column 'label': 'x' is not a number"),
+        (
+            "a,label\n1,0\n\n\nnan,0\n",
+            "data file bad.csv row 2 (line 5), column 'a': 'nan' is not a finite float32 value "
+            "(NaN, Inf, or beyond ±3.403e+38)",
+        ),
+        (
+            "label,a\n0,1\n1,1e39\n",
+            "data file bad.csv row 2 (line 3), column 'a': '1e39' is not a finite float32 value",
+        ),
+        ("a,label\n", "data file bad.csv needs a header row and at least one data row"),
+        ('a,label\n1,0\n"2"x,1\n', "data file bad.csv line 3: not valid CSV (',' expected"),
+        ('a,"label\n1,0\n', "data file bad.csv line 1: not valid CSV (unexpected end of data)"),
     ],
 )
 def test_bad_csv(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "bad.csv").write_text(text)
-    with pytest.raises(ModelLoadError, match=message):
+    with pytest.raises(ModelLoadError) as raised:
         load_dataset(tmp_path / "bad.csv")
+    assert str(raised.value).startswith(message)
+
+
+def test_csv_quirks(tmp_path: Path) -> None:
+    """A byte-order mark, quoted cells, spaces, rows of empty cells and '3.0' labels load."""
+    (tmp_path / "q.csv").write_bytes('\ufeffa,label\n" 1.5",3.0\n,\n-2, 1\n'.encode())
+    data = load_dataset(tmp_path / "q.csv")
+    assert data.inputs.tolist() == [[1.5], [-2.0]] and data.targets.tolist() == [3, 1]
+    assert data.targets.dtype == torch.int64 and data.lines.tolist() == [2, 4]
 
 
 def test_text_for_language_models(tmp_path: Path) -> None:
@@ -82,9 +105,15 @@ def test_text_for_language_models(tmp_path: Path) -> None:
     (tmp_path / "short.txt").write_text("hi")
     with pytest.raises(ModelLoadError, match="at least 17"):
         load_dataset(tmp_path / "short.txt", seq_len=16)
-    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ModelLoadError, match="not UTF-8"):
+    (tmp_path / "bin.txt").write_bytes(b"a" * 300 + b"\xff\xfe\x00")
+    with pytest.raises(
+        ModelLoadError, match="bin.txt is not UTF-8 text: invalid start byte at byte 300$"
+    ):
         load_dataset(tmp_path / "bin.txt")
+    # a character cut by the end of the file, and one cut by a chunk boundary (valid)
+    (tmp_path / "cut.txt").write_bytes(b"a" * 300 + "é".encode()[:1])
+    with pytest.raises(ModelLoadError, match="ends inside a character"):
+        load_dataset(tmp_path / "cut.txt")
 
 
 def test_empty_oversized_and_unknown(tmp_path: Path) -> None:
