@@ -12,8 +12,9 @@ traceback: 2 for anything the user can fix (a bad value, an unknown model, a for
 
 The modules, each importing only from those before it: `common` (the parser, option types, model,
 store and progress helpers), `builtin` (``bench``, ``models``, ``train``), `sweep`, `search`
-(``sensitivity`` and ``search``), `export`, and `main` (`build_parser` and `main`). Outside this
-package they may import the whole library, never streamlit.
+(``sensitivity`` and ``search``), `export`, `store` (``store check|repair|delete-row``), and
+`main` (`build_parser` and `main`). Outside this package they may import the whole library, never
+streamlit.
 """
 
 from explorer.cli.builtin import cmd_bench, cmd_models, cmd_train
@@ -30,6 +31,7 @@ from explorer.cli.export import _read_plan_file as _read_plan_file
 from explorer.cli.export import cmd_export
 from explorer.cli.main import build_parser, main
 from explorer.cli.search import cmd_search, cmd_sensitivity
+from explorer.cli.store import cmd_store
 from explorer.cli.sweep import build_spec, cmd_sweep
 from explorer.errors import ExplorerError
 
@@ -47,6 +49,7 @@ __all__ = [
     "cmd_models",
     "cmd_search",
     "cmd_sensitivity",
+    "cmd_store",
     "cmd_sweep",
     "cmd_train",
     "main",

@@ -72,6 +72,27 @@ def _positive(text: str) -> int:
     return value
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (what a container or ``taskset``
+    grants), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _threads(text: str) -> int:
+    """``--threads``: 1 to the usable CPUs. More threads than CPUs only slow a run down, and tens
+    of thousands make OpenMP fail to create them or crash the process without a word."""
+    value = _positive(text)
+    cpus = usable_cpus()
+    if value > cpus:
+        raise argparse.ArgumentTypeError(
+            f"{value} is more than the {cpus} CPU(s) this process may use; give 1 to {cpus}"
+        )
+    return value
+
+
 def _finite_or_none(value: Any) -> Any:
     """``value`` with NaN and infinities as None: JSON has no form for them."""
     if isinstance(value, float):
@@ -132,7 +153,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--data", metavar="PATH", default=None, help="evaluation and calibration data file"
     )
-    group.add_argument("--threads", metavar="N", type=_positive, default=None, help="torch threads")
+    group.add_argument(
+        "--threads",
+        metavar="N",
+        type=_threads,
+        default=None,
+        help="torch threads (at most the CPUs)",
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:

@@ -19,9 +19,11 @@ from explorer.cli.common import (
     _int_list,
     _Parser,
     _positive,
+    _threads,
 )
 from explorer.cli.export import cmd_export
 from explorer.cli.search import _add_sensitivity_options, cmd_search, cmd_sensitivity
+from explorer.cli.store import _add_store_parser
 from explorer.cli.sweep import _add_config_options, cmd_sweep
 from explorer.errors import ExplorerError
 
@@ -41,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--k", type=_positive, default=4096, help="in features K (default 4096)")
     bench.add_argument("--n", type=_positive, default=4096, help="out features N (default 4096)")
     bench.add_argument("--repeats", type=_positive, default=30, help="timed calls per kernel")
-    bench.add_argument("--threads", type=_positive, default=None, help="torch threads")
+    bench.add_argument(
+        "--threads", type=_threads, default=None, help="torch threads (at most the CPUs)"
+    )
     bench.add_argument("--no-conv", action="store_true", help="skip the convolution benchmark")
     bench.add_argument(
         "--include-slow", action="store_true", help="also time kernels known to be slow here"
@@ -162,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(export, sweep=False)
     _add_json(export)
     export.set_defaults(func=cmd_export)
+
+    _add_store_parser(sub)
     return parser
 
 

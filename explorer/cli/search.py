@@ -20,7 +20,7 @@ from explorer.cli.common import (
     parse_latency,
     parse_size,
 )
-from explorer.cli.sweep import _flag_fronts, _in_entry_order, _print_rows
+from explorer.cli.sweep import _flag_fronts, _in_entry_order, _print_rows, _report_failures
 from explorer.errors import ExplorerError
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     settings = _run_settings(args)
     store = _open_store(args)
     try:
+        store.check_writable()  # before the model loads and any row is evaluated
         ctx = _open_context(args)
         executor = _executor(args, ctx)
         sensitivity = _measure(args, ctx, full_metric=True, latency=kind == "latency")
@@ -167,6 +168,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         store.close()
     counts, failed = tally.counts, tally.failed
+    _report_failures("search", failed, len(tally.rows))
     rows = _in_entry_order(outcome.entries, outcome.rows)
     axis = _flag_fronts(rows, ctx.metric)
     compared = [r for r in rows if r.get("kind") in ("baseline", "uniform")]
@@ -181,8 +183,6 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     }
     if not args.json:
         _print_rows(rows, axis[0])
-        for f in failed:
-            print(f"failed {f['config']}: {f['reason']}")
         print(f"front, uniform plans only: {', '.join(fronts['uniform']) or 'none'}")
         print(f"front, with mixed plans:   {', '.join(fronts['all']) or 'none'}")
     return {

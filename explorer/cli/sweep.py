@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,23 @@ def _print_rows(rows: Sequence[dict[str, Any]], metric_path: str) -> None:
             f"{'-' if bits is None else f'{bits:.2f}':>6}  {shown_latency:>16}  {shown}"
         )
     print("* on the size/metric Pareto front; Δ: 95 % interval of the change against fp32")
+
+
+def _report_failures(command: str, failed: Sequence[dict[str, str]], rows: int) -> None:
+    """Each failed configuration on one stderr line; raise when not one configuration, baselines
+    included, gave a row (from the store or evaluated): a sweep that shows nothing has failed."""
+    from explorer.sweep.runner import NothingEvaluatedError
+
+    for f in failed:
+        reason = " ".join(f["reason"].split())
+        print(f"explorer {command}: failed {f['config']}: {reason}", file=sys.stderr)
+    if failed and not rows:
+        first = failed[0]
+        reason = " ".join(first["reason"].split())
+        raise NothingEvaluatedError(
+            f"none of the {len(failed)} configurations could be evaluated, baselines included "
+            f"(first, {first['config']}: {reason})"
+        )
 
 
 _DIMENSIONS = (
@@ -203,6 +221,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     settings = _run_settings(args)
     store = _open_store(args)
     try:
+        store.check_writable()  # before the model loads and any row is evaluated
         ctx = _open_context(args)
         executor = _executor(args, ctx)
         entries, skipped = expand(spec, ctx.model)
@@ -217,6 +236,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         store.close()
     counts, failed = tally.counts, tally.failed
+    _report_failures("sweep", failed, len(tally.rows))
     ordered = _in_entry_order(entries, tally.rows)
     axis = _flag_fronts(ordered, ctx.metric)
     baseline = {
@@ -228,8 +248,6 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         _print_rows(ordered, axis[0])
         for s in skipped:
             print(f"skipped {s.label}: {s.reason}")
-        for f in failed:
-            print(f"failed {f['config']}: {f['reason']}")
         print(
             f"{len(ordered)} rows ({counts['cached']} from the store, {counts['evaluated']} "
             f"evaluated) in {store.path}"

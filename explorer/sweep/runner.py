@@ -424,10 +424,15 @@ class LocalExecutor:
 # --- the sweep -----------------------------------------------------------------------------
 
 
+class NothingEvaluatedError(ExplorerError):
+    """Every configuration of a sweep failed, baselines included: there is no row to show."""
+
+
 @dataclass
 class SweepEvent:
     """``kind``: ``row`` (evaluated and stored), ``cached`` (found in the store), ``failed``
-    (its error, nothing stored), ``skipped`` (cannot apply), ``cancelled``, ``done``."""
+    (its error, nothing stored), ``skipped`` (cannot apply), ``cancelled``, ``done`` (its
+    ``extra`` counts the entries ``evaluated``, ``cached`` and ``failed``)."""
 
     kind: str
     label: str = ""
@@ -457,10 +462,12 @@ def run_sweep(
     (cached ones first). Rows are stored one transaction each as they finish."""
     settings = settings or RunSettings()
     executor = executor or LocalExecutor(ctx)
+    store.check_writable()  # a read-only store must fail now, not after the first evaluation
     # the environment the rows are measured in (a Ray actor's, for the Ray executor)
     env = executor.environment() if hasattr(executor, "environment") else environment()
     total = len(entries)
     done = 0
+    counts = {"evaluated": 0, "cached": 0, "failed": 0}
     todo: list[PlanEntry] = []
     keys: dict[int, str] = {}
     for entry in entries:
@@ -470,6 +477,7 @@ def run_sweep(
         cached = store.get(key)
         if cached is not None:
             done += 1
+            counts["cached"] += 1
             yield SweepEvent(
                 "cached", entry.label, key, {**cached, "key": key}, done=done, total=total
             )
@@ -481,12 +489,14 @@ def run_sweep(
         key = keys.get(id(entry)) or entry_key(ctx, entry, settings, env)
         done += 1
         if isinstance(result, BaseException):
+            counts["failed"] += 1
             yield SweepEvent("failed", entry.label, key, reason=str(result), done=done, total=total)
             continue
         store.put(
             key, result, parts=row_parts(ctx, entry, settings, env), owner=owner, sweep=sweep_id
         )
+        counts["evaluated"] += 1
         yield SweepEvent("row", entry.label, key, {**result, "key": key}, done=done, total=total)
     if done < total:
         yield SweepEvent("cancelled", done=done, total=total)
-    yield SweepEvent("done", done=done, total=total)
+    yield SweepEvent("done", done=done, total=total, extra=dict(counts))

@@ -4,9 +4,14 @@ A `SweepSpec` lists values per dimension (weight bits, granularity and group siz
 calibration, activation bits, mode and granularity, PTQ or QAT with its step budget, algorithm)
 and which layers they apply to; `expand` takes the cross product and turns each combination into
 a `PlanEntry`. The fp32 and bf16 baselines are always entries. A combination that cannot exist
-(static per-token activations, say) or cannot apply to the model (an explicitly named layer whose
-width a group size does not divide) is *skipped with its reason*, never raised; per-layer
-fallbacks of pattern rules are left to the plan and recorded on the row when it runs.
+(static per-token activations, say) is *skipped with its reason*.
+
+A granularity is checked before anything runs, so that no row is labelled with a group size it
+did not use: a malformed one (``group0``, ``group-32``, ``groupx``) is refused when the spec is
+built, and one whose group size divides the in_features of none of the layers it applies to
+(``group7`` on widths 16 and 128), of an explicitly named layer, or of any layer under the
+``error`` fallback policy is refused by `expand` with the layer and its width. Where the policy
+falls back for *some* layers (per-channel, or fp32), the entry's label says which.
 
 Imports: `explorer.quant`, `explorer.nn.convert` (to resolve plans against a model).
 """
@@ -16,7 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -40,6 +45,22 @@ DEFAULT_QAT_STEPS = 200
 
 class SweepSpecError(QuantConfigError):
     """A sweep spec that cannot be built (unknown value, empty dimension)."""
+
+
+def check_granularity(text: str) -> tuple[str, int | None]:
+    """``"group32"`` → ``("group", 32)``, as `parse_granularity`, but every malformed value
+    (``group0``, ``group1``, ``group-32``, ``groupx``) gets the same error naming it."""
+    try:
+        granularity, group = parse_granularity(str(text))
+    except QuantConfigError:
+        group = 0
+    else:
+        if group is None or group >= 2:
+            return granularity, group
+    raise SweepSpecError(
+        f"granularity {str(text).strip()!r} is not valid: give tensor, channel or group<N> with "
+        "a group size N of at least 2 (e.g. group32)"
+    )
 
 
 def _tuple(name: str, values: Iterable[Any]) -> tuple[Any, ...]:
@@ -95,7 +116,7 @@ class SweepSpec:
             if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise SweepSpecError(f"weight bits must be integers from 2 to 8, got {bits!r}")
         for text in self.granularity:
-            parse_granularity(str(text))
+            check_granularity(text)
         for bits in self.act_bits:
             if bits is not None and bits not in (4, 8):
                 raise SweepSpecError(f"activation bits must be 8, 4 or none, got {bits!r}")
@@ -306,7 +327,7 @@ def _combinations(spec: SweepSpec) -> Iterable[tuple[dict[str, Any], str]]:
         if key in seen:
             continue
         seen.add(key)
-        granularity, group = parse_granularity(str(gran))
+        granularity, group = check_granularity(gran)
         fields = {
             "weight_bits": bits,
             "granularity": granularity,
@@ -328,12 +349,56 @@ def _combinations(spec: SweepSpec) -> Iterable[tuple[dict[str, Any], str]]:
         yield fields, label
 
 
+def _names_shown(names: list[str]) -> str:
+    if len(names) <= 2:
+        return ", ".join(names)
+    return f"{names[0]}, {names[1]} and {len(names) - 2} more"
+
+
+def _group_fit(layers: dict[str, nn.Module], plan: Plan, config: QuantConfig) -> str:
+    """Refuse a group size that cannot apply as planned (see the module docstring); otherwise
+    the label suffix naming the layers the plan's fallback policy will change ("" if none)."""
+    from explorer.nn.convert import in_features
+
+    if config.granularity != "group":
+        return ""
+    group = config.group_size
+    assert group is not None
+    planned = {}
+    for name, module in layers.items():
+        layer_config, source = plan.match(name)
+        if layer_config is not None:
+            planned[name] = (in_features(module), source)
+    misfits = [(n, k, src) for n, (k, src) in planned.items() if k % group != 0]
+    if not misfits:
+        return ""
+    name, k, source = next(
+        (m for m in misfits if m[2] == "explicit" or plan.fallback == "error"), misfits[0]
+    )
+    refuse = ""
+    if len(misfits) == len(planned):
+        others = len(planned) - 1
+        refuse = f", nor that of the {others} other layer(s) it applies to" if others else ""
+    elif source == "explicit":
+        refuse = " (named explicitly)"
+    elif plan.fallback == "error":
+        refuse = " (fallback policy 'error')"
+    else:
+        instead = "per-channel" if plan.fallback == "channel" else "fp32"
+        return f" ({_names_shown([m[0] for m in misfits])} {instead})"
+    raise SweepSpecError(
+        f"granularity {config.granularity_name!r} cannot apply: group size {group} does not "
+        f"divide in_features {k} of layer `{name}`{refuse}; choose a group size that divides it"
+    )
+
+
 def expand(
     spec: SweepSpec, model: nn.Module | None = None
 ) -> tuple[list[PlanEntry], list[Skipped]]:
     """The baselines, then one entry per valid combination, in the spec's order; with a model,
-    each plan is resolved against it so that one which cannot apply is skipped with its reason."""
-    from explorer.nn.convert import resolve_plan
+    each plan is resolved against it so that one which cannot apply is skipped with its reason,
+    except a group size that cannot apply, which raises `SweepSpecError` (module docstring)."""
+    from explorer.nn.convert import quantizable_layers, resolve_plan
     from explorer.nn.fold import fold_batch_norm
 
     folded = None
@@ -355,7 +420,9 @@ def expand(
             )
         else:
             plan = Plan.uniform(config, fallback=spec.fallback)
+        suffix = ""
         if folded is not None:
+            suffix = _group_fit(quantizable_layers(folded), plan, config)
             try:
                 assignments = resolve_plan(folded, plan)
             except ExplorerError as exc:
@@ -381,6 +448,8 @@ def expand(
                 f"{name} on {', '.join(spec.layers)}",
                 flat_fields(config),
             )
+        if suffix:
+            entry = replace(entry, label=entry.label + suffix)
         entries.append(entry)
     return entries, skipped
 

@@ -27,6 +27,16 @@ inspected through a read-only connection before anything is written to it, and r
 WAL-mode database may leave the usual ``-wal`` and ``-shm`` files beside it; the file itself is
 never changed.
 
+Damaged rows. A row whose stored JSON does not parse, or is not an object (a disk error, a hand
+edit), cannot be read back; a sweep that needs it stops with a message naming its key. The
+maintenance methods find such rows (:meth:`ResultStore.damaged`) and move them, in one
+transaction, into a ``quarantine`` table (:meth:`ResultStore.quarantine`), leaving every other
+row as it was, byte for byte; ``explorer store check|repair|delete-row`` runs them.
+
+Writability is checked before work (:meth:`ResultStore.check_writable`): SQLite opens a file it
+may not write read-only without a word, and the first ``put`` (after a row was evaluated) would
+be the first to fail.
+
 This module imports only the standard library and :mod:`explorer.errors`.
 """
 
@@ -40,6 +50,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sqlite3
 import threading
 import time
@@ -62,6 +73,15 @@ _SCHEMA = (
     "CREATE UNIQUE INDEX rows_seq ON rows (seq)",
 )
 _MOVE_AWAY = "choose another --store path or move the file away"
+_QUARANTINE = "quarantine"
+_QUARANTINE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS quarantine (key TEXT NOT NULL, owner TEXT NOT NULL,"
+    " sweep TEXT NOT NULL, parts TEXT NOT NULL, row TEXT NOT NULL, created_at TEXT NOT NULL,"
+    " seq INTEGER NOT NULL, reason TEXT NOT NULL, quarantined_at TEXT NOT NULL)"
+)
+# Rows are read as bytes so that text which is not UTF-8 is reported as a damaged row rather than
+# failing the whole query.
+_ROW_BYTES = "CAST(row AS BLOB)"
 # `where` field names are spliced into a JSON path, so only plain identifiers are accepted.
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Spreadsheets run a cell that starts with one of these as a formula (CSV injection).
@@ -216,6 +236,70 @@ class ResultStore:
         with self._lock:
             self._retry("store a row", transaction)
 
+    def check_writable(self) -> None:
+        """Raise :class:`StoreError` unless a row could be stored now: a write to the header in a
+        transaction that is rolled back, so the file is left as it was."""
+
+        def probe() -> None:
+            conn = self._open_conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            finally:
+                _rollback(conn)
+
+        with self._lock:
+            self._retry("write", probe)
+
+    def damaged(self) -> list[tuple[str, str]]:
+        """``(key, reason)`` of every row that cannot be read back, in insertion order: its row
+        or its key parts are not a JSON object."""
+        found = self._query(
+            f"SELECT key, {_ROW_BYTES}, CAST(parts AS BLOB) FROM rows ORDER BY seq", ()
+        )
+        return [(key, why) for key, row, parts in found if (why := _damage(row, parts))]
+
+    def quarantine(self) -> list[tuple[str, str]]:
+        """Move every damaged row into the ``quarantine`` table (with its reason and the time) in
+        one transaction, so a sweep re-evaluates those configurations; other rows are untouched.
+        Returns the ``(key, reason)`` pairs moved."""
+        moved_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+
+        def transaction() -> list[tuple[str, str]]:
+            conn = self._open_conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                found = conn.execute(
+                    f"SELECT key, {_ROW_BYTES}, CAST(parts AS BLOB) FROM rows ORDER BY seq"
+                ).fetchall()
+                moved = [(key, why) for key, row, parts in found if (why := _damage(row, parts))]
+                if moved:
+                    conn.execute(_QUARANTINE_SCHEMA)
+                for key, why in moved:
+                    conn.execute(
+                        f"INSERT INTO {_QUARANTINE} SELECT key, owner, sweep, parts, row,"
+                        " created_at, seq, ?, ? FROM rows WHERE key = ?",
+                        (why, moved_at, key),
+                    )
+                    conn.execute("DELETE FROM rows WHERE key = ?", (key,))
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            return moved
+
+        with self._lock:
+            return self._retry("quarantine damaged rows", transaction)
+
+    def quarantined(self) -> int:
+        """How many rows earlier repairs moved into the ``quarantine`` table."""
+        tables = self._query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_QUARANTINE,)
+        )
+        if not tables:
+            return 0
+        return self._query(f"SELECT COUNT(*) FROM {_QUARANTINE}", ())[0][0]
+
     def delete(self, key: str) -> bool:
         """Remove the row with ``key``; ``True`` if there was one."""
         _check_key(key)
@@ -231,7 +315,7 @@ class ResultStore:
     def get(self, key: str) -> dict[str, Any] | None:
         """The row stored under ``key`` exactly as put (non-finite floats as ``None``), or None."""
         _check_key(key)
-        found = self._query("SELECT key, row FROM rows WHERE key = ?", (key,))
+        found = self._query(f"SELECT key, {_ROW_BYTES} FROM rows WHERE key = ?", (key,))
         return _decode_row(self.path, *found[0]) if found else None
 
     def has(self, key: str) -> bool:
@@ -279,7 +363,7 @@ class ResultStore:
                 )
             clauses.append("json_extract(parts, ?) = ?")
             params += [f"$.{field}", value]
-        sql = "SELECT key, row, owner, sweep, created_at FROM rows"
+        sql = f"SELECT key, {_ROW_BYTES}, owner, sweep, created_at FROM rows"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         out = []
@@ -372,6 +456,11 @@ class ResultStore:
             delay = min(delay * 2, 0.2)
 
     def _error(self, action: str, e: sqlite3.Error) -> StoreError:
+        if _error_name(e).startswith("SQLITE_READONLY"):
+            return StoreError(
+                f"the results store {self.path} is read-only ({e}); make the file and its folder "
+                "writable, or choose another --store path"
+            )
         if _error_name(e).startswith("SQLITE_CORRUPT"):
             return StoreError(
                 f"the results store {self.path} is corrupt ({e}); restore it from a backup or "
@@ -577,17 +666,31 @@ def _encode_row(row: Mapping[str, Any]) -> str:
         ) from e
 
 
-def _decode_row(path: Path, key: str, text: str) -> dict[str, Any]:
-    try:
-        row = json.loads(text)
-    except ValueError as e:
+def _damage(row: bytes | str, parts: bytes | str | None = None) -> str:
+    """Why a stored row (or its key parts) cannot be read back as a JSON object; "" if it can."""
+    for what, data in (("row", row), ("key parts", parts)):
+        if data is None:
+            continue
+        verb = "is" if what == "row" else "are"
+        try:
+            value = json.loads(data)
+        except ValueError as e:  # UnicodeDecodeError included
+            return f"the {what} {verb} not valid JSON: {e}"
+        if not isinstance(value, dict):
+            return f"the {what} {verb} a JSON {type(value).__name__}, not an object"
+    return ""
+
+
+def _decode_row(path: Path, key: str, data: bytes | str) -> dict[str, Any]:
+    why = _damage(data)
+    if why:
+        store = shlex.quote(str(path))
         raise StoreError(
-            f"the row {key} in the results store {path} is damaged ({e}); delete it to "
-            "re-evaluate that configuration"
-        ) from e
-    if not isinstance(row, dict):
-        raise StoreError(f"the row {key} in the results store {path} is not a JSON object")
-    return row
+            f"the row {key} in the results store {path} is damaged ({why}); run `explorer store "
+            f"repair --store {store}` to move it aside (or `explorer store delete-row {key} "
+            f"--store {store}`), then run the sweep again to re-evaluate it"
+        )
+    return json.loads(data)
 
 
 def _is_interval(value: Any) -> bool:

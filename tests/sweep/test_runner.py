@@ -165,9 +165,10 @@ def test_impossible_combinations_are_skipped_with_their_reason(digits: ModelCont
     assert [e.label for e in entries[:2]] == ["fp32", "bf16"]
     assert len(entries) == 2 + 3 and len(skipped) == 1
     assert "per-tensor" in skipped[0].reason and "static" in skipped[0].label
+    # a group size that cannot apply is refused before anything runs (issue 18)
     explicit = SweepSpec(weight_bits=(4,), granularity=("group32",), layers=("features.1",))
-    entries, skipped = expand(explicit, digits.model)
-    assert len(entries) == 2 and "group size 32 does not divide" in skipped[0].reason
+    with pytest.raises(SweepSpecError, match="group size 32 does not divide in_features 16"):
+        expand(explicit, digits.model)
 
 
 def test_changed_settings_re_evaluate_and_same_settings_reuse(
