@@ -87,7 +87,7 @@ class HFLoad:
     config: Any  # transformers.PretrainedConfig
     architecture: str
     stored_dtype: str | None  # e.g. "bfloat16", as stored in the weight files
-    parameters: int
+    parameters: int  # parameters and buffers, tied ones counted once
     warnings: tuple[str, ...] = ()
 
 
