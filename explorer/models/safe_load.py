@@ -483,19 +483,30 @@ def _refused_globals(path: Path, message: str) -> list[str]:
 def _pickle_globals(path: Path) -> list[str]:
     """The ``module.name`` globals a raw pickle imports, read from its opcodes, never executed.
 
-    ``GLOBAL`` carries the name as its argument; ``STACK_GLOBAL`` (protocol 4+) takes the two
-    strings pushed before it."""
+    ``GLOBAL`` carries the name as its argument; ``STACK_GLOBAL`` (protocol 4+) takes the last
+    two values pushed, which may be strings fetched back from the memo."""
     names: list[str] = []
-    strings: list[str] = []
+    pushed: list[object] = []
+    memo: dict[int, object] = {}
     try:
         with path.open("rb") as f:
             for op, arg, _ in pickletools.genops(f):
                 if op.name == "GLOBAL" and isinstance(arg, str):
                     names.append(arg.replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    names.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str) and "UNICODE" in op.name:
-                    strings.append(arg)
+                elif op.name == "STACK_GLOBAL" and len(pushed) >= 2:
+                    module, name = pushed[-2], pushed[-1]
+                    if isinstance(module, str) and isinstance(name, str):
+                        names.append(f"{module}.{name}")
+                elif op.name == "MEMOIZE" and pushed:
+                    memo[len(memo)] = pushed[-1]
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT") and pushed:
+                    memo[int(arg)] = pushed[-1]
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(int(arg)))
+                elif "UNICODE" in op.name or "STRING" in op.name:
+                    pushed.append(arg)
+                else:
+                    pushed.append(None)
     except Exception:  # a malformed pickle: the globals only improve the message
         pass
     return names

@@ -12,6 +12,8 @@ import json
 import pickle
 import stat
 import struct
+import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -23,9 +25,12 @@ from torch import nn
 
 from explorer.errors import ModelLoadError
 from explorer.models.safe_load import (
+    SAFETENSORS_MAX_HEADER_BYTES,
+    fill_tied,
     load_into,
     load_tensors,
     safe_extract_zip,
+    safetensors_header,
     validate_state_dict,
 )
 
@@ -177,6 +182,22 @@ def test_malicious_raw_pickle_is_refused_and_never_runs(tmp_path: Path, protocol
     assert not marker.exists()
     with pytest.raises(ModelLoadError, match=r"contains pickled Python objects"):
         load_tensors(_write(tmp_path / "evil.pt", path.read_bytes()))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_pickle_protocol_refusal_shows_only_our_message(tmp_path: Path, protocol: int) -> None:
+    """torch warns "Detected pickle protocol 4 in the checkpoint ..." (two lines on stderr) before
+    its weights-only unpickler refuses the payload; the user should see our one line only."""
+    marker = tmp_path / "pwned"
+    path = _write(tmp_path / "evil.bin", pickle.dumps(_Payload(marker), protocol=protocol))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(
+            ModelLoadError, match=r"pickled Python objects.*refused: pathlib\.Path\.touch"
+        ):
+            load_tensors(path)
+    assert [str(w.message) for w in caught] == []
     assert not marker.exists()
 
 
@@ -444,6 +465,48 @@ def test_load_into_refuses_integer_weights_for_float_parameters(tmp_path: Path) 
     torch.save(state, path)
     with pytest.raises(ModelLoadError, match=r"0\.weight: model has float32, file has int8"):
         load_into(_tiny_net(), path)
+
+
+def test_fill_tied_ties_only_identical_views() -> None:
+    """Views that share storage and offset but differ in shape or stride are different tensors:
+    the head's weight saved once fills its tied twin, never ``w[:2]`` or ``w.t()``."""
+    w = torch.arange(12.0).reshape(4, 3)
+    reference = {"emb": w, "head": w.view(4, 3), "rows": w[:2], "transposed": w.t()}
+    assert all(t.untyped_storage().data_ptr() == w.data_ptr() for t in reference.values())
+    saved = {"emb": torch.ones(4, 3)}
+    filled = fill_tied(reference, saved)
+    assert sorted(filled) == ["emb", "head"]
+    assert filled["head"] is saved["emb"]
+    assert fill_tied(reference, {"rows": torch.ones(2, 3)}).keys() == {"rows"}
+
+
+def test_safetensors_header_reads_names_dtypes_and_shapes(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    tensors = {"a": torch.zeros(2, 3, dtype=torch.bfloat16), "b": torch.zeros(4, dtype=torch.int8)}
+    safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
+    assert safetensors_header(path) == {"a": (torch.bfloat16, (2, 3)), "b": (torch.int8, (4,))}
+    with pytest.raises(ModelLoadError, match="over the limit of 10 bytes"):
+        safetensors_header(path, max_bytes=10)
+
+
+def test_safetensors_header_is_capped_before_it_is_read(tmp_path: Path) -> None:
+    """Issue 18: a 60 MB header took 2.25 GB and 45 s to parse. The length prefix alone decides
+    (the file is sparse: 60 MB of zeros that are never read)."""
+    assert SAFETENSORS_MAX_HEADER_BYTES == 16 * 1024**2
+    header_len = 60 * 1000**2
+    path = tmp_path / "huge-header.safetensors"
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", header_len))
+        f.truncate(8 + header_len)
+    start = time.perf_counter()
+    for read in (load_tensors, safetensors_header):
+        with pytest.raises(
+            ModelLoadError,
+            match=r"safetensors header of 57\.2 MiB \(60000000 bytes\) is over the limit of "
+            r"16\.0 MiB \(16777216 bytes\)",
+        ):
+            read(path)
+    assert time.perf_counter() - start < 1.0
 
 
 def test_load_into_fills_tied_weights_saved_once(tmp_path: Path) -> None:
