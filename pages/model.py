@@ -176,6 +176,8 @@ try:
 except (ExplorerError, ValueError, OSError) as exc:
     st.error(f"The model cannot be loaded: {exc}")
     st.stop()
+for warning in getattr(ctx, "warnings", ()):  # e.g. a head the checkpoint lacks, random
+    st.warning(warning)
 
 table = layer_table(ctx.model)
 total_params = sum(r["parameters"] for r in table)

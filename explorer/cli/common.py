@@ -219,7 +219,10 @@ def _open_context(args: argparse.Namespace) -> ModelContext:
         import torch
 
         torch.set_num_threads(args.threads)
-    return open_context(_model_source(args))
+    ctx = open_context(_model_source(args))
+    for warning in getattr(ctx, "warnings", ()):  # e.g. a head initialised at random
+        print(f"explorer {args.command}: warning: {warning}", file=sys.stderr)
+    return ctx
 
 
 def _store_path(args: argparse.Namespace) -> Path:
