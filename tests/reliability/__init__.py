@@ -18,8 +18,9 @@ Fault → what is asserted:
   the layer and the fallback; under ``--fallback error`` or for explicitly named layers, refused.
 - ``--threads 100000`` (segfaulted), ``--threads 20000`` (libgomp error) → exit 2, one line
   naming the value and the CPU count (in a subprocess, so a crash cannot take pytest with it).
-- A read-only store (SQLite opened read-only, as it does a write-protected file) → exit 2 before
-  any row is evaluated, a message saying read-only; the store's bytes unchanged.
+- A read-only store: a write-protected file (mode 444; for root, run with the power to ignore
+  file modes dropped by ``setpriv``), and SQLite opened read-only in process → exit 2 before any
+  row is evaluated, one line saying read-only; the store's bytes unchanged.
 - Damaged rows (JSON that does not parse, a JSON list, bytes that are not UTF-8) → the sweep's
   error names ``explorer store repair``; ``store check`` lists them and changes nothing;
   ``store repair`` quarantines them and leaves every other row byte-identical; the next sweep
