@@ -468,7 +468,8 @@ def _where(dataset: Dataset, tensor: str, flat: int, shape: torch.Size) -> str:
         seq_len = int(shape[-1])
         offset = (dataset.first_row * seq_len) + flat + (tensor != "inputs")
         return f"{dataset.source} byte {offset:,}"
-    return f"{dataset.source} row {number} ({tensor}[{_index(flat, shape)}])"
+    index = ", ".join(str(int(i)) for i in np.unravel_index(flat, tuple(shape)))
+    return f"{dataset.source} row {number} ({tensor}[{index}])"
 
 
 def check_for_model(dataset: Dataset, model: nn.Module, task: str) -> None:
