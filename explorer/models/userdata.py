@@ -184,7 +184,7 @@ def _tensor_dataset(path: Path, max_bytes: int, max_tensor_bytes: int) -> Datase
         )
     inputs = tensors[key]
     if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise ModelLoadError(f"data file {path.name}: 'inputs' holds no samples")
+        raise ModelLoadError(f"data file {path.name}: '{key}' holds no samples")
     label_key = next((k for k in LABEL_KEYS if k in tensors), None)
     labels = None if label_key is None else tensors[label_key]
     if labels is not None:
@@ -192,18 +192,21 @@ def _tensor_dataset(path: Path, max_bytes: int, max_tensor_bytes: int) -> Datase
             raise ModelLoadError(
                 f"data file {path.name}: labels must be integers, got {labels.dtype}"
             )
-        if labels.dim() == 0 or labels.shape[0] != inputs.shape[0]:
-            n_labels = labels.shape[0] if labels.dim() else "a scalar of"
+        if labels.dim() == 0:
             raise ModelLoadError(
-                f"data file {path.name}: {inputs.shape[0]} inputs but {n_labels} labels"
+                f"data file {path.name}: '{label_key}' is a single number; give one label per input"
             )
-    if inputs.dtype.is_floating_point:
-        _check_finite(path.name, key, inputs)
+        if labels.shape[0] != inputs.shape[0]:
+            raise ModelLoadError(
+                f"data file {path.name}: {inputs.shape[0]} inputs but {labels.shape[0]} labels"
+            )
     nbytes = inputs.numel() * (4 if inputs.dtype.is_floating_point else inputs.element_size())
     nbytes += 0 if labels is None else labels.numel() * 8
     if nbytes > max_tensor_bytes:
-        raise _over_tensor_limit(path.name, nbytes, max_tensor_bytes, "'inputs' and 'labels'")
+        names = f"'{key}'" + ("" if label_key is None else f" and '{label_key}'")
+        raise _over_tensor_limit(path.name, nbytes, max_tensor_bytes, names)
     if inputs.dtype.is_floating_point:
+        _check_finite(path.name, key, inputs)
         inputs = inputs.float()
     return Dataset(inputs, None if labels is None else labels.long(), path.name)
 
@@ -277,7 +280,7 @@ def _parse_csv(path: Path, reader: Any, max_tensor_bytes: int) -> Dataset:
     row_bytes = 4 * (n_cols - 1) + 8  # float32 features, int64 label
     max_rows = max_tensor_bytes // row_bytes
     features, labels, lines = array("f"), array("q"), array("q")
-    line = 1
+    line = reader.line_num  # the header's last line (a quoted name may span lines)
     while True:
         start_line = line + 1
         try:
@@ -307,7 +310,7 @@ def _parse_csv(path: Path, reader: Any, max_tensor_bytes: int) -> Dataset:
             col = next(c for c, cell in enumerate(row) if c != label_col and not _is_float(cell))
             raise ModelLoadError(
                 f"data file {name} row {len(labels) + 1} (line {start_line}), column "
-                f"'{header[col]}': {row[col]!r} is not a number"
+                f"{header[col]!r}: {row[col]!r} is not a number"
             ) from None
         labels.append(_label(row[label_col], name, len(labels) + 1, start_line))
         lines.append(start_line)
@@ -320,11 +323,12 @@ def _parse_csv(path: Path, reader: Any, max_tensor_bytes: int) -> Dataset:
     x = np.frombuffer(features, dtype=np.float32).reshape(len(labels), n_cols - 1)
     if not np.isfinite(x).all():
         # array("f") stores a value beyond float32's range as Inf, so one check covers all three
-        row, col = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
-        file_col = col + 1 if col >= label_col else col
+        bad_row, bad_col = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        file_col = bad_col + 1 if bad_col >= label_col else bad_col
+        bad_line = lines[bad_row]
         raise ModelLoadError(
-            f"data file {name} row {row + 1} (line {lines[row]}), column '{header[file_col]}': "
-            f"{_cell(path, lines[row], file_col)!r} is not a finite float32 value (NaN, Inf, "
+            f"data file {name} row {bad_row + 1} (line {bad_line}), column {header[file_col]!r}: "
+            f"{_cell(path, bad_line, file_col)!r} is not a finite float32 value (NaN, Inf, "
             f"or beyond ±{_FLOAT32_MAX:.4g})"
         )
     return Dataset(

@@ -68,6 +68,11 @@ def test_csv(tmp_path: Path) -> None:
         ("a,label\n1,0\n2\n", "data file bad.csv row 2 (line 3) has 1 cells, expected 2"),
         ("a,label\n1,0.5\n", "data file bad.csv row 1 (line 2): label 0.5 is not an integer"),
         ("a,label\n1,x\n", "data file bad.csv row 1 (line 2), column 'label': 'x' is not a number"),
+        # a quoted newline in a name: the rows' lines shift, the message stays on one line
+        (
+            '"a\nb",label\n1,0\nx,1\n',
+            r"data file bad.csv row 2 (line 4), column 'a\nb': 'x' is not",
+        ),
         (
             "a,label\n1,0\n\n\nnan,0\n",
             "data file bad.csv row 2 (line 5), column 'a': 'nan' is not a finite float32 value "
