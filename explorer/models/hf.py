@@ -45,6 +45,7 @@ import inspect
 import json
 import os
 import re
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -77,6 +78,7 @@ MAX_REPEATS = 1024
 """Largest count of repeated blocks (``num_hidden_layers``, ``num_experts``, ...) in a config."""
 _REPEAT_KEY = re.compile(r"(layers?|experts?)$")
 _FLOAT32_BYTES = 4
+_QUIET_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -357,20 +359,22 @@ def _config_items(config: Any) -> Iterator[tuple[str, Any]]:
 @contextlib.contextmanager
 def _quiet(transformers: Any) -> Iterator[None]:
     """Keep transformers' progress bars, load report and deprecation warnings off the console:
-    the CLI's stdout carries JSON, and what matters of the report comes back as warnings."""
-    logging = transformers.utils.logging
-    verbosity = logging.get_verbosity()
-    bar = logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bar:
-            logging.enable_progress_bar()
+    the CLI's stdout carries JSON, and what matters of the report comes back as warnings.
+    One load at a time holds it, which also keeps two float copies from being built at once."""
+    with _QUIET_LOCK:  # the settings are process-wide; the app loads from several threads
+        logging = transformers.utils.logging
+        verbosity = logging.get_verbosity()
+        bar = logging.is_progress_bar_enabled()
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            logging.set_verbosity(verbosity)
+            if bar:
+                logging.enable_progress_bar()
 
 
 def _loading_warnings(arch: str, info: dict[str, Any]) -> tuple[str, ...]:
