@@ -123,7 +123,8 @@ def test_good_labels_still_load(factory: Path) -> None:
 
 
 def test_cli_sweep_with_bad_labels_exits_2_with_one_line(factory: Path) -> None:
-    """Before: PTQ rows were stored, and QAT died with `internal error: IndexError`."""
+    """Before: the labels were accepted and the command exited 0 (issue 18 saw QAT die with
+    `internal error: IndexError`); now it stops when the data loads, before any row runs."""
     labels: list[int | str] = [i % 4 for i in range(N_ROWS)]
     labels[16] = 12
     data = write_csv(factory / "data.csv", labels)
@@ -148,15 +149,10 @@ def test_cli_sweep_with_bad_labels_exits_2_with_one_line(factory: Path) -> None:
     ]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(argv)
-    assert code != 0 and "Traceback" not in err.getvalue()
-    assert (
-        err.getvalue()
-        .strip()
-        .splitlines()[-1]
-        .endswith(
-            "data file data.csv row 17 (line 18): label 12 is out of range for a model with 4 "
-            "classes (0–3)"
-        )
+    assert code == 2 and "Traceback" not in err.getvalue()
+    assert err.getvalue().strip().splitlines()[-1] == (
+        "explorer sweep: error: data file data.csv row 17 (line 18): label 12 is out of range "
+        "for a model with 4 classes (0–3)"
     )
 
 
