@@ -219,6 +219,28 @@ def test_pickle_bin_checkpoint_loads_weights_only(tmp_path: Path) -> None:
     torch.testing.assert_close(output(loaded.model, "llama"), output(original, "llama"))
 
 
+def test_bin_is_refused_where_transformers_cannot_promise_weights_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older transformers whose ``load_state_dict`` has no ``weights_only`` would unpickle
+    fully: the .bin is refused before transformers sees it."""
+    from transformers import modeling_utils
+
+    original = build("llama")
+    path = save(original, tmp_path / "bin")
+    (path / "model.safetensors").unlink()
+    torch.save(original.state_dict(), path / "pytorch_model.bin")
+
+    def load_state_dict(checkpoint_file: str, map_location: str = "cpu") -> dict:
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(modeling_utils, "load_state_dict", load_state_dict)
+    with pytest.raises(
+        ModelLoadError, match=r"pickle checkpoints \(pytorch_model.bin\) are refused"
+    ):
+        load_hf(path)
+
+
 class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
