@@ -499,9 +499,10 @@ def check_for_model(dataset: Dataset, model: nn.Module, task: str) -> None:
     except Exception as exc:  # the user's model on the user's data: any failure is theirs
         lines = str(exc).strip().splitlines()
         raise ModelLoadError(
-            f"data file {dataset.source}: the model cannot run on its inputs (one sample of "
-            f"shape {tuple(x.shape)}, {str(x.dtype).removeprefix('torch.')}): "
-            f"{lines[0] if lines else type(exc).__name__}"
+            f"data file {dataset.source}: the model cannot run on its evaluation data (one "
+            f"sample of shape {tuple(x.shape)}, {str(x.dtype).removeprefix('torch.')}): "
+            f"{lines[0] if lines else type(exc).__name__}. Check that the data's inputs have "
+            "the shape and type the model expects"
         ) from None
     logits = getattr(out, "logits", out)
     if not isinstance(logits, torch.Tensor) or logits.dim() == 0:

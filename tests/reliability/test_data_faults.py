@@ -188,9 +188,12 @@ def test_inputs_the_model_cannot_take(factory: Path) -> None:
     (factory / "wide.csv").write_text("a,b,label\n" + "1,2,0\n" * 20)
     with pytest.raises(ModelLoadError) as raised:
         open_context(classifier_source(factory, factory / "wide.csv"))
+    assert message(raised).endswith(
+        "Check that the data's inputs have the shape and type the model expects"
+    )
     assert message(raised).startswith(
-        "data file wide.csv: the model cannot run on its inputs (one sample of shape (1, 2), "
-        "float32): mat1 and mat2 shapes cannot be multiplied"
+        "data file wide.csv: the model cannot run on its evaluation data (one sample of shape "
+        "(1, 2), float32): mat1 and mat2 shapes cannot be multiplied"
     )
 
 
