@@ -2,8 +2,10 @@
 
 Every subcommand takes ``--json`` and then prints exactly one JSON document as the last line of
 stdout; progress goes to stderr. Errors exit non-zero with a one-line message on stderr, never a
-traceback: 2 for anything the user can fix (a bad value, an unknown model, a foreign store file),
-1 for an internal error, 130 when interrupted.
+traceback: 2 for anything the user can fix (a bad value, an unknown model, a foreign store file,
+a sweep or search in which not one configuration could be evaluated), 1 for an internal error, 130
+when interrupted. A configuration that fails while others succeed is reported on stderr and in the
+JSON document's ``failed`` list.
 
 ``sweep``, ``sensitivity``, ``search`` and ``export`` share the model options of
 `explorer.sweep.context.ModelSource` (``--model``, ``--weights``, ``--model-factory``, ``--data``);

@@ -43,17 +43,21 @@ def _flag_fronts(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, s
 
 def _in_entry_order(entries: Sequence[PlanEntry], rows: Sequence[dict[str, Any]]) -> list[dict]:
     """The rows in the order of their entries, matched by plan and QAT budget (labels need not
-    be unique), each plan once."""
+    be unique), each plan once, labelled as its entry is now (a row from the store keeps the
+    label it was stored with, which may predate a fallback being named in it)."""
 
     def identity(plan: dict[str, Any], qat_steps: Any) -> tuple[str, Any]:
         return json.dumps(plan, sort_keys=True, separators=(",", ":")), qat_steps
 
     by_plan = {identity(r["config"], r.get("qat_steps")): r for r in rows}
-    ordered = []
-    for key in dict.fromkeys(identity(e.plan.to_dict(), e.qat_steps) for e in entries):
-        if key in by_plan:
-            ordered.append(_finite_or_none(by_plan[key]))
-    return ordered
+    labels: dict[tuple[str, Any], str] = {}
+    for e in entries:
+        labels.setdefault(identity(e.plan.to_dict(), e.qat_steps), e.label)
+    return [
+        _finite_or_none({**by_plan[key], "label": label})
+        for key, label in labels.items()
+        if key in by_plan
+    ]
 
 
 def _print_rows(rows: Sequence[dict[str, Any]], metric_path: str) -> None:
@@ -162,9 +166,10 @@ def _spec_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
-    """``--default``, or no dimension option at all, starts from `DEFAULT_SPEC`; any option given
-    replaces that dimension."""
-    from explorer.sweep.space import DEFAULT_SPEC, SweepSpec
+    """``--default``, or no dimension option at all, starts from `DEFAULT_SPEC` (the default
+    sweep's post-training grid); any option given replaces that dimension."""
+    from explorer.sweep.default import DEFAULT_SPEC
+    from explorer.sweep.space import SweepSpec
 
     changes = _spec_changes(args)
     given = any(getattr(args, d) is not None for d in _DIMENSIONS)
@@ -214,6 +219,7 @@ def _add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> Non
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from explorer.sweep.default import default_entries
     from explorer.sweep.runner import run_sweep
     from explorer.sweep.space import expand
 
@@ -224,7 +230,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         store.check_writable()  # before the model loads and any row is evaluated
         ctx = _open_context(args)
         executor = _executor(args, ctx)
-        entries, skipped = expand(spec, ctx.model)
+        # Without config options: the app's default sweep, its one QAT row included.
+        as_is = not _spec_changes(args)
+        entries, skipped = default_entries(ctx.model) if as_is else expand(spec, ctx.model)
         tally = _Tally(len(entries), f"sweep {ctx.name}")
         try:
             for event in run_sweep(ctx, entries, store, settings=settings, executor=executor):

@@ -203,6 +203,23 @@ def test_a_fallback_for_some_layers_is_in_the_label(digits: ModelContext) -> Non
         )
 
 
+def test_a_sweep_labels_rows_with_their_fallback_even_rows_stored_before(
+    evaluations: list[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "r.sqlite"
+    sweep = ("sweep", "--model", "digits-cnn", "--bits", "4", "--granularity", "group32")
+    label = "W4 group32 sym ptq (features.1 per-channel)"
+    code, out, err = run_cli(*sweep, *FAST, "--store", str(path), "--json")
+    assert code == 0, err
+    (row,) = json.loads(out.splitlines()[-1])["rows"][2:]
+    assert row["label"] == label and row["granularity"] == "group32"
+    with ResultStore(path) as store:  # as a store written before labels named fallbacks
+        store.put(row["key"], {**store.get(row["key"]), "label": "W4 group32 sym ptq"})
+    code, out, err = run_cli(*sweep, *FAST, "--store", str(path), "--json")
+    doc = json.loads(out.splitlines()[-1])
+    assert (doc["cached"], [r["label"] for r in doc["rows"][2:]]) == (3, [label])
+
+
 # --- threads ----------------------------------------------------------------------------------
 
 
