@@ -224,12 +224,13 @@ def sweep_progress(events: Iterable[SweepEvent]) -> SweepProgress:
 
 def pending_entries(
     ctx: ModelContext,
-    spec: SweepSpec,
+    spec: SweepSpec | Sequence[PlanEntry],
     settings: RunSettings,
     store: ResultStore,
     env: dict[str, Any] | None = None,
 ) -> list[PlanEntry]:
-    """Entries of ``spec`` (baselines included) whose rows ``store`` lacks for this context."""
-    entries, _ = expand(spec, ctx.model)
+    """Entries of ``spec`` (baselines included), or of a list of entries, whose rows ``store``
+    lacks for this context."""
+    entries = expand(spec, ctx.model)[0] if isinstance(spec, SweepSpec) else list(spec)
     env = env or environment()
     return [e for e in entries if not store.has(entry_key(ctx, e, settings, env))]

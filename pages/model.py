@@ -1,5 +1,6 @@
 """Model: choose a built-in model or load your own, see its layers and float metric; the first
-open of the default model starts a small default sweep whose points appear as they finish.
+open of the default model starts the default sweep (`explorer.sweep.default`) whose points
+appear as they finish; "Start here" walks a newcomer through the pages (`explorer.guide`).
 
 The title and the model picker are drawn first, from modules that import neither torch nor
 pandas; the rest of the page imports them afterwards. Streamlit sends each element as it is
@@ -13,11 +14,13 @@ import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from explorer.errors import ExplorerError
+from explorer.guide import GUIDE, GUIDE_TITLE
 from explorer.models.catalog import BUILTIN_NAMES, DEFAULT_MODEL, ModelSource
 from explorer.ui import state
 
 AUTO_SWEEP = "auto_sweep_started"
 FLASH = "model.flash"
+GUIDE_OPEN = "model.guide_open"
 
 
 def _describe(source: ModelSource) -> str:
@@ -39,9 +42,9 @@ def _choose_builtin() -> None:
     state.set_source(ModelSource(model=st.session_state["model.builtin"]))
 
 
-def _start_default_sweep(source: ModelSource) -> None:
+def _start_default_sweep(source: ModelSource, entries: list[PlanEntry]) -> None:
     try:
-        start_sweep(source, DEFAULT_SPEC, DEFAULT_RUN, id_prefix="default-")
+        start_sweep(source, entries, DEFAULT_RUN, id_prefix="default-")
     except RuntimeError as exc:  # another sweep of this run started meanwhile
         st.warning(str(exc))
     state.save_run_settings({AUTO_SWEEP: True})
@@ -52,6 +55,26 @@ def _job_running() -> bool:
     return job is not None and not job.finished
 
 
+def _go(page: str) -> None:
+    # switch_page clears the URL's query parameters unless given: keep this session's run id
+    st.switch_page(page, query_params={"run": state.run_id()})
+
+
+def guide_ui() -> None:
+    """The five steps of `explorer.guide.GUIDE`, each with a button to its page; open on a
+    run's first visit (before its default sweep started), folded afterwards."""
+    if GUIDE_OPEN not in st.session_state:
+        st.session_state[GUIDE_OPEN] = not state.run_settings().get(AUTO_SWEEP)
+    with st.expander(GUIDE_TITLE, expanded=st.session_state[GUIDE_OPEN], icon=":material/flag:"):
+        for number, step in enumerate(GUIDE, start=1):
+            text, button = st.columns([5, 1], vertical_alignment="center")
+            text.markdown(f"**{number} · {step.title}** — {step.do}  \n{step.see}")
+            if number > 1 and button.button(
+                f"Open {step.title}", key=f"model.guide.{step.title.lower()}"
+            ):
+                _go(step.page)
+
+
 st.title("Model")
 st.caption(
     "Pick the model to quantize. Everything on the other pages (sweeps, Pareto fronts, layer "
@@ -59,6 +82,7 @@ st.caption(
 )
 if FLASH in st.session_state:
     st.success(st.session_state.pop(FLASH))
+guide_ui()
 
 source = state.current_source()
 names = list(BUILTIN_NAMES)
@@ -85,8 +109,9 @@ import pandas as pd  # noqa: E402
 
 from explorer.inspect import float_metric, layer_table, pending_entries, sweep_progress  # noqa: E402
 from explorer.models.registry import builtin_models  # noqa: E402
-from explorer.sweep.space import DEFAULT_SPEC  # noqa: E402
-from explorer.ui.widgets import DEFAULT_RUN, front_figure_ui, start_sweep, sweep_job_ui  # noqa: E402
+from explorer.sweep.default import DEFAULT_RUN, SUMMARY  # noqa: E402
+from explorer.sweep.space import PlanEntry  # noqa: E402
+from explorer.ui.widgets import front_figure_ui, start_sweep, sweep_job_ui  # noqa: E402
 from explorer.uploads import MAX_UPLOAD_BYTES, SUFFIXES, error_message, load_upload  # noqa: E402
 
 UPLOAD_LIMIT_MB = MAX_UPLOAD_BYTES // 1024**2
@@ -219,21 +244,18 @@ st.caption(
 
 # --- the default sweep -------------------------------------------------------------------------
 st.subheader("Default sweep")
-st.caption(
-    "Weights in 8 and 4 bits, per channel and in groups of 32, with float or 8-bit activations, "
-    "plus the fp32 and bf16 baselines: a first look at how much quality each saved byte costs, "
-    "computed here as you watch."
-)
+st.caption(SUMMARY)
+default_sweep = state.default_sweep(source)
 is_default = source == ModelSource(model=DEFAULT_MODEL)
 if is_default and not state.run_settings().get(AUTO_SWEEP) and not _job_running():
     # Once per run: start only if the store lacks some of the default sweep's rows.
-    if pending_entries(ctx, DEFAULT_SPEC, DEFAULT_RUN, state.store()):
-        _start_default_sweep(source)
+    if pending_entries(ctx, default_sweep, DEFAULT_RUN, state.store()):
+        _start_default_sweep(source, default_sweep)
     else:
         state.save_run_settings({AUTO_SWEEP: True})
 
 if st.button("Run default sweep", disabled=_job_running(), key="model.run_default"):
-    _start_default_sweep(source)
+    _start_default_sweep(source, default_sweep)
     st.rerun()
 job = state.job()
 if job is not None and job.source == source and not job.finished:

@@ -1,5 +1,7 @@
 """Pareto: every stored configuration of the model as a point of quality against size, against
-latency and in three axes; clicking a point (or choosing it below) opens its layer view."""
+latency and in three axes; clicking a point (or choosing it below) opens its layer view. The page
+opens on quality against size in the newcomer's view (`pareto_figure(..., explain=True)`): the
+front stands out, the float line and the bit-width cliff are named in words."""
 
 from __future__ import annotations
 
@@ -81,19 +83,25 @@ if st.session_state.pop(OPEN_LAYERS, False):
     _open_layers()
 
 st.title("Pareto fronts")
-st.caption(
-    "Each point is one way of quantizing the model, measured on this machine. A point on the "
-    "**front** (joined by the line) is one that no other point beats on both axes at once: "
-    "nothing else is both smaller (or faster) and more accurate. **Hollow** markers are "
-    "*simulated* latencies: that configuration has no real kernel here, so it was timed on the "
-    "next wider one (an upper bound). **Bars** are 95 % confidence intervals from resampling the "
-    "evaluation set; **arrows** lead from a post-training (PTQ) point to the same configuration "
-    "after quantization-aware training (QAT). Colours and marker shapes tell how a point was "
-    "made: post-training quantization by its algorithm (RTN rounds to nearest; GPTQ and AWQ "
-    "compensate the rounding error using calibration data) or QAT; the fp32 and bf16 baselines "
-    "are marked for reference. Hover over a point to see its configuration and what it cost to "
-    "calibrate or train; click it to open its layers."
+st.markdown(
+    "Each point is one way of quantizing the model, measured on this machine. The **front** "
+    "(the ringed points joined by the line) is the best quality you can get at each size: "
+    "every other point is beaten by one on the front."
 )
+with st.expander("How to read these plots"):
+    st.caption(
+        "A point on the **front** is one that no other point beats on both axes at once: "
+        "nothing else is both smaller (or faster) and more accurate; on the size plot the points "
+        "off the front are drawn faint. The dashed line is the float model. **Hollow** markers "
+        "are *simulated* latencies: that configuration has no real kernel here, so it was timed "
+        "on the next wider one (an upper bound). **Bars** are 95 % confidence intervals from "
+        "resampling the evaluation set; **arrows** lead from a post-training (PTQ) point to the "
+        "same configuration after quantization-aware training (QAT). Colours and marker shapes "
+        "tell how a point was made: post-training quantization by its algorithm (RTN rounds to "
+        "nearest; GPTQ and AWQ compensate the rounding error using calibration data) or QAT; "
+        "the fp32 and bf16 baselines are marked for reference. Hover over a point to see its "
+        "configuration and what it cost to calibrate or train; click it to open its layers."
+    )
 
 *_, rows = rows_or_stop(": its points appear here as each configuration finishes.")
 
@@ -161,7 +169,7 @@ try:
     )
     with size_tab:
         st.plotly_chart(
-            pareto_figure(visible, x="size_bytes", selected_key=selected),
+            pareto_figure(visible, x="size_bytes", selected_key=selected, explain=True),
             key=CHARTS[0],
             on_select=lambda: _on_chart_select(CHARTS[0]),
             selection_mode="points",

@@ -25,6 +25,7 @@ from explorer.models.registry import get_builtin
 from explorer.nn.convert import quant_modules, quantize_model
 from explorer.quant.config import Plan
 from explorer.sweep import runner
+from explorer.sweep.default import DEFAULT_SPEC
 from explorer.sweep.export import load_export
 from explorer.sweep.store import ResultStore
 
@@ -220,7 +221,7 @@ def test_spec_options() -> None:
     parser = cli.build_parser()
     default = cli.build_spec(parser.parse_args(["sweep"]))
     assert default == cli.build_spec(parser.parse_args(["sweep", "--default"]))
-    assert default.act_bits == (None, 8)  # DEFAULT_SPEC: weight-only and W8A8
+    assert default == DEFAULT_SPEC  # the default sweep's post-training grid
     spec = cli.build_spec(
         parser.parse_args(
             ["sweep", "--bits", "4", "--act-bits", "8,none", "--symmetric", "true,false"]

@@ -22,8 +22,11 @@ BUILTIN_MODULES: dict[str, str] = {
 """Each built-in model's name and the module that registers it, in the registry's order."""
 
 BUILTIN_NAMES: tuple[str, ...] = tuple(BUILTIN_MODULES)
-DEFAULT_MODEL = "digits-cnn"
-"""The built-in model a new run starts with (its `BuiltinModel` says ``default=True``)."""
+DEFAULT_MODEL = "mobile-cnn"
+"""The built-in model a new run starts with (its `BuiltinModel` says ``default=True``): the one
+whose default sweep (`explorer.sweep.default`) shows the bit-width cliff, per-tensor against
+per-channel scales and a QAT recovery with intervals that separate them (2,000 evaluation images
+against digits-cnn's 540)."""
 
 
 @dataclass(frozen=True)

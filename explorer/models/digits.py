@@ -1,5 +1,5 @@
 """``digits-cnn``: a small convolutional network on the 8x8 handwritten digits of UCI's "Optical
-Recognition of Handwritten Digits" (Alpaydin & Kaynak, 1998), the default built-in model.
+Recognition of Handwritten Digits" (Alpaydin & Kaynak, 1998), the smallest built-in model.
 
 The data are the 1,797 images scikit-learn ships as ``load_digits`` (the UCI test set: 32x32
 bitmaps from 13 writers, each 4x4 block reduced to its count of set pixels, 0..16). They ship in
@@ -182,7 +182,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     )
     return f"""# digits-cnn
 
-The default built-in model: a {card["params"]:,}-parameter convolutional network classifying the
+The smallest built-in model: a {card["params"]:,}-parameter convolutional network classifying the
 8x8 handwritten digits of the UCI "Optical Recognition of Handwritten Digits" data set.
 
 ## Data
@@ -232,7 +232,6 @@ MODEL = register(
         train=train,
         workloads=workloads,
         metric="accuracy",
-        default=True,
         extra={"input_shape": (1, 8, 8), "classes": 10},
     )
 )

@@ -1,5 +1,6 @@
 """``mobile-cnn``: a MobileNet-style network on procedurally drawn shapes, the built-in model on
-which per-tensor weight quantization collapses and per-channel does not (trend 2 in ANCHORS.md).
+which per-tensor weight quantization collapses and per-channel does not (trend 2 in ANCHORS.md);
+the default built-in model, whose default sweep shows that and the bit-width cliff.
 
 Why per-tensor scales break MobileNets. Deployment folds each batch norm into the convolution
 before it, ``w' = w * gamma / sqrt(running_var + eps)`` (Krishnamoorthi 2018, arXiv 1806.08342,
@@ -422,6 +423,7 @@ MODEL = register(
         train=train,
         workloads=workloads,
         metric="accuracy",
+        default=True,
         extra={"input_shape": (3, 32, 32), "classes": len(SHAPES), "shapes": SHAPES},
     )
 )

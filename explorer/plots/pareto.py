@@ -5,12 +5,18 @@ size, latency and the metric in 3-D (`pareto_3d_figure`), and the row keys of a 
 The front is the non-dominated set of `explorer.sweep.pareto` over (x minimized, metric in its
 sense), joined by a step line: between two front points the best attainable metric is that of the
 point on the left.
+
+``explain=True`` draws the view a newcomer opens first: points off the front faded so the front
+reads at a glance, a log size axis once sizes span a factor 4, the float line named in words,
+and the bit-width cliff (`bit_cliff`: the steepest fall of the metric between two neighbouring
+weight widths of post-training quantization) pointed out with its numbers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import plotly.graph_objects as go
@@ -28,6 +34,7 @@ from explorer.plots.common import (
     _hover,
     _interval,
     _metric_name,
+    _number,
     _plotted,
     _quality_axis,
     _series_colors,
@@ -43,11 +50,101 @@ from explorer.sweep.pareto import flag_pareto, front_order
 X_AXES = {"size_bytes": "size as stored", "latency_ms": "latency", "bits_per_weight": "bits/weight"}
 FRONT_COLOR = "rgba(20, 20, 20, 0.75)"
 SIMULATED_NOTE = "hollow = simulated latency (an upper bound)"
+FADED_OPACITY = 0.35  # explain mode: points off the front
+LOG_SPAN = 30.0  # a log x axis when x spans more than this factor
+LOG_SPAN_EXPLAIN = 4.0
 
 
-def _log_axis(values: Sequence[float]) -> bool:
+def _log_axis(values: Sequence[float], span: float = LOG_SPAN) -> bool:
     positive = [v for v in values if v > 0]
-    return len(positive) == len(values) and bool(values) and max(values) / min(values) > 30
+    return len(positive) == len(values) and bool(values) and max(values) / min(values) > span
+
+
+def _log_ticks(values: Sequence[float]) -> dict[str, Any]:
+    """Ticks at 1, 2 and 5 times a power of ten within ``values``' range (Plotly's default log
+    ticks label the minor ones with a bare digit)."""
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return {}
+    lo, hi = min(positive), max(positive)
+    ticks = [
+        m * 10.0**e
+        for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+        for m in (1, 2, 5)
+        if lo / 1.5 <= m * 10.0**e <= hi * 1.5
+    ]
+    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]} if len(ticks) >= 2 else {}
+
+
+@dataclass(frozen=True)
+class Cliff:
+    """The steepest fall of the metric between two neighbouring weight widths: the best
+    post-training row at ``bits_before`` (``before``) against the best at ``bits_after``."""
+
+    bits_before: int
+    bits_after: int
+    before: Row
+    after: Row
+    value_before: float
+    value_after: float
+
+    @property
+    def fall(self) -> float:
+        """How much worse ``after`` is, in the metric's units (positive)."""
+        return abs(self.value_before - self.value_after)
+
+
+def bit_cliff(
+    rows: Iterable[Row], metric: str | None = None, float_value: float | None = None
+) -> Cliff | None:
+    """Where quality falls off a cliff as weights get fewer bits, or None when it does not.
+
+    Among uniform post-training rows (QAT and mixed plans left out) the best row of each weight
+    width is taken; of each pair of neighbouring widths the one whose metric worsens the most is
+    the cliff, provided the fall is real: the two rows' 95 % intervals do not overlap (rows
+    without intervals: any worsening counts)."""
+    all_rows = list(rows)
+    path, sense = _quality_axis(all_rows, metric)
+    base = float_value if float_value is not None else float_metric(all_rows, path)
+    best: dict[int, tuple[float, Row]] = {}
+    for row in all_rows:
+        bits, value = row.get("weight_bits"), _number(_get(row, path))
+        if row.get("kind") != "uniform" or row.get("method") == "qat" or value is None:
+            continue
+        if not isinstance(bits, int) or isinstance(bits, bool):
+            continue
+        if bits not in best or _better(value, best[bits][0], sense):
+            best[bits] = (value, row)
+    widths = sorted(best, reverse=True)
+    cliff: Cliff | None = None
+    for wide, narrow in zip(widths, widths[1:], strict=False):
+        (v_wide, r_wide), (v_narrow, r_narrow) = best[wide], best[narrow]
+        if not _better(v_wide, v_narrow, sense):
+            continue
+        lo_w, hi_w = _interval(r_wide, path, base)
+        lo_n, hi_n = _interval(r_narrow, path, base)
+        if lo_w is not None and hi_w is not None and lo_n is not None and hi_n is not None:
+            apart = hi_n < lo_w if sense == "max" else lo_n > hi_w
+            if not apart:
+                continue
+        candidate = Cliff(wide, narrow, r_wide, r_narrow, v_wide, v_narrow)
+        if cliff is None or candidate.fall > cliff.fall:
+            cliff = candidate
+    return cliff
+
+
+def _better(a: float, b: float, sense: str) -> bool:
+    return a > b if sense == "max" else a < b
+
+
+def cliff_text(cliff: Cliff, name: str, sense: str = "max") -> str:
+    """The cliff in plain words: ``The cliff: from 3 to 2 bits, accuracy falls from 78.30% to
+    11.50%`` (a lower-is-better metric such as perplexity *rises*)."""
+    verb = "falls" if sense == "max" else "rises"
+    return (
+        f"The cliff: from {cliff.bits_before} to {cliff.bits_after} bits, {name} {verb} from "
+        f"{_fmt_metric(name, cliff.value_before)} to {_fmt_metric(name, cliff.value_after)}"
+    )
 
 
 def pareto_figure(
@@ -59,14 +156,16 @@ def pareto_figure(
     title: str | None = None,
     log_x: bool | None = None,
     float_value: float | None = None,
+    explain: bool = False,
 ) -> go.Figure:
     """The task metric (or ``metric``) against size (``x="size_bytes"``) or latency
     (``x="latency_ms"``), one trace per `series_of`, the front highlighted, confidence intervals
     as error bars, PTQ → QAT recovery as arrows and the fp32 metric as a dashed line.
 
-    ``log_x`` defaults to a log axis when x spans more than a factor 30. ``float_value`` is the
-    float model's metric (default: the fp32 row's) that the task metric's delta interval is
-    centred on. Rows without a value on either axis are left out.
+    ``log_x`` defaults to a log axis when x spans more than a factor 30 (4 with ``explain``).
+    ``float_value`` is the float model's metric (default: the fp32 row's) that the task metric's
+    delta interval is centred on. Rows without a value on either axis are left out.
+    ``explain``: the newcomer's view of the module docstring.
     """
     all_rows = list(rows)
     path, sense = _quality_axis(all_rows, metric)
@@ -78,7 +177,7 @@ def pareto_figure(
     xs_raw = [float(_get(r, x)) for r in plotted]
     scale, unit = _size_unit(xs_raw) if x == "size_bytes" else (1.0, "")
     if log_x is None:
-        log_x = _log_axis(xs_raw)
+        log_x = _log_axis(xs_raw, LOG_SPAN_EXPLAIN if explain else LOG_SPAN)
 
     def xv(row: Row) -> float:
         return float(_get(row, x)) / scale
@@ -106,6 +205,9 @@ def pareto_figure(
                 has_bars = True
         symbols = [_symbol(r, series, latency_x and _simulated(r)) for r in members]
         baseline = series == BASELINE_SERIES
+        faded = {}
+        if explain:
+            faded["opacity"] = [1.0 if r.get("key") in on_front else FADED_OPACITY for r in members]
         fig.add_trace(
             go.Scatter(
                 x=[xv(r) for r in members],
@@ -125,6 +227,7 @@ def pareto_figure(
                     "size": 13 if baseline else 10,
                     "color": colors[series],
                     "line": {"width": 1.5, "color": colors[series]},
+                    **faded,
                 },
                 error_y={
                     "type": "data",
@@ -234,9 +337,34 @@ def pareto_figure(
             y=base,
             name="fp32-metric",
             line={"dash": "dash", "color": "#4d4d4d", "width": 1},
-            annotation_text=f"fp32 {_fmt_metric(name, base)}",
+            annotation_text=(
+                f"float model (fp32): {_fmt_metric(name, base)}, the {name} to keep"
+                if explain
+                else f"fp32 {_fmt_metric(name, base)}"
+            ),
             annotation_position="bottom left",
             annotation_font={"size": 10, "color": "#4d4d4d"},
+        )
+
+    cliff = bit_cliff(plotted, path, base) if explain else None
+    if cliff is not None:
+        fig.add_annotation(
+            name="bit-cliff",
+            x=ax(xv(cliff.after)),
+            y=cliff.value_after,
+            xref="x",
+            yref="y",
+            text=cliff_text(cliff, name, sense).replace(", ", ",<br>", 1),
+            showarrow=True,
+            arrowhead=2,
+            arrowwidth=1.5,
+            arrowcolor="#b22222",
+            ax=60,
+            ay=-50 if sense == "max" else 50,
+            align="left",
+            xanchor="left",
+            font={"size": 12, "color": "#b22222"},
+            bgcolor="rgba(255, 255, 255, 0.85)",
         )
 
     if x == "size_bytes":
@@ -254,7 +382,11 @@ def pareto_figure(
     default_title = f"{name} against {X_AXES.get(x, x)}" + (f" — {model}" if model else "")
     fig.update_layout(
         title=title or default_title,
-        xaxis={"title": x_title, "type": "log" if log_x else "linear"},
+        xaxis={
+            "title": x_title,
+            "type": "log" if log_x else "linear",
+            **(_log_ticks([xv(r) for r in plotted]) if log_x and explain else {}),
+        },
         yaxis={
             "title": _axis_title(name, sense),
             "tickformat": ".1%" if name in ("accuracy", "agreement") else None,

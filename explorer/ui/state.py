@@ -27,6 +27,7 @@ from explorer.sweep.store import ResultStore
 
 if TYPE_CHECKING:
     from explorer.sweep.context import ModelContext
+    from explorer.sweep.space import PlanEntry
     from explorer.sweep.worker import SweepProcess
 
 CACHE_DIR = Path(os.environ.get("EXPLORER_CACHE", "~/.cache/quant-explorer")).expanduser()
@@ -120,6 +121,20 @@ def context(source: ModelSource | None = None) -> ModelContext:
     """The shared, cached context of a model source (never mutated by the app)."""
     source = source or current_source()
     return _context(json.dumps(source.to_dict(), sort_keys=True))
+
+
+@st.cache_resource(max_entries=8)
+def _default_sweep(source_json: str) -> list[PlanEntry]:
+    from explorer.sweep.default import default_entries
+
+    return default_entries(_context(source_json).model)[0]
+
+
+def default_sweep(source: ModelSource | None = None) -> list[PlanEntry]:
+    """The default sweep's entries (`explorer.sweep.default`) resolved against a model source's
+    model, expanded once per model rather than on every rerun of the Model page."""
+    source = source or current_source()
+    return _default_sweep(json.dumps(source.to_dict(), sort_keys=True))
 
 
 # --- the store and the sweeps ----------------------------------------------------------------

@@ -21,8 +21,9 @@ import streamlit as st
 from explorer.inspect import result_table, sweep_progress
 from explorer.quant.config import ACT_GRANULARITIES, ACT_MODES, CALIBRATIONS
 from explorer.sweep.context import ModelSource
+from explorer.sweep.default import DEFAULT_RUN
 from explorer.sweep.runner import RunSettings
-from explorer.sweep.space import DEFAULT_QAT_STEPS, SweepSpec
+from explorer.sweep.space import DEFAULT_QAT_STEPS, PlanEntry, SweepSpec
 from explorer.sweep.worker import SweepProcess
 from explorer.ui import state
 
@@ -30,9 +31,6 @@ WEIGHT_BITS = (8, 7, 6, 5, 4, 3, 2)
 GRANULARITIES = ("tensor", "channel", "group32", "group64", "group128")
 ACT_BITS = ("none", "8", "4")
 POLL_SECONDS = 1.5
-DEFAULT_RUN = RunSettings(repeats=10, n_boot=500)
-"""Settings of the app's sweeps: the default sweep on the Model page uses them, and the Sweep
-page starts from them, so rows of the same configuration are found in the store, not recomputed."""
 
 _CALIBRATION_HELP = (
     "How the clipping range of each weight tensor is chosen: min-max keeps every value, "
@@ -228,14 +226,21 @@ def new_sweep_id() -> str:
 
 
 def start_sweep(
-    source: ModelSource, spec: SweepSpec, settings: RunSettings, *, id_prefix: str = ""
+    source: ModelSource,
+    spec: SweepSpec | Sequence[PlanEntry],
+    settings: RunSettings,
+    *,
+    id_prefix: str = "",
 ) -> SweepProcess:
-    """Start a sweep of ``spec`` on ``source`` in a worker process as this run's job (see
-    `state.start_job`); its rows go to the app's store, owned as `state.owner_for` says."""
+    """Start a sweep of ``spec`` (or of a list of entries, such as the default sweep's) on
+    ``source`` in a worker process as this run's job (see `state.start_job`); its rows go to the
+    app's store, owned as `state.owner_for` says."""
+    entries = None if isinstance(spec, SweepSpec) else list(spec)
     process = SweepProcess(
         source,
         str(state.store_path()),
-        spec=spec,
+        spec=spec if entries is None else None,
+        entries=entries,
         settings=settings,
         owner=state.owner_for(source),
         sweep_id=id_prefix + new_sweep_id(),

@@ -1,7 +1,11 @@
 """The Model page (AppTest): the layer table and float metric of the default model, the default
-sweep that starts by itself on first open and shows its first points, uploads through the real
-file uploader (good weights switch the model; a truncated file shows an error and changes
-nothing), switching to another built-in model, and the picker drawn before torch is imported."""
+sweep that starts by itself on first open and shows its first points, the "Start here" guide
+and its buttons to each page, uploads through the real file uploader (good weights switch the
+model; a truncated file shows an error and changes nothing), switching to another built-in
+model, and the picker drawn before torch is imported.
+
+The tests open on digits-cnn (see ``conftest.py``), except those of a new user's first open,
+which get the app's own default model (`real_default`)."""
 
 from __future__ import annotations
 
@@ -15,13 +19,17 @@ from typing import Any
 import safetensors.torch
 from streamlit.testing.v1 import AppTest
 
+from explorer.guide import GUIDE, GUIDE_TITLE
 from explorer.models.catalog import BUILTIN_NAMES, DEFAULT_MODEL
 from explorer.models.registry import get_builtin
+from explorer.sweep.context import ModelSource, open_context
+from explorer.sweep.default import DEFAULT_RUN, default_entries
 from explorer.sweep.store import ResultStore
 from explorer.ui import state
 
-PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "model.py")
-FIRST_POINTS_S = 60
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = str(ROOT / "pages" / "model.py")
+FIRST_POINTS_S = 90
 
 
 def _app(run: str, *, auto_sweep_done: bool = True, cache: Path | None = None) -> AppTest:
@@ -49,22 +57,32 @@ def _run_json(cache: Path, run: str) -> dict[str, Any]:
 
 
 def test_first_open_shows_layers_metric_and_starts_the_default_sweep(
-    app_env: dict[str, Path],
+    real_default: dict[str, Path],
 ) -> None:
     run = "0000000000a1"
     at = _app(run, auto_sweep_done=False).run()
     assert not at.exception, at.exception
     assert not at.error
+    model = get_builtin(DEFAULT_MODEL)
     layers = _layers(at)
-    assert list(layers["layer"]) == ["features.1", "features.3", "features.5", "classifier.2"]
-    assert list(layers["shape"])[0] == "32 × 1 × 4 × 4"
-    assert layers["parameters"].sum() == get_builtin("digits-cnn").params()
+    assert DEFAULT_MODEL == "mobile-cnn"
+    assert list(layers["layer"])[:3] == ["features.0.0", "features.0.1", "features.1.0"]
+    assert list(layers["shape"])[0] == "32 × 3 × 4 × 4"
+    assert layers["parameters"].sum() == model.params()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Float accuracy"] == f"{get_builtin('digits-cnn').card()['float']:.2%}"
-    # the default sweep started by itself, once, in a worker process
+    assert metrics["Float accuracy"] == f"{model.card()['float']:.2%}"
+    # the guide is open on a run's first visit
+    (guide,) = [e for e in at.expander if e.label == GUIDE_TITLE]
+    assert guide.proto.expanded
+    # the default sweep started by itself, once, in a worker process: exactly the entries and
+    # settings of explorer.sweep.default
     job = state.job(run)
     assert job is not None and job.alive
-    assert _run_json(app_env["cache"], run)["auto_sweep_started"] is True
+    expected, _ = default_entries(open_context(ModelSource(model=DEFAULT_MODEL)).model)
+    assert job.entries is not None and job.spec is None
+    assert [e.label for e in job.entries] == [e.label for e in expected]
+    assert job.settings == DEFAULT_RUN
+    assert _run_json(real_default["cache"], run)["auto_sweep_started"] is True
     assert at.get("progress")
     deadline = time.monotonic() + FIRST_POINTS_S
     while time.monotonic() < deadline:
@@ -81,7 +99,7 @@ def test_first_open_shows_layers_metric_and_starts_the_default_sweep(
         if trace.get("meta") == "series"
         for key in trace.get("customdata") or []
     }
-    with ResultStore(app_env["store"]) as store:
+    with ResultStore(real_default["store"]) as store:
         assert points and points <= store.keys(owner="")  # computed here, stored as shared
     # a reload of the same run neither starts a second sweep nor loses the running one
     again = AppTest.from_file(PAGE, default_timeout=120)
@@ -90,6 +108,30 @@ def test_first_open_shows_layers_metric_and_starts_the_default_sweep(
     assert not again.exception, again.exception
     assert state.job(run) is job
     job.terminate()
+
+
+def test_start_here_names_five_steps_and_opens_each_page(app_env: dict[str, Path]) -> None:
+    """In the app's frame: the guide lists Model → Sweep → Pareto → Layers → Learn, is folded
+    once the run had its first visit, and each step's button opens its page in the same run."""
+    assert [step.title for step in GUIDE] == ["Model", "Sweep", "Pareto", "Layers", "Learn"]
+    titles = {"Sweep": "Sweep", "Pareto": "Pareto fronts", "Layers": "Layers", "Learn": "Learn"}
+    run = "0000000000a6"
+    _app(run, cache=app_env["cache"])  # the run had its first visit
+    for step in GUIDE[1:]:
+        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+        at.query_params["run"] = run
+        at.run()
+        assert not at.exception, at.exception
+        (guide,) = [e for e in at.expander if e.label == GUIDE_TITLE]
+        assert not guide.proto.expanded  # not the run's first visit
+        text = " ".join(m.value for m in guide.markdown)
+        positions = [text.index(f"**{n} · {s.title}**") for n, s in enumerate(GUIDE, start=1)]
+        assert positions == sorted(positions)
+        at.button(key=f"model.guide.{step.title.lower()}").click().run()
+        assert not at.exception, at.exception
+        assert [t.value for t in at.title][-1].endswith(titles[step.title])
+        assert at.query_params["run"] in (run, [run])
+    assert state.job(run) is None  # no default sweep was started on the way
 
 
 def test_a_truncated_upload_shows_an_error_and_changes_nothing(

@@ -52,9 +52,9 @@ def card() -> dict[str, Any]:
     return MODEL.card()
 
 
-def test_registered_as_the_default_model() -> None:
-    assert MODEL.default and MODEL.task == "classification" and MODEL.metric == "accuracy"
-    assert default_model() is MODEL
+def test_registered_as_a_classifier_but_not_the_default() -> None:
+    assert MODEL.task == "classification" and MODEL.metric == "accuracy"
+    assert not MODEL.default and default_model() is not MODEL
 
 
 def test_card_has_the_documented_keys(card: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from explorer.measure.evaluation import classification_stats
 from explorer.models import mobile
-from explorer.models.registry import SPLITS
+from explorer.models.registry import SPLITS, default_model
 from explorer.nn import quantize_model
 from explorer.nn.fold import fold_batch_norm
 from explorer.quant.config import Plan, QuantConfig
@@ -53,6 +53,11 @@ def card() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def float_accuracy(model: nn.Module) -> float:
     return eval_accuracy(model)
+
+
+def test_registered_as_the_default_model() -> None:
+    assert MODEL.default and MODEL.task == "classification" and MODEL.metric == "accuracy"
+    assert default_model() is MODEL
 
 
 def test_card_has_the_documented_keys(card: dict[str, Any]) -> None:

@@ -1,0 +1,67 @@
+"""The default sweep: what a new user's first open of the app computes, and what ``explorer sweep``
+runs without dimension options.
+
+It is chosen to teach the trade-off in under a minute on two cores, and was chosen by measuring
+(``benchmarks/sweep_time.py``; numbers in the commit that set it). On the default model,
+``mobile-cnn`` (2,000 evaluation images, so a difference of a few points lies outside the 95 %
+intervals), it shows:
+
+- the bit-width cliff: weights in 8, 4, 3 and 2 bits per output channel, roughly 98 %, 92 %,
+  78 % and 11 % against 98 % in float (8 bits is free, 4 bits costs a little, 3 bits a lot,
+  2 bits is near chance; Krishnamoorthi 2018, arXiv 1806.08342, and `docs/trends.md`);
+- per-tensor against per-channel scales at the same widths: per-tensor collapses to chance even
+  at 8 bits, because folded batch norm leaves a few depthwise channels hundreds of times wider
+  than the rest (see `explorer.models.mobile`);
+- one QAT recovery arrow: the 3-bit per-channel model trained for `DEFAULT_QAT_STEPS` steps from
+  its PTQ point regains most of the loss (about 97 %), more than 4-bit PTQ keeps.
+
+`default_entries` expands it against a model: the app's worker, the command line and the test
+of the default sweep all call it, so they evaluate the same rows.
+
+Imports: `explorer.sweep.space`, `explorer.sweep.runner`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import nn
+
+from explorer.sweep.runner import RunSettings
+from explorer.sweep.space import PlanEntry, Skipped, SweepSpec, expand
+
+DEFAULT_QAT_STEPS = 50
+
+DEFAULT_SPEC = SweepSpec(weight_bits=(8, 4, 3, 2), granularity=("tensor", "channel"))
+"""The post-training part: weight-only round to nearest, 8/4/3/2 bits, per tensor and per
+channel (8 configurations besides the fp32 and bf16 baselines)."""
+
+DEFAULT_QAT = replace(
+    DEFAULT_SPEC,
+    weight_bits=(3,),
+    granularity=("channel",),
+    method=("qat",),
+    qat_steps=DEFAULT_QAT_STEPS,
+)
+"""The one QAT row: 3-bit per-channel weights, trained from the PTQ row of the same config."""
+
+SUMMARY = (
+    "Weights in 8, 4, 3 and 2 bits, with one scale per tensor and one per output channel, plus "
+    f"one 3-bit model trained for {DEFAULT_QAT_STEPS} steps (QAT) and the fp32 and bf16 "
+    "baselines: where quantization is free, where it falls off a cliff, and how much training "
+    "wins back, computed here as you watch."
+)
+"""What the default sweep holds, in a sentence the app shows next to it."""
+
+DEFAULT_RUN = RunSettings(repeats=10, n_boot=500)
+"""Run settings of the app's sweeps: the default sweep uses them, and the Sweep page starts from
+them, so rows of the same configuration are found in the store, not recomputed."""
+
+
+def default_entries(model: nn.Module | None = None) -> tuple[list[PlanEntry], list[Skipped]]:
+    """The default sweep's entries, in order (the baselines, the PTQ grid, then the QAT row),
+    resolved against ``model`` as `expand` does; baselines appear once."""
+    entries, skipped = expand(DEFAULT_SPEC, model)
+    qat_entries, qat_skipped = expand(DEFAULT_QAT, model)
+    entries += [entry for entry in qat_entries if entry.kind != "baseline"]
+    return entries, skipped + qat_skipped
