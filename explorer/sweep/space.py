@@ -166,14 +166,6 @@ class SweepSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-DEFAULT_SPEC = SweepSpec(
-    weight_bits=(8, 4),
-    granularity=("channel", "group32"),
-    act_bits=(None, 8),
-)
-"""The sweep the app starts on first open: W8/W4 per-channel and g32, weight-only and W8A8."""
-
-
 @dataclass(frozen=True)
 class PlanEntry:
     """One row to evaluate: a plan, how it is produced, and its flat description."""

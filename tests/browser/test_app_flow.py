@@ -5,7 +5,7 @@ going on from where the previous one left the app:
 
 1. open ``/`` (the default model): the first page is interactive (timed from `streamlit run`);
 2. the default sweep started by itself: its points reach the Pareto plot (timed);
-3. a further small sweep (W2 per channel) on the Sweep page: its row reaches the plot;
+3. a further small sweep (W5 per channel) on the Sweep page: its row reaches the plot;
 4. a click on a point of the Pareto plot opens the Layers page on that row;
 5. the what-if editor changes one layer: a new row with other numbers, then shown;
 6. moving between pages with results loaded (timed);
@@ -35,9 +35,10 @@ import pytest
 import torch
 
 from explorer.bundle import build_row_model, plan_document
+from explorer.models.catalog import DEFAULT_MODEL
 from explorer.sweep.context import ModelContext, ModelSource, open_context
+from explorer.sweep.default import default_entries
 from explorer.sweep.export import load_export
-from explorer.sweep.space import DEFAULT_SPEC, expand
 from explorer.sweep.store import ResultStore
 
 pytestmark = pytest.mark.browser
@@ -82,9 +83,9 @@ def _playwright_expect(browser: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def digits(app_server: AppServer) -> ModelContext:
+def default_ctx(app_server: AppServer) -> ModelContext:
     """The default model, opened in this process to check what the app shows and exports."""
-    return open_context(ModelSource(model="digits-cnn"))
+    return open_context(ModelSource(model=DEFAULT_MODEL))
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,7 @@ def test_first_page_is_interactive(
     after_launch = ready - app_server.launched_at
     report("first_page_interactive_after_launch_s", round(after_launch, 3))
     report("first_page_interactive_after_health_s", round(ready - app_server.healthy_at, 3))
-    expect(model_box).to_have_value("digits-cnn")
+    expect(model_box).to_have_value(DEFAULT_MODEL)
     expect(title(page, "Model")).to_be_visible()
     flow["run"] = run_of(page)
     # The acceptance target is 5 s on a quiet 2-core machine; the bound leaves room for CI load.
@@ -233,13 +234,13 @@ def test_first_page_is_interactive(
 
 
 def test_default_sweep_points_reach_the_pareto_plot(
-    page: Any, app_server: AppServer, digits: ModelContext, flow: dict[str, Any], report: Any
+    page: Any, app_server: AppServer, default_ctx: ModelContext, flow: dict[str, Any], report: Any
 ) -> None:
     progress = page.get_by_text(
         re.compile(r"Evaluated \d+ of \d+ configurations|Starting the sweep")
     )
     expect(progress.first).to_be_visible(timeout=60_000)
-    expected = {entry.label for entry in expand(DEFAULT_SPEC, digits.model)[0]}
+    expected = {entry.label for entry in default_entries(default_ctx.model)[0]}
 
     go(page, "Pareto")
     deadline = flow["opened_at"] + DEFAULT_SWEEP_TIMEOUT_S
@@ -267,10 +268,10 @@ def test_default_sweep_points_reach_the_pareto_plot(
 
 
 def test_further_sweep_adds_its_row(page: Any, app_server: AppServer, flow: dict[str, Any]) -> None:
-    new = run_small_sweep(page, app_server, bits="2")
+    new = run_small_sweep(page, app_server, bits="5")  # a width the default sweep lacks
     go(page, "Pareto")
     assert new["key"] in plotted_keys(page)
-    flow["w2"] = new["key"]
+    flow["w5"] = new["key"]
 
 
 def test_clicking_a_point_opens_its_layers(
@@ -286,7 +287,9 @@ def test_clicking_a_point_opens_its_layers(
     candidates = [
         p
         for p in points
-        if p["meta"] == "series" and rows.get(p["key"], {}).get("kind") not in (None, "baseline")
+        if p["meta"] == "series"
+        and rows.get(p["key"], {}).get("kind") not in (None, "baseline")
+        and rows[p["key"]].get("method") == "ptq"  # the what-if editor re-evaluates PTQ rows
     ]
     assert candidates, f"no quantized points drawn: {points}"
 
@@ -317,7 +320,7 @@ def test_whatif_edit_adds_a_row_with_other_numbers(
     old = stored_rows(app_server)[flow["clicked"]]
     layer_box = page.get_by_role("combobox", name="Layer", exact=True)
     layer_box.scroll_into_view_if_needed()
-    choose(page, "Layer", re.compile(r"^classifier\.2 "))
+    choose(page, "Layer", re.compile(r"^classifier "))
     now_w8 = "(now W8" in layer_box.input_value()
     choose(page, "New setting", "W4 channel" if now_w8 else "W8 channel")
     page.get_by_role("button", name="Re-evaluate").click()
@@ -327,13 +330,13 @@ def test_whatif_edit_adds_a_row_with_other_numbers(
     added = [
         r
         for r in stored_rows(app_server).values()
-        if r["sweep"] == "whatif" and r["label"].startswith("mixed: classifier.2=")
+        if r["sweep"] == "whatif" and r["label"].startswith("mixed: classifier=")
     ]
     assert len(added) == 1
     new = added[0]
     assert new["size_bytes"] != old["size_bytes"]
-    assert [lay["config"] for lay in new["layers"] if lay["name"] != "classifier.2"] == [
-        lay["config"] for lay in old["layers"] if lay["name"] != "classifier.2"
+    assert [lay["config"] for lay in new["layers"] if lay["name"] != "classifier"] == [
+        lay["config"] for lay in old["layers"] if lay["name"] != "classifier"
     ], "only the edited layer changed"
     expect(against).to_contain_text(new["label"])
     size_delta = page.locator('[data-testid="stMetric"]', has_text="Size").nth(1)
@@ -368,7 +371,7 @@ def test_moving_between_pages_is_quick(page: Any, flow: dict[str, Any], report: 
 def test_export_reloads_to_identical_outputs(
     page: Any,
     app_server: AppServer,
-    digits: ModelContext,
+    default_ctx: ModelContext,
     flow: dict[str, Any],
     browser_dir: Path,
 ) -> None:
@@ -389,11 +392,11 @@ def test_export_reloads_to_identical_outputs(
     download.value.save_as(plan)
 
     assert json.loads(plan.read_text()) == plan_document(row)
-    reloaded = load_export(digits.model, weights)
-    direct = build_row_model(digits, row)
-    inputs = digits.eval_split[0][:256]
+    reloaded = load_export(default_ctx.model, weights)
+    direct = build_row_model(default_ctx, row)
+    inputs = default_ctx.eval_split[0][:256]
     with torch.no_grad():
-        got, want, floats = reloaded(inputs), direct(inputs), digits.model(inputs)
+        got, want, floats = reloaded(inputs), direct(inputs), default_ctx.model(inputs)
     assert torch.equal(got, want)
     assert not torch.equal(got, floats), "the export is quantized, not the float model"
 
@@ -401,7 +404,7 @@ def test_export_reloads_to_identical_outputs(
 def test_choosing_a_configuration_in_the_select_box(
     page: Any, app_server: AppServer, flow: dict[str, Any]
 ) -> None:
-    label = "W8 channel sym A8 token dynamic ptq"
+    label = "W8 channel sym ptq"
     key = next(k for k, r in stored_rows(app_server).items() if r["label"] == label)
     go(page, "Layers")
     choose(page, "Configuration", label)
@@ -442,7 +445,7 @@ def test_uploads_stay_in_their_run(
         second.goto(app_server.url + "/")
         expect(second.get_by_role("combobox", name="Built-in model")).to_be_enabled(timeout=60_000)
         assert run_of(second) != flow["run"]
-        expect(second.get_by_text("Working on the built-in digits-cnn.")).to_be_visible()
+        expect(second.get_by_text(f"Working on the built-in {DEFAULT_MODEL}.")).to_be_visible()
         idle(second)
         assert upload.stem not in second.content()
         go(second, "Pareto")
@@ -461,7 +464,7 @@ def test_uploads_stay_in_their_run(
         error = second.locator('[data-testid="stAlertContentError"]')
         expect(error).to_contain_text(f"Could not use {garbage.name}", timeout=60_000)
         expect(second.locator('[data-testid="stException"]')).to_have_count(0)
-        expect(second.get_by_text("Working on the built-in digits-cnn.")).to_be_visible()
+        expect(second.get_by_text(f"Working on the built-in {DEFAULT_MODEL}.")).to_be_visible()
         uploads = app_server.cache / "runs" / run_of(second) / "uploads"
         assert not (uploads.exists() and any(uploads.iterdir())), "a failed upload left files"
         go(second, "Pareto")
