@@ -5,12 +5,14 @@ it shows. The texts speak of the default model and its default sweep
 
 Plain data, so the Model page draws it before torch is imported.
 
-Imports: nothing from `explorer`.
+Imports: `explorer.models.catalog` (no torch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from explorer.models.catalog import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,10 @@ GUIDE: tuple[GuideStep, ...] = (
     GuideStep(
         page="pages/model.py",
         title="Model",
-        do="You are here. The default model is already being quantized in 10 ways below (the "
-        "default sweep, under a minute).",
-        see="Its layers: the 3×3 depthwise convolutions (one input channel each) are the ones "
-        "a single per-tensor scale will break.",
+        do=f"You are here. The default model, {DEFAULT_MODEL}, is being quantized nine ways below "
+        "(the default sweep: under a minute, its points appear as they finish).",
+        see="Its layer table: the 3×3 depthwise convolutions (one input channel each) are the "
+        "layers a single per-tensor scale will break.",
     ),
     GuideStep(
         page="pages/sweep.py",

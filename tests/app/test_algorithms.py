@@ -26,6 +26,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.inspect import calibration_seconds
+from explorer.models import catalog
 from explorer.models.registry import get_builtin
 from explorer.nn.qat import QAT_SCHEDULE
 from explorer.sweep.store import ResultStore
@@ -64,6 +65,8 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         mp.setenv("EXPLORER_CACHE", str(cache))
         mp.setenv("EXPLORER_STORE", str(store))
         mp.setattr(state, "CACHE_DIR", cache)
+        mp.setattr(catalog, "DEFAULT_MODEL", "digits-cnn")  # as conftest.py's fixtures do
+        mp.setattr(state, "DEFAULT_MODEL", "digits-cnn")
         at = _page("sweep").run()
         at.multiselect(key="spec.bits").set_value([4])
         at.multiselect(key="spec.method").set_value(["ptq", "qat"])
