@@ -154,6 +154,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--data", metavar="PATH", default=None, help="evaluation and calibration data file"
     )
     group.add_argument(
+        "--task",
+        choices=("lm", "causal-lm", "embedding", "classification", "fidelity"),
+        default=None,
+        help="what a Hugging Face model does (default: recognised from its architecture)",
+    )
+    group.add_argument(
         "--threads",
         metavar="N",
         type=_threads,
@@ -208,7 +214,11 @@ def _model_source(args: argparse.Namespace) -> ModelSource:
     if model is None and args.model_factory is None:
         model = default_model().name
     return ModelSource(
-        model=model, weights=args.weights, factory=args.model_factory, data=args.data
+        model=model,
+        weights=args.weights,
+        factory=args.model_factory,
+        data=args.data,
+        task=getattr(args, "task", None),
     )
 
 

@@ -21,7 +21,7 @@ cosine on whole tensors, and the tests hold the per-sample aggregates to it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,13 +38,25 @@ ROW_CHUNK_ELEMENTS = 1 << 22
 """Most logits converted to float64 at once by `lm_stats` and `fidelity_per_sample`."""
 
 FIDELITY_KEYS = ("signal", "noise", "cosine", "agreement", "kl")
+"""What `fidelity_per_sample` returns per sample. `summarize` needs the first three; the others
+are reported when present (an embedding has no argmax or distribution to compare)."""
+REQUIRED_FIDELITY = ("signal", "noise", "cosine")
+TOKEN_KEYS = ("tokens", "kl_sum", "same_top_sum")
+"""Per-sample sums over scored tokens (`token_fidelity`): token-weighted KL and same top token."""
+TOKEN_VALUES = ("token_kl", "token_sample")
+"""Per-token KL and the sample each token belongs to (`token_fidelity`): its 99th percentile."""
+KL_PERCENTILE = 0.99
 MIN_BOOT = 100
 
-Task = Literal["classification", "lm"]
+Task = Literal["classification", "lm", "similarity"]
 
 
 class EvaluationError(ExplorerError, ValueError):
     """Evaluation inputs are inconsistent (shapes, empty data, bootstrap settings)."""
+
+
+class NonFiniteOutputError(EvaluationError):
+    """The float model's own outputs hold NaN or infinity: there is nothing to compare against."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,7 +65,9 @@ class SampleStats:
 
     ``correct``: 1.0 where a classifier's top-1 prediction equals the label (None if unlabelled).
     ``nll``: a sequence's negative log-likelihood summed over its scored tokens, and ``tokens``:
-    how many tokens were scored (language models; both or neither). Logits are not kept.
+    how many tokens were scored (language models; both or neither). ``similarity``: the cosine
+    similarity of a sentence pair's embeddings, and ``score``: the pair's gold similarity score
+    (embedding models on labelled pairs; both or neither). Logits are not kept.
     ``eq=False``: tensors have no truth value, so identity is the only sound equality.
     """
 
@@ -61,15 +75,23 @@ class SampleStats:
     correct: torch.Tensor | None = None
     nll: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
+    similarity: torch.Tensor | None = None
+    score: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
             raise EvaluationError(f"no samples to evaluate (n_samples={self.n_samples})")
         if (self.nll is None) != (self.tokens is None):
             raise EvaluationError("`nll` and `tokens` must be given together")
-        if self.correct is not None and self.nll is not None:
-            raise EvaluationError("stats are either a classifier's (`correct`) or an LM's (`nll`)")
-        for name in ("correct", "nll", "tokens"):
+        if (self.similarity is None) != (self.score is None):
+            raise EvaluationError("`similarity` and `score` must be given together")
+        kinds = [x is not None for x in (self.correct, self.nll, self.similarity)]
+        if sum(kinds) > 1:
+            raise EvaluationError(
+                "stats are either a classifier's (`correct`), an LM's (`nll`) or an embedding "
+                "model's (`similarity`)"
+            )
+        for name in ("correct", "nll", "tokens", "similarity", "score"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -81,11 +103,14 @@ class SampleStats:
 
     @property
     def task(self) -> Task | None:
-        """``"classification"`` with labels, ``"lm"`` with NLLs, None when unlabelled."""
+        """``"classification"`` with labels, ``"lm"`` with NLLs, ``"similarity"`` with scored
+        sentence pairs, None when unlabelled."""
         if self.correct is not None:
             return "classification"
         if self.nll is not None:
             return "lm"
+        if self.similarity is not None:
+            return "similarity"
         return None
 
     def accuracy(self) -> float:
@@ -98,6 +123,12 @@ class SampleStats:
         if self.nll is None or self.tokens is None:
             raise EvaluationError("not language-model stats, so no perplexity")
         return math.exp(float(self.nll.sum() / self.tokens.sum()))
+
+    def spearman(self) -> float:
+        """Spearman's rank correlation of the pairs' cosine similarities with their scores."""
+        if self.similarity is None or self.score is None:
+            raise EvaluationError("not scored sentence pairs, so no Spearman correlation")
+        return spearman(self.similarity, self.score)
 
 
 def _row_chunk(n_rows: int, row_elements: int) -> int:
@@ -210,6 +241,134 @@ def fidelity_per_sample(
     return out
 
 
+def token_fidelity(
+    ref_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+) -> dict[str, torch.Tensor]:
+    """Fidelity of a language model over its *scored* tokens only (``targets != ignore_index``;
+    positions a strided window re-reads for context, and padding, are not scored), as llama.cpp's
+    ``perplexity --kl-divergence`` reports it. ``ref_logits``, ``q_logits`` (n, T, V).
+
+    Per sample (float64, shape (n,)): ``signal``, ``noise``, ``cosine``, ``agreement`` and
+    ``kl`` as in `fidelity_per_sample` but over scored positions; ``tokens`` (how many),
+    ``kl_sum`` (Σ KL) and ``same_top_sum`` (how many have the float model's top token), whose
+    ratios of sums give the token-weighted mean KL and same-top-token rate of any resample.
+    Per token: ``token_kl`` (N,) and ``token_sample`` (N,), the sample each belongs to, for the
+    KL's 99th percentile.
+    """
+    if ref_logits.shape != q_logits.shape or ref_logits.ndim != 3:
+        raise EvaluationError(
+            f"logits must both be (n, T, V): float {tuple(ref_logits.shape)}, "
+            f"quantized {tuple(q_logits.shape)}"
+        )
+    _check_logits(ref_logits, 3, "float")
+    _check_logits(q_logits, 3, "quantized")
+    n, steps, _vocab = ref_logits.shape
+    _check_targets(targets, (n, steps))
+    scored = targets != ignore_index  # (n, T)
+    if not scored.any(dim=1).all():
+        raise EvaluationError("every sample needs at least one scored token")
+    out = {key: torch.empty(n, dtype=torch.float64) for key in (*FIDELITY_KEYS, *TOKEN_KEYS)}
+    token_kl, token_sample = [], []
+    for i in range(n):  # one window at a time: float64 copies of (T, V), never (n, T, V)
+        mask = scored[i]
+        ref = ref_logits[i][mask].detach().to(torch.float64)  # (t, V)
+        q = q_logits[i][mask].detach().to(torch.float64)
+        out["signal"][i] = ref.square().sum()
+        out["noise"][i] = (ref - q).square().sum()
+        denom = float(torch.linalg.vector_norm(ref) * torch.linalg.vector_norm(q))
+        out["cosine"][i] = 1.0 if denom == 0 else float((ref * q).sum()) / denom
+        same = (ref.argmax(-1) == q.argmax(-1)).to(torch.float64)  # (t,)
+        log_p, log_q = F.log_softmax(ref, dim=-1), F.log_softmax(q, dim=-1)
+        p = log_p.exp()
+        kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(dim=-1).clamp_min(0.0)  # (t,)
+        out["agreement"][i] = same.mean()
+        out["kl"][i] = kl.mean()
+        out["tokens"][i] = float(mask.sum())
+        out["kl_sum"][i] = kl.sum()
+        out["same_top_sum"][i] = same.sum()
+        token_kl.append(kl)
+        token_sample.append(torch.full((kl.numel(),), i, dtype=torch.int64))
+    out["token_kl"] = torch.cat(token_kl)
+    out["token_sample"] = torch.cat(token_sample)
+    return out
+
+
+def embedding_fidelity(ref: torch.Tensor, q: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Fidelity of embeddings ``ref``, ``q`` (n, D), or (n, k, D) for k sentences per sample
+    (a sentence pair): per sample ``signal`` and ``noise`` (for SQNR) and ``cosine``, the mean
+    over the sample's sentences of each embedding's cosine to its float embedding."""
+    if ref.shape != q.shape or ref.ndim not in (2, 3):
+        raise EvaluationError(
+            f"embeddings must both be (n, D) or (n, k, D): float {tuple(ref.shape)}, "
+            f"quantized {tuple(q.shape)}"
+        )
+    _check_logits(ref, ref.ndim, "float")
+    _check_logits(q, q.ndim, "quantized")
+    n, dim = ref.shape[0], ref.shape[-1]
+    a = ref.detach().reshape(n, -1, dim).to(torch.float64)  # (n, k, D)
+    b = q.detach().reshape(n, -1, dim).to(torch.float64)
+    denom = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)  # (n, k)
+    cosine = torch.where(denom == 0, 1.0, (a * b).sum(-1) / torch.where(denom == 0, 1.0, denom))
+    return {
+        "signal": a.square().sum(dim=(1, 2)),
+        "noise": (a - b).square().sum(dim=(1, 2)),
+        "cosine": cosine.mean(dim=1),
+    }
+
+
+def concat_fidelity(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Join the fidelity of consecutive batches; per-token sample indices are shifted by the
+    samples of the batches before them."""
+    if not parts:
+        raise EvaluationError("no batches to evaluate")
+    out: dict[str, torch.Tensor] = {}
+    for key in parts[0]:
+        if key == "token_sample":
+            offsets, shifted = 0, []
+            for part in parts:
+                shifted.append(part[key] + offsets)
+                offsets += int(part["signal"].numel())
+            out[key] = torch.cat(shifted)
+        else:
+            out[key] = torch.cat([part[key] for part in parts])
+    return out
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of ``x`` (n,) in float64; tied values share the mean of their ranks."""
+    n = x.numel()
+    order = torch.argsort(x, stable=True)
+    ordered = x[order]
+    starts = torch.ones(n, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    group = torch.cumsum(starts.to(torch.int64), 0) - 1  # (n,) tie group of each sorted value
+    groups = int(group[-1]) + 1 if n else 0
+    position = torch.arange(1, n + 1, dtype=torch.float64)
+    mean = torch.zeros(groups, dtype=torch.float64).index_add_(0, group, position)
+    mean /= torch.bincount(group, minlength=groups).to(torch.float64)
+    ranks = torch.empty(n, dtype=torch.float64)
+    ranks[order] = mean[group]
+    return ranks
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the average ranks (ties included,
+    as `scipy.stats.spearmanr` computes it). NaN when either side is constant."""
+    if x.shape != y.shape or x.ndim != 1 or x.numel() < 2:
+        raise EvaluationError(
+            f"Spearman needs two equal 1-D series of >= 2 values, got {tuple(x.shape)} "
+            f"and {tuple(y.shape)}"
+        )
+    rx = average_ranks(x.to(torch.float64))
+    ry = average_ranks(y.to(torch.float64))
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = float(torch.linalg.vector_norm(rx) * torch.linalg.vector_norm(ry))
+    return math.nan if denom == 0 else float((rx * ry).sum()) / denom
+
+
 def _sqnr(signal: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """10·log10(signal / noise) with `metrics.sqnr_db`'s conventions: +inf without noise, −inf
     without signal."""
@@ -283,15 +442,19 @@ def _check_pair(
         raise EvaluationError(
             "token counts differ: the two models were not scored on the same data"
         )
-    missing = set(FIDELITY_KEYS) - set(fidelity)
+    missing = set(REQUIRED_FIDELITY) - set(fidelity)
     if missing:
         raise EvaluationError(f"fidelity lacks {sorted(missing)}; use fidelity_per_sample()")
-    for key in FIDELITY_KEYS:
-        value = fidelity[key]
-        if tuple(value.shape) != (n,):
+    for key in (*FIDELITY_KEYS, *TOKEN_KEYS):
+        value = fidelity.get(key)
+        if value is not None and tuple(value.shape) != (n,):
             raise EvaluationError(
                 f"fidelity `{key}` has shape {tuple(value.shape)}, expected ({n},)"
             )
+    if ("token_kl" in fidelity) != ("token_sample" in fidelity) or (
+        "token_kl" in fidelity and fidelity["token_kl"].shape != fidelity["token_sample"].shape
+    ):
+        raise EvaluationError("`token_kl` and `token_sample` must be given together, same shape")
     return n
 
 
@@ -312,24 +475,53 @@ def summarize(
     if not 0.0 < confidence < 1.0:
         raise EvaluationError(f"confidence must lie in (0, 1), got {confidence!r}")
     n = _check_pair(float_stats, quant_stats, fidelity)
-    fidelity = {key: fidelity[key].to(torch.float64) for key in FIDELITY_KEYS}
+    per_token = {key: fidelity[key] for key in TOKEN_VALUES if key in fidelity}
+    fidelity = {
+        key: fidelity[key].to(torch.float64)
+        for key in (*FIDELITY_KEYS, *TOKEN_KEYS)
+        if key in fidelity
+    }
 
     # Per-sample columns whose resampled sums give every metric; names index `sums` below.
     columns: dict[str, torch.Tensor] = {}
     task = float_stats.task
     if task == "classification":
         columns["d_correct"] = quant_stats.correct - float_stats.correct
-    elif task == "lm":
-        columns |= {
-            "f_nll": float_stats.nll,
-            "q_nll": quant_stats.nll,
-            "tokens": quant_stats.tokens,
-        }
-    columns |= fidelity
+    columns |= {f"fid_{key}": value for key, value in fidelity.items()}
     col = {name: j for j, name in enumerate(columns)}
     matrix = torch.stack(list(columns.values()), dim=1)  # (n, k)
 
-    sums = _bootstrap_sums(matrix, n_boot, seed)  # (B, k)
+    # Statistics that are not ratios of sums need each resample's counts, not just its sums.
+    extra: dict[str, list[torch.Tensor]] = {}
+    observers: list[Callable[[torch.Tensor], None]] = []
+    if task == "lm":
+        # One product per model of the same shape (as in `compare_pair`): equal models give
+        # exactly equal sums, so a zero delta is exactly zero whatever else is resampled.
+        extra["f_lm"], extra["q_lm"] = [], []
+        f_lm = torch.stack([float_stats.nll, float_stats.tokens], dim=1)  # (n, 2)
+        q_lm = torch.stack([quant_stats.nll, quant_stats.tokens], dim=1)
+
+        def lm_sums(counts: torch.Tensor) -> None:
+            extra["f_lm"].append(counts.to(torch.float64) @ f_lm)
+            extra["q_lm"].append(counts.to(torch.float64) @ q_lm)
+
+        observers.append(lm_sums)
+    if task == "similarity":
+        extra["spearman"] = []
+        observers.append(
+            lambda counts: extra["spearman"].append(
+                _resampled_spearman(quant_stats, counts) - _resampled_spearman(float_stats, counts)
+            )
+        )
+    if per_token:
+        extra["kl_p99"] = []
+        sorted_kl, sorted_sample = _sorted_tokens(per_token)
+        observers.append(
+            lambda counts: extra["kl_p99"].append(
+                _weighted_percentile(sorted_kl, sorted_sample, counts, KL_PERCENTILE)
+            )
+        )
+    sums = _bootstrap_sums(matrix, n_boot, seed, observers)  # (B, k)
 
     def column(name: str) -> torch.Tensor:
         return sums[:, col[name]]
@@ -341,26 +533,89 @@ def summarize(
         boot["accuracy"] = column("d_correct") / n
     elif task == "lm":
         metrics["perplexity"] = quant_stats.perplexity()
-        tokens = column("tokens")
-        boot["perplexity"] = torch.exp(column("q_nll") / tokens) - torch.exp(
-            column("f_nll") / tokens
+        f_sums, q_sums = torch.cat(extra["f_lm"]), torch.cat(extra["q_lm"])  # (B, 2)
+        boot["perplexity"] = torch.exp(q_sums[:, 0] / q_sums[:, 1]) - torch.exp(
+            f_sums[:, 0] / f_sums[:, 1]
         )
+    elif task == "similarity":
+        # the delta against float of Spearman's correlation with the gold scores
+        metrics["spearman"] = quant_stats.spearman()
+        boot["spearman"] = torch.cat(extra["spearman"])
     metrics["sqnr_db"] = float(_sqnr(fidelity["signal"].sum(), fidelity["noise"].sum()))
-    boot["sqnr_db"] = _sqnr(column("signal"), column("noise"))
+    boot["sqnr_db"] = _sqnr(column("fid_signal"), column("fid_noise"))
     for key in ("cosine", "agreement", "kl"):
-        metrics[key] = float(fidelity[key].mean())
-        boot[key] = column(key) / n
+        if key in fidelity:
+            metrics[key] = float(fidelity[key].mean())
+            boot[key] = column(f"fid_{key}") / n
+    if "tokens" in fidelity:
+        # llama.cpp's figures: means over tokens, not over windows of unequal scored length
+        tokens = fidelity["tokens"].sum()
+        metrics["kl"] = float(fidelity["kl_sum"].sum() / tokens)
+        boot["kl"] = column("fid_kl_sum") / column("fid_tokens")
+        metrics["same_top"] = float(fidelity["same_top_sum"].sum() / tokens)
+        boot["same_top"] = column("fid_same_top_sum") / column("fid_tokens")
+    if per_token:
+        metrics["kl_p99"] = _percentile(per_token["token_kl"].to(torch.float64), KL_PERCENTILE)
+        boot["kl_p99"] = torch.cat(extra["kl_p99"])
 
     tail = (1.0 - confidence) / 2.0
-    metrics_ci = {
-        name: (_percentile(values, tail), _percentile(values, 1.0 - tail))
-        for name, values in boot.items()
-    }
+    metrics_ci = {}
+    for name, values in boot.items():
+        values = values[~torch.isnan(values)]  # a resample with constant similarities
+        metrics_ci[name] = (
+            (_percentile(values, tail), _percentile(values, 1.0 - tail))
+            if values.numel()
+            else (math.nan, math.nan)
+        )
     return Evaluation(metrics=metrics, metrics_ci=metrics_ci, n_samples=n)
 
 
-def _bootstrap_sums(matrix: torch.Tensor, n_boot: int, seed: int) -> torch.Tensor:
-    """Column sums of ``matrix`` (n, k) over ``n_boot`` resamples of its rows: (n_boot, k)."""
+def _resampled_spearman(stats: SampleStats, counts: torch.Tensor) -> torch.Tensor:
+    """Spearman's correlation on each resample given by a row of ``counts`` (b, n)."""
+    assert stats.similarity is not None and stats.score is not None
+    samples = torch.arange(stats.n_samples)
+    out = torch.empty(counts.shape[0], dtype=torch.float64)
+    for r, row in enumerate(counts):
+        idx = samples.repeat_interleave(row)
+        out[r] = spearman(stats.similarity[idx], stats.score[idx])
+    return out
+
+
+def _sorted_tokens(per_token: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.argsort(per_token["token_kl"], stable=True)
+    return per_token["token_kl"][order].to(torch.float64), per_token["token_sample"][order]
+
+
+def _weighted_percentile(
+    ordered: torch.Tensor, sample: torch.Tensor, counts: torch.Tensor, q: float
+) -> torch.Tensor:
+    """`_percentile` of the token values of each resample: a token of a sample drawn c times
+    counts c times. ``ordered`` (N,) sorted values, ``sample`` (N,) their samples, ``counts``
+    (b, n) each resample's multiplicities; returns (b,)."""
+    out = torch.empty(counts.shape[0], dtype=torch.float64)
+    rows = max(1, BOOTSTRAP_CHUNK_ELEMENTS // max(1, ordered.numel()))
+    for start in range(0, counts.shape[0], rows):
+        weights = counts[start : start + rows][:, sample]  # (r, N)
+        cum = torch.cumsum(weights, dim=1)  # cum[i] - 1: the last order statistic value i holds
+        total = cum[:, -1]
+        pos = q * (total - 1).to(torch.float64)
+        low = pos.floor()
+        frac = pos - low
+        high = torch.minimum(low + 1, (total - 1).to(torch.float64))
+        a = ordered[torch.searchsorted(cum, low.to(cum.dtype).unsqueeze(1), right=True)[:, 0]]
+        b = ordered[torch.searchsorted(cum, high.to(cum.dtype).unsqueeze(1), right=True)[:, 0]]
+        out[start : start + rows] = a + frac * (b - a)
+    return out
+
+
+def _bootstrap_sums(
+    matrix: torch.Tensor,
+    n_boot: int,
+    seed: int,
+    observers: Sequence[Callable[[torch.Tensor], None]] = (),
+) -> torch.Tensor:
+    """Column sums of ``matrix`` (n, k) over ``n_boot`` resamples of its rows: (n_boot, k).
+    Each observer also sees every chunk's counts (b, n), in resample order."""
     n = matrix.shape[0]
     generator = torch.Generator().manual_seed(seed)
     chunk = max(1, min(n_boot, BOOTSTRAP_CHUNK_ELEMENTS // n))
@@ -371,6 +626,8 @@ def _bootstrap_sums(matrix: torch.Tensor, n_boot: int, seed: int) -> torch.Tenso
         idx += torch.arange(rows).unsqueeze(1) * n
         counts = torch.bincount(idx.view(-1), minlength=rows * n).view(rows, n)
         sums[start : start + rows] = counts.to(torch.float64) @ matrix
+        for observe in observers:
+            observe(counts)
     return sums
 
 

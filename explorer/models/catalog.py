@@ -31,13 +31,16 @@ against digits-cnn's 540)."""
 
 @dataclass(frozen=True)
 class ModelSource:
-    """How to load the model: the command line's ``--model``/``--weights``/``--model-factory``
-    and ``--data``. Plain data (JSON round trip), so another process can load the same model."""
+    """How to load the model: the command line's ``--model``/``--weights``/``--model-factory``,
+    ``--data`` and ``--task``. Plain data (JSON round trip), so another process can load the same
+    model. ``task`` (``lm``, ``embedding``, ``classification``, ``fidelity``) overrides the task
+    recognised from a Hugging Face directory's architecture; None recognises it."""
 
     model: str | None = None
     weights: str | None = None
     factory: str | None = None
     data: str | None = None
+    task: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -10,7 +10,13 @@ folded (per-layer references), the float outputs on the evaluation split (`Float
 the calibration cache (static activation ranges, and the input statistics that GPTQ, AWQ and
 SmoothQuant read: see `explorer.nn.convert`).
 
-Imports: `explorer.models`, `explorer.measure`, `explorer.nn`.
+Every context has a `Task` (`explorer.tasks`): it runs the model on a batch and names the output
+compared, computes the per-sample statistics of the task metric and the fidelity to float, and
+builds the latency workloads of users' Hugging Face models. A Hugging Face directory's task is
+recognised from its architecture (`detect_task`) unless `ModelSource.task` names one. A float
+reference whose outputs are not finite is refused with the layer where they first appear.
+
+Imports: `explorer.models`, `explorer.tasks`, `explorer.measure`, `explorer.nn`.
 """
 
 from __future__ import annotations
@@ -30,21 +36,20 @@ from torch import nn
 
 from explorer.errors import ModelLoadError
 from explorer.measure.evaluation import (
-    FIDELITY_KEYS,
     Evaluation,
+    NonFiniteOutputError,
     SampleStats,
     _concat,
-    classification_stats,
-    fidelity_per_sample,
-    lm_stats,
+    concat_fidelity,
     summarize,
 )
 from explorer.models.catalog import ModelSource
 from explorer.models.registry import Workload
 from explorer.nn.fold import fold_batch_norm
 from explorer.nn.qat import DEFAULT_QAT_BATCH, DEFAULT_QAT_LR
+from explorer.tasks import Task, TaskData, canonical_task, detect_task, legacy_task, read_config
 
-EVAL_BATCH = {"classification": 256, "lm": 16, "fidelity": 16}
+EVAL_BATCH = {"classification": 256, "lm": 16, "fidelity": 16, "embedding": 32}
 USER_CALIBRATION_SAMPLES = 128
 FINGERPRINT_CHARS = 16
 
@@ -93,30 +98,69 @@ class FlatLogits(nn.Module):
         return logits.reshape(-1, logits.shape[-1])
 
 
-def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    return getattr(out, "logits", out)
+def first_nonfinite_layer(model: nn.Module, run: Callable[[], Any]) -> str | None:
+    """The module whose output is the first (in execution order) to hold NaN or infinity during
+    ``run()``, as ``name (Type)``; None if none does. Forward hooks on every module: a child
+    finishes before its parent, so the first hit is the innermost layer that made them."""
+    found: list[str] = []
+
+    def check(name: str, module: nn.Module, out: Any) -> None:
+        if found:
+            return
+        tensors = [out] if isinstance(out, torch.Tensor) else []
+        if isinstance(out, tuple | list):
+            tensors = [t for t in out if isinstance(t, torch.Tensor)]
+        elif hasattr(out, "values") and not isinstance(out, torch.Tensor):
+            tensors = [t for t in out.values() if isinstance(t, torch.Tensor)]
+        if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
+            found.append(f"{name or '(the model itself)'} ({type(module).__name__})")
+
+    hooks = [
+        module.register_forward_hook(lambda m, _a, out, name=name: check(name, m, out))
+        for name, module in model.named_modules()
+    ]
+    try:
+        with torch.inference_mode():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found[0] if found else None
 
 
 @dataclass
 class FloatReference:
-    """The float model's outputs on the evaluation batches, computed once per context."""
+    """The float model's outputs on the evaluation batches, computed once per context: the
+    task's compared output (``logits``: logits or embeddings) and per-sample statistics."""
 
-    task: str  # classification | lm | fidelity
+    task: Task
     batches: list[tuple[torch.Tensor, torch.Tensor | None]]
     logits: list[torch.Tensor]
     stats: SampleStats
 
     @classmethod
     def compute(
-        cls, model: nn.Module, task: str, batches: list[tuple[torch.Tensor, torch.Tensor | None]]
+        cls,
+        model: nn.Module,
+        task: str | Task,
+        batches: list[tuple[torch.Tensor, torch.Tensor | None]],
     ) -> FloatReference:
+        """``task``: a `Task`, or a task name (built-in models' tasks, see `legacy_task`).
+        Raises `NonFiniteOutputError` naming the layer where non-finite values first appear."""
+        task = legacy_task(task) if isinstance(task, str) else task
         logits, stats = [], []
         with torch.inference_mode():
             for x, y in batches:
-                out = _task_logits(model, x, task)
+                out = task.outputs(model, x)
+                if out.is_floating_point() and not torch.isfinite(out).all():
+                    layer = first_nonfinite_layer(model, lambda x=x: task.outputs(model, x))
+                    where = f"first appear in the output of {layer}" if layer else "appear"
+                    raise NonFiniteOutputError(
+                        f"the float model's outputs hold NaN or infinity; non-finite values "
+                        f"{where}: check that layer's weights and inputs"
+                    )
                 logits.append(out)
-                stats.append(_stats(out, y, task))
+                stats.append(task.stats(out, y))
         return cls(task, batches, logits, _concat(stats))
 
     def evaluate(self, qmodel: nn.Module, *, n_boot: int = 1000, seed: int = 0) -> Evaluation:
@@ -124,34 +168,23 @@ class FloatReference:
         q_stats, fid = [], []
         with torch.inference_mode():
             for (x, y), f_out in zip(self.batches, self.logits, strict=True):
-                q_out = _task_logits(qmodel, x, self.task)
-                fid.append(fidelity_per_sample(f_out, q_out))
-                q_stats.append(_stats(q_out, y, self.task))
-        fidelity = {k: torch.cat([part[k] for part in fid]) for k in FIDELITY_KEYS}
+                q_out = self.task.outputs(qmodel, x)
+                fid.append(self.task.fidelity(f_out, q_out, y))
+                q_stats.append(self.task.stats(q_out, y))
+        fidelity = concat_fidelity(fid)
         return summarize(self.stats, _concat(q_stats), fidelity, n_boot=n_boot, seed=seed)
-
-
-def _task_logits(model: nn.Module, x: torch.Tensor, task: str) -> torch.Tensor:
-    out = _logits(model, x)
-    if task == "fidelity" and out.dim() == 3:
-        out = out.reshape(-1, out.shape[-1])
-    return out
-
-
-def _stats(out: torch.Tensor, y: torch.Tensor | None, task: str) -> SampleStats:
-    if task == "lm":
-        assert y is not None
-        return lm_stats(out, y)
-    return classification_stats(out, y if task == "classification" else None)
 
 
 @dataclass
 class ModelContext:
     """A loaded float model with everything a sweep needs to evaluate plans on it.
 
-    ``task``: ``classification`` (accuracy), ``lm`` (perplexity) or ``fidelity`` (no labels:
-    fidelity metrics only). ``train`` is None when the model has no training data (QAT then
-    trains on the calibration split, said on the row)."""
+    ``task``: ``classification`` (accuracy), ``lm`` (perplexity), ``embedding`` (cosine to
+    float; Spearman on scored pairs) or ``fidelity`` (no labels: fidelity metrics only);
+    ``task_spec`` the `Task` that computes it (by default the name's built-in one).
+    ``train`` is None when the model has no training data (QAT then trains on the calibration
+    split, said on the row). ``data`` is the task's description of its data (Hugging Face
+    models: tokenizer, windows, tokens scored), None for built-in models."""
 
     name: str
     source: ModelSource
@@ -165,6 +198,23 @@ class ModelContext:
     act_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     qat_lr: float = DEFAULT_QAT_LR  # the model's QAT defaults, where a sweep names none
     qat_batch: int = DEFAULT_QAT_BATCH
+    task_spec: Task | None = None
+    data: TaskData | None = None
+    warnings: tuple[str, ...] = ()  # from loading (e.g. weights initialised at random)
+
+    def __post_init__(self) -> None:
+        if self.task_spec is None:
+            self.task_spec = legacy_task(self.task)
+
+    @property
+    def tokens_evaluated(self) -> int | None:
+        """Tokens scored on the evaluation split (language models), else None."""
+        if self.data is not None and self.data.tokens_evaluated is not None:
+            return self.data.tokens_evaluated
+        y = self.eval_split[1]
+        if self.task == "lm" and y is not None:
+            return int((y != -100).sum())
+        return None
 
     # --- derived, computed once -------------------------------------------------------------
     @cached_property
@@ -192,11 +242,12 @@ class ModelContext:
 
     @cached_property
     def reference(self) -> FloatReference:
-        return FloatReference.compute(self.model, self.task, self.eval_batches())
+        assert self.task_spec is not None
+        return FloatReference.compute(self.model, self.task_spec, self.eval_batches())
 
     def eval_batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         x, y = self.eval_split
-        b = EVAL_BATCH[self.task]
+        b = EVAL_BATCH.get(self.task, 16)
         return [(x[i : i + b], None if y is None else y[i : i + b]) for i in range(0, len(x), b)]
 
     def calibration_inputs(self, samples: int) -> torch.Tensor:
@@ -241,11 +292,50 @@ def _input_workloads(example: torch.Tensor) -> dict[str, Workload]:
     return {"single": bind(1), f"batch{min(64, len(example))}": bind(64)}
 
 
+def _hf_task_context(loaded: Any, source: ModelSource, model_dir: Path, task: str) -> ModelContext:
+    """A Hugging Face model with a language-model or embedding `Task`: its data read with the
+    directory's tokenizer (or seeded random ids without --data), its workloads."""
+    from explorer.tasks import task_object
+
+    spec = task_object(task)
+    data = spec.load_data(
+        loaded.model, model_dir, None if source.data is None else Path(source.data)
+    )
+    return ModelContext(
+        name=loaded.name,
+        source=source,
+        model=loaded.model,
+        warnings=loaded.warnings,
+        task=spec.name,
+        metric=data.metric,
+        eval_split=data.eval_split,
+        calibration_split=data.calibration_split,
+        train_split=None,
+        workloads=spec.workloads(data),
+        task_spec=spec,
+        data=data,
+    )
+
+
+def resolve_task(source: ModelSource) -> str | None:
+    """The task of a Hugging Face directory: ``source.task`` if named, else recognised from its
+    ``config.json``; None for built-in models and factories."""
+    if source.model is None or not Path(source.model).is_dir():
+        return canonical_task(source.task) if source.task else None
+    if source.task:
+        return canonical_task(source.task)
+    model_dir = Path(source.model)
+    return detect_task(read_config(model_dir), model_dir)
+
+
 def open_context(source: ModelSource) -> ModelContext:
     """Load the model and data of ``source``; built-in models bring their own splits."""
     from explorer.models.source import load_model
 
+    task = resolve_task(source)
     loaded = load_model(source.model, weights=source.weights, factory=source.factory)
+    if task in ("lm", "embedding") and loaded.builtin is None and source.model is not None:
+        return _hf_task_context(loaded, source, Path(source.model), task)
     spec = loaded.builtin
     if spec is not None and source.data is None:
         x_eval, y_eval = spec.load_split("eval")
@@ -253,6 +343,7 @@ def open_context(source: ModelSource) -> ModelContext:
             name=loaded.name,
             source=source,
             model=loaded.model,
+            warnings=loaded.warnings,
             task=spec.task,
             metric=spec.metric,
             eval_split=(x_eval, y_eval),
@@ -278,6 +369,7 @@ def open_context(source: ModelSource) -> ModelContext:
             name=loaded.name,
             source=source,
             model=loaded.model,
+            warnings=loaded.warnings,
             task=task,
             metric={"classification": "accuracy", "lm": "perplexity"}.get(task),
             eval_split=(evaluation.inputs, evaluation.targets),
@@ -298,6 +390,7 @@ def open_context(source: ModelSource) -> ModelContext:
         name=loaded.name,
         source=source,
         model=loaded.model,
+        warnings=loaded.warnings,
         task="fidelity",
         metric=None,
         eval_split=(eval_ids, None),

@@ -3,7 +3,9 @@
 `evaluate_entry` turns one `PlanEntry` into one result row, all from *one* quantized model: it
 quantizes (PTQ) or trains (QAT from the PTQ point), chooses each layer's kernel by timing on the
 model's primary workload, evaluates the task metric and fidelity against the float reference
-outputs (computed once per context) with paired-bootstrap intervals, counts the bytes as stored,
+outputs (computed once per context, by the context's `Task`) with paired-bootstrap intervals
+(language models: ``tokens_evaluated``, the tokens scored; Hugging Face language models add
+``kl_p99`` and ``same_top`` to ``metrics``; see `explorer.tasks`), counts the bytes as stored,
 times every workload (layers without a real kernel run on a timing twin, and the row says
 `simulated`), and records per-layer figures: weight SQNR, output SQNR on a calibration batch,
 kernel, and share of the primary workload's time. A row says which PTQ algorithm produced each
@@ -310,7 +312,9 @@ def evaluate_entry(
     batches = ctx.reference.batches
     t0 = time.perf_counter()
     if quantized:  # real runtimes dispatch by shape: the kernels for the evaluation batches
-        select_kernels(qmodel, example_input=batches[0][0])
+        task, first = ctx.task_spec, batches[0][0]
+        assert task is not None
+        select_kernels(qmodel, run=lambda: task.outputs(qmodel, first))
     seconds["kernel_choice"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -376,6 +380,8 @@ def evaluate_entry(
         "metrics": metrics["metrics"],
         "metrics_ci": metrics["metrics_ci"],
         "n_samples": metrics["n_samples"],
+        "tokens_evaluated": ctx.tokens_evaluated,
+        "evaluation_data": None if ctx.data is None else ctx.data.description,
         "layers": layers,
         "seconds": seconds,
         "env": env,

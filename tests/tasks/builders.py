@@ -1,0 +1,80 @@
+"""Builders of tiny Hugging Face models and real tokenizers (no download): a byte-level BPE
+tokenizer trained with `tokenizers` on generated text, a random-init Llama causal LM and a
+random-init BERT encoder saved with ``save_pretrained``."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = (
+    "the a cat dog bird sat ran flew on under over mat tree house quickly slowly red green "
+    "small big and then it was today yesterday morning night sun moon"
+).split()
+BPE_VOCAB = 384
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    """``n`` seeded sentences of 4 to 12 words from a small vocabulary."""
+    rng = random.Random(seed)
+    return [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "."
+        for _ in range(n)
+    ]
+
+
+def train_tokenizer(path: Path, texts: list[str]) -> transformers.PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of `BPE_VOCAB` tokens trained on ``texts``, saved to ``path``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.save_pretrained(path)
+    return fast
+
+
+def save_llama(path: Path, vocab: int, *, max_positions: int = 256, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+
+
+def save_bert(path: Path, vocab: int, *, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(path)
