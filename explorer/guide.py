@@ -57,8 +57,8 @@ GUIDE: tuple[GuideStep, ...] = (
         title="Layers",
         do="See one configuration layer by layer, and change a single layer with the "
         "what-if editor.",
-        see="Which layers lose the most signal (SQNR) and which take the time; keeping one "
-        "sensitive layer in 8 bits can recover much of the loss.",
+        see="Which layers lose the most signal (SQNR) and which take the time; try keeping the "
+        "most sensitive layer at 8 bits and see how much accuracy that wins back.",
     ),
     GuideStep(
         page="pages/learn.py",
