@@ -770,4 +770,6 @@ def _concat(parts: list[SampleStats]) -> SampleStats:
         correct=cat("correct"),
         nll=cat("nll"),
         tokens=cat("tokens"),
+        similarity=cat("similarity"),
+        score=cat("score"),
     )

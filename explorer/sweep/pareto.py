@@ -33,6 +33,9 @@ METRIC_SENSES: dict[str, Sense] = {
     "sqnr_db": "max",
     "perplexity": "min",
     "kl": "min",
+    "kl_p99": "min",
+    "same_top": "max",
+    "spearman": "max",
 }
 
 _CHUNK = 512  # rows of the pairwise test at a time: bounds memory at _CHUNK * n * k booleans
