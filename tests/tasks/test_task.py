@@ -1,0 +1,103 @@
+"""The task concept: recognised from the architecture (and overridable), outputs taken by name,
+Hugging Face models without data evaluated on their own kind of input, and a float reference
+with non-finite outputs refused naming the layer where they first appear."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from explorer.measure.evaluation import NonFiniteOutputError
+from explorer.models.catalog import ModelSource as CatalogSource
+from explorer.sweep.context import FloatReference, ModelSource, open_context
+from explorer.tasks import TaskError, canonical_task, detect_task, named_output
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize(
+    ("arch", "model_type", "task"),
+    [
+        ("LlamaForCausalLM", "llama", "lm"),
+        ("Qwen2ForCausalLM", "qwen2", "lm"),
+        ("GPT2LMHeadModel", "gpt2", "lm"),
+        ("BertModel", "bert", "embedding"),
+        ("XLMRobertaModel", "xlm-roberta", "embedding"),
+        ("BertForSequenceClassification", "bert", "classification"),
+        ("ViTForImageClassification", "vit", "classification"),
+        ("BertForMaskedLM", "bert", "fidelity"),
+        ("WhisperForConditionalGeneration", "whisper", "fidelity"),
+        ("LlamaModel", "llama", "fidelity"),
+    ],
+)
+def test_detect_task_from_the_architecture(arch: str, model_type: str, task: str) -> None:
+    assert detect_task({"architectures": [arch], "model_type": model_type}) == task
+
+
+def test_task_names_and_the_source_field() -> None:
+    assert canonical_task("causal-lm") == "lm" and canonical_task("Embedding") == "embedding"
+    with pytest.raises(TaskError, match="unknown task 'speech'"):
+        canonical_task("speech")
+    # an old ModelSource JSON (no task) still loads, and None is never written
+    old = {"model": "tiny-lm", "data": "x.txt"}
+    assert CatalogSource.from_dict(old).task is None
+    assert CatalogSource.from_dict(old).to_dict() == old
+    assert CatalogSource(model="d", task="embedding").to_dict() == {
+        "model": "d",
+        "task": "embedding",
+    }
+
+
+def test_named_output_takes_the_tensor_by_name() -> None:
+    out = transformers.modeling_outputs.BaseModelOutput(last_hidden_state=torch.ones(1, 2, 3))
+    assert named_output(out, "last_hidden_state").shape == (1, 2, 3)
+    with pytest.raises(TaskError, match="has no `logits` tensor \\(it has: last_hidden_state\\)"):
+        named_output(out, "logits")
+    plain = torch.zeros(2)
+    assert named_output(plain, "logits") is plain
+
+
+def test_encoder_without_data_is_an_embedding_model(bert_dir: Path) -> None:
+    """A BertModel's output has no logits; it used to crash on `.ndim` (issue 12)."""
+    ctx = open_context(ModelSource(model=str(bert_dir)))
+    assert ctx.task == "embedding" and ctx.metric is None
+    result = ctx.reference.evaluate(ctx.model, n_boot=100)
+    assert result.metrics["cosine"] == pytest.approx(1.0, abs=1e-12)
+    forced = open_context(ModelSource(model=str(bert_dir), task="fidelity"))
+    assert forced.task == "fidelity"
+    assert forced.reference.evaluate(forced.model, n_boot=100).metrics["kl"] == 0.0
+
+
+def test_causal_lm_without_data_gets_fidelity_and_decode(llama_dir: Path) -> None:
+    ctx = open_context(ModelSource(model=str(llama_dir)))
+    assert ctx.task == "lm" and ctx.metric is None and list(ctx.workloads)[0] == "decode"
+    assert ctx.data is not None and "random token ids" in ctx.data.description
+    result = ctx.reference.evaluate(ctx.model, n_boot=100)
+    assert result.metrics["kl_p99"] == 0.0 and "perplexity" not in result.metrics
+
+
+class TwoLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 8)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_non_finite_float_reference_names_the_layer() -> None:
+    model = TwoLayers().eval()
+    with torch.no_grad():
+        model.fc1.weight.fill_(3e38)  # finite, but every dot product overflows float32
+    x = torch.ones(4, 8)
+    with pytest.raises(NonFiniteOutputError, match=r"first appear in the output of fc1 \(Linear\)"):
+        FloatReference.compute(model, "classification", [(x, torch.zeros(4, dtype=torch.long))])
+    with torch.no_grad():
+        model.fc1.weight.fill_(0.1)
+    ref = FloatReference.compute(model, "fidelity", [(x, None)])
+    assert ref.stats.n_samples == 4
