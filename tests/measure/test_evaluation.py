@@ -387,3 +387,91 @@ def test_compare_pair_rejects_unpaired_stats() -> None:
         evaluation.compare_pair(SampleStats(10), SampleStats(10))
     with pytest.raises(EvaluationError, match="n_boot"):
         evaluation.compare_pair(a, a, n_boot=10)
+
+
+# --- per-token fidelity, embeddings and Spearman (explorer.tasks) -----------------------------
+
+
+def test_token_fidelity_matches_float64_over_scored_tokens_only() -> None:
+    """KL per scored token against a float64 loop (rtol 1e-10); unscored positions (-100) change
+    nothing, however different their logits; sums give the token-weighted means."""
+    ref = torch.randn(3, 5, 7, generator=gen(0))
+    q = ref + 0.3 * torch.randn(3, 5, 7, generator=gen(1))
+    targets = torch.zeros(3, 5, dtype=torch.long)
+    targets[1, :2] = -100
+    targets[2, 4] = -100
+    fid = evaluation.token_fidelity(ref, q, targets)
+    noisy = q.clone()
+    noisy[targets == -100] += 100.0  # unscored positions are never read
+    again = evaluation.token_fidelity(ref, noisy, targets)
+    assert all(torch.equal(fid[k], again[k]) for k in fid)
+    kls, tops = [], []
+    for i in range(3):
+        for t in range(5):
+            if targets[i, t] == -100:
+                continue
+            p = F.softmax(ref[i, t].double(), -1)
+            kl = float((p * (p.log() - F.log_softmax(q[i, t].double(), -1))).sum())
+            kls.append(kl)
+            tops.append(float(ref[i, t].argmax() == q[i, t].argmax()))
+    torch.testing.assert_close(
+        fid["token_kl"], torch.tensor(kls, dtype=torch.float64), rtol=1e-10, atol=0
+    )
+    assert fid["tokens"].tolist() == [5.0, 3.0, 4.0]
+    assert fid["token_sample"].tolist() == [0] * 5 + [1] * 3 + [2] * 4
+    assert float(fid["kl_sum"].sum() / fid["tokens"].sum()) == pytest.approx(sum(kls) / len(kls))
+    assert float(fid["same_top_sum"].sum()) == sum(tops)
+    result = summarize(SampleStats(3), SampleStats(3), fid, n_boot=200)
+    assert result.metrics["kl"] == pytest.approx(sum(kls) / len(kls))
+    assert result.metrics["same_top"] == pytest.approx(sum(tops) / len(tops))
+    assert result.metrics["kl_p99"] == pytest.approx(
+        evaluation._percentile(torch.tensor(kls), 0.99)
+    )
+
+
+def test_kl_p99_interval_is_the_percentile_of_each_resample() -> None:
+    """The weighted percentile over a resample's counts equals `_percentile` of that resample's
+    tokens written out (a sample drawn c times contributes its tokens c times)."""
+    values = torch.rand(40, generator=gen(2), dtype=torch.float64)
+    sample = torch.arange(8).repeat_interleave(5)  # 8 samples of 5 tokens
+    order = torch.argsort(values)
+    counts = torch.stack(
+        [torch.bincount(torch.randint(8, (8,), generator=gen(s)), minlength=8) for s in range(20)]
+    )
+    got = evaluation._weighted_percentile(values[order], sample[order], counts, 0.99)
+    for r, row in enumerate(counts):
+        written = torch.cat([values[sample == i].repeat(int(c)) for i, c in enumerate(row)])
+        assert float(got[r]) == pytest.approx(evaluation._percentile(written, 0.99), abs=1e-12)
+
+
+def test_embedding_fidelity_is_the_mean_cosine_of_each_embedding() -> None:
+    ref = torch.randn(4, 2, 6, generator=gen(3))
+    q = ref + 0.1 * torch.randn(4, 2, 6, generator=gen(4))
+    fid = evaluation.embedding_fidelity(ref, q)
+    cos = F.cosine_similarity(ref.double(), q.double(), dim=-1).mean(dim=1)  # (4,)
+    torch.testing.assert_close(fid["cosine"], cos, rtol=1e-12, atol=0)
+    assert float(fid["signal"].sum()) == pytest.approx(float(ref.double().square().sum()))
+    result = summarize(SampleStats(4), SampleStats(4), fid, n_boot=100)
+    assert set(result.metrics) == {"sqnr_db", "cosine"}
+    assert result.metrics["sqnr_db"] == pytest.approx(sqnr_db(ref, q), rel=1e-5)
+
+
+def test_spearman_delta_interval_of_identical_models_is_zero_and_brackets_a_change() -> None:
+    n = 200
+    score = torch.randint(0, 6, (n,), generator=gen(5)).double()  # ties on purpose
+    f_sim = score + torch.randn(n, generator=gen(6), dtype=torch.float64)
+    f = SampleStats(n, similarity=f_sim, score=score)
+    fid = flat_fidelity(n)
+    same = summarize(f, f, fid, n_boot=200)
+    assert same.metrics_ci["spearman"] == (0.0, 0.0)
+    worse = SampleStats(
+        n,
+        similarity=f_sim + 2.0 * torch.randn(n, generator=gen(7), dtype=torch.float64),
+        score=score,
+    )
+    result = summarize(f, worse, fid, n_boot=400)
+    lo, hi = result.metrics_ci["spearman"]
+    delta = worse.spearman() - f.spearman()
+    assert delta < 0 and lo <= delta <= hi and hi < 0
+    with pytest.raises(EvaluationError, match="`similarity` and `score` must be given together"):
+        SampleStats(n, similarity=f_sim)
