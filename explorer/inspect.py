@@ -85,6 +85,8 @@ def float_metric(ctx: ModelContext) -> tuple[str, float] | None:
     stats = ctx.reference.stats
     if ctx.metric == "perplexity":
         return "perplexity", stats.perplexity()
+    if ctx.metric == "spearman":
+        return "spearman", stats.spearman()
     return ctx.metric, stats.accuracy()
 
 

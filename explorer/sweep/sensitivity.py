@@ -235,7 +235,7 @@ def measure_sensitivity(
         names = list(layers)
     else:
         names = list(all_layers)
-    n_eval = samples or CALIBRATION_EVAL_SAMPLES[ctx.task]
+    n_eval = samples or CALIBRATION_EVAL_SAMPLES.get(ctx.task, 32)
     x_cal, y_cal = ctx.calibration_split
     x_eval = x_cal[:n_eval]
     y_eval = None if y_cal is None else y_cal[:n_eval]
@@ -244,9 +244,12 @@ def measure_sensitivity(
         (x_eval[i : i + b], None if y_eval is None else y_eval[i : i + b])
         for i in range(0, len(x_eval), b)
     ]
-    reference = FloatReference.compute(ctx.model, ctx.task, batches) if full_metric else None
+    task = ctx.task_spec or ctx.task
+    reference = FloatReference.compute(ctx.model, task, batches) if full_metric else None
     float_metric = None
     metric_key = ctx.metric
+    if reference is not None and reference.stats.task not in ("classification", "lm"):
+        metric_key = None  # e.g. embeddings: calibration sentences carry no pair scores
     if reference is not None and metric_key is not None:
         float_metric = (
             reference.stats.accuracy() if metric_key == "accuracy" else reference.stats.perplexity()
@@ -400,7 +403,7 @@ def _full_metric(
         cell,
         metric=metric,
         metric_drop=drop,
-        kl=evaluation.metrics["kl"],
+        kl=evaluation.metrics.get("kl"),
         output_sqnr_db=output_sqnr,
     )
 

@@ -101,3 +101,18 @@ def test_non_finite_float_reference_names_the_layer() -> None:
         model.fc1.weight.fill_(0.1)
     ref = FloatReference.compute(model, "fidelity", [(x, None)])
     assert ref.stats.n_samples == 4
+
+
+def test_per_layer_sensitivity_runs_on_both_tasks(llama_dir: Path, bert_dir: Path) -> None:
+    from explorer.sweep.sensitivity import measure_sensitivity
+
+    lm = open_context(ModelSource(model=str(llama_dir), data=str(llama_dir.parent / "text.txt")))
+    result = measure_sensitivity(
+        lm, ["W4 g32"], layers=["model.layers.0.mlp.down_proj"], latency=False, samples=4
+    )
+    assert result.metric == "perplexity" and result.float_metric is not None
+    encoder = open_context(ModelSource(model=str(bert_dir)))
+    result = measure_sensitivity(
+        encoder, ["W4 g32"], layers=["encoder.layer.0.output.dense"], latency=False, samples=8
+    )
+    assert result.metric is None  # calibration sentences carry no scores: fidelity only
