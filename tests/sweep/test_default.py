@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from explorer import cli
 from explorer.models.catalog import DEFAULT_MODEL
+from explorer.sweep import runner
 from explorer.sweep.context import ModelSource, open_context
 from explorer.sweep.default import (
     DEFAULT_QAT,
@@ -52,6 +54,27 @@ def test_entries_are_the_grid_plus_one_qat_row() -> None:
     assert qat is entries[-1] and qat.qat_steps == DEFAULT_QAT_STEPS == DEFAULT_QAT.qat_steps
     parent = qat.ptq_parent()
     assert parent is not None and parent.label in labels  # the arrow has its PTQ end
+
+
+def test_command_line_without_options_runs_the_same_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``explorer sweep`` alone (or ``--default``) runs `default_entries`, the QAT row included;
+    a config option gives the plain cross product. Rows are not evaluated here."""
+    seen: list[list[str]] = []
+
+    def entries_only(ctx: Any, entries: list[Any], store: Any, **_: Any) -> Any:
+        seen.append([e.label for e in entries])
+        return iter(())
+
+    monkeypatch.setattr(runner, "run_sweep", entries_only)
+    store = ["--store", str(tmp_path / "r.sqlite"), "--json"]
+    for args in ([], ["--default"], ["--bits", "8"]):
+        assert cli.main(["sweep", *args, *store]) == 0
+    capsys.readouterr()
+    expected, _ = default_entries(open_context(ModelSource(model=DEFAULT_MODEL)).model)
+    assert seen[0] == seen[1] == [e.label for e in expected]
+    assert seen[2] == ["fp32", "bf16", "W8 channel sym ptq"]
 
 
 @pytest.fixture(scope="module")
