@@ -53,6 +53,13 @@ def test_pareto_page_draws_every_row(swept: dict[str, Any]) -> None:
     assert _points(charts["pareto.formats"]) == uniform
     size = charts["pareto.size"]
     assert "accuracy" in size["layout"]["yaxis"]["title"]["text"]
+    # the page opens on the explained view: the float line in words, points off the front faint
+    texts = [a.get("text", "") for a in size["layout"]["annotations"]]
+    assert any(t.startswith("float model (fp32): ") for t in texts)
+    front = _points(size, "front")
+    for trace in (t for t in size["data"] if t.get("meta") == "series"):
+        for key, opacity in zip(trace["customdata"], trace["marker"]["opacity"], strict=True):
+            assert (opacity == 1) == (key in front)
     latency = charts["pareto.latency"]
     simulated = {row["key"] for row in stored if row["latency_kind"] == "simulated"}
     open_points = {
