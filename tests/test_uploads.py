@@ -152,7 +152,8 @@ def test_zipped_hugging_face_folder_works(tmp_path: Path) -> None:
     assert root.is_dir() and (root / "config.json").is_file()
     assert run / UPLOADS in root.parents
     assert not list((run / UPLOADS).glob("*.zip"))  # only the extracted folder is kept
-    assert ctx.task == "fidelity" and float_metric(ctx) is None
+    # a causal LM without data: recognised as one (decode workload), fidelity only
+    assert ctx.task == "lm" and float_metric(ctx) is None and "decode" in ctx.workloads
     table = {r["name"]: r for r in layer_table(ctx.model)}
     assert table["transformer.h.0.attn.c_attn"]["quantizable"]
     assert table["lm_head"]["tied_to"] == "transformer.wte"

@@ -63,7 +63,9 @@ class NonFiniteOutputError(EvaluationError):
 class SampleStats:
     """Per-sample statistics of one model on n samples; float64 tensors of shape (n,).
 
-    ``correct``: 1.0 where a classifier's top-1 prediction equals the label (None if unlabelled).
+    ``correct``: 1.0 where a classifier's top-1 prediction equals the label (None if unlabelled);
+    with it, optionally, ``predicted`` and ``label``: the class indices (as float64), for the
+    macro-averaged F1 (sequence classifiers).
     ``nll``: a sequence's negative log-likelihood summed over its scored tokens, and ``tokens``:
     how many tokens were scored (language models; both or neither). ``similarity``: the cosine
     similarity of a sentence pair's embeddings, and ``score``: the pair's gold similarity score
@@ -77,6 +79,8 @@ class SampleStats:
     tokens: torch.Tensor | None = None
     similarity: torch.Tensor | None = None
     score: torch.Tensor | None = None
+    predicted: torch.Tensor | None = None
+    label: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -85,13 +89,17 @@ class SampleStats:
             raise EvaluationError("`nll` and `tokens` must be given together")
         if (self.similarity is None) != (self.score is None):
             raise EvaluationError("`similarity` and `score` must be given together")
+        if (self.predicted is None) != (self.label is None) or (
+            self.predicted is not None and self.correct is None
+        ):
+            raise EvaluationError("`predicted` and `label` come together, with `correct`")
         kinds = [x is not None for x in (self.correct, self.nll, self.similarity)]
         if sum(kinds) > 1:
             raise EvaluationError(
                 "stats are either a classifier's (`correct`), an LM's (`nll`) or an embedding "
                 "model's (`similarity`)"
             )
-        for name in ("correct", "nll", "tokens", "similarity", "score"):
+        for name in ("correct", "nll", "tokens", "similarity", "score", "predicted", "label"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -123,6 +131,12 @@ class SampleStats:
         if self.nll is None or self.tokens is None:
             raise EvaluationError("not language-model stats, so no perplexity")
         return math.exp(float(self.nll.sum() / self.tokens.sum()))
+
+    def macro_f1(self) -> float:
+        """F1 of each class (present among labels or predictions), averaged with equal weight."""
+        if self.predicted is None or self.label is None:
+            raise EvaluationError("no class predictions kept, so no macro-F1")
+        return float(_macro_f1(self, torch.ones(1, self.n_samples, dtype=torch.int64))[0])
 
     def spearman(self) -> float:
         """Spearman's rank correlation of the pairs' cosine similarities with their scores."""
@@ -506,6 +520,13 @@ def summarize(
             extra["q_lm"].append(counts.to(torch.float64) @ q_lm)
 
         observers.append(lm_sums)
+    if task == "classification" and quant_stats.predicted is not None:
+        extra["macro_f1"] = []
+        observers.append(
+            lambda counts: extra["macro_f1"].append(
+                _macro_f1(quant_stats, counts) - _macro_f1(float_stats, counts)
+            )
+        )
     if task == "similarity":
         extra["spearman"] = []
         observers.append(
@@ -531,6 +552,9 @@ def summarize(
     if task == "classification":
         metrics["accuracy"] = quant_stats.accuracy()
         boot["accuracy"] = column("d_correct") / n
+        if "macro_f1" in extra:
+            metrics["macro_f1"] = quant_stats.macro_f1()
+            boot["macro_f1"] = torch.cat(extra["macro_f1"])
     elif task == "lm":
         metrics["perplexity"] = quant_stats.perplexity()
         f_sums, q_sums = torch.cat(extra["f_lm"]), torch.cat(extra["q_lm"])  # (B, 2)
@@ -568,6 +592,21 @@ def summarize(
             else (math.nan, math.nan)
         )
     return Evaluation(metrics=metrics, metrics_ci=metrics_ci, n_samples=n)
+
+
+def _macro_f1(stats: SampleStats, counts: torch.Tensor) -> torch.Tensor:
+    """Macro-F1 on each resample given by a row of ``counts`` (b, n): 2·TP / (predicted + true)
+    per class from count-weighted one-hot sums, averaged over the classes that occur."""
+    assert stats.predicted is not None and stats.label is not None
+    pred, label = stats.predicted.long(), stats.label.long()
+    classes = int(max(pred.max(), label.max())) + 1
+    p = F.one_hot(pred, classes).to(torch.float64)  # (n, C)
+    y = F.one_hot(label, classes).to(torch.float64)
+    c = counts.to(torch.float64)
+    tp, predicted, true = c @ (p * y), c @ p, c @ y  # (b, C)
+    seen = (predicted + true) > 0
+    f1 = torch.where(seen, 2 * tp / torch.where(seen, predicted + true, 1.0), 0.0)
+    return f1.sum(dim=1) / seen.sum(dim=1)
 
 
 def _resampled_spearman(stats: SampleStats, counts: torch.Tensor) -> torch.Tensor:
@@ -772,4 +811,6 @@ def _concat(parts: list[SampleStats]) -> SampleStats:
         tokens=cat("tokens"),
         similarity=cat("similarity"),
         score=cat("score"),
+        predicted=cat("predicted"),
+        label=cat("label"),
     )

@@ -292,12 +292,10 @@ def _input_workloads(example: torch.Tensor) -> dict[str, Workload]:
     return {"single": bind(1), f"batch{min(64, len(example))}": bind(64)}
 
 
-def _hf_task_context(loaded: Any, source: ModelSource, model_dir: Path, task: str) -> ModelContext:
-    """A Hugging Face model with a language-model or embedding `Task`: its data read with the
-    directory's tokenizer (or seeded random ids without --data), its workloads."""
-    from explorer.tasks import task_object
-
-    spec = task_object(task)
+def _hf_task_context(loaded: Any, source: ModelSource, model_dir: Path, spec: Task) -> ModelContext:
+    """A Hugging Face model with a language-model, embedding or sequence-classification `Task`:
+    its data read with the directory's tokenizer (or seeded random ids without --data), its
+    workloads."""
     data = spec.load_data(
         loaded.model, model_dir, None if source.data is None else Path(source.data)
     )
@@ -334,8 +332,16 @@ def open_context(source: ModelSource) -> ModelContext:
 
     task = resolve_task(source)
     loaded = load_model(source.model, weights=source.weights, factory=source.factory)
-    if task in ("lm", "embedding") and loaded.builtin is None and source.model is not None:
-        return _hf_task_context(loaded, source, Path(source.model), task)
+    if loaded.builtin is None and source.model is not None and Path(source.model).is_dir():
+        from explorer.tasks import task_object
+        from explorer.tasks.classification import SequenceClassificationTask
+
+        text = source.data is not None and Path(source.data).suffix.lower() in (".csv", ".jsonl")
+        if task in ("lm", "embedding"):
+            return _hf_task_context(loaded, source, Path(source.model), task_object(task))
+        if task == "classification" and text:  # labelled text for a sequence classifier
+            sequences = SequenceClassificationTask()
+            return _hf_task_context(loaded, source, Path(source.model), sequences)
     spec = loaded.builtin
     if spec is not None and source.data is None:
         x_eval, y_eval = spec.load_split("eval")

@@ -36,6 +36,7 @@ METRIC_SENSES: dict[str, Sense] = {
     "kl_p99": "min",
     "same_top": "max",
     "spearman": "max",
+    "macro_f1": "max",
 }
 
 _CHUNK = 512  # rows of the pairwise test at a time: bounds memory at _CHUNK * n * k booleans

@@ -475,3 +475,16 @@ def test_spearman_delta_interval_of_identical_models_is_zero_and_brackets_a_chan
     assert delta < 0 and lo <= delta <= hi and hi < 0
     with pytest.raises(EvaluationError, match="`similarity` and `score` must be given together"):
         SampleStats(n, similarity=f_sim)
+
+
+def test_macro_f1_against_a_hand_computation_and_its_paired_interval() -> None:
+    label = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0], dtype=torch.float64)
+    pred = torch.tensor([0, 1, 1, 1, 2, 0, 2, 0], dtype=torch.float64)
+    stats = SampleStats(8, correct=(pred == label).double(), predicted=pred, label=label)
+    # per class F1 = 2 TP / (predicted + true): 0 -> 4/6, 1 -> 4/5, 2 -> 4/5
+    assert stats.macro_f1() == pytest.approx((4 / 6 + 4 / 5 + 4 / 5) / 3)
+    result = summarize(stats, stats, flat_fidelity(8), n_boot=200)
+    assert result.metrics["macro_f1"] == stats.macro_f1()
+    assert result.metrics_ci["macro_f1"] == (0.0, 0.0)
+    with pytest.raises(EvaluationError, match="come together, with `correct`"):
+        SampleStats(8, predicted=pred, label=label)
