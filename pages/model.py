@@ -221,6 +221,16 @@ else:
 b.metric("Parameters", f"{total_params:,}")
 c.metric("Float size", f"{total_bytes / 1024:,.1f} KiB")
 
+task = ctx.task_summary()
+st.markdown(
+    f"**Task:** {task['task']} ({task['how']}) · **Metric:** {task['metric'] or 'fidelity only'}"
+)
+st.caption(f"Measured: {task['measures']}.")
+if task["tokenizer"]:
+    st.caption(f"Tokenizer: {task['tokenizer']} (the model directory's own).")
+if task["data"]:
+    st.caption(f"Evaluation data: {task['data']}.")
+
 frame = pd.DataFrame(
     {
         "layer": [r["name"] for r in table],

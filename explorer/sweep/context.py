@@ -206,6 +206,30 @@ class ModelContext:
         if self.task_spec is None:
             self.task_spec = legacy_task(self.task)
 
+    def task_summary(self) -> dict[str, Any]:
+        """What the task is and how it is judged, for the Model page and reports: ``task``,
+        ``how`` (recognised from the architecture, named by the user, or the built-in model's),
+        ``metric``, ``measures`` (one sentence), ``tokenizer``, ``data`` (what is evaluated) and
+        ``tokens_evaluated``."""
+        assert self.task_spec is not None
+        model_dir = Path(self.source.model) if self.source.model else None
+        if self.source.task:
+            how = "named with --task"
+        elif model_dir is not None and model_dir.is_dir():
+            architectures = read_config(model_dir).get("architectures") or ["?"]
+            how = f"recognised from its architecture {architectures[0]}"
+        else:
+            how = "the built-in model's" if self.source.data is None else "from its data"
+        return {
+            "task": self.task,
+            "how": how,
+            "metric": self.metric,
+            "measures": self.task_spec.describe(),
+            "tokenizer": None if self.data is None else self.data.tokenizer,
+            "data": None if self.data is None else self.data.description,
+            "tokens_evaluated": self.tokens_evaluated,
+        }
+
     @property
     def tokens_evaluated(self) -> int | None:
         """Tokens scored on the evaluation split (language models), else None."""

@@ -122,6 +122,11 @@ class CausalLMTask(Task):
         self.stride = stride
 
     def describe(self) -> str:
+        if not self.per_token:
+            return (
+                "perplexity of the next token, and fidelity of the logits to float (SQNR, "
+                "cosine, top-1 agreement, KL) at every position"
+            )
         return (
             "perplexity of the next token over held-out text windows, and per token the KL "
             "divergence of the quantized model's next-token distribution to the float model's "
