@@ -294,3 +294,17 @@ def test_bad_source_is_reported_by_the_worker(tmp_path: Path) -> None:
     ).start()
     events = sweep.wait(timeout=60)
     assert events[-1].kind == "error" and "no-such-model" in events[-1].reason
+
+
+def test_built_in_rows_keep_their_metrics_and_report_tokens(digits: ModelContext) -> None:
+    """Tasks (explorer.tasks) leave the built-ins' rows as they were; a language model's
+    context counts the tokens it scores (every next-byte target of tiny-lm's eval split)."""
+    entry = entry_for_plan(Plan.uniform(QuantConfig(weight_bits=8, granularity="channel")))
+    row = evaluate_entry(digits, entry, FAST)
+    assert set(row["metrics"]) == {"accuracy", "sqnr_db", "cosine", "agreement", "kl"}
+    assert row["task"] == "classification" and row["tokens_evaluated"] is None
+    assert row["evaluation_data"] is None
+    tiny = open_context(ModelSource(model="tiny-lm"))
+    x, y = tiny.eval_split
+    assert tiny.task == "lm" and tiny.tokens_evaluated == y.numel() == x.numel()
+    assert tiny.task_summary()["how"] == "the built-in model's"
