@@ -162,13 +162,15 @@ class CausalLMTask(Task):
         calibration, held_out = self._split(ids, data)
         x, y = strided_windows(held_out, window, stride, pad_id)
         scored = int((y != IGNORE).sum())
+        left = len(ids) - calibration[0].numel() - len(calibration[0]) - len(held_out)
+        budget = f" (the budget of {EVAL_TOKENS:,}; {left:,} more tokens unread)" if left else ""
         return TaskData(
             eval_split=(x, y),
             calibration_split=calibration,
             metric="perplexity",
             description=(
-                f"{scored:,} tokens of {data.name} scored in {len(x)} windows of up to "
-                f"{window} tokens (stride {stride}), held out from "
+                f"{scored:,} tokens of {data.name} scored{budget} in {len(x)} windows of up "
+                f"to {window} tokens (stride {stride}), held out from "
                 f"{len(calibration[0])} calibration sequences of {calibration[0].shape[1]}"
             ),
             tokens_evaluated=scored,

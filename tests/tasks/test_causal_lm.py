@@ -189,3 +189,14 @@ def test_sweep_row_of_a_causal_lm_through_the_cli(llama_dir: Path, tmp_path: Pat
     assert baseline["metrics"]["kl"] == 0.0 and baseline["metrics"]["same_top"] == 1.0
     baseline = baseline["metrics"]["perplexity"]
     assert row["metrics"]["perplexity"] == pytest.approx(baseline, rel=0.01)
+
+
+def test_evaluation_budget_caps_the_scored_tokens(
+    llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from explorer.tasks import causal_lm
+
+    monkeypatch.setattr(causal_lm, "EVAL_TOKENS", 1000)
+    ctx = open_context(ModelSource(model=str(llama_dir), data=str(llama_dir.parent / "text.txt")))
+    assert ctx.tokens_evaluated == 1000
+    assert ctx.data is not None and "(the budget of 1,000;" in ctx.data.description
