@@ -51,6 +51,8 @@ from explorer.tasks import Task, TaskData, canonical_task, detect_task, legacy_t
 
 EVAL_BATCH = {"classification": 256, "lm": 16, "fidelity": 16, "embedding": 32}
 USER_CALIBRATION_SAMPLES = 128
+REFERENCE_BYTES = 1 << 30
+"""Most bytes of float outputs a `FloatReference` keeps; beyond it they are recomputed."""
 FINGERPRINT_CHARS = 16
 
 
@@ -131,12 +133,18 @@ def first_nonfinite_layer(model: nn.Module, run: Callable[[], Any]) -> str | Non
 @dataclass
 class FloatReference:
     """The float model's outputs on the evaluation batches, computed once per context: the
-    task's compared output (``logits``: logits or embeddings) and per-sample statistics."""
+    task's compared output (``logits``: logits or embeddings) and per-sample statistics.
+
+    Outputs larger than `REFERENCE_BYTES` in all are not kept (a language model's logits are
+    tokens x vocabulary: 16k tokens of a 150k vocabulary would take 10 GB): ``logits`` is then
+    empty and `evaluate` runs the float ``model`` again batch by batch, beside the quantized
+    one, trading a second forward pass for memory."""
 
     task: Task
     batches: list[tuple[torch.Tensor, torch.Tensor | None]]
     logits: list[torch.Tensor]
     stats: SampleStats
+    model: nn.Module | None = None  # kept only when the logits are not
 
     @classmethod
     def compute(
@@ -149,6 +157,7 @@ class FloatReference:
         Raises `NonFiniteOutputError` naming the layer where non-finite values first appear."""
         task = legacy_task(task) if isinstance(task, str) else task
         logits, stats = [], []
+        keep: bool | None = None
         with torch.inference_mode():
             for x, y in batches:
                 out = task.outputs(model, x)
@@ -159,15 +168,25 @@ class FloatReference:
                         f"the float model's outputs hold NaN or infinity; non-finite values "
                         f"{where}: check that layer's weights and inputs"
                     )
-                logits.append(out)
+                if keep is None:  # estimated from the first batch (batches are equal)
+                    keep = out.numel() * out.element_size() * len(batches) <= REFERENCE_BYTES
+                if keep:
+                    logits.append(out)
                 stats.append(task.stats(out, y))
+        if not keep:
+            return cls(task, batches, [], _concat(stats), model=model)
         return cls(task, batches, logits, _concat(stats))
 
     def evaluate(self, qmodel: nn.Module, *, n_boot: int = 1000, seed: int = 0) -> Evaluation:
         """`summarize` the quantized model against the stored float outputs."""
         q_stats, fid = [], []
         with torch.inference_mode():
-            for (x, y), f_out in zip(self.batches, self.logits, strict=True):
+            for i, (x, y) in enumerate(self.batches):
+                if self.logits:
+                    f_out = self.logits[i]
+                else:
+                    assert self.model is not None
+                    f_out = self.task.outputs(self.model, x)
                 q_out = self.task.outputs(qmodel, x)
                 fid.append(self.task.fidelity(f_out, q_out, y))
                 q_stats.append(self.task.stats(q_out, y))

@@ -116,3 +116,23 @@ def test_per_layer_sensitivity_runs_on_both_tasks(llama_dir: Path, bert_dir: Pat
         encoder, ["W4 g32"], layers=["encoder.layer.0.output.dense"], latency=False, samples=8
     )
     assert result.metric is None  # calibration sentences carry no scores: fidelity only
+
+
+def test_float_outputs_over_the_budget_are_recomputed_with_equal_results(
+    llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from explorer.nn import quantize_model
+    from explorer.quant.config import Plan, QuantConfig
+    from explorer.sweep import context
+
+    ctx = open_context(ModelSource(model=str(llama_dir), data=str(llama_dir.parent / "text.txt")))
+    qmodel = quantize_model(
+        ctx.model, Plan.uniform(QuantConfig(weight_bits=4, granularity="channel"))
+    )
+    kept = ctx.reference
+    assert kept.logits and kept.model is None
+    monkeypatch.setattr(context, "REFERENCE_BYTES", 1024)
+    recomputed = FloatReference.compute(ctx.model, ctx.task_spec, ctx.eval_batches())
+    assert not recomputed.logits and recomputed.model is ctx.model
+    a, b = kept.evaluate(qmodel, n_boot=200), recomputed.evaluate(qmodel, n_boot=200)
+    assert a.metrics == b.metrics and a.metrics_ci == b.metrics_ci
