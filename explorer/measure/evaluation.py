@@ -279,30 +279,44 @@ def token_fidelity(
         )
     _check_logits(ref_logits, 3, "float")
     _check_logits(q_logits, 3, "quantized")
-    n, steps, _vocab = ref_logits.shape
+    n, steps, vocab = ref_logits.shape
     _check_targets(targets, (n, steps))
     scored = targets != ignore_index  # (n, T)
     if not scored.any(dim=1).all():
         raise EvaluationError("every sample needs at least one scored token")
     out = {key: torch.empty(n, dtype=torch.float64) for key in (*FIDELITY_KEYS, *TOKEN_KEYS)}
     token_kl, token_sample = [], []
-    for i in range(n):  # one window at a time: float64 copies of (T, V), never (n, T, V)
-        mask = scored[i]
-        ref = ref_logits[i][mask].detach().to(torch.float64)  # (t, V)
-        q = q_logits[i][mask].detach().to(torch.float64)
-        out["signal"][i] = ref.square().sum()
-        out["noise"][i] = (ref - q).square().sum()
-        denom = float(torch.linalg.vector_norm(ref) * torch.linalg.vector_norm(q))
-        out["cosine"][i] = 1.0 if denom == 0 else float((ref * q).sum()) / denom
-        same = (ref.argmax(-1) == q.argmax(-1)).to(torch.float64)  # (t,)
-        log_p, log_q = F.log_softmax(ref, dim=-1), F.log_softmax(q, dim=-1)
-        p = log_p.exp()
-        kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(dim=-1).clamp_min(0.0)  # (t,)
-        out["agreement"][i] = same.mean()
+    for i in range(n):
+        positions = scored[i].nonzero().squeeze(1)  # (t,)
+        sums = torch.zeros(5, dtype=torch.float64)  # signal, noise, dot, |ref|², |q|²
+        kls, same = [], []
+        # float64 copies of at most ROW_CHUNK_ELEMENTS logits at once (a 150k vocabulary)
+        for chunk in positions.split(_row_chunk(len(positions), vocab)):
+            ref = ref_logits[i, chunk].detach().to(torch.float64)  # (c, V)
+            q = q_logits[i, chunk].detach().to(torch.float64)
+            sums += torch.stack(
+                [
+                    ref.square().sum(),
+                    (ref - q).square().sum(),
+                    (ref * q).sum(),
+                    ref.square().sum(),
+                    q.square().sum(),
+                ]
+            )
+            same.append((ref.argmax(-1) == q.argmax(-1)).to(torch.float64))  # (c,)
+            log_p, log_q = F.log_softmax(ref, dim=-1), F.log_softmax(q, dim=-1)
+            p = log_p.exp()
+            kls.append(torch.where(p > 0, p * (log_p - log_q), 0.0).sum(dim=-1).clamp_min(0.0))
+        kl, top = torch.cat(kls), torch.cat(same)  # (t,)
+        signal, noise, dot, ref_sq, q_sq = sums.tolist()
+        denom = math.sqrt(ref_sq) * math.sqrt(q_sq)
+        out["signal"][i], out["noise"][i] = signal, noise
+        out["cosine"][i] = 1.0 if denom == 0 else dot / denom
+        out["agreement"][i] = top.mean()
         out["kl"][i] = kl.mean()
-        out["tokens"][i] = float(mask.sum())
+        out["tokens"][i] = float(len(positions))
         out["kl_sum"][i] = kl.sum()
-        out["same_top_sum"][i] = same.sum()
+        out["same_top_sum"][i] = top.sum()
         token_kl.append(kl)
         token_sample.append(torch.full((kl.numel(),), i, dtype=torch.int64))
     out["token_kl"] = torch.cat(token_kl)

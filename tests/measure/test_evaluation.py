@@ -488,3 +488,15 @@ def test_macro_f1_against_a_hand_computation_and_its_paired_interval() -> None:
     assert result.metrics_ci["macro_f1"] == (0.0, 0.0)
     with pytest.raises(EvaluationError, match="come together, with `correct`"):
         SampleStats(8, predicted=pred, label=label)
+
+
+def test_token_fidelity_chunked_equals_unchunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = torch.randn(3, 9, 50, generator=gen(8))
+    q = ref + 0.2 * torch.randn(3, 9, 50, generator=gen(9))
+    targets = torch.zeros(3, 9, dtype=torch.long)
+    targets[1, :4] = -100
+    whole = evaluation.token_fidelity(ref, q, targets)
+    monkeypatch.setattr(evaluation, "ROW_CHUNK_ELEMENTS", 100)  # two positions at a time
+    chunked = evaluation.token_fidelity(ref, q, targets)
+    for key, value in whole.items():
+        torch.testing.assert_close(chunked[key], value, rtol=1e-12, atol=1e-15)
