@@ -358,6 +358,41 @@ def _hf_task_context(loaded: Any, source: ModelSource, model_dir: Path, spec: Ta
     )
 
 
+def _text_fidelity_context(loaded: Any, source: ModelSource, model_dir: Path) -> ModelContext:
+    """Any other Hugging Face model given text: the text tokenized with its tokenizer (as for a
+    causal LM, never as bytes unless the vocabulary is bytes) and its outputs on those token
+    windows compared with float's."""
+    from dataclasses import replace
+
+    from explorer.tasks import task_object
+
+    assert source.data is not None
+    lm_data = task_object("lm").load_data(loaded.model, model_dir, Path(source.data))
+    x, x_cal = lm_data.eval_split[0], lm_data.calibration_split[0]
+    data = replace(
+        lm_data,
+        eval_split=(x, None),
+        calibration_split=(x_cal, None),
+        metric=None,
+        tokens_evaluated=None,
+        description=f"fidelity only, on {len(x)} token windows of {Path(source.data).name}",
+    )
+    return ModelContext(
+        name=loaded.name,
+        source=source,
+        model=loaded.model,
+        warnings=loaded.warnings,
+        task="fidelity",
+        metric=None,
+        eval_split=data.eval_split,
+        calibration_split=data.calibration_split,
+        train_split=None,
+        workloads=_input_workloads(x),
+        task_spec=task_object("fidelity"),
+        data=data,
+    )
+
+
 def resolve_task(source: ModelSource) -> str | None:
     """The task of a Hugging Face directory: ``source.task`` if named, else recognised from its
     ``config.json``; None for built-in models and factories."""
@@ -385,6 +420,16 @@ def open_context(source: ModelSource) -> ModelContext:
         if task == "classification" and text:  # labelled text for a sequence classifier
             sequences = SequenceClassificationTask()
             return _hf_task_context(loaded, source, Path(source.model), sequences)
+        if (
+            task == "fidelity"
+            and source.data is not None
+            and Path(source.data).suffix
+            in (
+                ".txt",
+                ".jsonl",
+            )
+        ):
+            return _text_fidelity_context(loaded, source, Path(source.model))
     spec = loaded.builtin
     if spec is not None and source.data is None:
         x_eval, y_eval = spec.load_split("eval")

@@ -136,3 +136,34 @@ def test_float_outputs_over_the_budget_are_recomputed_with_equal_results(
     assert not recomputed.logits and recomputed.model is ctx.model
     a, b = kept.evaluate(qmodel, n_boot=200), recomputed.evaluate(qmodel, n_boot=200)
     assert a.metrics == b.metrics and a.metrics_ci == b.metrics_ci
+
+
+def test_text_for_any_other_model_is_tokenized_never_bytes(llama_dir: Path, tmp_path: Path) -> None:
+    """A masked LM (task `fidelity`) given text: token windows from its own tokenizer."""
+    from explorer.tasks.text import load_tokenizer
+
+    from .builders import sentences, train_tokenizer
+
+    model_dir = tmp_path / "mlm"
+    tokenizer = train_tokenizer(model_dir, sentences(200, seed=1))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    transformers.BertForMaskedLM(config).save_pretrained(model_dir)
+    text = llama_dir.parent / "text.txt"
+    ctx = open_context(ModelSource(model=str(model_dir), data=str(text)))
+    assert ctx.task == "fidelity" and ctx.metric is None and ctx.tokens_evaluated is None
+    ids = load_tokenizer(model_dir)(text.read_text())["input_ids"]
+    x = ctx.eval_split[0]
+    rows, length = ctx.calibration_split[0].shape
+    held = ids[rows * (length + 1) :]  # after the calibration sequences, as for a causal LM
+    assert x.shape[1] == 127 and x[0].tolist() == held[:127]
+    assert "token windows of text.txt" in ctx.data.description
+    result = ctx.reference.evaluate(ctx.model, n_boot=100)
+    assert result.metrics["kl"] == 0.0
