@@ -167,3 +167,35 @@ def test_text_for_any_other_model_is_tokenized_never_bytes(llama_dir: Path, tmp_
     assert "token windows of text.txt" in ctx.data.description
     result = ctx.reference.evaluate(ctx.model, n_boot=100)
     assert result.metrics["kl"] == 0.0
+
+
+def test_task_option_on_the_command_line(bert_dir: Path, tmp_path: Path) -> None:
+    import contextlib
+    import io
+    import json
+
+    from explorer import cli
+
+    def run(*extra: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        args = ["sweep", "--model", str(bert_dir), "--bits", "8", "--granularity", "channel"]
+        args += ["--repeats", "3", "--n-boot", "100", "--threads", "1"]
+        args += ["--store", str(tmp_path / "r.sqlite"), *extra, "--json"]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(args)
+            except SystemExit as exc:  # argparse refuses a bad choice
+                code = int(exc.code or 0)
+        return code, out.getvalue(), err.getvalue()
+
+    code, _, err = run("--task", "speech")
+    assert code == 2 and "invalid choice: 'speech'" in err
+    code, out, err = run("--task", "fidelity")
+    assert code == 0, err
+    rows = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert {r["task"] for r in rows} == {"fidelity"}
+    code, out, err = run()
+    assert code == 0, err
+    rows = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert {r["task"] for r in rows} == {"embedding"}
+    assert {"single", "batch32"} <= set(rows[-1]["latency"])
