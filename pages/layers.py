@@ -218,11 +218,15 @@ else:
     shown = st.segmented_control(
         "Chart",
         list(LAYER_VALUES),
-        default="latency_share",
+        # a simulated row has no per-layer times: open on what it does have
+        default="output_sqnr_db" if simulated else "latency_share",
         format_func=LAYER_VALUES.__getitem__,
         key="layers.value",
     )
-    st.plotly_chart(layer_figure(row, value=shown or "latency_share"), key="layers.figure")
+    st.plotly_chart(
+        layer_figure(row, value=shown or ("output_sqnr_db" if simulated else "latency_share")),
+        key="layers.figure",
+    )
     st.caption(
         "Bars are coloured by the kernel that runs the layer; hatched bars have no real kernel "
         "at this width and are computed on the reference path (their timing is simulated)."

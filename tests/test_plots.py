@@ -569,6 +569,7 @@ def test_layer_figures_real_rows(real: dict[str, Any]) -> None:
     assert [t.name for t in traces(fig, "legend")] == [plots.HATCH_NOTE]
     empty = plots.layer_figure(w2)  # simulated row: no per-layer latency
     assert any(a.name == "empty" for a in empty.layout.annotations)
+    assert tuple(empty.layout.yaxis.range) == (0, 1)  # a share axis, not an autoscaled 400 %
     cmp = plots.compare_layers_figure(w8, w2)
     assert [len(t.x) for t in traces(cmp, "series")] == [len(w8["layers"])] * 2
     json.loads(cmp.to_json())

@@ -230,6 +230,8 @@ def layer_figure(row: Row, value: str = "latency_share") -> go.Figure:
         barmode="relative",
         legend="kernel",
     )
+    if value == "latency_share" and all(_number(la.get(value)) is None for la in layers):
+        fig.update_yaxes(range=[0, 1])  # an empty share axis otherwise autoscales to 400 %
     return fig
 
 
