@@ -31,14 +31,14 @@ the packed integer weights, so a decode-bound (M=1) linear streams 4x / 8x fewer
 ``w8a8_linear`` -- the same integer core with the dequantization fused in:
     ``y = (acc - x_zero[m] * w_sum[n]) * x_scale[m] * w_scale[n] + bias[n]``.
 
-The library is built with ``cc``/``gcc -O3 -fPIC -shared -fopenmp -std=c11`` (no
-``-march=native``: AVX2+FMA code is selected at run time, with a scalar fallback, so the
-cached ``.so`` is portable) into ``$EXPLORER_CACHE_DIR``, ``$XDG_CACHE_HOME/quant-explorer``
-or ``~/.cache/quant-explorer``.  The file name contains a hash of the source, the flags and
-the platform; concurrent builds are serialised with an ``fcntl`` lock and the result is
-atomically renamed into place.  Threads: OpenMP, ``torch.get_num_threads()`` per call (the
-process reuses torch's ``libgomp.so.1``); work is split over output columns.  The ctypes
-calls release the GIL.  Set ``EXPLORER_NATIVE=0`` to disable the native kernels entirely.
+The library is compiled on first use and cached, checksummed, by
+:mod:`explorer.kernels.native_build` (no ``-march=native``: AVX2+FMA code is selected at run time,
+with a scalar fallback, so the cached ``.so`` is portable; a damaged cached file is detected and
+rebuilt instead of crashing the process). Threads: OpenMP, ``torch.get_num_threads()`` per call
+(the process reuses torch's ``libgomp.so.1``); work is split over output columns.  The ctypes
+calls release the GIL.  Set ``EXPLORER_NATIVE=0`` to disable the native kernels entirely; when
+they are unavailable, `unavailable_reason` says why and every kernel entry point raises
+:class:`explorer.errors.KernelError` with that reason.
 
 Caveats: the outputs are not differentiable; accumulation is float32 (4-bit codes are
 accumulated unsigned and the zero point subtracted per group, so with strongly biased
@@ -51,23 +51,14 @@ down sharply when another process occupies one of the cores it uses.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from pathlib import Path
 
 import torch
 
-try:  # POSIX only; without it concurrent builds still end in an atomic rename.
-    import fcntl
-except ImportError:  # pragma: no cover - non-POSIX
-    fcntl = None  # type: ignore[assignment]
+from explorer.errors import KernelError
+from explorer.kernels import native_build
+from explorer.kernels.native_build import cache_dir
 
 __all__ = [
     "available",
@@ -83,11 +74,6 @@ __all__ = [
     "wo_linear",
 ]
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "qe_kernels.c"
-_BASE_FLAGS: tuple[str, ...] = ("-O3", "-fPIC", "-shared", "-std=c11")
-_OMP_FLAG = "-fopenmp"
-_COMPILERS: tuple[str, ...] = ("cc", "gcc")
-_ABI_VERSION = 1
 _MAX_INT8_K = 131071  # K * 128 * 128 must fit in int32
 
 _P = ctypes.c_void_p
@@ -99,84 +85,6 @@ _lib: ctypes.CDLL | None = None
 _reason: str | None = None
 _tried = False
 _info: dict[str, object] = {}
-
-
-def cache_dir() -> Path:
-    """Directory holding the compiled library (created on demand)."""
-    env = os.environ.get("EXPLORER_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "quant-explorer"
-
-
-def _find_compiler() -> str | None:
-    names = [os.environ["CC"]] if os.environ.get("CC") else []
-    for name in (*names, *_COMPILERS):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _lib_name(source: bytes, flags: tuple[str, ...]) -> str:
-    h = hashlib.sha256()
-    h.update(source)
-    h.update(b"\0" + " ".join(flags).encode())
-    h.update(b"\0" + f"{sys.platform}-{platform.machine()}-abi{_ABI_VERSION}".encode())
-    return f"qe_kernels-{h.hexdigest()[:20]}"
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _compile(compiler: str, flags: tuple[str, ...], out: Path) -> str | None:
-    """Build into ``out`` (atomically); return an error message or None."""
-    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        cmd = [compiler, *flags, "-o", tmp, str(_SOURCE)]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            return f"compiler failed ({' '.join(cmd)}):\n{_tail(proc.stderr or proc.stdout)}"
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, out)
-        _info["compile_seconds"] = time.perf_counter() - t0
-        return None
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"compiler could not run: {exc}"
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _build(source: bytes, flags: tuple[str, ...], compiler: str | None) -> Path | str:
-    """Return the path of an up-to-date library, or an error message."""
-    directory = cache_dir()
-    name = _lib_name(source, flags)
-    out = directory / f"{name}.so"
-    if out.exists():
-        return out
-    if compiler is None:
-        return f"no C compiler found (looked for {', '.join(_COMPILERS)})"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / f"{name}.lock", "w") as lock:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if out.exists():  # another process finished the build while we waited
-                    return out
-                err = _compile(compiler, flags, out)
-                return err if err is not None else out
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
-    except OSError as exc:
-        return f"cannot use cache directory {directory}: {exc}"
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -247,33 +155,38 @@ def _load_unlocked() -> tuple[ctypes.CDLL | None, str | None]:
     if os.environ.get("EXPLORER_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None, "disabled by EXPLORER_NATIVE=0"
     try:
-        source = _SOURCE.read_bytes()
+        source = native_build.SOURCE.read_bytes()
     except OSError as exc:
         return None, f"kernel source missing: {exc}"
-    compiler = _find_compiler()
+    compiler = native_build.find_compiler()
     errors: list[str] = []
-    for flags in ((*_BASE_FLAGS, _OMP_FLAG), _BASE_FLAGS):
-        built = _build(source, flags, compiler)
+    for flags in native_build.FLAG_VARIANTS:
+        built = native_build.ensure_built(source, flags, compiler)
         if isinstance(built, str):
             errors.append(built)
             if compiler is None:
                 break
             continue
         try:
-            lib = ctypes.CDLL(str(built))  # torch (and its libgomp.so.1) is already loaded
+            lib = ctypes.CDLL(str(built.path))  # torch (and its libgomp.so.1) is already loaded
             _declare(lib)
         except (OSError, AttributeError) as exc:
-            errors.append(f"cannot load {built}: {exc}")
+            errors.append(f"cannot load {built.path}: {exc}")
             continue
-        if lib.qe_abi_version() != _ABI_VERSION:
-            errors.append(f"{built}: ABI version mismatch")
+        if lib.qe_abi_version() != native_build.ABI_VERSION:
+            errors.append(f"{built.path}: ABI version mismatch")
             continue
         _info.update(
-            path=str(built),
+            path=str(built.path),
+            sha256=built.sha256,
             flags=" ".join(flags),
             compiler=compiler,
             openmp=bool(lib.qe_has_openmp()),
         )
+        if built.compile_seconds is not None:
+            _info["compile_seconds"] = built.compile_seconds
+        if built.replaced is not None:
+            _info["rebuilt_because"] = built.replaced
         return lib, None
     return None, "\n".join(errors) if errors else "unknown error"
 
@@ -290,7 +203,8 @@ def unavailable_reason() -> str | None:
 
 
 def build_info() -> dict[str, object]:
-    """Library path, flags, compile time (if compiled by this process), ISA, OpenMP."""
+    """Library path and sha256, flags, compile time (if compiled by this process), the
+    instruction-set path the kernels take (``avx2`` or ``scalar``), OpenMP; or the reason."""
     lib = _load()
     info = dict(_info)
     info["available"] = lib is not None
@@ -309,7 +223,7 @@ def force_scalar(enabled: bool) -> None:
 def _get() -> ctypes.CDLL:
     lib = _lib if _tried else _load()
     if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {_reason}")
+        raise KernelError(f"native kernels unavailable: {_reason}")
     return lib
 
 
@@ -378,7 +292,7 @@ def _matrix(name: str, t: object, dtype: torch.dtype, cols: int, what: str) -> t
 
 def _check_rc(rc: int, fn: str) -> None:
     if rc != 0:
-        raise RuntimeError(f"{fn} failed with status {rc}")
+        raise KernelError(f"native kernel {fn} failed with status {rc}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -744,3 +658,22 @@ def weight_row_sums(wq: torch.Tensor) -> torch.Tensor:
     if wq.dim() != 2:
         raise ValueError(f"wq must be 2-D [N, K], got shape {list(wq.shape)}")
     return wq.sum(dim=1, dtype=torch.int32)
+
+
+def main() -> int:
+    """``python -m explorer.kernels.native``: build (or verify) the cached library and print its
+    build info as JSON; exit 1 with the reason on stderr when the kernels are unavailable (the
+    Docker image runs it at build time so that no user request waits for a compiler)."""
+    import json
+    import sys
+
+    info = build_info()
+    if not info["available"]:
+        print(f"native kernels unavailable: {info.get('reason')}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

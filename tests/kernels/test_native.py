@@ -7,16 +7,20 @@ Each numerical test runs on the AVX2 path and on the portable scalar fallback.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from explorer.kernels import native
+from explorer.kernels import native, native_build
 
 if not native.available():
     pytest.skip(
@@ -419,6 +423,9 @@ def test_available_and_build_info() -> None:
     info = native.build_info()
     assert info["available"] is True
     assert info["isa"] in ("avx2", "scalar")
+    library = Path(str(info["path"]))
+    assert info["sha256"] == hashlib.sha256(library.read_bytes()).hexdigest()
+    assert native_build.checksum_path(library).read_text().split()[0] == info["sha256"]
 
 
 def _run_py(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -448,7 +455,7 @@ def test_disabled_by_env() -> None:
 def test_no_compiler_reason(tmp_path: Path) -> None:
     """Without a compiler and without a cached build: unavailable, with a clear reason."""
     env = {k: v for k, v in os.environ.items() if k != "CC"}
-    env.update(PATH=str(tmp_path), EXPLORER_CACHE_DIR=str(tmp_path / "empty-cache"))
+    env.update(PATH=str(tmp_path), EXPLORER_CACHE=str(tmp_path / "empty-cache"))
     proc = subprocess.run(
         [
             sys.executable,
@@ -477,7 +484,7 @@ def test_concurrent_cold_builds(tmp_path: Path) -> None:
         assert int(native.int8_gemm(x, x)[0, 0]) == 64 * 128 * 128
         print("ok")
         """
-    env = {"EXPLORER_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"EXPLORER_CACHE": str(tmp_path / "cache")}
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(code)],
@@ -493,9 +500,150 @@ def test_concurrent_cold_builds(tmp_path: Path) -> None:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         assert out.strip() == "ok"
-    built = list((tmp_path / "cache").glob("qe_kernels-*.so"))
+    built = list((tmp_path / "cache" / "kernels").glob("qe_kernels-*.so"))
     assert len(built) == 1
-    assert not list((tmp_path / "cache").glob("*.tmp"))
+    assert native_build.verify(built[0]) is None
+    assert not list((tmp_path / "cache" / "kernels").glob("*.tmp"))
+
+
+# --- a damaged cached library is rebuilt, not loaded --------------------------------------------
+
+GEMM_CHECK = """
+    import json, torch
+    from explorer.kernels import native
+    assert native.available(), native.unavailable_reason()
+    x = torch.full((1, 64), -128, dtype=torch.int8)
+    assert int(native.int8_gemm(x, x)[0, 0]) == 64 * 128 * 128
+    print(json.dumps(native.build_info()))
+    """
+
+
+@pytest.fixture(scope="module")
+def built_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding one good build (made by a child process, as a user's run would)."""
+    cache = tmp_path_factory.mktemp("built-cache")
+    proc = _run_py(GEMM_CHECK, {"EXPLORER_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    return cache
+
+
+def _copy_cache(built: Path, dest: Path) -> Path:
+    """A copy of the good cache; returns the path of its library."""
+    shutil.copytree(built, dest)
+    (library,) = (dest / "kernels").glob("qe_kernels-*.so")
+    return library
+
+
+def _truncate(library: Path) -> None:
+    with open(library, "r+b") as fh:
+        fh.truncate(library.stat().st_size // 2)
+
+
+def _flip_a_byte(library: Path) -> None:
+    data = bytearray(library.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, valid header: only the checksum can tell
+    library.write_bytes(bytes(data))
+
+
+def _drop_checksum(library: Path) -> None:
+    native_build.checksum_path(library).unlink()
+
+
+@pytest.mark.slow
+def test_loading_a_truncated_library_kills_the_process(built_cache: Path, tmp_path: Path) -> None:
+    """Why the check exists: dlopen of the truncated file (what the old loader did) dies of
+    SIGBUS (exit 135 in a shell) instead of raising; the rebuild test below loads such a file."""
+    library = _copy_cache(built_cache, tmp_path / "cache")
+    _truncate(library)
+    code = f"import torch, ctypes; ctypes.CDLL({str(library)!r}); print('loaded')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "loaded" not in proc.stdout, proc
+    assert native_build.elf_problem(library) is not None
+    assert "truncated" in str(native_build.verify(library))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (_truncate, "truncated"),
+        (_flip_a_byte, "sha256 does not match"),
+        (_drop_checksum, "no checksum recorded"),
+    ],
+)
+def test_a_damaged_cached_library_is_rebuilt(
+    built_cache: Path, tmp_path: Path, damage: Callable[[Path], None], why: str
+) -> None:
+    library = _copy_cache(built_cache, tmp_path / "cache")
+    good = library.read_bytes()
+    damage(library)
+    proc = _run_py(GEMM_CHECK, {"EXPLORER_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr  # before the fix: -7 (SIGBUS) for the truncation
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["path"] == str(library)
+    assert why in info["rebuilt_because"]
+    assert "compile_seconds" in info
+    assert library.read_bytes() == good  # the compiler is deterministic for the same input
+    assert native_build.verify(library) is None
+    assert not list(library.parent.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_damaged_library_without_a_compiler_is_a_message(
+    built_cache: Path, tmp_path: Path
+) -> None:
+    library = _copy_cache(built_cache, tmp_path / "cache")
+    _truncate(library)
+    env = {k: v for k, v in os.environ.items() if k != "CC"}
+    env.update(PATH=str(tmp_path / "no-bin"), EXPLORER_CACHE=str(tmp_path / "cache"))
+    code = "from explorer.kernels import native\nprint(native.unavailable_reason())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"cached kernel library {library} is damaged (truncated" in proc.stdout
+    assert "no C compiler was found to rebuild it" in proc.stdout
+
+
+def test_kernel_calls_without_the_library_raise_kernel_error() -> None:
+    proc = _run_py(
+        """
+        import torch
+        from explorer.errors import KernelError
+        from explorer.kernels import native
+        x = torch.zeros(1, 64, dtype=torch.int8)
+        try:
+            native.int8_gemm(x, x)
+        except KernelError as exc:
+            print(exc)
+        """,
+        {"EXPLORER_NATIVE": "0"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "native kernels unavailable: disabled by EXPLORER_NATIVE=0"
+
+
+def test_elf_problem_names_what_is_wrong(tmp_path: Path) -> None:
+    text = tmp_path / "text.so"
+    text.write_bytes(b"not a library at all, but long enough to hold an ELF header......")
+    assert native_build.elf_problem(text) == "not an ELF shared object"
+    assert native_build.elf_problem(tmp_path / "missing.so").startswith("cannot read it")
+    assert native_build.verify(tmp_path / "missing.so") == "not built yet"
+
+
+def test_prebuild_command_prints_the_build(built_cache: Path) -> None:
+    """``python -m explorer.kernels.native`` (run by the Dockerfile) verifies the cached build."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "explorer.kernels.native"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EXPLORER_CACHE": str(built_cache)},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["available"] is True and "compile_seconds" not in info  # reused, not rebuilt
 
 
 # --- byte_sum: the streaming read behind the benchmark's bandwidth floor ----------------------
