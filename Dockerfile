@@ -3,7 +3,7 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 EXPLORER_CACHE=/data/cache \
     EXPLORER_STORE=/data/results.sqlite
-# gcc compiles the native AVX2 kernels on first use (explorer/kernels/csrc); curl for the check.
+# gcc compiles the native AVX2 kernels at build time (explorer/kernels/csrc); curl for the check.
 # Debian's security updates replace exact versions, so pinning them would break rebuilds.
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libgomp1 curl \
@@ -21,6 +21,10 @@ COPY .streamlit ./.streamlit
 ENV EXPLORER_ASSETS=/app/assets HOME=/home/explorer
 RUN useradd --create-home --uid 10001 explorer && mkdir -p /data && chown explorer /data
 USER 10001
+# Compile the native kernels into $EXPLORER_CACHE now (checksummed), not in the first user's
+# request; before VOLUME, so that a new volume starts with the build (a bind mount that hides it
+# gets one build at first use).
+RUN python -m explorer.kernels.native
 VOLUME /data
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \

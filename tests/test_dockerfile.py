@@ -188,3 +188,17 @@ def test_entrypoint_answers_the_healthcheck(parsed: list[tuple[str, str]], tmp_p
                 server.wait(timeout=10)
     assert status == 0
     assert run_check(check) != 0, "the health check fails once the server is gone"
+
+
+def test_kernels_are_prebuilt_into_the_cache_the_app_reads(parsed: list[tuple[str, str]]) -> None:
+    """The image sets EXPLORER_CACHE, the one variable `explorer.paths` reads for the kernel cache,
+    and compiles the kernels into it before /data becomes a volume (later writes would be lost)."""
+    words = [w for w, _ in parsed]
+    env = " ".join(the(parsed, "ENV"))
+    assert "EXPLORER_CACHE=/data/cache" in env.split()
+    build = [i for i, (w, a) in enumerate(parsed) if w == "RUN" and "explorer.kernels.native" in a]
+    assert build, "a RUN prebuilds the native kernels"
+    assert build[0] < words.index("VOLUME")
+    assert build[0] > max(i for i, (w, a) in enumerate(parsed) if w == "COPY" and "explorer" in a)
+    code = [p for p in (ROOT / "explorer").rglob("*.py") if "EXPLORER_CACHE_DIR" in p.read_text()]
+    assert [p.name for p in code] == ["paths.py"], "only explorer/paths.py reads the old name"

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from explorer import paths
 from explorer.errors import ExplorerError
 
 if TYPE_CHECKING:
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
     from explorer.sweep.store import ResultStore
 
 
-DEFAULT_STORE = Path("~/.cache/quant-explorer/results.sqlite")
-STORE_ENV = "EXPLORER_STORE"
+DEFAULT_STORE = paths.DEFAULT_STORE
+STORE_ENV = paths.STORE_ENV
 INTERRUPTED_EXIT = 130
 
 SIZE_UNITS = {
@@ -236,7 +237,7 @@ def _open_context(args: argparse.Namespace) -> ModelContext:
 
 
 def _store_path(args: argparse.Namespace) -> Path:
-    return Path(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE).expanduser()
+    return Path(args.store).expanduser() if args.store else paths.store_path()
 
 
 def _open_store(args: argparse.Namespace) -> ResultStore:

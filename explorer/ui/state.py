@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from explorer import paths
 from explorer.models.catalog import BUILTIN_NAMES, DEFAULT_MODEL, ModelSource
 from explorer.sweep.store import ResultStore
 
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
     from explorer.sweep.space import PlanEntry
     from explorer.sweep.worker import SweepProcess
 
-CACHE_DIR = Path(os.environ.get("EXPLORER_CACHE", "~/.cache/quant-explorer")).expanduser()
-STORE_ENV = "EXPLORER_STORE"
+CACHE_DIR = paths.cache_dir()  # tests point it elsewhere; see explorer.paths for the default
+STORE_ENV = paths.STORE_ENV
 RUN_ID = re.compile(r"[0-9a-f]{12}")
 SELECTED_ROW = "selected_row"
 
@@ -141,7 +142,7 @@ def default_sweep(source: ModelSource | None = None) -> list[PlanEntry]:
 
 
 def store_path() -> Path:
-    return Path(os.environ.get(STORE_ENV) or CACHE_DIR / "results.sqlite").expanduser()
+    return paths.store_path(CACHE_DIR)
 
 
 @st.cache_resource
