@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from explorer.errors import ExplorerError
+from explorer.machine import cpu_features
 from explorer.measure.bench import environment, run_bench
-from explorer.models.tinylm import cpu_features
 from explorer.plots import kernel_speedup_figure
 
 RESULT = "kernels.result"

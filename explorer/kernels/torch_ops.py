@@ -18,12 +18,12 @@ digits, which the close tests state as their tolerance.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from explorer import machine
 from explorer.kernels.activation import act_qparams, quantize_activation, to_int8_domain
 from explorer.kernels.base import ActQParams, LinearSpec
 from explorer.quant.qtensor import QuantizedWeight
@@ -123,16 +123,6 @@ class IntMMKernel:
         return a8w8_epilogue(acc, xs, xz, xsum, w, spec.k, spec.act_symmetric)
 
 
-@functools.cache
-def cpu_has_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
-
-
 class FbgemmKernel:
     name = "int8-w8a8-fbgemm"
     real = True
@@ -147,7 +137,7 @@ class FbgemmKernel:
             return "fbgemm quantizes activations per tensor, not per token"
         if not spec.weight_symmetric:
             return "fbgemm path here takes symmetric weights"
-        if not cpu_has_vnni():
+        if not machine.has_vnni():
             return "no VNNI: fbgemm's AVX2 path saturates int16 pair sums for 8-bit activations"
         return None
 

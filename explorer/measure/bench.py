@@ -2,7 +2,9 @@
 ``y = x·Wᵀ`` (K = N = 4096 by default, M ∈ {1, 8, 32}) and on one convolution.
 
 Weight streaming is what int8/int4 buys at small M, so the benchmark must not time weights that sit
-in cache: each candidate rotates over enough weight copies to exceed four times the 32 MiB L3, and
+in cache: each candidate rotates over enough weight copies to exceed four times the last-level cache
+(read from sysfs by `explorer.machine`; where sysfs does not say, an assumed 32 MiB, and ``env``
+says which), and
 the candidates are interleaved call by call so that drift (turbo, other load) hits all alike. The
 result is the median of the repeats; GB/s counts the weight bytes each kernel reads.
 
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from explorer import machine
 from explorer.kernels import native
 from explorer.kernels.base import LinearSpec
 from explorer.kernels.select import KERNELS
@@ -33,7 +36,8 @@ from explorer.nn.modules import QuantConv2d
 from explorer.quant.config import QuantConfig
 from explorer.quant.qtensor import QuantizedWeight
 
-L3_BYTES = 32 * 2**20
+LLC = machine.last_level_cache()
+L3_BYTES = LLC.size_bytes  # the name predates reading it; kept for callers
 ROTATE_FACTOR = 4
 MAX_COPIES = 64  # small layers fit in cache whatever we do; don't build thousands of copies
 
@@ -254,15 +258,21 @@ def bench_conv(
 
 
 def environment() -> dict[str, Any]:
+    """The machine the benchmark ran on (`explorer.machine`) and whether our kernels loaded."""
+    info = native.build_info()
     return {
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "processor": platform.processor() or platform.machine(),
+        "threads": machine.threads(),
+        "cpu_capability": machine.torch_capability(),
+        "processor": machine.cpu_model(),
+        "cpu_features": machine.cpu_features(),
         "python": platform.python_version(),
-        "native_kernels": native.available(),
-        "native_unavailable_reason": native.unavailable_reason(),
+        "native_kernels": bool(info["available"]),
+        "native_isa": info.get("isa"),
+        "native_unavailable_reason": info.get("reason"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "llc_bytes": LLC.size_bytes,
+        "llc_source": LLC.source,
         "rotate_bytes_min": ROTATE_FACTOR * L3_BYTES,
     }
 

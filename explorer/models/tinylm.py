@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.errors import ModelLoadError
+from explorer.machine import cpu_features
 from explorer.models.corpus import Splits, read_gzip, split_corpus
 from explorer.models.registry import ASSETS, SPLITS, BuiltinModel, Workload, register
 from explorer.models.safe_load import load_into
@@ -825,26 +826,6 @@ def latency_markdown(latency: dict[str, Any]) -> list[str]:
             f"thread count: {fastest_fp32 / fastest:.2f}x"
         )
     return [*lines, "", *_reading(latency)]
-
-
-def cpu_features() -> dict[str, Any]:
-    """The CPU's model name and the instruction sets the kernels' speed depends on (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), ""
-    )
-    flags_line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    flags = set(flags_line.split(":", 1)[-1].split())
-    return {
-        "model": model,
-        "avx2": "avx2" in flags,
-        "avx512": "avx512f" in flags,
-        "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}),
-        "bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
-    }
 
 
 def _reading(latency: dict[str, Any]) -> list[str]:

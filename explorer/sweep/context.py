@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from explorer import machine
 from explorer.errors import ModelLoadError
 from explorer.measure.evaluation import (
     Evaluation,
@@ -67,21 +67,14 @@ def tensor_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def environment() -> dict[str, Any]:
-    """What changes latency numbers: CPU, torch, threads, device, native kernels."""
+    """What changes latency numbers: CPU, torch, threads, device, native kernels (the machine
+    facts come from `explorer.machine`; the code that produced a row is in its ``code`` part)."""
     from explorer.kernels import native
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": machine.cpu_model(),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": machine.threads(),
         "device": "cpu",
         "native_kernels": native.available(),
     }
