@@ -49,9 +49,7 @@ from explorer.quant.config import QuantConfig
 from explorer.sweep.context import ModelContext, ModelSource, environment, open_context
 from explorer.sweep.space import PlanEntry
 from explorer.sweep.store import ResultStore, row_key
-
-ROW_VERSION = 1
-"""Bumped whenever a change to the engine changes the numbers of a row with the same key."""
+from explorer.sweep.version import code_version
 
 LAYER_PROFILE_RUNS = 5
 OUTPUT_SQNR_SAMPLES = 64
@@ -118,7 +116,7 @@ def row_parts(
         "timing": {"warmup": settings.warmup, "repeats": settings.repeats},
         "kernels": kernel_policy(),
         "env": env,
-        "code": ROW_VERSION,
+        "code": code_version(),  # source hash + native build and ISA (explorer.sweep.version)
     }
 
 
