@@ -50,7 +50,7 @@ from explorer.nn.convert import (
     quantizable_layers,
     quantize_layer,
 )
-from explorer.nn.modules import _QuantBase
+from explorer.nn.modules import QuantModule
 from explorer.quant.config import QuantConfig, why_not_applicable
 from explorer.quant.observers import ActivationObserver, weight_range
 from explorer.quant.primitives import (
@@ -460,7 +460,7 @@ def fake_vs_real(
         real_module = quantize_layer(module, config, layer, act)
     except ValueError as exc:
         raise LessonError(str(exc)) from None
-    assert isinstance(real_module, _QuantBase)
+    assert isinstance(real_module, QuantModule)
     if kernel is not None and kernel != real_module.kernel_name:
         try:
             real_module.use_kernel(kernel)

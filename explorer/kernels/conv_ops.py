@@ -31,6 +31,19 @@ class ConvGeometry:
     groups: int
 
 
+@dataclass(frozen=True)
+class DepthwiseState:
+    """What `OnednnDepthwiseKernel.prepare` packs once per layer."""
+
+    spec: LinearSpec
+    geom: ConvGeometry
+    packed: Any  # oneDNN's opaque prepacked weight
+    weight_scale: torch.Tensor  # fp32 [out_channels]
+    weight_zero: torch.Tensor  # int64 zeros [out_channels] (symmetric weights)
+    bias: torch.Tensor | None
+    act: ActQParams | None
+
+
 class OnednnDepthwiseKernel:
     name = "int8-dwconv-onednn"
     real = True
@@ -55,7 +68,7 @@ class OnednnDepthwiseKernel:
         qw: QuantizedWeight,
         bias: torch.Tensor | None,
         act: ActQParams | None,
-    ) -> Any:
+    ) -> DepthwiseState:
         o = geom.out_channels
         wq = qw.stored_codes().to(torch.int8).reshape(o, 1, *geom.kernel_size)
         ws = qw.scale.float().reshape(-1).expand(qw.n_blocks[0]).repeat_interleave(qw.block[0])
@@ -75,12 +88,12 @@ class OnednnDepthwiseKernel:
         )
         wz = torch.zeros(o, dtype=torch.long)
         b = None if bias is None else bias.float().contiguous()
-        return spec, geom, packed, ws, wz, b, act
+        return DepthwiseState(spec, geom, packed, ws, wz, b, act)
 
-    def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
-        spec, geom, packed, ws, wz, bias, act = state
+    def run(self, state: DepthwiseState, x: torch.Tensor) -> torch.Tensor:
+        spec, geom = state.spec, state.geom
         flat = x.reshape(1, -1).float()
-        scale, zero = act_qparams(flat, spec, act)
+        scale, zero = act_qparams(flat, spec, state.act)
         s = float(scale[0, 0])
         z = int(zero[0, 0]) + (128 if spec.act_symmetric else 0)  # uint8 domain
         xq = torch.clamp(torch.round(x.float() / s) + z, 0, 255).to(torch.uint8)
@@ -88,10 +101,10 @@ class OnednnDepthwiseKernel:
             xq.contiguous(memory_format=torch.channels_last),
             s,
             z,
-            packed,
-            ws,
-            wz,
-            bias,
+            state.packed,
+            state.weight_scale,
+            state.weight_zero,
+            state.bias,
             list(geom.stride),
             list(geom.padding),
             list(geom.dilation),

@@ -1,6 +1,7 @@
 """Latency, measured honestly: warm-up, then the median and spread of repeated timed calls, with
 the thread count recorded. Timings take a machine-wide file lock, so that two timings (from two
-sweeps, or the app and a benchmark) never overlap and slow each other down. A run whose spread
+sweeps, two users, or the app and a benchmark) never overlap and slow each other down; a process
+that waits for it says so on stderr and gives up after a timeout (`timing_lock`). A run whose spread
 (p90 − p10) exceeds `NOISY_SPREAD` of the median is flagged noisy.
 
 A model with `simulated` layers (formats that have no real kernel) is timed on its twin in which
@@ -14,6 +15,7 @@ import copy
 import fcntl
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -24,26 +26,132 @@ from typing import Any
 import torch
 from torch import nn
 
+from explorer.errors import ExplorerError
 from explorer.nn.convert import set_submodule
-from explorer.nn.modules import _QuantBase
+from explorer.nn.modules import QuantModule
 
 NOISY_SPREAD = 0.25
-LOCK_PATH = Path(
-    os.environ.get(
-        "EXPLORER_TIMING_LOCK", Path(tempfile.gettempdir()) / "quant-explorer-timing.lock"
-    )
-)
+LOCK_ENV = "EXPLORER_TIMING_LOCK"
+LOCK_TIMEOUT_ENV = "EXPLORER_TIMING_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+SHARED_LOCK = Path(tempfile.gettempdir()) / "quant-explorer-timing.lock"
+_POLL_S = (0.01, 0.25)  # first and longest sleep between tries while another process times
+
+
+class TimingLockError(ExplorerError):
+    """The timing lock could not be taken (held too long by another process, or unusable)."""
+
+
+def lock_path() -> Path:
+    """``$EXPLORER_TIMING_LOCK``, else one file in the temp folder shared by every user."""
+    value = os.environ.get(LOCK_ENV)
+    return Path(value).expanduser() if value else SHARED_LOCK
+
+
+def lock_timeout() -> float:
+    value = os.environ.get(LOCK_TIMEOUT_ENV)
+    if not value:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise TimingLockError(f"{LOCK_TIMEOUT_ENV} must be a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor on the lock file, which any user can lock.
+
+    ``flock`` needs no write access, so an existing file is opened read-only (a file another
+    user created, even one left 0644 by older versions, works; ``O_CREAT`` on another user's
+    file in a sticky temp folder fails under ``fs.protected_regular``). A new file is made
+    ``0o666`` whatever the umask, so the next user can open it too.
+    """
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # another process created it just now
+        return os.open(path, os.O_RDONLY)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666)
+    return fd
+
+
+def _holder(fd: int) -> str:
+    """Who holds the flock on ``fd``'s file, from /proc/locks (Linux), or a plain phrase."""
+    st = os.fstat(fd)
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "another process"
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or "->" in fields:
+            continue
+        pid, dev_ino = fields[4], fields[5].split(":")
+        if len(dev_ino) == 3 and int(dev_ino[2]) == st.st_ino:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+                return f"process {pid} ({cmd.decode(errors='replace')[:120]})"
+            except OSError:
+                return f"process {pid}"
+    return "another process"
 
 
 @contextlib.contextmanager
-def timing_lock() -> Iterator[None]:
-    """Exclusive machine-wide lock (POSIX advisory lock on a file in the temp dir)."""
-    with open(LOCK_PATH, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+def timing_lock(timeout_s: float | None = None) -> Iterator[None]:
+    """Exclusive machine-wide lock (POSIX advisory lock on `lock_path`), so that no two timings
+    overlap. While another process holds it, says so once on stderr (who, and how to use another
+    lock) and gives up with `TimingLockError` after ``timeout_s`` (default
+    ``$EXPLORER_TIMING_LOCK_TIMEOUT`` or 600 s)."""
+    path = lock_path()
+    limit = lock_timeout() if timeout_s is None else timeout_s
+    try:
+        fd = _open_lock(path)
+    except OSError as exc:
+        raise TimingLockError(
+            f"cannot open the timing lock {path}: {exc.strerror or exc}; "
+            f"set {LOCK_ENV} to a file you can read"
+        ) from None
+    try:
+        start = time.monotonic()
+        pause = _POLL_S[0]
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            waited = time.monotonic() - start
+            if waited >= limit:
+                raise TimingLockError(
+                    f"gave up after {waited:.0f} s waiting for the timing lock {path}, held by "
+                    f"{_holder(fd)}; wait for it, or set {LOCK_ENV} to another file to time "
+                    f"alongside it (timings may then disturb each other)"
+                )
+            if not told:
+                print(
+                    f"waiting for the timing lock {path}, held by {_holder(fd)} (gives up after "
+                    f"{limit:.0f} s, {LOCK_TIMEOUT_ENV}; {LOCK_ENV} selects another lock)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                told = True
+            time.sleep(min(pause, max(0.0, limit - waited)))
+            pause = min(2 * pause, _POLL_S[1])
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -115,7 +223,7 @@ def measure_latency(
 
 def timing_model(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """``model`` itself, or a copy whose simulated layers are replaced by their timing twins."""
-    simulated = [n for n, m in model.named_modules() if isinstance(m, _QuantBase) and m.simulated]
+    simulated = [n for n, m in model.named_modules() if isinstance(m, QuantModule) and m.simulated]
     if not simulated:
         return model, []
     twin = copy.deepcopy(model)

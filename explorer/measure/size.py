@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from explorer.nn.modules import _QuantBase
+from explorer.nn.modules import QuantModule
 
 
 def _unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -53,7 +53,7 @@ class SizeReport:
 def size_report(model: nn.Module) -> SizeReport:
     qbytes = qparams = 0
     for module in model.modules():
-        if isinstance(module, _QuantBase):
+        if isinstance(module, QuantModule):
             qbytes += module.qweight_view().nbytes
             qparams += module.weight_shape[0] * module.weight_shape[1]
     total_params = qparams + sum(p.numel() for p in model.parameters())

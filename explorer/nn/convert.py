@@ -32,7 +32,7 @@ from torch import nn
 from explorer.errors import QuantConfigError
 from explorer.kernels.base import ActQParams
 from explorer.nn.fold import fold_batch_norm
-from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantLinear, _QuantBase
+from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantLinear, QuantModule
 from explorer.quant.awq import awq_quantize
 from explorer.quant.config import Plan, QuantConfig, why_not_applicable
 from explorer.quant.gptq import gptq_quantize
@@ -471,8 +471,8 @@ def quantize_model(
     return qmodel
 
 
-def quant_modules(model: nn.Module) -> dict[str, _QuantBase]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, _QuantBase)}
+def quant_modules(model: nn.Module) -> dict[str, QuantModule]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantModule)}
 
 
 def select_kernels(
@@ -489,7 +489,7 @@ def select_kernels(
     rows: dict[str, int] = {}
     mods = quant_modules(model)
 
-    def record(name: str, module: _QuantBase, args: tuple[torch.Tensor, ...]) -> None:
+    def record(name: str, module: QuantModule, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0]
         if isinstance(module, QuantConv2d):
             c = module.conv

@@ -31,7 +31,26 @@ from explorer.quant.config import QuantConfig
 from explorer.quant.qtensor import QuantizedWeight
 
 
-class _QuantBase(nn.Module):
+@dataclasses.dataclass(frozen=True)
+class PreparedKernel:
+    """A kernel and the runtime state its ``prepare`` built for one layer (rebuilt, never
+    copied, when the layer is pickled or its kernel changes)."""
+
+    kernel: Any
+    state: Any
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.run(self.state, x)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupedWeight:
+    """A grouped convolution's dequantized float weight, cached for ``F.conv2d``."""
+
+    weight: torch.Tensor
+
+
+class QuantModule(nn.Module):
     """Buffers: ``qweight``, ``scale``, optional ``zero``, ``bias``, ``act_scale``/``act_zero``
     (and, on a `QuantLinear`, ``input_scale``)."""
 
@@ -53,7 +72,7 @@ class _QuantBase(nn.Module):
             self.register_buffer("act_zero", torch.tensor([act.zero], dtype=torch.int32))
         self.spec = LinearSpec.from_config(config, *qw.shape)
         self.kernel_name = kernel if kernel is not None else self._default_kernel()
-        self._state: Any = None
+        self._state: PreparedKernel | GroupedWeight | None = None
 
     # --- what the layer is ----------------------------------------------------------------
     def qweight_view(self) -> QuantizedWeight:
@@ -108,14 +127,11 @@ class _QuantBase(nn.Module):
         self._state = None
 
     def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
-        if self._state is None:
+        if not isinstance(self._state, PreparedKernel):
             kernel = get_kernel(self.kernel_name)
-            self._state = (
-                kernel,
-                kernel.prepare(self.spec, self.qweight_view(), self.bias, self.act_qparams()),
-            )
-        kernel, state = self._state
-        return kernel.run(state, x2d.float().contiguous())
+            state = kernel.prepare(self.spec, self.qweight_view(), self.bias, self.act_qparams())
+            self._state = PreparedKernel(kernel, state)
+        return self._state.run(x2d.float().contiguous())
 
     def _twin_config(self) -> QuantConfig:
         for config in timing_configs(self.config):
@@ -136,7 +152,7 @@ class _QuantBase(nn.Module):
         return f"{self.weight_shape}, {self.config.name}, kernel={self.kernel_name}{tag}"
 
 
-class QuantLinear(_QuantBase):
+class QuantLinear(QuantModule):
     def __init__(
         self,
         qw: QuantizedWeight,
@@ -197,7 +213,7 @@ class QuantLinear(_QuantBase):
         return QuantLinear.from_float(lin, config, act, input_scale=self.input_scale)
 
 
-class QuantConv2d(_QuantBase):
+class QuantConv2d(QuantModule):
     def __init__(
         self,
         qw: QuantizedWeight,
@@ -254,11 +270,12 @@ class QuantConv2d(_QuantBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         if self.kernel_name == DEPTHWISE.name:
-            if self._state is None:
-                self._state = DEPTHWISE.prepare(
+            if not isinstance(self._state, PreparedKernel):
+                state = DEPTHWISE.prepare(
                     self.spec, self.geometry, self.qweight_view(), self.bias, self.act_qparams()
                 )
-            return DEPTHWISE.run(self._state, x)
+                self._state = PreparedKernel(DEPTHWISE, state)
+            return self._state.run(x)
         if c["groups"] != 1:
             return self._grouped(x)
         b, _, h, w = x.shape
@@ -286,11 +303,11 @@ class QuantConv2d(_QuantBase):
         )
 
     def _dequantized_weight(self) -> torch.Tensor:
-        if self._state is None:
+        if not isinstance(self._state, GroupedWeight):
             c = self.conv
             w = self.qweight_view().dequantize()
-            self._state = ("grouped", w.reshape(c["out_channels"], -1, *c["kernel_size"]))
-        return self._state[1]
+            self._state = GroupedWeight(w.reshape(c["out_channels"], -1, *c["kernel_size"]))
+        return self._state.weight
 
     def timing_twin(self) -> nn.Module:
         c = self.conv

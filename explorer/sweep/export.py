@@ -60,7 +60,7 @@ from explorer.nn.convert import (
     set_submodule,
 )
 from explorer.nn.fold import fold_batch_norm
-from explorer.nn.modules import Bf16Conv2d, Bf16Linear, _QuantBase
+from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantModule
 from explorer.quant.config import METHODS, Plan, QuantConfig
 from explorer.quant.primitives import block_size
 
@@ -229,7 +229,7 @@ def _layer_records(quantized: nn.Module, plan: Plan) -> dict[str, dict[str, Any]
 
 
 def _kernel_of(name: str, module: nn.Module, config: QuantConfig | None) -> str:
-    if isinstance(module, _QuantBase):
+    if isinstance(module, QuantModule):
         if config is None or module.config != config:
             raise QuantConfigError(
                 f"layer `{name}` is stored as {module.config.name} but its report says "
