@@ -132,14 +132,14 @@ def timing_lock(timeout_s: float | None = None) -> Iterator[None]:
             waited = time.monotonic() - start
             if waited >= limit:
                 raise TimingLockError(
-                    f"gave up after {waited:.0f} s waiting for the timing lock {path}, held by "
+                    f"gave up after {waited:.1f} s waiting for the timing lock {path}, held by "
                     f"{_holder(fd)}; wait for it, or set {LOCK_ENV} to another file to time "
                     f"alongside it (timings may then disturb each other)"
                 )
             if not told:
                 print(
                     f"waiting for the timing lock {path}, held by {_holder(fd)} (gives up after "
-                    f"{limit:.0f} s, {LOCK_TIMEOUT_ENV}; {LOCK_ENV} selects another lock)",
+                    f"{limit:g} s, {LOCK_TIMEOUT_ENV}; {LOCK_ENV} selects another lock)",
                     file=sys.stderr,
                     flush=True,
                 )
