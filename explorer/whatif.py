@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from explorer.errors import ExplorerError
+from explorer.measure.metrics import finite_or_none
 from explorer.nn.convert import quantizable_layers, resolve_plan
 from explorer.quant.config import Plan, QuantConfig
 from explorer.sweep.context import ModelContext, environment
@@ -309,17 +309,7 @@ def load_or_measure_sensitivity(
     path = sensitivity_cache_path(ctx, settings, cache_dir, samples)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = _finite_or_none(data)
+    data = finite_or_none(data)
     tmp.write_text(json.dumps(data, allow_nan=False))
     os.replace(tmp, path)
     return data
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
-    return value

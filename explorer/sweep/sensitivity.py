@@ -20,7 +20,6 @@ Imports: `explorer.nn`, `explorer.measure`, `explorer.sweep.context`, `explorer.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -31,7 +30,8 @@ from torch import nn
 
 from explorer.errors import ExplorerError
 from explorer.measure.latency import measure_callable
-from explorer.measure.metrics import sqnr_db
+from explorer.measure.metrics import finite_or_none, sqnr_db
+from explorer.nn.capture import capture_outputs
 from explorer.nn.convert import (
     as_linear,
     in_features,
@@ -254,7 +254,9 @@ def measure_sensitivity(
         float_metric = (
             reference.stats.accuracy() if metric_key == "accuracy" else reference.stats.perplexity()
         )
-    float_outputs = _float_outputs(ctx.folded, names, batches[0][0]) if full_metric else {}
+    float_outputs = (
+        capture_outputs(ctx.folded, names, batches[0][0], rows=SQNR_SAMPLES) if full_metric else {}
+    )
     calibration = ctx.calibration_inputs(calibration_samples)
     rows = _primary_rows(ctx, names) if latency else {}
     float_modules = dict(ctx.folded.named_modules())
@@ -303,7 +305,7 @@ def measure_sensitivity(
                 setting,
                 None,
                 size_bytes=_stored_bytes(qlayer),
-                weight_sqnr_db=_finite(weight_sqnr),
+                weight_sqnr_db=finite_or_none(weight_sqnr),
             )
             cells[(name, setting)] = cell
             done += 1
@@ -357,10 +359,6 @@ def _replace(cell: Cell, **changes: Any) -> Cell:
     return Cell(**{**asdict(cell), **changes})
 
 
-def _finite(x: float | None) -> float | None:
-    return None if x is None or math.isinf(x) else float(x)
-
-
 def _layer_latency(qlayer: nn.Module, x: torch.Tensor) -> tuple[float, bool]:
     simulated = bool(getattr(qlayer, "simulated", False))
     timed = qlayer.timing_twin() if simulated else qlayer
@@ -398,7 +396,7 @@ def _full_metric(
         drop = float_metric - metric if metric_key == "accuracy" else metric - float_metric
     output_sqnr = None
     if float_output is not None and "y" in captured and captured["y"].shape == float_output.shape:
-        output_sqnr = _finite(sqnr_db(float_output, captured["y"]))
+        output_sqnr = finite_or_none(sqnr_db(float_output, captured["y"]))
     return _replace(
         cell,
         metric=metric,
@@ -406,21 +404,3 @@ def _full_metric(
         kl=evaluation.metrics.get("kl"),
         output_sqnr_db=output_sqnr,
     )
-
-
-def _float_outputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, Any]:
-    """Every named layer's output on ``x`` (its first `SQNR_SAMPLES` samples), in one pass."""
-    outputs: dict[str, torch.Tensor] = {}
-
-    def keep(name: str, out: torch.Tensor) -> None:
-        outputs[name] = out.detach()[:SQNR_SAMPLES].clone()
-
-    modules = dict(model.named_modules())
-    hooks = [modules[n].register_forward_hook(lambda _m, _a, out, n=n: keep(n, out)) for n in names]
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return outputs
