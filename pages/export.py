@@ -9,6 +9,7 @@ import streamlit as st
 
 from explorer.bundle import export_bundle, plan_json, row_snippet, zip_bundle
 from explorer.errors import ExplorerError
+from explorer.measure.display import format_metric
 from explorer.plots import pareto_figure, to_html
 from explorer.sweep.export import WEIGHTS_FILE
 from explorer.ui import state
@@ -38,10 +39,9 @@ def _summary(row: dict[str, Any]) -> None:
     value = (row.get("metrics") or {}).get(metric) if metric else None
     a, b, c = st.columns(3)
     size = row.get("size_bytes")
-    a.metric("Size as stored", f"{size / 1024:,.1f} KiB" if isinstance(size, int | float) else "–")
-    if isinstance(value, int | float):
-        shown = f"{100 * value:.2f} %" if metric == "accuracy" else f"{value:.3g}"
-        b.metric(metric.capitalize(), shown)
+    a.metric("Size as stored", format_metric("size_bytes", size))
+    if metric and isinstance(value, int | float):
+        b.metric(metric.capitalize(), format_metric(metric, value))
     latency = row.get("latency_ms")
     if isinstance(latency, int | float):
         kind = row.get("latency_kind") or "measured"

@@ -11,6 +11,7 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.inspect import algorithm_summary, calibration_seconds
+from explorer.measure.display import format_metric, format_metric_delta
 from explorer.nn.convert import quantizable_layers
 from explorer.plots import (
     compare_layers_figure,
@@ -71,34 +72,6 @@ SENSITIVITY_VALUES = {
 }
 
 
-def _fmt(name: str, value: Any) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return "–"
-    if name == "size_bytes":
-        return f"{value / 1024:,.1f} KiB"
-    if name == "latency_ms":
-        return f"{value:.3g} ms"
-    if name == "accuracy":
-        return f"{value:.2%}"
-    if name.endswith("_db"):
-        return f"{value:.2f} dB"
-    return f"{value:.4g}"
-
-
-def _fmt_delta(name: str, delta: Any) -> str | None:
-    if not isinstance(delta, int | float) or isinstance(delta, bool):
-        return None
-    if name == "size_bytes":
-        return f"{delta / 1024:+,.1f} KiB"
-    if name == "latency_ms":
-        return f"{delta:+.3g} ms"
-    if name == "accuracy":
-        return f"{delta * 100:+.2f} points"
-    if name.endswith("_db"):
-        return f"{delta:+.2f} dB"
-    return f"{delta:+.4g}"
-
-
 HEADLINE_TITLES = {"sqnr_db": "Output SQNR vs float", "size_bytes": "Size", "latency_ms": "Latency"}
 
 
@@ -115,8 +88,8 @@ def _headline(old: dict[str, Any], new: dict[str, Any], sense: str) -> None:
             title += " (simulated)"
         col.metric(
             title,
-            _fmt(name, item["new"]),
-            _fmt_delta(name, item["delta"]),
+            format_metric(name, item["new"]),
+            format_metric_delta(name, item["delta"]),
             delta_color="inverse" if lower_better else "normal",
         )
 
@@ -178,16 +151,17 @@ reference = float_metric(rows)
 cols = st.columns(4)
 cols[0].metric(
     metric_name,
-    _fmt(metric_name, value),
+    format_metric(metric_name, value),
     None
     if value is None or reference is None
-    else f"{_fmt_delta(metric_name, value - reference)} vs float",
+    else f"{format_metric_delta(metric_name, value - reference)} vs float",
     delta_color="inverse" if sense == "min" else "normal",
 )
-cols[1].metric("Size", _fmt("size_bytes", row.get("size_bytes")))
+cols[1].metric("Size", format_metric("size_bytes", row.get("size_bytes")))
 simulated = row.get("latency_kind") == "simulated"
 cols[2].metric(
-    "Latency" + (" (simulated)" if simulated else ""), _fmt("latency_ms", row.get("latency_ms"))
+    "Latency" + (" (simulated)" if simulated else ""),
+    format_metric("latency_ms", row.get("latency_ms")),
 )
 bpw = row.get("bits_per_weight")
 cols[3].metric("Bits per weight", "–" if bpw is None else f"{bpw:.2f}")
@@ -361,9 +335,9 @@ else:
             [
                 {
                     "": HEADLINE_TITLES.get(name, name),
-                    "A": _fmt(name, item["old"]),
-                    "B": _fmt(name, item["new"]),
-                    "B − A": _fmt_delta(name, item["delta"]) or "–",
+                    "A": format_metric(name, item["old"]),
+                    "B": format_metric(name, item["new"]),
+                    "B − A": format_metric_delta(name, item["delta"]) or "–",
                 }
                 for name, item in deltas.items()
             ]

@@ -15,6 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from explorer.measure.display import format_metric
 from explorer.sweep.pareto import METRIC_SENSES, metric_sense
 
 Row = Mapping[str, Any]
@@ -186,15 +187,7 @@ def _simulated(row: Row) -> bool:
 
 # --- formatting -----------------------------------------------------------------------------
 
-
-def _fmt_metric(name: str, value: float | None) -> str:
-    if value is None:
-        return "–"
-    if name in ("accuracy", "agreement"):
-        return f"{value:.2%}"
-    if name.endswith("_db"):
-        return f"{value:.2f} dB"
-    return f"{value:.4g}"
+_fmt_metric = format_metric  # the old name, until plots/pareto.py imports format_metric
 
 
 def _size_unit(sizes: Sequence[float]) -> tuple[float, str]:
@@ -300,9 +293,9 @@ def _hover(row: Row, path: str, base: float | None, on_front: bool | None = None
         kind = row.get("latency_kind") or "measured"
         note = " — upper bound, timed on the next wider kernel" if kind == "simulated" else ""
         lines.append(f"latency: {latency:.3g} ms ({kind}){note}")
-    metric = f"{name}: {_fmt_metric(name, value)}"
+    metric = f"{name}: {format_metric(name, value)}"
     if lo is not None and hi is not None:
-        metric += f" (95% CI {_fmt_metric(name, lo)} – {_fmt_metric(name, hi)})"
+        metric += f" (95% CI {format_metric(name, lo)} – {format_metric(name, hi)})"
     lines.append(metric)
     lines.append(f"kernels: {_kernels_summary(row)}")
     fallbacks = row.get("fallbacks") or {}

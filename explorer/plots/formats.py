@@ -8,12 +8,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import plotly.graph_objects as go
 
+from explorer.measure.display import format_metric
 from explorer.plots.common import (
     SELECTED_COLOR,
     Row,
     _axis_title,
     _empty_note,
-    _fmt_metric,
     _get,
     _hover,
     _interval,
@@ -134,7 +134,7 @@ def setting_figure(
             y=base,
             name="fp32-metric",
             line={"dash": "dash", "color": "#4d4d4d", "width": 1},
-            annotation_text=f"fp32 {_fmt_metric(name, base)}",
+            annotation_text=f"fp32 {format_metric(name, base)}",
             annotation_position="bottom left",
             annotation_font={"size": 10, "color": "#4d4d4d"},
         )
