@@ -50,7 +50,7 @@ from explorer.nn.convert import (
     quantizable_layers,
     quantize_layer,
 )
-from explorer.nn.modules import QuantModule
+from explorer.nn.modules import QuantModule, conv_out_hw
 from explorer.quant.config import QuantConfig, why_not_applicable
 from explorer.quant.observers import ActivationObserver, weight_range
 from explorer.quant.primitives import (
@@ -404,7 +404,8 @@ def fake_quantized_output(
         cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
         rows = cols.transpose(1, 2).reshape(-1, k)  # (B*L, K)
         out = F.linear(_fake_rows(rows, spec, act), w_fq, bias)  # (B*L, N)
-        ho, wo = _conv_out_hw(layer, h, wd)
+        geometry = {k: getattr(layer, k) for k in ("kernel_size", "stride", "padding", "dilation")}
+        ho, wo = conv_out_hw(h, wd, geometry)
         return out.reshape(b, ho, wo, n).permute(0, 3, 1, 2)
     rows = x.reshape(-1, k)
     return F.linear(_fake_rows(rows, spec, act), w_fq, bias).reshape(*x.shape[:-1], n)
@@ -412,12 +413,6 @@ def fake_quantized_output(
 
 def _per_tensor(spec: LinearSpec) -> LinearSpec:
     return dataclasses.replace(spec, act_granularity="tensor")
-
-
-def _conv_out_hw(conv: nn.Conv2d, h: int, w: int) -> tuple[int, int]:
-    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-    (ph, pw), (dh, dw) = conv.padding, conv.dilation
-    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
 def kernel_options(ctx: ModelContext, layer: str, config: QuantConfig) -> list[str]:

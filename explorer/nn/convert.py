@@ -32,7 +32,14 @@ from torch import nn
 from explorer.errors import QuantConfigError
 from explorer.kernels.base import ActQParams
 from explorer.nn.fold import fold_batch_norm
-from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantLinear, QuantModule
+from explorer.nn.modules import (
+    Bf16Conv2d,
+    Bf16Linear,
+    QuantConv2d,
+    QuantLinear,
+    QuantModule,
+    conv_out_hw,
+)
 from explorer.quant.awq import awq_quantize
 from explorer.quant.config import Plan, QuantConfig, why_not_applicable
 from explorer.quant.gptq import gptq_quantize
@@ -492,11 +499,7 @@ def select_kernels(
     def record(name: str, module: QuantModule, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0]
         if isinstance(module, QuantConv2d):
-            c = module.conv
-            h, w = x.shape[-2:]
-            kh, kw = c["kernel_size"]
-            ho = (h + 2 * c["padding"][0] - c["dilation"][0] * (kh - 1) - 1) // c["stride"][0] + 1
-            wo = (w + 2 * c["padding"][1] - c["dilation"][1] * (kw - 1) - 1) // c["stride"][1] + 1
+            ho, wo = conv_out_hw(*x.shape[-2:], module.conv)
             rows[name] = x.shape[0] * ho * wo
         else:
             rows[name] = x.numel() // x.shape[-1]

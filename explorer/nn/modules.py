@@ -17,6 +17,7 @@ kernel, so the kernel, the packed format and the kernel choice are those of roun
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -281,7 +282,7 @@ class QuantConv2d(QuantModule):
         b, _, h, w = x.shape
         cols = F.unfold(x.float(), c["kernel_size"], c["dilation"], c["padding"], c["stride"])
         out = self._matmul(cols.transpose(1, 2).reshape(-1, cols.shape[1]))  # (B*L, O)
-        ho, wo = _out_hw(h, w, c)
+        ho, wo = conv_out_hw(h, w, c)
         return out.reshape(b, ho, wo, -1).permute(0, 3, 1, 2)
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
@@ -342,7 +343,10 @@ class QuantConv2d(QuantModule):
         return config if ok else QuantConfig.float("fp32")
 
 
-def _out_hw(h: int, w: int, c: dict[str, Any]) -> tuple[int, int]:
+def conv_out_hw(h: int, w: int, c: Mapping[str, Any]) -> tuple[int, int]:
+    """Output height and width of a convolution with ``c``'s ``kernel_size``, ``stride``,
+    ``padding`` and ``dilation`` (pairs, as `QuantConv2d.conv` holds them) on an ``h × w``
+    input: PyTorch's formula."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
         c["kernel_size"],
         c["stride"],

@@ -31,7 +31,7 @@ from explorer.nn.convert import (
     set_submodule,
 )
 from explorer.nn.fold import fold_batch_norm
-from explorer.nn.modules import _out_hw
+from explorer.nn.modules import conv_out_hw
 from explorer.quant.config import Plan, QuantConfig
 from explorer.quant.observers import weight_range
 from explorer.quant.primitives import (
@@ -142,7 +142,7 @@ class FakeQuantLayer(nn.Module):
         rows = self._fake_rows(cols.transpose(1, 2).reshape(-1, cols.shape[1]))  # (B*L, C*kh*kw)
         out = F.linear(rows, w.reshape(w.shape[0], -1), layer.bias)  # (B*L, O)
         geometry = {k: getattr(layer, k) for k in ("kernel_size", "stride", "padding", "dilation")}
-        ho, wo = _out_hw(h, wd, geometry)
+        ho, wo = conv_out_hw(h, wd, geometry)
         return out.reshape(b, ho, wo, -1).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

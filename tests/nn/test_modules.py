@@ -97,3 +97,20 @@ def test_linear_accepts_any_leading_dims() -> None:
     y = q(x)
     assert y.shape == (2, 3, 5, 32)
     torch.testing.assert_close(y, lin(x), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation"),
+    [
+        ((3, 3), (1, 1), (1, 1), (1, 1)),
+        ((3, 5), (2, 1), (0, 2), (1, 2)),
+        ((1, 1), (3, 3), (0, 0), (1, 1)),
+    ],
+)
+def test_conv_out_hw_matches_pytorch(kernel, stride, padding, dilation) -> None:
+    from explorer.nn.modules import conv_out_hw
+
+    conv = torch.nn.Conv2d(2, 3, kernel, stride, padding, dilation)
+    geometry = {"kernel_size": kernel, "stride": stride, "padding": padding, "dilation": dilation}
+    for h, w in ((7, 9), (16, 11)):
+        assert conv_out_hw(h, w, geometry) == tuple(conv(torch.zeros(1, 2, h, w)).shape[-2:])
