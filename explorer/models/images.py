@@ -6,7 +6,7 @@ rebuilt by anyone: `fit` draws every random number (initialisation, shuffling, a
 dropout) from torch's global generator seeded once by the caller, and `ptq_metrics` evaluates the
 trained float model against weight-only round-to-nearest quantization (activations stay float)
 at the settings the anchors name: W8 per-channel, which should cost at most about a point (trend 1
-in ANCHORS.md), W8 per-tensor, which collapses on networks whose folded batch norms make channel
+in docs/trends.md), W8 per-tensor, which collapses on networks whose folded batch norms make channel
 ranges differ widely (trend 2; Krishnamoorthi 2018, arXiv 1806.08342, table 2), and W4 with
 groups of 32 and 128 along the input dimension (trend 4).
 

@@ -3,7 +3,7 @@
 deployment toolchains do (Krishnamoorthi 2018, section 3.2; Jacob et al., arXiv 1712.05877).
 
 Folding is why per-tensor weight scales collapse on some networks: γ/σ differs widely between
-channels, so the folded channels' ranges do too (trend 2 in ANCHORS.md).
+channels, so the folded channels' ranges do too (trend 2, docs/trends.md).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_splits_are_disjoint_stratified_and_sized() -> None:
 
 
 def test_w8_per_channel_is_within_a_point_of_float(model: nn.Module, card: dict[str, Any]) -> None:
-    # Trend 1 (ANCHORS.md): 8-bit per-channel PTQ costs about a point at most.
+    # Trend 1 (docs/trends.md): 8-bit per-channel PTQ costs about a point at most.
     float_accuracy = eval_accuracy(model)
     w8 = eval_accuracy(quantized(model, "channel"))
     assert w8 >= float_accuracy - 0.01

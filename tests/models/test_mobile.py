@@ -117,7 +117,7 @@ def test_folding_keeps_the_float_function(model: nn.Module) -> None:
 def test_per_tensor_w8_collapses_and_per_channel_holds(
     model: nn.Module, float_accuracy: float, card: dict
 ) -> None:
-    # Trend 2 (ANCHORS.md; Krishnamoorthi 2018, table 2: MobileNet-v1 70.9 / 0.1 / 70.3 %).
+    # Trend 2 (docs/trends.md; Krishnamoorthi 2018, table 2: MobileNet-v1 70.9 / 0.1 / 70.3 %).
     per_tensor = eval_accuracy(w8(model, "tensor"))
     per_channel = eval_accuracy(w8(model, "channel"))
     assert per_tensor <= float_accuracy - 0.10

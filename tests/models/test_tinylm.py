@@ -1,6 +1,6 @@
-"""tiny-lm: the shipped weights against their card, the group-size trend at 4 bits (ANCHORS trend
-4), int8 fidelity, the KV-cache decode path against a full forward pass, the latency workloads on
-quantized models, and the corpus splits."""
+"""tiny-lm: the shipped weights against their card, the group-size trend at 4 bits (trend 4,
+docs/trends.md), int8 fidelity, the KV-cache decode path against a full forward pass, the latency
+workloads on quantized models, and the corpus splits."""
 
 from __future__ import annotations
 

@@ -49,9 +49,10 @@ def _by(rows: list[dict], **match: object) -> dict:
 
 @pytest.mark.slow
 def test_ptq_trends_on_a_seeded_model(mobile: ModelContext, tmp_path: Path) -> None:
-    """ANCHORS trends on mobile-cnn (seeded, shipped, batch norm folded): W8 per-channel within
-    1 point of float; at 4 bits per-channel at least 5 points above per-tensor; accuracy never
-    rises as bits fall beyond the confidence interval; 2-bit PTQ loses at least 20 points."""
+    """Trends 1, 3 and 5 (docs/trends.md) on mobile-cnn (seeded, shipped, batch norm folded): W8
+    per-channel within 1 point of float; at 4 bits per-channel at least 5 points above per-tensor;
+    accuracy never rises as bits fall beyond the confidence interval; 2-bit PTQ loses at least 20
+    points."""
     spec = SweepSpec(weight_bits=(8, 4, 3, 2), granularity=("tensor", "channel"))
     entries, skipped = expand(spec, mobile.model)
     assert not skipped
@@ -82,8 +83,8 @@ GRANS = ("tensor", "channel")
 def test_four_bit_activations_hurt_more_than_four_bit_weights(
     mobile: ModelContext, tmp_path: Path
 ) -> None:
-    """ANCHORS trend 7 on mobile-cnn, per-token dynamic activations both ways: W8A4 loses more
-    than W4A8 beyond both intervals (measured: W4A8 92.0 %, W8A4 38.9 %, float 98.15 %). W4A8's
+    """Trend 7 (docs/trends.md) on mobile-cnn, per-token dynamic activations both ways: W8A4 loses
+    more than W4A8 beyond both intervals (measured: W4A8 92.0 %, W8A4 38.9 %, float 98.15 %). W4A8's
     dense layers run the real int4 x int8 kernel; A4 has none, so its latency is simulated."""
     spec = SweepSpec(weight_bits=(4, 8), act_bits=(8, 4))
     entries, skipped = expand(spec, mobile.model)
