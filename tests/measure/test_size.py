@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
+import struct
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 from explorer.measure.size import (
@@ -42,6 +45,57 @@ def test_size_equals_safetensors_payload(config: QuantConfig, tmp_path: Path) ->
     loaded = load_file(str(path))
     for name, t in q.state_dict().items():
         assert torch.equal(loaded[name], t), name
+
+
+SAFETENSORS_DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1,
+}  # fmt: skip
+
+
+def written_data_bytes(path: Path) -> int:
+    """Data bytes of a safetensors file read from its own header: 8-byte little-endian header
+    length, JSON header, then the tensors back to back. Each tensor's bytes are its dtype's size
+    times its element count; the offsets must tile the data section, which must end the file."""
+    raw = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_len])
+    header.pop("__metadata__", None)
+    total = 0
+    for name, v in header.items():
+        start, end = v["data_offsets"]
+        assert end - start == SAFETENSORS_DTYPE_BYTES[v["dtype"]] * math.prod(v["shape"]), name
+        total += end - start
+    spans = sorted(tuple(v["data_offsets"]) for v in header.values())
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert 8 + header_len + total == len(raw)
+    return total
+
+
+def tied_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    shared = nn.Linear(64, 64)
+    return nn.Sequential(shared, nn.ReLU(), shared, nn.LayerNorm(64))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
+def test_size_equals_bytes_of_a_file_written_without_explorer(
+    config: QuantConfig, tmp_path: Path
+) -> None:
+    """Independent of `_unique_tensors` and `export_safetensors`: safetensors' own writer
+    (which drops shared tensors itself) writes the model, and the data bytes come from the
+    file's header and length."""
+    q = quantize_model(mlp(), Plan.uniform(config), calibration_data=torch.randn(16, 256))
+    path = tmp_path / "independent.safetensors"
+    save_model(q, str(path))
+    assert size_bytes(q) == written_data_bytes(path)
+
+
+def test_tied_weights_are_counted_once(tmp_path: Path) -> None:
+    model = tied_mlp()
+    path = tmp_path / "tied.safetensors"
+    save_model(model, str(path))
+    assert size_bytes(model) == written_data_bytes(path) == (64 * 64 + 64 + 2 * 64) * 4
 
 
 def test_float_size_counts_every_parameter() -> None:
