@@ -4,7 +4,7 @@ A row of the results store carries its plan (``config``), its QAT budget and the
 ran on. `export_bundle` rebuilds that quantized model the way the sweep built it
 (`explorer.sweep.runner.build_quantized`: PTQ, or QAT from the PTQ point for the row's step budget),
 puts each layer back on the kernel the row measured, writes it with
-`explorer.sweep.export.export_quantized` and returns the files: ``plan.json``,
+`explorer.export.export_quantized` and returns the files: ``plan.json``,
 ``model.safetensors`` (reloads with `explorer.sweep.export.load_export` to identical outputs),
 ``reapply.py`` and ``README.txt``. `plan_document` is the plan alone, in the form
 ``explorer export --plan`` reads (a sweep row's ``config`` with its QAT budget).
@@ -24,10 +24,7 @@ from typing import Any
 from torch import nn
 
 from explorer.errors import ExplorerError
-from explorer.nn.convert import quant_modules
-from explorer.quant.config import Plan
-from explorer.sweep.context import ModelContext
-from explorer.sweep.export import (
+from explorer.export import (
     PLAN_FILE,
     README_FILE,
     SNIPPET_FILE,
@@ -35,6 +32,9 @@ from explorer.sweep.export import (
     export_quantized,
     snippet,
 )
+from explorer.nn.convert import quant_modules
+from explorer.quant.config import Plan
+from explorer.sweep.context import ModelContext
 from explorer.sweep.runner import RunSettings, build_quantized
 from explorer.sweep.space import PlanEntry, entry_for_plan
 

@@ -9,9 +9,9 @@ import streamlit as st
 
 from explorer.bundle import export_bundle, plan_json, row_snippet, zip_bundle
 from explorer.errors import ExplorerError
+from explorer.export import WEIGHTS_FILE
 from explorer.measure.display import format_metric
 from explorer.plots import pareto_figure, to_html
-from explorer.sweep.export import WEIGHTS_FILE
 from explorer.ui import state
 from explorer.ui.rows import row_picker_ui
 

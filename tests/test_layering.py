@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "measure": 4,
     "models": 5,
     "tasks": 6,
+    "export": 6,
     "targets": 7,
     "sweep": 8,
     # the app services and the figure builders: each uses the sweep, none uses another

@@ -16,14 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from explorer.errors import ExplorerError, ModelLoadError, QuantConfigError
-from explorer.kernels.select import candidates
-from explorer.measure.size import safetensors_payload_bytes, size_bytes
-from explorer.models.registry import get_builtin
-from explorer.nn.convert import quant_modules, quantize_model
-from explorer.nn.qat import convert, prepare_qat
-from explorer.quant.config import Plan, QuantConfig
-from explorer.sweep import export as export_mod
-from explorer.sweep.export import (
+from explorer.export import (
     METADATA_KEY,
     ExportError,
     export_quantized,
@@ -31,6 +24,13 @@ from explorer.sweep.export import (
     read_export_plan,
     snippet,
 )
+from explorer.export import write as export_write
+from explorer.kernels.select import candidates
+from explorer.measure.size import safetensors_payload_bytes, size_bytes
+from explorer.models.registry import get_builtin
+from explorer.nn.convert import quant_modules, quantize_model
+from explorer.nn.qat import convert, prepare_qat
+from explorer.quant.config import Plan, QuantConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = {"model": "digits-cnn"}
@@ -311,7 +311,7 @@ def test_failed_export_leaves_nothing(digits, tmp_path: Path, monkeypatch) -> No
     def broken(_model: nn.Module, _path: Path) -> Path:
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_mod, "export_safetensors", broken)
+    monkeypatch.setattr(export_write, "export_safetensors", broken)
     with pytest.raises(OSError, match="disk full"):
         export_quantized(quantized, plan, tmp_path / "export", model_ref=DIGITS)
     assert list(tmp_path.iterdir()) == []
@@ -451,3 +451,13 @@ def test_snippet_runs_standalone(digits, tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == f"(a) exported model: {result.size_bytes} bytes stored"
     assert lines[1] == f"(b) plan reapplied: {result.size_bytes} bytes stored"
+
+
+def test_the_documented_path_is_the_same_api() -> None:
+    """``explorer.sweep.export`` (README, users' scripts) re-exports `explorer.export`."""
+    import explorer.export
+    import explorer.sweep.export
+
+    assert explorer.sweep.export.__all__ == explorer.export.__all__
+    for name in explorer.export.__all__:
+        assert getattr(explorer.sweep.export, name) is getattr(explorer.export, name), name
