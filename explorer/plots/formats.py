@@ -9,24 +9,18 @@ from collections.abc import Iterable, Mapping, Sequence
 import plotly.graph_objects as go
 
 from explorer.measure.display import format_metric
-from explorer.plots.common import (
-    SELECTED_COLOR,
+from explorer.plots.hover import _hover, _interval
+from explorer.plots.layout import _axis_title, _empty_note
+from explorer.plots.rows import (
     Row,
-    _axis_title,
-    _empty_note,
     _get,
-    _hover,
-    _interval,
     _metric_name,
     _number,
     _plotted,
     _quality_axis,
-    _series_colors,
-    _series_rank,
-    _symbol,
     float_metric,
-    series_of,
 )
+from explorer.plots.series import SELECTED_COLOR, _series_colors, _series_rank, _symbol, series_of
 
 
 def _padded(values: Sequence[float], share: float = 0.08) -> list[float] | None:

@@ -9,7 +9,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from explorer.plots.common import _empty_note, _kernel_palette, _number
+from explorer.plots.layout import _empty_note
+from explorer.plots.rows import _number
+from explorer.plots.series import _kernel_palette
 
 
 def _bench_group(row: Mapping[str, Any]) -> str:

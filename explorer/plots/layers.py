@@ -10,15 +10,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from explorer.plots.common import (
-    BASELINE_SERIES,
-    SERIES_COLORS,
-    Row,
-    _empty_note,
-    _kernel_palette,
-    _number,
-    _simulated,
-)
+from explorer.plots.layout import _empty_note
+from explorer.plots.rows import Row, _number, _simulated
+from explorer.plots.series import BASELINE_SERIES, SERIES_COLORS, _kernel_palette
 
 HATCH_NOTE = "hatched = simulated (no real kernel at this width)"
 

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.plots.common import _number
+from explorer.plots.rows import _number
 
 GRID_LINES_MAX = 64  # more representable values than this: a rug instead of one line each
 
