@@ -9,18 +9,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from explorer.sweep.pareto import METRIC_SENSES, metric_sense
+from explorer.sweep.pareto import row_value as _get
 
 Row = Mapping[str, Any]
 TASK_METRICS = ("accuracy", "perplexity")  # their CI is of the delta against float
-
-
-def _get(row: Row, path: str) -> Any:
-    value: Any = row
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 def _number(value: Any) -> float | None:

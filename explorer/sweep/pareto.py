@@ -163,7 +163,9 @@ def front_order(rows: Sequence[Mapping[str, Any]], x: str, flags: Sequence[bool]
     return [i for _, i in sorted(keyed)]
 
 
-def _lookup(row: Mapping[str, Any], path: str) -> Any:
+def row_value(row: Mapping[str, Any], path: str) -> Any:
+    """The value at dotted ``path`` in a result row (``metrics.accuracy``), or None where any
+    part of the path is missing."""
     value: Any = row
     for part in path.split("."):
         if not isinstance(value, Mapping) or part not in value:
@@ -173,7 +175,7 @@ def _lookup(row: Mapping[str, Any], path: str) -> Any:
 
 
 def _numeric(row: Mapping[str, Any], path: str, index: int) -> float | None:
-    value = _lookup(row, path)
+    value = row_value(row, path)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
