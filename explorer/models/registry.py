@@ -56,6 +56,9 @@ class BuiltinModel:
     # or run setting that names its own value overrides them.
     qat_lr: float = DEFAULT_QAT_LR
     qat_batch: int = DEFAULT_QAT_BATCH
+    # A model shipped as a Hugging Face directory loads through its own loader (the safe HF
+    # loader) instead of ``build()`` + ``model.safetensors``.
+    loader: Callable[[], nn.Module] | None = None
 
     @property
     def asset_dir(self) -> Path:
@@ -76,6 +79,8 @@ class BuiltinModel:
         """The float model with its shipped weights, in eval mode."""
         from explorer.models.safe_load import load_into
 
+        if self.loader is not None:
+            return self.loader().eval()
         if not self.weights_path.exists():
             raise ModelLoadError(
                 f"weights of built-in model {self.name!r} are missing at {self.weights_path}; "
