@@ -1,0 +1,12 @@
+"""Targets: where a quantized configuration runs (see `explorer.targets.base`)."""
+
+from explorer.targets.base import (
+    Artifact,
+    NativeTarget,
+    Target,
+    TargetError,
+    get_target,
+    target_names,
+)
+
+__all__ = ["Artifact", "NativeTarget", "Target", "TargetError", "get_target", "target_names"]
