@@ -149,8 +149,9 @@ def _size_checked(path: Path, max_bytes: int) -> int:
         raise ModelLoadError(f"data file {path}: cannot read it ({exc.strerror})") from None
     if stat.S_ISDIR(info.st_mode):
         raise ModelLoadError(
-            f"data path {path} is a directory; --data takes one file: {FORMATS} "
-            "(image and audio folders are not supported yet)"
+            f"data path {path} is a directory; an image folder (one subfolder per class) is "
+            f"read only for an image classifier (…ForImageClassification), otherwise --data "
+            f"takes one file: {FORMATS} (audio folders are not read yet)"
         )
     if not stat.S_ISREG(info.st_mode):
         raise ModelLoadError(f"data path {path} is not a regular file; use {FORMATS}")

@@ -94,6 +94,12 @@ class QuantModule(nn.Module):
         input_scale = getattr(self, "input_scale", None)
         return w if input_scale is None else w * input_scale[None, :]
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """`effective_weight`, for model code that reads a layer's ``.weight`` (ViT casts its
+        pixels to ``patch_embeddings.projection.weight.dtype``); not a parameter or buffer."""
+        return self.effective_weight()
+
     def act_qparams(self) -> ActQParams | None:
         if not hasattr(self, "act_scale"):
             return None
@@ -385,6 +391,11 @@ class Bf16Conv2d(nn.Module):
         )
         self.conv.load_state_dict(conv.state_dict())
         self.conv.bfloat16().requires_grad_(False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The bf16 weight, for model code that reads ``.weight`` (ViT's input cast)."""
+        return self.conv.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.bfloat16()).float()

@@ -406,10 +406,16 @@ def open_context(source: ModelSource) -> ModelContext:
     if loaded.builtin is None and source.model is not None and Path(source.model).is_dir():
         from explorer.tasks import task_object
         from explorer.tasks.classification import SequenceClassificationTask
+        from explorer.tasks.detect import is_image_classifier
 
         text = source.data is not None and Path(source.data).suffix.lower() in (".csv", ".jsonl")
         if task in ("lm", "embedding"):
             return _hf_task_context(loaded, source, Path(source.model), task_object(task))
+        if task == "classification" and is_image_classifier(read_config(Path(source.model))):
+            from explorer.tasks.image_classification import ImageClassificationTask
+
+            images = ImageClassificationTask()  # image folder, pixel tensors or random pixels
+            return _hf_task_context(loaded, source, Path(source.model), images)
         if task == "classification" and text:  # labelled text for a sequence classifier
             sequences = SequenceClassificationTask()
             return _hf_task_context(loaded, source, Path(source.model), sequences)

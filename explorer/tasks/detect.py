@@ -4,7 +4,8 @@
 - ``…ForCausalLM``, ``…LMHeadModel`` → ``lm`` (causal language model);
 - a sentence-transformers directory (``modules.json``, ``1_Pooling/config.json``), or a bare
   encoder (``BertModel``, ``RobertaModel``, ... of an encoder ``model_type``) → ``embedding``;
-- ``…ForSequenceClassification``, ``…ForImageClassification`` → ``classification``;
+- ``…ForSequenceClassification``, ``…ForImageClassification`` → ``classification`` (an image
+  classifier, `is_image_classifier`, reads images: `explorer.tasks.image_classification`);
 - anything else → ``fidelity``.
 """
 
@@ -72,6 +73,14 @@ def detect_task(config: Mapping[str, Any], model_dir: Path | None = None) -> str
     if arch.endswith("Model") and str(config.get("model_type", "")).lower() in ENCODER_TYPES:
         return "embedding"
     return "fidelity"
+
+
+def is_image_classifier(config: Mapping[str, Any]) -> bool:
+    """An image classifier (ViT, ResNet, ConvNeXt, MobileNet ``…ForImageClassification``): its
+    ``classification`` task reads images (`explorer.tasks.image_classification`), not text."""
+    architectures = config.get("architectures") or []
+    arch = architectures[0] if architectures and isinstance(architectures[0], str) else ""
+    return arch.endswith("ForImageClassification")
 
 
 def task_object(name: str) -> Task:
