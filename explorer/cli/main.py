@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sensitivity_options(search)
     search.add_argument(
         "--damage",
-        choices=("metric_drop", "kl"),
+        choices=("metric_drop", "kl", "cosine_loss"),
         default="metric_drop",
         help="what the search minimizes (default metric_drop)",
     )

@@ -95,6 +95,7 @@ def setting_config(name: str) -> QuantConfig | None:
     return QuantConfig(**fields)
 
 
+DAMAGES = ("metric_drop", "kl", "cosine_loss")
 DEFAULT_SETTINGS = ("W8 channel", "W4 g32", "W4 g128", "W3 g32", "W3 g128", "W2 g32")
 
 
@@ -109,6 +110,7 @@ class Cell:
     metric: float | None = None
     metric_drop: float | None = None  # damage: perplexity increase, or accuracy lost
     kl: float | None = None
+    cosine_loss: float | None = None  # damage without kl or metric (embeddings): 1 - cosine
     latency_ms: float | None = None
     simulated: bool = False
 
@@ -149,9 +151,17 @@ class Sensitivity:
         }
 
     def to_search_table(self, damage: str = "metric_drop") -> SensitivityTable:
-        """The search's input; ``damage``: ``metric_drop`` (default) or ``kl``."""
-        if damage not in ("metric_drop", "kl"):
-            raise ExplorerError(f"damage must be 'metric_drop' or 'kl', got {damage!r}")
+        """The search's input; ``damage``: ``metric_drop`` (default), ``kl`` or ``cosine_loss``
+        (1 - mean cosine to float). A model with neither a metric nor kl (an embedding model
+        without scored pairs) is searched on ``cosine_loss`` whatever was asked."""
+        if damage not in DAMAGES:
+            raise ExplorerError(f"damage must be one of {', '.join(DAMAGES)}, got {damage!r}")
+        measured = {
+            d: any(getattr(c, d) is not None for c in self.cells.values() if c.applicable is None)
+            for d in DAMAGES
+        }
+        if not measured[damage] and not measured["metric_drop"] and not measured["kl"]:
+            damage = "cosine_loss"
 
         def grid(attr: str) -> tuple[tuple[Any, ...], ...]:
             return tuple(
@@ -391,6 +401,7 @@ def _full_metric(
     finally:
         handle.remove()
     metric = evaluation.metrics.get(metric_key) if metric_key else None
+    cosine = evaluation.metrics.get("cosine")
     drop = None
     if metric is not None and float_metric is not None:
         drop = float_metric - metric if metric_key == "accuracy" else metric - float_metric
@@ -402,5 +413,6 @@ def _full_metric(
         metric=metric,
         metric_drop=drop,
         kl=evaluation.metrics.get("kl"),
+        cosine_loss=None if cosine is None else 1.0 - cosine,
         output_sqnr_db=output_sqnr,
     )
