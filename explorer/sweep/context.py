@@ -255,7 +255,14 @@ class ModelContext:
     # --- derived, computed once -------------------------------------------------------------
     @cached_property
     def folded(self) -> nn.Module:
-        """The float model with batch norm folded: the per-layer reference of every plan."""
+        """The float model with batch norm folded: the per-layer reference of every plan.
+
+        Folding needs a copy (it rewrites the model); a model without batch norm is its own
+        folded form, so it is returned as is rather than copied: a second float copy of a
+        0.5 B-parameter model would cost another gigabyte for nothing. Callers only read it
+        (hooks, forward passes), never change it."""
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            return self.model
         folded, _ = fold_batch_norm(copy.deepcopy(self.model).eval())
         return folded
 

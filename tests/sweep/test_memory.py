@@ -1,0 +1,45 @@
+"""Float copies a context keeps: a model without batch norm is its own folded reference."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+from torch import nn
+
+from explorer.sweep.context import ModelContext, ModelSource, open_context
+
+
+def _live_storages() -> set[int]:
+    """Data pointers of every parameter-sized float tensor alive in this process."""
+    ptrs = set()
+    for obj in gc.get_objects():
+        if type(obj) in (torch.Tensor, nn.Parameter) and obj.is_floating_point() and obj.numel():
+            ptrs.add(obj.untyped_storage().data_ptr())
+    return ptrs
+
+
+def test_model_without_batch_norm_is_not_copied_for_its_folded_reference() -> None:
+    ctx: ModelContext = open_context(ModelSource(model="tiny-lm"))
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ctx.model.modules())
+    gc.collect()
+    before = _live_storages()
+    folded = ctx.folded
+    gc.collect()
+    after = _live_storages()
+    assert folded is ctx.model
+    # a deepcopy would have brought one new storage per parameter
+    assert after - before == set()
+    params = {p.untyped_storage().data_ptr() for p in ctx.model.parameters()}
+    assert {p.untyped_storage().data_ptr() for p in folded.parameters()} == params
+
+
+def test_model_with_batch_norm_gets_a_folded_copy_and_keeps_its_own() -> None:
+    ctx = open_context(ModelSource(model="mobile-cnn"))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in ctx.model.modules())
+    folded = ctx.folded
+    assert folded is not ctx.model
+    assert any(isinstance(m, nn.BatchNorm2d) for m in ctx.model.modules())  # untouched
+    x = ctx.calibration_inputs(4)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), ctx.model.eval()(x), rtol=1e-4, atol=1e-4)
