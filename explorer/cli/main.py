@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(sweep)
     _add_config_options(sweep, single=False)
     sweep.add_argument("--default", action="store_true", help="start from the default sweep")
+    sweep.add_argument(
+        "--target",
+        default="native",
+        help="where rows run, comma-separated: native, onnxruntime (default native)",
+    )
     _add_run_options(sweep, sweep=True)
     _add_json(sweep)
     sweep.set_defaults(func=cmd_sweep)

@@ -218,6 +218,16 @@ def _add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> Non
     )
 
 
+def _targets(args: argparse.Namespace) -> list[str]:
+    """``--target``: comma-separated target names, each checked before any row runs."""
+    from explorer.targets import get_target
+
+    names = [t.strip() for t in str(getattr(args, "target", "native")).split(",") if t.strip()]
+    for name in names:
+        get_target(name)  # an unknown name or a missing runtime fails here, with its reason
+    return names or ["native"]
+
+
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from explorer.sweep.default import default_entries
     from explorer.sweep.runner import run_sweep
@@ -233,19 +243,24 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         # Without config options: the app's default sweep, its one QAT row included.
         as_is = not _spec_changes(args)
         entries, skipped = default_entries(ctx.model) if as_is else expand(spec, ctx.model)
-        tally = _Tally(len(entries), f"sweep {ctx.name}")
-        try:
-            for event in run_sweep(ctx, entries, store, settings=settings, executor=executor):
-                tally(event)
-        except KeyboardInterrupt:
-            raise _interrupted(tally.counts["evaluated"]) from None
-        finally:
-            tally.bar.close()
+        ordered, failed, counts = [], [], {"cached": 0, "evaluated": 0}
+        for target in _targets(args):  # the target dimension: every entry on each target
+            settings = dataclasses.replace(settings, target=target)
+            tally = _Tally(len(entries), f"sweep {ctx.name} on {target}")
+            try:
+                for event in run_sweep(ctx, entries, store, settings=settings, executor=executor):
+                    tally(event)
+            except KeyboardInterrupt:
+                raise _interrupted(tally.counts["evaluated"]) from None
+            finally:
+                tally.bar.close()
+            ordered += _in_entry_order(entries, tally.rows)
+            failed += tally.failed
+            for name in counts:
+                counts[name] += tally.counts[name]
     finally:
         store.close()
-    counts, failed = tally.counts, tally.failed
-    _report_failures("sweep", failed, len(tally.rows))
-    ordered = _in_entry_order(entries, tally.rows)
+    _report_failures("sweep", failed, len(ordered))
     axis = _flag_fronts(ordered, ctx.metric)
     baseline = {
         r["label"]: {**r["metrics"], "size_bytes": r["size_bytes"], "latency_ms": r["latency_ms"]}

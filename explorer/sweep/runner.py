@@ -25,6 +25,8 @@ Imports: `explorer.quant`, `explorer.nn`, `explorer.measure`, `explorer.sweep.co
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +48,13 @@ from explorer.nn.convert import (
 )
 from explorer.nn.qat import QAT_SCHEDULE, train_qat
 from explorer.quant.config import QuantConfig
-from explorer.sweep.context import ModelContext, ModelSource, environment, open_context
+from explorer.sweep.context import (
+    ModelContext,
+    ModelSource,
+    Progress,
+    environment,
+    open_context,
+)
 from explorer.sweep.space import PlanEntry
 from explorer.sweep.store import ResultStore, row_key
 from explorer.sweep.version import code_version
@@ -66,6 +74,7 @@ class RunSettings:
     repeats: int = 20
     qat_batch: int | None = None  # None: the model's default (`ModelContext.qat_batch`)
     per_layer: bool = True
+    target: str = "native"  # where rows run (explorer.targets): native or onnxruntime
 
     def __post_init__(self) -> None:
         for name in ("calibration_samples", "n_boot", "repeats", "qat_batch"):
@@ -117,7 +126,18 @@ def row_parts(
         "kernels": kernel_policy(),
         "env": env,
         "code": code_version(),  # source hash + native build and ISA (explorer.sweep.version)
+        **_target_part(settings),
     }
+
+
+def _target_part(settings: RunSettings) -> dict[str, Any]:
+    """The target's name, runtime version and settings; absent for native, so native rows keep
+    the keys they had before targets existed."""
+    if settings.target == "native":
+        return {}
+    from explorer.targets import describe, get_target
+
+    return {"target": describe(get_target(settings.target))}
 
 
 def entry_key(
@@ -286,10 +306,27 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or x in (float("inf"), float("-inf")) else float(x)
 
 
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has held so far (``ru_maxrss``: KiB on Linux,
+    bytes on macOS): the peak of the process doing the work, whatever part of it a row caused."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _module_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
 def evaluate_entry(
-    ctx: ModelContext, entry: PlanEntry, settings: RunSettings, env: dict[str, Any] | None = None
+    ctx: ModelContext,
+    entry: PlanEntry,
+    settings: RunSettings,
+    env: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """One result row for ``entry`` (see the module docstring)."""
+    """One result row for ``entry`` (see the module docstring). ``progress(done, total)`` is
+    called after each evaluation batch: the float reference's (the context's first row only),
+    then the quantized model's."""
     env = env or environment()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -307,7 +344,7 @@ def evaluate_entry(
     workloads = list(ctx.workloads.items())
     primary_name, primary_make = workloads[0]
     quantized = bool(quant_modules(qmodel))
-    batches = ctx.reference.batches
+    batches = ctx.compute_reference(progress).batches
     t0 = time.perf_counter()
     if quantized:  # real runtimes dispatch by shape: the kernels for the evaluation batches
         task, first = ctx.task_spec, batches[0][0]
@@ -315,8 +352,24 @@ def evaluate_entry(
         select_kernels(qmodel, run=lambda: task.outputs(qmodel, first))
     seconds["kernel_choice"] = time.perf_counter() - t0
 
+    target_layers: dict[str, Any] = {}
+    artifact_source = qmodel
+    if settings.target != "native":
+        # another runtime: it builds its artifact from this quantized model and is evaluated
+        # against the same float reference and timed on the same workloads, as a module
+        from explorer.targets import TargetModule, get_target
+
+        t0 = time.perf_counter()
+        artifact = get_target(settings.target).build(qmodel, batches[0][0])
+        target_layers = artifact.layers
+        qmodel = TargetModule(artifact)
+        quantized = False
+        seconds["target_build"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
-    evaluation = ctx.reference.evaluate(qmodel, n_boot=settings.n_boot, seed=settings.seed)
+    evaluation = ctx.reference.evaluate(
+        qmodel, n_boot=settings.n_boot, seed=settings.seed, progress=progress
+    )
     seconds["evaluate"] = time.perf_counter() - t0
 
     # Each workload is timed with the kernels chosen for its own row counts; the primary one
@@ -340,14 +393,16 @@ def evaluate_entry(
     seconds["latency"] = time.perf_counter() - t0
 
     layers: list[dict[str, Any]] = []
-    if settings.per_layer:
+    if settings.per_layer and settings.target == "native":
         t0 = time.perf_counter()
         layers = per_layer(ctx, qmodel, primary_make(timed) if not simulated else None)
         seconds["per_layer"] = time.perf_counter() - t0
 
-    size = size_report(qmodel)
-    report = getattr(qmodel, "quant_report", None)
+    size = size_report(artifact_source)
+    report = getattr(artifact_source, "quant_report", None)
     kernels = {n: m.kernel_name for n, m in quant_modules(qmodel).items()}
+    if settings.target != "native":
+        kernels = {n: " / ".join(v.get("kernels", [])) for n, v in target_layers.items()}
     metrics = evaluation.to_dict()
     parent = entry.ptq_parent()
     return {
@@ -382,7 +437,11 @@ def evaluate_entry(
         "evaluation_data": None if ctx.data is None else ctx.data.description,
         "layers": layers,
         "seconds": seconds,
+        # memory: the process's peak so far, and the float and quantized models as held
+        "peak_rss_bytes": peak_rss_bytes(),
+        "model_bytes": {"float": _module_bytes(ctx.model), "quantized": _module_bytes(qmodel)},
         "env": env,
+        "target": settings.target,
     }
 
 

@@ -5,8 +5,19 @@ from explorer.targets.base import (
     NativeTarget,
     Target,
     TargetError,
+    TargetModule,
+    describe,
     get_target,
     target_names,
 )
 
-__all__ = ["Artifact", "NativeTarget", "Target", "TargetError", "get_target", "target_names"]
+__all__ = [
+    "Artifact",
+    "NativeTarget",
+    "Target",
+    "TargetError",
+    "TargetModule",
+    "describe",
+    "get_target",
+    "target_names",
+]

@@ -143,3 +143,20 @@ def get_target(name: str, **options: Any) -> Target:
             ) from None
         return OnnxRuntimeTarget(**options)
     raise TargetError(f"unknown target {name!r}; choose from {', '.join(target_names())}")
+
+
+class TargetModule(nn.Module):
+    """An artifact as a module, so the float reference, the metrics and the workloads that call
+    ``model(x)`` evaluate and time a target's artifact exactly as they do the native model."""
+
+    def __init__(self, artifact: Artifact) -> None:
+        super().__init__()
+        self.artifact = artifact
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.artifact.runner(x)
+
+
+def describe(target: Target) -> dict[str, Any]:
+    """What a row records (and keys on) about its target."""
+    return {"name": target.name, "version": target.version(), "settings": target.settings()}

@@ -34,7 +34,7 @@ from torch import nn
 
 from explorer.measure.latency import LatencyResult, measure_callable
 from explorer.nn.convert import quant_modules, set_submodule
-from explorer.nn.modules import QuantConv2d, QuantLinear, QuantModule
+from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantLinear, QuantModule
 from explorer.quant.config import QuantConfig
 from explorer.targets.base import Artifact, Target, TargetError
 
@@ -282,6 +282,9 @@ class OnnxRuntimeTarget(Target):
         """The ONNX graph of ``qmodel`` with its plan written in (see the module docstring)."""
         mods = quant_modules(qmodel)
         refused = {n: why for n, m in mods.items() if (why := support(m.config, m))}
+        for n, m in qmodel.named_modules():
+            if isinstance(m, (Bf16Linear, Bf16Conv2d)):
+                refused[n] = "bf16 layers: ONNX Runtime's CPU kernels have no bf16 Conv/Gemm"
         if refused:
             name, why = next(iter(refused.items()))
             raise TargetError(f"onnxruntime cannot run layer {name} as planned: {why}")
@@ -344,7 +347,11 @@ class OnnxRuntimeTarget(Target):
         layers = list(quant_modules(qmodel))
         with tempfile.TemporaryDirectory() as tmp:
             opt = os.path.join(tmp, "optimized.onnx")
-            sess = self.session(data, optimized=opt)
+            try:
+                sess = self.session(data, optimized=opt)
+            except Exception as e:  # ORT's own errors carry no common base class
+                msg = str(e).splitlines()[0]
+                raise TargetError(f"onnxruntime could not load the exported graph: {msg}") from None
             kinds = fused_kinds(onnx.load(opt), layers)
         art = Artifact(self.name, _runner(sess), payload=data)
         art.layers = {n: {"kernels": kinds.get(n, [])} for n in layers}
