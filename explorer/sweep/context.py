@@ -123,6 +123,11 @@ def first_nonfinite_layer(model: nn.Module, run: Callable[[], Any]) -> str | Non
     return found[0] if found else None
 
 
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: called after each evaluation batch (for language models a batch of
+windows), so a caller can show a bar with the time left; ``done`` runs 1..total."""
+
+
 @dataclass
 class FloatReference:
     """The float model's outputs on the evaluation batches, computed once per context: the
@@ -145,14 +150,16 @@ class FloatReference:
         model: nn.Module,
         task: str | Task,
         batches: list[tuple[torch.Tensor, torch.Tensor | None]],
+        progress: Progress | None = None,
     ) -> FloatReference:
         """``task``: a `Task`, or a task name (built-in models' tasks, see `legacy_task`).
+        ``progress(done, total)`` is called after each batch (see `Progress`).
         Raises `NonFiniteOutputError` naming the layer where non-finite values first appear."""
         task = legacy_task(task) if isinstance(task, str) else task
         logits, stats = [], []
         keep: bool | None = None
         with torch.inference_mode():
-            for x, y in batches:
+            for i, (x, y) in enumerate(batches):
                 out = task.outputs(model, x)
                 if out.is_floating_point() and not torch.isfinite(out).all():
                     layer = first_nonfinite_layer(model, lambda x=x: task.outputs(model, x))
@@ -166,12 +173,22 @@ class FloatReference:
                 if keep:
                     logits.append(out)
                 stats.append(task.stats(out, y))
+                if progress is not None:
+                    progress(i + 1, len(batches))
         if not keep:
             return cls(task, batches, [], _concat(stats), model=model)
         return cls(task, batches, logits, _concat(stats))
 
-    def evaluate(self, qmodel: nn.Module, *, n_boot: int = 1000, seed: int = 0) -> Evaluation:
-        """`summarize` the quantized model against the stored float outputs."""
+    def evaluate(
+        self,
+        qmodel: nn.Module,
+        *,
+        n_boot: int = 1000,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> Evaluation:
+        """`summarize` the quantized model against the stored float outputs;
+        ``progress(done, total)`` after each batch."""
         q_stats, fid = [], []
         with torch.inference_mode():
             for i, (x, y) in enumerate(self.batches):
@@ -183,6 +200,8 @@ class FloatReference:
                 q_out = self.task.outputs(qmodel, x)
                 fid.append(self.task.fidelity(f_out, q_out, y))
                 q_stats.append(self.task.stats(q_out, y))
+                if progress is not None:
+                    progress(i + 1, len(self.batches))
         fidelity = concat_fidelity(fid)
         return summarize(self.stats, _concat(q_stats), fidelity, n_boot=n_boot, seed=seed)
 
@@ -285,8 +304,16 @@ class ModelContext:
 
     @cached_property
     def reference(self) -> FloatReference:
-        assert self.task_spec is not None
-        return FloatReference.compute(self.model, self.task_spec, self.eval_batches())
+        return self.compute_reference()
+
+    def compute_reference(self, progress: Progress | None = None) -> FloatReference:
+        """`reference`, computed now if it is not yet, reporting ``progress`` per batch."""
+        if "reference" not in self.__dict__:
+            assert self.task_spec is not None
+            self.__dict__["reference"] = FloatReference.compute(
+                self.model, self.task_spec, self.eval_batches(), progress
+            )
+        return self.__dict__["reference"]
 
     def eval_batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         x, y = self.eval_split

@@ -43,3 +43,27 @@ def test_model_with_batch_norm_gets_a_folded_copy_and_keeps_its_own() -> None:
     x = ctx.calibration_inputs(4)
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), ctx.model.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_progress_reports_every_batch_and_rows_report_memory() -> None:
+    from explorer.sweep.runner import RunSettings, evaluate_entry, peak_rss_bytes
+    from explorer.sweep.space import SweepSpec, expand
+
+    ctx = open_context(ModelSource(model="digits-cnn"))
+    entries, _ = expand(SweepSpec(weight_bits=(8,)), ctx.model)
+    entry = next(e for e in entries if e.kind == "uniform")
+    settings = RunSettings(n_boot=100, repeats=1, warmup=1, per_layer=False)
+    n = len(ctx.eval_batches())
+    assert n > 1
+    calls: list[tuple[int, int]] = []
+    row = evaluate_entry(ctx, entry, settings, progress=lambda d, t: calls.append((d, t)))
+    steps = [(i, n) for i in range(1, n + 1)]
+    assert calls == steps + steps  # the float reference (first row only), then the quantized
+    calls.clear()
+    evaluate_entry(ctx, entry, settings, progress=lambda d, t: calls.append((d, t)))
+    assert calls == steps
+    floats = sum(p.numel() * p.element_size() for p in ctx.model.parameters())
+    assert row["model_bytes"]["float"] >= floats
+    assert 0 < row["model_bytes"]["quantized"] < row["model_bytes"]["float"]
+    assert row["peak_rss_bytes"] >= row["model_bytes"]["float"]
+    assert row["peak_rss_bytes"] <= peak_rss_bytes()
