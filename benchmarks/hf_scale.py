@@ -1,0 +1,208 @@
+"""A causal LM at 0.5 B scale on this machine: load time, one RTN row, progress, peak memory.
+
+Builds a randomly initialised Qwen2-shaped causal LM (by default 24 layers, hidden 896, 14 heads
+with 2 key/value heads, MLP 4864, tied embeddings, vocabulary 151,936: about 494 M parameters)
+in a temporary directory, stored in bf16 with ``save_pretrained``, with a small byte-level BPE
+tokenizer trained there with ``tokenizers`` on generated text (the model's vocabulary is wider
+than the tokenizer's: ids the tokenizer never produces are simply never seen). Then, as the
+sweep does it:
+
+1. ``open_context``: the safe Hugging Face loader, the task's data (tokenised, windowed);
+2. ``evaluate_entry`` for one RTN configuration (``--config w8``: W8 per channel, or ``w4g128``)
+   on ``--eval-tokens`` tokens (16,384, the task's budget, by default), with a tqdm bar and its
+   estimate of the time left on stderr for the float reference's and the quantized model's
+   batches.
+
+Prints a table (load, quantize, kernel choice, evaluate, latency, per-layer seconds, peak RSS,
+float and quantized model bytes, the load average) and, last, one JSON line.
+
+Usage: python benchmarks/hf_scale.py [--layers 24] [--vocab 151936] [--eval-tokens 16384]
+       [--config w8|w4g128] [--repeats 5] [--no-per-layer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = 4000  # a generated lexicon: enough distinct words for a few thousand BPE merges
+
+
+def _text(n_words: int, seed: int) -> str:
+    """Sentences of made-up words with a Zipf-like frequency, so BPE finds structure."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    lexicon = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(WORDS)]
+    weights = [1.0 / (i + 1) for i in range(WORDS)]
+    words = rng.choices(lexicon, weights, k=n_words)
+    out, line = [], []
+    for w in words:
+        line.append(w)
+        if len(line) >= rng.randint(6, 18):
+            out.append(" ".join(line).capitalize() + ".")
+            line = []
+    return "\n".join(out) + "\n"
+
+
+def build(directory: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The model and tokenizer in ``directory``, the evaluation text beside them."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    t0 = time.perf_counter()
+    text = _text(args.words, seed=0)
+    (directory / "text.txt").write_text(text)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=args.tokenizer_vocab,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(text.splitlines(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    fast.save_pretrained(directory)
+    t1 = time.perf_counter()
+
+    config = Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        torch_dtype="bfloat16",
+        eos_token_id=fast.eos_token_id,
+    )
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(directory, safe_serialization=True)
+    del model
+    return {"tokenizer_s": t1 - t0, "build_s": time.perf_counter() - t1, "params": params}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--hidden", type=int, default=896)
+    parser.add_argument("--intermediate", type=int, default=4864)
+    parser.add_argument("--heads", type=int, default=14)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=151_936)
+    parser.add_argument("--tokenizer-vocab", type=int, default=8192)
+    parser.add_argument("--words", type=int, default=40_000, help="generated text, in words")
+    parser.add_argument("--eval-tokens", type=int, default=16_384)
+    parser.add_argument("--config", choices=("w8", "w4g128"), default="w8")
+    parser.add_argument("--repeats", type=int, default=5, help="latency repeats per workload")
+    parser.add_argument("--no-per-layer", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+    from tqdm import tqdm
+
+    import explorer.tasks.causal_lm as causal_lm
+    from explorer.sweep.context import ModelSource, open_context
+    from explorer.sweep.runner import RunSettings, evaluate_entry, peak_rss_bytes
+    from explorer.sweep.space import SweepSpec, expand
+
+    causal_lm.EVAL_TOKENS = args.eval_tokens  # the budget this run scores
+    load_avg = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="hf_scale_") as tmp:
+        directory = Path(tmp)
+        built = build(directory, args)
+        rss_after_build = peak_rss_bytes()
+
+        t0 = time.perf_counter()
+        ctx = open_context(ModelSource(model=str(directory), data=str(directory / "text.txt")))
+        load_s = time.perf_counter() - t0
+
+        bits, granularity = (8, "channel") if args.config == "w8" else (4, "group128")
+        entries, _ = expand(SweepSpec(weight_bits=(bits,), granularity=(granularity,)))
+        entry = next(e for e in entries if e.kind == "uniform")
+        settings = RunSettings(
+            n_boot=1000,
+            warmup=1,
+            repeats=args.repeats,
+            per_layer=not args.no_per_layer,
+            calibration_samples=32,
+        )
+        bars: dict[str, tqdm] = {}
+        phase = ["float reference"]
+
+        def progress(done: int, total: int) -> None:
+            bar = bars.get(phase[0])
+            if bar is None:
+                bar = bars[phase[0]] = tqdm(
+                    total=total, desc=phase[0], unit="batch", file=sys.stderr, leave=True
+                )
+            bar.update(done - bar.n)
+            if done == total:
+                bar.close()
+                phase[0] = f"{entry.label} evaluate"
+
+        t0 = time.perf_counter()
+        ctx.compute_reference(progress)
+        reference_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        row = evaluate_entry(ctx, entry, settings, progress=progress)
+        row_s = time.perf_counter() - t0
+
+    seconds = row["seconds"]
+    result = {
+        "model": "Qwen2ForCausalLM (random init, bf16)",
+        "params": built["params"],
+        "layers": args.layers,
+        "hidden": args.hidden,
+        "vocab": args.vocab,
+        "config": entry.label,
+        "tokens_evaluated": row["tokens_evaluated"],
+        "threads": torch.get_num_threads(),
+        "load_average_at_start": [round(x, 2) for x in load_avg],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "build_s": round(built["build_s"], 1),
+        "load_s": round(load_s, 1),
+        "float_reference_s": round(reference_s, 1),
+        "row_s": round(row_s, 1),
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "peak_rss_bytes": row["peak_rss_bytes"],
+        "peak_rss_after_build_bytes": rss_after_build,
+        "model_bytes": row["model_bytes"],
+        "size_bytes": row["size_bytes"],
+        "perplexity": row["metrics"].get("perplexity"),
+        "perplexity_ci": row["metrics_ci"].get("perplexity"),
+        "latency_ms": {k: v["median_ms"] for k, v in row["latency"].items()},
+    }
+    gib = 2**30
+    lines = [
+        ("parameters", f"{built['params'] / 1e6:.0f} M"),
+        ("tokens evaluated", f"{row['tokens_evaluated']:,}"),
+        ("build (not timed as load)", f"{built['build_s']:.1f} s"),
+        ("load (open_context)", f"{load_s:.1f} s"),
+        ("float reference", f"{reference_s:.1f} s"),
+        *((f"row: {k}", f"{v:.1f} s") for k, v in seconds.items()),
+        ("row total", f"{row_s:.1f} s"),
+        ("peak RSS (whole process)", f"{row['peak_rss_bytes'] / gib:.2f} GiB"),
+        ("float model", f"{row['model_bytes']['float'] / gib:.2f} GiB"),
+        ("quantized model", f"{row['model_bytes']['quantized'] / gib:.2f} GiB"),
+        ("load average (start/end)", f"{load_avg[0]:.1f} / {os.getloadavg()[0]:.1f}"),
+    ]
+    for name, value in lines:
+        print(f"{name:<28} {value}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
