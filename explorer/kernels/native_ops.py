@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +37,32 @@ def _not_here(spec: LinearSpec) -> str | None:
 def _per_row(blocks: torch.Tensor, rows: int) -> torch.Tensor:
     """Per-block values [N/rows, K/G] as float32 for every weight row [N, K/G]."""
     return blocks.float().repeat_interleave(rows, 0).contiguous()
+
+
+@dataclass(frozen=True)
+class WeightOnlyState:
+    """What `NativeWeightOnlyKernel.prepare` packs once per layer."""
+
+    codes: torch.Tensor  # int8 [N, K], or two int4 codes per byte [N, K/2]
+    scale: torch.Tensor  # fp32 [N, K/G]
+    zeros: torch.Tensor | None  # stored zero points [N, K/G]; None when symmetric
+    group: int
+    bias: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class W4A8State:
+    """What `NativeW4A8Kernel.prepare` packs once per layer: the codes with their scales, and
+    the zero-point terms folded so that each call needs one integer dot product per group."""
+
+    spec: LinearSpec
+    act: ActQParams | None
+    codes: torch.Tensor  # two int4 codes per byte [N, K/2]
+    scale: torch.Tensor  # fp32 [N, K/G]
+    scaled_zero: torch.Tensor  # scale x stored zero point [N, K/G]
+    zero_term: torch.Tensor  # per output: sum over groups of scale x (code sum - G x zero) [N]
+    group: int
+    bias: torch.Tensor | None
 
 
 class NativeWeightOnlyKernel:
@@ -67,12 +94,17 @@ class NativeWeightOnlyKernel:
         else:
             codes = qw.data.reshape(n, k // 2)
         b = None if bias is None else bias.float().contiguous()
-        return codes, scale, zeros, qw.block[1], b
+        return WeightOnlyState(codes, scale, zeros, qw.block[1], b)
 
-    def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
-        codes, scale, zeros, group, bias = state
+    def run(self, state: WeightOnlyState, x: torch.Tensor) -> torch.Tensor:
         return native.wo_linear(
-            x.contiguous(), codes, scale, zeros, bits=self.bits, group_size=group, bias=bias
+            x.contiguous(),
+            state.codes,
+            state.scale,
+            state.zeros,
+            bits=self.bits,
+            group_size=state.group,
+            bias=state.bias,
         )
 
 
@@ -103,10 +135,16 @@ class NativeW4A8Kernel:
         code_sums = nibbles.reshape(n, k // group, group // 2).sum(-1).float()  # [N, K/G]
         zero_term = (scale * (code_sums - group * zero)).sum(1).contiguous()
         b = None if bias is None else bias.float().contiguous()
-        return spec, act, codes, scale, (scale * zero).contiguous(), zero_term, group, b
+        return W4A8State(spec, act, codes, scale, (scale * zero).contiguous(), zero_term, group, b)
 
-    def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
-        spec, act, codes, scale, scaled_zero, zero_term, group, bias = state
+    def run(self, state: W4A8State, x: torch.Tensor) -> torch.Tensor:
+        spec, act, codes, scale = state.spec, state.act, state.codes, state.scale
+        scaled_zero, zero_term, group, bias = (
+            state.scaled_zero,
+            state.zero_term,
+            state.group,
+            state.bias,
+        )
         if not spec.act_static:  # quantized in C, as for W8A8: no torch ops per call
             return native.w4a8_dynamic_linear(
                 x.float().contiguous(),
