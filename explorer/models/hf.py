@@ -156,16 +156,21 @@ def load_hf(
             ) from exc
         parameters = _check_parameter_count(path, cls, config, max_params)
         try:
-            model, info = cls.from_pretrained(
-                str(path),
-                config=config,
-                local_files_only=True,
-                trust_remote_code=False,
-                use_safetensors=use_safetensors,
-                weights_only=True,
-                dtype=torch.float32,
-                output_loading_info=True,
-            )
+            # Weights missing from the checkpoint are initialised at random; a fixed seed makes
+            # them the same at every load, so the model's fingerprint (which keys its stored
+            # rows) is too. Forked so the caller's random state is untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model, info = cls.from_pretrained(
+                    str(path),
+                    config=config,
+                    local_files_only=True,
+                    trust_remote_code=False,
+                    use_safetensors=use_safetensors,
+                    weights_only=True,
+                    dtype=torch.float32,
+                    output_loading_info=True,
+                )
         except Exception as exc:
             if not use_safetensors:
                 for file in files:  # our reader names pickled objects and corrupt files
