@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from tasks.builders import save_bert, save_llama, sentences, train_tokenizer  # tests/tasks, on the path as tests/ is
+from tasks.builders import save_bert, save_llama, sentences, train_tokenizer
 
 from explorer.sweep.context import ModelSource, open_context
 from explorer.sweep.runner import RunSettings, run_sweep
