@@ -45,8 +45,11 @@ KINDS = ("weights", "hf-zip", "data")
 SUFFIXES: dict[str, tuple[str, ...]] = {
     "weights": tuple(s for s in ACCEPTED_SUFFIXES if s != ".npz"),
     "hf-zip": (".zip",),
-    "data": (".safetensors", ".npz", ".csv", ".txt"),
+    "data": (".safetensors", ".npz", ".csv", ".txt", ".jsonl", ".zip"),
 }
+LOCAL_MODELS_ENV = "EXPLORER_LOCAL_MODELS"
+"""Set to 1 by a server's operator to let the Model page open directories on the server by
+path. Off by default: the server's files are the operator's, not every visitor's."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NAME_CHARS = 60
 _HASH_CHARS = 12
@@ -181,9 +184,48 @@ def data_source(
     *,
     max_bytes: int = MAX_UPLOAD_BYTES,
 ) -> tuple[ModelSource, list[Path]]:
-    """``base`` (the current model) evaluated and calibrated on the uploaded data."""
+    """``base`` (the current model) evaluated and calibrated on the uploaded data; a ``.zip``
+    is an image folder (one subfolder per class), extracted safely."""
     path, created = save_upload(data, name, run_dir, "data", max_bytes=max_bytes)
-    return replace(base, data=str(path)), [path] if created else []
+    if path.suffix.lower() != ".zip":
+        return replace(base, data=str(path)), [path] if created else []
+    dest = path.with_name(path.name.removesuffix(".zip") + ".data")
+    made: list[Path] = []
+    try:
+        if not (dest.is_dir() and any(dest.iterdir())):
+            safe_extract_zip(path, dest, max_bytes=MAX_EXTRACTED_BYTES)
+            made.append(dest)
+        root = _model_root(dest)  # a zip of one folder: that folder holds the classes
+    except BaseException:
+        _remove(made)
+        raise
+    finally:
+        if created:
+            path.unlink(missing_ok=True)  # the extracted folder is what a sweep reads
+    return replace(base, data=str(root)), made
+
+
+def local_models_enabled() -> bool:
+    """Whether the operator allowed local paths (``EXPLORER_LOCAL_MODELS=1``)."""
+    return os.environ.get(LOCAL_MODELS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def local_source(model: str, data: str = "") -> ModelSource:
+    """A Hugging Face directory (and optional data file or folder) on the server, by path;
+    refused unless the operator enabled `LOCAL_MODELS_ENV`."""
+    if not local_models_enabled():
+        raise UploadError(
+            f"local paths are off on this server (its operator can set {LOCAL_MODELS_ENV}=1)"
+        )
+    root = Path(model.strip()).expanduser()
+    if not root.is_absolute() or not root.is_dir():
+        raise UploadError(f"{model.strip() or '(empty)'}: give the absolute path of a directory")
+    if not is_hf_directory(root):
+        raise UploadError(f"{root}: no config.json (give the folder `save_pretrained` wrote)")
+    data_path = Path(data.strip()).expanduser() if data.strip() else None
+    if data_path is not None and not (data_path.is_absolute() and data_path.exists()):
+        raise UploadError(f"{data.strip()}: give the absolute path of a data file or folder")
+    return ModelSource(model=str(root), data=None if data_path is None else str(data_path))
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -112,7 +112,15 @@ from explorer.models.registry import builtin_models  # noqa: E402
 from explorer.sweep.default import DEFAULT_RUN, SUMMARY  # noqa: E402
 from explorer.sweep.space import PlanEntry  # noqa: E402
 from explorer.ui.widgets import front_figure_ui, start_sweep, sweep_job_ui  # noqa: E402
-from explorer.uploads import MAX_UPLOAD_BYTES, SUFFIXES, error_message, load_upload  # noqa: E402
+from explorer.uploads import (  # noqa: E402
+    MAX_UPLOAD_BYTES,
+    SUFFIXES,
+    check_context,
+    error_message,
+    load_upload,
+    local_models_enabled,
+    local_source,
+)
 
 UPLOAD_LIMIT_MB = MAX_UPLOAD_BYTES // 1024**2
 models = builtin_models()
@@ -159,11 +167,27 @@ with st.expander("Load your own model or data"):
         archive = st.file_uploader("Zipped model folder", type=["zip"], key="upload.hf")
         if archive is not None and st.button("Load model", key="upload.hf.load"):
             request = ("hf-zip", archive, None)
+        if local_models_enabled():  # the operator's setting: the server's files are theirs
+            st.caption("Or a directory on this server (enabled by the operator):")
+            local_model = st.text_input("Model directory (absolute path)", key="local.model")
+            local_data = st.text_input("Data file or folder (optional)", key="local.data")
+            if local_model and st.button("Open local model", key="local.load"):
+                try:
+                    with st.spinner("Checking the model …"):
+                        local = local_source(local_model, local_data)
+                        check_context(state.context(local))
+                except (ExplorerError, ValueError, OSError) as exc:
+                    st.error(f"Could not open {local_model}: {exc}")
+                else:
+                    state.set_source(local)
+                    st.session_state[FLASH] = f"Opened {local_model}."
+                    st.rerun()
     with data_tab:
         st.caption(
             "Evaluation and calibration data for the current model: safetensors or npz with "
-            "`inputs` (and `labels`), CSV with a `label` column, or UTF-8 text for byte-level "
-            "language models. The first samples calibrate, the rest evaluate."
+            "`inputs` (and `labels`), CSV with a `label` column (or named text columns), UTF-8 "
+            "text or JSONL with a `text` field, or a zipped image folder (one subfolder per "
+            "class) for image classifiers. The first samples calibrate, the rest evaluate."
         )
         dataset = st.file_uploader(
             "Data file", type=[s.lstrip(".") for s in SUFFIXES["data"]], key="upload.data"
