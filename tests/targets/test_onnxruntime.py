@@ -187,3 +187,23 @@ def test_fused_node_kinds_are_reported() -> None:
         assert kinds[conv][0].startswith("DequantizeLinear + float "), kinds
     times = get_target("onnxruntime").layer_times(art, x, repeats=2)
     assert set(times) <= set(kinds) and times
+
+
+def test_int8_layer_feeding_a_quantized_input_fuses_to_qgemm() -> None:
+    """With uint8 (asymmetric) static activations, a Gemm whose output (through ReLU) reaches the
+    next layer's QuantizeLinear becomes ORT's integer QGemm; the last layer, whose output stays
+    float, remains 'DequantizeLinear + float Gemm'."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    config = QuantConfig(
+        weight_bits=8, act_bits=8, act_mode="static", act_granularity="tensor", act_symmetric=False
+    )
+    qmodel = quantize_model(model, Plan.uniform(config), [torch.randn(16, 64)])
+    x = torch.randn(8, 64)
+    art = get_target("onnxruntime", threads=1).build(qmodel, x)
+    assert art.layers == {
+        "0": {"kernels": ["QGemm"]},
+        "2": {"kernels": ["DequantizeLinear + float Gemm"]},
+    }
+    with torch.inference_mode():
+        assert sqnr_db(qmodel(x), art.runner(x)) >= 30.0
