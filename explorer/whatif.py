@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from explorer.errors import ExplorerError
-from explorer.measure.metrics import finite_or_none
 from explorer.nn.convert import quantizable_layers, resolve_plan
 from explorer.quant.config import Plan, QuantConfig
 from explorer.sweep.context import ModelContext, environment
 from explorer.sweep.runner import RunSettings, entry_key, evaluate_entry, row_parts
 from explorer.sweep.sensitivity import measure_sensitivity, setting_config
 from explorer.sweep.space import PlanEntry, entry_for_plan
-from explorer.sweep.store import ResultStore
+from explorer.sweep.store import ResultStore, finite_or_none
 
 WHATIF_SWEEP = "whatif"
 SENSITIVITY_CACHE_VERSION = 1

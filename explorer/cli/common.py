@@ -8,7 +8,6 @@ Imports from the library only lazily, inside the functions, so that ``explorer -
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
@@ -91,17 +90,6 @@ def _threads(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{value} is more than the {cpus} CPU(s) this process may use; give 1 to {cpus}"
         )
-    return value
-
-
-def _finite_or_none(value: Any) -> Any:
-    """``value`` with NaN and infinities as None: JSON has no form for them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
     return value
 
 

@@ -15,7 +15,6 @@ from explorer.cli.common import (
     _add_json,
     _add_model_options,
     _add_run_options,
-    _finite_or_none,
     _int_list,
     _Parser,
     _positive,
@@ -203,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"explorer {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return INTERRUPTED_EXIT
     if args.json:
-        print(json.dumps(_finite_or_none(result), separators=(",", ":"), default=str))
+        from explorer.sweep.store import finite_or_none
+
+        print(json.dumps(finite_or_none(result), separators=(",", ":"), default=str))
     return 0
 
 

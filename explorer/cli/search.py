@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 from explorer.cli.common import (
     _bar,
     _executor,
-    _finite_or_none,
     _interrupted,
     _names,
     _open_context,
@@ -72,10 +71,12 @@ def _measure(
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
+    from explorer.sweep.store import finite_or_none
+
     _settings_list(args)
     ctx = _open_context(args)
     result = _measure(args, ctx, full_metric=not args.weight_only, latency=not args.no_latency)
-    doc = _finite_or_none(result.to_dict())
+    doc = finite_or_none(result.to_dict())
     if not args.json:
         what = "weight_sqnr_db" if args.weight_only else "metric_drop"
         title = "weight SQNR (dB)" if args.weight_only else f"{result.metric or 'metric'} drop"
@@ -136,6 +137,7 @@ def _budgets(args: argparse.Namespace) -> tuple[str, list[float], int]:
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     from explorer.sweep.mixed import search_and_verify
     from explorer.sweep.pareto import flag_pareto, front_order
+    from explorer.sweep.store import finite_or_none
 
     kind, budgets, points = _budgets(args)
     _settings_list(args)
@@ -188,7 +190,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": ctx.name,
         "sensitivity_seconds": sensitivity.seconds,
-        "allocations": [_finite_or_none(a.to_dict()) for a in outcome.allocations],
+        "allocations": [finite_or_none(a.to_dict()) for a in outcome.allocations],
         "rows": rows,
         "fronts": fronts,
         "failed": failed,

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from explorer.cli.common import (
     _executor,
-    _finite_or_none,
     _interrupted,
     _names,
     _open_context,
@@ -45,6 +44,7 @@ def _in_entry_order(entries: Sequence[PlanEntry], rows: Sequence[dict[str, Any]]
     """The rows in the order of their entries, matched by plan and QAT budget (labels need not
     be unique), each plan once, labelled as its entry is now (a row from the store keeps the
     label it was stored with, which may predate a fallback being named in it)."""
+    from explorer.sweep.store import finite_or_none
 
     def identity(plan: dict[str, Any], qat_steps: Any) -> tuple[str, Any]:
         return json.dumps(plan, sort_keys=True, separators=(",", ":")), qat_steps
@@ -54,7 +54,7 @@ def _in_entry_order(entries: Sequence[PlanEntry], rows: Sequence[dict[str, Any]]
     for e in entries:
         labels.setdefault(identity(e.plan.to_dict(), e.qat_steps), e.label)
     return [
-        _finite_or_none({**by_plan[key], "label": label})
+        finite_or_none({**by_plan[key], "label": label})
         for key, label in labels.items()
         if key in by_plan
     ]

@@ -4,23 +4,8 @@ torchao's tests; computed in float64 so that the metric itself adds no error."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import torch
-
-
-def finite_or_none(value: Any) -> Any:
-    """``value`` with every NaN and infinity replaced by None, through mappings, lists and tuples
-    (tuples become lists). JSON has no form for non-finite numbers, and an exact layer's
-    +inf SQNR is recorded as "no noise measured" (None), never as a huge number."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_or_none(v) for v in value]
-    return value
 
 
 def sqnr_db(reference: torch.Tensor, output: torch.Tensor) -> float:

@@ -1,5 +1,5 @@
 """``mobile-cnn``: a MobileNet-style network on procedurally drawn shapes, the built-in model on
-which per-tensor weight quantization collapses and per-channel does not (trend 2 in ANCHORS.md);
+which per-tensor weight quantization collapses and per-channel does not (trend 2 in docs/trends.md);
 the default built-in model, whose default sweep shows that and the bit-width cliff.
 
 Why per-tensor scales break MobileNets. Deployment folds each batch norm into the convolution

@@ -30,7 +30,7 @@ from torch import nn
 
 from explorer.errors import ExplorerError
 from explorer.measure.latency import measure_callable
-from explorer.measure.metrics import finite_or_none, sqnr_db
+from explorer.measure.metrics import sqnr_db
 from explorer.nn.capture import capture_outputs
 from explorer.nn.convert import (
     as_linear,
@@ -48,6 +48,7 @@ from explorer.quant.config import (
 )
 from explorer.sweep.context import FloatReference, ModelContext
 from explorer.sweep.search import SensitivityTable
+from explorer.sweep.store import finite_or_none
 
 CALIBRATION_EVAL_SAMPLES = {"classification": 512, "lm": 32, "fidelity": 32}
 LAYER_TIMING_REPEATS = 20

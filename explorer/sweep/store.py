@@ -384,7 +384,7 @@ class ResultStore:
         data = self.rows() if rows is None else [dict(r) for r in rows]
         try:
             text = json.dumps(
-                {"schema": SCHEMA_VERSION, "rows": _finite_or_none(data)},
+                {"schema": SCHEMA_VERSION, "rows": finite_or_none(data)},
                 ensure_ascii=False,
                 allow_nan=False,
                 indent=2,
@@ -615,14 +615,18 @@ def _check_key(key: object) -> None:
         raise StoreError(f"a row key must be a non-empty string (see row_key), got {key!r}")
 
 
-def _finite_or_none(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None, tuples as lists."""
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN and infinity replaced by None, through mappings, lists and tuples
+    (tuples become lists): JSON has no form for non-finite numbers, and an exact layer's +inf
+    SQNR is recorded as "no noise measured" (None). The one JSON-safe form of results (the
+    store, the CLI's --json, the what-if cache, sensitivity tables); torch-free, so the CLI
+    and the store stay light."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
@@ -659,7 +663,7 @@ def _canonical_json(value: Any, what: str) -> str:
 
 def _encode_row(row: Mapping[str, Any]) -> str:
     try:
-        return json.dumps(_finite_or_none(row), ensure_ascii=False, allow_nan=False)
+        return json.dumps(finite_or_none(row), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise StoreError(
             f"a result row must hold plain JSON values (str, number, list, dict): {e}"
@@ -705,11 +709,11 @@ def _is_interval(value: Any) -> bool:
 
 def _put_cell(flat: dict[str, Any], name: str, value: Any, interval: bool) -> None:
     if interval and _is_interval(value):
-        flat[f"{name}.lo"], flat[f"{name}.hi"] = _finite_or_none(list(value))
+        flat[f"{name}.lo"], flat[f"{name}.hi"] = finite_or_none(list(value))
     elif isinstance(value, Mapping | list | tuple):
-        flat[name] = json.dumps(_finite_or_none(value), ensure_ascii=False, allow_nan=False)
+        flat[name] = json.dumps(finite_or_none(value), ensure_ascii=False, allow_nan=False)
     else:
-        flat[name] = _finite_or_none(value)
+        flat[name] = finite_or_none(value)
 
 
 def _defuse_formula(cell: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from explorer.measure.metrics import finite_or_none
+from explorer.sweep.store import finite_or_none
 
 
 def test_non_finite_floats_become_none_at_any_depth_and_tuples_become_lists() -> None:
