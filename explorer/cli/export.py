@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explorer.cli.common import _open_context
-from explorer.cli.sweep import _DIMENSIONS, build_spec
+from explorer.cli.sweep import _dimension_options, build_spec
 from explorer.errors import ExplorerError
 
 if TYPE_CHECKING:
@@ -44,25 +44,14 @@ def _read_plan_file(path: str) -> tuple[Plan, int | None, float | None]:
         raise ExplorerError(f"--plan {path}: not a plan ({exc})") from None
 
 
-_SPEC_DIMENSIONS = (
-    "weight_bits",
-    "granularity",
-    "symmetric",
-    "calibration",
-    "act_bits",
-    "act_mode",
-    "act_granularity",
-    "method",
-    "algorithm",
-)
-
-
 def _export_request(args: argparse.Namespace) -> PlanEntry | SweepSpec:
     """What to export, checked before the model loads: the entry of a ``--plan`` file, or the
     one-config spec of the config options (resolved against the model by `_export_entry`)."""
-    from explorer.sweep.space import DEFAULT_QAT_STEPS, entry_for_plan
+    from explorer.sweep.space import DEFAULT_QAT_STEPS, DIMENSIONS, entry_for_plan
 
-    given = [d for d in (*_DIMENSIONS, "layers", "fallback") if getattr(args, d) is not None]
+    given = [
+        d for d in (*_dimension_options(), "layers", "fallback") if getattr(args, d) is not None
+    ]
     if args.plan is not None:
         if given:
             options = ", ".join("--" + d.replace("_", "-") for d in given)
@@ -74,7 +63,7 @@ def _export_request(args: argparse.Namespace) -> PlanEntry | SweepSpec:
     if args.bits is None:
         raise ExplorerError("give --plan PLAN.json, or a config starting with --bits")
     spec = build_spec(args)
-    several = [name for name in _SPEC_DIMENSIONS if len(getattr(spec, name)) > 1]
+    several = [name for name in DIMENSIONS if len(getattr(spec, name)) > 1]
     if several:
         raise ExplorerError(f"export takes one value per option; several given for {several}")
     return spec

@@ -102,17 +102,11 @@ def _report_failures(command: str, failed: Sequence[dict[str, str]], rows: int) 
         )
 
 
-_DIMENSIONS = (
-    "bits",
-    "act_bits",
-    "act_mode",
-    "act_granularity",
-    "granularity",
-    "symmetric",
-    "calibration",
-    "method",
-    "algorithm",
-)
+def _dimension_options() -> tuple[str, ...]:
+    """The sweep's axes as this command's option names (``weight_bits`` is ``--bits``)."""
+    from explorer.sweep.space import DIMENSIONS
+
+    return tuple("bits" if d == "weight_bits" else d for d in DIMENSIONS)
 
 
 def _bool(text: str) -> bool:
@@ -172,7 +166,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     from explorer.sweep.space import SweepSpec
 
     changes = _spec_changes(args)
-    given = any(getattr(args, d) is not None for d in _DIMENSIONS)
+    given = any(getattr(args, d) is not None for d in _dimension_options())
     base = DEFAULT_SPEC if getattr(args, "default", False) or not given else SweepSpec()
     return dataclasses.replace(base, **changes)
 

@@ -41,6 +41,19 @@ from explorer.quant.config import (
 
 SPEC_VERSION = 1
 DEFAULT_QAT_STEPS = 200
+DIMENSIONS: tuple[str, ...] = (
+    "weight_bits",
+    "granularity",
+    "symmetric",
+    "calibration",
+    "act_bits",
+    "act_mode",
+    "act_granularity",
+    "method",
+    "algorithm",
+)
+"""The `SweepSpec` fields that are a sweep's axes (each a tuple of values; the grid is their
+product). The command line names ``weight_bits`` ``--bits``; every other option is the field."""
 
 
 class SweepSpecError(QuantConfigError):
@@ -99,17 +112,7 @@ class SweepSpec:
     def __post_init__(self) -> None:
         if self.version != SPEC_VERSION:
             raise SweepSpecError(f"sweep spec version {self.version} is not supported")
-        for name in (
-            "weight_bits",
-            "granularity",
-            "symmetric",
-            "calibration",
-            "act_bits",
-            "act_mode",
-            "act_granularity",
-            "method",
-            "algorithm",
-        ):
+        for name in DIMENSIONS:
             object.__setattr__(self, name, _tuple(name, getattr(self, name)))
         object.__setattr__(self, "layers", tuple(dict.fromkeys(self.layers)))
         for bits in self.weight_bits:
