@@ -13,8 +13,10 @@ Conventions every figure keeps, so a page can rely on them:
 - Traces say what they are in ``meta``: ``"series"``, ``"front"``, ``"selected"``, ``"legend"``
   (a legend-only explanation), ``"rug"``; layout annotations and shapes carry a ``name``.
 
-Modules, by what they draw: `common` (series, colours, markers, hover texts shared by the
-figures of result rows), `pareto` (the Pareto scatter, 2-D and 3-D), `formats` (the metric per
+Modules, by what they hold: shared by the figures of result rows, `rows` (reading a row's
+values, the metric and the float reference), `series` (legend series, colours, markers), `hover`
+(hover texts and confidence intervals) and `layout` (axis titles, empty notes); by what they
+draw, `pareto` (the Pareto scatter, 2-D and 3-D), `formats` (the metric per
 storage format), `layers` (sensitivity heatmap and per-layer bars), `learn` (the lessons'
 histogram), `kernels` (the kernel benchmark) and `export` (a figure as offline HTML). Pages import
 from this package, which re-exports every public name.
@@ -22,26 +24,6 @@ from this package, which re-exports every public name.
 Imports: plotly, numpy, `explorer.sweep.pareto`. No streamlit.
 """
 
-from explorer.plots.common import (
-    ALGORITHM_NAMES,
-    ALGORITHM_SYMBOLS,
-    BASELINE_SERIES,
-    BASELINE_SYMBOLS,
-    BASELINE_SYMBOLS_3D,
-    MIXED_SERIES,
-    OPEN_3D,
-    PALETTE,
-    QAT_SERIES,
-    SELECTED_COLOR,
-    SERIES_COLORS,
-    TASK_METRICS,
-    Row,
-    algorithm_name,
-    float_metric,
-    metric_of,
-    ptq_series,
-    series_of,
-)
 from explorer.plots.export import to_html
 from explorer.plots.formats import setting_figure, setting_of
 from explorer.plots.kernels import kernel_speedup_figure
@@ -64,6 +46,23 @@ from explorer.plots.pareto import (
     pareto_3d_figure,
     pareto_figure,
     selected_keys,
+)
+from explorer.plots.rows import TASK_METRICS, Row, float_metric, metric_of
+from explorer.plots.series import (
+    ALGORITHM_NAMES,
+    ALGORITHM_SYMBOLS,
+    BASELINE_SERIES,
+    BASELINE_SYMBOLS,
+    BASELINE_SYMBOLS_3D,
+    MIXED_SERIES,
+    OPEN_3D,
+    PALETTE,
+    QAT_SERIES,
+    SELECTED_COLOR,
+    SERIES_COLORS,
+    algorithm_name,
+    ptq_series,
+    series_of,
 )
 
 __all__ = [

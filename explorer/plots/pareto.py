@@ -21,28 +21,27 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from explorer.plots.common import (
-    BASELINE_SERIES,
-    QAT_SERIES,
-    SELECTED_COLOR,
-    SERIES_COLORS,
+from explorer.measure.display import format_metric
+from explorer.plots.hover import _hover, _interval, _size_unit
+from explorer.plots.layout import _axis_title, _empty_note
+from explorer.plots.rows import (
     Row,
-    _axis_title,
-    _empty_note,
-    _fmt_metric,
     _get,
-    _hover,
-    _interval,
     _metric_name,
     _number,
     _plotted,
     _quality_axis,
+    _simulated,
+    float_metric,
+)
+from explorer.plots.series import (
+    BASELINE_SERIES,
+    QAT_SERIES,
+    SELECTED_COLOR,
+    SERIES_COLORS,
     _series_colors,
     _series_rank,
-    _simulated,
-    _size_unit,
     _symbol,
-    float_metric,
     series_of,
 )
 from explorer.sweep.pareto import flag_pareto, front_order
@@ -143,7 +142,7 @@ def cliff_text(cliff: Cliff, name: str, sense: str = "max") -> str:
     verb = "falls" if sense == "max" else "rises"
     return (
         f"The cliff: from {cliff.bits_before} to {cliff.bits_after} bits, {name} {verb} from "
-        f"{_fmt_metric(name, cliff.value_before)} to {_fmt_metric(name, cliff.value_after)}"
+        f"{format_metric(name, cliff.value_before)} to {format_metric(name, cliff.value_after)}"
     )
 
 
@@ -327,8 +326,8 @@ def pareto_figure(
             standoff=6,
             startstandoff=4,
             hovertext=(
-                f"QAT recovery: {name} {_fmt_metric(name, p_y)} (PTQ) → "
-                f"{_fmt_metric(name, q_y)} ({row.get('label')})"
+                f"QAT recovery: {name} {format_metric(name, p_y)} (PTQ) → "
+                f"{format_metric(name, q_y)} ({row.get('label')})"
             ),
         )
 
@@ -338,9 +337,9 @@ def pareto_figure(
             name="fp32-metric",
             line={"dash": "dash", "color": "#4d4d4d", "width": 1},
             annotation_text=(
-                f"float model (fp32): {_fmt_metric(name, base)}, the {name} to keep"
+                f"float model (fp32): {format_metric(name, base)}, the {name} to keep"
                 if explain
-                else f"fp32 {_fmt_metric(name, base)}"
+                else f"fp32 {format_metric(name, base)}"
             ),
             annotation_position="bottom left",
             annotation_font={"size": 10, "color": "#4d4d4d"},
