@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -314,6 +314,54 @@ class ModelContext:
                 self.model, self.task_spec, self.eval_batches(), progress
             )
         return self.__dict__["reference"]
+
+    def budgeted(self, budget: int | None) -> ModelContext:
+        """This context evaluated on a budget: the first ``budget`` scored tokens (language
+        models with targets) or samples (every other task) of the evaluation split; itself when
+        ``budget`` is None or covers the whole split. The model, calibration and training data
+        are shared; the smaller split changes ``data_fingerprint`` (so rows keyed on it differ)
+        and gives the paired bootstrap fewer samples, so the intervals widen as they should.
+        Contexts are cached per budget."""
+        if budget is None:
+            return self
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ModelLoadError(
+                f"the evaluation budget must be a positive integer, got {budget!r}"
+            )
+        cache = self.__dict__.setdefault("_budgets", {})
+        if budget not in cache:
+            cache[budget] = self._limit(budget)
+        return cache[budget]
+
+    def _limit(self, budget: int) -> ModelContext:
+        x, y = self.eval_split
+        tokens = self.task == "lm" and y is not None and y.dim() == 2
+        if tokens:
+            assert y is not None
+            scored = (y != -100).sum(dim=1).cumsum(0)
+            if int(scored[-1]) <= budget:
+                return self
+            n = int(torch.searchsorted(scored, torch.tensor(budget))) + 1
+            x, y = x[:n], y[:n].clone()
+            over = int(scored[n - 1]) - budget  # unscore the last window's excess targets
+            if over:
+                last = (y[-1] != -100).nonzero().flatten()[-over:]
+                y[-1, last] = -100
+            unit, kept = "tokens", budget
+        else:
+            if len(x) <= budget:
+                return self
+            x, y = x[:budget], None if y is None else y[:budget]
+            unit, kept = "samples", budget
+        data = self.data
+        if data is not None:
+            data = replace(
+                data,
+                eval_split=(x, y),
+                tokens_evaluated=kept if tokens else data.tokens_evaluated,
+                description=f"{data.description}; evaluation budget {kept:,} {unit}",
+            )
+        return replace(self, eval_split=(x, y), data=data)
 
     def eval_batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         x, y = self.eval_split

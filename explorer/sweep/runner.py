@@ -74,11 +74,13 @@ class RunSettings:
     repeats: int = 20
     qat_batch: int | None = None  # None: the model's default (`ModelContext.qat_batch`)
     per_layer: bool = True
+    # tokens (language models) or samples scored; None: the task's own (`ModelContext.budgeted`)
+    eval_budget: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("calibration_samples", "n_boot", "repeats", "qat_batch"):
+        for name in ("calibration_samples", "n_boot", "repeats", "qat_batch", "eval_budget"):
             value = getattr(self, name)
-            if name == "qat_batch" and value is None:
+            if name in ("qat_batch", "eval_budget") and value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ExplorerError(f"{name} must be a positive integer, got {value!r}")
@@ -111,7 +113,10 @@ def qat_settings(
 def row_parts(
     ctx: ModelContext, entry: PlanEntry, settings: RunSettings, env: dict[str, Any]
 ) -> dict[str, Any]:
-    """The key parts of a row: a row is reused only if every one of them matches."""
+    """The key parts of a row: a row is reused only if every one of them matches (an evaluation
+    budget adds ``eval_budget``, and its smaller split its own ``data_fingerprint``)."""
+    budget = {} if settings.eval_budget is None else {"eval_budget": settings.eval_budget}
+    ctx = ctx.budgeted(settings.eval_budget)
     return {
         "model": ctx.name,
         "model_fingerprint": ctx.fingerprint,
@@ -125,6 +130,7 @@ def row_parts(
         "kernels": kernel_policy(),
         "env": env,
         "code": code_version(),  # source hash + native build and ISA (explorer.sweep.version)
+        **budget,
     }
 
 
@@ -315,6 +321,7 @@ def evaluate_entry(
     """One result row for ``entry`` (see the module docstring). ``progress(done, total)`` is
     called after each evaluation batch: the float reference's (the context's first row only),
     then the quantized model's."""
+    ctx = ctx.budgeted(settings.eval_budget)
     env = env or environment()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
