@@ -457,3 +457,23 @@ def test_console_script_contract(swept: dict[str, Any], store: Path) -> None:
     doc = json.loads(done.stdout.strip().splitlines()[-1])
     assert doc["cached"] == len(swept["rows"]) and doc["evaluated"] == 0
     assert "Traceback" not in done.stderr and "6/6" in done.stderr  # the progress bar
+
+
+def test_eval_samples_is_a_budget_in_the_key(tmp_path: Path) -> None:
+    args = (
+        "sweep",
+        "--model",
+        "digits-cnn",
+        "--bits",
+        "8",
+        "--granularity",
+        "channel",
+        *FAST,
+        "--store",
+        str(tmp_path / "r.sqlite"),
+    )
+    small = run_json(*args, "--eval-samples", "64")
+    assert small["settings"]["eval_budget"] == 64
+    assert {r["n_samples"] for r in small["rows"]} == {64}
+    assert run_json(*args, "--eval-samples", "64")["evaluated"] == 0
+    assert run_json(*args, "--eval-samples", "96")["evaluated"] == len(small["rows"])

@@ -181,6 +181,21 @@ def _add_run_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
         default=1000,
         help="bootstrap resamples (default 1000)",
     )
+    budget = group.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--eval-tokens",
+        metavar="N",
+        type=_positive,
+        default=None,
+        help="evaluation budget of a language model: tokens scored (default: the task's, 16384)",
+    )
+    budget.add_argument(
+        "--eval-samples",
+        metavar="N",
+        type=_positive,
+        default=None,
+        help="evaluation budget of other tasks: samples scored (default: the whole split)",
+    )
     group.add_argument(
         "--store",
         metavar="PATH",
@@ -242,6 +257,7 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         seed=args.seed,
         n_boot=args.n_boot,
         repeats=args.repeats,
+        eval_budget=getattr(args, "eval_tokens", None) or getattr(args, "eval_samples", None),
     )
 
 
