@@ -127,6 +127,10 @@ def main() -> int:
         t0 = time.perf_counter()
         ctx = open_context(ModelSource(model=str(directory), data=str(directory / "text.txt")))
         load_s = time.perf_counter() - t0
+        print(
+            f"loaded in {load_s:.1f} s, peak RSS {peak_rss_bytes() / 2**30:.2f} GiB",
+            file=sys.stderr,
+        )
 
         bits, granularity = (8, "channel") if args.config == "w8" else (4, "group128")
         entries, _ = expand(SweepSpec(weight_bits=(bits,), granularity=(granularity,)))

@@ -52,6 +52,8 @@ from explorer.tasks import Task, TaskData, canonical_task, detect_task, legacy_t
 EVAL_BATCH = {"classification": 256, "lm": 16, "fidelity": 16, "embedding": 32}
 USER_CALIBRATION_SAMPLES = 128
 REFERENCE_BYTES = 1 << 30
+BATCH_LOGITS_BYTES = 1 << 29
+"""At most this many bytes of float32 logits per language-model evaluation batch."""
 """Most bytes of float outputs a `FloatReference` keeps; beyond it they are recomputed."""
 FINGERPRINT_CHARS = 16
 
@@ -366,6 +368,14 @@ class ModelContext:
     def eval_batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         x, y = self.eval_split
         b = EVAL_BATCH.get(self.task, 16)
+        if self.task == "lm" and x.dim() == 2:
+            # a batch's logits are windows x positions x vocabulary floats: 16 windows of 511
+            # tokens of a 151,936-token vocabulary are 5 GB, so wide vocabularies go in fewer
+            # windows at a time (the numbers do not change: statistics are per token)
+            vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+            if isinstance(vocab, int) and vocab > 0:
+                per_window = x.shape[1] * vocab * 4
+                b = max(1, min(b, BATCH_LOGITS_BYTES // per_window))
         return [(x[i : i + b], None if y is None else y[i : i + b]) for i in range(0, len(x), b)]
 
     def calibration_inputs(self, samples: int) -> torch.Tensor:

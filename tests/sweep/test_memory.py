@@ -67,3 +67,21 @@ def test_progress_reports_every_batch_and_rows_report_memory() -> None:
     assert 0 < row["model_bytes"]["quantized"] < row["model_bytes"]["float"]
     assert row["peak_rss_bytes"] >= row["model_bytes"]["float"]
     assert row["peak_rss_bytes"] <= peak_rss_bytes()
+
+
+def test_wide_vocabularies_evaluate_in_fewer_windows_per_batch() -> None:
+    from types import SimpleNamespace
+
+    from explorer.sweep.context import BATCH_LOGITS_BYTES
+
+    ctx = open_context(ModelSource(model="tiny-lm"))
+    x, _ = ctx.eval_split
+    assert len(x) > 3
+    default = ctx.eval_batches()
+    ctx.model.config = SimpleNamespace(vocab_size=BATCH_LOGITS_BYTES // (x.shape[1] * 4) // 3)
+    try:
+        batches = ctx.eval_batches()
+    finally:
+        del ctx.model.config
+    assert {len(b[0]) for b in batches[:-1]} == {3}
+    assert torch.equal(torch.cat([b[0] for b in batches]), torch.cat([b[0] for b in default]))
