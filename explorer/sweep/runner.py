@@ -39,6 +39,7 @@ from explorer.errors import ExplorerError
 from explorer.measure.latency import measure_callable, timing_model
 from explorer.measure.metrics import sqnr_db
 from explorer.measure.size import size_report
+from explorer.nn.capture import capture_outputs
 from explorer.nn.convert import (
     QuantReport,
     as_linear,
@@ -56,7 +57,7 @@ from explorer.sweep.context import (
     open_context,
 )
 from explorer.sweep.space import PlanEntry
-from explorer.sweep.store import ResultStore, row_key
+from explorer.sweep.store import ResultStore, finite_or_none, row_key
 from explorer.sweep.version import code_version
 
 LAYER_PROFILE_RUNS = 5
@@ -174,25 +175,6 @@ def _float_weight(module: nn.Module) -> torch.Tensor:
     return layer.weight.detach().reshape(layer.weight.shape[0], -1)
 
 
-def _layer_outputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, Any]:
-    outputs: dict[str, torch.Tensor] = {}
-    modules = dict(model.named_modules())
-    hooks = [
-        modules[n].register_forward_hook(
-            lambda _m, _a, out, n=n: outputs.__setitem__(n, out.detach())
-        )
-        for n in names
-        if n in modules
-    ]
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return outputs
-
-
 def _layer_times(model: nn.Module, names: Sequence[str], run: Callable[[], Any]) -> dict[str, Any]:
     """Wall time per layer over `LAYER_PROFILE_RUNS` calls of ``run``, and the total."""
     spent = dict.fromkeys(names, 0.0)
@@ -241,8 +223,8 @@ def per_layer(
     x = ctx.calibration_inputs(OUTPUT_SQNR_SAMPLES)
     if ctx.task == "lm":
         x = x[:4]
-    f_out = _layer_outputs(ctx.folded, names, x)
-    q_out = _layer_outputs(qmodel, names, x)
+    f_out = capture_outputs(ctx.folded, names, x)
+    q_out = capture_outputs(qmodel, names, x)
     times = _layer_times(qmodel, names, primary) if primary is not None else {}
     out = []
     for name in names:
@@ -265,8 +247,8 @@ def per_layer(
                 "fallback": a.fallback,
                 "kernel": module.kernel_name if module is not None else None,
                 "simulated": bool(module.simulated) if module is not None else False,
-                "weight_sqnr_db": _finite(weight_sqnr),
-                "output_sqnr_db": _finite(output_sqnr),
+                "weight_sqnr_db": finite_or_none(weight_sqnr),
+                "output_sqnr_db": finite_or_none(output_sqnr),
                 "latency_share": (times[name] / times["total"]) if times.get("total") else None,
                 "bytes": module.qweight_view().nbytes if module is not None else None,
             }
@@ -294,10 +276,6 @@ def _kernel_counts(model: nn.Module) -> dict[str, int]:
     for module in quant_modules(model).values():
         counts[module.kernel_name] = counts.get(module.kernel_name, 0) + 1
     return counts
-
-
-def _finite(x: float | None) -> float | None:
-    return None if x is None or x in (float("inf"), float("-inf")) else float(x)
 
 
 def peak_rss_bytes() -> int:
