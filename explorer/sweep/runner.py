@@ -77,6 +77,7 @@ class RunSettings:
     per_layer: bool = True
     # tokens (language models) or samples scored; None: the task's own (`ModelContext.budgeted`)
     eval_budget: int | None = None
+    target: str = "native"  # where rows run (explorer.targets): native or onnxruntime
 
     def __post_init__(self) -> None:
         for name in ("calibration_samples", "n_boot", "repeats", "qat_batch", "eval_budget"):
@@ -132,7 +133,18 @@ def row_parts(
         "env": env,
         "code": code_version(),  # source hash + native build and ISA (explorer.sweep.version)
         **budget,
+        **_target_part(settings),
     }
+
+
+def _target_part(settings: RunSettings) -> dict[str, Any]:
+    """The target's name, runtime version and settings; absent for native, so native rows keep
+    the keys they had before targets existed."""
+    if settings.target == "native":
+        return {}
+    from explorer.targets import describe, get_target
+
+    return {"target": describe(get_target(settings.target))}
 
 
 def entry_key(
@@ -325,6 +337,20 @@ def evaluate_entry(
         select_kernels(qmodel, run=lambda: task.outputs(qmodel, first))
     seconds["kernel_choice"] = time.perf_counter() - t0
 
+    target_layers: dict[str, Any] = {}
+    artifact_source = qmodel
+    if settings.target != "native":
+        # another runtime: it builds its artifact from this quantized model and is evaluated
+        # against the same float reference and timed on the same workloads, as a module
+        from explorer.targets import TargetModule, get_target
+
+        t0 = time.perf_counter()
+        artifact = get_target(settings.target).build(qmodel, batches[0][0])
+        target_layers = artifact.layers
+        qmodel = TargetModule(artifact)
+        quantized = False
+        seconds["target_build"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     evaluation = ctx.reference.evaluate(
         qmodel, n_boot=settings.n_boot, seed=settings.seed, progress=progress
@@ -352,14 +378,16 @@ def evaluate_entry(
     seconds["latency"] = time.perf_counter() - t0
 
     layers: list[dict[str, Any]] = []
-    if settings.per_layer:
+    if settings.per_layer and settings.target == "native":
         t0 = time.perf_counter()
         layers = per_layer(ctx, qmodel, primary_make(timed) if not simulated else None)
         seconds["per_layer"] = time.perf_counter() - t0
 
-    size = size_report(qmodel)
-    report = getattr(qmodel, "quant_report", None)
+    size = size_report(artifact_source)
+    report = getattr(artifact_source, "quant_report", None)
     kernels = {n: m.kernel_name for n, m in quant_modules(qmodel).items()}
+    if settings.target != "native":
+        kernels = {n: " / ".join(v.get("kernels", [])) for n, v in target_layers.items()}
     metrics = evaluation.to_dict()
     parent = entry.ptq_parent()
     return {
@@ -398,6 +426,7 @@ def evaluate_entry(
         "peak_rss_bytes": peak_rss_bytes(),
         "model_bytes": {"float": _module_bytes(ctx.model), "quantized": _module_bytes(qmodel)},
         "env": env,
+        "target": settings.target,
     }
 
 
