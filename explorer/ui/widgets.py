@@ -210,7 +210,17 @@ def run_settings_ui(*, key: str = "run", base: RunSettings = DEFAULT_RUN) -> Run
             key=f"{key}.calibration_samples",
             help="Inputs used to choose static activation scales and clipping ranges.",
         )
+        budget = st.number_input(
+            "Evaluation budget (0: the task's own)",
+            min_value=0,
+            max_value=10_000_000,
+            value=base.eval_budget or 0,
+            key=f"{key}.eval_budget",
+            help="Tokens scored (language models) or samples (other tasks). A smaller budget "
+            "evaluates faster and gives wider confidence intervals.",
+        )
     return RunSettings(
+        eval_budget=int(budget) or None,
         calibration_samples=int(samples),
         seed=base.seed,
         n_boot=int(n_boot),

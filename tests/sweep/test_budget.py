@@ -37,3 +37,21 @@ def test_smaller_budget_scores_fewer_tokens_with_a_wider_interval() -> None:
 def test_budget_must_be_a_positive_integer() -> None:
     with pytest.raises(ExplorerError, match="eval_budget must be a positive integer, got 0"):
         RunSettings(eval_budget=0)
+
+
+def test_run_settings_field_sets_the_budget() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    def app() -> None:
+        import streamlit as st
+
+        from explorer.ui.widgets import run_settings_ui
+
+        st.session_state["budget"] = run_settings_ui().eval_budget
+
+    at = AppTest.from_function(app).run(timeout=60)
+    assert not at.exception
+    assert at.session_state["budget"] is None  # 0 in the field: the task's own
+    field = next(n for n in at.number_input if n.key == "run.eval_budget")
+    field.set_value(2048).run(timeout=60)
+    assert at.session_state["budget"] == 2048
