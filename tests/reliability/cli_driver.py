@@ -45,7 +45,7 @@ def assert_one_line_error(
 
 
 def stand_in_row(
-    ctx: ModelContext, entry: PlanEntry, settings: Any, env: Any = None
+    ctx: ModelContext, entry: PlanEntry, settings: Any, env: Any = None, progress: Any = None
 ) -> dict[str, Any]:
     """A row with the fields the CLI reads, without quantizing or timing anything."""
     return {
