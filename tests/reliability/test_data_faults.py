@@ -255,10 +255,11 @@ def test_directory_is_called_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as raised:
         load_dataset(tmp_path / "images")
     assert message(raised) == (
-        f"data path {tmp_path / 'images'} is a directory; --data takes one file: .safetensors or "
-        ".npz (tensors 'inputs' and optional integer 'labels'), .csv (numeric feature columns and "
-        "an integer 'label' column) or .txt (UTF-8 text) (image and audio folders are not "
-        "supported yet)"
+        f"data path {tmp_path / 'images'} is a directory; an image folder (one subfolder per "
+        "class) is read only for an image classifier (…ForImageClassification), otherwise "
+        "--data takes one file: .safetensors or .npz (tensors 'inputs' and optional integer "
+        "'labels'), .csv (numeric feature columns and an integer 'label' column) or .txt (UTF-8 "
+        "text) (audio folders are not read yet)"
     )
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_dataset(tmp_path / "missing.csv")
