@@ -118,7 +118,8 @@ def row_parts(
     """The key parts of a row: a row is reused only if every one of them matches (an evaluation
     budget adds ``eval_budget``, and its smaller split its own ``data_fingerprint``)."""
     budget = {} if settings.eval_budget is None else {"eval_budget": settings.eval_budget}
-    ctx = ctx.budgeted(settings.eval_budget)
+    if settings.eval_budget is not None:
+        ctx = ctx.budgeted(settings.eval_budget)
     return {
         "model": ctx.name,
         "model_fingerprint": ctx.fingerprint,
