@@ -19,3 +19,7 @@ class KernelError(ExplorerError, RuntimeError):
 
 class ModelLoadError(ExplorerError, ValueError):
     """A model or weights file cannot be loaded safely."""
+
+
+class TaskError(ExplorerError, ValueError):
+    """A task cannot apply to this model or data (no tokenizer, missing columns, bad rows)."""

@@ -21,14 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.errors import ExplorerError
+from explorer.errors import TaskError  # noqa: F401  (re-exported: its old home)
 from explorer.measure.evaluation import SampleStats
 
 Workload = Callable[[nn.Module], Callable[[], Any]]
-
-
-class TaskError(ExplorerError, ValueError):
-    """A task cannot apply to this model or data (no tokenizer, missing columns, bad rows)."""
 
 
 @dataclass
