@@ -22,7 +22,7 @@ from explorer.bundle import (
     row_snippet,
     zip_bundle,
 )
-from explorer.cli import _read_plan_file
+from explorer.cli import read_plan_file
 from explorer.errors import ExplorerError, QuantConfigError
 from explorer.lesson import (
     LessonError,
@@ -372,7 +372,7 @@ def test_plan_document_reads_back_with_the_cli(tmp_path: Path) -> None:
     assert doc["qat_steps"] == 30 and doc["label"] == "W4 qat"
     path = tmp_path / "plan.json"
     path.write_bytes(plan_json(row))
-    assert _read_plan_file(str(path)) == (plan, 30, 5e-4)
+    assert read_plan_file(str(path)) == (plan, 30, 5e-4)
 
 
 def test_bundle_refuses_rows_without_a_plan(ctx: ModelContext, tmp_path: Path) -> None:

@@ -38,8 +38,8 @@ def test_explorer_cache_moves_everything(clean_env: pytest.MonkeyPatch, tmp_path
 def test_cli_and_app_share_the_default(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import argparse
 
-    from explorer.cli import common
+    from explorer.cli import options, runs
 
     clean_env.setenv("EXPLORER_CACHE", str(tmp_path))
-    assert common._store_path(argparse.Namespace(store=None)) == tmp_path / "results.sqlite"
-    assert common.DEFAULT_STORE == paths.DEFAULT_STORE
+    assert runs.store_path_from_args(argparse.Namespace(store=None)) == tmp_path / "results.sqlite"
+    assert options.DEFAULT_STORE == paths.DEFAULT_STORE

@@ -12,26 +12,26 @@ JSON document's ``failed`` list.
 ``sweep`` and ``search`` write their rows to the results store (``--store``, default
 ``$EXPLORER_STORE`` or `DEFAULT_STORE`), so running the same command again reuses them.
 
-The modules, each importing only from those before it: `common` (the parser, option types, model,
-store and progress helpers), `builtin` (``bench``, ``models``, ``train``), `sweep`, `search`
+The modules, each importing only from those before it: `options` (the parser, option types and
+option groups), `runs` (the model context, store, settings and executor a command opens from its
+options, and its progress bar), `builtin` (``bench``, ``models``, ``train``), `sweep`, `search`
 (``sensitivity`` and ``search``), `export`, `store` (``store check|repair|delete-row``), and
 `main` (`build_parser` and `main`). Outside this package they may import the whole library, never
 streamlit.
 """
 
 from explorer.cli.builtin import cmd_bench, cmd_models, cmd_train
-from explorer.cli.common import (
+from explorer.cli.export import cmd_export, read_plan_file
+from explorer.cli.main import build_parser, main
+from explorer.cli.options import (
     DEFAULT_STORE,
-    INTERRUPTED_EXIT,
     LATENCY_UNITS,
     SIZE_UNITS,
     STORE_ENV,
     parse_latency,
     parse_size,
 )
-from explorer.cli.export import _read_plan_file as _read_plan_file
-from explorer.cli.export import cmd_export
-from explorer.cli.main import build_parser, main
+from explorer.cli.runs import INTERRUPTED_EXIT
 from explorer.cli.search import cmd_search, cmd_sensitivity
 from explorer.cli.store import cmd_store
 from explorer.cli.sweep import build_spec, cmd_sweep
@@ -57,4 +57,5 @@ __all__ = [
     "main",
     "parse_latency",
     "parse_size",
+    "read_plan_file",
 ]

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from explorer.cli.common import _open_context
-from explorer.cli.sweep import _dimension_options, build_spec
+from explorer.cli.runs import context_from_args
+from explorer.cli.sweep import build_spec, dimension_options
 from explorer.errors import ExplorerError
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from explorer.sweep.space import PlanEntry, SweepSpec
 
 
-def _read_plan_file(path: str) -> tuple[Plan, int | None, float | None]:
+def read_plan_file(path: str) -> tuple[Plan, int | None, float | None]:
     """The plan in ``path``: a Plan dict, a sweep row (its ``config``, with its QAT budget) or
     an export's plan.json (its ``plan``). Returns (plan, qat steps, qat lr)."""
     from explorer.quant.config import Plan
@@ -50,13 +50,13 @@ def _export_request(args: argparse.Namespace) -> PlanEntry | SweepSpec:
     from explorer.sweep.space import DEFAULT_QAT_STEPS, DIMENSIONS, entry_for_plan
 
     given = [
-        d for d in (*_dimension_options(), "layers", "fallback") if getattr(args, d) is not None
+        d for d in (*dimension_options(), "layers", "fallback") if getattr(args, d) is not None
     ]
     if args.plan is not None:
         if given:
             options = ", ".join("--" + d.replace("_", "-") for d in given)
             raise ExplorerError(f"--plan carries its own configs; drop {options}")
-        plan, steps, lr = _read_plan_file(args.plan)
+        plan, steps, lr = read_plan_file(args.plan)
         return entry_for_plan(
             plan, qat_steps=args.qat_steps or steps or DEFAULT_QAT_STEPS, qat_lr=args.qat_lr or lr
         )
@@ -92,7 +92,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
             f"{out} already exists and is not empty; choose another folder or pass --overwrite "
             "to replace an earlier export"
         )
-    ctx = _open_context(args)
+    ctx = context_from_args(args)
     entry = _export_entry(request, ctx)
     print(f"export: quantizing {ctx.name} with {entry.label}", file=sys.stderr)
     if entry.qat_steps is None:

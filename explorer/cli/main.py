@@ -10,25 +10,25 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from explorer.cli.builtin import cmd_bench, cmd_models, cmd_train
-from explorer.cli.common import (
-    INTERRUPTED_EXIT,
-    _add_json,
-    _add_model_options,
-    _add_run_options,
-    _int_list,
-    _Parser,
-    _positive,
-    _threads,
-)
 from explorer.cli.export import cmd_export
-from explorer.cli.search import _add_sensitivity_options, cmd_search, cmd_sensitivity
-from explorer.cli.store import _add_store_parser
-from explorer.cli.sweep import _add_config_options, cmd_sweep
+from explorer.cli.options import (
+    Parser,
+    add_json_option,
+    add_model_options,
+    add_run_options,
+    int_list,
+    positive_int,
+    thread_count,
+)
+from explorer.cli.runs import INTERRUPTED_EXIT
+from explorer.cli.search import add_sensitivity_options, cmd_search, cmd_sensitivity
+from explorer.cli.store import add_store_parser
+from explorer.cli.sweep import add_config_options, cmd_sweep
 from explorer.errors import ExplorerError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="explorer",
         description="Quantization Explorer: quantize models per layer and measure size, latency "
         "and accuracy on real int8/int4 kernels.",
@@ -38,29 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="time fp32, bf16 and every real int8/int4 kernel on linear layers and a convolution",
     )
-    bench.add_argument("--m", type=_int_list, default=(1, 8, 32), help="rows M (default 1,8,32)")
-    bench.add_argument("--k", type=_positive, default=4096, help="in features K (default 4096)")
-    bench.add_argument("--n", type=_positive, default=4096, help="out features N (default 4096)")
-    bench.add_argument("--repeats", type=_positive, default=30, help="timed calls per kernel")
+    bench.add_argument("--m", type=int_list, default=(1, 8, 32), help="rows M (default 1,8,32)")
+    bench.add_argument("--k", type=positive_int, default=4096, help="in features K (default 4096)")
+    bench.add_argument("--n", type=positive_int, default=4096, help="out features N (default 4096)")
+    bench.add_argument("--repeats", type=positive_int, default=30, help="timed calls per kernel")
     bench.add_argument(
-        "--threads", type=_threads, default=None, help="torch threads (at most the CPUs)"
+        "--threads", type=thread_count, default=None, help="torch threads (at most the CPUs)"
     )
     bench.add_argument("--no-conv", action="store_true", help="skip the convolution benchmark")
     bench.add_argument(
         "--include-slow", action="store_true", help="also time kernels known to be slow here"
     )
-    _add_json(bench)
+    add_json_option(bench)
     bench.set_defaults(func=cmd_bench)
 
     models = sub.add_parser("models", help="list the built-in models with their float metric")
-    _add_json(models)
+    add_json_option(models)
     models.set_defaults(func=cmd_models)
 
     train = sub.add_parser("train", help="retrain a built-in model from scratch (reproducible)")
     train.add_argument("name", help="built-in model name (see `explorer models`)")
     train.add_argument("--out", default=None, help="output folder (default: its assets folder)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    _add_json(train)
+    add_json_option(train)
     train.set_defaults(func=cmd_train)
 
     sweep = sub.add_parser(
@@ -71,16 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted sweep resumes. Without dimension options, or with --default, the app's "
         "default sweep runs; options given replace its dimensions.",
     )
-    _add_model_options(sweep)
-    _add_config_options(sweep, single=False)
+    add_model_options(sweep)
+    add_config_options(sweep, single=False)
     sweep.add_argument("--default", action="store_true", help="start from the default sweep")
     sweep.add_argument(
         "--target",
         default="native",
         help="where rows run, comma-separated: native, onnxruntime (default native)",
     )
-    _add_run_options(sweep, sweep=True)
-    _add_json(sweep)
+    add_run_options(sweep, sweep=True)
+    add_json_option(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     sensitivity = sub.add_parser(
@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-layer sensitivity on the calibration split: each layer quantized "
         "alone, every other layer float.",
     )
-    _add_model_options(sensitivity)
-    _add_sensitivity_options(sensitivity)
+    add_model_options(sensitivity)
+    add_sensitivity_options(sensitivity)
     sensitivity.add_argument(
         "--layers", metavar="NAMES", default=None, help="layer names (default: every layer)"
     )
@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="weight SQNR only: no forward passes, no metric drop",
     )
-    _add_run_options(sensitivity, sweep=False)
-    _add_json(sensitivity)
+    add_run_options(sensitivity, sweep=False)
+    add_json_option(sensitivity)
     sensitivity.set_defaults(func=cmd_sensitivity)
 
     search = sub.add_parser(
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chosen plans, the baselines and the uniform plans like sweep rows. Give one budget kind; "
         "several comma-separated budgets of that kind are allowed.",
     )
-    _add_model_options(search)
+    add_model_options(search)
     budget = search.add_argument_group("budget (one kind)")
     budget.add_argument(
         "--budget-size", metavar="SIZES", default=None, help="bytes stored: 3.5MB, 512KiB, 200000"
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="plans spread along the front (default 6)",
     )
-    _add_sensitivity_options(search)
+    add_sensitivity_options(search)
     search.add_argument(
         "--damage",
         choices=("metric_drop", "kl", "cosine_loss"),
@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--no-uniform", action="store_true", help="do not evaluate the uniform plans alongside"
     )
-    _add_run_options(search, sweep=True)
-    _add_json(search)
+    add_run_options(search, sweep=True)
+    add_json_option(search)
     search.set_defaults(func=cmd_search)
 
     export = sub.add_parser(
@@ -155,23 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize the model with one plan (a plan JSON file, or one value per config "
         "option) and write plan.json, model.safetensors, reapply.py and README.txt to --out.",
     )
-    _add_model_options(export)
+    add_model_options(export)
     export.add_argument(
         "--plan",
         metavar="FILE",
         default=None,
         help="plan JSON: a plan, a sweep row, or an export's plan.json",
     )
-    _add_config_options(export, single=True)
+    add_config_options(export, single=True)
     export.add_argument("--out", metavar="FOLDER", required=True, help="export folder")
     export.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export in --out"
     )
-    _add_run_options(export, sweep=False)
-    _add_json(export)
+    add_run_options(export, sweep=False)
+    add_json_option(export)
     export.set_defaults(func=cmd_export)
 
-    _add_store_parser(sub)
+    add_store_parser(sub)
     return parser
 
 

@@ -6,20 +6,17 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from explorer.cli.common import (
-    _bar,
-    _executor,
-    _interrupted,
-    _names,
-    _open_context,
-    _open_store,
-    _positive,
-    _run_settings,
-    _Tally,
-    parse_latency,
-    parse_size,
+from explorer.cli.options import name_list, parse_latency, parse_size, positive_int
+from explorer.cli.runs import (
+    Tally,
+    context_from_args,
+    executor_from_args,
+    interrupted_error,
+    progress_bar,
+    settings_from_args,
+    store_from_args,
 )
-from explorer.cli.sweep import _flag_fronts, _in_entry_order, _print_rows, _report_failures
+from explorer.cli.sweep import flag_fronts, in_entry_order, print_rows, report_failures
 from explorer.errors import ExplorerError
 
 if TYPE_CHECKING:
@@ -33,7 +30,7 @@ if TYPE_CHECKING:
 def _settings_list(args: argparse.Namespace) -> list[str]:
     from explorer.sweep.sensitivity import DEFAULT_SETTINGS, setting_config
 
-    names = _names(args.settings) if args.settings is not None else list(DEFAULT_SETTINGS)
+    names = name_list(args.settings) if args.settings is not None else list(DEFAULT_SETTINGS)
     if not names:
         raise ExplorerError("--settings needs at least one setting such as 'W4 g32'")
     for name in names:
@@ -47,7 +44,7 @@ def _measure(
     from explorer.sweep.sensitivity import measure_sensitivity
 
     settings = _settings_list(args)
-    bar = _bar(0, f"sensitivity {ctx.name}")
+    bar = progress_bar(0, f"sensitivity {ctx.name}")
 
     def progress(done: int, total: int, message: str) -> None:
         bar.total = total
@@ -59,7 +56,7 @@ def _measure(
         return measure_sensitivity(
             ctx,
             settings,
-            layers=_names(getattr(args, "layers", None)) or None,
+            layers=name_list(getattr(args, "layers", None)) or None,
             full_metric=full_metric,
             latency=latency,
             samples=args.samples,
@@ -74,7 +71,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     from explorer.sweep.store import finite_or_none
 
     _settings_list(args)
-    ctx = _open_context(args)
+    ctx = context_from_args(args)
     result = _measure(args, ctx, full_metric=not args.weight_only, latency=not args.no_latency)
     doc = finite_or_none(result.to_dict())
     if not args.json:
@@ -121,7 +118,7 @@ def _budgets(args: argparse.Namespace) -> tuple[str, list[float], int]:
             )
         return "size", [], points
     option = given[0]
-    texts = _names(getattr(args, option[2:].replace("-", "_")))
+    texts = name_list(getattr(args, option[2:].replace("-", "_")))
     if not texts:
         raise ExplorerError(f"{option} needs at least one value")
     if option == "--budget-size":
@@ -141,14 +138,14 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
 
     kind, budgets, points = _budgets(args)
     _settings_list(args)
-    settings = _run_settings(args)
-    store = _open_store(args)
+    settings = settings_from_args(args)
+    store = store_from_args(args)
     try:
         store.check_writable()  # before the model loads and any row is evaluated
-        ctx = _open_context(args)
-        executor = _executor(args, ctx)
+        ctx = context_from_args(args)
+        executor = executor_from_args(args, ctx)
         sensitivity = _measure(args, ctx, full_metric=True, latency=kind == "latency")
-        tally = _Tally(0, "verify")
+        tally = Tally(0, "verify")
         try:
             outcome = search_and_verify(
                 ctx,
@@ -164,15 +161,15 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
                 on_event=tally,
             )
         except KeyboardInterrupt:
-            raise _interrupted(tally.counts["evaluated"]) from None
+            raise interrupted_error(tally.counts["evaluated"]) from None
         finally:
             tally.bar.close()
     finally:
         store.close()
     counts, failed = tally.counts, tally.failed
-    _report_failures("search", failed, len(tally.rows))
-    rows = _in_entry_order(outcome.entries, outcome.rows)
-    axis = _flag_fronts(rows, ctx.metric)
+    report_failures("search", failed, len(tally.rows))
+    rows = in_entry_order(outcome.entries, outcome.rows)
+    axis = flag_fronts(rows, ctx.metric)
     compared = [r for r in rows if r.get("kind") in ("baseline", "uniform")]
     uniform_flags = flag_pareto(compared, [("size_bytes", "min"), axis])
     fronts = {
@@ -184,7 +181,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         ],
     }
     if not args.json:
-        _print_rows(rows, axis[0])
+        print_rows(rows, axis[0])
         print(f"front, uniform plans only: {', '.join(fronts['uniform']) or 'none'}")
         print(f"front, with mixed plans:   {', '.join(fronts['all']) or 'none'}")
     return {
@@ -200,7 +197,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _add_sensitivity_options(parser: argparse.ArgumentParser) -> None:
+def add_sensitivity_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings",
         metavar="LIST",
@@ -211,7 +208,7 @@ def _add_sensitivity_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samples",
         metavar="N",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="calibration-split samples to measure the metric on",
     )

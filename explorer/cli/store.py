@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from explorer.cli.common import DEFAULT_STORE, STORE_ENV, _add_json, _store_path
+from explorer.cli.options import DEFAULT_STORE, STORE_ENV, add_json_option
+from explorer.cli.runs import store_path_from_args
 
 
 def _open_existing(args: argparse.Namespace) -> Any:
     """The store at ``--store``; unlike a sweep, maintenance never creates one."""
     from explorer.sweep.store import ResultStore, StoreError
 
-    path = _store_path(args)
+    path = store_path_from_args(args)
     if not path.is_file():
         raise StoreError(
             f"there is no results store at {path}; give the store's path with --store "
@@ -73,7 +74,7 @@ def cmd_store(args: argparse.Namespace) -> dict[str, Any]:
         return {"store": str(store.path), "deleted": key}
 
 
-def _add_store_parser(sub: Any) -> None:
+def add_store_parser(sub: Any) -> None:
     """The ``store`` subcommand and its three actions, each with ``--store`` and ``--json``."""
     store = sub.add_parser(
         "store",
@@ -97,5 +98,5 @@ def _add_store_parser(sub: Any) -> None:
             default=None,
             help=f"results store (default ${STORE_ENV} or {DEFAULT_STORE})",
         )
-        _add_json(action)
+        add_json_option(action)
         action.set_defaults(func=cmd_store)

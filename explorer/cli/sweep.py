@@ -10,15 +10,14 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from explorer.cli.common import (
-    _executor,
-    _interrupted,
-    _names,
-    _open_context,
-    _open_store,
-    _positive,
-    _run_settings,
-    _Tally,
+from explorer.cli.options import name_list, positive_int
+from explorer.cli.runs import (
+    Tally,
+    context_from_args,
+    executor_from_args,
+    interrupted_error,
+    settings_from_args,
+    store_from_args,
 )
 from explorer.errors import ExplorerError
 
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from explorer.sweep.space import PlanEntry, SweepSpec
 
 
-def _flag_fronts(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, str]:
+def flag_fronts(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, str]:
     """Set ``pareto`` (size vs metric) and ``pareto_latency`` (latency vs metric) on each row."""
     from explorer.inspect import quality_axis
     from explorer.sweep.pareto import flag_pareto
@@ -40,7 +39,7 @@ def _flag_fronts(rows: list[dict[str, Any]], metric: str | None) -> tuple[str, s
     return axis
 
 
-def _in_entry_order(entries: Sequence[PlanEntry], rows: Sequence[dict[str, Any]]) -> list[dict]:
+def in_entry_order(entries: Sequence[PlanEntry], rows: Sequence[dict[str, Any]]) -> list[dict]:
     """The rows in the order of their entries, matched by plan and QAT budget (labels need not
     be unique), each plan once, labelled as its entry is now (a row from the store keeps the
     label it was stored with, which may predate a fallback being named in it)."""
@@ -60,7 +59,7 @@ def _in_entry_order(entries: Sequence[PlanEntry], rows: Sequence[dict[str, Any]]
     ]
 
 
-def _print_rows(rows: Sequence[dict[str, Any]], metric_path: str) -> None:
+def print_rows(rows: Sequence[dict[str, Any]], metric_path: str) -> None:
     name = metric_path.split(".", 1)[1]
     width = max([len("config"), *(len(str(r.get("label", ""))) for r in rows)])
     print(f"  {'config':{width}}  {'size KB':>9}  {'bits/w':>6}  {'latency ms':>16}  {name}")
@@ -85,7 +84,7 @@ def _print_rows(rows: Sequence[dict[str, Any]], metric_path: str) -> None:
     print("* on the size/metric Pareto front; Δ: 95 % interval of the change against fp32")
 
 
-def _report_failures(command: str, failed: Sequence[dict[str, str]], rows: int) -> None:
+def report_failures(command: str, failed: Sequence[dict[str, str]], rows: int) -> None:
     """Each failed configuration on one stderr line; raise when not one configuration, baselines
     included, gave a row (from the store or evaluated): a sweep that shows nothing has failed."""
     from explorer.sweep.runner import NothingEvaluatedError
@@ -102,7 +101,7 @@ def _report_failures(command: str, failed: Sequence[dict[str, str]], rows: int) 
         )
 
 
-def _dimension_options() -> tuple[str, ...]:
+def dimension_options() -> tuple[str, ...]:
     """The sweep's axes as this command's option names (``weight_bits`` is ``--bits``)."""
     from explorer.sweep.space import DIMENSIONS
 
@@ -153,7 +152,7 @@ def _spec_changes(args: argparse.Namespace) -> dict[str, Any]:
     if args.qat_lr is not None:
         changes["qat_lr"] = args.qat_lr
     if args.layers is not None:
-        changes["layers"] = tuple(_names(args.layers))
+        changes["layers"] = tuple(name_list(args.layers))
     if args.fallback is not None:
         changes["fallback"] = args.fallback
     return changes
@@ -166,12 +165,12 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     from explorer.sweep.space import SweepSpec
 
     changes = _spec_changes(args)
-    given = any(getattr(args, d) is not None for d in _dimension_options())
+    given = any(getattr(args, d) is not None for d in dimension_options())
     base = DEFAULT_SPEC if getattr(args, "default", False) or not given else SweepSpec()
     return dataclasses.replace(base, **changes)
 
 
-def _add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> None:
+def add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> None:
     """The quantization options: lists to sweep, or one value each (``single``, for export)."""
     value = "VALUE" if single else "LIST"
     title = "quantization config" + ("" if single else " (comma-separated values to sweep)")
@@ -189,7 +188,7 @@ def _add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> Non
     ):
         group.add_argument(option, metavar=value, default=None, help=help_text)
     group.add_argument(
-        "--qat-steps", metavar="N", type=_positive, default=None, help="QAT steps (default 200)"
+        "--qat-steps", metavar="N", type=positive_int, default=None, help="QAT steps (default 200)"
     )
     group.add_argument(
         "--qat-lr",
@@ -250,12 +249,12 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from explorer.sweep.space import expand
 
     spec = build_spec(args)
-    settings = _run_settings(args)
-    store = _open_store(args)
+    settings = settings_from_args(args)
+    store = store_from_args(args)
     try:
         store.check_writable()  # before the model loads and any row is evaluated
-        ctx = _open_context(args)
-        executor = _executor(args, ctx)
+        ctx = context_from_args(args)
+        executor = executor_from_args(args, ctx)
         if hasattr(executor, "progress"):  # in this process: a bar per evaluation
             executor.progress = _evaluation_bar()
         # Without config options: the app's default sweep, its one QAT row included.
@@ -264,29 +263,29 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         ordered, failed, counts = [], [], {"cached": 0, "evaluated": 0}
         for target in _targets(args):  # the target dimension: every entry on each target
             settings = dataclasses.replace(settings, target=target)
-            tally = _Tally(len(entries), f"sweep {ctx.name} on {target}")
+            tally = Tally(len(entries), f"sweep {ctx.name} on {target}")
             try:
                 for event in run_sweep(ctx, entries, store, settings=settings, executor=executor):
                     tally(event)
             except KeyboardInterrupt:
-                raise _interrupted(tally.counts["evaluated"]) from None
+                raise interrupted_error(tally.counts["evaluated"]) from None
             finally:
                 tally.bar.close()
-            ordered += _in_entry_order(entries, tally.rows)
+            ordered += in_entry_order(entries, tally.rows)
             failed += tally.failed
             for name in counts:
                 counts[name] += tally.counts[name]
     finally:
         store.close()
-    _report_failures("sweep", failed, len(ordered))
-    axis = _flag_fronts(ordered, ctx.metric)
+    report_failures("sweep", failed, len(ordered))
+    axis = flag_fronts(ordered, ctx.metric)
     baseline = {
         r["label"]: {**r["metrics"], "size_bytes": r["size_bytes"], "latency_ms": r["latency_ms"]}
         for r in ordered
         if r.get("kind") == "baseline"
     }
     if not args.json:
-        _print_rows(ordered, axis[0])
+        print_rows(ordered, axis[0])
         for s in skipped:
             print(f"skipped {s.label}: {s.reason}")
         print(

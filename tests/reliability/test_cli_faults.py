@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from explorer.cli.common import usable_cpus
 from explorer.errors import ExplorerError
+from explorer.machine import usable_cpus
 from explorer.sweep import runner
 from explorer.sweep.context import ModelContext, ModelSource, open_context
 from explorer.sweep.space import PlanEntry, SweepSpec, SweepSpecError, expand
@@ -251,7 +251,7 @@ def test_thread_counts_beyond_the_machine_are_refused_in_one_line(args: tuple[st
 
 
 def test_a_thread_count_within_the_machine_is_accepted() -> None:
-    from explorer.cli.common import _threads
+    from explorer.cli.options import thread_count
 
-    assert _threads("1") == 1
-    assert _threads(str(usable_cpus())) == usable_cpus()
+    assert thread_count("1") == 1
+    assert thread_count(str(usable_cpus())) == usable_cpus()
