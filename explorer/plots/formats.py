@@ -9,18 +9,24 @@ from collections.abc import Iterable, Mapping, Sequence
 import plotly.graph_objects as go
 
 from explorer.measure.display import format_metric
-from explorer.plots.hover import _hover, _interval
-from explorer.plots.layout import _axis_title, _empty_note
+from explorer.plots.hover import hover_text, metric_interval
+from explorer.plots.layout import add_empty_note, axis_title
 from explorer.plots.rows import (
     Row,
-    _get,
-    _metric_name,
-    _number,
-    _plotted,
-    _quality_axis,
+    finite_number,
     float_metric,
+    metric_name_of,
+    plotted_rows,
+    quality_axis,
+    row_value,
 )
-from explorer.plots.series import SELECTED_COLOR, _series_colors, _series_rank, _symbol, series_of
+from explorer.plots.series import (
+    SELECTED_COLOR,
+    marker_symbol,
+    series_colors,
+    series_of,
+    series_rank,
+)
 
 
 def _padded(values: Sequence[float], share: float = 0.08) -> list[float] | None:
@@ -63,31 +69,31 @@ def setting_figure(
     the same error bars, hover texts and fp32 line as `pareto_figure`. On a size plot the
     algorithms of one format share one x and hide each other; here they stand apart."""
     all_rows = list(rows)
-    path, sense = _quality_axis(all_rows, metric)
-    name = _metric_name(path)
+    path, sense = quality_axis(all_rows, metric)
+    name = metric_name_of(path)
     base = float_value if float_value is not None else float_metric(all_rows, path)
     plotted = [
         r
-        for r in _plotted(all_rows, [path])
+        for r in plotted_rows(all_rows, [path])
         if r.get("kind") == "uniform" and r.get("weight_bits") is not None
     ]
     order: dict[str, float] = {}
     for row in plotted:
-        size = _number(row.get("size_bytes")) or 0.0
+        size = finite_number(row.get("size_bytes")) or 0.0
         order[setting_of(row)] = max(order.get(setting_of(row), 0.0), size)
     categories = sorted(order, key=lambda c: (-order[c], c))
     by_series: dict[str, list[Row]] = {}
     for row in plotted:
         by_series.setdefault(series_of(row), []).append(row)
-    colors = _series_colors(by_series)
+    colors = series_colors(by_series)
     fig = go.Figure()
     extent = [] if base is None else [base]  # what the y range must show
-    for series in sorted(by_series, key=_series_rank):
+    for series in sorted(by_series, key=series_rank):
         members = by_series[series]
-        ys = [float(_get(r, path)) for r in members]
+        ys = [float(row_value(r, path)) for r in members]
         plus, minus = [], []
         for r, y in zip(members, ys, strict=True):
-            lo, hi = _interval(r, path, base)
+            lo, hi = metric_interval(r, path, base)
             plus.append(0.0 if hi is None else max(0.0, hi - y))
             minus.append(0.0 if lo is None else max(0.0, y - lo))
             extent += [y + plus[-1], y - minus[-1]]
@@ -100,10 +106,10 @@ def setting_figure(
                 meta="series",
                 offsetgroup=series,
                 customdata=[r.get("key") for r in members],
-                hovertext=[_hover(r, path, base) for r in members],
+                hovertext=[hover_text(r, path, base) for r in members],
                 hovertemplate="%{hovertext}<extra></extra>",
                 marker={
-                    "symbol": [_symbol(r, series, False) for r in members],
+                    "symbol": [marker_symbol(r, series, False) for r in members],
                     "size": 11,
                     "color": colors[series],
                     "line": {
@@ -143,7 +149,7 @@ def setting_figure(
             "categoryarray": categories,
         },
         yaxis={
-            "title": _axis_title(name, sense),
+            "title": axis_title(name, sense),
             "tickformat": ".1%" if name in ("accuracy", "agreement") else None,
             # grouped scatter would start the axis at zero, as bars do: the metric's own range
             "range": _padded(extent),
@@ -154,5 +160,5 @@ def setting_figure(
         margin={"t": 60},
     )
     if not plotted:
-        _empty_note(fig, f"no uniform configurations with {name} to compare yet")
+        add_empty_note(fig, f"no uniform configurations with {name} to compare yet")
     return fig

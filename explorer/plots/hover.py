@@ -7,11 +7,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from explorer.measure.display import format_metric
-from explorer.plots.rows import TASK_METRICS, Row, _get, _metric_name, _number
+from explorer.plots.rows import TASK_METRICS, Row, finite_number, metric_name_of, row_value
 from explorer.plots.series import algorithm_name, series_of
 
 
-def _size_unit(sizes: Sequence[float]) -> tuple[float, str]:
+def size_unit(sizes: Sequence[float]) -> tuple[float, str]:
     """Same units as the results table (``size_kb`` = bytes / 1024)."""
     return (2**20, "MiB") if sizes and max(sizes) >= 2**20 else (2**10, "KiB")
 
@@ -19,13 +19,13 @@ def _size_unit(sizes: Sequence[float]) -> tuple[float, str]:
 def _fmt_bytes(n: float | None) -> str:
     if n is None:
         return "–"
-    scale, unit = _size_unit([n])
+    scale, unit = size_unit([n])
     return f"{n / scale:,.1f} {unit} ({int(n):,} B)"
 
 
 def _bits(row: Row) -> str:
     if row.get("kind") == "mixed":
-        bpw = _number(row.get("bits_per_weight"))
+        bpw = finite_number(row.get("bits_per_weight"))
         return "mixed plan" + ("" if bpw is None else f", {bpw:.2f} bits/weight on average")
     wb = row.get("weight_bits")
     if wb is None:
@@ -40,7 +40,7 @@ def _bits(row: Row) -> str:
 
 def _seconds(row: Row, name: str) -> float | None:
     seconds = row.get("seconds")
-    return _number(seconds.get(name)) if isinstance(seconds, Mapping) else None
+    return finite_number(seconds.get(name)) if isinstance(seconds, Mapping) else None
 
 
 def _method_line(row: Row) -> str | None:
@@ -82,13 +82,13 @@ def _kernels_summary(row: Row) -> str:
     return ", ".join(f"{k} ×{n}" for k, n in counts.most_common())
 
 
-def _interval(row: Row, path: str, base: float | None) -> tuple[float | None, float | None]:
+def metric_interval(row: Row, path: str, base: float | None) -> tuple[float | None, float | None]:
     """The absolute 95 % interval of ``path`` for ``row`` (see the module docstring)."""
-    name = _metric_name(path)
+    name = metric_name_of(path)
     ci = (row.get("metrics_ci") or {}).get(name)
     if not isinstance(ci, Sequence) or len(ci) != 2:
         return None, None
-    lo, hi = _number(ci[0]), _number(ci[1])
+    lo, hi = finite_number(ci[0]), finite_number(ci[1])
     if lo is None or hi is None:
         return None, None
     if name in TASK_METRICS or name == row.get("metric_name"):
@@ -98,18 +98,18 @@ def _interval(row: Row, path: str, base: float | None) -> tuple[float | None, fl
     return lo, hi
 
 
-def _hover(row: Row, path: str, base: float | None, on_front: bool | None = None) -> str:
-    name = _metric_name(path)
-    value = _number(_get(row, path))
-    lo, hi = _interval(row, path, base)
+def hover_text(row: Row, path: str, base: float | None, on_front: bool | None = None) -> str:
+    name = metric_name_of(path)
+    value = finite_number(row_value(row, path))
+    lo, hi = metric_interval(row, path, base)
     lines = [f"<b>{row.get('label') or row.get('key')}</b> — {series_of(row)}", _bits(row)]
     method = _method_line(row)
     if method:
         lines.append(method)
-    size = _number(row.get("size_bytes"))
-    bpw = _number(row.get("bits_per_weight"))
+    size = finite_number(row.get("size_bytes"))
+    bpw = finite_number(row.get("bits_per_weight"))
     lines.append(f"size: {_fmt_bytes(size)}" + ("" if bpw is None else f" · {bpw:.2f} bits/weight"))
-    latency = _number(row.get("latency_ms"))
+    latency = finite_number(row.get("latency_ms"))
     if latency is not None:
         kind = row.get("latency_kind") or "measured"
         note = " — upper bound, timed on the next wider kernel" if kind == "simulated" else ""

@@ -9,9 +9,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from explorer.plots.layout import _empty_note
-from explorer.plots.rows import _number
-from explorer.plots.series import _kernel_palette
+from explorer.plots.layout import add_empty_note
+from explorer.plots.rows import finite_number
+from explorer.plots.series import kernel_palette
 
 
 def _bench_group(row: Mapping[str, Any]) -> str:
@@ -32,7 +32,7 @@ def kernel_speedup_figure(bench_rows: Sequence[Mapping[str, Any]]) -> go.Figure:
     groups: list[str] = []
     traces: dict[str, list[Mapping[str, Any]]] = {}
     for row in bench_rows:
-        if _number(row.get("speedup_vs_fp32")) is None:
+        if finite_number(row.get("speedup_vs_fp32")) is None:
             continue
         group = _bench_group(row)
         if group not in groups:
@@ -45,7 +45,7 @@ def kernel_speedup_figure(bench_rows: Sequence[Mapping[str, Any]]) -> go.Figure:
         return (order, list(traces).index(name))
 
     fig = go.Figure()
-    colors = _kernel_palette(len(traces))
+    colors = kernel_palette(len(traces))
     for i, name in enumerate(sorted(traces, key=rank)):
         members = traces[name]
         kernel = str(members[0].get("kernel"))
@@ -95,5 +95,5 @@ def kernel_speedup_figure(bench_rows: Sequence[Mapping[str, Any]]) -> go.Figure:
         legend={"title": "kernel (format)"},
     )
     if not traces:
-        _empty_note(fig, "no benchmark rows yet")
+        add_empty_note(fig, "no benchmark rows yet")
     return fig

@@ -10,9 +10,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from explorer.plots.layout import _empty_note
-from explorer.plots.rows import Row, _number, _simulated
-from explorer.plots.series import BASELINE_SERIES, SERIES_COLORS, _kernel_palette
+from explorer.plots.layout import add_empty_note
+from explorer.plots.rows import Row, finite_number, is_simulated
+from explorer.plots.series import BASELINE_SERIES, SERIES_COLORS, kernel_palette
 
 HATCH_NOTE = "hatched = simulated (no real kernel at this width)"
 
@@ -64,7 +64,7 @@ def sensitivity_heatmap(sensitivity: Mapping[str, Any], value: str = "metric_dro
                 t_row.append("n/a")
                 h_row.append(f"{head}<br>does not apply: {cell['applicable']}")
                 continue
-            v = _number(cell.get(value))
+            v = finite_number(cell.get(value))
             z_row.append(v)
             simulated = value == "latency_ms" and cell.get("simulated")
             t_row.append("" if v is None else f"{v:.3g}" + ("*" if simulated else ""))
@@ -73,7 +73,7 @@ def sensitivity_heatmap(sensitivity: Mapping[str, Any], value: str = "metric_dro
                 + (" (simulated)" if simulated else "")
             ]
             for extra in ("metric_drop", "kl", "weight_sqnr_db", "output_sqnr_db", "size_bytes"):
-                if extra != value and _number(cell.get(extra)) is not None:
+                if extra != value and finite_number(cell.get(extra)) is not None:
                     details.append(f"{extra}: {cell[extra]:.4g}")
             h_row.append("<br>".join([head, *details]))
         z.append(z_row)
@@ -155,7 +155,7 @@ def _layer_bars(
 ) -> go.Bar:
     """A bar of ``value`` per layer of ``row``, hatched where the layer has no real kernel;
     ``hover`` starts each hover text."""
-    values = [_number(layer.get(value)) for layer in layers]
+    values = [finite_number(layer.get(value)) for layer in layers]
     return go.Bar(
         x=[str(layer.get("name")) for layer in layers],
         y=values,
@@ -200,22 +200,22 @@ def layer_figure(row: Row, value: str = "latency_share") -> go.Figure:
         by_kernel.setdefault(_layer_kernel(layer), []).append(layer)
     colors = {
         k: (SERIES_COLORS[BASELINE_SERIES] if k == "float" else c)
-        for k, c in zip(sorted(by_kernel), _kernel_palette(len(by_kernel)), strict=True)
+        for k, c in zip(sorted(by_kernel), kernel_palette(len(by_kernel)), strict=True)
     }
     fig = go.Figure()
     for kernel in sorted(by_kernel):
         fig.add_trace(_layer_bars(by_kernel[kernel], value, row, kernel, colors[kernel]))
     if any(layer.get("simulated") for layer in layers):
         _hatch_legend(fig)
-    if layers and all(_number(layer.get(value)) is None for layer in layers):
+    if layers and all(finite_number(layer.get(value)) is None for layer in layers):
         reason = (
             "per-layer latency is not measured when the row's latency is simulated"
-            if value == "latency_share" and _simulated(row)
+            if value == "latency_share" and is_simulated(row)
             else f"no {LAYER_VALUES[value]} recorded for this row"
         )
-        _empty_note(fig, reason)
+        add_empty_note(fig, reason)
     elif not layers:
-        _empty_note(fig, "this row has no per-layer report")
+        add_empty_note(fig, "this row has no per-layer report")
     _layer_layout(
         fig,
         f"{row.get('label') or row.get('key')}: {LAYER_VALUES[value]} per layer",
@@ -224,7 +224,7 @@ def layer_figure(row: Row, value: str = "latency_share") -> go.Figure:
         barmode="relative",
         legend="kernel",
     )
-    if value == "latency_share" and all(_number(la.get(value)) is None for la in layers):
+    if value == "latency_share" and all(finite_number(la.get(value)) is None for la in layers):
         fig.update_yaxes(range=[0, 1])  # an empty share axis otherwise autoscales to 400 %
     return fig
 

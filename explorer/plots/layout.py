@@ -6,12 +6,12 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 
-def _axis_title(name: str, sense: str) -> str:
+def axis_title(name: str, sense: str) -> str:
     better = "higher" if sense == "max" else "lower"
     return f"{name} ({better} is better)"
 
 
-def _empty_note(fig: go.Figure, text: str) -> None:
+def add_empty_note(fig: go.Figure, text: str) -> None:
     fig.add_annotation(
         name="empty",
         text=text,

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.plots.rows import _number
+from explorer.plots.rows import finite_number
 
 GRID_LINES_MAX = 64  # more representable values than this: a rug instead of one line each
 
@@ -71,7 +71,7 @@ def histogram_figure(lesson: Mapping[str, Any]) -> go.Figure:
 
     clip = lesson.get("clip")
     if clip is not None:
-        lo, hi = (_number(v) for v in clip) if len(clip) == 2 else (None, None)
+        lo, hi = (finite_number(v) for v in clip) if len(clip) == 2 else (None, None)
         if lo is None or hi is None or lo > hi:
             raise ValueError(f"clip must be [lo, hi] with lo <= hi, got {clip!r}")
         fig.add_vrect(

@@ -22,27 +22,27 @@ from typing import Any
 import plotly.graph_objects as go
 
 from explorer.measure.display import format_metric
-from explorer.plots.hover import _hover, _interval, _size_unit
-from explorer.plots.layout import _axis_title, _empty_note
+from explorer.plots.hover import hover_text, metric_interval, size_unit
+from explorer.plots.layout import add_empty_note, axis_title
 from explorer.plots.rows import (
     Row,
-    _get,
-    _metric_name,
-    _number,
-    _plotted,
-    _quality_axis,
-    _simulated,
+    finite_number,
     float_metric,
+    is_simulated,
+    metric_name_of,
+    plotted_rows,
+    quality_axis,
+    row_value,
 )
 from explorer.plots.series import (
     BASELINE_SERIES,
     QAT_SERIES,
     SELECTED_COLOR,
     SERIES_COLORS,
-    _series_colors,
-    _series_rank,
-    _symbol,
+    marker_symbol,
+    series_colors,
     series_of,
+    series_rank,
 )
 from explorer.sweep.pareto import flag_pareto, front_order
 
@@ -103,11 +103,11 @@ def bit_cliff(
     the cliff, provided the fall is real: the two rows' 95 % intervals do not overlap (rows
     without intervals: any worsening counts)."""
     all_rows = list(rows)
-    path, sense = _quality_axis(all_rows, metric)
+    path, sense = quality_axis(all_rows, metric)
     base = float_value if float_value is not None else float_metric(all_rows, path)
     best: dict[int, tuple[float, Row]] = {}
     for row in all_rows:
-        bits, value = row.get("weight_bits"), _number(_get(row, path))
+        bits, value = row.get("weight_bits"), finite_number(row_value(row, path))
         if row.get("kind") != "uniform" or row.get("method") == "qat" or value is None:
             continue
         if not isinstance(bits, int) or isinstance(bits, bool):
@@ -120,8 +120,8 @@ def bit_cliff(
         (v_wide, r_wide), (v_narrow, r_narrow) = best[wide], best[narrow]
         if not _better(v_wide, v_narrow, sense):
             continue
-        lo_w, hi_w = _interval(r_wide, path, base)
-        lo_n, hi_n = _interval(r_narrow, path, base)
+        lo_w, hi_w = metric_interval(r_wide, path, base)
+        lo_n, hi_n = metric_interval(r_narrow, path, base)
         if lo_w is not None and hi_w is not None and lo_n is not None and hi_n is not None:
             apart = hi_n < lo_w if sense == "max" else lo_n > hi_w
             if not apart:
@@ -167,19 +167,19 @@ def pareto_figure(
     ``explain``: the newcomer's view of the module docstring.
     """
     all_rows = list(rows)
-    path, sense = _quality_axis(all_rows, metric)
-    name = _metric_name(path)
+    path, sense = quality_axis(all_rows, metric)
+    name = metric_name_of(path)
     base = float_value if float_value is not None else float_metric(all_rows, path)
-    plotted = _plotted(all_rows, [x, path])
+    plotted = plotted_rows(all_rows, [x, path])
     latency_x = x == "latency_ms"
 
-    xs_raw = [float(_get(r, x)) for r in plotted]
-    scale, unit = _size_unit(xs_raw) if x == "size_bytes" else (1.0, "")
+    xs_raw = [float(row_value(r, x)) for r in plotted]
+    scale, unit = size_unit(xs_raw) if x == "size_bytes" else (1.0, "")
     if log_x is None:
         log_x = _log_axis(xs_raw, LOG_SPAN_EXPLAIN if explain else LOG_SPAN)
 
     def xv(row: Row) -> float:
-        return float(_get(row, x)) / scale
+        return float(row_value(row, x)) / scale
 
     flags = flag_pareto(plotted, [(x, "min"), (path, sense)]) if plotted else []
     on_front = {r.get("key") for r, f in zip(plotted, flags, strict=True) if f}
@@ -188,13 +188,13 @@ def pareto_figure(
     by_series: dict[str, list[Row]] = {}
     for row in plotted:
         by_series.setdefault(series_of(row), []).append(row)
-    colors = _series_colors(by_series)
-    for series in sorted(by_series, key=_series_rank):
+    colors = series_colors(by_series)
+    for series in sorted(by_series, key=series_rank):
         members = by_series[series]
-        ys = [float(_get(r, path)) for r in members]
+        ys = [float(row_value(r, path)) for r in members]
         plus, minus, has_bars = [], [], False
         for r, y in zip(members, ys, strict=True):
-            lo, hi = _interval(r, path, base)
+            lo, hi = metric_interval(r, path, base)
             if lo is None or hi is None:
                 plus.append(0.0)
                 minus.append(0.0)
@@ -202,7 +202,7 @@ def pareto_figure(
                 plus.append(max(0.0, hi - y))
                 minus.append(max(0.0, y - lo))
                 has_bars = True
-        symbols = [_symbol(r, series, latency_x and _simulated(r)) for r in members]
+        symbols = [marker_symbol(r, series, latency_x and is_simulated(r)) for r in members]
         baseline = series == BASELINE_SERIES
         faded = {}
         if explain:
@@ -219,7 +219,7 @@ def pareto_figure(
                 name=series,
                 meta="series",
                 customdata=[r.get("key") for r in members],
-                hovertext=[_hover(r, path, base, r.get("key") in on_front) for r in members],
+                hovertext=[hover_text(r, path, base, r.get("key") in on_front) for r in members],
                 hovertemplate="%{hovertext}<extra></extra>",
                 marker={
                     "symbol": symbols,
@@ -247,7 +247,7 @@ def pareto_figure(
         fig.add_trace(
             go.Scatter(
                 x=[xv(r) for r in front],
-                y=[float(_get(r, path)) for r in front],
+                y=[float(row_value(r, path)) for r in front],
                 mode="lines+markers",
                 line={"shape": "hv", "color": FRONT_COLOR, "width": 1.5},
                 marker={
@@ -259,7 +259,7 @@ def pareto_figure(
                 name="Pareto front",
                 meta="front",
                 customdata=[r.get("key") for r in front],
-                hovertext=[_hover(r, path, base, True) for r in front],
+                hovertext=[hover_text(r, path, base, True) for r in front],
                 hovertemplate="%{hovertext}<extra></extra>",
             )
         )
@@ -270,7 +270,7 @@ def pareto_figure(
         fig.add_trace(
             go.Scatter(
                 x=[xv(chosen)],
-                y=[float(_get(chosen, path))],
+                y=[float(row_value(chosen, path))],
                 mode="markers",
                 marker={
                     "symbol": "circle",
@@ -281,12 +281,12 @@ def pareto_figure(
                 name="selected",
                 meta="selected",
                 customdata=[selected_key],
-                hovertext=[_hover(chosen, path, base, selected_key in on_front)],
+                hovertext=[hover_text(chosen, path, base, selected_key in on_front)],
                 hovertemplate="%{hovertext}<extra></extra>",
             )
         )
 
-    if latency_x and any(_simulated(r) for r in plotted):
+    if latency_x and any(is_simulated(r) for r in plotted):
         fig.add_trace(
             go.Scatter(
                 x=[None],
@@ -306,7 +306,7 @@ def pareto_figure(
         parent = by_key.get(row.get("parent")) if row.get("parent") else None
         if row.get("method") != "qat" or parent is None:
             continue
-        p_y, q_y = float(_get(parent, path)), float(_get(row, path))
+        p_y, q_y = float(row_value(parent, path)), float(row_value(row, path))
         fig.add_annotation(
             name=f"qat-recovery:{row.get('key')}",
             x=ax(xv(row)),
@@ -373,7 +373,7 @@ def pareto_figure(
             (r.get("latency_workload") for r in plotted if r.get("latency_workload")), None
         )
         x_title = "latency (ms" + (f", {workload} workload" if workload else "") + ")"
-        if any(_simulated(r) for r in plotted):
+        if any(is_simulated(r) for r in plotted):
             x_title += " — hollow markers: simulated"
     else:
         x_title = X_AXES.get(x, x)
@@ -387,7 +387,7 @@ def pareto_figure(
             **(_log_ticks([xv(r) for r in plotted]) if log_x and explain else {}),
         },
         yaxis={
-            "title": _axis_title(name, sense),
+            "title": axis_title(name, sense),
             "tickformat": ".1%" if name in ("accuracy", "agreement") else None,
         },
         legend={"title": "series"},
@@ -396,7 +396,7 @@ def pareto_figure(
         margin={"t": 60},
     )
     if not plotted:
-        _empty_note(fig, f"no rows with both {X_AXES.get(x, x)} and {name} to plot yet")
+        add_empty_note(fig, f"no rows with both {X_AXES.get(x, x)} and {name} to plot yet")
     return fig
 
 
@@ -411,11 +411,11 @@ def pareto_3d_figure(
     """Size, latency and the metric in 3-D; the points on the three-axis front (size and latency
     minimized, the metric in its sense) ringed; simulated latencies hollow."""
     all_rows = list(rows)
-    path, sense = _quality_axis(all_rows, metric)
-    name = _metric_name(path)
+    path, sense = quality_axis(all_rows, metric)
+    name = metric_name_of(path)
     base = float_value if float_value is not None else float_metric(all_rows, path)
-    plotted = _plotted(all_rows, ["size_bytes", "latency_ms", path])
-    scale, unit = _size_unit([float(r["size_bytes"]) for r in plotted])
+    plotted = plotted_rows(all_rows, ["size_bytes", "latency_ms", path])
+    scale, unit = size_unit([float(r["size_bytes"]) for r in plotted])
     axes = [("size_bytes", "min"), ("latency_ms", "min"), (path, sense)]
     flags = flag_pareto(plotted, axes) if plotted else []
     on_front = {r.get("key") for r, f in zip(plotted, flags, strict=True) if f}
@@ -424,15 +424,15 @@ def pareto_3d_figure(
         return {
             "x": [float(r["size_bytes"]) / scale for r in members],
             "y": [float(r["latency_ms"]) for r in members],
-            "z": [float(_get(r, path)) for r in members],
+            "z": [float(row_value(r, path)) for r in members],
         }
 
     fig = go.Figure()
     by_series: dict[str, list[Row]] = {}
     for row in plotted:
         by_series.setdefault(series_of(row), []).append(row)
-    colors = _series_colors(by_series)
-    for series in sorted(by_series, key=_series_rank):
+    colors = series_colors(by_series)
+    for series in sorted(by_series, key=series_rank):
         members = by_series[series]
         fig.add_trace(
             go.Scatter3d(
@@ -442,10 +442,12 @@ def pareto_3d_figure(
                 name=series,
                 meta="series",
                 customdata=[r.get("key") for r in members],
-                hovertext=[_hover(r, path, base, r.get("key") in on_front) for r in members],
+                hovertext=[hover_text(r, path, base, r.get("key") in on_front) for r in members],
                 hovertemplate="%{hovertext}<extra></extra>",
                 marker={
-                    "symbol": [_symbol(r, series, _simulated(r), three_d=True) for r in members],
+                    "symbol": [
+                        marker_symbol(r, series, is_simulated(r), three_d=True) for r in members
+                    ],
                     "size": 6,
                     "color": colors[series],
                 },
@@ -460,7 +462,7 @@ def pareto_3d_figure(
                 name="Pareto front (size, latency, metric)",
                 meta="front",
                 customdata=[r.get("key") for r in front],
-                hovertext=[_hover(r, path, base, True) for r in front],
+                hovertext=[hover_text(r, path, base, True) for r in front],
                 hovertemplate="%{hovertext}<extra></extra>",
                 marker={"symbol": "circle-open", "size": 12, "color": FRONT_COLOR},
             )
@@ -474,12 +476,12 @@ def pareto_3d_figure(
                 name="selected",
                 meta="selected",
                 customdata=[selected_key],
-                hovertext=[_hover(chosen, path, base, selected_key in on_front)],
+                hovertext=[hover_text(chosen, path, base, selected_key in on_front)],
                 hovertemplate="%{hovertext}<extra></extra>",
                 marker={"symbol": "circle-open", "size": 16, "color": SELECTED_COLOR},
             )
         )
-    if any(_simulated(r) for r in plotted):
+    if any(is_simulated(r) for r in plotted):
         fig.add_trace(
             go.Scatter3d(
                 x=[None],
@@ -497,13 +499,13 @@ def pareto_3d_figure(
         scene={
             "xaxis": {"title": f"size ({unit})"},
             "yaxis": {"title": "latency (ms)"},
-            "zaxis": {"title": _axis_title(name, sense)},
+            "zaxis": {"title": axis_title(name, sense)},
         },
         legend={"title": "series"},
         margin={"l": 0, "r": 0, "t": 50, "b": 0},
     )
     if not plotted:
-        _empty_note(fig, f"no rows with size, latency and {name} to plot yet")
+        add_empty_note(fig, f"no rows with size, latency and {name} to plot yet")
     return fig
 
 

@@ -8,14 +8,13 @@ import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from explorer.sweep.pareto import METRIC_SENSES, metric_sense
-from explorer.sweep.pareto import row_value as _get
+from explorer.sweep.pareto import METRIC_SENSES, metric_sense, row_value
 
 Row = Mapping[str, Any]
 TASK_METRICS = ("accuracy", "perplexity")  # their CI is of the delta against float
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     value = float(value)
@@ -26,7 +25,7 @@ def _metric_path(metric: str) -> str:
     return metric if "." in metric else f"metrics.{metric}"
 
 
-def _metric_name(path: str) -> str:
+def metric_name_of(path: str) -> str:
     return path.rsplit(".", 1)[-1]
 
 
@@ -40,15 +39,15 @@ def metric_of(rows: Iterable[Row]) -> tuple[str, str]:
     rows = list(rows)
     for row in rows:
         name = row.get("metric_name")
-        if name and any(_number(_get(r, f"metrics.{name}")) is not None for r in rows):
+        if name and any(finite_number(row_value(r, f"metrics.{name}")) is not None for r in rows):
             return f"metrics.{name}", _sense(name)
     return "metrics.sqnr_db", "max"
 
 
-def _quality_axis(rows: Sequence[Row], metric: str | None) -> tuple[str, str]:
+def quality_axis(rows: Sequence[Row], metric: str | None) -> tuple[str, str]:
     if not metric:
         return metric_of(rows)
-    return _metric_path(metric), _sense(_metric_name(metric))
+    return _metric_path(metric), _sense(metric_name_of(metric))
 
 
 def _is_fp32(row: Row) -> bool:
@@ -66,13 +65,13 @@ def float_metric(rows: Iterable[Row], metric: str | None = None) -> float | None
     path = _metric_path(metric) if metric else metric_of(rows)[0]
     for row in rows:
         if _is_fp32(row):
-            return _number(_get(row, path))
+            return finite_number(row_value(row, path))
     return None
 
 
-def _simulated(row: Row) -> bool:
+def is_simulated(row: Row) -> bool:
     return row.get("latency_kind") == "simulated"
 
 
-def _plotted(rows: Iterable[Row], paths: Sequence[str]) -> list[Row]:
-    return [r for r in rows if all(_number(_get(r, p)) is not None for p in paths)]
+def plotted_rows(rows: Iterable[Row], paths: Sequence[str]) -> list[Row]:
+    return [r for r in rows if all(finite_number(row_value(r, p)) is not None for p in paths)]

@@ -56,7 +56,7 @@ def series_of(row: Row) -> str:
     return ptq_series(algorithm)
 
 
-def _series_rank(name: str) -> tuple[int, int, str]:
+def series_rank(name: str) -> tuple[int, int, str]:
     """Legend order: baselines, PTQ by algorithm (RTN first), QAT, mixed plans, the rest."""
     ptq = [ptq_series(a) for a in ALGORITHM_NAMES]
     if name == BASELINE_SERIES:
@@ -70,9 +70,9 @@ def _series_rank(name: str) -> tuple[int, int, str]:
     return (4, 0, name)
 
 
-def _series_colors(names: Iterable[str]) -> dict[str, str]:
+def series_colors(names: Iterable[str]) -> dict[str, str]:
     colors, spare = {}, 0
-    for name in sorted(set(names), key=_series_rank):
+    for name in sorted(set(names), key=series_rank):
         if name in SERIES_COLORS:
             colors[name] = SERIES_COLORS[name]
         else:
@@ -94,14 +94,14 @@ def _base_symbol(row: Row, series: str, three_d: bool = False) -> str:
     return ALGORITHM_SYMBOLS.get(str(row.get("algorithm")), "circle")
 
 
-def _symbol(row: Row, series: str, hollow: bool, three_d: bool = False) -> str:
+def marker_symbol(row: Row, series: str, hollow: bool, three_d: bool = False) -> str:
     base = _base_symbol(row, series, three_d)
     if hollow and (not three_d or base in OPEN_3D):
         return f"{base}-open"
     return base
 
 
-def _kernel_palette(n: int) -> list[str]:
+def kernel_palette(n: int) -> list[str]:
     base = [c for c in SERIES_COLORS.values() if c != SERIES_COLORS[BASELINE_SERIES]]
     colors = [*base, *PALETTE]
     return [colors[i % len(colors)] for i in range(n)]
