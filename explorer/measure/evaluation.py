@@ -804,8 +804,8 @@ def evaluate_pair(
         raise EvaluationError("no batches to evaluate")
     fidelity = {key: torch.cat([part[key] for part in fid_parts]) for key in FIDELITY_KEYS}
     return summarize(
-        _concat(f_parts),
-        _concat(q_parts),
+        concat_stats(f_parts),
+        concat_stats(q_parts),
         fidelity,
         n_boot=n_boot,
         seed=seed,
@@ -813,7 +813,7 @@ def evaluate_pair(
     )
 
 
-def _concat(parts: list[SampleStats]) -> SampleStats:
+def concat_stats(parts: list[SampleStats]) -> SampleStats:
     def cat(name: str) -> torch.Tensor | None:
         values = [getattr(part, name) for part in parts]
         return None if values[0] is None else torch.cat(values)

@@ -39,7 +39,7 @@ from explorer.measure.evaluation import (
     Evaluation,
     NonFiniteOutputError,
     SampleStats,
-    _concat,
+    concat_stats,
     concat_fidelity,
     summarize,
 )
@@ -178,8 +178,8 @@ class FloatReference:
                 if progress is not None:
                     progress(i + 1, len(batches))
         if not keep:
-            return cls(task, batches, [], _concat(stats), model=model)
-        return cls(task, batches, logits, _concat(stats))
+            return cls(task, batches, [], concat_stats(stats), model=model)
+        return cls(task, batches, logits, concat_stats(stats))
 
     def evaluate(
         self,
@@ -205,7 +205,7 @@ class FloatReference:
                 if progress is not None:
                     progress(i + 1, len(self.batches))
         fidelity = concat_fidelity(fid)
-        return summarize(self.stats, _concat(q_stats), fidelity, n_boot=n_boot, seed=seed)
+        return summarize(self.stats, concat_stats(q_stats), fidelity, n_boot=n_boot, seed=seed)
 
 
 @dataclass

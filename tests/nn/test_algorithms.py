@@ -17,7 +17,7 @@ from torch import nn
 
 from explorer.errors import QuantConfigError
 from explorer.kernels.select import REFERENCE, candidates
-from explorer.measure.evaluation import SampleStats, _concat, compare_pair, lm_stats
+from explorer.measure.evaluation import SampleStats, concat_stats, compare_pair, lm_stats
 from explorer.measure.size import size_bytes
 from explorer.models.registry import get_builtin
 from explorer.nn.convert import quant_modules, quantize_model, resolve_plan
@@ -478,7 +478,7 @@ def lm_sample_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Sampl
     with torch.inference_mode():
         for i in range(0, len(x), 16):
             parts.append(lm_stats(model(x[i : i + 16]), y[i : i + 16]))
-    return _concat(parts)
+    return concat_stats(parts)
 
 
 TINY_SETTINGS = {
