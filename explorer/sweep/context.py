@@ -39,8 +39,8 @@ from explorer.measure.evaluation import (
     Evaluation,
     NonFiniteOutputError,
     SampleStats,
-    concat_stats,
     concat_fidelity,
+    concat_stats,
     summarize,
 )
 from explorer.models.catalog import ModelSource

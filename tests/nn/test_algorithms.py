@@ -17,7 +17,7 @@ from torch import nn
 
 from explorer.errors import QuantConfigError
 from explorer.kernels.select import REFERENCE, candidates
-from explorer.measure.evaluation import SampleStats, concat_stats, compare_pair, lm_stats
+from explorer.measure.evaluation import SampleStats, compare_pair, concat_stats, lm_stats
 from explorer.measure.size import size_bytes
 from explorer.models.registry import get_builtin
 from explorer.nn.convert import quant_modules, quantize_model, resolve_plan
