@@ -102,18 +102,18 @@ class SequenceClassificationTask(ClassificationTask):
         x = torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1)  # (n, 2, T)
         y = torch.tensor(labels, dtype=torch.long)
         n_cal = min(CALIBRATION_SAMPLES, len(x) // 4)
-        from explorer.tasks.embedding import _calibration_ids, _workload_inputs
+        from explorer.tasks.embedding import calibration_ids, sentence_workload_inputs
 
         return TaskData(
             eval_split=(x[n_cal:], y[n_cal:]),
-            calibration_split=(_calibration_ids(x[:n_cal].unsqueeze(1), tokenizer), None),
+            calibration_split=(calibration_ids(x[:n_cal].unsqueeze(1), tokenizer), None),
             metric="accuracy",
             description=(
                 f"{len(x) - n_cal} labelled {'pairs' if len(texts) == 2 else 'texts'} of "
                 f"{data.name} (after {n_cal} for calibration), {int(y.max()) + 1} classes seen"
             ),
             tokenizer=tokenizer_summary(tokenizer),
-            workload_inputs=_workload_inputs(x[n_cal:].unsqueeze(1)),
+            workload_inputs=sentence_workload_inputs(x[n_cal:].unsqueeze(1)),
         )
 
     def logits(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

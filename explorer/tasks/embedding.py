@@ -169,7 +169,7 @@ class EmbeddingTask(Task):
         if len(x) < MIN_SAMPLES:
             raise TaskError(f"{data.name} has {len(x)} samples; give at least {MIN_SAMPLES}")
         n_cal = min(CALIBRATION_SAMPLES, len(x) // 4)
-        calibration = _calibration_ids(x[:n_cal], tokenizer)
+        calibration = calibration_ids(x[:n_cal], tokenizer)
         x_eval, y_eval = x[n_cal:], None if y is None else y[n_cal:]
         return TaskData(
             eval_split=(x_eval, y_eval),
@@ -182,7 +182,7 @@ class EmbeddingTask(Task):
                 f"({self.pooling.source}); {note}"
             ),
             tokenizer=tokenizer_summary(tokenizer),
-            workload_inputs=_workload_inputs(x_eval),
+            workload_inputs=sentence_workload_inputs(x_eval),
         )
 
     def _random_data(self, model: nn.Module) -> TaskData:
@@ -198,7 +198,7 @@ class EmbeddingTask(Task):
             metric=None,
             description="no data: cosine to float of embeddings of 64 seeded random token "
             "sequences (pass --data with sentences)",
-            workload_inputs=_workload_inputs(x[:64]),
+            workload_inputs=sentence_workload_inputs(x[:64]),
         )
 
     # --- evaluation ------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def _sentences(data: Path) -> tuple[list[list[str]], list[float] | None, str]:
     )
 
 
-def _calibration_ids(x: torch.Tensor, tokenizer: Any) -> torch.Tensor:
+def calibration_ids(x: torch.Tensor, tokenizer: Any) -> torch.Tensor:
     """Calibration rows without padding: the samples' real tokens, end to end, cut into rows
     of `CALIBRATION_LEN` (``model(ids)`` attends to every token, so padding would skew the
     activation statistics)."""
@@ -295,7 +295,7 @@ def _calibration_ids(x: torch.Tensor, tokenizer: Any) -> torch.Tensor:
     return tokens[: rows * length].view(rows, length)
 
 
-def _workload_inputs(x: torch.Tensor) -> dict[str, torch.Tensor]:
+def sentence_workload_inputs(x: torch.Tensor) -> dict[str, torch.Tensor]:
     """One sentence at its own length, and 32 (repeated if fewer) padded to the longest."""
     steps = x.shape[-1]
     flat = x.reshape(-1, 2, steps)  # (n·k, 2, T)
