@@ -69,10 +69,11 @@ def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     if not args.json:
+        from explorer.measure.display import format_metric
+
         for r in rows:
             star = "*" if r["default"] else " "
-            value = r["metric"]["value"]
-            shown = "n/a" if value is None else f"{value:.4g}"
+            shown = format_metric(r["metric"]["name"], r["metric"]["value"])
             print(
                 f"{star} {r['name']:12} {r['task']:15} {r['params']:>10,} params  "
                 f"{r['metric']['name']} {shown}  {r['description']}"

@@ -59,29 +59,50 @@ def in_entry_order(entries: Sequence[PlanEntry], rows: Sequence[dict[str, Any]])
     ]
 
 
-def print_rows(rows: Sequence[dict[str, Any]], metric_path: str) -> None:
+def rows_table(rows: Sequence[dict[str, Any]], metric_path: str) -> str:
+    """The rows as a text table: each number through `explorer.measure.display.format_metric`
+    (the formatter of the app's pages and figures), so a value reads the same everywhere."""
+    from explorer.measure.display import MISSING, format_metric, format_metric_delta
+
     name = metric_path.split(".", 1)[1]
-    width = max([len("config"), *(len(str(r.get("label", ""))) for r in rows)])
-    print(f"  {'config':{width}}  {'size KB':>9}  {'bits/w':>6}  {'latency ms':>16}  {name}")
+    cells = []
     for r in rows:
-        star = "*" if r.get("pareto") else " "
-        size = r.get("size_bytes")
-        bits = r.get("bits_per_weight")
-        latency = r.get("latency_ms")
-        shown_latency = "n/a" if latency is None else f"{latency:.3f}"
+        latency = format_metric("latency_ms", r.get("latency_ms"))
         if r.get("latency_kind") == "simulated":
-            shown_latency += " (sim)"
+            latency += " (sim)"
         value = (r.get("metrics") or {}).get(name)
         ci = (r.get("metrics_ci") or {}).get(name)
-        shown = "n/a" if value is None else f"{value:.4f}"
+        shown = format_metric(name, value)
         if value is not None and ci and None not in ci:
-            shown += f"  Δ95% [{ci[0]:+.4f}, {ci[1]:+.4f}]"
-        print(
-            f"{star} {str(r.get('label', '')):{width}}  "
-            f"{'n/a' if size is None else f'{size / 1000:.1f}':>9}  "
-            f"{'-' if bits is None else f'{bits:.2f}':>6}  {shown_latency:>16}  {shown}"
+            lo, hi = (format_metric_delta(name, v) for v in ci)
+            shown += f"  Δ95% [{lo}, {hi}]"
+        bits = r.get("bits_per_weight")
+        cells.append(
+            (
+                "*" if r.get("pareto") else " ",
+                str(r.get("label", "")),
+                format_metric("size_bytes", r.get("size_bytes")),
+                MISSING if bits is None else f"{bits:.2f}",
+                latency,
+                shown,
+            )
         )
-    print("* on the size/metric Pareto front; Δ: 95 % interval of the change against fp32")
+    width = max([len("config"), *(len(c[1]) for c in cells)])
+    size_w = max([len("size"), *(len(c[2]) for c in cells)])
+    latency_w = max([len("latency"), *(len(c[4]) for c in cells)])
+    lines = [
+        f"  {'config':{width}}  {'size':>{size_w}}  {'bits/w':>6}  {'latency':>{latency_w}}  {name}"
+    ]
+    lines += [
+        f"{star} {label:{width}}  {size:>{size_w}}  {bits:>6}  {latency:>{latency_w}}  {shown}"
+        for star, label, size, bits, latency, shown in cells
+    ]
+    lines.append("* on the size/metric Pareto front; Δ: 95 % interval of the change against fp32")
+    return "\n".join(lines)
+
+
+def print_rows(rows: Sequence[dict[str, Any]], metric_path: str) -> None:
+    print(rows_table(rows, metric_path))
 
 
 def report_failures(command: str, failed: Sequence[dict[str, str]], rows: int) -> None:
