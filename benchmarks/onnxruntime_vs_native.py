@@ -65,7 +65,7 @@ def main() -> None:
             row = {"case": name, "plan": plan_name}
             for target in (native, ort):
                 try:
-                    art = target.build(q, x)
+                    art = target.build(q, x, calib)
                 except TargetError as e:
                     row[target.name] = None
                     row[f"{target.name}_why"] = str(e)

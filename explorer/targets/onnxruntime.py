@@ -29,17 +29,21 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper
 from torch import nn
 
 from explorer.measure.latency import LatencyResult, measure_callable
 from explorer.nn.convert import quant_modules, set_submodule
-from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantLinear, QuantModule
+from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantModule
 from explorer.quant.config import QuantConfig
 from explorer.targets.base import Artifact, Target, TargetError
+from explorer.targets.onnx_qdq import MSDOMAIN, Graph, batches_of, pack_nbits, write_plan
+
+__all__ = ["OnnxRuntimeTarget", "fused_kinds", "pack_nbits", "support"]
 
 OPSET = 17
-MSDOMAIN = "com.microsoft"
+# nodes around a layer's kernel that move or (de)quantize data without computing the layer
+PLUMBING = ("QuantizeLinear", "DequantizeLinear", "Transpose", "Flatten", "Reshape", "Identity")
 
 
 def _float_twin(module: QuantModule) -> nn.Module:
@@ -102,162 +106,17 @@ def support(config: QuantConfig, module: nn.Module | None = None) -> str | None:
     return None
 
 
-class _Graph:
-    """The exported graph and the edits that write the plan into it."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
-        self.g = model.graph
-        self.inits = {t.name: t for t in self.g.initializer}
-
-    def consumers(self, name: str) -> list[onnx.NodeProto]:
-        return [n for n in self.g.node if name in n.input]
-
-    def add_init(self, name: str, array: np.ndarray) -> str:
-        self.g.initializer.append(numpy_helper.from_array(array, name))
-        return name
-
-    def insert_before(self, node: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
-        idx = list(self.g.node).index(node)
-        for i, n in enumerate(new):
-            self.g.node.insert(idx + i, n)
-
-    def remove_init(self, name: str) -> None:
-        t = self.inits.pop(name)
-        self.g.initializer.remove(t)
-
-
-def _qdq_weight(g: _Graph, layer: str, module: QuantModule, wname: str) -> None:
-    """Replace the float weight initializer by int8 codes → DequantizeLinear."""
-    qw = module.qweight_view()
-    shape = tuple(g.inits[wname].dims)
-    codes = qw.stored_codes().numpy().astype(np.int8).reshape(shape)
-    scale = qw.scale.float().numpy().reshape(-1).astype(np.float32)
-    zero = qw.stored_zero().numpy().reshape(-1).astype(np.int8)
-    per_tensor = qw.block[0] == qw.shape[0]
-    if per_tensor:
-        scale, zero = scale.reshape(()), zero.reshape(())
-    g.remove_init(wname)
-    q = g.add_init(f"{layer}.qweight", codes)
-    s = g.add_init(f"{layer}.scale", scale)
-    z = g.add_init(f"{layer}.zero", zero)
-    attrs = {} if per_tensor else {"axis": 0}
-    dq = helper.make_node(
-        "DequantizeLinear", [q, s, z], [wname], name=f"{layer}.dq_weight", **attrs
-    )
-    g.insert_before(g.consumers(wname)[0], [dq])
-
-
-def _qdq_activation(g: _Graph, layer: str, module: QuantModule, node: onnx.NodeProto) -> None:
-    config = module.config
-    x = node.input[0]
-    y = f"{layer}.act_dq"
-    if config.act_mode == "static":
-        act = module.act_qparams()
-        assert act is not None
-        sym = config.act_symmetric
-        s = g.add_init(f"{layer}.act_scale", np.array(act.scale, dtype=np.float32))
-        zero = np.array(act.zero, dtype=np.int8 if sym else np.uint8)
-        z = g.add_init(f"{layer}.act_zero", zero)
-        nodes = [
-            helper.make_node(
-                "QuantizeLinear", [x, s, z], [f"{layer}.act_q"], name=f"{layer}.q_act"
-            ),
-            helper.make_node(
-                "DequantizeLinear", [f"{layer}.act_q", s, z], [y], name=f"{layer}.dq_act"
-            ),
-        ]
-    else:
-        outs = [f"{layer}.act_q", f"{layer}.act_s", f"{layer}.act_z"]
-        nodes = [
-            helper.make_node("DynamicQuantizeLinear", [x], outs, name=f"{layer}.q_act"),
-            helper.make_node("DequantizeLinear", outs, [y], name=f"{layer}.dq_act"),
-        ]
-    g.insert_before(node, nodes)
-    node.input[0] = y
-
-
-def pack_nbits(module: QuantLinear) -> dict[str, np.ndarray]:
-    """MatMulNBits' B ``uint8 [N, n_blocks, blob]``, scales ``[N * n_blocks]`` and, when
-    asymmetric, packed zero points, from the layer's stored (unsigned) codes."""
-    qw = module.qweight_view()
-    bits = qw.bits
-    n, k = qw.shape
-    bk = qw.block[1]
-    nb = k // bk
-    u = qw.stored_codes().numpy().astype(np.uint8)
-    if bits == 8:
-        u = (qw.stored_codes().numpy().astype(np.int16) + 128).astype(np.uint8)
-        b = u.reshape(n, nb, bk)
-    else:
-        pairs = u.reshape(n, nb, bk // 2, 2)
-        b = (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8)
-    out = {"B": np.ascontiguousarray(b), "scales": qw.scale.float().numpy().reshape(-1)}
-    if not qw.symmetric or bits == 8:
-        z = qw.stored_zero().numpy().reshape(n, nb).astype(np.int16)
-        if bits == 8:
-            out["zero_points"] = (z + 128).astype(np.uint8).reshape(-1)
-        else:
-            z = z.astype(np.uint8)
-            if nb % 2:
-                z = np.concatenate([z, np.zeros((n, 1), np.uint8)], axis=1)
-            zp = z.reshape(n, -1, 2)
-            out["zero_points"] = (zp[..., 0] | (zp[..., 1] << 4)).astype(np.uint8).reshape(-1)
-    return out
-
-
-def _matmul_nbits(g: _Graph, layer: str, module: QuantLinear, wname: str) -> None:
-    user = g.consumers(wname)[0]
-    packed = pack_nbits(module)
-    n, k = module.weight_shape
-    names = [g.add_init(f"{layer}.{key}", arr) for key, arr in packed.items()]
-    inputs = [names[0], names[1]] + ([names[2]] if len(names) > 2 else [])
-    attrs = {"K": k, "N": n, "bits": module.spec.weight_bits, "block_size": module.spec.block[1]}
-    if user.op_type == "Gemm":
-        x, bias, out = (
-            user.input[0],
-            (user.input[2] if len(user.input) > 2 else None),
-            user.output[0],
-        )
-        mm_out = f"{layer}.nbits_out" if bias else out
-        nodes = [
-            helper.make_node(
-                "MatMulNBits",
-                [x, *inputs],
-                [mm_out],
-                name=f"{layer}.MatMulNBits",
-                domain=MSDOMAIN,
-                **attrs,
-            )
-        ]
-        if bias:
-            nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=f"{layer}.add_bias"))
-        g.insert_before(user, nodes)
-        g.g.node.remove(user)
-    elif user.op_type == "Transpose":
-        (mm,) = g.consumers(user.output[0])
-        x = mm.input[0] if mm.input[1] == user.output[0] else mm.input[1]
-        node = helper.make_node(
-            "MatMulNBits",
-            [x, *inputs],
-            [mm.output[0]],
-            name=f"{layer}.MatMulNBits",
-            domain=MSDOMAIN,
-            **attrs,
-        )
-        g.insert_before(mm, [node])
-        g.g.node.remove(mm)
-        g.g.node.remove(user)
-    else:
-        raise TargetError(f"{layer}: cannot write MatMulNBits into a {user.op_type} node")
-    g.remove_init(wname)
-
-
 def _layer_of(node_name: str, layers: Iterable[str]) -> str | None:
-    """Our layer name for an ORT node name (``/features/0/Conv`` or ``features.0.dq_weight``)."""
+    """Our layer name for an ORT node name: the exporter's scope path
+    (``/features/features.1/Conv``, ``/inner/inner.model.layers.0.mlp.up_proj/MatMul``; older
+    exporters wrote ``/features/1/Conv``) or one of our own nodes (``features.1.dq_weight``)."""
     for layer in sorted(layers, key=len, reverse=True):
-        path = "/" + layer.replace(".", "/") + "/"
-        if node_name.startswith(path) or node_name.startswith(layer + "."):
+        if (
+            f"/{layer}/" in node_name
+            or f".{layer}/" in node_name
+            or node_name.startswith(layer + ".")
+            or node_name.startswith("/" + layer.replace(".", "/") + "/")
+        ):
             return layer
     return None
 
@@ -278,8 +137,14 @@ class OnnxRuntimeTarget(Target):
     def support(self, config: QuantConfig, module: nn.Module | None = None) -> str | None:
         return support(config, module)
 
-    def to_onnx(self, qmodel: nn.Module, example_input: torch.Tensor) -> onnx.ModelProto:
-        """The ONNX graph of ``qmodel`` with its plan written in (see the module docstring)."""
+    def to_onnx(
+        self,
+        qmodel: nn.Module,
+        example_input: torch.Tensor,
+        calibration: torch.Tensor | Iterable[torch.Tensor] | None = None,
+    ) -> onnx.ModelProto:
+        """The ONNX graph of ``qmodel`` with its plan written in (see `explorer.targets.onnx_qdq`);
+        ``calibration`` gives the output ranges of convolutions that QLinearConv needs."""
         mods = quant_modules(qmodel)
         refused = {n: why for n, m in mods.items() if (why := support(m.config, m))}
         for n, m in qmodel.named_modules():
@@ -288,37 +153,37 @@ class OnnxRuntimeTarget(Target):
         if refused:
             name, why = next(iter(refused.items()))
             raise TargetError(f"onnxruntime cannot run layer {name} as planned: {why}")
-        twin = _float_clone(qmodel, mods)
-        f = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                twin,
-                (example_input,),
-                f,
-                dynamo=False,
-                do_constant_folding=False,
-                opset_version=OPSET,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
-        g = _Graph(onnx.load_from_string(f.getvalue()))
-        for layer, module in mods.items():
-            wname = f"{layer}.weight"
-            if wname not in g.inits:
-                raise TargetError(f"{layer}: its weight is not an initializer of the export")
-            user = g.consumers(wname)[0]
-            compute = user if user.op_type != "Transpose" else g.consumers(user.output[0])[0]
-            if module.config.granularity == "group":
-                _matmul_nbits(g, layer, module, wname)  # type: ignore[arg-type]
-                continue
-            if module.spec.act_bits is not None:
-                _qdq_activation(g, layer, module, compute)
-            _qdq_weight(g, layer, module, wname)
-        if not any(o.domain == MSDOMAIN for o in g.model.opset_import):
-            g.model.opset_import.append(helper.make_opsetid(MSDOMAIN, 1))
+        g = Graph(export_float(_float_clone(qmodel, mods), example_input))
+        calibrate = None
+        if calibration is not None:
+            batches = batches_of(calibration)
+            calibrate = lambda m, tensors: self.ranges(m, tensors, batches)  # noqa: E731
+        self.notes = write_plan(g, mods, calibrate)
         return g.model
+
+    def ranges(
+        self, model: onnx.ModelProto, tensors: list[str], batches: list[torch.Tensor]
+    ) -> dict[str, tuple[float, float]]:
+        """(min, max) of each of ``tensors`` over ``batches``, run in ORT itself (unoptimised,
+        so every tensor survives) on the graph as written so far."""
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        if not any(o.domain == MSDOMAIN for o in probe.opset_import):
+            probe.opset_import.append(helper.make_opsetid(MSDOMAIN, 1))
+        for t in tensors:
+            probe.graph.output.append(
+                helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+            )
+        so = self._options()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(probe.SerializeToString(), so, providers=[self.provider])
+        lo = dict.fromkeys(tensors, np.inf)
+        hi = dict.fromkeys(tensors, -np.inf)
+        for b in batches:
+            outs = sess.run(tensors, {"input": _feed(b)})
+            for t, v in zip(tensors, outs, strict=True):
+                lo[t], hi[t] = min(lo[t], float(v.min())), max(hi[t], float(v.max()))
+        return {t: (lo[t], hi[t]) for t in tensors}
 
     def _options(self, optimized: str | None = None, profile: str | None = None) -> Any:
         so = ort.SessionOptions()
@@ -340,9 +205,10 @@ class OnnxRuntimeTarget(Target):
         self,
         qmodel: nn.Module,
         example_input: torch.Tensor,
-        calibration: Iterable[torch.Tensor] | None = None,
+        calibration: torch.Tensor | Iterable[torch.Tensor] | None = None,
     ) -> Artifact:
-        model = self.to_onnx(qmodel, example_input)
+        model = self.to_onnx(qmodel, example_input, calibration)
+        notes = self.notes
         data = model.SerializeToString()
         layers = list(quant_modules(qmodel))
         with tempfile.TemporaryDirectory() as tmp:
@@ -355,6 +221,8 @@ class OnnxRuntimeTarget(Target):
             kinds = fused_kinds(onnx.load(opt), layers)
         art = Artifact(self.name, _runner(sess), payload=data)
         art.layers = {n: {"kernels": kinds.get(n, [])} for n in layers}
+        for n, note in notes.items():
+            art.layers[n]["note"] = note
         art.session = sess  # type: ignore[attr-defined]
         return art
 
@@ -375,7 +243,7 @@ class OnnxRuntimeTarget(Target):
         """Per-layer milliseconds (median over ``repeats`` runs) from ORT's profiler."""
         with tempfile.TemporaryDirectory() as tmp:
             sess = self.session(artifact.payload, profile=os.path.join(tmp, "prof"))
-            feed = {"input": x.detach().float().numpy()}
+            feed = {"input": _feed(x)}
             for _ in range(repeats + 1):
                 sess.run(None, feed)
             with open(sess.end_profiling()) as fh:
@@ -395,6 +263,27 @@ class OnnxRuntimeTarget(Target):
             fh.write(artifact.payload)
 
 
+def export_float(model: nn.Module, example_input: torch.Tensor) -> onnx.ModelProto:
+    """``model`` exported by the TorchScript exporter, batch axis dynamic (and the sequence axis
+    of token ids)."""
+    axes = {0: "batch"} if example_input.is_floating_point() else {0: "batch", 1: "sequence"}
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example_input,),
+            f,
+            dynamo=False,
+            do_constant_folding=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": axes, "output": axes},
+        )
+    return onnx.load_from_string(f.getvalue())
+
+
 def _float_clone(qmodel: nn.Module, mods: dict[str, QuantModule]) -> nn.Module:
     import copy
 
@@ -404,9 +293,15 @@ def _float_clone(qmodel: nn.Module, mods: dict[str, QuantModule]) -> nn.Module:
     return twin.eval()
 
 
+def _feed(x: torch.Tensor) -> np.ndarray:
+    """A batch as the graph's input: token ids stay int64, everything else is float32."""
+    x = x.detach()
+    return (x.long() if not x.is_floating_point() else x.float()).contiguous().numpy()
+
+
 def _runner(sess: ort.InferenceSession):  # noqa: ANN202
     def run(x: torch.Tensor) -> torch.Tensor:
-        (out,) = sess.run(["output"], {"input": x.detach().float().contiguous().numpy()})
+        (out,) = sess.run(["output"], {"input": _feed(x)})
         return torch.from_numpy(out)
 
     return run
@@ -434,7 +329,5 @@ def fused_kinds(model: onnx.ModelProto, layers: Iterable[str]) -> dict[str, list
             float_op = next(k for k in kinds if k in compute)
             out[layer] = [f"DequantizeLinear + float {float_op}"]
         else:
-            out[layer] = [
-                k for k in kinds if k not in ("QuantizeLinear", "DequantizeLinear")
-            ] or kinds
+            out[layer] = [k for k in kinds if k not in PLUMBING] or kinds
     return out
