@@ -339,18 +339,26 @@ def evaluate_entry(
     seconds["kernel_choice"] = time.perf_counter() - t0
 
     target_layers: dict[str, Any] = {}
+    target = None
     artifact_source = qmodel
+    artifact = None
     if settings.target != "native":
         # another runtime: it builds its artifact from this quantized model and is evaluated
         # against the same float reference and timed on the same workloads, as a module
         from explorer.targets import TargetModule, get_target
 
         t0 = time.perf_counter()
-        artifact = get_target(settings.target).build(qmodel, batches[0][0])
+        target = get_target(settings.target)
+        calibration = ctx.calibration_inputs(settings.calibration_samples)
+        artifact = target.build(qmodel, batches[0][0], calibration)
         target_layers = artifact.layers
         qmodel = TargetModule(artifact)
         quantized = False
         seconds["target_build"] = time.perf_counter() - t0
+        # workloads the runtime cannot run (ORT's graph keeps no KV cache: no decode step)
+        untimed = getattr(artifact, "untimed", {})
+        workloads = [w for w in workloads if w[0] not in untimed]
+        primary_name, primary_make = workloads[0]
 
     t0 = time.perf_counter()
     evaluation = ctx.reference.evaluate(
@@ -363,8 +371,9 @@ def evaluate_entry(
     t0 = time.perf_counter()
     timed, simulated = timing_model(qmodel)
     latency: dict[str, dict[str, Any]] = {}
+    target_runs = getattr(artifact, "workloads", {})  # a runtime that times its own calls
     for name, make in reversed(workloads):
-        run = make(timed)
+        run = target_runs[name] if name in target_runs else make(timed)
         if quant_modules(timed):
             select_kernels(timed, run=run)
         result = measure_callable(run, settings.warmup, settings.repeats)
@@ -382,6 +391,17 @@ def evaluate_entry(
     if settings.per_layer and settings.target == "native":
         t0 = time.perf_counter()
         layers = per_layer(ctx, qmodel, primary_make(timed) if not simulated else None)
+        seconds["per_layer"] = time.perf_counter() - t0
+    elif settings.per_layer and hasattr(target, "layer_report"):
+        # the runtime's own view: each layer's kernels and profiled time, next to the settings
+        # and SQNRs of the quantized model it was built from (the weights are the same)
+        t0 = time.perf_counter()
+        runs = getattr(artifact, "workloads", {})
+        run = runs.get(primary_name) or primary_make(qmodel)
+        report = target.layer_report(artifact, run)  # type: ignore[union-attr]
+        layers = per_layer(ctx, artifact_source, None)
+        for lay in layers:
+            lay.update(report.get(lay["name"], {}))
         seconds["per_layer"] = time.perf_counter() - t0
 
     size = size_report(artifact_source)

@@ -349,15 +349,17 @@ def write_plan(
     g: Graph,
     mods: dict[str, QuantModule],
     calibrate: Calibrate | None,
+    prefix: str = "",
 ) -> dict[str, str]:
     """Write every quantized layer of ``mods`` into ``g``. ``calibrate(model, tensors)`` returns
     each tensor's (min, max) over the calibration batches; without it, Conv outputs stay float
     (and ORT then runs those layers as DequantizeLinear + float Conv). Returns, per layer, a
-    note on what was written when it departs from the fused form."""
+    note on what was written when it departs from the fused form. ``prefix``: what the export
+    put in front of our layer names (a wrapper's attribute)."""
     notes: dict[str, str] = {}
     outputs: dict[str, str] = {}
     for layer, module in mods.items():
-        wname = f"{layer}.weight"
+        wname = f"{prefix}{layer}.weight"
         if wname not in g.inits:
             raise TargetError(f"{layer}: its weight is not an initializer of the export")
         config = module.config

@@ -20,9 +20,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,10 +39,12 @@ from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantModule
 from explorer.quant.config import QuantConfig
 from explorer.targets.base import Artifact, Target, TargetError
 from explorer.targets.onnx_qdq import MSDOMAIN, Graph, batches_of, pack_nbits, write_plan
+from explorer.tasks.task import is_transformers_model
 
 __all__ = ["OnnxRuntimeTarget", "fused_kinds", "pack_nbits", "support"]
 
 OPSET = 17
+PROMPT_TOKENS = 128  # a language model's prefill, as the native workloads run it
 # nodes around a layer's kernel that move or (de)quantize data without computing the layer
 PLUMBING = ("QuantizeLinear", "DequantizeLinear", "Transpose", "Flatten", "Reshape", "Identity")
 
@@ -153,12 +156,15 @@ class OnnxRuntimeTarget(Target):
         if refused:
             name, why = next(iter(refused.items()))
             raise TargetError(f"onnxruntime cannot run layer {name} as planned: {why}")
-        g = Graph(export_float(_float_clone(qmodel, mods), example_input))
+        twin, prefix = _float_clone(qmodel, mods), ""
+        if is_transformers_model(twin):
+            twin, prefix = TaskOutput(twin), "inner."
+        g = Graph(export_float(twin, example_input))
         calibrate = None
         if calibration is not None:
             batches = batches_of(calibration)
             calibrate = lambda m, tensors: self.ranges(m, tensors, batches)  # noqa: E731
-        self.notes = write_plan(g, mods, calibrate)
+        self.notes = write_plan(g, mods, calibrate, prefix)
         return g.model
 
     def ranges(
@@ -224,6 +230,15 @@ class OnnxRuntimeTarget(Target):
         for n, note in notes.items():
             art.layers[n]["note"] = note
         art.session = sess  # type: ignore[attr-defined]
+        if not example_input.is_floating_point():
+            # a language model: the graph maps token ids to logits and keeps no KV cache, so
+            # ORT times a prefill of the first PROMPT_TOKENS tokens and no decode step
+            prompt = example_input.reshape(-1)[:PROMPT_TOKENS].long().unsqueeze(0)  # (1, P)
+            art.workloads = {"prefill": lambda: art.runner(prompt)}  # type: ignore[attr-defined]
+            art.untimed = {  # type: ignore[attr-defined]
+                "decode": "the exported graph takes token ids without a KV cache: "
+                "no decode step in ONNX Runtime, prefill timed instead"
+            }
         return art
 
     def time(
@@ -237,50 +252,114 @@ class OnnxRuntimeTarget(Target):
             measure_callable(lambda x=x: artifact.runner(x), warmup, repeats) for x in workloads
         ]
 
-    def layer_times(
-        self, artifact: Artifact, x: torch.Tensor, repeats: int = 5
-    ) -> dict[str, float]:
-        """Per-layer milliseconds (median over ``repeats`` runs) from ORT's profiler."""
+    def profile(
+        self, artifact: Artifact, run: Callable[[], Any], repeats: int = 5
+    ) -> tuple[dict[str, float], float]:
+        """(per-layer milliseconds, whole-call milliseconds), medians over ``repeats`` calls of
+        ``run`` (after one warm-up call) with ORT's profiler on: each node's kernel time is
+        summed into the layer its name belongs to, per call."""
+        saved = artifact.runner
         with tempfile.TemporaryDirectory() as tmp:
             sess = self.session(artifact.payload, profile=os.path.join(tmp, "prof"))
-            feed = {"input": _feed(x)}
-            for _ in range(repeats + 1):
-                sess.run(None, feed)
+            artifact.runner = _runner(sess)
+            try:
+                for _ in range(repeats + 1):
+                    run()
+            finally:
+                artifact.runner = saved
             with open(sess.end_profiling()) as fh:
                 events = json.load(fh)
-        per: dict[str, list[float]] = {}
+        calls = sorted(
+            (e["ts"], e["ts"] + e["dur"])
+            for e in events
+            if e.get("cat") == "Session" and e.get("name") == "model_run"
+        )[1:]
+        per_call: list[dict[str, float]] = [{} for _ in calls]
         layers = list(artifact.layers)
         for e in events:
             if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
                 continue
             layer = _layer_of(e["name"][: -len("_kernel_time")], layers)
-            if layer is not None:
-                per.setdefault(layer, []).append(e["dur"] / 1e3)
-        return {n: float(np.median(v)) * len(v) / (repeats + 1) for n, v in per.items()}
+            i = next((i for i, (a, b) in enumerate(calls) if a <= e["ts"] <= b), None)
+            if layer is not None and i is not None:
+                per_call[i][layer] = per_call[i].get(layer, 0.0) + e["dur"] / 1e3
+        times = {n: float(np.median([c.get(n, 0.0) for c in per_call])) for n in layers}
+        total = float(np.median([(b - a) / 1e3 for a, b in calls])) if calls else 0.0
+        return {n: t for n, t in times.items() if t > 0}, total
+
+    def layer_times(
+        self, artifact: Artifact, x: torch.Tensor, repeats: int = 5
+    ) -> dict[str, float]:
+        """Per-layer milliseconds on input ``x`` (see `profile`)."""
+        return self.profile(artifact, lambda: artifact.runner(x), repeats)[0]
+
+    def layer_report(
+        self, artifact: Artifact, run: Callable[[], Any], repeats: int = 5
+    ) -> dict[str, dict[str, Any]]:
+        """What a row's ``layers[*]`` gets from the runtime, per layer: the kernels ORT runs it
+        with (``fused``, and ``kernel`` as one string), its profiled ``latency_ms`` and its
+        ``latency_share`` of the whole call."""
+        times, total = self.profile(artifact, run, repeats)
+        out = {}
+        for name, info in artifact.layers.items():
+            ms = times.get(name)
+            out[name] = {
+                "fused": list(info.get("kernels", [])),
+                "kernel": " / ".join(info.get("kernels", [])) or None,
+                "latency_ms": ms,
+                "latency_share": ms / total if ms is not None and total > 0 else None,
+            }
+            if info.get("note"):
+                out[name]["note"] = info["note"]
+        return out
 
     def export(self, artifact: Artifact, path: str) -> None:
         with open(path, "wb") as fh:
             fh.write(artifact.payload)
 
 
+class TaskOutput(nn.Module):
+    """A Hugging Face model as one tensor in, the compared tensor out: token ids (with an
+    all-ones attention mask, so no packed-sequence detection runs) or pixel values in, logits
+    out. Its weights are named ``inner.<our layer name>``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point():
+            return self.inner(pixel_values=x)["logits"]
+        return self.inner(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)["logits"]
+
+
 def export_float(model: nn.Module, example_input: torch.Tensor) -> onnx.ModelProto:
     """``model`` exported by the TorchScript exporter, batch axis dynamic (and the sequence axis
-    of token ids)."""
+    of token ids). An operator the exporter cannot write is a `TargetError` naming it."""
     axes = {0: "batch"} if example_input.is_floating_point() else {0: "batch", 1: "sequence"}
     f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example_input,),
-            f,
-            dynamo=False,
-            do_constant_folding=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": axes, "output": axes},
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example_input,),
+                f,
+                dynamo=False,
+                do_constant_folding=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": axes, "output": axes},
+            )
+    except Exception as e:  # the exporter raises many unrelated types
+        text = str(e)
+        op = re.search(r"operator '([^']+)'", text)
+        why = f"operator {op.group(1)} has no ONNX opset {OPSET} export" if op else text
+        raise TargetError(
+            f"torch.onnx cannot export {type(model).__name__}: {why.splitlines()[0]}; "
+            "the native target still runs this model"
+        ) from None
     return onnx.load_from_string(f.getvalue())
 
 

@@ -40,8 +40,17 @@ def test_sweep_on_both_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert ort_w8["metrics"]["sqnr_db"] >= 30
     native_w8 = rows["W8 channel sym ptq", "native"]
     assert abs(ort_w8["metrics"]["sqnr_db"] - native_w8["metrics"]["sqnr_db"]) < 6
+    # weight-only int8 has no integer kernel in ORT, and the row says so per layer
     assert ort_w8["kernels"]["features.1"].startswith("DequantizeLinear + float")
     assert ort_w8["latency_ms"] > 0
+    # the Layers page's figures for an ORT row: the runtime's kernels and profiled times
+    layers = {lay["name"]: lay for lay in ort_w8["layers"]}
+    assert set(layers) == {"features.1", "features.3", "features.5", "classifier.2"}
+    for lay in layers.values():
+        assert lay["fused"] and lay["kernel"] == " / ".join(lay["fused"])
+        assert lay["latency_ms"] > 0 and 0 < lay["latency_share"] < 1
+        assert lay["weight_sqnr_db"] > 30  # from the quantized model ORT was built from
+    assert sum(lay["latency_share"] for lay in layers.values()) <= 1.0
     # the same plan on two targets is two rows with two keys, both stored
     assert cli.main(args) == 0
     again = json.loads(capsys.readouterr().out)
