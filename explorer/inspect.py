@@ -87,6 +87,8 @@ def float_metric(ctx: ModelContext) -> tuple[str, float] | None:
         return "perplexity", stats.perplexity()
     if ctx.metric == "spearman":
         return "spearman", stats.spearman()
+    if ctx.metric == "wer":
+        return "wer", stats.wer()
     return ctx.metric, stats.accuracy()
 
 

@@ -125,7 +125,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--task",
-        choices=("lm", "causal-lm", "embedding", "classification", "fidelity"),
+        choices=("lm", "causal-lm", "embedding", "classification", "speech", "fidelity"),
         default=None,
         help="what a Hugging Face model does (default: recognised from its architecture)",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SHARE_METRICS = ("accuracy", "agreement")
+SHARE_METRICS = ("accuracy", "agreement", "wer")
 """Metrics that are shares of samples: written as percentages, differences in points."""
 
 MISSING = "–"

@@ -48,7 +48,7 @@ TOKEN_VALUES = ("token_kl", "token_sample")
 KL_PERCENTILE = 0.99
 MIN_BOOT = 100
 
-Task = Literal["classification", "lm", "similarity"]
+Task = Literal["classification", "lm", "similarity", "wer"]
 
 
 class EvaluationError(ExplorerError, ValueError):
@@ -57,6 +57,20 @@ class EvaluationError(ExplorerError, ValueError):
 
 class NonFiniteOutputError(EvaluationError):
     """The float model's own outputs hold NaN or infinity: there is nothing to compare against."""
+
+
+STAT_FIELDS = (
+    "correct",
+    "nll",
+    "tokens",
+    "similarity",
+    "score",
+    "predicted",
+    "label",
+    "word_errors",
+    "words",
+)
+"""The per-sample tensors a `SampleStats` may hold."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +83,10 @@ class SampleStats:
     ``nll``: a sequence's negative log-likelihood summed over its scored tokens, and ``tokens``:
     how many tokens were scored (language models; both or neither). ``similarity``: the cosine
     similarity of a sentence pair's embeddings, and ``score``: the pair's gold similarity score
-    (embedding models on labelled pairs; both or neither). Logits are not kept.
+    (embedding models on labelled pairs; both or neither). ``word_errors``: an utterance's word
+    edit operations (substitutions + deletions + insertions) against its reference transcript,
+    and ``words``: the reference's word count (speech recognition; both or neither), so that the
+    word error rate of any resample is Σ word_errors / Σ words. Logits are not kept.
     ``eq=False``: tensors have no truth value, so identity is the only sound equality.
     """
 
@@ -81,6 +98,8 @@ class SampleStats:
     score: torch.Tensor | None = None
     predicted: torch.Tensor | None = None
     label: torch.Tensor | None = None
+    word_errors: torch.Tensor | None = None
+    words: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -89,17 +108,19 @@ class SampleStats:
             raise EvaluationError("`nll` and `tokens` must be given together")
         if (self.similarity is None) != (self.score is None):
             raise EvaluationError("`similarity` and `score` must be given together")
+        if (self.word_errors is None) != (self.words is None):
+            raise EvaluationError("`word_errors` and `words` must be given together")
         if (self.predicted is None) != (self.label is None) or (
             self.predicted is not None and self.correct is None
         ):
             raise EvaluationError("`predicted` and `label` come together, with `correct`")
-        kinds = [x is not None for x in (self.correct, self.nll, self.similarity)]
+        kinds = [x is not None for x in (self.correct, self.nll, self.similarity, self.word_errors)]
         if sum(kinds) > 1:
             raise EvaluationError(
-                "stats are either a classifier's (`correct`), an LM's (`nll`) or an embedding "
-                "model's (`similarity`)"
+                "stats are either a classifier's (`correct`), an LM's (`nll`), an embedding "
+                "model's (`similarity`) or a speech recognizer's (`word_errors`)"
             )
-        for name in ("correct", "nll", "tokens", "similarity", "score", "predicted", "label"):
+        for name in STAT_FIELDS:
             value = getattr(self, name)
             if value is None:
                 continue
@@ -119,6 +140,8 @@ class SampleStats:
             return "lm"
         if self.similarity is not None:
             return "similarity"
+        if self.word_errors is not None:
+            return "wer"
         return None
 
     def accuracy(self) -> float:
@@ -131,6 +154,13 @@ class SampleStats:
         if self.nll is None or self.tokens is None:
             raise EvaluationError("not language-model stats, so no perplexity")
         return math.exp(float(self.nll.sum() / self.tokens.sum()))
+
+    def wer(self) -> float:
+        """Word error rate of the whole set: Σ word errors / Σ reference words (a fraction; it
+        exceeds 1 when a recognizer inserts more words than the references hold)."""
+        if self.word_errors is None or self.words is None:
+            raise EvaluationError("not speech-recognition stats, so no word error rate")
+        return float(self.word_errors.sum() / self.words.sum())
 
     def macro_f1(self) -> float:
         """F1 of each class (present among labels or predictions), averaged with equal weight."""
@@ -470,6 +500,10 @@ def _check_pair(
         raise EvaluationError(
             "token counts differ: the two models were not scored on the same data"
         )
+    if float_stats.words is not None and not torch.equal(float_stats.words, quant_stats.words):
+        raise EvaluationError(
+            "reference word counts differ: the two models were not scored on the same utterances"
+        )
     missing = set(REQUIRED_FIDELITY) - set(fidelity)
     if missing:
         raise EvaluationError(f"fidelity lacks {sorted(missing)}; use fidelity_per_sample()")
@@ -541,6 +575,17 @@ def summarize(
                 _macro_f1(quant_stats, counts) - _macro_f1(float_stats, counts)
             )
         )
+    if task == "wer":
+        # one product per model, as for perplexity: equal models give a delta of exactly 0
+        extra["f_wer"], extra["q_wer"] = [], []
+        f_wer = torch.stack([float_stats.word_errors, float_stats.words], dim=1)  # (n, 2)
+        q_wer = torch.stack([quant_stats.word_errors, quant_stats.words], dim=1)
+
+        def wer_sums(counts: torch.Tensor) -> None:
+            extra["f_wer"].append(counts.to(torch.float64) @ f_wer)
+            extra["q_wer"].append(counts.to(torch.float64) @ q_wer)
+
+        observers.append(wer_sums)
     if task == "similarity":
         extra["spearman"] = []
         observers.append(
@@ -575,6 +620,10 @@ def summarize(
         boot["perplexity"] = torch.exp(q_sums[:, 0] / q_sums[:, 1]) - torch.exp(
             f_sums[:, 0] / f_sums[:, 1]
         )
+    elif task == "wer":
+        metrics["wer"] = quant_stats.wer()
+        f_sums, q_sums = torch.cat(extra["f_wer"]), torch.cat(extra["q_wer"])  # (B, 2)
+        boot["wer"] = q_sums[:, 0] / q_sums[:, 1] - f_sums[:, 0] / f_sums[:, 1]
     elif task == "similarity":
         # the delta against float of Spearman's correlation with the gold scores
         metrics["spearman"] = quant_stats.spearman()
@@ -827,4 +876,6 @@ def concat_stats(parts: list[SampleStats]) -> SampleStats:
         score=cat("score"),
         predicted=cat("predicted"),
         label=cat("label"),
+        word_errors=cat("word_errors"),
+        words=cat("words"),
     )

@@ -49,7 +49,7 @@ from explorer.nn.fold import fold_batch_norm
 from explorer.nn.qat import DEFAULT_QAT_BATCH, DEFAULT_QAT_LR
 from explorer.tasks import Task, TaskData, canonical_task, detect_task, legacy_task, read_config
 
-EVAL_BATCH = {"classification": 256, "lm": 16, "fidelity": 16, "embedding": 32}
+EVAL_BATCH = {"classification": 256, "lm": 16, "fidelity": 16, "embedding": 32, "speech": 8}
 USER_CALIBRATION_SAMPLES = 128
 REFERENCE_BYTES = 1 << 30
 BATCH_LOGITS_BYTES = 1 << 29
@@ -503,6 +503,11 @@ def open_context(source: ModelSource) -> ModelContext:
         text = source.data is not None and Path(source.data).suffix.lower() in (".csv", ".jsonl")
         if task in ("lm", "embedding"):
             return _hf_task_context(loaded, source, Path(source.model), task_object(task))
+        if task == "speech":  # Whisper, run on one packed tensor (explorer.tasks.speech)
+            from explorer.tasks.speech import SpeechRecognizer, SpeechTask
+
+            loaded = replace(loaded, model=SpeechRecognizer(loaded.model))
+            return _hf_task_context(loaded, source, Path(source.model), SpeechTask())
         if task == "classification" and is_image_classifier(read_config(Path(source.model))):
             from explorer.tasks.image_classification import ImageClassificationTask
 

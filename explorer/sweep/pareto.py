@@ -37,6 +37,7 @@ METRIC_SENSES: dict[str, Sense] = {
     "same_top": "max",
     "spearman": "max",
     "macro_f1": "max",
+    "wer": "min",
 }
 
 _CHUNK = 512  # rows of the pairwise test at a time: bounds memory at _CHUNK * n * k booleans

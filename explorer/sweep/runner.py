@@ -382,6 +382,9 @@ def evaluate_entry(
             "kind": "simulated" if simulated else "measured",
             "kernels": _kernel_counts(timed),
         }
+        audio_seconds = getattr(run, "audio_seconds", None)
+        if audio_seconds:  # a transcription workload: its real-time factor (< 1: faster)
+            latency[name]["rtf"] = result.median_ms / 1000.0 / audio_seconds
     latency = dict(reversed(latency.items()))
     if quantized and timed is not qmodel:
         select_kernels(qmodel, run=primary_make(qmodel))

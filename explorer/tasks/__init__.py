@@ -9,6 +9,10 @@ shape) and its latency workloads. One module per task:
 - `explorer.tasks.embedding`: pooled sentence embeddings (sentence-transformers pooling),
   cosine to float, Spearman on scored pairs; ``single`` and ``batch32`` workloads;
 - `explorer.tasks.classification`: top-1 accuracy (built-in classifiers, tabular data);
+- `explorer.tasks.image_classification`: top-1 accuracy on image folders;
+- `explorer.tasks.speech`: Whisper's word error rate on audio folders with a transcript CSV
+  (read by `explorer.tasks.audio`), decoder fidelity teacher-forced on the float transcript,
+  and the ``transcribe_10s`` workload with its real-time factor;
 - `explorer.tasks.fidelity`: anything else, output fidelity only.
 
 `explorer.tasks.detect` recognises the task from a Hugging Face config's architecture.

@@ -6,6 +6,7 @@
   encoder (``BertModel``, ``RobertaModel``, ... of an encoder ``model_type``) → ``embedding``;
 - ``…ForSequenceClassification``, ``…ForImageClassification`` → ``classification`` (an image
   classifier, `is_image_classifier`, reads images: `explorer.tasks.image_classification`);
+- Whisper (``WhisperForConditionalGeneration``) → ``speech`` (`explorer.tasks.speech`);
 - anything else → ``fidelity``.
 """
 
@@ -18,8 +19,15 @@ from typing import Any
 
 from explorer.tasks.task import Task, TaskError
 
-TASK_NAMES = ("lm", "embedding", "classification", "fidelity")
-ALIASES = {"causal-lm": "lm", "causal_lm": "lm", "embeddings": "embedding"}
+TASK_NAMES = ("lm", "embedding", "classification", "speech", "fidelity")
+ALIASES = {
+    "causal-lm": "lm",
+    "causal_lm": "lm",
+    "embeddings": "embedding",
+    "asr": "speech",
+    "speech-recognition": "speech",
+}
+SPEECH_ARCHITECTURES = frozenset({"WhisperForConditionalGeneration"})
 ENCODER_TYPES = frozenset(
     {
         "albert",
@@ -66,6 +74,8 @@ def detect_task(config: Mapping[str, Any], model_dir: Path | None = None) -> str
         return "embedding"
     architectures = config.get("architectures") or []
     arch = architectures[0] if architectures and isinstance(architectures[0], str) else ""
+    if arch in SPEECH_ARCHITECTURES:
+        return "speech"
     if arch.endswith(("ForCausalLM", "LMHeadModel")):
         return "lm"
     if arch.endswith(("ForSequenceClassification", "ForImageClassification")):
@@ -90,12 +100,14 @@ def task_object(name: str) -> Task:
     from explorer.tasks.classification import ClassificationTask
     from explorer.tasks.embedding import EmbeddingTask
     from explorer.tasks.fidelity import FidelityTask
+    from explorer.tasks.speech import SpeechTask
 
     task = canonical_task(name)
     return {
         "lm": CausalLMTask,
         "embedding": EmbeddingTask,
         "classification": ClassificationTask,
+        "speech": SpeechTask,
         "fidelity": FidelityTask,
     }[task]()
 

@@ -29,7 +29,7 @@ transformers = pytest.importorskip("transformers")
         ("BertForSequenceClassification", "bert", "classification"),
         ("ViTForImageClassification", "vit", "classification"),
         ("BertForMaskedLM", "bert", "fidelity"),
-        ("WhisperForConditionalGeneration", "whisper", "fidelity"),
+        ("WhisperForConditionalGeneration", "whisper", "speech"),
         ("LlamaModel", "llama", "fidelity"),
     ],
 )
@@ -39,8 +39,8 @@ def test_detect_task_from_the_architecture(arch: str, model_type: str, task: str
 
 def test_task_names_and_the_source_field() -> None:
     assert canonical_task("causal-lm") == "lm" and canonical_task("Embedding") == "embedding"
-    with pytest.raises(TaskError, match="unknown task 'speech'"):
-        canonical_task("speech")
+    with pytest.raises(TaskError, match="unknown task 'translation'"):
+        canonical_task("translation")
     # an old ModelSource JSON (no task) still loads, and None is never written
     old = {"model": "tiny-lm", "data": "x.txt"}
     assert CatalogSource.from_dict(old).task is None
@@ -188,8 +188,12 @@ def test_task_option_on_the_command_line(bert_dir: Path, tmp_path: Path) -> None
                 code = int(exc.code or 0)
         return code, out.getvalue(), err.getvalue()
 
+    code, _, err = run("--task", "translation")
+    assert code == 2 and "invalid choice: 'translation'" in err
     code, _, err = run("--task", "speech")
-    assert code == 2 and "invalid choice: 'speech'" in err
+    assert (
+        code == 2 and "runs Whisper models (WhisperForConditionalGeneration), not BertModel" in err
+    )
     code, out, err = run("--task", "fidelity")
     assert code == 0, err
     rows = json.loads(out.strip().splitlines()[-1])["rows"]

@@ -1,0 +1,161 @@
+"""Speech recognition: a tiny random Whisper (d_model 32, one layer each side) with a byte-level
+BPE tokenizer trained here and Whisper's special tokens, a feature extractor of 16 mel bins and
+a 2 s window, saved with ``save_pretrained``; WAV and FLAC files of tones and noise with a
+transcript CSV. The row runs end to end through the CLI; its WER equals jiwer's on the decoded
+texts of the same quantized model; the normaliser and every bad-audio message are checked."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from explorer import cli
+from explorer.quant.config import Plan
+from explorer.sweep.context import ModelSource, open_context
+from explorer.tasks import detect_task
+from explorer.tasks.speech import (
+    normalise_text,
+    pack_outputs,
+    unpack_outputs,
+    word_errors,
+)
+
+from .builders import sentences
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+soundfile = pytest.importorskip("soundfile")
+jiwer = pytest.importorskip("jiwer")
+
+SPECIALS = [
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|transcribe|>",
+    "<|notimestamps|>",
+]
+RATE = 16000
+WINDOW_S = 2
+
+
+def save_whisper(path: Path) -> None:
+    """A random Whisper with its processor: BPE of 200 tokens (the specials first), 16 mel
+    bins over a 2 s window (200 frames, 100 encoder positions), 24 decoder positions."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=200,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(sentences(200, seed=4), trainer)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(path / "tok")
+    tokenizer = transformers.WhisperTokenizer.from_pretrained(path / "tok")
+    extractor = transformers.WhisperFeatureExtractor(feature_size=16, chunk_length=WINDOW_S)
+    transformers.WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(
+        path
+    )
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=16, d_model=32, encoder_layers=1,
+        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=100,
+        max_target_positions=24, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+        decoder_start_token_id=1, suppress_tokens=[], begin_suppress_tokens=[],
+    )  # fmt: skip
+    model = transformers.WhisperForConditionalGeneration(config)
+    model.generation_config.is_multilingual = True
+    model.generation_config.no_timestamps_token_id = 4
+    model.save_pretrained(path)
+
+
+def tone(seconds: float, freq: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    return (0.3 * np.sin(2 * math.pi * freq * t) + 0.05 * noise).astype(np.float32)
+
+
+def write_folder(root: Path, n: int = 10) -> Path:
+    """``n`` utterances of 0.6-1.5 s: WAV at 16 kHz, one WAV at 8 kHz (resampled), one FLAC."""
+    root.mkdir(parents=True)
+    rows = ["file,text"]
+    for i, text in enumerate(sentences(n, seed=7)):
+        rate = 8000 if i == 1 else RATE
+        name = f"u{i}.flac" if i == 2 else f"u{i}.wav"
+        soundfile.write(root / name, tone(0.6 + 0.1 * i, 200 + 40 * i, rate, seed=i), rate)
+        rows.append(f'{name},"{text}"')
+    (root / "transcripts.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("whisper")
+    save_whisper(root / "model")
+    write_folder(root / "audio")
+    return root / "model"
+
+
+def test_normalise_text() -> None:
+    assert normalise_text("  Hello, World!  It's   a TEST-case.") == "hello world its a test case"
+    assert normalise_text("\u201cQuoted\u201d \u2014 don\u2019t (stop)") == "quoted dont stop"
+    assert normalise_text("?!.") == ""
+    assert word_errors("The cat sat.", "the bat sat on") == (2, 3)  # 1 sub + 1 insertion
+    assert word_errors("The cat sat.", "") == (3, 3)
+
+
+def test_packed_outputs_round_trip() -> None:
+    logits = torch.randn(2, 3, 5)
+    scored = torch.tensor([[True, True, False], [True, False, False]])
+    packed = pack_outputs(logits, scored, torch.tensor([[7, 0, -1], [3, -1, -1]]))
+    got_logits, got_scored, ids = unpack_outputs(packed)
+    assert torch.equal(got_logits, logits) and torch.equal(got_scored, scored)
+    assert ids == [[7, 0], [3]]
+
+
+def test_whisper_is_the_speech_task(whisper_dir: Path) -> None:
+    config = json.loads((whisper_dir / "config.json").read_text())
+    assert detect_task(config, whisper_dir) == "speech"
+
+
+def test_speech_row_through_the_cli(whisper_dir: Path, tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    args = ["sweep", "--model", str(whisper_dir), "--data", str(whisper_dir.parent / "audio")]
+    args += ["--bits", "8", "--granularity", "channel", "--repeats", "2", "--n-boot", "200"]
+    args += ["--threads", "1", "--store", str(tmp_path / "r.sqlite"), "--json"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(args)
+    assert code == 0, err.getvalue()
+    rows = json.loads(out.getvalue().strip().splitlines()[-1])["rows"]
+    (row,) = [r for r in rows if r["kind"] != "baseline" and r["act_bits"] is None]
+    assert row["task"] == "speech" and row["metric_name"] == "wer"
+    assert {"wer", "kl", "kl_p99", "same_top"} <= set(row["metrics"])
+    lo, hi = row["metrics_ci"]["wer"]
+    assert lo <= hi
+    assert row["latency_workload"] == "transcribe_10s"
+    timing = row["latency"]["transcribe_10s"]
+    assert timing["rtf"] == pytest.approx(timing["median_ms"] / 1000 / 10.0, rel=1e-12)
+
+    # the row's WER is jiwer's on the normalised texts that the same W8 model decodes
+    ctx = open_context(ModelSource(model=str(whisper_dir), data=str(whisper_dir.parent / "audio")))
+    from explorer.nn.convert import quantize_model
+
+    qmodel = quantize_model(ctx.model, Plan.from_dict(row["config"]))
+    task = ctx.task_spec
+    hypotheses = []
+    for x, _ in ctx.eval_batches():
+        with torch.inference_mode():
+            _, _, ids = unpack_outputs(task.outputs(qmodel, x))
+        hypotheses += [normalise_text(task.decode(t)) for t in ids]
+    references = [normalise_text(t) for t in task.references]
+    assert row["metrics"]["wer"] == pytest.approx(jiwer.wer(references, hypotheses), abs=1e-12)
