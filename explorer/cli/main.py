@@ -11,6 +11,7 @@ from typing import Any
 
 from explorer.cli.builtin import cmd_bench, cmd_models, cmd_train
 from explorer.cli.export import cmd_export
+from explorer.cli.kernels import cmd_build_kernels
 from explorer.cli.options import (
     Parser,
     add_json_option,
@@ -51,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_json_option(bench)
     bench.set_defaults(func=cmd_bench)
+
+    build_kernels = sub.add_parser(
+        "build-kernels",
+        help="compile the native kernels into the cache folder now (else the first use does)",
+    )
+    add_json_option(build_kernels)
+    build_kernels.set_defaults(func=cmd_build_kernels)
 
     models = sub.add_parser("models", help="list the built-in models with their float metric")
     add_json_option(models)

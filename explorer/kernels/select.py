@@ -7,13 +7,23 @@ fastest median wins. Results are cached per (candidates, spec, rows, threads) fo
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from explorer.kernels.base import ActQParams, LinearKernel, LinearSpec
+from explorer.kernels.conv_ops import (
+    DWCONV_WO,
+    ONEDNN_CONV,
+    ONEDNN_DWCONV,
+    ConvGeometry,
+    ConvKernel,
+    Im2colKernel,
+)
 from explorer.kernels.native_ops import (
     NativeW4A8Kernel,
     NativeW8A8Kernel,
@@ -104,3 +114,74 @@ def choose(
     best = min(times, key=times.__getitem__)
     _CHOICES[key] = best
     return best
+
+
+# --- convolutions -------------------------------------------------------------------------------
+
+CONV_KERNELS: dict[str, ConvKernel] = {
+    **{k.name: k for k in (ONEDNN_CONV, ONEDNN_DWCONV, DWCONV_WO)},
+    **{name: Im2colKernel(k) for name, k in KERNELS.items()},
+}
+"""Every convolution kernel: oneDNN's (dense, depthwise), the depthwise one on stored codes, and
+im2col in front of each linear kernel (named after it), in the order `conv_candidates` lists."""
+MAX_TIMING_PIXELS = 4096  # output positions per timed call; beyond, time grows with the batch
+_CONV_CHOICES: dict[tuple[Any, ...], str] = {}
+
+
+def get_conv_kernel(name: str) -> ConvKernel | ReferenceKernel:
+    if name == REFERENCE.name:
+        return REFERENCE
+    if name not in CONV_KERNELS:
+        raise KeyError(f"unknown convolution kernel {name!r}; known: {sorted(CONV_KERNELS)}")
+    return CONV_KERNELS[name]
+
+
+def conv_candidates(spec: LinearSpec, geom: ConvGeometry) -> list[ConvKernel]:
+    """Real kernels that compute the convolution ``spec`` x ``geom`` (empty: simulated)."""
+    return [k for k in CONV_KERNELS.values() if k.supports(spec, geom) is None]
+
+
+def why_no_conv_kernel(spec: LinearSpec, geom: ConvGeometry) -> dict[str, str]:
+    return {k.name: k.supports(spec, geom) or "" for k in CONV_KERNELS.values()}
+
+
+def choose_conv(
+    spec: LinearSpec,
+    geom: ConvGeometry,
+    qw: QuantizedWeight,
+    bias: torch.Tensor | None,
+    act: ActQParams | None,
+    shape: tuple[int, int, int, int],
+    repeats: int = 7,
+) -> str | None:
+    """The fastest real kernel for the convolution on inputs of ``shape`` (B, C, H, W), or None.
+
+    Timed on a batch cut to about `MAX_TIMING_PIXELS` output positions (at least one image):
+    each image costs every kernel the same again."""
+    found = conv_candidates(spec, geom)
+    if len(found) <= 1:
+        return found[0].name if found else None
+    b, c, h, w = shape
+    ho, wo = geom.out_hw(h, w)
+    b = max(1, min(b, MAX_TIMING_PIXELS // max(1, ho * wo)))
+    key = (tuple(k.name for k in found), spec, geom, (b, c, h, w), torch.get_num_threads())
+    if key not in _CONV_CHOICES:
+        x = torch.randn(b, c, h, w)
+        states = {k.name: k.prepare(spec, geom, qw, bias, act) for k in found}
+        runs = {k.name: functools.partial(k.run, states[k.name], x) for k in found}
+        _CONV_CHOICES[key] = fastest(runs, repeats)
+    return _CONV_CHOICES[key]
+
+
+def fastest(runs: dict[str, Callable[[], object]], repeats: int) -> str:
+    """The name of the callable with the lowest median time: one warm-up call each (lazy
+    packing, page faults), then ``repeats`` rounds, interleaved so drift hits all alike."""
+    for run in runs.values():
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - t0)
+    return min(samples, key=lambda name: statistics.median(samples[name]))
