@@ -18,9 +18,18 @@ re-verify) and replaced by rename, never overwritten in place, so a process that
 file mapped keeps a complete copy. Every failure (no compiler, compile error, unwritable cache
 folder, damaged library without a compiler) comes back as a reason string, never a crash.
 
-The build runs ``cc``/``gcc -O3 -fPIC -shared -std=c11`` (``-fopenmp`` first, without it if that
-fails). No ``-march=native``: the C code picks its AVX2+FMA or scalar path at run time, so one
-cached library is portable across CPUs of an architecture.
+The build runs ``cc``/``gcc -O3 -fPIC -shared -std=c11 -Wall -Wextra -Werror`` (``-fopenmp``
+first, without it if that fails): a warning is a build error, so a kernel change that warns never
+ships. No ``-march=native``: the C code picks its instruction-set path at run time, so one cached
+library is portable across CPUs of an architecture. The library name hashes the source, the
+flags, the platform and the compiler's name and version (``gcc-12.2.0``): a compiler upgrade
+builds a new library instead of reusing one an older compiler made.
+
+Two libraries are built the same way: `SOURCE` (``qe_kernels.c``, the linear kernels,
+`explorer.kernels.native`) and `CONV_SOURCE` (``qe_conv.c``, the convolution helpers,
+`explorer.kernels.conv_ops`). `build_all` builds both (``explorer build-kernels``, the Docker
+image); ``EXPLORER_SANITIZE=1`` adds `SANITIZE_FLAGS` to every build (a separate library, by its
+hash), which the sanitizer test runs under ``LD_PRELOAD`` of the sanitizer runtimes.
 
 Imports: the standard library and `explorer.paths`.
 """
@@ -28,9 +37,11 @@ Imports: the standard library and `explorer.paths`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import struct
 import subprocess
@@ -48,9 +59,17 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "qe_kernels.c"
-BASE_FLAGS: tuple[str, ...] = ("-O3", "-fPIC", "-shared", "-std=c11")
+CONV_SOURCE = SOURCE.with_name("qe_conv.c")
+WARNING_FLAGS: tuple[str, ...] = ("-Wall", "-Wextra", "-Werror")
+BASE_FLAGS: tuple[str, ...] = ("-O3", "-fPIC", "-shared", "-std=c11", *WARNING_FLAGS)
 OMP_FLAG = "-fopenmp"
-FLAG_VARIANTS: tuple[tuple[str, ...], ...] = ((*BASE_FLAGS, OMP_FLAG), BASE_FLAGS)
+SANITIZE_ENV = "EXPLORER_SANITIZE"
+SANITIZE_FLAGS: tuple[str, ...] = (
+    "-O0",  # last -O wins: a quarter of -O3's compile time, and the checks see every access
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=undefined",  # undefined behaviour aborts, so a test cannot miss it
+    "-fno-omit-frame-pointer",
+)
 COMPILERS: tuple[str, ...] = ("cc", "gcc")
 ABI_VERSION = 1
 COMPILE_TIMEOUT_S = 300
@@ -72,6 +91,20 @@ def cache_dir() -> Path:
     return paths.kernels_dir()
 
 
+def flag_variants() -> tuple[tuple[str, ...], ...]:
+    """The flag sets to try, best first (with OpenMP, without), plus `SANITIZE_FLAGS` when the
+    environment sets ``EXPLORER_SANITIZE=1``."""
+    # without OpenMP the `#pragma omp` lines are meant to be ignored: not a warning to fail on
+    variants = ((*BASE_FLAGS, OMP_FLAG), (*BASE_FLAGS, "-Wno-unknown-pragmas"))
+    if os.environ.get(SANITIZE_ENV, "").strip() in ("", "0"):
+        return variants
+    return tuple((*flags, *SANITIZE_FLAGS) for flags in variants)
+
+
+FLAG_VARIANTS = flag_variants()
+"""`flag_variants` as this process started (read by `explorer.kernels.native`)."""
+
+
 def find_compiler() -> str | None:
     names = [os.environ["CC"]] if os.environ.get("CC") else []
     for name in (*names, *COMPILERS):
@@ -81,12 +114,46 @@ def find_compiler() -> str | None:
     return None
 
 
-def library_name(source: bytes, flags: tuple[str, ...]) -> str:
+@functools.lru_cache(maxsize=8)
+def compiler_id(compiler: str | None) -> str:
+    """``<name>-<version>`` of ``compiler`` (``gcc-12.2.0``, ``clang-16.0.6``), from the first
+    line of ``--version``; ``none`` without a compiler, ``<name>-unknown`` if it does not say."""
+    if compiler is None:
+        return "none"
+    name = Path(compiler).name
+    try:
+        out = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return f"{name}-unknown"
+    first = out.splitlines()[0] if out.strip() else ""
+    gnu = "gcc" in first or "Free Software Foundation" in out  # Debian's cc says "cc (Debian...)"
+    family = "clang" if "clang" in first else "gcc" if gnu else name
+    version = re.search(r"(\d+\.\d+(?:\.\d+)?)", first)
+    return f"{family}-{version.group(1) if version else 'unknown'}"
+
+
+def library_name(
+    source: bytes, flags: tuple[str, ...], compiler: str | None = None, stem: str = "qe_kernels"
+) -> str:
+    """``<stem>-<compiler id>-<hash of source, flags and platform>``: one library per compiler
+    (`compiler_id`), so a new compiler never loads what an older one built."""
     h = hashlib.sha256()
     h.update(source)
     h.update(b"\0" + " ".join(flags).encode())
     h.update(b"\0" + f"{sys.platform}-{platform.machine()}-abi{ABI_VERSION}".encode())
-    return f"qe_kernels-{h.hexdigest()[:20]}"
+    return f"{stem}-{compiler_id(compiler)}-{h.hexdigest()[:20]}"
+
+
+def _prebuilt(directory: Path, stem: str, name: str) -> Path:
+    """Without a compiler: the library some compiler built for the same source and flags (the
+    newest, if several did), else the name a build would have had."""
+    digest = name.rsplit("-", 1)[1]
+    found = sorted(
+        directory.glob(f"{stem}-*-{digest}.so"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    return found[0] if found else directory / f"{name}.so"
 
 
 def checksum_path(library: Path) -> Path:
@@ -187,12 +254,14 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def compile_library(compiler: str, flags: tuple[str, ...], out: Path) -> Built | str:
+def compile_library(
+    compiler: str, flags: tuple[str, ...], out: Path, source_path: Path = SOURCE
+) -> Built | str:
     """Compile into ``out`` durably (see the module docstring); a `Built` or an error message."""
     fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [compiler, *flags, "-o", tmp, str(SOURCE)]
+        cmd = [compiler, *flags, "-o", tmp, str(source_path)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if proc.returncode != 0:
@@ -218,11 +287,18 @@ def compile_library(compiler: str, flags: tuple[str, ...], out: Path) -> Built |
             os.unlink(tmp)
 
 
-def ensure_built(source: bytes, flags: tuple[str, ...], compiler: str | None) -> Built | str:
-    """A verified library for ``source`` and ``flags``, built if missing or damaged, or a
-    message saying why there is none."""
+def ensure_built(
+    source: bytes,
+    flags: tuple[str, ...],
+    compiler: str | None,
+    source_path: Path = SOURCE,
+) -> Built | str:
+    """A verified library for ``source`` (the text of ``source_path``) and ``flags``, built if
+    missing or damaged, or a message saying why there is none."""
     directory = cache_dir()
-    out = directory / f"{library_name(source, flags)}.so"
+    stem = source_path.stem
+    name = library_name(source, flags, compiler, stem)
+    out = directory / f"{name}.so" if compiler is not None else _prebuilt(directory, stem, name)
     problem = verify(out)
     if problem is None:
         return Built(out, recorded_sha256(out))
@@ -242,7 +318,7 @@ def ensure_built(source: bytes, flags: tuple[str, ...], compiler: str | None) ->
                 if verify(out) is None:  # another process finished the build while we waited
                     return Built(out, recorded_sha256(out))
                 damaged = out.exists()
-                built = compile_library(compiler, flags, out)
+                built = compile_library(compiler, flags, out, source_path)
                 if isinstance(built, Built) and damaged:
                     built = dataclasses.replace(built, replaced=problem)
                 return built
@@ -251,3 +327,26 @@ def ensure_built(source: bytes, flags: tuple[str, ...], compiler: str | None) ->
                     fcntl.flock(lock, fcntl.LOCK_UN)
     except OSError as exc:
         return f"cannot use cache directory {directory}: {exc}"
+
+
+def build_source(source_path: Path, compiler: str | None = None) -> Built | str:
+    """Build (or verify) the library of one source with the first flag set that compiles."""
+    compiler = compiler if compiler is not None else find_compiler()
+    try:
+        source = source_path.read_bytes()
+    except OSError as exc:
+        return f"kernel source missing: {exc}"
+    errors = []
+    for flags in flag_variants():
+        built = ensure_built(source, flags, compiler, source_path)
+        if isinstance(built, Built):
+            return built
+        errors.append(built)
+        if compiler is None:
+            break
+    return "\n".join(errors)
+
+
+def build_all() -> dict[str, Built | str]:
+    """Every native library (`SOURCE`, `CONV_SOURCE`), built or verified: ``{stem: result}``."""
+    return {path.stem: build_source(path) for path in (SOURCE, CONV_SOURCE)}

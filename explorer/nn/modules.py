@@ -3,11 +3,13 @@ points as buffers (exactly the bytes that ship), and run a real kernel chosen pe
 
 A layer whose format has no real kernel runs the float reference (accuracy) and is `simulated`:
 its latency is measured on `timing_twin()`, the same layer re-quantized to the next wider format
-that has a real kernel. Convolutions run as im2col (``F.unfold``) plus the linear kernel; the
-flattened weight is ``[out_channels, in_channels * kh * kw]`` (channel-major, as PyTorch stores
-it), so a weight group runs along input channels × kernel window. Depthwise convolutions
-with int8 weights and per-tensor int8 activations run on oneDNN's int8 kernel; other grouped or
-depthwise settings are simulated, timed as that kernel (integer activations) or as fp32.
+that has a real kernel. A convolution's flattened weight is ``[out_channels, in_channels/groups *
+kh * kw]`` (channel-major, as PyTorch stores it), so a weight group runs along input channels ×
+kernel window; its kernel is the fastest measured of `explorer.kernels.conv_ops`'s: oneDNN's
+int8 convolution (dense or depthwise, per-tensor int8 activations, where it is exact), im2col in
+C plus any linear kernel, or the depthwise kernel on stored codes (float activations). Grouped
+convolutions quantize activations per tensor whatever the config's granularity (`conv_spec`);
+the rest without a kernel are simulated, timed on the nearest wider format that has one.
 
 A `QuantLinear` made by AWQ or SmoothQuant also holds ``input_scale`` (fp32, one per input
 channel): its stored weight is ``W diag(s)`` and it multiplies its input by ``1/s`` before the
@@ -26,8 +28,16 @@ from torch import nn
 
 from explorer.kernels.activation import fake_quantize_activation
 from explorer.kernels.base import ActQParams, LinearSpec, timing_configs
-from explorer.kernels.conv_ops import DEPTHWISE, ConvGeometry
-from explorer.kernels.select import REFERENCE, candidates, choose, get_kernel
+from explorer.kernels.conv_ops import ConvGeometry
+from explorer.kernels.select import (
+    REFERENCE,
+    candidates,
+    choose,
+    choose_conv,
+    conv_candidates,
+    get_conv_kernel,
+    get_kernel,
+)
 from explorer.quant.config import QuantConfig
 from explorer.quant.qtensor import QuantizedWeight
 
@@ -234,6 +244,7 @@ class QuantConv2d(QuantModule):
         self.conv = (
             conv  # in_channels, out_channels, kernel_size, stride, padding, dilation, groups
         )
+        self._input_shape: tuple[int, ...] | None = None  # of the last call, for kernel choice
         self._init_quant(qw, bias, config, act, kernel)
 
     @classmethod
@@ -260,29 +271,67 @@ class QuantConv2d(QuantModule):
         }
         return cls(qw, conv.bias, config, geometry, act)
 
-    def _kernel_capable(self) -> bool:
-        return self.conv["groups"] == 1
-
-    def _default_kernel(self) -> str:
-        if self.conv["groups"] == 1:
-            return super()._default_kernel()
-        if DEPTHWISE.supports(self.spec, self.geometry) is None:
-            return DEPTHWISE.name
-        return REFERENCE.name
-
     @property
     def geometry(self) -> ConvGeometry:
         return ConvGeometry(**self.conv)
 
+    @property
+    def conv_spec(self) -> LinearSpec:
+        """The function the kernels compute: `spec`, with per-tensor activations for grouped
+        convolutions (their reference, `_grouped`, quantizes the whole input per tensor)."""
+        if self.conv["groups"] == 1 or self.spec.act_bits is None:
+            return self.spec
+        return dataclasses.replace(self.spec, act_granularity="tensor")
+
+    def _default_kernel(self) -> str:
+        found = conv_candidates(self.conv_spec, self.geometry)
+        return found[0].name if found else REFERENCE.name
+
+    def select_kernel(self, rows: int) -> str:
+        """Pick the fastest real kernel for inputs of the last call's shape (or ``rows`` output
+        positions of one square image when the layer has not run yet), measured, and keep it."""
+        shape = self._input_shape
+        if shape is None:
+            side = max(1, round(rows**0.5))
+            shape = (1, self.conv["in_channels"], side, side)
+        best = choose_conv(
+            self.conv_spec,
+            self.geometry,
+            self.qweight_view(),
+            self.bias,
+            self.act_qparams(),
+            tuple(shape),  # type: ignore[arg-type]
+        )
+        if best is not None and best != self.kernel_name:
+            self.kernel_name = best
+            self._state = None
+        return self.kernel_name
+
+    def use_kernel(self, name: str) -> None:
+        kernel = get_conv_kernel(name)
+        if kernel is not REFERENCE:
+            why = kernel.supports(self.conv_spec, self.geometry)
+            if why:
+                raise ValueError(f"kernel {name} cannot run this layer: {why}")
+        self.kernel_name = name
+        self._state = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._input_shape = tuple(x.shape)
+        if self.simulated:
+            return self._reference(x)
+        if not isinstance(self._state, PreparedKernel):
+            kernel = get_conv_kernel(self.kernel_name)
+            state = kernel.prepare(
+                self.conv_spec, self.geometry, self.qweight_view(), self.bias, self.act_qparams()
+            )
+            self._state = PreparedKernel(kernel, state)
+        return self._state.run(x)
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The float reference: im2col plus the reference linear kernel (dense), or a float
+        convolution of the dequantized weight (grouped)."""
         c = self.conv
-        if self.kernel_name == DEPTHWISE.name:
-            if not isinstance(self._state, PreparedKernel):
-                state = DEPTHWISE.prepare(
-                    self.spec, self.geometry, self.qweight_view(), self.bias, self.act_qparams()
-                )
-                self._state = PreparedKernel(DEPTHWISE, state)
-            return self._state.run(x)
         if c["groups"] != 1:
             return self._grouped(x)
         b, _, h, w = x.shape
@@ -296,8 +345,7 @@ class QuantConv2d(QuantModule):
         c = self.conv
         x = x.float()
         if self.spec.act_bits is not None:
-            spec = dataclasses.replace(self.spec, act_granularity="tensor")
-            flat = fake_quantize_activation(x.reshape(1, -1), spec, self.act_qparams())
+            flat = fake_quantize_activation(x.reshape(1, -1), self.conv_spec, self.act_qparams())
             x = flat.reshape(x.shape)
         return F.conv2d(
             x,
@@ -332,21 +380,25 @@ class QuantConv2d(QuantModule):
             conv.weight.copy_(self.qweight_view().dequantize().reshape(conv.weight.shape))
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
-        config = self._twin_config() if c["groups"] == 1 else self._grouped_twin_config()
+        config = self._twin_config()
         if config.is_float:
             return conv
         act = self.act_qparams() if config.act_mode == "static" else None
         return QuantConv2d.from_float(conv, config, act)
 
-    def _grouped_twin_config(self) -> QuantConfig:
-        """Depthwise layers without a real kernel are timed as W8A8 per-tensor on oneDNN when
-        the activations are integer, else as the fp32 convolution."""
-        if self.spec.act_bits is None:
-            return QuantConfig.float("fp32")
-        config = QuantConfig(weight_bits=8, act_bits=8, act_granularity="tensor")
-        spec = LinearSpec.from_config(config, *self.weight_shape)
-        ok = DEPTHWISE.supports(spec, self.geometry) is None
-        return config if ok else QuantConfig.float("fp32")
+    def _twin_config(self) -> QuantConfig:
+        """The nearest wider format (`timing_configs`) that has a real convolution kernel for
+        this geometry, else fp32."""
+        n, k = self.weight_shape
+        for config in timing_configs(self.config):
+            if config.granularity == "group" and k % (config.group_size or 1):
+                continue
+            spec = LinearSpec.from_config(config, n, k)
+            if self.conv["groups"] != 1 and spec.act_bits is not None:
+                spec = dataclasses.replace(spec, act_granularity="tensor")
+            if conv_candidates(spec, self.geometry):
+                return config
+        return QuantConfig.float("fp32")
 
 
 def conv_out_hw(h: int, w: int, c: Mapping[str, Any]) -> tuple[int, int]:

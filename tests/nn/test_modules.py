@@ -77,17 +77,18 @@ def q_spec(conv: nn.Conv2d, config: QuantConfig):
     return QuantConv2d.from_float(conv, config.with_(act_mode="dynamic")).spec
 
 
-def test_depthwise_without_a_kernel_is_simulated_with_a_real_twin() -> None:
+def test_depthwise_kernels_and_a_simulated_one_with_a_real_twin() -> None:
     conv = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-    q = QuantConv2d.from_float(conv, QuantConfig(weight_bits=4))
-    assert q.simulated
-    assert isinstance(q.timing_twin(), nn.Conv2d)
-    q8 = QuantConv2d.from_float(conv, QuantConfig(act_bits=8))  # per-token: no depthwise kernel
-    assert q8.simulated
-    twin = q8.timing_twin()
+    q = QuantConv2d.from_float(conv, QuantConfig(weight_bits=4))  # float activations
+    assert q.kernel_name == "dwconv-wo-native" and not q.simulated
+    q8 = QuantConv2d.from_float(conv, QuantConfig(act_bits=8))  # grouped: per tensor anyway
+    assert q8.kernel_name == "int8-dwconv-onednn" and not q8.simulated
+    q4 = QuantConv2d.from_float(conv, QuantConfig(act_bits=4))  # no 4-bit activation kernel
+    assert q4.simulated
+    twin = q4.timing_twin()
     assert isinstance(twin, QuantConv2d) and twin.kernel_name == "int8-dwconv-onednn"
     x = torch.randn(1, 16, 6, 6)
-    assert q(x).shape == q8(x).shape == twin(x).shape == (1, 16, 6, 6)
+    assert q(x).shape == q8(x).shape == q4(x).shape == twin(x).shape == (1, 16, 6, 6)
 
 
 def test_linear_accepts_any_leading_dims() -> None:
