@@ -2,7 +2,11 @@
 
 Like torchao's autoquant, the choice is made by measurement: every candidate that computes the
 same function runs the layer's real weights on an input of the layer's real row count, and the
-fastest median wins. Results are cached per (candidates, spec, rows, threads) for the process.
+fastest median wins. Results are cached for the process per (candidates, spec, rows, threads,
+native build): the spec holds the shape and format, so the identical layers of a transformer's
+blocks are timed once, and a rebuilt or re-targeted native library (`explorer.kernels.native`)
+times again. Huge layers (a 150k-token vocabulary's output layer) are timed on fewer rows and
+fewer repeats, within `TIMING_BUDGET_S` (see `choose`).
 """
 
 from __future__ import annotations
@@ -73,6 +77,28 @@ def why_no_kernel(spec: LinearSpec) -> dict[str, str]:
 
 
 MAX_TIMING_ROWS = 256
+MAX_TIMING_MACS = 1 << 32
+"""Most multiply-adds per timed call: a 151,936 x 896 output layer is timed on 31 rows, not 256."""
+MIN_TIMING_ROWS = 16
+TIMING_BUDGET_S = 2.0
+"""Seconds the timed repeats of one choice aim at; at least `MIN_REPEATS` whatever they cost."""
+MIN_REPEATS = 3
+
+
+def _build() -> tuple[object, object]:
+    """The loaded native library's hash and instruction-set path (None, None without it)."""
+    from explorer.kernels import native
+
+    info = native.build_info()
+    return info.get("sha256"), info.get("isa")
+
+
+def timing_rows(spec: LinearSpec, rows: int) -> int:
+    """The rows a choice is timed on: ``rows``, at most `MAX_TIMING_ROWS` and, for huge layers,
+    at most `MAX_TIMING_MACS` multiply-adds (but never fewer than `MIN_TIMING_ROWS` rows, where
+    the kernels still run as they do on the full input)."""
+    by_macs = max(MIN_TIMING_ROWS, MAX_TIMING_MACS // max(1, spec.n * spec.k))
+    return max(1, min(rows, MAX_TIMING_ROWS, by_macs))
 
 
 def choose(
@@ -87,23 +113,30 @@ def choose(
 
     Beyond `MAX_TIMING_ROWS` rows every kernel's time grows in proportion to the rows (each
     output row is an independent dot-product sweep over the same weights), so larger inputs are
-    timed at `MAX_TIMING_ROWS`: the same ranking at a fraction of the cost."""
-    rows = min(rows, MAX_TIMING_ROWS)
+    timed at `MAX_TIMING_ROWS`: the same ranking at a fraction of the cost; a huge layer at
+    fewer still (`timing_rows`). The warm-up call also sizes the repeats: as many as fit in
+    `TIMING_BUDGET_S`, at least `MIN_REPEATS`, at most ``repeats`` (a 0.5 B model's output
+    layer took 16 calls of 3-4 s each before)."""
+    rows = timing_rows(spec, rows)
     found = candidates(spec)
     if not found:
         return None
     if len(found) == 1:
         return found[0].name
-    key = (tuple(k.name for k in found), spec, rows, torch.get_num_threads())
+    key = (tuple(k.name for k in found), spec, rows, torch.get_num_threads(), _build())
     if key in _CHOICES:
         return _CHOICES[key]
     x = torch.randn(rows, spec.k, device=spec.device)
     times = {}
     states = {k.name: k.prepare(spec, qw, bias, act) for k in found}
+    t0 = time.perf_counter()
     for kernel in found:  # warm-up: first calls pay for lazy packing and page faults
         kernel.run(states[kernel.name], x)
+    per_round = time.perf_counter() - t0
+    affordable = int(TIMING_BUDGET_S / per_round) if per_round > 0 else repeats
     samples: dict[str, list[float]] = {k.name: [] for k in found}
-    for _ in range(repeats):  # interleaved, so drift hits every candidate alike
+    for _ in range(max(min(repeats, MIN_REPEATS), min(repeats, affordable))):
+        # interleaved, so drift hits every candidate alike
         for kernel in found:
             t0 = time.perf_counter()
             kernel.run(states[kernel.name], x)

@@ -136,15 +136,37 @@ class FloatReference:
     task's compared output (``logits``: logits or embeddings) and per-sample statistics.
 
     Outputs larger than `REFERENCE_BYTES` in all are not kept (a language model's logits are
-    tokens x vocabulary: 16k tokens of a 150k vocabulary would take 10 GB): ``logits`` is then
-    empty and `evaluate` runs the float ``model`` again batch by batch, beside the quantized
-    one, trading a second forward pass for memory."""
+    tokens x vocabulary: 16k tokens of a 150k vocabulary would take 10 GB). The reference is then
+    *streamed*: `compute` runs only the first batch (so a model that cannot take its data, or
+    whose outputs are not finite, still fails at once), ``logits`` stays empty, and `evaluate`
+    runs the float ``model`` batch by batch beside the quantized one, turning each pair of
+    outputs into per-sample statistics and fidelity before the next batch, so at most one
+    batch of float and one of quantized outputs is alive. The float statistics are taken from
+    the first such pass (the same function of the same outputs, so the same numbers as a
+    separate pass would give) and kept; `stats` runs the float pass alone only if it is read
+    before any evaluation."""
 
     task: Task
     batches: list[tuple[torch.Tensor, torch.Tensor | None]]
     logits: list[torch.Tensor]
-    stats: SampleStats
+    float_stats: SampleStats | None
     model: nn.Module | None = None  # kept only when the logits are not
+
+    @property
+    def stats(self) -> SampleStats:
+        """Per-sample statistics of the float model (a float pass now, if streamed and not yet
+        evaluated)."""
+        if self.float_stats is None:
+            assert self.model is not None
+            with torch.inference_mode():
+                self.float_stats = concat_stats(
+                    [self.task.stats(self._float_output(x), y) for x, y in self.batches]
+                )
+        return self.float_stats
+
+    @property
+    def streamed(self) -> bool:
+        return not self.logits
 
     @classmethod
     def compute(
@@ -155,31 +177,36 @@ class FloatReference:
         progress: Progress | None = None,
     ) -> FloatReference:
         """``task``: a `Task`, or a task name (built-in models' tasks, see `legacy_task`).
-        ``progress(done, total)`` is called after each batch (see `Progress`).
+        ``progress(done, total)`` is called after each batch (see `Progress`; a streamed
+        reference reports its batches from `evaluate`).
         Raises `NonFiniteOutputError` naming the layer where non-finite values first appear."""
         task = legacy_task(task) if isinstance(task, str) else task
+        reference = cls(task, batches, [], None, model=model)
         logits, stats = [], []
-        keep: bool | None = None
         with torch.inference_mode():
             for i, (x, y) in enumerate(batches):
-                out = task.outputs(model, x)
-                if out.is_floating_point() and not torch.isfinite(out).all():
-                    layer = first_nonfinite_layer(model, lambda x=x: task.outputs(model, x))
-                    where = f"first appear in the output of {layer}" if layer else "appear"
-                    raise NonFiniteOutputError(
-                        f"the float model's outputs hold NaN or infinity; non-finite values "
-                        f"{where}: check that layer's weights and inputs"
-                    )
-                if keep is None:  # estimated from the first batch (batches are equal)
-                    keep = out.numel() * out.element_size() * len(batches) <= REFERENCE_BYTES
-                if keep:
-                    logits.append(out)
+                out = reference._float_output(x)
+                # estimated from the first batch (batches are equal)
+                if i == 0 and out.numel() * out.element_size() * len(batches) > REFERENCE_BYTES:
+                    return reference
+                logits.append(out)
                 stats.append(task.stats(out, y))
                 if progress is not None:
                     progress(i + 1, len(batches))
-        if not keep:
-            return cls(task, batches, [], concat_stats(stats), model=model)
         return cls(task, batches, logits, concat_stats(stats))
+
+    def _float_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The float model's output on ``x``; `NonFiniteOutputError` if it is not finite."""
+        assert self.model is not None
+        out = self.task.outputs(self.model, x)
+        if out.is_floating_point() and not torch.isfinite(out).all():
+            layer = first_nonfinite_layer(self.model, lambda: self.task.outputs(self.model, x))
+            where = f"first appear in the output of {layer}" if layer else "appear"
+            raise NonFiniteOutputError(
+                f"the float model's outputs hold NaN or infinity; non-finite values "
+                f"{where}: check that layer's weights and inputs"
+            )
+        return out
 
     def evaluate(
         self,
@@ -189,21 +216,22 @@ class FloatReference:
         seed: int = 0,
         progress: Progress | None = None,
     ) -> Evaluation:
-        """`summarize` the quantized model against the stored float outputs;
-        ``progress(done, total)`` after each batch."""
-        q_stats, fid = [], []
+        """`summarize` the quantized model against the float outputs (stored, or streamed:
+        see the class docstring); ``progress(done, total)`` after each batch."""
+        q_stats, fid, f_stats = [], [], []
         with torch.inference_mode():
             for i, (x, y) in enumerate(self.batches):
-                if self.logits:
-                    f_out = self.logits[i]
-                else:
-                    assert self.model is not None
-                    f_out = self.task.outputs(self.model, x)
+                f_out = self.logits[i] if self.logits else self._float_output(x)
+                if self.float_stats is None:
+                    f_stats.append(self.task.stats(f_out, y))
                 q_out = self.task.outputs(qmodel, x)
                 fid.append(self.task.fidelity(f_out, q_out, y))
                 q_stats.append(self.task.stats(q_out, y))
+                del f_out, q_out  # before the next batch's outputs exist
                 if progress is not None:
                     progress(i + 1, len(self.batches))
+        if self.float_stats is None:
+            self.float_stats = concat_stats(f_stats)
         fidelity = concat_fidelity(fid)
         return summarize(self.stats, concat_stats(q_stats), fidelity, n_boot=n_boot, seed=seed)
 
@@ -478,6 +506,35 @@ def _text_fidelity_context(loaded: Any, source: ModelSource, model_dir: Path) ->
     )
 
 
+def _builtin_hf_task(
+    spec: Any, eval_split: tuple[torch.Tensor, torch.Tensor | None]
+) -> tuple[Task | None, TaskData | None]:
+    """A built-in language model shipped as a Hugging Face directory with its tokenizer
+    (``tiny-llama``) is judged by the causal-LM task per token (KL mean and 99th percentile, same
+    top token), on its own eval split; the older built-ins keep their task by name."""
+    if spec.loader is None or spec.task != "lm":
+        return None, None
+    from explorer.tasks import task_object
+    from explorer.tasks.text import load_tokenizer, tokenizer_summary
+
+    tokenizer = load_tokenizer(spec.asset_dir)
+    x, y = eval_split
+    assert y is not None
+    scored = int((y != -100).sum())
+    data = TaskData(
+        eval_split=eval_split,
+        calibration_split=spec.load_split("calibration"),
+        metric="perplexity",
+        description=(
+            f"{scored:,} tokens of {spec.name}'s held-out split in {len(x)} windows of "
+            f"{x.shape[1]} tokens"
+        ),
+        tokens_evaluated=scored,
+        tokenizer=None if tokenizer is None else tokenizer_summary(tokenizer),
+    )
+    return task_object("lm"), data
+
+
 def resolve_task(source: ModelSource) -> str | None:
     """The task of a Hugging Face directory: ``source.task`` if named, else recognised from its
     ``config.json``; None for built-in models and factories."""
@@ -529,6 +586,7 @@ def open_context(source: ModelSource) -> ModelContext:
     spec = loaded.builtin
     if spec is not None and source.data is None:
         x_eval, y_eval = spec.load_split("eval")
+        task_spec, task_data = _builtin_hf_task(spec, (x_eval, y_eval))
         return ModelContext(
             name=loaded.name,
             source=source,
@@ -542,6 +600,8 @@ def open_context(source: ModelSource) -> ModelContext:
             workloads=spec.workloads(),
             qat_lr=spec.qat_lr,
             qat_batch=spec.qat_batch,
+            task_spec=task_spec,
+            data=task_data,
         )
     if source.data is not None:
         from explorer.models.userdata import check_for_model, load_dataset, require_samples

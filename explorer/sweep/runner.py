@@ -43,6 +43,7 @@ from explorer.nn.capture import capture_outputs
 from explorer.nn.convert import (
     QuantReport,
     as_linear,
+    linear_parameter_count,
     quant_modules,
     quantize_model,
     select_kernels,
@@ -62,6 +63,8 @@ from explorer.sweep.version import code_version
 
 LAYER_PROFILE_RUNS = 5
 OUTPUT_SQNR_SAMPLES = 64
+PER_LAYER_FULL_WEIGHTS = 50_000_000
+"""Language models with more linear weights compare per-layer outputs on 1 sequence, not 4."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,10 @@ def per_layer(
     names = [n for n in layers if n in float_modules]
     x = ctx.calibration_inputs(OUTPUT_SQNR_SAMPLES)
     if ctx.task == "lm":
-        x = x[:4]
+        # every layer's output is kept, float and quantized: a 150k vocabulary's logits alone
+        # are 311 MB per 512 tokens, so big models compare one calibration sequence
+        big = linear_parameter_count(ctx.model) > PER_LAYER_FULL_WEIGHTS
+        x = x[: 1 if big else 4]
     f_out = capture_outputs(ctx.folded, names, x)
     q_out = capture_outputs(qmodel, names, x)
     times = _layer_times(qmodel, names, primary) if primary is not None else {}

@@ -57,6 +57,8 @@ EVAL_TOKENS = 16384
 CALIBRATION_SEQUENCES = 32
 CALIBRATION_LEN = 128
 RANDOM_SEQUENCES = 64
+STATS_CHUNK_ELEMENTS = 1 << 24
+"""Most logits of one sequence that `CausalLMTask.stats` scores at once (128 MB in float64)."""
 BYTE_VOCAB = 256
 
 
@@ -242,7 +244,24 @@ class CausalLMTask(Task):
     def stats(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> SampleStats:
         if targets is None:
             return SampleStats(n_samples=outputs.shape[0])
-        return lm_stats(outputs, targets, ignore_index=IGNORE)
+        n, steps, vocab = outputs.shape
+        if steps * vocab <= STATS_CHUNK_ELEMENTS:
+            return lm_stats(outputs, targets, ignore_index=IGNORE)
+        # A window of a wide vocabulary (511 x 151,936) is 620 MB once `lm_stats` converts it
+        # to float64, and as much again for its log-softmax: score it a span of positions at a
+        # time (spans with nothing scored skipped) and add the spans' sums.
+        span = max(1, STATS_CHUNK_ELEMENTS // vocab)
+        nll = torch.zeros(n, dtype=torch.float64)
+        for start in range(0, steps, span):
+            y = targets[:, start : start + span]
+            if bool((y != IGNORE).any()):
+                part = lm_stats(outputs[:, start : start + span], y, ignore_index=IGNORE)
+                assert part.nll is not None
+                nll += part.nll
+        tokens = (targets != IGNORE).sum(dim=1).to(torch.float64)
+        if not bool(tokens.sum()):
+            return lm_stats(outputs, targets, ignore_index=IGNORE)  # its error: nothing scored
+        return SampleStats(n_samples=n, nll=nll, tokens=tokens)
 
     def fidelity(
         self, ref: torch.Tensor, quant: torch.Tensor, targets: torch.Tensor | None
