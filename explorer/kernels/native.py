@@ -53,6 +53,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,18 +63,48 @@ from explorer.kernels import native_build
 from explorer.kernels.native_build import cache_dir
 
 __all__ = [
+    "ISAS",
+    "PackedInt4",
+    "PackedInt8",
     "available",
     "build_info",
     "byte_sum",
     "cache_dir",
     "force_scalar",
     "int8_gemm",
+    "int8_gemm_packed",
+    "isa",
+    "isa_supported",
+    "missing_isa_features",
+    "pack_int4",
+    "pack_int8",
+    "packed_path",
+    "set_isa",
+    "supported_isas",
     "unavailable_reason",
+    "unpack_int8",
+    "w4a8_packed_dynamic_linear",
+    "w4a8_packed_linear",
     "w8a8_dynamic_linear",
     "w8a8_linear",
+    "w8a8_packed_dynamic_linear",
+    "w8a8_packed_linear",
     "weight_row_sums",
     "wo_linear",
 ]
+
+ISAS: tuple[str, ...] = ("scalar", "avx2", "avx_vnni", "avx512_vnni")
+"""The kernels' instruction-set paths in the C library's numbering (``qe_isa``), best last."""
+ISA_FEATURES: dict[str, tuple[str, ...]] = {
+    "scalar": (),
+    "avx2": ("avx2", "fma"),
+    "avx_vnni": ("avx2", "fma", "avx_vnni"),
+    "avx512_vnni": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+}
+"""The ``/proc/cpuinfo`` flags each path needs (the C code asks the CPU itself, with cpuid)."""
+PACKED_ISAS = frozenset({"scalar", "avx_vnni", "avx512_vnni"})
+"""Paths that run the repacked-weight kernels (AVX2 without VNNI runs the row-major ones)."""
+_EISA = -3
 
 _MAX_INT8_K = 131071  # K * 128 * 128 must fit in int32
 
@@ -116,6 +148,37 @@ def _declare(lib: ctypes.CDLL) -> None:
         _I64,
         _INT,
     ]
+    lib.qe_isa_supported.restype = _INT
+    lib.qe_isa_supported.argtypes = [_INT]
+    lib.qe_i8_packed_bytes.restype = _I64
+    lib.qe_i8_packed_bytes.argtypes = [_I64, _I64]
+    lib.qe_pack_i8.restype = _INT
+    lib.qe_pack_i8.argtypes = [_P, _I64, _I64, _P]
+    lib.qe_w4_packed_bytes.restype = _I64
+    lib.qe_w4_packed_bytes.argtypes = [_I64, _I64, _I64, _INT]
+    lib.qe_pack_w4.restype = _INT
+    lib.qe_pack_w4.argtypes = [_P, _P, _P, _I64, _I64, _I64, _P]
+    lib.qe_int8_gemm_packed.restype = _INT
+    lib.qe_int8_gemm_packed.argtypes = [_P, _P, _P, _I64, _I64, _I64, _INT]
+    lib.qe_w8a8_packed_linear.restype = _INT
+    lib.qe_w8a8_packed_linear.argtypes = [_P] * 7 + [_I64, _I64, _I64, _INT]
+    lib.qe_w8a8_dyn_packed_linear.restype = _INT
+    lib.qe_w8a8_dyn_packed_linear.argtypes = (
+        [_P, _INT, _INT, ctypes.c_float]
+        + [_P] * 4
+        + [
+            _I64,
+            _I64,
+            _I64,
+            _INT,
+        ]
+    )
+    lib.qe_w4a8_packed_linear.restype = _INT
+    lib.qe_w4a8_packed_linear.argtypes = [_P] * 4 + [_INT, _P, _P, _P] + [_I64] * 4 + [_INT]
+    lib.qe_w4a8_dyn_packed_linear.restype = _INT
+    lib.qe_w4a8_dyn_packed_linear.argtypes = (
+        [_P, _INT, _INT, ctypes.c_float, _P, _INT, _P, _P, _P] + [_I64] * 4 + [_INT]
+    )
     lib.qe_byte_sum.restype = _I64
     lib.qe_byte_sum.argtypes = [_P, _I64, _INT]
     lib.qe_w8a8_linear.restype = _INT
@@ -204,20 +267,68 @@ def unavailable_reason() -> str | None:
 
 def build_info() -> dict[str, object]:
     """Library path and sha256, flags, compile time (if compiled by this process), the
-    instruction-set path the kernels take (``avx2`` or ``scalar``), OpenMP; or the reason."""
+    instruction-set path the kernels take (one of `ISAS`) and the paths this CPU can run,
+    OpenMP; or the reason."""
     lib = _load()
     info = dict(_info)
     info["available"] = lib is not None
     if lib is not None:
-        info["isa"] = "avx2" if lib.qe_isa() else "scalar"
+        info["isa"] = ISAS[lib.qe_isa()]
+        info["isas"] = supported_isas()
     else:
         info["reason"] = _reason
     return info
 
 
+def isa() -> str:
+    """The instruction-set path the kernels take now (one of `ISAS`)."""
+    return ISAS[_get().qe_isa()]
+
+
+def isa_supported(name: str) -> bool:
+    """Whether this CPU can run path ``name`` (the C library asks the CPU with cpuid)."""
+    if name not in ISAS:
+        raise ValueError(f"unknown instruction-set path {name!r}; known: {', '.join(ISAS)}")
+    return bool(_get().qe_isa_supported(ISAS.index(name)))
+
+
+def supported_isas() -> list[str]:
+    """The paths this CPU can run, scalar first."""
+    lib = _get()
+    return [name for i, name in enumerate(ISAS) if lib.qe_isa_supported(i)]
+
+
+def missing_isa_features(name: str) -> list[str]:
+    """The ``/proc/cpuinfo`` flags path ``name`` needs that this CPU does not list."""
+    from explorer.machine import cpu_flags
+
+    flags = cpu_flags()
+    return [f for f in ISA_FEATURES[name] if f not in flags]
+
+
+def set_isa(name: str | None) -> str:
+    """Force path ``name`` (``None``: the best this CPU has, the default); returns the path now
+    taken.  A path the CPU lacks is refused with the flags it misses."""
+    lib = _get()
+    if name is None:
+        return ISAS[lib.qe_set_isa(-1)]
+    if not isa_supported(name):
+        missing = missing_isa_features(name) or ["a feature cpuid does not report"]
+        raise KernelError(
+            f"cannot force the {name} kernels: {', '.join(missing)} not in /proc/cpuinfo flags"
+        )
+    return ISAS[lib.qe_set_isa(ISAS.index(name))]
+
+
 def force_scalar(enabled: bool) -> None:
     """Force the portable scalar kernels (testing aid); ``False`` restores auto-detection."""
-    _get().qe_set_isa(0 if enabled else -1)
+    set_isa("scalar" if enabled else None)
+
+
+def packed_path() -> bool:
+    """Whether the kernels now run on repacked weights (`pack_int8`, `pack_int4`): the VNNI
+    paths; the scalar path reads both layouts, AVX2 only the row-major one."""
+    return isa() in PACKED_ISAS - {"scalar"}
 
 
 def _get() -> ctypes.CDLL:
@@ -291,6 +402,11 @@ def _matrix(name: str, t: object, dtype: torch.dtype, cols: int, what: str) -> t
 
 
 def _check_rc(rc: int, fn: str) -> None:
+    if rc == _EISA:
+        raise KernelError(
+            f"native kernel {fn} reads repacked weights, which the {isa()} path does not; "
+            f"use the row-major weights or one of {', '.join(sorted(PACKED_ISAS))}"
+        )
     if rc != 0:
         raise KernelError(f"native kernel {fn} failed with status {rc}")
 
@@ -636,6 +752,287 @@ def w4a8_dynamic_linear(
         torch.get_num_threads(),
     )
     _check_rc(rc, "qe_w4a8_dyn_linear")
+    return y
+
+
+# ----------------------------------------------------------------------------------------
+# repacked weights (interleaved row panels, see "Repacked weights" in qe_kernels.c)
+# ----------------------------------------------------------------------------------------
+
+PANEL_ROWS = 16
+
+
+@dataclass(frozen=True)
+class PackedInt8:
+    """int8 weights [n, k] repacked into panels of 16 rows, K interleaved by 4 (the operand of
+    one ``vpdpbusd``), with their int32 row sums; made by `pack_int8`."""
+
+    data: torch.Tensor  # uint8, qe_i8_packed_bytes(n, k)
+    n: int
+    k: int
+
+
+@dataclass(frozen=True)
+class PackedInt4:
+    """4-bit codes [n, k] repacked into panels of 16 rows, 8 elements per 4 bytes, with the
+    group scales (and scale x zero point when ``asym``) in panel order; made by `pack_int4`."""
+
+    data: torch.Tensor  # uint8, qe_w4_packed_bytes(n, k, group, asym)
+    n: int
+    k: int
+    group: int
+    asym: bool
+
+
+def pack_int8(wq: torch.Tensor) -> PackedInt8:
+    """Repack int8 weights ``wq`` [N, K] for the VNNI kernels (done once per layer)."""
+    lib = _get()
+    wq = _tensor("wq", wq, torch.int8)
+    if wq.dim() != 2 or wq.shape[0] == 0 or wq.shape[1] == 0:
+        raise ValueError(f"wq must be a non-empty 2-D tensor [N, K], got {list(wq.shape)}")
+    n, k = wq.shape
+    if k > _MAX_INT8_K:
+        raise ValueError(f"K={k} exceeds {_MAX_INT8_K}: int32 accumulation could overflow")
+    wq = wq.contiguous()
+    data = torch.empty(lib.qe_i8_packed_bytes(n, k), dtype=torch.uint8)
+    _check_rc(lib.qe_pack_i8(wq.data_ptr(), n, k, data.data_ptr()), "qe_pack_i8")
+    return PackedInt8(data, n, k)
+
+
+def unpack_int8(packed: PackedInt8) -> torch.Tensor:
+    """The row-major int8 weights [N, K] back from `pack_int8`'s layout (for the AVX2 path)."""
+    n, k = packed.n, packed.k
+    panels, k4 = -(-n // PANEL_ROWS), -(-k // 4)
+    codes = packed.data[: panels * k4 * PANEL_ROWS * 4].view(torch.int8)
+    rows = codes.reshape(panels, k4, PANEL_ROWS, 4).permute(0, 2, 1, 3)
+    return rows.reshape(panels * PANEL_ROWS, k4 * 4)[:n, :k].contiguous()
+
+
+def pack_int4(
+    codes: torch.Tensor, w_scale: torch.Tensor, w_zero_scaled: torch.Tensor | None, group_size: int
+) -> PackedInt4:
+    """Repack 4-bit ``codes`` uint8 [N, K/2] (element 2j in the low nibble of byte j) with their
+    ``w_scale`` [N, K/G] and, for asymmetric weights, ``w_zero_scaled`` = scale x zero point
+    (``None``: symmetric, zero point 8) for the VNNI W4A8 kernels (done once per layer)."""
+    lib = _get()
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
+        raise ValueError("codes must be a 2-D tensor [N, K/2]")
+    n, k = codes.shape[0], 2 * codes.shape[1]
+    _w4_weights(
+        k,
+        codes,
+        w_scale,
+        w_scale if w_zero_scaled is None else w_zero_scaled,
+        None,
+        group_size,
+        None,
+    )
+    asym = w_zero_scaled is not None
+    data = torch.empty(lib.qe_w4_packed_bytes(n, k, group_size, int(asym)), dtype=torch.uint8)
+    rc = lib.qe_pack_w4(
+        codes.data_ptr(),
+        w_scale.data_ptr(),
+        w_zero_scaled.data_ptr() if asym else None,
+        n,
+        k,
+        group_size,
+        data.data_ptr(),
+    )
+    _check_rc(rc, "qe_pack_w4")
+    return PackedInt4(data, n, k, group_size, asym)
+
+
+def _packed(name: str, p: object, kind: type, k: int) -> Any:
+    if not isinstance(p, kind):
+        raise ValueError(f"{name} must be a {kind.__name__}, got {type(p).__name__}")
+    if p.k != k:
+        raise ValueError(f"{name} holds K={p.k} but the activations have K={k}")
+    return p
+
+
+def int8_gemm_packed(xq: torch.Tensor, packed: PackedInt8) -> torch.Tensor:
+    """`int8_gemm` on weights repacked by `pack_int8` (exact, int32 [M, N])."""
+    lib = _get()
+    xq, m, k = _int8_rows("xq", xq, torch.int8)
+    packed = _packed("packed", packed, PackedInt8, k)
+    out = torch.empty((*xq.shape[:-1], packed.n), dtype=torch.int32)
+    if m == 0:
+        return out
+    rc = lib.qe_int8_gemm_packed(
+        xq.data_ptr(),
+        packed.data.data_ptr(),
+        out.data_ptr(),
+        m,
+        packed.n,
+        k,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_int8_gemm_packed")
+    return out
+
+
+def w8a8_packed_linear(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero: torch.Tensor | None,
+    packed: PackedInt8,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`w8a8_linear` on weights repacked by `pack_int8` (which holds the row sums)."""
+    lib = _get()
+    xq, m, k = _int8_rows("xq", xq, torch.int8)
+    packed = _packed("packed", packed, PackedInt8, k)
+    n = packed.n
+    x_scale = _vector("x_scale", x_scale, torch.float32, m, allow_scalar=True)
+    w_scale = _vector("w_scale", w_scale, torch.float32, n, allow_scalar=True)
+    zptr = None
+    if x_zero is not None:
+        zptr = _vector("x_zero", x_zero, torch.int32, m, allow_scalar=True).data_ptr()
+    bptr = None if bias is None else _dense("bias", bias, torch.float32, (n,)).data_ptr()
+    y = torch.empty((*xq.shape[:-1], n), dtype=torch.float32)
+    if m == 0:
+        return y
+    rc = lib.qe_w8a8_packed_linear(
+        xq.data_ptr(),
+        x_scale.data_ptr(),
+        zptr,
+        packed.data.data_ptr(),
+        w_scale.data_ptr(),
+        bptr,
+        y.data_ptr(),
+        m,
+        n,
+        k,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_w8a8_packed_linear")
+    return y
+
+
+def w8a8_packed_dynamic_linear(
+    x: torch.Tensor,
+    packed: PackedInt8,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    per_token: bool,
+    symmetric: bool,
+    eps: float,
+) -> torch.Tensor:
+    """`w8a8_dynamic_linear` on weights repacked by `pack_int8`."""
+    lib = _get()
+    x, m, k = _int8_rows("x", x, torch.float32)
+    packed = _packed("packed", packed, PackedInt8, k)
+    n = packed.n
+    w_scale = _vector("w_scale", w_scale, torch.float32, n, allow_scalar=True)
+    bptr = None if bias is None else _dense("bias", bias, torch.float32, (n,)).data_ptr()
+    y = torch.empty((*x.shape[:-1], n), dtype=torch.float32)
+    if m == 0:
+        return y
+    rc = lib.qe_w8a8_dyn_packed_linear(
+        x.data_ptr(),
+        int(per_token),
+        int(symmetric),
+        eps,
+        packed.data.data_ptr(),
+        w_scale.data_ptr(),
+        bptr,
+        y.data_ptr(),
+        m,
+        n,
+        k,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_w8a8_dyn_packed_linear")
+    return y
+
+
+def _w4_packed_args(
+    packed: PackedInt4, k: int, zero_term: torch.Tensor | None, bias: torch.Tensor | None
+) -> tuple[int | None, ...]:
+    packed = _packed("packed", packed, PackedInt4, k)
+    n = packed.n
+    cptr = None if zero_term is None else _dense("zero_term", zero_term, torch.float32, (n,))
+    bptr = None if bias is None else _dense("bias", bias, torch.float32, (n,))
+    return (
+        packed.data.data_ptr(),
+        int(packed.asym),
+        None if cptr is None else cptr.data_ptr(),
+        None if bptr is None else bptr.data_ptr(),
+    )
+
+
+def w4a8_packed_linear(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero: torch.Tensor | None,
+    packed: PackedInt4,
+    zero_term: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`w4a8_linear` on weights repacked by `pack_int4` (which holds the scales)."""
+    lib = _get()
+    xq, m, k = _int8_rows("xq", xq, torch.int8)
+    x_scale = _vector("x_scale", x_scale, torch.float32, m, allow_scalar=True)
+    zptr = None
+    if x_zero is not None:
+        zptr = _vector("x_zero", x_zero, torch.int32, m, allow_scalar=True).data_ptr()
+        if zero_term is None:
+            raise ValueError("zero_term is required when x_zero is given")
+    args = _w4_packed_args(packed, k, zero_term, bias)
+    y = torch.empty((*xq.shape[:-1], packed.n), dtype=torch.float32)
+    if m == 0:
+        return y
+    rc = lib.qe_w4a8_packed_linear(
+        xq.data_ptr(),
+        x_scale.data_ptr(),
+        zptr,
+        *args,
+        y.data_ptr(),
+        m,
+        packed.n,
+        k,
+        packed.group,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_w4a8_packed_linear")
+    return y
+
+
+def w4a8_packed_dynamic_linear(
+    x: torch.Tensor,
+    packed: PackedInt4,
+    zero_term: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    *,
+    per_token: bool = True,
+    symmetric: bool = True,
+    eps: float,
+) -> torch.Tensor:
+    """`w4a8_dynamic_linear` on weights repacked by `pack_int4`."""
+    lib = _get()
+    x, m, k = _int8_rows("x", x, torch.float32)
+    if zero_term is None and not symmetric:
+        raise ValueError("zero_term is required for asymmetric activations")
+    args = _w4_packed_args(packed, k, zero_term, bias)
+    y = torch.empty((*x.shape[:-1], packed.n), dtype=torch.float32)
+    if m == 0:
+        return y
+    rc = lib.qe_w4a8_dyn_packed_linear(
+        x.data_ptr(),
+        int(per_token),
+        int(symmetric),
+        eps,
+        *args,
+        y.data_ptr(),
+        m,
+        packed.n,
+        k,
+        packed.group,
+        torch.get_num_threads(),
+    )
+    _check_rc(rc, "qe_w4a8_dyn_packed_linear")
     return y
 
 

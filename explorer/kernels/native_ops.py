@@ -8,11 +8,18 @@
 - ``int4-w4a8-native``: int8 activations (any mode the W8A8 kernel takes) × packed int4 weights
   with per-group or per-channel scales (symmetric or not): exact per-group integer dot products
   (``vpmaddubsw`` on nibble × int8 pairs, which cannot saturate), one float FMA per group.
+
+On CPUs with AVX-512 VNNI or AVX-VNNI the integer kernels' ``prepare`` also repacks the weights
+into interleaved row panels (`native.pack_int8`, `native.pack_int4`: the layout ``vpdpbusd``
+streams, scales alongside) and ``run`` uses them whenever the library's path reads that layout;
+a path forced to AVX2 afterwards (tests) runs on the row-major weights, which the state keeps as
+views of the quantized weight (int4) or recovers from the panels (int8), so nothing is stored
+twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -63,6 +70,27 @@ class W4A8State:
     zero_term: torch.Tensor  # per output: sum over groups of scale x (code sum - G x zero) [N]
     group: int
     bias: torch.Tensor | None
+    packed: native.PackedInt4 | None = None  # the VNNI layout, when the CPU has it
+
+
+@dataclass(frozen=True)
+class W8A8State:
+    """What `NativeW8A8Kernel.prepare` packs once per layer: the weights ready for any int8 ×
+    int8 kernel and, on VNNI CPUs, repacked into panels (then ``w.wq`` is left empty)."""
+
+    spec: LinearSpec
+    w: A8W8Weights
+    act: ActQParams | None
+    packed: native.PackedInt8 | None = None
+
+    def row_major(self) -> torch.Tensor:
+        """int8 [N, K] weights for the row-major kernels."""
+        return self.w.wq if self.packed is None else native.unpack_int8(self.packed)
+
+
+def _repack() -> bool:
+    """Whether prepared integer layers should hold repacked weights (the VNNI paths)."""
+    return native.packed_path()
 
 
 class NativeWeightOnlyKernel:
@@ -135,10 +163,37 @@ class NativeW4A8Kernel:
         code_sums = nibbles.reshape(n, k // group, group // 2).sum(-1).float()  # [N, K/G]
         zero_term = (scale * (code_sums - group * zero)).sum(1).contiguous()
         b = None if bias is None else bias.float().contiguous()
-        return W4A8State(spec, act, codes, scale, (scale * zero).contiguous(), zero_term, group, b)
+        scaled_zero = (scale * zero).contiguous()
+        packed = None
+        if _repack():  # symmetric codes (zero point 8) need no scale x zero stream
+            packed = native.pack_int4(codes, scale, None if qw.zero is None else scaled_zero, group)
+        return W4A8State(spec, act, codes, scale, scaled_zero, zero_term, group, b, packed)
 
     def run(self, state: W4A8State, x: torch.Tensor) -> torch.Tensor:
-        spec, act, codes, scale = state.spec, state.act, state.codes, state.scale
+        spec, act, packed = state.spec, state.act, state.packed
+        if packed is not None and native.packed_path():
+            if not spec.act_static:
+                return native.w4a8_packed_dynamic_linear(
+                    x.float().contiguous(),
+                    packed,
+                    state.zero_term,
+                    state.bias,
+                    per_token=spec.act_granularity == "token",
+                    symmetric=spec.act_symmetric,
+                    eps=SCALE_EPS,
+                )
+            q, xs, xz = quantize_activation(x, spec, act)
+            xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
+            zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
+            return native.w4a8_packed_linear(
+                xq.contiguous(),
+                xs.reshape(-1).float().contiguous(),
+                zx,
+                packed,
+                state.zero_term,
+                state.bias,
+            )
+        codes, scale = state.codes, state.scale
         scaled_zero, zero_term, group, bias = (
             state.scaled_zero,
             state.zero_term,
@@ -190,16 +245,23 @@ class NativeW8A8Kernel:
         bias: torch.Tensor | None,
         act: ActQParams | None,
     ) -> Any:
-        return spec, A8W8Weights.build(qw, bias, "cpu"), act
+        w = A8W8Weights.build(qw, bias, "cpu")
+        if not _repack():
+            return W8A8State(spec, w, act)
+        packed = native.pack_int8(w.wq)
+        return W8A8State(spec, replace(w, wq=w.wq.new_empty((0, w.wq.shape[1]))), act, packed)
 
-    def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
-        spec, w, act = state
+    def run(self, state: W8A8State, x: torch.Tensor) -> torch.Tensor:
+        spec, w, act, packed = state.spec, state.w, state.act, state.packed
+        if packed is not None and native.packed_path():
+            return self._run_packed(state, packed, x)
+        wq = state.row_major()
         if not spec.act_static and w.zero is None:
             # Dynamic activations quantized in C with the same arithmetic (same codes, same
             # outputs), instead of ~10 torch ops per call: what small layers and M = 1 pay for.
             return native.w8a8_dynamic_linear(
                 x.float().contiguous(),
-                w.wq,
+                wq,
                 w.scale,
                 w.wsum,
                 w.bias,
@@ -212,9 +274,34 @@ class NativeW8A8Kernel:
         zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
         if w.zero is None:
             return native.w8a8_linear(
-                xq.contiguous(), xs.reshape(-1).contiguous(), zx, w.wq, w.scale, w.wsum, w.bias
+                xq.contiguous(), xs.reshape(-1).contiguous(), zx, wq, w.scale, w.wsum, w.bias
             )
         # Asymmetric weights: exact int32 product, then all zero-point corrections in the epilogue.
-        acc = native.int8_gemm(xq.contiguous(), w.wq)
+        acc = native.int8_gemm(xq.contiguous(), wq)
+        xsum = xq.to(torch.int32).sum(dim=1, keepdim=True)
+        return a8w8_epilogue(acc, xs, xz, xsum, w, spec.k, spec.act_symmetric)
+
+    @staticmethod
+    def _run_packed(state: W8A8State, packed: native.PackedInt8, x: torch.Tensor) -> torch.Tensor:
+        """`run` on the repacked weights (same arithmetic, the VNNI kernels)."""
+        spec, w, act = state.spec, state.w, state.act
+        if not spec.act_static and w.zero is None:
+            return native.w8a8_packed_dynamic_linear(
+                x.float().contiguous(),
+                packed,
+                w.scale,
+                w.bias,
+                per_token=spec.act_granularity == "token",
+                symmetric=spec.act_symmetric,
+                eps=SCALE_EPS,
+            )
+        q, xs, xz = quantize_activation(x, spec, act)
+        xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
+        zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
+        if w.zero is None:
+            return native.w8a8_packed_linear(
+                xq.contiguous(), xs.reshape(-1).contiguous(), zx, packed, w.scale, w.bias
+            )
+        acc = native.int8_gemm_packed(xq.contiguous(), packed)
         xsum = xq.to(torch.int32).sum(dim=1, keepdim=True)
         return a8w8_epilogue(acc, xs, xz, xsum, w, spec.k, spec.act_symmetric)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -10,7 +10,10 @@ from explorer.kernels import native
 from explorer.machine import cpu_flags
 
 SIMD_FEATURES = ("avx2", "fma")
-"""What the C kernels' vector path needs (``qe_kernels.c`` checks both at load time)."""
+"""What the C kernels' AVX2 path needs (``qe_kernels.c`` checks both at load time)."""
+
+ISA_PARAMS = ("avx512_vnni", "avx_vnni", "avx2", "scalar")
+"""Every instruction-set path of the C kernels (`explorer.kernels.native.ISAS`), best first."""
 
 
 def missing_simd_features() -> list[str]:
@@ -19,23 +22,63 @@ def missing_simd_features() -> list[str]:
     return [f for f in SIMD_FEATURES if f not in flags]
 
 
-@pytest.fixture(params=["simd", "scalar"])
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Runs a native-kernel test on the AVX2 path and again on the portable scalar path.
+def skip_reason(name: str) -> str | None:
+    """Why path ``name`` cannot run on this CPU, naming the missing feature (None: it can).
 
-    The "simd" case skips, naming the missing CPU feature, where the library would take the
-    scalar path anyway: otherwise it would pass without running a single vector instruction."""
-    if request.param == "simd":
-        missing = missing_simd_features()
-        if missing:
-            pytest.skip(f"this CPU lacks {' and '.join(missing)}: the SIMD kernels cannot run")
-        if native.build_info().get("isa") != "avx2":
-            pytest.skip("the native library reports the scalar path on this CPU")
-    native.force_scalar(request.param == "scalar")
+    The /proc/cpuinfo flags name what is missing; the library's own cpuid check decides, so a
+    path is never reported as tested when the library would not take it."""
+    missing = native.missing_isa_features(name)
+    if missing:
+        return f"{', '.join(missing)} not in /proc/cpuinfo flags: the {name} kernels cannot run"
+    if not native.isa_supported(name):
+        return f"the native library reports that this CPU cannot run the {name} kernels"
+    return None
+
+
+@pytest.fixture(params=ISA_PARAMS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a native-kernel test on every instruction-set path this CPU has (AVX-512 VNNI,
+    AVX-VNNI, AVX2, the portable scalar code); the others skip, naming the missing feature."""
+    reason = skip_reason(request.param)
+    if reason:
+        pytest.skip(reason)
     try:
-        if request.param == "simd":
-            # the path actually taken, not the one asked for
-            assert native.build_info()["isa"] == "avx2"
+        # the path actually taken, not the one asked for
+        assert native.set_isa(request.param) == request.param
+        assert native.build_info()["isa"] == request.param
         yield request.param
     finally:
-        native.force_scalar(False)
+        native.set_isa(None)
+
+
+@pytest.fixture(params=("avx2", "scalar"))
+def wo_isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The paths of the kernels that have no VNNI code (weight-only, the streaming read): the
+    VNNI paths run their AVX2 code, so testing them again would test nothing new."""
+    reason = skip_reason(request.param)
+    if reason:
+        pytest.skip(reason)
+    try:
+        assert native.set_isa(request.param) == request.param
+        yield request.param
+    finally:
+        native.set_isa(None)
+
+
+@pytest.fixture(params=("avx512_vnni", "avx_vnni", "scalar"))
+def packed_isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The paths that read repacked weights (`native.pack_int8`, `native.pack_int4`)."""
+    reason = skip_reason(request.param)
+    if reason:
+        pytest.skip(reason)
+    try:
+        assert native.set_isa(request.param) == request.param
+        yield request.param
+    finally:
+        native.set_isa(None)
+
+
+@pytest.fixture
+def isa_skip_reason() -> Callable[[str], str | None]:
+    """`skip_reason`, for tests of the skip messages themselves."""
+    return skip_reason

@@ -56,6 +56,7 @@
  * short, 2-4 KiB streams that the hardware prefetcher ramps up on too late).  The per-call
  * workspace is cached between calls (no page faults in steady state).
  */
+#ifndef QE_VNNI_PASS /* the file proper; the VNNI template is at the end */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -94,31 +95,58 @@ enum { QE_OK = 0, QE_EINVAL = -1, QE_ENOMEM = -2 };
 #endif
 #define QE_MAX_K 131071 /* int8 kernels: K * 128 * 128 must fit in int32 */
 
-static int qe_forced_isa = -1; /* -1: auto, 0: scalar, 1: avx2 (if supported) */
+/* Instruction-set paths, best last.  A path is taken only if the CPU has every feature it
+ * needs; qe_set_isa forces a lower one (tests run each path the CPU has). */
+enum { QE_ISA_SCALAR = 0, QE_ISA_AVX2 = 1, QE_ISA_AVXVNNI = 2, QE_ISA_AVX512VNNI = 3 };
+#define QE_ISA_MAX QE_ISA_AVX512VNNI
 
-static int qe_cpu_has_avx2(void) {
+static int qe_forced_isa = -1; /* -1: the best path the CPU has */
+
+static int qe_cpu_has(int isa) {
 #if QE_HAVE_X86
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    switch (isa) {
+        case QE_ISA_SCALAR: return 1;
+        case QE_ISA_AVX2: return avx2;
+        case QE_ISA_AVXVNNI: return avx2 && __builtin_cpu_supports("avxvnni");
+        case QE_ISA_AVX512VNNI:
+            return avx2 && __builtin_cpu_supports("avx512f") &&
+                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                   __builtin_cpu_supports("avx512vnni");
+        default: return 0;
+    }
 #else
-    return 0;
+    return isa == QE_ISA_SCALAR;
 #endif
 }
 
 static int qe_effective_isa(void) {
-    int has = qe_cpu_has_avx2();
-    if (qe_forced_isa == 0) return 0;
-    return has;
+    if (qe_forced_isa >= 0) return qe_forced_isa;
+    for (int isa = QE_ISA_MAX; isa > QE_ISA_SCALAR; --isa)
+        if (qe_cpu_has(isa)) return isa;
+    return QE_ISA_SCALAR;
 }
 
 QE_EXPORT int qe_abi_version(void) { return 1; }
 
-/* 1 if the AVX2+FMA kernels are used, 0 for the scalar fallback. */
+/* The path the kernels take: 0 scalar, 1 avx2 (+fma), 2 avx_vnni (256-bit vpdpbusd),
+ * 3 avx512_vnni.  The weight-only kernels and qe_byte_sum use their AVX2 code from 1 up; the
+ * int8 and W4A8 kernels have a vpdpbusd path for 2 and 3 (see "Repacked weights" below). */
 QE_EXPORT int qe_isa(void) { return qe_effective_isa(); }
 
-/* Force the scalar path (0) or go back to automatic selection (-1); returns qe_isa(). */
+/* 1 if this CPU can run path `isa`, else 0. */
+QE_EXPORT int qe_isa_supported(int isa) { return isa >= 0 && isa <= QE_ISA_MAX && qe_cpu_has(isa); }
+
+/* Force path `isa` (-1: back to the best the CPU has); returns qe_isa(), or QE_EINVAL (and
+ * changes nothing) when the CPU cannot run that path. */
 QE_EXPORT int qe_set_isa(int isa) {
-    qe_forced_isa = (isa == 0) ? 0 : -1;
+    if (isa < 0) {
+        qe_forced_isa = -1;
+    } else {
+        if (!qe_isa_supported(isa)) return QE_EINVAL;
+        qe_forced_isa = isa;
+    }
     return qe_effective_isa();
 }
 
@@ -197,6 +225,13 @@ static void qe_ws_put(char* mem, int cached) {
 }
 
 static size_t qe_round64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+
+/* Defined with the repacked-weight kernels at the end of the file: the int8 and W4A8 entry
+ * points on raw weights repack them per call and run those kernels on the VNNI paths. */
+struct qe_i8_ctx_s;
+struct qe_w4a8_ctx_s;
+static int qe_i8_run_packed(const struct qe_i8_ctx_s* c, int nthreads);
+static int qe_w4a8_run_packed(const struct qe_w4a8_ctx_s* c, int nthreads);
 
 /* ======================================================================================= */
 /* Weight-only linear                                                                      */
@@ -838,7 +873,7 @@ QE_EXPORT int64_t qe_byte_sum(const void* data, int64_t bytes, int nthreads) {
 /* Integer GEMM (exact) and W8A8 linear                                                   */
 /* ======================================================================================= */
 
-typedef struct {
+typedef struct qe_i8_ctx_s {
     const int8_t* xq;
     const int8_t* wq;
     int32_t* out;      /* int8_gemm output or NULL */
@@ -1047,6 +1082,7 @@ static int qe_i8_run(qe_i8_ctx* c, int nthreads) {
     if (M == 0 || N == 0) return QE_OK;
     if (nthreads < 1) nthreads = 1;
     const int isa = qe_effective_isa();
+    if (isa >= QE_ISA_AVXVNNI) return qe_i8_run_packed(c, nthreads);
     if (isa == 0) {
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
         {
@@ -1298,7 +1334,7 @@ QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, f
 
 #define QE_W4A8_I16 4 /* 64-element blocks summed in int16 before widening */
 
-typedef struct {
+typedef struct qe_w4a8_ctx_s {
     const int8_t* xq;
     const float* xs;
     const int32_t* zx;
@@ -1528,6 +1564,7 @@ QE_EXPORT int qe_w4a8_linear(const int8_t* xq, const float* xs, const int32_t* z
     memset(&c, 0, sizeof(c));
     c.xq = xq, c.xs = xs, c.zx = zx, c.codes = codes, c.ws = ws, c.wzs = wzs, c.cz = cz;
     c.bias = bias, c.y = y, c.M = M, c.N = N, c.K = K, c.G = G, c.ng = K / G, c.nb = K / 64;
+    if (qe_effective_isa() >= QE_ISA_AVXVNNI) return qe_w4a8_run_packed(&c, nthreads);
     const size_t nb = (size_t)c.nb;
     const size_t o_xp = qe_round64(sizeof(float) * (size_t)(M * c.ng));
     const size_t o_g = o_xp + qe_round64((size_t)(M * K));
@@ -1586,3 +1623,721 @@ QE_EXPORT int qe_w4a8_dyn_linear(const float* x, int per_token, int symmetric, f
     free(a.mem);
     return rc;
 }
+
+/* ======================================================================================= */
+/* Repacked weights: interleaved row panels for vpdpbusd                                   */
+/* ======================================================================================= */
+/*
+ * At M = 1 a linear layer is a stream over its weights, and reading row after row (each a
+ * separate 2-4 KiB stream, plus its scales elsewhere) reaches well under the read rate.  So
+ * the prepared layers keep their weights repacked, as llama.cpp's repacked Q4_0 / Q4_K do,
+ * into panels of QE_PR = 16 rows whose K dimension is interleaved at the width one vpdpbusd
+ * consumes: for a panel, the bytes of one K step of all 16 rows are adjacent, so one 64-byte
+ * load is one vector of 16 output columns, and the M = 1 kernel reads each panel (and the
+ * whole matrix, panel after panel) as one contiguous buffer.  No horizontal sums: lane r of
+ * an accumulator is output column 16p + r.
+ *
+ * int8 (W8A8, int8 GEMM): [panel][K/4 steps][16 rows][4 bytes], K padded with zeros to a
+ * multiple of 4, N to a multiple of 16; then int32 wsum[16 * panels] (row sums of the codes).
+ * vpdpbusd multiplies *unsigned* bytes by signed bytes, so the activations enter as
+ * xq + 128 (xq ^ 0x80, 0..255) and the product gains 128 * wsum[n], subtracted in the
+ * epilogue.  The accumulator wraps modulo 2^32 (vpdpbusd does not saturate) and so does the
+ * correction; the difference is the exact int32 result whenever that fits (|K| <= 131071).
+ *
+ * W4A8: codes [panel][K/8 steps][16 rows][4 bytes], byte j of a row holding element 8s + j
+ * in its low nibble and 8s + 4 + j in its high nibble, so (v & 15) and (v >> 4 & 15) are
+ * two vectors of unsigned codes that meet the signed activations at 8s .. 8s+3 and
+ * 8s+4 .. 8s+7 (plain broadcasts, no permutation of x); then float ws[panel][group][16] and,
+ * for asymmetric weights, wzs = ws * z in the same order.  Symmetric codes (z = 8) subtract
+ * 8 * sum_k x per group in integers.  Groups are multiples of 32 elements (4 K steps), so a
+ * group never ends inside a step and the per-group flush is one convert and one FMA.
+ *
+ * Paths: avx512_vnni (one zmm per panel K step), avx_vnni (two ymm), and a scalar loop over
+ * the same layout (the reference for the layout).  AVX2 without VNNI keeps the row-major
+ * kernels above; the packed entry points answer QE_EISA there.
+ */
+#define QE_PR 16 /* rows per panel */
+#ifndef QE_PF_BYTES
+#define QE_PF_BYTES 2048 /* software prefetch distance in the M = 1 weight stream */
+#endif
+enum { QE_EISA = -3 };
+
+static int64_t qe_panels(int64_t N) { return (N + QE_PR - 1) / QE_PR; }
+
+/* Bytes of the repacked int8 weights [N, K] (codes, then the int32 row sums). */
+QE_EXPORT int64_t qe_i8_packed_bytes(int64_t N, int64_t K) {
+    if (N <= 0 || K <= 0) return QE_EINVAL;
+    const int64_t np = qe_panels(N);
+    return np * ((K + 3) / 4) * 64 + np * QE_PR * 4;
+}
+
+QE_EXPORT int qe_pack_i8(const int8_t* wq, int64_t N, int64_t K, void* out) {
+    if (!wq || !out || N <= 0 || K <= 0 || K > QE_MAX_K) return QE_EINVAL;
+    const int64_t np = qe_panels(N), k4 = (K + 3) / 4;
+    int8_t* d = (int8_t*)out;
+    int32_t* wsum = (int32_t*)(d + np * k4 * 64);
+    for (int64_t p = 0; p < np; ++p)
+        for (int64_t r = 0; r < QE_PR; ++r) {
+            const int64_t n = p * QE_PR + r;
+            const int8_t* src = n < N ? wq + n * K : NULL;
+            int32_t sum = 0;
+            for (int64_t k = 0; k < k4 * 4; ++k) {
+                const int8_t v = (src && k < K) ? src[k] : 0;
+                d[((p * k4 + k / 4) * QE_PR + r) * 4 + k % 4] = v;
+                sum += v;
+            }
+            wsum[n] = sum;
+        }
+    return QE_OK;
+}
+
+/* Bytes of the repacked 4-bit weights [N, K] with groups of G (codes, ws, and wzs if asym). */
+QE_EXPORT int64_t qe_w4_packed_bytes(int64_t N, int64_t K, int64_t G, int asym) {
+    if (N <= 0 || K <= 0 || G <= 0 || K % 32 || G % 32 || K % G) return QE_EINVAL;
+    const int64_t np = qe_panels(N);
+    return np * (K / 8) * 64 + np * (K / G) * QE_PR * 4 * (asym ? 2 : 1);
+}
+
+/* codes uint8 [N, K/2] (element 2j in the low nibble of byte j), ws [N, K/G], wzs [N, K/G]
+ * (ws times the zero point) or NULL for symmetric codes (zero point 8). */
+QE_EXPORT int qe_pack_w4(const uint8_t* codes, const float* ws, const float* wzs, int64_t N,
+                         int64_t K, int64_t G, void* out) {
+    if (!codes || !ws || !out || qe_w4_packed_bytes(N, K, G, wzs != NULL) < 0) return QE_EINVAL;
+    const int64_t np = qe_panels(N), k8 = K / 8, ng = K / G;
+    uint8_t* d = (uint8_t*)out;
+    float* s = (float*)(d + np * k8 * 64);
+    float* z = s + np * ng * QE_PR;
+    for (int64_t p = 0; p < np; ++p)
+        for (int64_t r = 0; r < QE_PR; ++r) {
+            const int64_t n = p * QE_PR + r;
+            const uint8_t* src = n < N ? codes + n * (K / 2) : NULL;
+            for (int64_t st = 0; st < k8; ++st)
+                for (int64_t j = 0; j < 4; ++j) {
+                    uint8_t v = 0;
+                    if (src) {
+                        const int64_t klo = 8 * st + j, khi = klo + 4;
+                        const int lo = (src[klo >> 1] >> ((klo & 1) * 4)) & 0xF;
+                        const int hi = (src[khi >> 1] >> ((khi & 1) * 4)) & 0xF;
+                        v = (uint8_t)(lo | (hi << 4));
+                    }
+                    d[((p * k8 + st) * QE_PR + r) * 4 + j] = v;
+                }
+            for (int64_t g = 0; g < ng; ++g) {
+                s[(p * ng + g) * QE_PR + r] = src ? ws[n * ng + g] : 0.0f;
+                if (wzs) z[(p * ng + g) * QE_PR + r] = src ? wzs[n * ng + g] : 0.0f;
+            }
+        }
+    return QE_OK;
+}
+
+typedef struct {
+    const int8_t* xq;  /* [M, K] activations (scalar path) */
+    const uint8_t* xu; /* [M, ldx] xq + 128, zero padded (VNNI paths) */
+    int64_t ldx;
+    const int8_t* w;   /* repacked codes */
+    const int32_t* wsum;
+    int64_t M, N, K, k4, np;
+    int32_t* out;      /* int8 GEMM output, or NULL */
+    float* y;          /* W8A8 output */
+    const float* xs;
+    const int32_t* zx;
+    const float* ws;
+    const float* bias;
+    int64_t* next;
+} qe_p8_ctx;
+
+/* cnt outputs of row m from column n0 on; offset: acc carries + 128 * wsum (VNNI paths). */
+static void qe_p8_store(const qe_p8_ctx* c, int64_t m, int64_t n0, const int32_t* acc, int cnt,
+                        int offset) {
+    for (int t = 0; t < cnt; ++t) {
+        const int64_t n = n0 + t;
+        const int32_t d =
+            offset ? (int32_t)((uint32_t)acc[t] - 128u * (uint32_t)c->wsum[n]) : acc[t];
+        if (c->out) {
+            c->out[m * c->N + n] = d;
+            continue;
+        }
+        int64_t e = d;
+        if (c->zx) e -= (int64_t)c->zx[m] * (int64_t)c->wsum[n];
+        double v = (double)e * (double)c->xs[m] * (double)c->ws[n];
+        if (c->bias) v += (double)c->bias[n];
+        c->y[m * c->N + n] = (float)v;
+    }
+}
+
+static void qe_p8_scalar_panels(const qe_p8_ctx* c, int64_t p0, int64_t p1) {
+    const int64_t k4 = c->k4, K = c->K;
+    for (int64_t p = p0; p < p1; ++p)
+        for (int64_t r = 0; r < QE_PR && p * QE_PR + r < c->N; ++r) {
+            const int8_t* w = c->w + p * k4 * 64 + r * 4;
+            for (int64_t m = 0; m < c->M; ++m) {
+                const int8_t* x = c->xq + m * K;
+                int32_t acc = 0;
+                for (int64_t k = 0; k < K; ++k) acc += (int32_t)x[k] * w[(k / 4) * 64 + k % 4];
+                qe_p8_store(c, m, p * QE_PR + r, &acc, 1, 0);
+            }
+        }
+}
+
+typedef struct {
+    const int8_t* xq; /* [M, K] */
+    const uint8_t* w; /* repacked codes */
+    const float* ws;  /* [panels, ng, 16] */
+    const float* wzs; /* same, or NULL: symmetric (zero point 8) */
+    const int32_t* sxi; /* [M, ng] per-group activation sums */
+    const float* sxf;
+    int64_t M, N, K, G, ng, k8, np;
+    const float* xs;
+    const int32_t* zx;
+    const float* cz;
+    const float* bias;
+    float* y;
+    int64_t* next;
+} qe_p4_ctx;
+
+static void qe_p4_store(const qe_p4_ctx* c, int64_t m, int64_t n0, const float* acc, int cnt) {
+    for (int t = 0; t < cnt; ++t) {
+        const int64_t n = n0 + t;
+        double v = (double)acc[t];
+        if (c->zx) v -= (double)c->zx[m] * (double)c->cz[n];
+        v *= (double)c->xs[m];
+        if (c->bias) v += (double)c->bias[n];
+        c->y[m * c->N + n] = (float)v;
+    }
+}
+
+static void qe_p4_scalar_panels(const qe_p4_ctx* c, int64_t p0, int64_t p1) {
+    const int64_t k8 = c->k8, ng = c->ng, G = c->G, K = c->K;
+    for (int64_t p = p0; p < p1; ++p)
+        for (int64_t r = 0; r < QE_PR && p * QE_PR + r < c->N; ++r) {
+            const uint8_t* w = c->w + p * k8 * 64 + r * 4;
+            for (int64_t m = 0; m < c->M; ++m) {
+                const int8_t* x = c->xq + m * K;
+                float acc = 0.0f;
+                for (int64_t g = 0; g < ng; ++g) {
+                    int32_t d = 0;
+                    for (int64_t k = g * G; k < (g + 1) * G; ++k) {
+                        const uint8_t v = w[(k / 8) * 64 + k % 4];
+                        d += (int32_t)((k % 8 < 4) ? (v & 0xF) : (v >> 4)) * x[k];
+                    }
+                    const int64_t o = (p * ng + g) * QE_PR + r;
+                    if (c->wzs)
+                        acc += c->ws[o] * (float)d - c->wzs[o] * c->sxf[m * ng + g];
+                    else
+                        acc += c->ws[o] * (float)(d - 8 * c->sxi[m * ng + g]);
+                }
+                qe_p4_store(c, m, p * QE_PR + r, &acc, 1);
+            }
+        }
+}
+
+#if QE_HAVE_X86
+#define QE_VNNI_PASS 512
+#include __FILE__
+#undef QE_VNNI_PASS
+#define QE_VNNI_PASS 256
+#include __FILE__
+#undef QE_VNNI_PASS
+#endif
+
+/* Runs a W8A8 / int8 GEMM context on repacked weights (c->xq set; xu made here). */
+static int qe_p8_run(const qe_p8_ctx* args, int nthreads) {
+    if (args->M == 0 || args->N == 0) return QE_OK;
+    if (nthreads < 1) nthreads = 1;
+    const int isa = qe_effective_isa();
+    int64_t next = 0;
+    qe_p8_ctx ctx = *args;
+    qe_p8_ctx* c = &ctx;
+    c->next = &next;
+    if (isa == QE_ISA_SCALAR) {
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+        {
+            int64_t pb, pe;
+            qe_split(c->np, 1, qe_num_threads(), qe_thread_num(), &pb, &pe);
+            qe_p8_scalar_panels(c, pb, pe);
+        }
+        return QE_OK;
+    }
+#if QE_HAVE_X86
+    if (isa < QE_ISA_AVXVNNI) return QE_EISA;
+    c->ldx = (int64_t)qe_round64((size_t)(c->k4 * 4));
+    int cached;
+    uint8_t* xu = (uint8_t*)qe_ws_get((size_t)(c->M * c->ldx), &cached);
+    if (!xu) return QE_ENOMEM;
+    for (int64_t m = 0; m < c->M; ++m) {
+        const int8_t* x = c->xq + m * c->K;
+        uint8_t* o = xu + m * c->ldx;
+        for (int64_t k = 0; k < c->K; ++k) o[k] = (uint8_t)x[k] ^ 0x80u;
+        memset(o + c->K, 0, (size_t)(c->ldx - c->K));
+    }
+    c->xu = xu;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        if (isa == QE_ISA_AVX512VNNI)
+            qe_p8_thread_512(c);
+        else
+            qe_p8_thread_256(c);
+    }
+    qe_ws_put((char*)xu, cached);
+    return QE_OK;
+#else
+    return QE_EISA;
+#endif
+}
+
+static void qe_p8_init(qe_p8_ctx* c, const int8_t* xq, const void* packed, int64_t M, int64_t N,
+                       int64_t K) {
+    memset(c, 0, sizeof(*c));
+    c->xq = xq;
+    c->M = M, c->N = N, c->K = K, c->k4 = (K + 3) / 4, c->np = qe_panels(N);
+    c->w = (const int8_t*)packed;
+    c->wsum = (const int32_t*)(c->w + c->np * c->k4 * 64);
+}
+
+static int qe_i8_run_packed(const struct qe_i8_ctx_s* c, int nthreads) {
+    if (c->M == 0 || c->N == 0) return QE_OK;
+    const int64_t bytes = qe_i8_packed_bytes(c->N, c->K);
+    void* packed = qe_alloc((size_t)bytes);
+    if (!packed) return QE_ENOMEM;
+    int rc = qe_pack_i8(c->wq, c->N, c->K, packed);
+    if (rc == QE_OK) {
+        qe_p8_ctx p;
+        qe_p8_init(&p, c->xq, packed, c->M, c->N, c->K);
+        p.out = c->out, p.y = c->y, p.xs = c->xs, p.zx = c->zx, p.ws = c->ws, p.bias = c->bias;
+        rc = qe_p8_run(&p, nthreads);
+    }
+    free(packed);
+    return rc;
+}
+
+QE_EXPORT int qe_int8_gemm_packed(const int8_t* xq, const void* packed, int32_t* out, int64_t M,
+                                  int64_t N, int64_t K, int nthreads) {
+    if (!xq || !packed || !out || M < 0 || N < 0 || K <= 0 || K > QE_MAX_K) return QE_EINVAL;
+    qe_p8_ctx c;
+    qe_p8_init(&c, xq, packed, M, N, K);
+    c.out = out;
+    return qe_p8_run(&c, nthreads);
+}
+
+QE_EXPORT int qe_w8a8_packed_linear(const int8_t* xq, const float* xs, const int32_t* zx,
+                                    const void* packed, const float* ws, const float* bias,
+                                    float* y, int64_t M, int64_t N, int64_t K, int nthreads) {
+    if (!xq || !xs || !packed || !ws || !y || M < 0 || N < 0 || K <= 0 || K > QE_MAX_K)
+        return QE_EINVAL;
+    qe_p8_ctx c;
+    qe_p8_init(&c, xq, packed, M, N, K);
+    c.y = y, c.xs = xs, c.zx = zx, c.ws = ws, c.bias = bias;
+    return qe_p8_run(&c, nthreads);
+}
+
+QE_EXPORT int qe_w8a8_dyn_packed_linear(const float* x, int per_token, int symmetric, float eps,
+                                        const void* packed, const float* ws, const float* bias,
+                                        float* y, int64_t M, int64_t N, int64_t K,
+                                        int nthreads) {
+    if (!x || !packed || !ws || !y || M < 0 || N < 0 || K <= 0 || K > QE_MAX_K)
+        return QE_EINVAL;
+    if (M == 0 || N == 0) return QE_OK;
+    qe_dyn_acts a;
+    if (qe_dyn_quantize(x, M, K, per_token, symmetric, eps, &a)) return QE_ENOMEM;
+    int rc = qe_w8a8_packed_linear(a.xq, a.xs, symmetric ? NULL : a.zx, packed, ws, bias, y, M,
+                                   N, K, nthreads);
+    free(a.mem);
+    return rc;
+}
+
+/* Runs a W4A8 context on repacked weights: per-group activation sums, then the panels. */
+static int qe_p4_run(const qe_p4_ctx* args, int nthreads) {
+    if (args->M == 0 || args->N == 0) return QE_OK;
+    if (nthreads < 1) nthreads = 1;
+    qe_p4_ctx ctx = *args;
+    qe_p4_ctx* c = &ctx;
+    const int isa = qe_effective_isa();
+    if (isa != QE_ISA_SCALAR && isa < QE_ISA_AVXVNNI) return QE_EISA;
+    const int64_t M = c->M, K = c->K, G = c->G, ng = c->ng;
+    int cached;
+    char* mem = qe_ws_get(qe_round64(sizeof(int32_t) * (size_t)(M * ng)) * 2, &cached);
+    if (!mem) return QE_ENOMEM;
+    int32_t* sxi = (int32_t*)mem;
+    float* sxf = (float*)(mem + qe_round64(sizeof(int32_t) * (size_t)(M * ng)));
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t g = 0; g < ng; ++g) {
+            int32_t t = 0;
+            for (int64_t k = g * G; k < (g + 1) * G; ++k) t += c->xq[m * K + k];
+            sxi[m * ng + g] = t;
+            sxf[m * ng + g] = (float)t;
+        }
+    c->sxi = sxi, c->sxf = sxf;
+    int64_t next = 0;
+    c->next = &next;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+#if QE_HAVE_X86
+        if (isa == QE_ISA_AVX512VNNI)
+            qe_p4_thread_512(c);
+        else if (isa == QE_ISA_AVXVNNI)
+            qe_p4_thread_256(c);
+        else
+#endif
+        {
+            int64_t pb, pe;
+            qe_split(c->np, 1, qe_num_threads(), qe_thread_num(), &pb, &pe);
+            qe_p4_scalar_panels(c, pb, pe);
+        }
+    }
+    qe_ws_put(mem, cached);
+    return QE_OK;
+}
+
+static void qe_p4_init(qe_p4_ctx* c, const int8_t* xq, const void* packed, int asym, int64_t M,
+                       int64_t N, int64_t K, int64_t G) {
+    memset(c, 0, sizeof(*c));
+    c->xq = xq;
+    c->M = M, c->N = N, c->K = K, c->G = G, c->ng = K / G, c->k8 = K / 8, c->np = qe_panels(N);
+    c->w = (const uint8_t*)packed;
+    c->ws = (const float*)(c->w + c->np * c->k8 * 64);
+    c->wzs = asym ? c->ws + c->np * c->ng * QE_PR : NULL;
+}
+
+static int qe_w4a8_run_packed(const struct qe_w4a8_ctx_s* c, int nthreads) {
+    const int64_t bytes = qe_w4_packed_bytes(c->N, c->K, c->G, 1);
+    void* packed = qe_alloc((size_t)bytes);
+    if (!packed) return QE_ENOMEM;
+    int rc = qe_pack_w4(c->codes, c->ws, c->wzs, c->N, c->K, c->G, packed);
+    if (rc == QE_OK) {
+        qe_p4_ctx p;
+        qe_p4_init(&p, c->xq, packed, 1, c->M, c->N, c->K, c->G);
+        p.xs = c->xs, p.zx = c->zx, p.cz = c->cz, p.bias = c->bias, p.y = c->y;
+        rc = qe_p4_run(&p, nthreads);
+    }
+    free(packed);
+    return rc;
+}
+
+QE_EXPORT int qe_w4a8_packed_linear(const int8_t* xq, const float* xs, const int32_t* zx,
+                                    const void* packed, int asym, const float* cz,
+                                    const float* bias, float* y, int64_t M, int64_t N, int64_t K,
+                                    int64_t G, int nthreads) {
+    if (!xq || !xs || !packed || !y || M < 0 || N < 0 || (zx && !cz)) return QE_EINVAL;
+    if (qe_w4_packed_bytes(N > 0 ? N : 1, K, G, asym) < 0 || K > QE_MAX_K) return QE_EINVAL;
+    qe_p4_ctx c;
+    qe_p4_init(&c, xq, packed, asym, M, N, K, G);
+    c.xs = xs, c.zx = zx, c.cz = cz, c.bias = bias, c.y = y;
+    return qe_p4_run(&c, nthreads);
+}
+
+QE_EXPORT int qe_w4a8_dyn_packed_linear(const float* x, int per_token, int symmetric, float eps,
+                                        const void* packed, int asym, const float* cz,
+                                        const float* bias, float* y, int64_t M, int64_t N,
+                                        int64_t K, int64_t G, int nthreads) {
+    if (!x || M < 0 || K <= 0 || K > QE_MAX_K || (!symmetric && !cz)) return QE_EINVAL;
+    if (M == 0 || N == 0) return QE_OK;
+    qe_dyn_acts a;
+    if (qe_dyn_quantize(x, M, K, per_token, symmetric, eps, &a)) return QE_ENOMEM;
+    int rc = qe_w4a8_packed_linear(a.xq, a.xs, symmetric ? NULL : a.zx, packed, asym, cz, bias,
+                                   y, M, N, K, G, nthreads);
+    free(a.mem);
+    return rc;
+}
+
+#else /* QE_VNNI_PASS: the VNNI kernels, compiled once per vector width */
+/*
+ * This part of the file is included twice by the file itself (#include __FILE__, so the
+ * library's cache key, a hash of this one file, covers it): QE_VNNI_PASS 512 gives the
+ * avx512_vnni kernels (*_512, one zmm = one panel K step of 16 rows), 256 the avx_vnni ones
+ * (*_256, two ymm per panel step).  qv_* name the few vector operations they use.
+ */
+#if QE_VNNI_PASS == 512
+#define QV __m512i
+#define QVF __m512
+#define QV_LANES 16
+#define QV_MR 8  /* W8A8 activation rows per register tile (x 2 vectors: 16 accumulators) */
+#define QV_MR4 4 /* W4A8: int and float accumulators per (row, vector) */
+#define QV_TARGET __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define QV_SFX(name) name##_512
+#define qv_load(p) _mm512_loadu_si512((const void*)(p))
+#define qv_set1(v) _mm512_set1_epi32(v)
+#define qv_set1b(v) _mm512_set1_epi8(v)
+#define qv_zero() _mm512_setzero_si512()
+#define qv_dp(acc, u8, s8) _mm512_dpbusd_epi32(acc, u8, s8)
+#define qv_add(a, b) _mm512_add_epi32(a, b)
+#define qv_sub(a, b) _mm512_sub_epi32(a, b)
+#define qv_and(a, b) _mm512_and_si512(a, b)
+#define qv_srli16(a, n) _mm512_srli_epi16(a, n)
+#define qv_store(p, v) _mm512_storeu_si512((void*)(p), v)
+#define qvf_cvt(a) _mm512_cvtepi32_ps(a)
+#define qvf_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define qvf_fnma(a, b, c) _mm512_fnmadd_ps(a, b, c)
+#define qvf_load(p) _mm512_loadu_ps(p)
+#define qvf_set1(v) _mm512_set1_ps(v)
+#define qvf_zero() _mm512_setzero_ps()
+#define qvf_store(p, v) _mm512_storeu_ps(p, v)
+#else
+#define QV __m256i
+#define QVF __m256
+#define QV_LANES 8
+#define QV_MR 4
+#define QV_MR4 2
+#define QV_TARGET __attribute__((target("avx2,fma,avxvnni")))
+#define QV_SFX(name) name##_256
+#define qv_load(p) _mm256_loadu_si256((const __m256i*)(p))
+#define qv_set1(v) _mm256_set1_epi32(v)
+#define qv_set1b(v) _mm256_set1_epi8(v)
+#define qv_zero() _mm256_setzero_si256()
+#define qv_dp(acc, u8, s8) _mm256_dpbusd_avx_epi32(acc, u8, s8)
+#define qv_add(a, b) _mm256_add_epi32(a, b)
+#define qv_sub(a, b) _mm256_sub_epi32(a, b)
+#define qv_and(a, b) _mm256_and_si256(a, b)
+#define qv_srli16(a, n) _mm256_srli_epi16(a, n)
+#define qv_store(p, v) _mm256_storeu_si256((__m256i*)(p), v)
+#define qvf_cvt(a) _mm256_cvtepi32_ps(a)
+#define qvf_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define qvf_fnma(a, b, c) _mm256_fnmadd_ps(a, b, c)
+#define qvf_load(p) _mm256_loadu_ps(p)
+#define qvf_set1(v) _mm256_set1_ps(v)
+#define qvf_zero() _mm256_setzero_ps()
+#define qvf_store(p, v) _mm256_storeu_ps(p, v)
+#endif
+#define QV_SUB (QE_PR / QV_LANES) /* vectors per panel K step */
+
+static inline int32_t QV_SFX(qe_ld32)(const void* p) {
+    int32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+/* W8A8: MR activation rows x NV vectors (of QV_LANES columns) over all K.  At MR = 1 two
+ * accumulator chains per vector (even and odd K steps) hide the vpdpbusd latency. */
+QV_TARGET QE_INLINE void QV_SFX(qe_p8_micro)(const int MR, const int NV, const qe_p8_ctx* c,
+                                             int64_t m0, int64_t p0) {
+    const int64_t k4 = c->k4, ldx = c->ldx;
+    const uint8_t* x = c->xu + m0 * ldx;
+    const int8_t* w[2];
+    QV acc[QV_MR][2], odd[2];
+#pragma GCC unroll 2
+    for (int q = 0; q < NV; ++q) {
+        w[q] = c->w + (p0 + q / QV_SUB) * k4 * 64 + (q % QV_SUB) * QV_LANES * 4;
+        odd[q] = qv_zero();
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) acc[i][q] = qv_zero();
+    }
+    int64_t kk = 0;
+    if (MR == 1) {
+        for (; kk + 2 <= k4; kk += 2) {
+            const QV x0 = qv_set1(QV_SFX(qe_ld32)(x + 4 * kk));
+            const QV x1 = qv_set1(QV_SFX(qe_ld32)(x + 4 * kk + 4));
+#pragma GCC unroll 2
+            for (int q = 0; q < NV; ++q) {
+                if (QE_PF_BYTES) _mm_prefetch((const char*)(w[q] + kk * 64 + QE_PF_BYTES), _MM_HINT_T0);
+                acc[0][q] = qv_dp(acc[0][q], x0, qv_load(w[q] + kk * 64));
+                odd[q] = qv_dp(odd[q], x1, qv_load(w[q] + kk * 64 + 64));
+            }
+        }
+    }
+    for (; kk < k4; ++kk) {
+        QV wv[2];
+#pragma GCC unroll 2
+        for (int q = 0; q < NV; ++q) wv[q] = qv_load(w[q] + kk * 64);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const QV xb = qv_set1(QV_SFX(qe_ld32)(x + i * ldx + 4 * kk));
+#pragma GCC unroll 2
+            for (int q = 0; q < NV; ++q) acc[i][q] = qv_dp(acc[i][q], xb, wv[q]);
+        }
+    }
+    int32_t tmp[QV_LANES];
+#pragma GCC unroll 2
+    for (int q = 0; q < NV; ++q) {
+        const int64_t n0 = (p0 + q / QV_SUB) * QE_PR + (q % QV_SUB) * QV_LANES;
+        const int cnt = (int)qe_min64(QV_LANES, c->N - n0);
+        if (MR == 1) acc[0][q] = qv_add(acc[0][q], odd[q]);
+        for (int i = 0; i < MR; ++i) {
+            if (cnt <= 0) break;
+            qv_store(tmp, acc[i][q]);
+            qe_p8_store(c, m0 + i, n0, tmp, cnt, 1);
+        }
+    }
+}
+
+QV_TARGET static void QV_SFX(qe_p8_call)(int mr, int nv, const qe_p8_ctx* c, int64_t m0,
+                                         int64_t p0) {
+#define QE_P8_CASE(MR)                                  \
+    case MR:                                            \
+        if (nv == 2)                                    \
+            QV_SFX(qe_p8_micro)(MR, 2, c, m0, p0);      \
+        else                                            \
+            QV_SFX(qe_p8_micro)(MR, 1, c, m0, p0);      \
+        break;
+    switch (mr) {
+        QE_P8_CASE(1)
+        QE_P8_CASE(2)
+        QE_P8_CASE(3)
+        QE_P8_CASE(4)
+#if QV_MR > 4
+        QE_P8_CASE(5)
+        QE_P8_CASE(6)
+        QE_P8_CASE(7)
+        QE_P8_CASE(8)
+#endif
+        default: break;
+    }
+#undef QE_P8_CASE
+}
+
+/* Tiles of panels are claimed from a shared counter (see the module comment on threads). */
+QV_TARGET static void QV_SFX(qe_p8_thread)(const qe_p8_ctx* c) {
+    const int64_t tile = c->M == 1 ? 1 : 2 / QV_SUB; /* panels: two vectors wide for M > 1 */
+    for (;;) {
+        const int64_t p0 = __atomic_fetch_add(c->next, tile, __ATOMIC_RELAXED);
+        if (p0 >= c->np) break;
+        const int nv = (int)(qe_min64(tile, c->np - p0) * QV_SUB);
+        for (int64_t m0 = 0; m0 < c->M;) {
+            const int mr = (int)qe_min64(QV_MR, c->M - m0);
+            QV_SFX(qe_p8_call)(mr, nv, c, m0, p0);
+            m0 += mr;
+        }
+    }
+}
+
+/* W4A8: MR activation rows x NV vectors over all K, group by group. */
+QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const qe_p4_ctx* c,
+                                             int64_t m0, int64_t p0) {
+    const int64_t k8 = c->k8, ng = c->ng, gs = c->G / 8, K = c->K;
+    const QV low = qv_set1b(0x0F);
+    const uint8_t* w[2];
+    const float* s[2];
+    const float* z[2];
+    QVF facc[QV_MR4][2];
+#pragma GCC unroll 2
+    for (int q = 0; q < NV; ++q) {
+        const int64_t p = p0 + q / QV_SUB, h = (q % QV_SUB) * QV_LANES;
+        w[q] = c->w + p * k8 * 64 + h * 4;
+        s[q] = c->ws + p * ng * QE_PR + h;
+        z[q] = c->wzs ? c->wzs + p * ng * QE_PR + h : NULL;
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) facc[i][q] = qvf_zero();
+    }
+    for (int64_t g = 0; g < ng; ++g) {
+        QV ia[QV_MR4][2], ib[2];
+#pragma GCC unroll 2
+        for (int q = 0; q < NV; ++q) {
+            ib[q] = qv_zero();
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) ia[i][q] = qv_zero();
+        }
+        for (int64_t st = g * gs; st < (g + 1) * gs; ++st) {
+            QV lo[2], hi[2];
+#pragma GCC unroll 2
+            for (int q = 0; q < NV; ++q) {
+                const QV v = qv_load(w[q] + st * 64);
+                if (MR == 1 && QE_PF_BYTES)
+                    _mm_prefetch((const char*)(w[q] + st * 64 + QE_PF_BYTES), _MM_HINT_T0);
+                lo[q] = qv_and(v, low);
+                hi[q] = qv_and(qv_srli16(v, 4), low);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) {
+                const int8_t* xr = c->xq + (m0 + i) * K + 8 * st;
+                const QV xa = qv_set1(QV_SFX(qe_ld32)(xr)), xb = qv_set1(QV_SFX(qe_ld32)(xr + 4));
+#pragma GCC unroll 2
+                for (int q = 0; q < NV; ++q) {
+                    if (MR == 1) {
+                        ia[0][q] = qv_dp(ia[0][q], lo[q], xa);
+                        ib[q] = qv_dp(ib[q], hi[q], xb);
+                    } else {
+                        ia[i][q] = qv_dp(qv_dp(ia[i][q], lo[q], xa), hi[q], xb);
+                    }
+                }
+            }
+        }
+#pragma GCC unroll 2
+        for (int q = 0; q < NV; ++q) {
+            const QVF sv = qvf_load(s[q] + g * QE_PR);
+            if (MR == 1) ia[0][q] = qv_add(ia[0][q], ib[q]);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; ++i) {
+                const int64_t mg = (m0 + i) * ng + g;
+                if (z[q]) {
+                    facc[i][q] = qvf_fma(qvf_cvt(ia[i][q]), sv, facc[i][q]);
+                    facc[i][q] =
+                        qvf_fnma(qvf_load(z[q] + g * QE_PR), qvf_set1(c->sxf[mg]), facc[i][q]);
+                } else {
+                    const QV d = qv_sub(ia[i][q], qv_set1(8 * c->sxi[mg]));
+                    facc[i][q] = qvf_fma(qvf_cvt(d), sv, facc[i][q]);
+                }
+            }
+        }
+    }
+    float tmp[QV_LANES];
+#pragma GCC unroll 2
+    for (int q = 0; q < NV; ++q) {
+        const int64_t n0 = (p0 + q / QV_SUB) * QE_PR + (q % QV_SUB) * QV_LANES;
+        const int cnt = (int)qe_min64(QV_LANES, c->N - n0);
+        for (int i = 0; i < MR; ++i) {
+            if (cnt <= 0) break;
+            qvf_store(tmp, facc[i][q]);
+            qe_p4_store(c, m0 + i, n0, tmp, cnt);
+        }
+    }
+}
+
+QV_TARGET static void QV_SFX(qe_p4_call)(int mr, int nv, const qe_p4_ctx* c, int64_t m0,
+                                         int64_t p0) {
+#define QE_P4_CASE(MR)                                  \
+    case MR:                                            \
+        if (nv == 2)                                    \
+            QV_SFX(qe_p4_micro)(MR, 2, c, m0, p0);      \
+        else                                            \
+            QV_SFX(qe_p4_micro)(MR, 1, c, m0, p0);      \
+        break;
+    switch (mr) {
+        QE_P4_CASE(1)
+        QE_P4_CASE(2)
+#if QV_MR4 > 2
+        QE_P4_CASE(3)
+        QE_P4_CASE(4)
+#endif
+        default: break;
+    }
+#undef QE_P4_CASE
+}
+
+QV_TARGET static void QV_SFX(qe_p4_thread)(const qe_p4_ctx* c) {
+    const int64_t tile = 2 / QV_SUB; /* two vectors: at M = 1 four vpdpbusd chains */
+    for (;;) {
+        const int64_t p0 = __atomic_fetch_add(c->next, tile, __ATOMIC_RELAXED);
+        if (p0 >= c->np) break;
+        const int nv = (int)(qe_min64(tile, c->np - p0) * QV_SUB);
+        for (int64_t m0 = 0; m0 < c->M;) {
+            const int mr = (int)qe_min64(QV_MR4, c->M - m0);
+            QV_SFX(qe_p4_call)(mr, nv, c, m0, p0);
+            m0 += mr;
+        }
+    }
+}
+
+#undef QV
+#undef QVF
+#undef QV_LANES
+#undef QV_MR
+#undef QV_MR4
+#undef QV_TARGET
+#undef QV_SFX
+#undef QV_SUB
+#undef qv_load
+#undef qv_set1
+#undef qv_set1b
+#undef qv_zero
+#undef qv_dp
+#undef qv_add
+#undef qv_sub
+#undef qv_and
+#undef qv_srli16
+#undef qv_store
+#undef qvf_cvt
+#undef qvf_fma
+#undef qvf_fnma
+#undef qvf_load
+#undef qvf_set1
+#undef qvf_zero
+#undef qvf_store
+#endif /* QE_VNNI_PASS */
