@@ -85,7 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--target",
         default="native",
-        help="where rows run, comma-separated: native, onnxruntime (default native)",
+        help="where rows run, comma-separated: native, onnxruntime, llamacpp (default native)",
+    )
+    sweep.add_argument(
+        "--formats",
+        default=None,
+        metavar="TYPES",
+        help="ggml types the llamacpp target runs, comma-separated: f16, q8_0, q6_k, q5_k, "
+        "q5_0, q5_1, q4_k, q4_0, q4_1, iq4_nl, q3_k, q2_k, tq2_0, bf16 (default f16)",
     )
     add_run_options(sweep, sweep=True)
     add_json_option(sweep)

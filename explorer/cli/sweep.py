@@ -237,6 +237,10 @@ def _targets(args: argparse.Namespace) -> list[str]:
     from explorer.targets import get_target
 
     names = [t.strip() for t in str(getattr(args, "target", "native")).split(",") if t.strip()]
+    formats = [f.strip() for f in (getattr(args, "formats", None) or "").split(",") if f.strip()]
+    # llama.cpp runs one ggml format per row: llamacpp becomes llamacpp:q8_0, llamacpp:q4_k, ...
+    names = [f"{n}:{f}" for n in names for f in (formats if n == "llamacpp" and formats else [""])]
+    names = [n.rstrip(":") for n in names]
     for name in names:
         get_target(name)  # an unknown name or a missing runtime fails here, with its reason
     return names or ["native"]
@@ -284,15 +288,21 @@ def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
         ordered, failed, counts = [], [], {"cached": 0, "evaluated": 0}
         for target in _targets(args):  # the target dimension: every entry on each target
             settings = dataclasses.replace(settings, target=target)
-            tally = Tally(len(entries), f"sweep {ctx.name} on {target}")
+            # llama.cpp quantizes the float model in its own formats: its rows start from fp32
+            run = (
+                [e for e in entries if e.label == "fp32"]
+                if target.startswith("llamacpp")
+                else entries
+            )
+            tally = Tally(len(run), f"sweep {ctx.name} on {target}")
             try:
-                for event in run_sweep(ctx, entries, store, settings=settings, executor=executor):
+                for event in run_sweep(ctx, run, store, settings=settings, executor=executor):
                     tally(event)
             except KeyboardInterrupt:
                 raise interrupted_error(tally.counts["evaluated"]) from None
             finally:
                 tally.bar.close()
-            ordered += in_entry_order(entries, tally.rows)
+            ordered += in_entry_order(run, tally.rows)
             failed += tally.failed
             for name in counts:
                 counts[name] += tally.counts[name]

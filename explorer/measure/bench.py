@@ -93,8 +93,34 @@ def _float_candidate(dtype: torch.dtype, n: int, k: int, gen: torch.Generator) -
     return _Candidate(name, name, run, ws, nbytes, {})
 
 
+def _ggml_candidates(
+    n: int, k: int, ms: tuple[int, ...], formats: tuple[str, ...], gen: torch.Generator
+) -> list[_Candidate]:
+    """ggml's CPU matmul (llama.cpp's kernel) per ggml format, on copies of ggml's own bytes of
+    one random weight (values do not change the speed; quantizing 4096² once per copy would)."""
+    from explorer.kernels.ggml import GgmlLinear
+    from explorer.quant import ggml
+
+    out = []
+    for name in formats:
+        fmt = ggml.format_of(name)
+        data = ggml.quantize(torch.randn(n, k, generator=gen) * 0.02, fmt)
+        states = [GgmlLinear(data, fmt, ms) for _ in range(_copies(data.nbytes))]
+        out.append(_Candidate(f"ggml-{fmt.name}", fmt.name, _ggml_run, states, data.nbytes, {}))
+    return out
+
+
+def _ggml_run(state: Any, x: torch.Tensor) -> torch.Tensor:
+    return state(x)
+
+
 def linear_candidates(
-    n: int, k: int, include_slow: bool = False, device: str = "cpu"
+    n: int,
+    k: int,
+    include_slow: bool = False,
+    device: str = "cpu",
+    ggml_formats: tuple[str, ...] = (),
+    ms: tuple[int, ...] = (1, 8, 32),
 ) -> list[_Candidate]:
     gen = torch.Generator().manual_seed(0)
     out = [_float_candidate(torch.float32, n, k, gen), _float_candidate(torch.bfloat16, n, k, gen)]
@@ -113,7 +139,23 @@ def linear_candidates(
                 for _ in range(copies - 1)
             ]
             out.append(_Candidate(kernel.name, fmt, kernel.run, states, probe.nbytes, {}))
+    if ggml_formats:  # llama.cpp's kernels side by side (the llamacpp extra)
+        out += _ggml_candidates(n, k, ms, ggml_formats, gen)
     return out
+
+
+def kernel_isa(kernel: str) -> str:
+    """The instruction-set path a benchmarked kernel took: our kernels' path (`native.isa`;
+    the weight-only ones have AVX2 code only, which the VNNI paths run), else torch's own
+    dispatch (``torch-AVX512``, ...)."""
+    if kernel.endswith("-native") and native.available():
+        path = native.isa()
+        if "-wo-" in kernel and path in ("avx_vnni", "avx512_vnni"):
+            return "avx2"
+        return path
+    if kernel.startswith("ggml-"):
+        return "ggml"  # llama.cpp's library dispatches by itself
+    return f"torch-{machine.torch_capability()}"
 
 
 READ = "read"  # the streaming-read pseudo-candidate: it gives the floor, not a row of its own
@@ -137,8 +179,9 @@ def bench_linear(
     repeats: int = 30,
     include_slow: bool = False,
     progress: Callable[[str], None] | None = None,
+    ggml_formats: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    cands = linear_candidates(n, k, include_slow)
+    cands = linear_candidates(n, k, include_slow, ggml_formats=ggml_formats, ms=ms)
     read = _read_candidate(cands[0])
     if read is not None:
         cands.append(read)
@@ -188,6 +231,7 @@ def bench_linear(
                     "gbps": round(c.weight_bytes / ms_ / 1e6, 2),
                     "speedup_vs_fp32": round(fp32 / ms_, 2),
                     "speedup_vs_bf16": round(bf16 / ms_, 2),
+                    "isa": kernel_isa(c.kernel),
                     "weight_copies": len(c.states),
                     "weight_bytes": c.weight_bytes,
                     **floor,
@@ -249,6 +293,7 @@ def bench_conv(
                 "kernel": kernel,
                 "format": fmt or kernel,
                 "shape": dict(s),
+                "isa": kernel_isa(kernel),
                 "ms": round(t, 4),
                 "speedup_vs_fp32": round(med["fp32"] / t, 2),
                 "speedup_vs_bf16": round(med["bf16"] / t, 2),
@@ -296,7 +341,7 @@ def run_bench(
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{'op':7} {'kernel':24} {'format':12} {'M':>4} {'ms':>9} {'GB/s':>7} "
-        f"{'x fp32':>7} {'x bf16':>7} {'floor':>7} {'of fl.':>6}"
+        f"{'x fp32':>7} {'x bf16':>7} {'floor':>7} {'of fl.':>6} isa"
     ]
     nan = float("nan")
     for r in result["rows"]:
@@ -304,7 +349,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['op']:7} {r['kernel']:24} {r['format']:12} {r.get('M', '-')!s:>4} "
             f"{r['ms']:9.3f} {r.get('gbps', nan):7.1f} {r['speedup_vs_fp32']:7.2f} "
             f"{r['speedup_vs_bf16']:7.2f} {r.get('floor_ms', nan):7.3f} "
-            f"{r.get('of_floor', nan):6.2f}"
+            f"{r.get('of_floor', nan):6.2f} {r.get('isa', '-')}"
         )
     reads = sorted({r["read_gbps"] for r in result["rows"] if "read_gbps" in r})
     if reads:

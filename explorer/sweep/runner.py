@@ -434,8 +434,9 @@ def evaluate_entry(
         if entry.qat_steps is None
         else ("train" if ctx.train_split is not None else "calibration"),
         "parent": None if parent is None else entry_key(ctx, parent, settings, env),
-        "size_bytes": size.total_bytes,
-        "bits_per_weight": size.bits_per_quantized_weight,
+        # a target's artifact may store the weights itself (a GGUF file's tensor bytes)
+        "size_bytes": getattr(artifact, "size_bytes", size.total_bytes),
+        "bits_per_weight": getattr(artifact, "bits_per_weight", size.bits_per_quantized_weight),
         "quantized_share": size.quantized_share,
         "latency_ms": latency[primary_name]["median_ms"],
         "latency_kind": "simulated" if simulated else "measured",
@@ -456,7 +457,8 @@ def evaluate_entry(
         "peak_rss_bytes": peak_rss_bytes(),
         "model_bytes": {"float": _module_bytes(ctx.model), "quantized": _module_bytes(qmodel)},
         "env": env,
-        "target": settings.target,
+        "target": settings.target.partition(":")[0],  # llamacpp:q4_k runs format q4_k
+        **({"format": settings.target.partition(":")[2]} if ":" in settings.target else {}),
     }
 
 

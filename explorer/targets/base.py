@@ -126,11 +126,18 @@ class NativeTarget(Target):
 
 
 def target_names() -> tuple[str, ...]:
-    return ("native", "onnxruntime")
+    return ("native", "onnxruntime", "llamacpp")
 
 
 def get_target(name: str, **options: Any) -> Target:
-    """The target called ``name``; ``onnxruntime`` needs the ``onnx`` extra."""
+    """The target called ``name``; ``onnxruntime`` needs the ``onnx`` extra, ``llamacpp`` the
+    ``llamacpp`` extra and takes its ggml format after a colon (``llamacpp:q4_k``)."""
+    if name == "llamacpp" or name.startswith("llamacpp:"):
+        from explorer.targets.llamacpp import LlamaCppTarget, check_runtime
+
+        fmt = name.partition(":")[2] or options.pop("format", None)
+        check_runtime()
+        return LlamaCppTarget(format=fmt, **options)
     if name == "native":
         return NativeTarget()
     if name == "onnxruntime":

@@ -282,3 +282,12 @@ def _layers(model: nn.Module, report: Any) -> dict[str, dict[str, Any]]:
             "kernels": [f"ggml {written}"],
         }
     return out
+
+
+def check_runtime() -> None:
+    """Raise `TargetError` naming the extra when llama-cpp-python or gguf is missing."""
+    _llama_cpp()
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise TargetError(f"target llamacpp needs the gguf package: {ggml.EXTRA_HINT}") from None

@@ -13,7 +13,7 @@ from explorer.targets import TargetError, get_target
 
 def test_unknown_target_names_the_choices() -> None:
     with pytest.raises(
-        TargetError, match=r"^unknown target 'tpu'; choose from native, onnxruntime$"
+        TargetError, match=r"^unknown target 'tpu'; choose from native, onnxruntime, llamacpp$"
     ):
         get_target("tpu")
 

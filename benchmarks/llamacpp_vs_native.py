@@ -1,0 +1,115 @@
+"""Native kernels vs llama.cpp's (ggml) in one run: the 4096x4096 linear layer at M = 1, 8, 32
+(our best int8 and int4 weight-only kernels against ggml's Q8_0, Q4_0 and Q4_K matmul, weights
+rotated past the last-level cache, candidates interleaved call by call: `explorer.measure.bench`),
+then a Llama model's decode (one token after 128 cached) and 128-token prefill, native (fp32, W8
+per channel, W4 groups of 32) against llama.cpp (F16, Q8_0, Q4_0, Q4_K GGUF files) with the same
+thread count. Prints tables, then one JSON line.
+
+    .venv/bin/python benchmarks/llamacpp_vs_native.py [--model assets/tiny-llama] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from explorer.measure.bench import bench_linear
+from explorer.measure.latency import measure_callable
+from explorer.nn.convert import quantize_model, select_kernels
+from explorer.quant.config import Plan, QuantConfig
+from explorer.targets import get_target
+from explorer.tasks.causal_lm import decode_workload, prefill_workload
+
+NATIVE = {
+    "fp32": None,
+    "w8-channel": QuantConfig(weight_bits=8),
+    "w4-g32": QuantConfig(weight_bits=4, granularity="group", group_size=32),
+}
+GGML = ("f16", "q8_0", "q4_0", "q4_k")
+
+
+def kernels(repeats: int) -> list[dict]:
+    rows = bench_linear(ms=(1, 8, 32), repeats=repeats, ggml_formats=("q8_0", "q4_0", "q4_k"))
+    best: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        family = r["kernel"] if r["kernel"].startswith(("ggml", "fp32")) else r["format"]
+        if family not in ("fp32", "w8-channel", "w4-g32", "w4-g128") and "ggml" not in family:
+            continue
+        key = (family, r["M"])
+        if key not in best or r["ms"] < best[key]["ms"]:
+            best[key] = {**r, "family": family}
+    print(f"{'4096x4096 linear':24} {'kernel':24} {'M':>3} {'ms':>8} {'GB/s':>7} {'x fp32':>7}")
+    for (family, m), r in sorted(best.items(), key=lambda kv: (kv[0][1], kv[1]["ms"])):
+        print(
+            f"{family:24} {r['kernel']:24} {m:3d} {r['ms']:8.3f} {r['gbps']:7.1f} "
+            f"{r['speedup_vs_fp32']:7.2f}"
+        )
+    return list(best.values())
+
+
+def whole_model(model_dir: Path, repeats: int, threads: int) -> list[dict]:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(str(model_dir)).float().eval()
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    text = " ".join(["The quick brown fox jumps over the lazy dog."] * 64)
+    prompt = torch.tensor(tok(text)["input_ids"][:128])[None]
+    rows = []
+    for name, config in NATIVE.items():
+        q = model if config is None else quantize_model(model, Plan.uniform(config))
+        for wl, make in (
+            ("decode", decode_workload(prompt)),
+            ("prefill", prefill_workload(prompt)),
+        ):
+            run = make(q)
+            if config is not None:
+                select_kernels(q, run=run)
+            r = measure_callable(run, 3, repeats)
+            rows.append({"runtime": "native", "format": name, "workload": wl, "ms": r.median_ms})
+    for fmt in GGML:
+        target = get_target(f"llamacpp:{fmt}", threads=threads, model_dir=str(model_dir))
+        art = target.build(model, prompt)
+        for wl, r in zip(art.workloads, target.time(art, [], 3, repeats), strict=True):
+            rows.append({"runtime": "llama.cpp", "format": fmt, "workload": wl, "ms": r.median_ms})
+        rows[-1]["bits_per_weight"] = rows[-2]["bits_per_weight"] = art.bits_per_weight
+    print(
+        f"\n{model_dir.name:10} {'runtime':10} {'format':11} {'decode tok/s':>12} "
+        f"{'prefill tok/s':>13}"
+    )
+    for runtime, fmt in dict.fromkeys((r["runtime"], r["format"]) for r in rows):
+        ms = {r["workload"]: r["ms"] for r in rows if (r["runtime"], r["format"]) == (runtime, fmt)}
+        print(
+            f"{'':10} {runtime:10} {fmt:11} {1e3 / ms['decode']:12.1f} "
+            f"{128e3 / ms['prefill']:13.1f}"
+        )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="assets/tiny-llama")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--skip-kernels", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = {"threads": args.threads}
+    if not args.skip_kernels:
+        out["kernels"] = kernels(args.repeats)
+    model_dir = Path(args.model)
+    if (model_dir / "config.json").exists():
+        out["model"] = {
+            "name": model_dir.name,
+            "rows": whole_model(model_dir, args.repeats, args.threads),
+        }
+    else:
+        print(f"\n{model_dir} has no model: whole-model rows skipped")
+    out["repeats"] = args.repeats
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

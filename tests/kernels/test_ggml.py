@@ -1,0 +1,33 @@
+"""ggml's CPU matmul (explorer.kernels.ggml) against a float64 product with the weight ggml
+dequantizes: exact up to float32 summation for F32 weights, within the error of quantizing the
+input rows to 8 bits (ggml's Q8_0/Q8_K dot-product partner) for quantized weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from explorer.quant import ggml
+
+pytest.importorskip("gguf")
+pytest.importorskip("llama_cpp")
+
+from explorer.kernels.ggml import GgmlLinear  # noqa: E402
+
+
+@pytest.mark.parametrize(("name", "rtol"), [("f32", 1e-5), ("q8_0", 2e-2), ("q4_k", 2e-2)])
+def test_matmul_matches_a_float64_reference(name: str, rtol: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 512, generator=gen) * 0.05
+    x = torch.randn(8, 512, generator=gen)
+    fmt = ggml.format_of(name)
+    layer = GgmlLinear(w, fmt, ms=(1, 8), threads=2)
+    deq = w if name == "f32" else ggml.round_trip(w, fmt)
+    ref = x.double() @ deq.double().T
+    y = layer(x)
+    err = (y.double() - ref).norm() / ref.norm()
+    assert y.shape == (8, 64) and err < rtol, float(err)
+    # the M = 1 graph computes the same row (another code path may sum in another order)
+    torch.testing.assert_close(layer(x[:1]), y[:1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ggml.GgmlError, match="built for"):
+        layer(x[:3])
