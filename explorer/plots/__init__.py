@@ -17,8 +17,9 @@ Modules, by what they hold: shared by the figures of result rows, `rows` (readin
 values, the metric and the float reference), `series` (legend series, colours, markers), `hover`
 (hover texts and confidence intervals) and `layout` (axis titles, empty notes); by what they
 draw, `pareto` (the Pareto scatter, 2-D and 3-D), `formats` (the metric per
-storage format), `layers` (sensitivity heatmap and per-layer bars), `learn` (the lessons'
-histogram), `kernels` (the kernel benchmark) and `export` (a figure as offline HTML). Pages import
+storage format), `targets` (deployed vs explorer latency per configuration), `layers`
+(sensitivity heatmap and per-layer bars), `learn` (the lessons' histogram), `kernels` (the kernel
+benchmark) and `export` (a figure as offline HTML). Pages import
 from this package, which re-exports every public name.
 
 Imports: plotly, numpy, `explorer.sweep.pareto`. No streamlit.
@@ -64,6 +65,7 @@ from explorer.plots.series import (
     ptq_series,
     series_of,
 )
+from explorer.plots.targets import deployed_figure, latency_pairs
 
 __all__ = [
     "ALGORITHM_NAMES",
@@ -90,10 +92,12 @@ __all__ = [
     "algorithm_name",
     "bit_cliff",
     "cliff_text",
+    "deployed_figure",
     "compare_layers_figure",
     "float_metric",
     "histogram_figure",
     "kernel_speedup_figure",
+    "latency_pairs",
     "layer_figure",
     "metric_of",
     "pareto_3d_figure",

@@ -43,6 +43,7 @@ from explorer.plots.series import (
     series_colors,
     series_of,
     series_rank,
+    split_series,
 )
 from explorer.sweep.pareto import flag_pareto, front_order
 
@@ -203,7 +204,7 @@ def pareto_figure(
                 minus.append(max(0.0, y - lo))
                 has_bars = True
         symbols = [marker_symbol(r, series, latency_x and is_simulated(r)) for r in members]
-        baseline = series == BASELINE_SERIES
+        baseline = split_series(series)[0] == BASELINE_SERIES
         faded = {}
         if explain:
             faded["opacity"] = [1.0 if r.get("key") in on_front else FADED_OPACITY for r in members]
@@ -434,11 +435,12 @@ def pareto_3d_figure(
     colors = series_colors(by_series)
     for series in sorted(by_series, key=series_rank):
         members = by_series[series]
+        baseline = split_series(series)[0] == BASELINE_SERIES
         fig.add_trace(
             go.Scatter3d(
                 **coords(members),
-                mode="markers+text" if series == BASELINE_SERIES else "markers",
-                text=[r.get("label") for r in members] if series == BASELINE_SERIES else None,
+                mode="markers+text" if baseline else "markers",
+                text=[r.get("label") for r in members] if baseline else None,
                 name=series,
                 meta="series",
                 customdata=[r.get("key") for r in members],

@@ -41,10 +41,35 @@ OPEN_3D = ("circle", "diamond", "square")  # the 3-D markers with a hollow varia
 SELECTED_COLOR = "crimson"
 
 
+TARGET_LABELS = {"onnxruntime": "ONNX Runtime", "llamacpp": "llama.cpp"}
+TARGET_SEP = " @ "  # between a series and the runtime it was measured in
+
+
+def target_label(row: Row) -> str | None:
+    """The runtime a row was measured in, as the legend writes it; None for the explorer's own
+    engine (``native``, and rows from before targets existed)."""
+    target = row.get("target") or "native"
+    return None if target == "native" else TARGET_LABELS.get(target, target)
+
+
+def split_series(name: str) -> tuple[str, str | None]:
+    """``"PTQ · RTN @ ONNX Runtime"`` → ``("PTQ · RTN", "ONNX Runtime")``."""
+    base, _, target = name.partition(TARGET_SEP)
+    return base, target or None
+
+
 def series_of(row: Row) -> str:
     """The legend series of a row: the fp32/bf16 baselines, uniform PTQ per algorithm
     (``PTQ · RTN``, ``PTQ · GPTQ``, ...), QAT (which starts from round-to-nearest), and mixed
-    plans (per-layer settings: searched plans, what-if edits)."""
+    plans (per-layer settings: searched plans, what-if edits); a row measured in another
+    runtime than the explorer's own says which (``PTQ · RTN @ ONNX Runtime``), so the same
+    configuration appears once per target."""
+    base = _base_series(row)
+    target = target_label(row)
+    return base if target is None else f"{base}{TARGET_SEP}{target}"
+
+
+def _base_series(row: Row) -> str:
     kind = row.get("kind")
     if kind == "baseline":
         return BASELINE_SERIES
@@ -57,7 +82,12 @@ def series_of(row: Row) -> str:
 
 
 def series_rank(name: str) -> tuple[int, int, str]:
-    """Legend order: baselines, PTQ by algorithm (RTN first), QAT, mixed plans, the rest."""
+    """Legend order: baselines, PTQ by algorithm (RTN first), QAT, mixed plans, the rest; the
+    explorer's own series before another runtime's of the same kind."""
+    name, target = split_series(name)
+    if target is not None:
+        rank = series_rank(name)
+        return (rank[0], rank[1], f"{rank[2]}{TARGET_SEP}{target}")
     ptq = [ptq_series(a) for a in ALGORITHM_NAMES]
     if name == BASELINE_SERIES:
         return (0, 0, name)
@@ -82,6 +112,7 @@ def series_colors(names: Iterable[str]) -> dict[str, str]:
 
 
 def _base_symbol(row: Row, series: str, three_d: bool = False) -> str:
+    series = split_series(series)[0]
     if series == BASELINE_SERIES:
         symbols = BASELINE_SYMBOLS_3D if three_d else BASELINE_SYMBOLS
         return symbols.get(row.get("label"), "square")
