@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from explorer.kernels import native
+from explorer.machine import torch_capability
 from explorer.measure.bench import bench_linear, format_table
 
 
@@ -24,5 +25,13 @@ def test_rows_carry_a_floor_proportional_to_their_weight_bytes() -> None:
     # int8 per-channel: N*K bytes of codes plus N fp32 scales against 4*N*K bytes of fp32
     assert int8["weight_bytes"] == 256 * 512 + 256 * 4
     assert int8["floor_ms"] / fp32["floor_ms"] == pytest.approx((512 + 4) / (4 * 512), rel=0.01)
+    # the instruction-set path each row took (explorer bench --json)
+    assert fp32["isa"] == f"torch-{torch_capability()}"
+    assert by_kernel[("int8-w8a8-native", "w8a8-token")]["isa"] == native.isa()
+    assert int8["isa"] == ("scalar" if native.isa() == "scalar" else "avx2")  # no VNNI code
     table = format_table({"rows": rows})
-    assert "floor" in table.splitlines()[0] and "GB/s" in table.splitlines()[-1]
+    assert (
+        "floor" in table.splitlines()[0]
+        and "isa" in table.splitlines()[0]
+        and "GB/s" in table.splitlines()[-1]
+    )
