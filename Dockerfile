@@ -21,10 +21,10 @@ COPY .streamlit ./.streamlit
 ENV EXPLORER_ASSETS=/app/assets HOME=/home/explorer
 RUN useradd --create-home --uid 10001 explorer && mkdir -p /data && chown explorer /data
 USER 10001
-# Compile the native kernels into $EXPLORER_CACHE now (checksummed), not in the first user's
-# request; before VOLUME, so that a new volume starts with the build (a bind mount that hides it
-# gets one build at first use).
-RUN python -m explorer.kernels.native
+# Compile the native kernels (linear and convolution libraries, -Werror) into $EXPLORER_CACHE now
+# (checksummed), not in the first user's request; before VOLUME, so that a new volume starts with
+# the build (a bind mount that hides it gets one build at first use).
+RUN explorer build-kernels
 VOLUME /data
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
