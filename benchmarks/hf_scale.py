@@ -10,11 +10,14 @@ sweep does it:
 1. ``open_context``: the safe Hugging Face loader, the task's data (tokenised, windowed);
 2. ``evaluate_entry`` for one RTN configuration (``--config w8``: W8 per channel, or ``w4g128``)
    on ``--eval-tokens`` tokens (16,384, the task's budget, by default), with a tqdm bar and its
-   estimate of the time left on stderr for the float reference's and the quantized model's
-   batches.
+   estimate of the time left on stderr, one step per window. The float reference of such a
+   vocabulary is streamed (`explorer.sweep.context.FloatReference`): its first window runs
+   alone as a check, then every window runs float and quantized side by side.
 
-Prints a table (load, quantize, kernel choice, evaluate, latency, per-layer seconds, peak RSS,
-float and quantized model bytes, the load average) and, last, one JSON line.
+A thread samples the resident memory every 20 ms and keeps each phase's peak (phases are
+marked by wrapping the runner's functions: instrumentation only, the work is the sweep's).
+Prints a table (load, quantize, kernel choice, evaluate, latency, per-layer seconds, peak RSS
+per phase, float and quantized model bytes, the load average) and, last, one JSON line.
 
 Usage: python benchmarks/hf_scale.py [--layers 24] [--vocab 151936] [--eval-tokens 16384]
        [--config w8|w4g128] [--repeats 5] [--no-per-layer]
@@ -28,8 +31,11 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 WORDS = 4000  # a generated lexicon: enough distinct words for a few thousand BPE merges
 
@@ -93,6 +99,44 @@ def build(directory: Path, args: argparse.Namespace) -> dict[str, float]:
     return {"tokenizer_s": t1 - t0, "build_s": time.perf_counter() - t1, "params": params}
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PhasePeaks:
+    """Peak resident memory per phase, sampled every ``interval`` seconds by a daemon thread."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.phase = "start"
+        self.peaks: dict[str, int] = {}
+        self.interval = interval
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            rss, phase = _rss_bytes(), self.phase
+            self.peaks[phase] = max(self.peaks.get(phase, 0), rss)
+            time.sleep(self.interval)
+
+    def wrap(self, owner: Any, name: str, phase: str) -> None:
+        """Mark calls of ``owner.name`` as ``phase`` (the outer phase resumes after)."""
+        inner: Callable[..., Any] = getattr(owner, name)
+
+        def marked(*args: Any, **kwargs: Any) -> Any:
+            outer, self.phase = self.phase, phase
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.peaks[phase] = max(self.peaks.get(phase, 0), _rss_bytes())
+                self.phase = outer
+
+        setattr(owner, name, marked)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24)
@@ -112,18 +156,31 @@ def main() -> int:
     import torch
     from tqdm import tqdm
 
+    import explorer.sweep.runner as runner
     import explorer.tasks.causal_lm as causal_lm
-    from explorer.sweep.context import ModelSource, open_context
+    from explorer.sweep.context import FloatReference, ModelSource, open_context
     from explorer.sweep.runner import RunSettings, evaluate_entry, peak_rss_bytes
     from explorer.sweep.space import SweepSpec, expand
 
     causal_lm.EVAL_TOKENS = args.eval_tokens  # the budget this run scores
+    peaks = PhasePeaks()
+    for owner, name, phase in (
+        (runner, "build_quantized", "quantize"),
+        (runner, "select_kernels", "kernel choice and latency"),
+        (runner, "measure_callable", "kernel choice and latency"),
+        (runner, "per_layer", "per-layer"),
+        (FloatReference, "compute", "float check"),
+        (FloatReference, "evaluate", "evaluate"),
+    ):
+        peaks.wrap(owner, name, phase)
     load_avg = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hf_scale_") as tmp:
         directory = Path(tmp)
+        peaks.phase = "build"
         built = build(directory, args)
         rss_after_build = peak_rss_bytes()
 
+        peaks.phase = "load"
         t0 = time.perf_counter()
         ctx = open_context(ModelSource(model=str(directory), data=str(directory / "text.txt")))
         load_s = time.perf_counter() - t0
@@ -143,7 +200,7 @@ def main() -> int:
             calibration_samples=32,
         )
         bars: dict[str, tqdm] = {}
-        phase = ["float reference"]
+        phase = [f"{entry.label} evaluate (float + quantized per window)"]
 
         def progress(done: int, total: int) -> None:
             bar = bars.get(phase[0])
@@ -154,14 +211,15 @@ def main() -> int:
             bar.update(done - bar.n)
             if done == total:
                 bar.close()
-                phase[0] = f"{entry.label} evaluate"
 
         t0 = time.perf_counter()
         ctx.compute_reference(progress)
         reference_s = time.perf_counter() - t0
+        peaks.phase = "row (other)"
         t0 = time.perf_counter()
         row = evaluate_entry(ctx, entry, settings, progress=progress)
         row_s = time.perf_counter() - t0
+        peaks.phase = "end"
 
     seconds = row["seconds"]
     result = {
@@ -182,6 +240,8 @@ def main() -> int:
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "peak_rss_bytes": row["peak_rss_bytes"],
         "peak_rss_after_build_bytes": rss_after_build,
+        "peak_rss_by_phase_bytes": dict(peaks.peaks),
+        "streamed_reference": ctx.reference.streamed,
         "model_bytes": row["model_bytes"],
         "size_bytes": row["size_bytes"],
         "perplexity": row["metrics"].get("perplexity"),
@@ -194,10 +254,11 @@ def main() -> int:
         ("tokens evaluated", f"{row['tokens_evaluated']:,}"),
         ("build (not timed as load)", f"{built['build_s']:.1f} s"),
         ("load (open_context)", f"{load_s:.1f} s"),
-        ("float reference", f"{reference_s:.1f} s"),
+        ("float check / reference", f"{reference_s:.1f} s"),
         *((f"row: {k}", f"{v:.1f} s") for k, v in seconds.items()),
         ("row total", f"{row_s:.1f} s"),
         ("peak RSS (whole process)", f"{row['peak_rss_bytes'] / gib:.2f} GiB"),
+        *((f"peak RSS: {k}", f"{v / gib:.2f} GiB") for k, v in peaks.peaks.items()),
         ("float model", f"{row['model_bytes']['float'] / gib:.2f} GiB"),
         ("quantized model", f"{row['model_bytes']['quantized'] / gib:.2f} GiB"),
         ("load average (start/end)", f"{load_avg[0]:.1f} / {os.getloadavg()[0]:.1f}"),

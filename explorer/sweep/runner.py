@@ -43,7 +43,6 @@ from explorer.nn.capture import capture_outputs
 from explorer.nn.convert import (
     QuantReport,
     as_linear,
-    linear_parameter_count,
     quant_modules,
     quantize_model,
     select_kernels,
@@ -63,8 +62,9 @@ from explorer.sweep.version import code_version
 
 LAYER_PROFILE_RUNS = 5
 OUTPUT_SQNR_SAMPLES = 64
-PER_LAYER_FULL_WEIGHTS = 50_000_000
-"""Language models with more linear weights compare per-layer outputs on 1 sequence, not 4."""
+PER_LAYER_LOGITS_BYTES = 1 << 26
+"""Language models compare per-layer outputs on up to 4 calibration sequences whose float32
+logits fit in this many bytes (64 MiB: one sequence of a 150k vocabulary)."""
 
 
 @dataclass(frozen=True)
@@ -238,10 +238,12 @@ def per_layer(
     names = [n for n in layers if n in float_modules]
     x = ctx.calibration_inputs(OUTPUT_SQNR_SAMPLES)
     if ctx.task == "lm":
-        # every layer's output is kept, float and quantized: a 150k vocabulary's logits alone
-        # are 311 MB per 512 tokens, so big models compare one calibration sequence
-        big = linear_parameter_count(ctx.model) > PER_LAYER_FULL_WEIGHTS
-        x = x[: 1 if big else 4]
+        # every layer's output is kept, float and quantized, and its SQNR taken in float64: a
+        # 151,936-token vocabulary's logits are 78 MB per 128-token sequence (x 2, x 3 in
+        # float64), so wide vocabularies compare fewer sequences (at least one)
+        vocab = getattr(getattr(ctx.model, "config", None), "vocab_size", None)
+        per_sequence = x.shape[-1] * (vocab if isinstance(vocab, int) else 0) * 4
+        x = x[: max(1, min(4, PER_LAYER_LOGITS_BYTES // max(1, per_sequence)))]
     f_out = capture_outputs(ctx.folded, names, x)
     q_out = capture_outputs(qmodel, names, x)
     times = _layer_times(qmodel, names, primary) if primary is not None else {}
