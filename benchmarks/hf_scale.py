@@ -208,6 +208,7 @@ def main() -> int:
                 bar = bars[phase[0]] = tqdm(
                     total=total, desc=phase[0], unit="batch", file=sys.stderr, leave=True
                 )
+            bar.set_postfix(rss=f"{_rss_bytes() / 2**30:.2f}G", refresh=False)
             bar.update(done - bar.n)
             if done == total:
                 bar.close()
