@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,12 @@ import pytest
 import torch
 
 from explorer import cli
+from explorer.measure.evaluation import SampleStats, summarize
 from explorer.quant.config import Plan
 from explorer.sweep.context import ModelSource, open_context
-from explorer.tasks import detect_task
+from explorer.tasks import TaskError, detect_task
+from explorer.tasks import audio as audio_module
+from explorer.tasks.audio import load_utterances
 from explorer.tasks.speech import (
     normalise_text,
     pack_outputs,
@@ -128,6 +132,7 @@ def test_whisper_is_the_speech_task(whisper_dir: Path) -> None:
     assert detect_task(config, whisper_dir) == "speech"
 
 
+@pytest.mark.slow
 def test_speech_row_through_the_cli(whisper_dir: Path, tmp_path: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
     args = ["sweep", "--model", str(whisper_dir), "--data", str(whisper_dir.parent / "audio")]
@@ -159,3 +164,121 @@ def test_speech_row_through_the_cli(whisper_dir: Path, tmp_path: Path) -> None:
         hypotheses += [normalise_text(task.decode(t)) for t in ids]
     references = [normalise_text(t) for t in task.references]
     assert row["metrics"]["wer"] == pytest.approx(jiwer.wer(references, hypotheses), abs=1e-12)
+
+
+# --- data: formats and every refusal ----------------------------------------------------------
+
+
+def test_folder_zip_and_csv_read_alike(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "audio", n=4)
+    utterances = load_utterances(folder, RATE, WINDOW_S, normalise=normalise_text)
+    assert [u.path.name for u in utterances] == ["u0.wav", "u1.wav", "u2.flac", "u3.wav"]
+    assert utterances[1].audio.size == round(0.7 * RATE)  # 8 kHz, resampled to 16 kHz
+    assert utterances[0].text == sentences(4, seed=7)[0]
+    archive = tmp_path / "audio.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(folder.iterdir()):
+            z.write(f, f"audio/{f.name}")
+    zipped = load_utterances(archive, RATE, WINDOW_S)
+    by_csv = load_utterances(folder / "transcripts.csv", RATE, WINDOW_S)
+    for a, b, c in zip(utterances, zipped, by_csv, strict=True):
+        assert np.array_equal(a.audio, b.audio) and np.array_equal(a.audio, c.audio)
+
+
+def bad_folder(root: Path, rows: list[str], files: dict[str, tuple[np.ndarray, int]]) -> Path:
+    root.mkdir()
+    for name, (samples, rate) in files.items():
+        soundfile.write(root / name, samples, rate)
+    (root / "t.csv").write_text("\n".join(["file,text", *rows]) + "\n")
+    return root
+
+
+LONG = np.full(601 * 1000, 0.1, np.float32)  # 10 min 1 s at 1 kHz: a small file
+BAD = {
+    "missing file": (
+        ["a.wav,hello", "gone.wav,hi there"],
+        {},
+        r"t.csv row 3: the audio file gone.wav does not exist",
+    ),
+    "empty text": (['a.wav,""'], {}, r"t.csv row 2 \(a.wav\): the text is empty"),
+    "no words": (
+        ["a.wav,?!"],
+        {},
+        r"t.csv row 2 \(a.wav\): the text '\?!' has no words once normalised",
+    ),
+    "outside": (["../a.wav,hi"], {}, r"t.csv row 2: ../a.wav lies outside the folder"),
+    "silence": (
+        ["s.wav,hi"],
+        {"s.wav": (np.zeros(RATE, np.float32), RATE)},
+        r"audio s.wav is silent",
+    ),
+    "window": (
+        ["l.wav,hi"],
+        {"l.wav": (tone(3, 300), RATE)},
+        r"audio l.wav is 3.0 s long, longer than the model's window of 2 s",
+    ),
+    "10 minutes": (
+        ["h.wav,hi"],
+        {"h.wav": (LONG, 1000)},
+        r"audio h.wav is 10.0 minutes long, over the limit of 10 minutes",
+    ),
+}
+
+
+@pytest.mark.parametrize(("rows", "files", "message"), BAD.values(), ids=BAD.keys())
+def test_bad_rows_and_audio_are_named(
+    rows: list[str],
+    files: dict[str, tuple[np.ndarray, int]],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files = {"a.wav": (tone(1, 300), RATE), **files}
+    folder = bad_folder(tmp_path / "bad", rows, files)
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a file over a limit must be refused before it is decoded")
+
+    if "long" in message:
+        monkeypatch.setattr(soundfile, "read", no_decoding)
+    with pytest.raises(TaskError, match=message):
+        load_utterances(folder, RATE, WINDOW_S, normalise=normalise_text)
+
+
+def test_unreadable_and_oversized_files_and_bad_csvs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = bad_folder(tmp_path / "bad", ["a.wav,hi"], {})
+    (folder / "a.wav").write_bytes(b"RIFF not really a wave file")
+    with pytest.raises(TaskError, match=r"audio a.wav is not readable WAV or FLAC"):
+        load_utterances(folder, RATE, WINDOW_S)
+    soundfile.write(folder / "a.wav", tone(1, 300), RATE)
+    monkeypatch.setattr(audio_module, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(TaskError, match=r"audio a.wav is 32,044 bytes, over the limit of 1,000"):
+        load_utterances(folder, RATE, WINDOW_S)
+    (folder / "t.csv").write_text("path,sentence\na.wav,hi\n")
+    with pytest.raises(TaskError, match=r"t.csv: the header must name the columns file,text"):
+        load_utterances(folder, RATE, WINDOW_S)
+    (folder / "u.csv").write_text("file,text\n")
+    with pytest.raises(TaskError, match=r"has 2 .csv files"):
+        load_utterances(folder, RATE, WINDOW_S)
+    with pytest.raises(TaskError, match=r"a.wav: a speech recognizer reads a folder of WAV/FLAC"):
+        load_utterances(folder / "a.wav", RATE, WINDOW_S)
+
+
+def test_wer_interval_is_of_the_paired_delta() -> None:
+    words = torch.tensor([3.0, 3.0, 4.0, 5.0], dtype=torch.float64)
+    f = SampleStats(
+        4, word_errors=torch.tensor([1.0, 0.0, 2.0, 0.0], dtype=torch.float64), words=words
+    )
+    q = SampleStats(
+        4, word_errors=torch.tensor([2.0, 0.0, 2.0, 1.0], dtype=torch.float64), words=words
+    )
+    fidelity = {k: torch.ones(4, dtype=torch.float64) for k in ("signal", "noise", "cosine")}
+    same = summarize(f, f, fidelity, n_boot=200)
+    assert same.metrics["wer"] == pytest.approx(3 / 15, abs=1e-15)
+    assert same.metrics_ci["wer"] == (0.0, 0.0)
+    worse = summarize(f, q, fidelity, n_boot=200)
+    assert worse.metrics["wer"] == pytest.approx(5 / 15, abs=1e-15)
+    lo, hi = worse.metrics_ci["wer"]
+    assert 0.0 <= lo <= 2 / 15 <= hi  # quantized never better on any utterance
