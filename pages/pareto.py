@@ -13,6 +13,7 @@ import streamlit as st
 from explorer.errors import ExplorerError
 from explorer.inspect import result_table
 from explorer.plots import (
+    deployed_figure,
     float_metric,
     metric_of,
     pareto_3d_figure,
@@ -164,8 +165,14 @@ timed = [_at_workload(row, workload) for row in visible] if workload else visibl
 metric_path, _ = metric_of(rows)
 reference = float_metric(rows)
 try:
-    size_tab, latency_tab, three_tab, formats_tab = st.tabs(
-        ["Quality vs size", "Quality vs latency", "Three axes", "Algorithms by format"]
+    size_tab, latency_tab, three_tab, formats_tab, deployed_tab = st.tabs(
+        [
+            "Quality vs size",
+            "Quality vs latency",
+            "Three axes",
+            "Algorithms by format",
+            "Deployed vs explorer",
+        ]
     )
     with size_tab:
         st.plotly_chart(
@@ -200,6 +207,14 @@ try:
             "Configurations that store weights in the same format have the same size, so on the "
             "size plot they share one x. Here each format is one column and the ways of reaching "
             "it (round to nearest, GPTQ, AWQ, QAT) stand side by side."
+        )
+    with deployed_tab:
+        st.plotly_chart(deployed_figure(visible, workload), key="pareto.deployed")
+        st.caption(
+            "Each configuration measured both by the explorer's own kernels and in a "
+            "deployment runtime (sweep with a target such as ONNX Runtime): the runtime's "
+            "latency against the explorer's. Below the dashed diagonal the runtime is faster "
+            "than our kernels suggest: what users will see after deployment."
         )
 except (ExplorerError, ValueError) as exc:
     st.error(f"Cannot draw these results: {exc}")

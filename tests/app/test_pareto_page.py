@@ -40,7 +40,13 @@ def test_pareto_page_draws_every_row(swept: dict[str, Any]) -> None:
     assert not at.exception, at.exception
     assert not at.error
     charts = _charts(at)
-    assert set(charts) == {"pareto.size", "pareto.latency", "pareto.3d", "pareto.formats"}
+    assert set(charts) == {
+        "pareto.size",
+        "pareto.latency",
+        "pareto.3d",
+        "pareto.formats",
+        "pareto.deployed",  # empty here: every row is native
+    }
     with ResultStore(swept["store"]) as store:
         stored = store.rows()  # the swept rows, and what-if rows of other page tests
     keys = {row["key"] for row in stored}
