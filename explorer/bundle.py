@@ -129,6 +129,33 @@ def export_bundle(
     return {name: (result.folder / name).read_bytes() for name in BUNDLE_FILES}
 
 
+def target_bundle(
+    ctx: ModelContext,
+    row: Mapping[str, Any],
+    folder: str | Path,
+    settings: RunSettings | None = None,
+) -> dict[str, bytes]:
+    """The runtime artifact of a row measured in another target, as the sweep built it (the
+    row's quantized model, the first evaluation batch as the example input, the same
+    calibration inputs), with the target's recipe: for ONNX Runtime ``model.onnx`` and
+    ``run_onnx.py``. Empty for a native row or a target without a recipe."""
+    from explorer.targets import get_target
+
+    name = row.get("target") or "native"
+    if name == "native":
+        return {}
+    target = get_target(f"{name}:{row['format']}" if row.get("format") else name)
+    if not hasattr(target, "export_recipe"):
+        return {}
+    settings = settings or RunSettings(qat_batch=row.get("qat_batch"))
+    quantized = build_row_model(ctx, row, settings)
+    example = ctx.compute_reference().batches[0][0]
+    calibration = ctx.calibration_inputs(settings.calibration_samples)
+    artifact = target.build(quantized, example, calibration)
+    files = target.export_recipe(artifact, folder)
+    return {path.name: path.read_bytes() for path in files.values()}
+
+
 def zip_bundle(files: Mapping[str, bytes], folder: str = "export") -> bytes:
     """The bundle as one zip holding ``folder/<file>`` (unzips to a folder `load_export` reads)."""
     buffer = io.BytesIO()

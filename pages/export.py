@@ -1,5 +1,6 @@
 """Export: download a chosen configuration as its plan (JSON), its quantized weights
-(safetensors), a Python snippet that reapplies it, and the Pareto plot as HTML."""
+(safetensors), a Python snippet that reapplies it, and the Pareto plot as HTML; a row measured in
+ONNX Runtime also offers the measured ``model.onnx`` and a script that runs it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from explorer.bundle import export_bundle, plan_json, row_snippet, zip_bundle
+from explorer.bundle import export_bundle, plan_json, row_snippet, target_bundle, zip_bundle
 from explorer.errors import ExplorerError
 from explorer.export import WEIGHTS_FILE
 from explorer.measure.display import format_metric
@@ -59,6 +60,38 @@ def _bundle(ctx: Any, row: dict[str, Any]) -> dict[str, bytes]:
         with st.spinner(f"{what} {row.get('label') or 'the configuration'} …"):
             bundles[row["key"]] = export_bundle(ctx, row, folder)
     return bundles[row["key"]]
+
+
+def _runtime_files_ui(ctx: Any, row: dict[str, Any]) -> None:
+    """The file the row's runtime measured (``model.onnx`` for ONNX Runtime) and its script."""
+    target = row.get("target")
+    st.subheader(f"The measured {target} model")
+    bundles: dict[str, dict[str, bytes]] = st.session_state.setdefault(BUNDLES, {})
+    key = f"{row['key']}.{target}"
+    try:
+        if key not in bundles:
+            folder = state.run_dir() / "exports" / f"{row['key'][:16]}-{target}"
+            with st.spinner(f"Building the {target} model …"):
+                bundles[key] = target_bundle(ctx, row, folder)
+    except (ExplorerError, ValueError) as exc:
+        st.error(f"Could not build the {target} model: {exc}")
+        return
+    files = bundles[key]
+    for i, (name, data) in enumerate(files.items()):
+        st.download_button(
+            f"Download {name} ({len(data) / 1024:,.1f} KiB)",
+            data,
+            file_name=name,
+            mime="text/x-python" if name.endswith(".py") else "application/octet-stream",
+            key=f"export.runtime.{i}",
+        )
+    if files:
+        st.caption(
+            "This configuration's latency and accuracy were measured by running exactly this "
+            "file in the runtime, with the same weights as the explorer's quantized model. The "
+            "script runs it with the measured settings: `python run_onnx.py inputs.npy "
+            "labels.npy` prints the accuracy (or perplexity)."
+        )
 
 
 def main() -> None:
@@ -131,6 +164,9 @@ def main() -> None:
             "rebuilds the quantized model on its own (that metadata is why the file is a little "
             "larger than the size as stored). The zip adds plan.json, reapply.py and a README."
         )
+
+    if (row.get("target") or "native") != "native":
+        _runtime_files_ui(ctx, row)
 
     st.subheader("Python snippet")
     st.caption(

@@ -24,6 +24,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,54 @@ __all__ = ["OnnxRuntimeTarget", "fused_kinds", "pack_nbits", "support"]
 
 OPSET = 17
 PROMPT_TOKENS = 128  # a language model's prefill, as the native workloads run it
+ONNX_FILE = "model.onnx"
+SCRIPT_FILE = "run_onnx.py"
+RUN_SCRIPT = '''"""Run the quantized model as the explorer measured it: model.onnx in ONNX Runtime
+(measured with onnxruntime {version}, {threads} thread(s), all graph optimisations).
+
+    pip install onnxruntime numpy
+    python run_onnx.py                          # a random input of the measured shape
+    python run_onnx.py inputs.npy [labels.npy]  # your inputs; with labels, the score
+
+Labels are class indices (prints accuracy) or, for a language model, next-token ids with -100
+where a token is not scored (prints perplexity).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+THREADS = {threads}
+INPUT_SHAPE = {shape}  # as measured; the batch axis (and a token sequence's length) is free
+INPUT_DTYPE = "{dtype}"
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = THREADS
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+model = Path(__file__).with_name("model.onnx")
+session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+if len(sys.argv) > 1:
+    x = np.load(sys.argv[1]).astype(INPUT_DTYPE)
+elif INPUT_DTYPE == "int64":
+    x = np.random.default_rng(0).integers(0, 2, INPUT_SHAPE, dtype=np.int64)
+else:
+    x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype(np.float32)
+(out,) = session.run(["output"], {"input": x})
+print(f"output {out.shape} {out.dtype}")
+if len(sys.argv) > 2:
+    labels = np.load(sys.argv[2])
+    if out.ndim == 3:  # (batch, tokens, vocabulary) logits
+        logits = out - out.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        scored = labels != -100
+        nll = -np.take_along_axis(logp, np.where(scored, labels, 0)[..., None], -1)[..., 0]
+        print(f"perplexity {float(np.exp(nll[scored].mean())):.4f} on {scored.sum()} tokens")
+    else:
+        print(f"accuracy {float((out.argmax(-1) == labels).mean()):.4f} on {len(labels)} samples")
+'''
 # nodes around a layer's kernel that move or (de)quantize data without computing the layer
 PLUMBING = ("QuantizeLinear", "DequantizeLinear", "Transpose", "Flatten", "Reshape", "Identity")
 
@@ -230,6 +279,8 @@ class OnnxRuntimeTarget(Target):
         for n, note in notes.items():
             art.layers[n]["note"] = note
         art.session = sess  # type: ignore[attr-defined]
+        art.input_shape = tuple(example_input.shape)  # type: ignore[attr-defined]
+        art.input_dtype = str(_feed(example_input[:1]).dtype)  # type: ignore[attr-defined]
         if not example_input.is_floating_point():
             # a language model: the graph maps token ids to logits and keeps no KV cache, so
             # ORT times a prefill of the first PROMPT_TOKENS tokens and no decode step
@@ -316,6 +367,23 @@ class OnnxRuntimeTarget(Target):
     def export(self, artifact: Artifact, path: str) -> None:
         with open(path, "wb") as fh:
             fh.write(artifact.payload)
+
+    def export_recipe(self, artifact: Artifact, folder: str | Path) -> dict[str, Path]:
+        """The measured ``model.onnx`` and ``run_onnx.py``, a script that runs it in ONNX
+        Runtime with the measured settings (and scores it when given labels), in ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {"onnx": folder / ONNX_FILE, "script": folder / SCRIPT_FILE}
+        self.export(artifact, str(files["onnx"]))
+        shape = list(getattr(artifact, "input_shape", []))
+        dtype = getattr(artifact, "input_dtype", "float32")
+        files["script"].write_text(
+            RUN_SCRIPT.replace("{threads}", str(self.threads))
+            .replace("{shape}", repr(shape))
+            .replace("{dtype}", dtype)
+            .replace("{version}", ort.__version__)
+        )
+        return files
 
 
 class TaskOutput(nn.Module):

@@ -3,6 +3,10 @@ the native quantized model, and the settings ORT cannot run refused with their r
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -178,15 +182,31 @@ def test_unsupported_settings_are_refused(config: QuantConfig, message: str) -> 
 
 
 def test_exported_file_reloads_with_identical_outputs(tmp_path) -> None:
-    qmodel, x, _ = _quantized("digits-cnn", W8A8_STATIC)
+    qmodel, x, calib = _quantized("digits-cnn", W8A8_STATIC)
     target = get_target("onnxruntime", threads=1)
-    art = target.build(qmodel, x)
-    path = tmp_path / "model.onnx"
-    target.export(art, str(path))
-    onnx.checker.check_model(str(path))
-    fresh = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    art = target.build(qmodel, x, calib)
+    files = target.export_recipe(art, tmp_path)
+    assert files["onnx"].read_bytes() == art.payload  # the measured file itself
+    onnx.checker.check_model(str(files["onnx"]))
+    fresh = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
     (out,) = fresh.run(None, {"input": x.numpy()})
     assert torch.equal(torch.from_numpy(out), art.runner(x))
+    # the script runs it on the user's inputs and scores it against their labels
+    labels = art.runner(x).argmax(-1).numpy()
+    labels[:4] = (labels[:4] + 1) % 10  # 4 of 16 wrong
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "y.npy", labels)
+    done = subprocess.run(
+        [sys.executable, str(files["script"]), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "output (16, 10) float32",
+        "accuracy 0.7500 on 16 samples",
+    ]
 
 
 def test_profiler_times_map_to_layers() -> None:
