@@ -40,6 +40,7 @@ import ctypes
 import dataclasses
 import functools
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,7 +51,7 @@ from explorer.errors import KernelError
 from explorer.kernels import native_build
 from explorer.kernels.activation import act_qparams
 from explorer.kernels.base import ActQParams, LinearKernel, LinearSpec
-from explorer.quant.primitives import qrange
+from explorer.quant.primitives import SCALE_EPS, qrange
 from explorer.quant.qtensor import QuantizedWeight, code_offset
 
 K_ALIGN = 32  # what the native weight-only and W4A8 linear kernels need of K
@@ -131,6 +132,8 @@ def _library() -> ctypes.CDLL | str:
     lib.qe_conv_abi_version.restype = _INT
     lib.qe_quant_u8_nhwc.restype = _INT
     lib.qe_quant_u8_nhwc.argtypes = [_P, _P, _I64, _I64, _I64, _F, _F, _F, _F, _INT, _INT]
+    lib.qe_act_qparams.restype = _INT
+    lib.qe_act_qparams.argtypes = [_P, _I64, _INT, _F, _P, _P, _INT]
     lib.qe_im2col_f32.restype = _INT
     lib.qe_im2col_f32.argtypes = [_P, _P] + [_I64] * 15 + [_INT]
     lib.qe_dwconv_wo.restype = _INT
@@ -186,6 +189,28 @@ def quantize_u8_nhwc(
     )
     _check(rc, "qe_quant_u8_nhwc")
     return out
+
+
+def float32(v: float) -> float:
+    """``v`` rounded to float32, as a tensor of it would hold it."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def dynamic_qparams(x: torch.Tensor, symmetric: bool) -> tuple[float, int]:
+    """Per-tensor dynamic 8-bit scale and zero point of ``x`` (contiguous in any layout):
+    bit-identical to `explorer.quant.primitives.choose_qparams` on its range, in one C pass."""
+    scale, zero = ctypes.c_float(), ctypes.c_int()
+    rc = _lib().qe_act_qparams(
+        x.data_ptr(),
+        x.numel(),
+        int(symmetric),
+        SCALE_EPS,
+        ctypes.byref(scale),
+        ctypes.byref(zero),
+        torch.get_num_threads(),
+    )
+    _check(rc, "qe_act_qparams")
+    return scale.value, zero.value
 
 
 def im2col(x: torch.Tensor, geom: ConvGeometry, kpad: int) -> torch.Tensor:
@@ -361,9 +386,19 @@ class OnednnConvKernel:
     def run(self, state: OnednnState, x: torch.Tensor) -> torch.Tensor:
         spec, geom = state.spec, state.geom
         x = x.float()
-        seen = x if self.depthwise else read_pixels(x, geom)
-        scale, zero = act_qparams(seen.reshape(1, -1), spec, state.act)
-        s, z = float(scale[0, 0]), int(zero[0, 0])
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous()
+        if spec.act_static:
+            if state.act is None:
+                raise ValueError("static activation quantization needs calibrated qparams")
+            s, z = float32(state.act.scale), state.act.zero
+        else:
+            seen = x if self.depthwise else read_pixels(x, geom)
+            if seen is x:  # one C pass instead of ~10 torch ops: small layers pay for those
+                s, z = dynamic_qparams(x, spec.act_symmetric)
+            else:
+                scale, zero = act_qparams(seen.reshape(1, -1), spec, None)
+                s, z = float(scale[0, 0]), int(zero[0, 0])
         xq = quantize_u8_nhwc(x, s, z, 8, spec.act_symmetric)
         weights = (state.packed, state.weight_scale, state.weight_zero, state.bias)
         return _onednn_run(xq, s, z + (128 if spec.act_symmetric else 0), weights, geom)

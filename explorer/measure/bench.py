@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from explorer import machine
 from explorer.kernels import native
 from explorer.kernels.base import LinearSpec
-from explorer.kernels.select import KERNELS
+from explorer.kernels.select import KERNELS, conv_candidates
 from explorer.measure.latency import timing_lock
 from explorer.nn.modules import QuantConv2d
 from explorer.quant.config import QuantConfig
@@ -268,9 +268,9 @@ def bench_conv(
     fns["bf16"] = lambda: conv_bf16(x.bfloat16())
     for fmt, config in LINEAR_FORMATS:
         q = QuantConv2d.from_float(conv, config)
-        spec = q.spec
-        for kernel in KERNELS.values():
-            if kernel.supports(spec) is None and kernel.name not in SLOW_ON_CPU:
+        # every convolution kernel: oneDNN's int8 convolution, im2col + each linear kernel
+        for kernel in conv_candidates(q.conv_spec, q.geometry):
+            if kernel.name not in SLOW_ON_CPU:
                 qk = QuantConv2d.from_float(conv, config)
                 qk.use_kernel(kernel.name)
                 fns[f"{kernel.name}|{fmt}"] = qk

@@ -24,7 +24,7 @@ from explorer.machine import cpu_flags
 from explorer.nn.convert import quantize_model, select_kernels
 from explorer.nn.modules import QuantConv2d
 from explorer.quant.config import Plan, QuantConfig
-from explorer.quant.primitives import quantize
+from explorer.quant.primitives import choose_qparams, quantize
 from explorer.quant.qtensor import QuantizedWeight
 
 if conv_ops.unavailable_reason() is not None:
@@ -266,3 +266,20 @@ def test_every_layer_of_a_small_cnn_runs_a_real_kernel(config: QuantConfig, stem
         ref = q(x)
     tol = 2e-2 if any("bf16" in name for name in chosen.values()) else 1e-4  # bf16 activations
     assert float((y - ref).norm() / ref.norm()) < tol
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_dynamic_qparams_are_those_of_choose_qparams(symmetric: bool) -> None:
+    g = torch.Generator().manual_seed(5)
+    cases = [
+        torch.randn(3, 7, 5, 5, generator=g) * 3,
+        torch.rand(2, 4, 9, 9, generator=g) + 0.5,  # all positive: the range still holds 0
+        -torch.rand(1, 3, 4, 4, generator=g) * 1e-3,
+        torch.zeros(1, 2, 3, 3),  # scale clamps to its floor
+        torch.randn(1, 300, 30, 30, generator=g),  # large enough to split across threads
+    ]
+    for x in cases:
+        lo, hi = x.min().reshape(1, 1), x.max().reshape(1, 1)
+        scale, zero = choose_qparams(lo, hi, 8, symmetric)
+        for src in (x, x.contiguous(memory_format=torch.channels_last)):
+            assert conv_ops.dynamic_qparams(src, symmetric) == (float(scale), int(zero))

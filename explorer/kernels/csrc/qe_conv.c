@@ -63,6 +63,37 @@ static inline float clampf(float v, float lo, float hi) {
     return v > hi ? hi : v;
 }
 
+/* Dynamic per-tensor 8-bit qparams of x[0..count), the arithmetic of
+ * explorer.quant.primitives.choose_qparams in float32: the range widened to hold 0; symmetric:
+ * scale = max(-lo, hi) / 127, zero 0; else scale = (hi - lo) / 255 and
+ * zero = clamp(0 - round(lo / scale), 0, 255); scales below eps become eps. */
+QE_EXPORT int qe_act_qparams(const float *x, int64_t count, int symmetric, float eps,
+                             float *scale_out, int *zero_out, int nthreads) {
+    if (!x || !scale_out || !zero_out || count <= 0) return 1;
+    float lo = 0.0f, hi = 0.0f; /* the range always holds 0 */
+    (void)nthreads;
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && count > 65536) \
+    reduction(min : lo) reduction(max : hi) schedule(static)
+    for (int64_t i = 0; i < count; i++) {
+        const float v = x[i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    float scale;
+    if (symmetric) {
+        const float amax = -lo > hi ? -lo : hi;
+        scale = amax / 127.0f;
+    } else {
+        scale = (hi - lo) / 255.0f;
+    }
+    if (!(scale >= eps)) scale = eps;
+    int zero = 0;
+    if (!symmetric) zero = (int)clampf(0.0f - round_half_even(lo / scale), 0.0f, 255.0f);
+    *scale_out = scale;
+    *zero_out = zero;
+    return 0;
+}
+
 /* out[(b*hw + p)*c + ch] = clamp(round(x[(b*c + ch)*hw + p] / scale) + zero, lo, hi) + offset */
 QE_EXPORT int qe_quant_u8_nhwc(const float *x, uint8_t *out, int64_t n, int64_t c, int64_t hw,
                                float scale, float zero, float lo, float hi, int offset,
