@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +150,9 @@ def read_transcripts(csv_path: Path, normalise: Any = None) -> list[tuple[int, s
 
 def folder_file(folder: Path, csv_path: Path, line: int, name: str) -> Path:
     """The audio file a CSV row names: inside ``folder``, existing, WAV or FLAC."""
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder.resolve()):
+    # lexically (``..`` components), so that a folder of symbolic links to recordings works
+    path = Path(os.path.normpath(folder.absolute() / name))
+    if not path.is_relative_to(folder.absolute()):
         raise TaskError(f"{csv_path.name} row {line}: {name} lies outside the folder {folder}")
     if not path.is_file():
         raise TaskError(f"{csv_path.name} row {line}: the audio file {name} does not exist")
