@@ -68,6 +68,8 @@ def cmd_models(args: argparse.Namespace) -> dict[str, Any]:
                 "description": model.description,
             }
         )
+        if model.extra.get("install"):  # listed, but its optional extra is not installed
+            rows[-1]["install"] = model.extra["install"]
     if not args.json:
         from explorer.measure.display import format_metric
 

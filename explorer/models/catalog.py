@@ -18,6 +18,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "digits-cnn": "explorer.models.digits",
     "mobile-cnn": "explorer.models.mobile",
     "tiny-lm": "explorer.models.tinylm",
+    "whisper-tiny-en": "explorer.models.whisper",
 }
 """Each built-in model's name and the module that registers it, in the registry's order."""
 

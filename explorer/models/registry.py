@@ -89,6 +89,10 @@ class BuiltinModel:
         return load_into(self.build(), self.weights_path).eval()
 
     def params(self) -> int:
+        """The parameter count: ``extra["params"]`` when the model states it (a model whose
+        build needs an optional extra, or a large one), else counted on a fresh build."""
+        if "params" in self.extra:
+            return int(self.extra["params"])
         return sum(p.numel() for p in self.build().parameters())
 
 
