@@ -2208,11 +2208,11 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const q
                                              int64_t m0, int64_t p0) {
     const int64_t k8 = c->k8, ng = c->ng, gs = c->G / 8, K = c->K;
     const QV low = qv_set1b(0x0F);
-    const uint8_t* w[2];
-    const float* s[2];
-    const float* z[2];
-    QVF facc[QV_MR4][2];
-#pragma GCC unroll 2
+    const uint8_t* w[4];
+    const float* s[4];
+    const float* z[4];
+    QVF facc[QV_MR4][4];
+#pragma GCC unroll 4
     for (int q = 0; q < NV; ++q) {
         const int64_t p = p0 + q / QV_SUB, h = (q % QV_SUB) * QV_LANES;
         w[q] = c->w + p * k8 * 64 + h * 4;
@@ -2222,16 +2222,16 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const q
         for (int i = 0; i < MR; ++i) facc[i][q] = qvf_zero();
     }
     for (int64_t g = 0; g < ng; ++g) {
-        QV ia[QV_MR4][2], ib[2];
-#pragma GCC unroll 2
+        QV ia[QV_MR4][4], ib[4];
+#pragma GCC unroll 4
         for (int q = 0; q < NV; ++q) {
             ib[q] = qv_zero();
 #pragma GCC unroll 4
             for (int i = 0; i < MR; ++i) ia[i][q] = qv_zero();
         }
         for (int64_t st = g * gs; st < (g + 1) * gs; ++st) {
-            QV lo[2], hi[2];
-#pragma GCC unroll 2
+            QV lo[4], hi[4];
+#pragma GCC unroll 4
             for (int q = 0; q < NV; ++q) {
                 const QV v = qv_load(w[q] + st * 64);
                 if (MR == 1 && QE_PF_BYTES)
@@ -2245,7 +2245,7 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const q
             for (int i = 0; i < MR; ++i) {
                 const int8_t* xr = c->xq + (m0 + i) * K + 8 * st;
                 const QV xa = qv_set1(QV_SFX(qe_ld32)(xr)), xb = qv_set1(QV_SFX(qe_ld32)(xr + 4));
-#pragma GCC unroll 2
+#pragma GCC unroll 4
                 for (int q = 0; q < NV; ++q) {
                     if (MR == 1) {
                         ia[0][q] = qv_dp(ia[0][q], lo[q], xa);
@@ -2256,7 +2256,7 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const q
                 }
             }
         }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int q = 0; q < NV; ++q) {
             const QVF sv = qvf_load(s[q] + g * QE_PR);
             if (MR == 1) ia[0][q] = qv_add(ia[0][q], qv_srai(ib[q], 4)); /* exact: 16 | ib */
@@ -2275,7 +2275,7 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const q
         }
     }
     float tmp[QV_LANES];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int q = 0; q < NV; ++q) {
         const int64_t n0 = (p0 + q / QV_SUB) * QE_PR + (q % QV_SUB) * QV_LANES;
         const int cnt = (int)qe_min64(QV_LANES, c->N - n0);
@@ -2284,6 +2284,14 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const q
             qvf_store(tmp, facc[i][q]);
             qe_p4_store(c, m0 + i, n0, tmp, cnt);
         }
+    }
+}
+
+QV_TARGET static void QV_SFX(qe_p4_call1)(int nv, const qe_p4_ctx* c, int64_t m0, int64_t p0) {
+    switch (nv) {
+        case 3: QV_SFX(qe_p4_micro)(1, 3, c, m0, p0); break;
+        case 2: QV_SFX(qe_p4_micro)(1, 2, c, m0, p0); break;
+        default: QV_SFX(qe_p4_micro)(1, 1, c, m0, p0); break;
     }
 }
 
@@ -2297,7 +2305,12 @@ QV_TARGET static void QV_SFX(qe_p4_call)(int mr, int nv, const qe_p4_ctx* c, int
             QV_SFX(qe_p4_micro)(MR, 1, c, m0, p0);      \
         break;
     switch (mr) {
-        QE_P4_CASE(1)
+        case 1: /* M = 1 reads four vectors a step: eight independent vpdpbusd chains */
+            if (nv == 4)
+                QV_SFX(qe_p4_micro)(1, 4, c, m0, p0);
+            else
+                QV_SFX(qe_p4_call1)(nv, c, m0, p0);
+            break;
         QE_P4_CASE(2)
 #if QV_MR4 > 2
         QE_P4_CASE(3)
@@ -2309,7 +2322,7 @@ QV_TARGET static void QV_SFX(qe_p4_call)(int mr, int nv, const qe_p4_ctx* c, int
 }
 
 QV_TARGET static void QV_SFX(qe_p4_thread)(const qe_p4_ctx* c) {
-    const int64_t tile = 2 / QV_SUB; /* two vectors: at M = 1 four vpdpbusd chains */
+    const int64_t tile = (c->M == 1 ? 4 : 2) / QV_SUB; /* vectors a step: 4 at M = 1, else 2 */
     for (;;) {
         const int64_t p0 = __atomic_fetch_add(c->next, tile, __ATOMIC_RELAXED);
         if (p0 >= c->np) break;
