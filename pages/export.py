@@ -20,7 +20,7 @@ ROW_BOX = "export.row"
 BUNDLES = "export.bundles"  # {row key: {file name: bytes}}, this session's built exports
 
 
-def _choose_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def row_ui(rows: list[dict[str, Any]]) -> dict[str, Any]:
     selected = state.selected_row_key()
     if selected not in {r["key"] for r in rows}:
         quantized = [r["key"] for r in rows if r.get("kind") != "baseline"]
@@ -35,7 +35,7 @@ def _choose_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return next(r for r in rows if r["key"] == key)
 
 
-def _summary(row: dict[str, Any]) -> None:
+def summary_ui(row: dict[str, Any]) -> None:
     metric = row.get("metric_name")
     value = (row.get("metrics") or {}).get(metric) if metric else None
     a, b, c = st.columns(3)
@@ -46,7 +46,7 @@ def _summary(row: dict[str, Any]) -> None:
     latency = row.get("latency_ms")
     if isinstance(latency, int | float):
         kind = row.get("latency_kind") or "measured"
-        c.metric(f"Latency ({kind})", f"{latency:.2f} ms")
+        c.metric(f"Latency ({kind})", format_metric("latency_ms", latency))
 
 
 def _bundle(ctx: Any, row: dict[str, Any]) -> dict[str, bytes]:
@@ -62,7 +62,7 @@ def _bundle(ctx: Any, row: dict[str, Any]) -> dict[str, bytes]:
     return bundles[row["key"]]
 
 
-def _runtime_files_ui(ctx: Any, row: dict[str, Any]) -> None:
+def runtime_files_ui(ctx: Any, row: dict[str, Any]) -> None:
     """The file the row's runtime measured (``model.onnx`` for ONNX Runtime) and its script."""
     target = row.get("target")
     st.subheader(f"The measured {target} model")
@@ -113,8 +113,8 @@ def main() -> None:
             "then come back to export a configuration."
         )
         return
-    row = _choose_row(rows)
-    _summary(row)
+    row = row_ui(rows)
+    summary_ui(row)
     name = (row.get("label") or "plan").replace(" ", "-").replace("/", "-")
 
     st.subheader("Plan")
@@ -166,7 +166,7 @@ def main() -> None:
         )
 
     if (row.get("target") or "native") != "native":
-        _runtime_files_ui(ctx, row)
+        runtime_files_ui(ctx, row)
 
     st.subheader("Python snippet")
     st.caption(

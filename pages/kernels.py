@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
 import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.machine import cpu_features
 from explorer.measure.bench import environment, run_bench
 from explorer.plots import kernel_speedup_figure
+from explorer.ui.tables import kernel_timings_frame
 
 RESULT = "kernels.result"
 M_CHOICES = (1, 8, 32, 128)
@@ -19,7 +19,7 @@ SHAPE_STEP = 128  # every benchmarked format (groups of 32 and 128) must tile K
 SHAPE_MAX = 8192
 
 
-def _machine() -> None:
+def machine_ui() -> None:
     env = environment()
     cpu = cpu_features()
     yes = {True: "yes", False: "no"}
@@ -40,7 +40,7 @@ def _machine() -> None:
     )
 
 
-def _shape_ui() -> dict[str, Any] | None:
+def shape_ui() -> dict[str, Any] | None:
     with st.form("kernels.form", border=True):
         left, middle, right = st.columns(3)
         ms = left.multiselect(
@@ -102,7 +102,7 @@ def _shape_ui() -> dict[str, Any] | None:
     }
 
 
-def _run(shape: dict[str, Any]) -> dict[str, Any] | None:
+def benchmark_ui(shape: dict[str, Any]) -> dict[str, Any] | None:
     stages = [f"linear M={m}" for m in shape["ms"]] + (["conv2d"] if shape["conv"] else [])
     with st.status("Benchmarking …", expanded=True) as status:
         bar = st.progress(0.0, text="preparing weight copies (this is the slow part) …")
@@ -132,26 +132,6 @@ def _run(shape: dict[str, Any]) -> dict[str, Any] | None:
     return {**result, "shape": shape}
 
 
-def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "op": r.get("op"),
-                "kernel": r.get("kernel"),
-                "format": r.get("format"),
-                "M": r.get("M"),
-                "K": r.get("K"),
-                "N": r.get("N"),
-                "ms (median)": r.get("ms"),
-                "weight GB/s": r.get("gbps"),
-                "× fp32": r.get("speedup_vs_fp32"),
-                "× bf16": r.get("speedup_vs_bf16"),
-            }
-            for r in rows
-        ]
-    )
-
-
 def main() -> None:
     st.title("Kernels")
     st.caption(
@@ -162,16 +142,16 @@ def main() -> None:
         "fit in the CPU cache, so K = N = 4096 (a 7B-class LLM layer) shows the weight-streaming "
         "regime best, at the cost of minutes of preparation."
     )
-    _machine()
+    machine_ui()
     st.caption(
         "Timings hold a machine-wide lock, so they never overlap: if a sweep is running, the "
         "benchmark waits for each of its timings (and slows it down a little). Each kernel "
         "rotates through enough weight copies to exceed the CPU cache, so what is timed is the "
         "weight streaming of a real model, not cache hits."
     )
-    shape = _shape_ui()
+    shape = shape_ui()
     if shape is not None:
-        result = _run(shape)
+        result = benchmark_ui(shape)
         if result is not None:
             st.session_state[RESULT] = result
     result = st.session_state.get(RESULT)
@@ -187,7 +167,7 @@ def main() -> None:
         "int8 weights and activations; `-bf16` kernels compute in bf16. Medians of "
         f"{s['repeats']} runs with {result['env']['threads']} thread(s)."
     )
-    st.dataframe(_table(result["rows"]), hide_index=True, key="kernels.table")
+    st.dataframe(kernel_timings_frame(result["rows"]), hide_index=True, key="kernels.table")
 
 
 main()

@@ -11,7 +11,6 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.inspect import algorithm_summary, calibration_seconds
-from explorer.measure.display import format_metric, format_metric_delta
 from explorer.nn.convert import quantizable_layers
 from explorer.plots import (
     compare_layers_figure,
@@ -22,12 +21,20 @@ from explorer.plots import (
 )
 from explorer.sweep.sensitivity import DEFAULT_SETTINGS
 from explorer.ui import state
-from explorer.ui.rows import row_labels, row_picker_ui, rows_or_stop
+from explorer.ui.labels import (
+    LAYER_CHART_LABELS,
+    SENSITIVITY_LABELS,
+    SETTING_CHOICES,
+    change_headline,
+    compare_rows,
+    row_headline,
+)
+from explorer.ui.rows import headline_ui, row_labels, row_picker_ui, rows_or_stop
+from explorer.ui.tables import layer_report_frame
 from explorer.ui.widgets import DEFAULT_RUN
 from explorer.whatif import (
     cached_sensitivity,
     evaluate_whatif,
-    headline_deltas,
     layer_changes,
     load_or_measure_sensitivity,
     settings_for_row,
@@ -37,145 +44,40 @@ ROW_BOX = "layers.row"
 WHATIF = "layers.whatif.result"
 COMPARE_A = "layers.compare.a"
 COMPARE_B = "layers.compare.b"
-SETTING_CHOICES = (
-    "W8 channel",
-    "W8 tensor",
-    "W8 g32",
-    "W8A8 token",
-    "W4 channel",
-    "W4 g32",
-    "W4 g128",
-    "W3 g32",
-    "W3 g128",
-    "W2 g32",
-    "W4 g32 gptq",
-    "W4 g32 awq",
-    "W4 g128 gptq",
-    "W4 g128 awq",
-    "W3 g128 gptq",
-    "W3 g128 awq",
-    "W8A8 channel tensor smoothquant",
-    "bf16",
-    "fp32",
-)
-LAYER_VALUES = {
-    "latency_share": "Share of latency",
-    "output_sqnr_db": "Output SQNR",
-    "weight_sqnr_db": "Weight SQNR",
-    "bytes": "Bytes",
-}
-SENSITIVITY_VALUES = {
-    "metric_drop": "Metric lost",
-    "kl": "KL divergence",
-    "output_sqnr_db": "Output SQNR",
-    "weight_sqnr_db": "Weight SQNR",
-}
 
 
-HEADLINE_TITLES = {"sqnr_db": "Output SQNR vs float", "size_bytes": "Size", "latency_ms": "Latency"}
-
-
-def _headline(old: dict[str, Any], new: dict[str, Any], sense: str) -> None:
-    """The new row's numbers with their change from the old one, coloured by better or worse."""
-    deltas = headline_deltas(old, new)
-    cols = st.columns(len(deltas))
-    for col, (name, item) in zip(cols, deltas.items(), strict=True):
-        lower_better = name in ("size_bytes", "latency_ms") or (
-            name == old.get("metric_name") and sense == "min"
+def configuration_ui(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """Pick a configuration (the one selected app-wide by default) and show its headline
+    numbers, per-layer table and chart. Returns the row and its metric's sense."""
+    by_key = {row["key"]: row for row in rows}
+    metric_path, sense = metric_of(rows)
+    selected = state.selected_row_key()
+    if selected not in by_key:
+        selected = next(
+            (r["key"] for r in rows if r.get("kind") != "baseline" and r.get("layers")),
+            next(iter(by_key)),
         )
-        title = HEADLINE_TITLES.get(name, name)
-        if name == "latency_ms" and new.get("latency_kind") == "simulated":
-            title += " (simulated)"
-        col.metric(
-            title,
-            format_metric(name, item["new"]),
-            format_metric_delta(name, item["delta"]),
-            delta_color="inverse" if lower_better else "normal",
+    key = row_picker_ui(
+        rows,
+        selected,
+        box=ROW_BOX,
+        label="Configuration",
+        help="The configuration shown below; clicking a point on the Pareto page selects it too.",
+    )
+    row = by_key[key]
+    headline_ui(row_headline(row, metric_path.split(".", 1)[-1], float_metric(rows), sense))
+    simulated = row.get("latency_kind") == "simulated"
+    if simulated:
+        st.caption(
+            "Simulated latency: some layers have no real kernel at this width, so the model was "
+            "timed with the next wider real kernel in their place; the time is an upper bound and "
+            "per-layer shares are not measured."
         )
 
-
-def _layer_table(row: dict[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {
-                "layer": lay.get("name"),
-                "type": lay.get("type"),
-                "setting": lay.get("config") or "fp32",
-                "algorithm": lay.get("algorithm") or "",
-                "kernel": lay.get("kernel") or "float",
-                "simulated": bool(lay.get("simulated")),
-                "weight SQNR (dB)": lay.get("weight_sqnr_db"),
-                "output SQNR (dB)": lay.get("output_sqnr_db"),
-                "share of latency": lay.get("latency_share"),
-                "bytes": lay.get("bytes"),
-                "fallback": lay.get("fallback") or "",
-            }
-            for lay in row.get("layers") or []
-        ]
-    )
-
-
-st.title("Layers")
-st.caption(
-    "One configuration, layer by layer: which setting and kernel each layer got, how faithful "
-    "its weights and outputs stay to float (SQNR, in dB: every 6 dB is about one more bit of "
-    "precision), how much of the model's time it takes and how many bytes it stores."
-)
-
-source, ctx, rows = rows_or_stop(
-    ", then pick a configuration here or click a point on the Pareto page."
-)
-
-by_key = {row["key"]: row for row in rows}
-labels = row_labels(rows)
-keys = list(by_key)
-metric_path, sense = metric_of(rows)
-metric_name = metric_path.split(".", 1)[-1]
-selected = state.selected_row_key()
-if selected not in by_key:
-    selected = next(
-        (r["key"] for r in rows if r.get("kind") != "baseline" and r.get("layers")), keys[0]
-    )
-key = row_picker_ui(
-    rows,
-    selected,
-    box=ROW_BOX,
-    label="Configuration",
-    help="The configuration shown below; clicking a point on the Pareto page selects it too.",
-)
-row = by_key[key]
-
-# --- the configuration ---------------------------------------------------------------------------
-value = (row.get("metrics") or {}).get(metric_name)
-reference = float_metric(rows)
-cols = st.columns(4)
-cols[0].metric(
-    metric_name,
-    format_metric(metric_name, value),
-    None
-    if value is None or reference is None
-    else f"{format_metric_delta(metric_name, value - reference)} vs float",
-    delta_color="inverse" if sense == "min" else "normal",
-)
-cols[1].metric("Size", format_metric("size_bytes", row.get("size_bytes")))
-simulated = row.get("latency_kind") == "simulated"
-cols[2].metric(
-    "Latency" + (" (simulated)" if simulated else ""),
-    format_metric("latency_ms", row.get("latency_ms")),
-)
-bpw = row.get("bits_per_weight")
-cols[3].metric("Bits per weight", "–" if bpw is None else f"{bpw:.2f}")
-if simulated:
-    st.caption(
-        "Simulated latency: some layers have no real kernel at this width, so the model was "
-        "timed with the next wider real kernel in their place; the time is an upper bound and "
-        "per-layer shares are not measured."
-    )
-
-layers_df = _layer_table(row)
-if layers_df.empty:
-    st.info("This configuration has no per-layer report (it was run without one).")
-else:
+    layers_df = layer_report_frame(row)
+    if layers_df.empty:
+        st.info("This configuration has no per-layer report (it was run without one).")
+        return row, sense
     st.dataframe(
         layers_df,
         hide_index=True,
@@ -189,137 +91,152 @@ else:
             "bytes": st.column_config.NumberColumn(format="%d"),
         },
     )
+    # a simulated row has no per-layer times: open on what it does have
+    opening = "output_sqnr_db" if simulated else "latency_share"
     shown = st.segmented_control(
         "Chart",
-        list(LAYER_VALUES),
-        # a simulated row has no per-layer times: open on what it does have
-        default="output_sqnr_db" if simulated else "latency_share",
-        format_func=LAYER_VALUES.__getitem__,
+        list(LAYER_CHART_LABELS),
+        default=opening,
+        format_func=LAYER_CHART_LABELS.__getitem__,
         key="layers.value",
     )
-    st.plotly_chart(
-        layer_figure(row, value=shown or ("output_sqnr_db" if simulated else "latency_share")),
-        key="layers.figure",
-    )
+    st.plotly_chart(layer_figure(row, value=shown or opening), key="layers.figure")
     st.caption(
         "Bars are coloured by the kernel that runs the layer; hatched bars have no real kernel "
         "at this width and are computed on the reference path (their timing is simulated)."
     )
+    return row, sense
 
-# --- sensitivity ---------------------------------------------------------------------------------
-st.subheader("Which layers are sensitive?")
-st.caption(
-    "Each cell quantizes *one* layer alone at one setting while every other layer stays float, "
-    "and measures the damage on calibration data: red cells are layers that lose the most "
-    "accuracy (or fidelity) at that setting; grey cells are settings that do not fit the layer."
-)
-sens_cols = st.columns([3, 1, 1], vertical_alignment="bottom")
-settings = sens_cols[0].multiselect(
-    "Settings", SETTING_CHOICES, default=list(DEFAULT_SETTINGS), key="layers.sens.settings"
-)
-samples = sens_cols[1].select_slider(
-    "Samples",
-    (64, 128, 256, 512),
-    value=256,
-    key="layers.sens.samples",
-    help="Calibration samples the damage is measured on: more is steadier, and slower.",
-)
-sens_dir = state.run_dir() / "sensitivity"
-table = cached_sensitivity(ctx, settings, sens_dir, samples=samples) if settings else None
-if table is None and sens_cols[2].button(
-    "Measure", key="layers.sens.run", disabled=not settings, icon=":material/grid_on:"
-):
-    with st.status("Quantizing each layer alone at each setting …", expanded=True) as status:
-        bar = st.progress(0.0)
 
-        def progress(done: int, total: int, text: str) -> None:
-            bar.progress(min(1.0, done / max(total, 1)), text=text)
-
-        try:
-            table = load_or_measure_sensitivity(
-                ctx, settings, sens_dir, samples=samples, progress=progress
-            )
-            status.update(label=f"Measured in {table['seconds']:.1f} s", state="complete")
-        except (ExplorerError, ValueError) as exc:
-            status.update(label="Sensitivity could not be measured", state="error")
-            st.error(str(exc))
-if table is not None:
-    value_name = st.segmented_control(
-        "Colour by",
-        list(SENSITIVITY_VALUES),
-        default="metric_drop",
-        format_func=SENSITIVITY_VALUES.__getitem__,
-        key="layers.sens.value",
+def sensitivity_ui(ctx: Any) -> None:
+    """The per-layer sensitivity heat map: shown when measured before, else a Measure button."""
+    st.subheader("Which layers are sensitive?")
+    st.caption(
+        "Each cell quantizes *one* layer alone at one setting while every other layer stays "
+        "float, and measures the damage on calibration data: red cells are layers that lose the "
+        "most accuracy (or fidelity) at that setting; grey cells are settings that do not fit "
+        "the layer."
     )
-    st.plotly_chart(
-        sensitivity_heatmap(table, value=value_name or "metric_drop"), key="layers.heatmap"
+    sens_cols = st.columns([3, 1, 1], vertical_alignment="bottom")
+    settings = sens_cols[0].multiselect(
+        "Settings", SETTING_CHOICES, default=list(DEFAULT_SETTINGS), key="layers.sens.settings"
     )
+    samples = sens_cols[1].select_slider(
+        "Samples",
+        (64, 128, 256, 512),
+        value=256,
+        key="layers.sens.samples",
+        help="Calibration samples the damage is measured on: more is steadier, and slower.",
+    )
+    sens_dir = state.run_dir() / "sensitivity"
+    table = cached_sensitivity(ctx, settings, sens_dir, samples=samples) if settings else None
+    if table is None and sens_cols[2].button(
+        "Measure", key="layers.sens.run", disabled=not settings, icon=":material/grid_on:"
+    ):
+        with st.status("Quantizing each layer alone at each setting …", expanded=True) as status:
+            bar = st.progress(0.0)
 
-# --- what if -------------------------------------------------------------------------------------
-st.subheader("What if one layer changed?")
-st.caption(
-    "Pick a layer and a new setting: this configuration is evaluated again with only that layer "
-    "changed. The float reference, the calibration statistics and the kernel choices are reused; "
-    "if this exact configuration was evaluated before, its stored row is shown at once."
-)
-layer_names = list(quantizable_layers(ctx.folded))
-current = {lay.get("name"): lay.get("config") or "fp32" for lay in row.get("layers") or []}
-w_cols = st.columns([2, 2, 1], vertical_alignment="bottom")
-layer = w_cols[0].selectbox(
-    "Layer",
-    layer_names,
-    format_func=lambda n: f"{n} (now {current.get(n, '?')})",
-    key="layers.whatif.layer",
-)
-setting = w_cols[1].selectbox(
-    "New setting",
-    SETTING_CHOICES,
-    key="layers.whatif.setting",
-    help="A setting ending in gptq or awq quantizes the layer with that post-training algorithm "
-    "(linear layers only, calibrated on the calibration data) instead of rounding to nearest; "
-    "smoothquant needs 8-bit activations.",
-)
-if w_cols[2].button("Re-evaluate", key="layers.whatif.run", icon=":material/replay:"):
-    with st.status(f"Evaluating with {layer} at {setting} …") as status:
-        try:
-            new = evaluate_whatif(
-                ctx,
-                row,
-                layer,
-                setting,
-                state.store(),
-                state.owner_for(source),
-                settings_for_row(ctx, row, candidates=(DEFAULT_RUN,)),
+            def progress(done: int, total: int, text: str) -> None:
+                bar.progress(min(1.0, done / max(total, 1)), text=text)
+
+            try:
+                table = load_or_measure_sensitivity(
+                    ctx, settings, sens_dir, samples=samples, progress=progress
+                )
+                status.update(label=f"Measured in {table['seconds']:.1f} s", state="complete")
+            except (ExplorerError, ValueError) as exc:
+                status.update(label="Sensitivity could not be measured", state="error")
+                st.error(str(exc))
+    if table is not None:
+        value_name = st.segmented_control(
+            "Colour by",
+            list(SENSITIVITY_LABELS),
+            default="metric_drop",
+            format_func=SENSITIVITY_LABELS.__getitem__,
+            key="layers.sens.value",
+        )
+        st.plotly_chart(
+            sensitivity_heatmap(table, value=value_name or "metric_drop"), key="layers.heatmap"
+        )
+
+
+def whatif_ui(source: Any, ctx: Any, row: dict[str, Any], sense: str) -> dict[str, Any] | None:
+    """Change one layer's setting and evaluate again (or find the stored row); shows the new
+    row against ``row``. Returns the last what-if result of this page, if any."""
+    st.subheader("What if one layer changed?")
+    st.caption(
+        "Pick a layer and a new setting: this configuration is evaluated again with only that "
+        "layer changed. The float reference, the calibration statistics and the kernel choices "
+        "are reused; if this exact configuration was evaluated before, its stored row is shown "
+        "at once."
+    )
+    layer_names = list(quantizable_layers(ctx.folded))
+    current = {lay.get("name"): lay.get("config") or "fp32" for lay in row.get("layers") or []}
+    w_cols = st.columns([2, 2, 1], vertical_alignment="bottom")
+    layer = w_cols[0].selectbox(
+        "Layer",
+        layer_names,
+        format_func=lambda n: f"{n} (now {current.get(n, '?')})",
+        key="layers.whatif.layer",
+    )
+    setting = w_cols[1].selectbox(
+        "New setting",
+        SETTING_CHOICES,
+        key="layers.whatif.setting",
+        help="A setting ending in gptq or awq quantizes the layer with that post-training "
+        "algorithm (linear layers only, calibrated on the calibration data) instead of rounding "
+        "to nearest; smoothquant needs 8-bit activations.",
+    )
+    if w_cols[2].button("Re-evaluate", key="layers.whatif.run", icon=":material/replay:"):
+        with st.status(f"Evaluating with {layer} at {setting} …") as status:
+            try:
+                new = evaluate_whatif(
+                    ctx,
+                    row,
+                    layer,
+                    setting,
+                    state.store(),
+                    state.owner_for(source),
+                    settings_for_row(ctx, row, candidates=(DEFAULT_RUN,)),
+                )
+                st.session_state[WHATIF] = {"from": row["key"], "row": new}
+                status.update(
+                    label="Found in the store" if new["reused"] else "Evaluated and stored",
+                    state="complete",
+                )
+            except (ExplorerError, ValueError) as exc:
+                status.update(label="Cannot evaluate that change", state="error")
+                st.error(str(exc))
+
+    result = st.session_state.get(WHATIF)
+    if result is not None and result["from"] == row["key"]:
+        new = result["row"]
+        st.markdown(f"**{new.get('label')}** — against **{row.get('label')}**:")
+        headline_ui(change_headline(row, new, sense))
+        algorithms, calibrate = algorithm_summary(new), calibration_seconds(new)
+        if algorithms and calibrate is not None:
+            st.caption(
+                f"Layers by PTQ algorithm: {algorithms}; calibration took {calibrate:.1f} s."
             )
-            st.session_state[WHATIF] = {"from": row["key"], "row": new}
-            status.update(
-                label="Found in the store" if new["reused"] else "Evaluated and stored",
-                state="complete",
-            )
-        except (ExplorerError, ValueError) as exc:
-            status.update(label="Cannot evaluate that change", state="error")
-            st.error(str(exc))
+        changes = pd.DataFrame(layer_changes(row, new))
+        if not changes.empty:
+            st.dataframe(changes, hide_index=True, key="layers.whatif.changes")
+        if st.button("Show this configuration", key="layers.whatif.select"):
+            state.select_row(new["key"])
+            st.rerun()
+    return result
 
-result = st.session_state.get(WHATIF)
-if result is not None and result["from"] == row["key"]:
-    new = result["row"]
-    st.markdown(f"**{new.get('label')}** — against **{row.get('label')}**:")
-    _headline(row, new, sense)
-    algorithms, calibrate = algorithm_summary(new), calibration_seconds(new)
-    if algorithms and calibrate is not None:
-        st.caption(f"Layers by PTQ algorithm: {algorithms}; calibration took {calibrate:.1f} s.")
-    changes = pd.DataFrame(layer_changes(row, new))
-    if not changes.empty:
-        st.dataframe(changes, hide_index=True, key="layers.whatif.changes")
-    if st.button("Show this configuration", key="layers.whatif.select"):
-        state.select_row(new["key"])
-        st.rerun()
 
-# --- compare -------------------------------------------------------------------------------------
-st.subheader("Two configurations side by side")
-if len(keys) < 2:
-    st.info("Compare needs at least two evaluated configurations.")
-else:
+def compare_ui(rows: list[dict[str, Any]], key: str, result: dict[str, Any] | None) -> None:
+    """Two configurations side by side: A opens on ``key``, B on the what-if result (if it is
+    stored) or another row."""
+    st.subheader("Two configurations side by side")
+    by_key = {row["key"]: row for row in rows}
+    keys = list(by_key)
+    if len(keys) < 2:
+        st.info("Compare needs at least two evaluated configurations.")
+        return
+    labels = row_labels(rows)
     if st.session_state.get(COMPARE_A) not in by_key:
         st.session_state[COMPARE_A] = key
     if st.session_state.get(COMPARE_B) not in by_key:
@@ -329,30 +246,37 @@ else:
     key_a = c_cols[0].selectbox("A", keys, format_func=labels.__getitem__, key=COMPARE_A)
     key_b = c_cols[1].selectbox("B", keys, format_func=labels.__getitem__, key=COMPARE_B)
     row_a, row_b = by_key[key_a], by_key[key_b]
-    deltas = headline_deltas(row_a, row_b)
     st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    "": HEADLINE_TITLES.get(name, name),
-                    "A": format_metric(name, item["old"]),
-                    "B": format_metric(name, item["new"]),
-                    "B − A": format_metric_delta(name, item["delta"]) or "–",
-                }
-                for name, item in deltas.items()
-            ]
-        ),
-        hide_index=True,
-        key="layers.compare.table",
+        pd.DataFrame(compare_rows(row_a, row_b)), hide_index=True, key="layers.compare.table"
     )
     compared = st.segmented_control(
         "Compare",
-        list(LAYER_VALUES),
+        list(LAYER_CHART_LABELS),
         default="output_sqnr_db",
-        format_func=LAYER_VALUES.__getitem__,
+        format_func=LAYER_CHART_LABELS.__getitem__,
         key="layers.compare.value",
     )
     st.plotly_chart(
         compare_layers_figure(row_a, row_b, value=compared or "output_sqnr_db"),
         key="layers.compare.figure",
     )
+
+
+def main() -> None:
+    st.title("Layers")
+    st.caption(
+        "One configuration, layer by layer: which setting and kernel each layer got, how "
+        "faithful its weights and outputs stay to float (SQNR, in dB: every 6 dB is about one "
+        "more bit of precision), how much of the model's time it takes and how many bytes it "
+        "stores."
+    )
+    source, ctx, rows = rows_or_stop(
+        ", then pick a configuration here or click a point on the Pareto page."
+    )
+    row, sense = configuration_ui(rows)
+    sensitivity_ui(ctx)
+    result = whatif_ui(source, ctx, row, sense)
+    compare_ui(rows, row["key"], result)
+
+
+main()

@@ -24,6 +24,7 @@ from explorer.lesson import (
 from explorer.plots import histogram_figure
 from explorer.quant.config import CALIBRATIONS, QuantConfig
 from explorer.ui import state
+from explorer.ui.labels import sqnr_text
 
 GROUP_SIZES = (16, 32, 64, 128, 256)
 CALIBRATION_NAMES = {
@@ -39,13 +40,7 @@ ACTIVATIONS = {
 DEFAULT_KERNEL = "the layer's default"
 
 
-def _db(value: float) -> str:
-    if value == float("inf"):
-        return "∞ (exact)"
-    return f"{value:.1f} dB"
-
-
-def _controls(weight_shape: tuple[int, int]) -> dict[str, Any]:
+def controls_ui(weight_shape: tuple[int, int]) -> dict[str, Any]:
     n, k = weight_shape
     left, middle, right = st.columns(3)
     with left:
@@ -121,7 +116,7 @@ def _controls(weight_shape: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def _histogram_section(layer: str, weight: Any, settings: dict[str, Any]) -> dict[str, Any]:
+def histogram_ui(layer: str, weight: Any, settings: dict[str, Any]) -> dict[str, Any]:
     result = lesson(weight, **settings, name=layer)
     figure = histogram_figure(result).update_layout(height=620)
     st.plotly_chart(figure, key="learn.histogram")
@@ -129,7 +124,7 @@ def _histogram_section(layer: str, weight: Any, settings: dict[str, Any]) -> dic
     a.metric("Scale (step)", f"{result['scale']:.3g}", help="Distance between two neighbours.")
     b.metric("Zero point", result["zero"], help="The integer code that stands for 0.0.")
     c.metric("Levels", result["levels"])
-    d.metric("SQNR, whole layer", _db(result["sqnr_db"]))
+    d.metric("SQNR, whole layer", sqnr_text(result["sqnr_db"]))
     e.metric("Weights clipped", f"{100 * result['clipped_share']:.3f} %")
     st.caption(
         f"Each code q from {result['codes'][0]} to {result['codes'][1]} stands for "
@@ -144,7 +139,7 @@ def _histogram_section(layer: str, weight: Any, settings: dict[str, Any]) -> dic
     return result
 
 
-def _granularity_section(weight: Any, settings: dict[str, Any]) -> None:
+def granularity_ui(weight: Any, settings: dict[str, Any]) -> None:
     st.subheader("One scale for how many weights?")
     rows = compare_granularities(
         weight, settings["bits"], settings["symmetric"], settings["calibration"]
@@ -179,7 +174,7 @@ def _granularity_section(weight: Any, settings: dict[str, Any]) -> None:
     )
 
 
-def _bits_section(weight: Any, settings: dict[str, Any]) -> None:
+def bits_ui(weight: Any, settings: dict[str, Any]) -> None:
     st.subheader("Why 2 bits is hard")
     rows = sqnr_by_bits(
         weight,
@@ -215,7 +210,7 @@ def _activation_config(settings: dict[str, Any], activations: str) -> QuantConfi
     )
 
 
-def _fake_vs_real_section(ctx: Any, layer: str, settings: dict[str, Any]) -> None:
+def fake_vs_real_ui(ctx: Any, layer: str, settings: dict[str, Any]) -> None:
     st.subheader("Fake quantization against the real integer kernel")
     st.caption(
         "Papers and quantization-aware training *simulate* quantization: weights (and "
@@ -243,7 +238,7 @@ def _fake_vs_real_section(ctx: Any, layer: str, settings: dict[str, Any]) -> Non
     a.metric("Kernel", out["kernel"])
     b.metric("max |fake − real|", f"{out['max_abs_diff']:.2e}")
     c.metric("relative difference", f"{out['rel_diff']:.2e}")
-    d.metric("fake vs real", _db(out["fake_vs_real_sqnr_db"]))
+    d.metric("fake vs real", sqnr_text(out["fake_vs_real_sqnr_db"]))
     st.dataframe(
         pd.DataFrame(
             {
@@ -311,15 +306,15 @@ def main() -> None:
         format_func=lambda n: f"{n}  ({shapes[n][0]} × {shapes[n][1]} weights)",
     )
     weight = layer_weights(ctx, layer)
-    settings = _controls(shapes[layer])
+    settings = controls_ui(shapes[layer])
     try:
-        _histogram_section(layer, weight, settings)
-        _granularity_section(weight, settings)
-        _bits_section(weight, settings)
+        histogram_ui(layer, weight, settings)
+        granularity_ui(weight, settings)
+        bits_ui(weight, settings)
     except (ExplorerError, ValueError) as exc:
         st.error(str(exc))
     try:
-        _fake_vs_real_section(ctx, layer, settings)
+        fake_vs_real_ui(ctx, layer, settings)
     except (ExplorerError, ValueError) as exc:
         st.error(str(exc))
 

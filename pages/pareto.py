@@ -23,7 +23,8 @@ from explorer.plots import (
     setting_figure,
 )
 from explorer.ui import state
-from explorer.ui.rows import row_picker_ui, rows_or_stop
+from explorer.ui.labels import row_headline
+from explorer.ui.rows import headline_ui, row_picker_ui, rows_or_stop
 
 ROW_BOX = "pareto.row"
 AUTO_OPEN = "pareto.auto_open"
@@ -80,209 +81,215 @@ def _open_layers() -> None:
     st.switch_page(LAYERS_PAGE, query_params={"run": state.run_id()})
 
 
-if st.session_state.pop(OPEN_LAYERS, False):
-    _open_layers()
+def intro_ui() -> None:
+    st.title("Pareto fronts")
+    st.markdown(
+        "Each point is one way of quantizing the model, measured on this machine. The **front** "
+        "(the ringed points joined by the line) is the best quality you can get at each size: "
+        "every other point is beaten by one on the front."
+    )
+    with st.expander("How to read these plots"):
+        st.caption(
+            "A point on the **front** is one that no other point beats on both axes at once: "
+            "nothing else is both smaller (or faster) and more accurate; on the size plot the "
+            "points off the front are drawn faint. The dashed line is the float model. **Hollow** "
+            "markers are *simulated* latencies: that configuration has no real kernel here, so it "
+            "was timed on the next wider one (an upper bound). **Bars** are 95 % confidence "
+            "intervals from resampling the evaluation set; **arrows** lead from a post-training "
+            "(PTQ) point to the same configuration after quantization-aware training (QAT). "
+            "Colours and marker shapes tell how a point was made: post-training quantization by "
+            "its algorithm (RTN rounds to nearest; GPTQ and AWQ compensate the rounding error "
+            "using calibration data) or QAT; the fp32 and bf16 baselines are marked for "
+            "reference. Hover over a point to see its configuration and what it cost to "
+            "calibrate or train; click it to open its layers."
+        )
 
-st.title("Pareto fronts")
-st.markdown(
-    "Each point is one way of quantizing the model, measured on this machine. The **front** "
-    "(the ringed points joined by the line) is the best quality you can get at each size: "
-    "every other point is beaten by one on the front."
-)
-with st.expander("How to read these plots"):
+
+def filters_ui(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    """Series, weight-bit and workload filters. Returns the rows shown and the workload whose
+    latency the latency axis plots (None without timings); stops the page when none is shown."""
+    series = list(dict.fromkeys(series_of(row) for row in rows))
+    bits = sorted({row["weight_bits"] for row in rows if isinstance(row.get("weight_bits"), int)})
+    workloads = list(dict.fromkeys(w for row in rows for w in (row.get("latency") or {})))
+    left, middle, right = st.columns([2, 2, 1])
+    with left:
+        shown_series = _filter(
+            "Series",
+            series,
+            key="pareto.series",
+            help="How each configuration was produced: post-training quantization (PTQ) by "
+            "its algorithm (round to nearest, GPTQ, AWQ, SmoothQuant), quantization-aware "
+            "training (QAT), or a mixed per-layer plan; the baselines are fp32 and bf16.",
+        )
+    with middle:
+        shown_bits = _filter(
+            "Weight bits",
+            bits,
+            key="pareto.bits",
+            help="Baselines and mixed-precision plans are always shown.",
+        )
+    with right:
+        workload = (
+            st.radio(
+                "Latency of",
+                workloads,
+                key="pareto.workload",
+                help="The workload whose time the latency axis shows (one sample, a batch, ...).",
+            )
+            if len(workloads) > 1
+            else (workloads[0] if workloads else None)
+        )
+        st.toggle(
+            "Click opens layers",
+            value=True,
+            key=AUTO_OPEN,
+            help="Clicking a point opens its per-layer view; off: it only selects the point.",
+        )
+    visible = [
+        row
+        for row in rows
+        if series_of(row) in shown_series
+        and (not isinstance(row.get("weight_bits"), int) or row["weight_bits"] in shown_bits)
+    ]
+    if not visible:
+        st.warning("No configuration matches these filters.")
+        st.stop()
+    return visible, workload
+
+
+def plots_ui(visible: list[dict[str, Any]], workload: str | None, selected: str | None) -> None:
+    """The four views of the shown rows: quality against size (the newcomer's view), against
+    latency, in three axes, and by storage format."""
+    timed = [_at_workload(row, workload) for row in visible] if workload else visible
+    try:
+        size_tab, latency_tab, three_tab, formats_tab, deployed_tab = st.tabs(
+            [
+                "Quality vs size",
+                "Quality vs latency",
+                "Three axes",
+                "Algorithms by format",
+                "Deployed vs explorer",
+            ]
+        )
+        with size_tab:
+            st.plotly_chart(
+                pareto_figure(visible, x="size_bytes", selected_key=selected, explain=True),
+                key=CHARTS[0],
+                on_select=lambda: _on_chart_select(CHARTS[0]),
+                selection_mode="points",
+            )
+        with latency_tab:
+            st.plotly_chart(
+                pareto_figure(timed, x="latency_ms", selected_key=selected),
+                key=CHARTS[1],
+                on_select=lambda: _on_chart_select(CHARTS[1]),
+                selection_mode="points",
+            )
+            if workload:
+                st.caption(
+                    f"Latency of the **{workload}** workload: median of repeated timed runs."
+                )
+        with three_tab:
+            st.plotly_chart(pareto_3d_figure(timed, selected_key=selected), key="pareto.3d")
+            st.caption(
+                "Size, latency and quality at once: drag to turn the view. A configuration can "
+                "be on this three-way front while missing both flat ones."
+            )
+        with formats_tab:
+            st.plotly_chart(
+                setting_figure(visible, selected_key=selected),
+                key=CHARTS[2],
+                on_select=lambda: _on_chart_select(CHARTS[2]),
+                selection_mode="points",
+            )
+            st.caption(
+                "Configurations that store weights in the same format have the same size, so on "
+                "the size plot they share one x. Here each format is one column and the ways of "
+                "reaching it (round to nearest, GPTQ, AWQ, QAT) stand side by side."
+            )
+        with deployed_tab:
+            st.plotly_chart(deployed_figure(visible, workload), key="pareto.deployed")
+            st.caption(
+                "Each configuration measured both by the explorer's own kernels and in a "
+                "deployment runtime (sweep with a target such as ONNX Runtime): the runtime's "
+                "latency against the explorer's. Below the dashed diagonal the runtime is faster "
+                "than our kernels suggest: what users will see after deployment."
+            )
+    except (ExplorerError, ValueError) as exc:
+        st.error(f"Cannot draw these results: {exc}")
+
+
+def configuration_ui(rows: list[dict[str, Any]], selected: str | None) -> None:
+    """Pick a configuration (or see the clicked one) with its headline numbers and a button to
+    its layer view."""
+    st.subheader("Configurations")
+    choice, go = st.columns([3, 1], vertical_alignment="bottom")
+    with choice:
+        picked = row_picker_ui(
+            rows,
+            selected,
+            box=ROW_BOX,
+            label="Selected configuration",
+            placeholder="Choose a configuration (or click a point)",
+        )
+    with go:
+        if st.button(
+            "Open layers", key="pareto.open", disabled=picked is None, icon=":material/layers:"
+        ):
+            _open_layers()
+    if picked is not None:
+        metric_path, sense = metric_of(rows)
+        row = next(r for r in rows if r["key"] == picked)
+        headline_ui(row_headline(row, metric_path.split(".", 1)[-1], float_metric(rows), sense))
+
+
+def table_ui(rows: list[dict[str, Any]]) -> None:
+    """Every row in a table; clicking a table row selects it."""
+    keys = [row["key"] for row in rows]
+    table = pd.DataFrame(result_table(rows))
+    st.dataframe(
+        table.drop(columns=["key"]),
+        hide_index=True,
+        key=TABLE,
+        on_select=lambda: _on_table_select(keys),
+        selection_mode="single-row",
+        column_config={
+            "size_kib": st.column_config.NumberColumn("size (KiB)", format="%.1f"),
+            "calibrate_s": st.column_config.NumberColumn(
+                "calibration (s)",
+                format="%.1f",
+                help="PTQ: input statistics, the algorithm (GPTQ, AWQ, SmoothQuant) and "
+                "activation ranges.",
+            ),
+            "train_s": st.column_config.NumberColumn(
+                "QAT training (s)", format="%.1f", help="QAT: prepare, train, convert."
+            ),
+            "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.3f"),
+            "bits_per_weight": st.column_config.NumberColumn("bits/weight", format="%.2f"),
+            "value": st.column_config.NumberColumn("value", format="%.4f"),
+            "ci_lo": st.column_config.NumberColumn("Δ 95% lo", format="%.4f"),
+            "ci_hi": st.column_config.NumberColumn("Δ 95% hi", format="%.4f"),
+        },
+    )
     st.caption(
-        "A point on the **front** is one that no other point beats on both axes at once: "
-        "nothing else is both smaller (or faster) and more accurate; on the size plot the points "
-        "off the front are drawn faint. The dashed line is the float model. **Hollow** markers "
-        "are *simulated* latencies: that configuration has no real kernel here, so it was timed "
-        "on the next wider one (an upper bound). **Bars** are 95 % confidence intervals from "
-        "resampling the evaluation set; **arrows** lead from a post-training (PTQ) point to the "
-        "same configuration after quantization-aware training (QAT). Colours and marker shapes "
-        "tell how a point was made: post-training quantization by its algorithm (RTN rounds to "
-        "nearest; GPTQ and AWQ compensate the rounding error using calibration data) or QAT; "
-        "the fp32 and bf16 baselines are marked for reference. Hover over a point to see its "
-        "configuration and what it cost to calibrate or train; click it to open its layers."
+        "Click a table row to select it. `pareto`: on the size-against-quality front. The "
+        "interval columns are the 95 % interval of the change against float (of the SQNR itself "
+        "for models without labels)."
     )
 
-*_, rows = rows_or_stop(": its points appear here as each configuration finishes.")
 
-by_key = {row["key"]: row for row in rows}
-selected = state.selected_row_key()
-if selected not in by_key:
-    selected = None
-
-# --- filters -------------------------------------------------------------------------------------
-series = list(dict.fromkeys(series_of(row) for row in rows))
-bits = sorted({row["weight_bits"] for row in rows if isinstance(row.get("weight_bits"), int)})
-workloads = list(dict.fromkeys(w for row in rows for w in (row.get("latency") or {})))
-left, middle, right = st.columns([2, 2, 1])
-with left:
-    shown_series = _filter(
-        "Series",
-        series,
-        key="pareto.series",
-        help="How each configuration was produced: post-training quantization (PTQ) by "
-        "its algorithm (round to nearest, GPTQ, AWQ, SmoothQuant), quantization-aware "
-        "training (QAT), or a mixed per-layer plan; the baselines are fp32 and bf16.",
-    )
-with middle:
-    shown_bits = _filter(
-        "Weight bits",
-        bits,
-        key="pareto.bits",
-        help="Baselines and mixed-precision plans are always shown.",
-    )
-with right:
-    workload = (
-        st.radio(
-            "Latency of",
-            workloads,
-            key="pareto.workload",
-            help="The workload whose time the latency axis shows (one sample, a batch, ...).",
-        )
-        if len(workloads) > 1
-        else (workloads[0] if workloads else None)
-    )
-    st.toggle(
-        "Click opens layers",
-        value=True,
-        key=AUTO_OPEN,
-        help="Clicking a point opens its per-layer view; off: it only selects the point.",
-    )
-
-visible = [
-    row
-    for row in rows
-    if series_of(row) in shown_series
-    and (not isinstance(row.get("weight_bits"), int) or row["weight_bits"] in shown_bits)
-]
-if not visible:
-    st.warning("No configuration matches these filters.")
-    st.stop()
-timed = [_at_workload(row, workload) for row in visible] if workload else visible
-
-# --- the plots -----------------------------------------------------------------------------------
-metric_path, _ = metric_of(rows)
-reference = float_metric(rows)
-try:
-    size_tab, latency_tab, three_tab, formats_tab, deployed_tab = st.tabs(
-        [
-            "Quality vs size",
-            "Quality vs latency",
-            "Three axes",
-            "Algorithms by format",
-            "Deployed vs explorer",
-        ]
-    )
-    with size_tab:
-        st.plotly_chart(
-            pareto_figure(visible, x="size_bytes", selected_key=selected, explain=True),
-            key=CHARTS[0],
-            on_select=lambda: _on_chart_select(CHARTS[0]),
-            selection_mode="points",
-        )
-    with latency_tab:
-        st.plotly_chart(
-            pareto_figure(timed, x="latency_ms", selected_key=selected),
-            key=CHARTS[1],
-            on_select=lambda: _on_chart_select(CHARTS[1]),
-            selection_mode="points",
-        )
-        if workload:
-            st.caption(f"Latency of the **{workload}** workload: median of repeated timed runs.")
-    with three_tab:
-        st.plotly_chart(pareto_3d_figure(timed, selected_key=selected), key="pareto.3d")
-        st.caption(
-            "Size, latency and quality at once: drag to turn the view. A configuration can be "
-            "on this three-way front while missing both flat ones."
-        )
-    with formats_tab:
-        st.plotly_chart(
-            setting_figure(visible, selected_key=selected),
-            key=CHARTS[2],
-            on_select=lambda: _on_chart_select(CHARTS[2]),
-            selection_mode="points",
-        )
-        st.caption(
-            "Configurations that store weights in the same format have the same size, so on the "
-            "size plot they share one x. Here each format is one column and the ways of reaching "
-            "it (round to nearest, GPTQ, AWQ, QAT) stand side by side."
-        )
-    with deployed_tab:
-        st.plotly_chart(deployed_figure(visible, workload), key="pareto.deployed")
-        st.caption(
-            "Each configuration measured both by the explorer's own kernels and in a "
-            "deployment runtime (sweep with a target such as ONNX Runtime): the runtime's "
-            "latency against the explorer's. Below the dashed diagonal the runtime is faster "
-            "than our kernels suggest: what users will see after deployment."
-        )
-except (ExplorerError, ValueError) as exc:
-    st.error(f"Cannot draw these results: {exc}")
-
-# --- choose a configuration ----------------------------------------------------------------------
-st.subheader("Configurations")
-keys = list(by_key)
-choice, go = st.columns([3, 1], vertical_alignment="bottom")
-with choice:
-    picked = row_picker_ui(
-        rows,
-        selected,
-        box=ROW_BOX,
-        label="Selected configuration",
-        placeholder="Choose a configuration (or click a point)",
-    )
-with go:
-    if st.button(
-        "Open layers", key="pareto.open", disabled=picked is None, icon=":material/layers:"
-    ):
+def main() -> None:
+    if st.session_state.pop(OPEN_LAYERS, False):
         _open_layers()
+    intro_ui()
+    *_, rows = rows_or_stop(": its points appear here as each configuration finishes.")
+    selected = state.selected_row_key()
+    if selected not in {row["key"] for row in rows}:
+        selected = None
+    visible, workload = filters_ui(rows)
+    plots_ui(visible, workload, selected)
+    configuration_ui(rows, selected)
+    table_ui(rows)
 
-if picked is not None:
-    row = by_key[picked]
-    name = metric_path.split(".", 1)[-1]
-    value = (row.get("metrics") or {}).get(name)
-    cols = st.columns(4)
-    cols[0].metric(
-        name,
-        "–" if value is None else f"{value:.4g}",
-        None if value is None or reference is None else f"{value - reference:+.4g} vs float",
-    )
-    cols[1].metric("Size", f"{row['size_bytes'] / 1024:,.1f} KiB")
-    latency = row.get("latency_ms")
-    cols[2].metric(
-        "Latency" + (" (simulated)" if row.get("latency_kind") == "simulated" else ""),
-        "–" if latency is None else f"{latency:.3g} ms",
-    )
-    bpw = row.get("bits_per_weight")
-    cols[3].metric("Bits per weight", "–" if bpw is None else f"{bpw:.2f}")
 
-table = pd.DataFrame(result_table(rows))
-st.dataframe(
-    table.drop(columns=["key"]),
-    hide_index=True,
-    key=TABLE,
-    on_select=lambda: _on_table_select(keys),
-    selection_mode="single-row",
-    column_config={
-        "size_kib": st.column_config.NumberColumn("size (KiB)", format="%.1f"),
-        "calibrate_s": st.column_config.NumberColumn(
-            "calibration (s)",
-            format="%.1f",
-            help="PTQ: input statistics, the algorithm (GPTQ, AWQ, SmoothQuant) and "
-            "activation ranges.",
-        ),
-        "train_s": st.column_config.NumberColumn(
-            "QAT training (s)", format="%.1f", help="QAT: prepare, train, convert."
-        ),
-        "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.3f"),
-        "bits_per_weight": st.column_config.NumberColumn("bits/weight", format="%.2f"),
-        "value": st.column_config.NumberColumn("value", format="%.4f"),
-        "ci_lo": st.column_config.NumberColumn("Δ 95% lo", format="%.4f"),
-        "ci_hi": st.column_config.NumberColumn("Δ 95% hi", format="%.4f"),
-    },
-)
-st.caption(
-    "Click a table row to select it. `pareto`: on the size-against-quality front. The interval "
-    "columns are the 95 % interval of the change against float (of the SQNR itself for models "
-    "without labels)."
-)
+main()

@@ -4,14 +4,16 @@ grow, cancel at will; finished rows stay in the results store and download as CS
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
 import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.inspect import layer_table, result_table
-from explorer.sweep.space import SweepSpecError, expand
+from explorer.sweep.runner import RunSettings
+from explorer.sweep.space import SweepSpec, SweepSpecError, expand
 from explorer.ui import state
+from explorer.ui.tables import results_frame
 from explorer.ui.widgets import (
     run_settings_ui,
     start_sweep,
@@ -20,118 +22,85 @@ from explorer.ui.widgets import (
 )
 
 
-def _interval(lo: float | None, hi: float | None, metric: str) -> str:
-    if lo is None or hi is None:
-        return ""
-    if metric == "accuracy":
-        return f"[{lo * 100:+.2f}, {hi * 100:+.2f}] pts"
-    return f"[{lo:+.3f}, {hi:+.3f}]" if metric != "sqnr_db" else f"[{lo:.1f}, {hi:.1f}] dB"
-
-
-def _results_frame(table: list[dict]) -> pd.DataFrame:
-    metric = table[0]["metric"] if table else "metric"
-    return pd.DataFrame(
-        {
-            "configuration": [r["label"] for r in table],
-            "weight bits": [r["weight_bits"] for r in table],
-            "activation bits": [r["act_bits"] for r in table],
-            "granularity": [r["granularity"] for r in table],
-            "method": [r["method"] for r in table],
-            "algorithm": [r["algorithm"] for r in table],
-            "calibration s": [r["calibrate_s"] for r in table],
-            "QAT training s": [r["train_s"] for r in table],
-            "size KiB": [r["size_kib"] for r in table],
-            "bits/weight": [r["bits_per_weight"] for r in table],
-            "latency ms": [r["latency_ms"] for r in table],
-            "latency": [r["latency_kind"] for r in table],
-            metric: [r["value"] for r in table],
-            "95% CI" + (" of the change" if metric != "sqnr_db" else ""): [
-                _interval(r["ci_lo"], r["ci_hi"], metric) for r in table
-            ],
-            "on the front": [r["pareto"] for r in table],
-        }
-    )
-
-
-st.title("Sweep")
-st.caption(
-    "Choose the settings to try. Every combination of the values you pick is quantized, "
-    "evaluated against the float model and timed on real integer kernels, one after the other "
-    "in the background; you can keep using the app while it runs."
-)
-
-source = state.current_source()
-try:
-    ctx = state.context(source)
-except (ExplorerError, ValueError, OSError) as exc:
-    st.error(f"The model cannot be loaded: {exc}. Choose another one on the Model page.")
-    st.stop()
-st.markdown(f"Model: **{Path(ctx.name).name}** ({ctx.task}).")
-
-layers = [r["name"] for r in layer_table(ctx.model) if r["quantizable"]]
-spec = settings = None
-try:
-    spec = sweep_spec_ui(layers, qat_lr=ctx.qat_lr)
-except SweepSpecError as exc:
-    st.error(f"These settings cannot be swept: {exc}")
-try:
-    settings = run_settings_ui()
-except ExplorerError as exc:
-    st.error(f"Invalid run settings: {exc}")
-
-count = 0
-if spec is not None:
+def settings_ui(ctx: Any) -> tuple[SweepSpec | None, RunSettings | None, int]:
+    """The sweep's dimensions and layers and its run settings, with how many configurations
+    they give and which combinations are skipped (and why). Returns the spec and settings
+    (None where invalid) and the configuration count without the baselines."""
+    layers = [r["name"] for r in layer_table(ctx.model) if r["quantizable"]]
+    spec = settings = None
+    try:
+        spec = sweep_spec_ui(layers, qat_lr=ctx.qat_lr)
+    except SweepSpecError as exc:
+        st.error(f"These settings cannot be swept: {exc}")
+    try:
+        settings = run_settings_ui()
+    except ExplorerError as exc:
+        st.error(f"Invalid run settings: {exc}")
+    if spec is None:
+        return spec, settings, 0
     try:
         entries, skipped = expand(spec, ctx.model)
     except (ExplorerError, ValueError) as exc:
         st.error(f"These settings cannot be swept: {exc}")
-        spec = None
-    else:
-        count = len(entries) - 2  # the fp32 and bf16 baselines are always evaluated
-        st.caption(
-            f"{count} configuration{'s' if count != 1 else ''} plus the fp32 and bf16 baselines; "
-            "rows already in the results store are reused, not recomputed."
-        )
-        if skipped:
-            with st.expander(f"{len(skipped)} combination(s) will be skipped"):
-                for item in skipped:
-                    st.markdown(f"- `{item.label}`: {item.reason}")
-        if count == 0:
-            st.warning("No combination can be evaluated with these settings; see why above.")
+        return None, settings, 0
+    count = len(entries) - 2  # the fp32 and bf16 baselines are always evaluated
+    st.caption(
+        f"{count} configuration{'s' if count != 1 else ''} plus the fp32 and bf16 baselines; "
+        "rows already in the results store are reused, not recomputed."
+    )
+    if skipped:
+        with st.expander(f"{len(skipped)} combination(s) will be skipped"):
+            for item in skipped:
+                st.markdown(f"- `{item.label}`: {item.reason}")
+    if count == 0:
+        st.warning("No combination can be evaluated with these settings; see why above.")
+    return spec, settings, count
 
-job = state.job()
-running = job is not None and not job.finished
-if st.button(
-    "Run sweep",
-    type="primary",
-    disabled=spec is None or settings is None or count == 0 or running,
-    key="sweep.run",
-    icon=":material/play_arrow:",
-):
+
+def run_ui(
+    source: Any,
+    metric: str | None,
+    spec: SweepSpec | None,
+    settings: RunSettings | None,
+    count: int,
+) -> None:
+    """The Run button (off while a sweep of this session runs) and the latest sweep's progress
+    (its front drawn with ``metric``)."""
+    job = state.job()
+    running = job is not None and not job.finished
+    if st.button(
+        "Run sweep",
+        type="primary",
+        disabled=spec is None or settings is None or count == 0 or running,
+        key="sweep.run",
+        icon=":material/play_arrow:",
+    ):
+        try:
+            start_sweep(source, spec, settings)
+        except RuntimeError as exc:
+            st.error(str(exc))
+        else:
+            st.rerun()  # draw the page again with the sweep running (Run disabled)
+    elif running:
+        st.caption("A sweep is running in this session: cancel it or wait for it to finish.")
+    if job is not None:
+        st.subheader("Latest sweep")
+        if job.source != source:
+            st.caption("This sweep is of another model than the one chosen now.")
+        sweep_job_ui(job, metric=metric, key="sweep.job")
+
+
+def results_ui(source: Any, ctx: Any) -> None:
+    """The model's stored rows as a table, and as CSV to download."""
+    st.subheader("Results")
     try:
-        start_sweep(source, spec, settings)
-    except RuntimeError as exc:
-        st.error(str(exc))
-    else:
-        st.rerun()  # draw the page again with the sweep running (Run disabled)
-elif running:
-    st.caption("A sweep is running in this session: cancel it or wait for it to finish.")
-
-if job is not None:
-    st.subheader("Latest sweep")
-    if job.source != source:
-        st.caption("This sweep is of another model than the one chosen now.")
-    sweep_job_ui(job, metric=ctx.metric, key="sweep.job")
-
-st.subheader("Results")
-try:
-    rows = state.rows_for(source)
-except ExplorerError as exc:
-    st.error(f"The results store cannot be read: {exc}")
-    rows = []
-if not rows:
-    st.info("No results for this model yet: run a sweep.")
-else:
+        rows = state.rows_for(source)
+    except ExplorerError as exc:
+        st.error(f"The results store cannot be read: {exc}")
+        rows = []
+    if not rows:
+        st.info("No results for this model yet: run a sweep.")
+        return
     table = result_table(rows, ctx.metric)
     st.caption(
         f"{len(rows)} stored rows of this model. *On the front*: no other row is both smaller "
@@ -139,7 +108,7 @@ else:
         "kernel at that bit width were timed on the next wider one."
     )
     st.dataframe(
-        _results_frame(table),
+        results_frame(table),
         hide_index=True,
         column_config={
             "size KiB": st.column_config.NumberColumn(format="%.1f"),
@@ -172,3 +141,25 @@ else:
             key="sweep.csv",
             icon=":material/download:",
         )
+
+
+def main() -> None:
+    st.title("Sweep")
+    st.caption(
+        "Choose the settings to try. Every combination of the values you pick is quantized, "
+        "evaluated against the float model and timed on real integer kernels, one after the "
+        "other in the background; you can keep using the app while it runs."
+    )
+    source = state.current_source()
+    try:
+        ctx = state.context(source)
+    except (ExplorerError, ValueError, OSError) as exc:
+        st.error(f"The model cannot be loaded: {exc}. Choose another one on the Model page.")
+        st.stop()
+    st.markdown(f"Model: **{Path(ctx.name).name}** ({ctx.task}).")
+    spec, settings, count = settings_ui(ctx)
+    run_ui(source, ctx.metric, spec, settings, count)
+    results_ui(source, ctx)
+
+
+main()

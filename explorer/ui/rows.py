@@ -1,10 +1,11 @@
 """The stored rows of the current model as the Pareto, Layers and Export pages show them: loaded
 (or the page stops, saying why), labelled, and picked in a selectbox kept in step with the row
 selected app-wide (`state.selected_row_key`), so that a row chosen on one page shows on the
-others."""
+others; and a row's headline numbers (`explorer.ui.labels`) drawn as metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import streamlit as st
@@ -12,6 +13,7 @@ import streamlit as st
 from explorer.errors import ExplorerError
 from explorer.sweep.context import ModelContext, ModelSource
 from explorer.ui import state
+from explorer.ui.labels import Headline
 
 
 def rows_or_stop(then: str) -> tuple[ModelSource, ModelContext, list[dict[str, Any]]]:
@@ -78,3 +80,14 @@ def row_picker_ui(
         help=help,
         **empty,
     )
+
+
+def headline_ui(items: Sequence[Headline]) -> None:
+    """Headline numbers side by side, each change coloured by whether it is an improvement."""
+    for col, item in zip(st.columns(len(items)), items, strict=True):
+        col.metric(
+            item.label,
+            item.value,
+            item.delta,
+            delta_color="inverse" if item.lower_is_better else "normal",
+        )

@@ -155,21 +155,21 @@ def store() -> ResultStore:
 
 
 @st.cache_resource
-def _jobs() -> dict[str, SweepProcess]:
+def jobs_by_run() -> dict[str, SweepProcess]:
     """Sweep processes by run id, kept by the server process, so reruns never lose them."""
     return {}
 
 
 def job(rid: str | None = None) -> SweepProcess | None:
-    return _jobs().get(rid or run_id())
+    return jobs_by_run().get(rid or run_id())
 
 
 def start_job(process: SweepProcess, rid: str | None = None) -> SweepProcess:
     rid = rid or run_id()
-    running = _jobs().get(rid)
+    running = jobs_by_run().get(rid)
     if running is not None and running.alive and not running.finished:
         raise RuntimeError("a sweep is already running in this session; cancel it first")
-    _jobs()[rid] = process.start()
+    jobs_by_run()[rid] = process.start()
     return process
 
 

@@ -47,7 +47,7 @@ def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
     cache, store = tmp_path / "cache", tmp_path / "results.sqlite"
     _use_dirs(monkeypatch, cache, store)
     yield {"cache": cache, "store": store}
-    jobs = state._jobs()
+    jobs = state.jobs_by_run()
     for rid in list(jobs):
         jobs.pop(rid).terminate()
 

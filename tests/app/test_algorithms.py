@@ -101,7 +101,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "store": store,
             }
         finally:
-            running = state._jobs().pop(RUN, None)
+            running = state.jobs_by_run().pop(RUN, None)
             if running is not None:
                 running.terminate()
 

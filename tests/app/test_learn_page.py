@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.lesson import compare_granularities, kernel_options, layer_weights, lesson
+from explorer.measure.display import format_metric
 from explorer.quant.config import QuantConfig
 from explorer.sweep.context import ModelSource, open_context
 
@@ -56,7 +57,7 @@ def test_learn_page_shows_the_default_lesson(ctx) -> None:
     metrics = _metrics(at)
     assert metrics["Levels"] == "16"
     assert metrics["Scale (step)"] == f"{expected['scale']:.3g}"
-    assert metrics["SQNR, whole layer"] == f"{expected['sqnr_db']:.1f} dB"
+    assert metrics["SQNR, whole layer"] == format_metric("sqnr_db", expected["sqnr_db"])
     assert metrics["Weights clipped"] == "0.000 %"
     figure = _figure(at, "learn.histogram")
     assert figure["layout"]["title"]["text"] == expected["title"]
