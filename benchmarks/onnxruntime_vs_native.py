@@ -1,24 +1,29 @@
 """Native engine vs ONNX Runtime latency for fp32, int8 and int4 plans, in one run.
 
-Cases: digits-cnn, mobile-cnn, one 3x3 convolution 128->128 at 28x28, and one 4096x4096 linear
-layer at M = 1, 8, 32 rows. int8 = W8 per channel with static per-tensor A8 (ORT: QDQ); int4 =
+Cases: digits-cnn, mobile-cnn, one 3x3 convolution 128->128 at 28x28, one 4096x4096 linear
+layer at M = 1, 8, 32 rows, and tiny-lm's 128-token prefill (a full forward on token ids: the
+exported graph keeps no KV cache, so decode is not compared). int8 = W8 per channel with
+static per-tensor A8 (ORT: QDQ, fused into QLinearConv / QGemm / MatMulIntegerToFloat); int4 =
 W4 groups of 32, weight-only (ORT: MatMulNBits; ORT has no int4 convolution, so "n/a" there).
-Both targets run the SAME quantized model; medians under the machine-wide timing lock. Prints a
-table, then one JSON line.
+Both targets run the SAME quantized model; medians under the machine-wide timing lock.
+"ORT/ORT fp32" is what a deployment sees: the int8 plan's latency in ORT over the float model's
+in ORT (below 1: quantization pays off there). Prints a table, then one JSON line.
 
-    .venv/bin/python benchmarks/onnxruntime_vs_native.py [--repeats 20] [--threads N]
+    .venv/bin/python benchmarks/onnxruntime_vs_native.py [--repeats 20] [--threads N] [--cases TEXT]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from explorer.machine import cpu_features
-from explorer.models import digits, mobile
+from explorer.models import digits, mobile, tinylm
 from explorer.nn.convert import quantize_model
 from explorer.quant.config import Plan, QuantConfig
 from explorer.targets import TargetError, get_target
@@ -30,19 +35,30 @@ PLANS = {
 }
 
 
-def cases() -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+def _ids(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
+
+
+def cases() -> list[tuple[str, nn.Module, Callable[[int | None], torch.Tensor]]]:
+    """(name, float model, n -> a batch of n inputs; None: the timed input)."""
     torch.manual_seed(0)
+
+    def images(*shape: int) -> Callable[[int | None], torch.Tensor]:
+        return lambda n: torch.randn(n or shape[0], *shape[1:])
+
     out = [
-        ("digits-cnn b64", digits.build().eval(), (64, 1, 8, 8)),
-        ("mobile-cnn b16", mobile.build().eval(), (16, 3, 32, 32)),
+        ("digits-cnn b64", digits.build().eval(), images(64, 1, 8, 8)),
+        ("mobile-cnn b16", mobile.build().eval(), images(16, 3, 32, 32)),
         (
             "conv3x3 128->128 28x28",
-            nn.Sequential(nn.Conv2d(128, 128, 3, padding=1)),
-            (1, 128, 28, 28),
+            nn.Sequential(nn.Conv2d(128, 128, 3, padding=1)).eval(),
+            images(1, 128, 28, 28),
         ),
     ]
     lin = nn.Sequential(nn.Linear(4096, 4096)).eval()
-    out += [(f"linear 4096^2 M={m}", lin, (m, 4096)) for m in (1, 8, 32)]
+    out += [(f"linear 4096^2 M={m}", lin, images(m, 4096)) for m in (1, 8, 32)]
+    # a 128-token prefill, no KV cache in either runtime (the exported graph keeps none)
+    out.append(("tiny-lm prefill 128", tinylm.build().eval(), lambda n: _ids((n or 1, 128))))
     return out
 
 
@@ -50,19 +66,24 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--cases", default="", help="only cases whose name contains this text")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     native, ort = get_target("native"), get_target("onnxruntime", threads=args.threads)
     results = []
     print(
-        f"{'case':26} {'plan':5} {'native ms':>10} {'ORT ms':>10} {'ORT/native':>10}  ORT kernels"
+        f"{'case':24} {'plan':5} {'native ms':>10} {'ORT ms':>9} {'ORT/native':>10} "
+        f"{'ORT/ORT fp32':>12}  ORT kernels"
     )
-    for name, model, shape in cases():
-        x = torch.randn(*shape)
+    for name, model, make in cases():
+        if args.cases not in name:
+            continue
+        ort_fp32 = None
         for plan_name, config in PLANS.items():
-            calib = [torch.randn(max(8, shape[0]), *shape[1:])]
+            x = make(None)  # the timed input
+            calib = [make(8)]
             q = quantize_model(model, Plan.uniform(config, fallback="float"), calib)
-            row = {"case": name, "plan": plan_name}
+            row: dict[str, Any] = {"case": name, "plan": plan_name}
             for target in (native, ort):
                 try:
                     art = target.build(q, x, calib)
@@ -76,14 +97,21 @@ def main() -> None:
                     kinds = {k for v in art.layers.values() for k in v.get("kernels", [])}
                     row["ort_kernels"] = sorted(kinds)
             n, o = row.get("native"), row.get("onnxruntime")
-            kinds_text = ", ".join(row.get("ort_kernels", []))
-            ratio = f"{o / n:10.2f}" if n and o else f"{'n/a':>10}"
+            if plan_name == "fp32":
+                ort_fp32 = o
+            row["ort_vs_ort_fp32"] = round(o / ort_fp32, 3) if o and ort_fp32 else None
             print(
-                f"{name:26} {plan_name:5} {n if n is not None else 'n/a':>10} "
-                f"{o if o is not None else 'n/a':>10} {ratio}  {kinds_text}"
+                f"{name:24} {plan_name:5} {_cell(n, 10)} {_cell(o, 9)} "
+                f"{_cell(round(o / n, 3) if n and o else None, 10)} "
+                f"{_cell(row['ort_vs_ort_fp32'], 12)}  {', '.join(row.get('ort_kernels', []))}",
+                flush=True,
             )
             results.append(row)
     print(json.dumps({"threads": args.threads, "cpu": cpu_features(), "rows": results}))
+
+
+def _cell(value: float | None, width: int) -> str:
+    return f"{value:>{width}}" if value is not None else f"{'n/a':>{width}}"
 
 
 if __name__ == "__main__":
