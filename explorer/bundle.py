@@ -129,30 +129,45 @@ def export_bundle(
     return {name: (result.folder / name).read_bytes() for name in BUNDLE_FILES}
 
 
+def target_files(
+    ctx: ModelContext,
+    quantized: nn.Module,
+    target_name: str,
+    folder: str | Path,
+    calibration_samples: int = RunSettings.calibration_samples,
+) -> dict[str, Path]:
+    """Build ``quantized`` in the target ``target_name`` as the sweep does (the first evaluation
+    batch as the example input, the same calibration inputs) and write the target's recipe into
+    ``folder`` (ONNX Runtime: ``model.onnx`` and ``run_onnx.py``); empty for ``native`` or a
+    target without a recipe."""
+    from explorer.targets import get_target
+
+    if target_name == "native":
+        return {}
+    target = get_target(target_name)
+    if not hasattr(target, "export_recipe"):
+        return {}
+    example = ctx.eval_batches()[0][0]
+    calibration = ctx.calibration_inputs(calibration_samples)
+    artifact = target.build(quantized, example, calibration)
+    return target.export_recipe(artifact, folder)
+
+
 def target_bundle(
     ctx: ModelContext,
     row: Mapping[str, Any],
     folder: str | Path,
     settings: RunSettings | None = None,
 ) -> dict[str, bytes]:
-    """The runtime artifact of a row measured in another target, as the sweep built it (the
-    row's quantized model, the first evaluation batch as the example input, the same
-    calibration inputs), with the target's recipe: for ONNX Runtime ``model.onnx`` and
-    ``run_onnx.py``. Empty for a native row or a target without a recipe."""
-    from explorer.targets import get_target
-
+    """`target_files` of a row measured in another target than ``native``, by file name."""
     name = row.get("target") or "native"
     if name == "native":
         return {}
-    target = get_target(f"{name}:{row['format']}" if row.get("format") else name)
-    if not hasattr(target, "export_recipe"):
-        return {}
+    if row.get("format"):
+        name = f"{name}:{row['format']}"
     settings = settings or RunSettings(qat_batch=row.get("qat_batch"))
     quantized = build_row_model(ctx, row, settings)
-    example = ctx.compute_reference().batches[0][0]
-    calibration = ctx.calibration_inputs(settings.calibration_samples)
-    artifact = target.build(quantized, example, calibration)
-    files = target.export_recipe(artifact, folder)
+    files = target_files(ctx, quantized, name, folder, settings.calibration_samples)
     return {path.name: path.read_bytes() for path in files.values()}
 
 

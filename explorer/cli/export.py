@@ -112,10 +112,21 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
         method=entry.method,
         overwrite=args.overwrite,
     )
+    runtime: dict[str, str] = {}
+    if args.target != "native":
+        from explorer.bundle import target_files
+
+        print(f"export: building the {args.target} model", file=sys.stderr)
+        written = target_files(ctx, quantized, args.target, result.folder, args.calibration_samples)
+        runtime = {path.name: str(path) for path in written.values()}
     if not args.json:
         print(f"exported {entry.label} ({result.size_bytes:,} bytes) to {result.folder}")
+        for path in runtime.values():
+            print(f"  {args.target}: {path}")
         print(snippet(entry.plan, ref, str(result.folder), method=entry.method))
     return {
+        "target": args.target,
+        "target_files": runtime,
         "folder": str(result.folder),
         "plan": str(result.plan_path),
         "weights": str(result.weights_path),

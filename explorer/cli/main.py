@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export in --out"
     )
+    export.add_argument(
+        "--target",
+        default="native",
+        help="also write what this target measures: onnxruntime adds model.onnx and run_onnx.py "
+        "(default native: the safetensors export only)",
+    )
     add_run_options(export, sweep=False)
     add_json_option(export)
     export.set_defaults(func=cmd_export)
