@@ -280,6 +280,19 @@ def build_info() -> dict[str, object]:
     return info
 
 
+STAMP_CHARS = 16
+
+
+def build_stamp() -> dict[str, str] | None:
+    """What identifies the kernels a measurement ran on: the loaded library's sha256 (first
+    `STAMP_CHARS` hex digits) and its instruction-set path; None when the library is unavailable
+    (torch's kernels only). Row keys and model cards record it."""
+    info = build_info()
+    if not info["available"]:
+        return None
+    return {"build": str(info["sha256"])[:STAMP_CHARS], "isa": str(info["isa"])}
+
+
 def isa() -> str:
     """The instruction-set path the kernels take now (one of `ISAS`)."""
     return ISAS[_get().qe_isa()]

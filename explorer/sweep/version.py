@@ -76,10 +76,7 @@ def native_version() -> dict[str, Any] | None:
     """The loaded native library's sha256 and instruction-set path (None when unavailable)."""
     from explorer.kernels import native
 
-    info = native.build_info()
-    if not info["available"]:
-        return None
-    return {"build": str(info["sha256"])[:DIGEST_CHARS], "isa": info["isa"]}
+    return native.build_stamp()
 
 
 @functools.cache

@@ -27,9 +27,10 @@ one such step at batch 1 with 128 cached tokens: one matrix-vector product per l
 time is the time to stream the weights, which is where int8 and int4 weights pay off. The
 ``prefill`` workload runs 128 prompt tokens at once (matrix-matrix products, compute-bound).
 
-Why this size. The fp32 weights of the linear layers (28.7 MB) are about the 32 MiB L3 and do
-not stay there between decode steps, so fp32 decoding streams them from memory; the int8 (7.2 MB)
-and int4 (3.7 to 4 MB with scales) copies stay cached. A model a few times smaller would fit the
+Why this size. The fp32 weights of the linear layers (28.7 MB) are about the last-level cache of
+the machine it was sized on (32 MiB L3; `explorer.machine` reads this machine's) and do not stay
+there between decode steps, so fp32 decoding streams them from memory; the int8 (7.2 MB) and
+int4 (3.7 to 4 MB with scales) copies stay cached. A model a few times smaller would fit the
 cache even in fp32, and its decode step would be bound by per-call overhead (trend 12,
 docs/trends.md). The weights ship as bf16 (14.6 MB, under the 16 MB per-file limit); the float
 reference is those bf16 values in fp32.

@@ -80,6 +80,8 @@ def latency_markdown(latency: dict[str, Any]) -> list[str]:
         f"{latency['load_average_at_start']:.2f} at the start). Speedups against torch fp32 "
         "and bf16. Weight MB: the bytes of the linear layers' weights as stored (codes, scales), "
         "which a decode step reads once.",
+        "",
+        kernels_line(latency),
     ]
     for n_threads, result in latency["threads"].items():
         plans = result["plans"]
@@ -124,6 +126,20 @@ def latency_markdown(latency: dict[str, Any]) -> list[str]:
     return [*lines, "", *_reading(latency)]
 
 
+def kernels_line(latency: dict[str, Any]) -> str:
+    """The kernel build the latencies were measured on (`explorer.kernels.native.build_stamp`),
+    or that a card measured before builds were recorded does not know it."""
+    if "kernels" not in latency:
+        return (
+            "Kernel build: not recorded (measured before cards were stamped, so later kernel "
+            "changes are not in these numbers until `remeasure_latency` measures them again)."
+        )
+    stamp = latency["kernels"]
+    if stamp is None:
+        return "Kernel build: none (the native library was unavailable; torch's kernels only)."
+    return f"Kernel build: native library `{stamp['build']}`, instruction set {stamp['isa']}."
+
+
 def _reading(latency: dict[str, Any]) -> list[str]:
     """How to read the latency table of the highest thread count, from its own numbers."""
     n_threads = max(latency["threads"], key=int)
@@ -151,7 +167,8 @@ def _reading(latency: dict[str, Any]) -> list[str]:
     )
     return [
         f"**Reading the numbers** ({n_threads} threads; {isa}). A decode step reads every "
-        f"linear weight once: {mb('fp32')} in fp32, close to the 32 MiB L3 that the KV "
+        f"linear weight once: {mb('fp32')} in fp32, close to the last-level cache "
+        f"({latency.get('llc') or 'size not recorded'}) that the KV "
         "cache, the activations and other processes share, so much of it comes from memory "
         f"every step; {mb('w8_channel')} in int8 and {mb(int4)} in int4 ({int4}) stay cached; bf16 "
         f"({mb('bf16')}) gets {x('bf16')} from halving the bytes alone. int8 weight-only gets "
@@ -159,8 +176,8 @@ def _reading(latency: dict[str, Any]) -> list[str]:
         f"{int4_vs_int8:.2f}x int8's time ({x(int4)}), because the int4 kernels unpack nibbles "
         "with extra instructions before each fp32 multiply-add, so at one row they are bound "
         "by instructions as much as by bytes. W8A8 with per-token dynamic scales "
-        f"({x('w8a8_token')} at decode) quantizes each activation row with a chain of small "
-        "torch ops in every layer, a fixed cost that one row cannot amortize. Prefill "
+        f"({x('w8a8_token')} at decode) also quantizes each activation row before its integer "
+        "products in every layer, a fixed cost that one row cannot amortize. Prefill "
         "multiplies 128 rows by each weight and is compute-bound: the weight-only kernels "
         "multiply in fp32 after converting the codes, W8A8 multiplies int16 pairs, and the best "
         f"quantized prefill is {prefill_best} at {x(prefill_best, 'prefill')} of torch's fp32 "

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.machine import cpu_features
+from explorer.kernels import native
+from explorer.machine import cpu_features, last_level_cache
 from explorer.models.registry import ASSETS
 from explorer.models.safe_load import load_into
 from explorer.models.tinylm.card import card_markdown
@@ -213,6 +214,8 @@ def measure_workloads(
         "method": f"lowest of {rounds} interleaved round medians; repeats {repeats}",
         "load_average_at_start": os.getloadavg()[0],
         "cpu": cpu_features(),
+        "llc": last_level_cache().label,
+        "kernels": native.build_stamp(),
     }
     try:
         for n_threads in threads:
