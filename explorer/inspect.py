@@ -197,10 +197,16 @@ class SweepProgress:
     error: str | None = None
     cancelled: bool = False
     finished: bool = False
+    batch_done: int = 0  # evaluation batches of the row in flight (``batch`` events)
+    batch_total: int = 0
 
     @property
     def fraction(self) -> float:
-        return min(1.0, self.done / self.total) if self.total else 0.0
+        """Rows done, plus the share of the row in flight's evaluation batches."""
+        if not self.total:
+            return 0.0
+        within = self.batch_done / self.batch_total if self.batch_total else 0.0
+        return min(1.0, (self.done + within) / self.total)
 
 
 def sweep_progress(events: Iterable[SweepEvent]) -> SweepProgress:
@@ -223,6 +229,11 @@ def sweep_progress(events: Iterable[SweepEvent]) -> SweepProgress:
             progress.cancelled = True
         elif event.kind == "done":
             progress.finished = True
+        if event.kind == "batch":
+            progress.batch_done = int(event.extra.get("done", 0))
+            progress.batch_total = int(event.extra.get("total", 0))
+        elif event.kind in ("row", "cached", "failed"):
+            progress.batch_done = progress.batch_total = 0
     return progress
 
 

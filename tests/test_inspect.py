@@ -162,6 +162,15 @@ def test_sweep_progress_folds_events() -> None:
     assert failed.finished and failed.error == "no such model" and failed.fraction == 0.0
 
 
+def test_sweep_progress_counts_the_batches_of_the_row_in_flight() -> None:
+    events = [SweepEvent("started", total=4), SweepEvent("row", "fp32", done=1, total=4)]
+    batch = SweepEvent("batch", extra={"done": 3, "total": 6})
+    progress = sweep_progress([*events, batch])
+    assert (progress.batch_done, progress.batch_total, progress.fraction) == (3, 6, 1.5 / 4)
+    after = sweep_progress([*events, batch, SweepEvent("row", "bf16", done=2, total=4)])
+    assert (after.batch_done, after.batch_total, after.fraction) == (0, 0, 0.5)
+
+
 def test_pending_entries_uses_the_runner_keys(digits_ctx, tmp_path: Path) -> None:
     spec = SweepSpec(weight_bits=(8,), granularity=("channel",))
     settings = RunSettings(repeats=3, n_boot=200)

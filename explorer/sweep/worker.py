@@ -17,6 +17,7 @@ import multiprocessing as mp
 import queue as queue_module
 import sys
 import threading
+import time
 import traceback
 import types
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ from explorer.sweep.space import PlanEntry, SweepSpec
 
 _CONTEXT = mp.get_context("spawn")
 _START_LOCK = threading.Lock()
+BATCH_EVENT_SECONDS = 0.5
+"""Least seconds between two ``batch`` events (evaluation progress within a row)."""
 
 
 @contextlib.contextmanager
@@ -66,7 +69,7 @@ def _child(
         import torch
 
         from explorer.sweep.context import open_context
-        from explorer.sweep.runner import run_sweep
+        from explorer.sweep.runner import LocalExecutor, run_sweep
         from explorer.sweep.space import expand
         from explorer.sweep.store import ResultStore
 
@@ -80,12 +83,23 @@ def _child(
             for s in skipped:
                 events.put(SweepEvent("skipped", s.label, reason=s.reason).to_dict())
         events.put(SweepEvent("started", total=len(plan_entries)).to_dict())
+        sent = [0.0]
+
+        def batch(done: int, total: int) -> None:
+            # the row in flight's evaluation batches (a 0.5 B model's window takes seconds),
+            # at most a few events a second
+            now = time.monotonic()
+            if done == total or now - sent[0] >= BATCH_EVENT_SECONDS:
+                sent[0] = now
+                events.put(SweepEvent("batch", extra={"done": done, "total": total}).to_dict())
+
         with ResultStore(store_path) as store:
             for event in run_sweep(
                 ctx,
                 plan_entries,
                 store,
                 settings=RunSettings(**settings),
+                executor=LocalExecutor(ctx, progress=batch),
                 owner=owner,
                 sweep_id=sweep_id,
                 cancelled=cancel.is_set,

@@ -254,6 +254,9 @@ def test_killed_sweep_resumes_without_redoing_finished_rows(tmp_path: Path) -> N
     assert kinds.count("cached") == stored
     assert kinds.count("row") == 11 - stored
     assert kinds[-1] == "done"
+    # every evaluated row's last evaluation batch reaches the app (st.progress within a row)
+    finals = [e for e in events if e.kind == "batch" and e.extra["done"] == e.extra["total"]]
+    assert len(finals) >= 11 - stored
     with ResultStore(store_path) as store:
         assert len(store.keys()) == 11
 
