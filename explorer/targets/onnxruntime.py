@@ -1,18 +1,19 @@
 """ONNX Runtime as a target: the float model is exported with ``torch.onnx.export`` (the
 TorchScript exporter, ``dynamo=False``: it works offline and names each node after its module,
-``/features/0/Conv`` for ``features.0``), then the plan is written into the graph layer by layer
-from the SAME quantized model the native target measures:
+``/features/features.1/Conv`` for ``features.1``; a Hugging Face model through `TaskOutput`, token
+ids or pixel values in, logits out), then the plan is written into the graph layer by layer from
+the SAME quantized model the native target measures, in the QDQ form ORT's optimiser fuses
+(`explorer.targets.onnx_qdq`): our int8 codes, scales and zero points; static activations as
+QuantizeLinear→DequantizeLinear with our calibrated parameters; int32 biases; convolution outputs
+quantized; dynamic activations as ``DynamicQuantizeMatMul``; 4/8-bit weight-only groups as
+``MatMulNBits`` (whose unsigned codes are our stored codes, so the dequantized weights are
+bit-identical).
 
-- int8 weights (per channel or per tensor): an int8 initializer holding our stored codes, our
-  scales and zero points, through a DequantizeLinear into the layer's Conv/Gemm/MatMul (QDQ);
-- static activations: QuantizeLinear→DequantizeLinear with the layer's calibrated scale and zero
-  point; dynamic per-tensor asymmetric activations: DynamicQuantizeLinear→DequantizeLinear;
-- 4- and 8-bit weight-only linear layers in groups of 16–256: ``com.microsoft.MatMulNBits``, whose
-  unsigned codes are our stored codes (signed symmetric codes are stored offset by 2^(b-1), which
-  is MatMulNBits' default zero point), so the dequantized weights are bit-identical.
-
-ORT then fuses what it can (QLinearConv, MatMulInteger, DynamicQuantizeMatMul); what it leaves as
-"DequantizeLinear + float MatMul/Conv" is reported per layer as such.
+`OnnxRuntimeTarget.build` loads the graph with every optimisation on, reads the optimised graph
+back and reports, per layer, the node kinds ORT kept (`fused_kinds`: QLinearConv, QGemm,
+MatMulIntegerToFloat, ... or "DequantizeLinear + float Conv" where it did not fuse);
+`profile` / `layer_report` map ORT's profiler node times to our layer names; `export_recipe`
+writes the measured ``model.onnx`` and a script that runs it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ import torch
 from onnx import helper
 from torch import nn
 
-from explorer.measure.latency import LatencyResult, measure_callable
 from explorer.nn.convert import quant_modules, set_submodule
 from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantModule
 from explorer.quant.config import QuantConfig
@@ -291,17 +291,6 @@ class OnnxRuntimeTarget(Target):
                 "no decode step in ONNX Runtime, prefill timed instead"
             }
         return art
-
-    def time(
-        self,
-        artifact: Artifact,
-        workloads: Sequence[torch.Tensor],
-        warmup: int = 3,
-        repeats: int = 20,
-    ) -> list[LatencyResult]:
-        return [
-            measure_callable(lambda x=x: artifact.runner(x), warmup, repeats) for x in workloads
-        ]
 
     def profile(
         self, artifact: Artifact, run: Callable[[], Any], repeats: int = 5
