@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer.measure.evaluation import _concat, lm_stats  # noqa: E402
+from explorer.measure.evaluation import concat_stats, lm_stats  # noqa: E402
 from explorer.measure.latency import time_callable  # noqa: E402
 from explorer.models.registry import get_builtin  # noqa: E402
 from explorer.models.tinylm import decode_workload, prefill_workload  # noqa: E402
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, qmodel in models.items():
             parts = [lm_stats(qmodel(x[i : i + 16]), y[i : i + 16]) for i in range(0, len(x), 16)]
             kernels = sorted({m.kernel_name for m in quant_modules(qmodel).values()})
-            row = {"format": name, "perplexity": _concat(parts).perplexity(), "kernels": kernels}
+            row = {"format": name, "perplexity": concat_stats(parts).perplexity(), "kernels": kernels}
             for workload in WORKLOADS:
                 ms = statistics.median(rounds[(name, workload)])
                 base = statistics.median(rounds[("fp32", workload)])

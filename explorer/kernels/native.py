@@ -64,9 +64,12 @@ from explorer.kernels.native_build import cache_dir
 
 __all__ = [
     "ISAS",
+    "BoundLinear",
     "PackedInt4",
     "PackedInt8",
     "available",
+    "bind_w4a8_packed_dynamic",
+    "bind_w8a8_packed_dynamic",
     "build_info",
     "byte_sum",
     "cache_dir",
@@ -1047,6 +1050,94 @@ def w4a8_packed_dynamic_linear(
     )
     _check_rc(rc, "qe_w4a8_dyn_packed_linear")
     return y
+
+
+class BoundLinear:
+    """A repacked layer's dynamic-activation call with its weight-side arguments checked once
+    (at prepare time), so that each call checks only the activations: the per-layer cost a
+    decode step pays (about half of a checked call's Python time)."""
+
+    def __init__(self, fn: str, n: int, k: int, head: tuple, tail: tuple, keep: tuple) -> None:
+        self._fn = getattr(_get(), fn)
+        self._name = fn
+        self.n, self.k = n, k
+        self._head, self._tail = head, tail  # arguments before and after the output pointer
+        self._keep = keep  # the tensors the pointers point into
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.float().contiguous()
+        if not x.is_cpu:
+            raise _bad_tensor("x", x, torch.float32)
+        k = x.shape[-1] if x.dim() else 0
+        if k != self.k:
+            raise ValueError(f"x must have last dimension K={self.k}, got shape {list(x.shape)}")
+        m = x.numel() // k
+        y = torch.empty((*x.shape[:-1], self.n), dtype=torch.float32)
+        if m:
+            rc = self._fn(
+                x.data_ptr(),
+                *self._head,
+                y.data_ptr(),
+                m,
+                self.n,
+                *self._tail,
+                torch.get_num_threads(),
+            )
+            _check_rc(rc, self._name)
+        return y
+
+
+def bind_w8a8_packed_dynamic(
+    packed: PackedInt8,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    per_token: bool,
+    symmetric: bool,
+    eps: float,
+) -> BoundLinear:
+    """`w8a8_packed_dynamic_linear` with everything but ``x`` bound (see `BoundLinear`)."""
+    n, k = packed.n, packed.k
+    w_scale = _vector("w_scale", w_scale, torch.float32, n, allow_scalar=True).contiguous()
+    bias = None if bias is None else _dense("bias", bias, torch.float32, (n,))
+    head = (
+        int(per_token),
+        int(symmetric),
+        eps,
+        packed.data.data_ptr(),
+        w_scale.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+    )
+    return BoundLinear("qe_w8a8_dyn_packed_linear", n, k, head, (k,), (packed, w_scale, bias))
+
+
+def bind_w4a8_packed_dynamic(
+    packed: PackedInt4,
+    zero_term: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    per_token: bool,
+    symmetric: bool,
+    eps: float,
+) -> BoundLinear:
+    """`w4a8_packed_dynamic_linear` with everything but ``x`` bound (see `BoundLinear`)."""
+    if zero_term is None and not symmetric:
+        raise ValueError("zero_term is required for asymmetric activations")
+    head = (
+        int(per_token),
+        int(symmetric),
+        eps,
+        *_w4_packed_args(packed, packed.k, zero_term, bias),
+    )
+    return BoundLinear(
+        "qe_w4a8_dyn_packed_linear",
+        packed.n,
+        packed.k,
+        head,
+        (packed.k, packed.group),
+        (packed, zero_term, bias),
+    )
 
 
 def byte_sum(t: torch.Tensor) -> int:

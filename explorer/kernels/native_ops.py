@@ -71,6 +71,7 @@ class W4A8State:
     group: int
     bias: torch.Tensor | None
     packed: native.PackedInt4 | None = None  # the VNNI layout, when the CPU has it
+    call: native.BoundLinear | None = None  # the packed dynamic call, bound (None: static)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class W8A8State:
     w: A8W8Weights
     act: ActQParams | None
     packed: native.PackedInt8 | None = None
+    call: native.BoundLinear | None = None  # the packed dynamic call, bound (if it applies)
 
     def row_major(self) -> torch.Tensor:
         """int8 [N, K] weights for the row-major kernels."""
@@ -164,24 +166,25 @@ class NativeW4A8Kernel:
         zero_term = (scale * (code_sums - group * zero)).sum(1).contiguous()
         b = None if bias is None else bias.float().contiguous()
         scaled_zero = (scale * zero).contiguous()
-        packed = None
+        packed = call = None
         if _repack():  # symmetric codes (zero point 8) need no scale x zero stream
             packed = native.pack_int4(codes, scale, None if qw.zero is None else scaled_zero, group)
-        return W4A8State(spec, act, codes, scale, scaled_zero, zero_term, group, b, packed)
-
-    def run(self, state: W4A8State, x: torch.Tensor) -> torch.Tensor:
-        spec, act, packed = state.spec, state.act, state.packed
-        if packed is not None and native.packed_path():
             if not spec.act_static:
-                return native.w4a8_packed_dynamic_linear(
-                    x.float().contiguous(),
+                call = native.bind_w4a8_packed_dynamic(
                     packed,
-                    state.zero_term,
-                    state.bias,
+                    zero_term,
+                    b,
                     per_token=spec.act_granularity == "token",
                     symmetric=spec.act_symmetric,
                     eps=SCALE_EPS,
                 )
+        return W4A8State(spec, act, codes, scale, scaled_zero, zero_term, group, b, packed, call)
+
+    def run(self, state: W4A8State, x: torch.Tensor) -> torch.Tensor:
+        spec, act, packed = state.spec, state.act, state.packed
+        if packed is not None and native.packed_path():
+            if state.call is not None:
+                return state.call(x)
             q, xs, xz = quantize_activation(x, spec, act)
             xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
             zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
@@ -249,7 +252,18 @@ class NativeW8A8Kernel:
         if not _repack():
             return W8A8State(spec, w, act)
         packed = native.pack_int8(w.wq)
-        return W8A8State(spec, replace(w, wq=w.wq.new_empty((0, w.wq.shape[1]))), act, packed)
+        call = None
+        if not spec.act_static and w.zero is None:
+            call = native.bind_w8a8_packed_dynamic(
+                packed,
+                w.scale,
+                w.bias,
+                per_token=spec.act_granularity == "token",
+                symmetric=spec.act_symmetric,
+                eps=SCALE_EPS,
+            )
+        empty = w.wq.new_empty((0, w.wq.shape[1]))  # the panels hold the codes
+        return W8A8State(spec, replace(w, wq=empty), act, packed, call)
 
     def run(self, state: W8A8State, x: torch.Tensor) -> torch.Tensor:
         spec, w, act, packed = state.spec, state.w, state.act, state.packed
@@ -285,16 +299,8 @@ class NativeW8A8Kernel:
     def _run_packed(state: W8A8State, packed: native.PackedInt8, x: torch.Tensor) -> torch.Tensor:
         """`run` on the repacked weights (same arithmetic, the VNNI kernels)."""
         spec, w, act = state.spec, state.w, state.act
-        if not spec.act_static and w.zero is None:
-            return native.w8a8_packed_dynamic_linear(
-                x.float().contiguous(),
-                packed,
-                w.scale,
-                w.bias,
-                per_token=spec.act_granularity == "token",
-                symmetric=spec.act_symmetric,
-                eps=SCALE_EPS,
-            )
+        if state.call is not None:
+            return state.call(x)
         q, xs, xz = quantize_activation(x, spec, act)
         xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
         zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()

@@ -199,3 +199,27 @@ def test_every_path_the_cpu_has_is_reported_and_the_best_is_taken() -> None:
     assert have[0] == "scalar" and set(have) <= set(native.ISAS)
     assert native.build_info()["isa"] == have[-1] == native.isa()
     assert native.packed_path() == (have[-1] in ("avx_vnni", "avx512_vnni"))
+
+
+def test_bound_calls_equal_the_checked_ones(packed_isa: str) -> None:
+    """A prepared layer's call binds the weights once; the outputs do not change."""
+    g = torch.Generator().manual_seed(9)
+    n, k = 21, 128
+    x = torch.randn(2, 3, k, generator=g)
+    wq, ws = int8s((n, k), 3), torch.rand(n, generator=g) * 0.01
+    packed8 = native.pack_int8(wq)
+    kw = {"per_token": True, "symmetric": False, "eps": EPS}
+    bound8 = native.bind_w8a8_packed_dynamic(packed8, ws, None, **kw)
+    assert torch.equal(bound8(x), native.w8a8_packed_dynamic_linear(x, packed8, ws, None, **kw))
+    codes = pack_nibbles(torch.randint(0, 16, (n, k), generator=g))
+    packed4 = native.pack_int4(codes, torch.rand(n, 4, generator=g), None, 32)
+    zero_term, bias = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    bound4 = native.bind_w4a8_packed_dynamic(packed4, zero_term, bias, **kw)
+    assert torch.equal(
+        bound4(x.transpose(0, 1)),  # not contiguous: copied first
+        native.w4a8_packed_dynamic_linear(
+            x.transpose(0, 1).contiguous(), packed4, zero_term, bias, **kw
+        ),
+    )
+    with pytest.raises(ValueError, match="x must have last dimension K=128, got shape"):
+        bound4(torch.zeros(1, 64))
