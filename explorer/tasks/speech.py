@@ -139,13 +139,15 @@ class SpeechRecognizer(nn.Module):
             )
         return x[:, :width].reshape(-1, mels, frames), x[:, width:].round().long()
 
+    def decoder_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` with the -1 padding replaced by the pad token."""
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        return torch.where(ids < 0, pad, ids)
+
     def forward(self, x: torch.Tensor) -> Any:
         features, ids = self.split(x)
-        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         return self.whisper(
-            input_features=features,
-            decoder_input_ids=torch.where(ids < 0, pad, ids),
-            use_cache=False,
+            input_features=features, decoder_input_ids=self.decoder_ids(ids), use_cache=False
         )
 
 
@@ -292,13 +294,17 @@ class SpeechTask(Task):
         return torch.cat(parts).float()
 
     # --- decoding --------------------------------------------------------------------------
-    def transcribe(self, model: nn.Module, features: torch.Tensor) -> list[list[int]]:
+    def transcribe(
+        self, model: nn.Module, features: torch.Tensor, encoded: Any = None
+    ) -> list[list[int]]:
         """Greedy transcripts of ``features`` (n, M, F): each one's ids after the prompt, up
-        to and including the end of text."""
+        to and including the end of text. ``encoded``: the encoder's output on ``features``,
+        if already computed (then the encoder does not run again)."""
         whisper = _recognizer(model).whisper
         config = generation_config(whisper, self.prompt, self.max_new_tokens)
+        inputs = {"input_features": features} if encoded is None else {"encoder_outputs": encoded}
         with _quiet():
-            sequences = whisper.generate(input_features=features, generation_config=config)
+            sequences = whisper.generate(**inputs, generation_config=config)
         if isinstance(sequences, dict) or hasattr(sequences, "sequences"):
             sequences = sequences["sequences"]
         eos = config.eos_token_id
@@ -326,7 +332,12 @@ class SpeechTask(Task):
         own greedy transcripts."""
         recognizer = _recognizer(model)
         features, ids = recognizer.split(inputs)
-        logits = named_output(recognizer(inputs), self.output)  # (n, L, V)
+        # the encoder (most of the work for 30 s of audio) runs once for both decoder passes
+        encoded = recognizer.whisper.get_encoder()(input_features=features)
+        out = recognizer.whisper(
+            encoder_outputs=encoded, decoder_input_ids=recognizer.decoder_ids(ids), use_cache=False
+        )
+        logits = named_output(out, self.output)  # (n, L, V)
         start = len(self.prompt) - 1
         lengths = (ids >= 0).sum(dim=1)  # (n,) prompt + transcript
         steps = logits.shape[1] - start
@@ -337,7 +348,7 @@ class SpeechTask(Task):
         if known and all(t is not None for t in known):
             transcripts = [list(t) for t in known if t is not None]
         else:
-            transcripts = self.transcribe(recognizer, features)
+            transcripts = self.transcribe(recognizer, features, encoded)
         width = max(1, max(len(t) for t in transcripts))
         generated = torch.full((len(transcripts), width), PAD, dtype=torch.long)
         for i, t in enumerate(transcripts):
