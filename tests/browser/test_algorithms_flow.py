@@ -8,8 +8,9 @@ The run works on tiny-lm with a small uploaded text (32 rows of 128 bytes of its
 first block's MLP only (``blocks.0.mlp.*``; the other layers stay fp32) with one timed repeat,
 so that GPTQ and AWQ run on real linear layers within the test's time.
 
-This module runs its own server (``own_app_server``): the session's server belongs to
-``test_app_flow.py``, whose first test times the app's first open.
+The sweep runs once, in the Sweep page of a visitor of that run (`algorithm_sweep`); each test
+then opens the app as a visitor of its own at that run's URL and checks one thing. This module
+runs its own server (``own_app_server``), so its rows stay out of the session server's store.
 """
 
 from __future__ import annotations
@@ -105,36 +106,51 @@ def fill(page: Any, key: str, value: str) -> None:
     idle(page)
 
 
-def test_sweep_page_runs_the_algorithm_dimension(
-    page: Any, app_server: AppServer, tiny_run: str, report: Any
-) -> None:
-    page.goto(f"{app_server.url}/?run={tiny_run}")  # the app's frame first, as a user opens it
-    page.get_by_role("heading", level=1, name="Model", exact=True).wait_for(timeout=60_000)
-    page.locator('[data-testid="stSidebarNav"] a', has_text="Sweep").click()
-    page.get_by_role("heading", level=1, name="Sweep", exact=True).wait_for(timeout=60_000)
-    page.locator(".st-key-spec-bits").get_by_role("combobox").wait_for(timeout=60_000)
-    idle(page)
-    expect(page.get_by_text(re.compile(r"Model: tiny-lm"))).to_be_visible()
-    pick(page, "spec-bits", remove=["8"], add=[])
-    pick(page, "spec-granularity", remove=["channel"], add=["group32"])
-    pick(
-        page,
-        "spec-algorithm",
-        remove=[],
-        add=["GPTQ (error compensation)", "AWQ (activation-aware scales)"],
-    )
-    fill(page, "spec-pattern", PATTERN)
-    page.get_by_text("Run settings").click()
-    fill(page, "run-repeats", "1")
-    fill(page, "run-n_boot", "100")
-    expect(page.get_by_text(re.compile(r"^3 configurations plus"))).to_be_visible()
+@pytest.fixture(scope="module")
+def algorithm_sweep(new_user: Any, app_server: AppServer, tiny_run: str) -> float:
+    """On the Sweep page of the tiny-lm run: W4 g32 on the first block's MLP by RTN, GPTQ and
+    AWQ, run to the end; returns its seconds."""
+    with new_user() as page:
+        open_run(page, app_server, tiny_run, "Sweep")
+        page.locator(".st-key-spec-bits").get_by_role("combobox").wait_for(timeout=60_000)
+        idle(page)
+        expect(page.get_by_text(re.compile(r"Model: tiny-lm"))).to_be_visible()
+        pick(page, "spec-bits", remove=["8"], add=[])
+        pick(page, "spec-granularity", remove=["channel"], add=["group32"])
+        pick(
+            page,
+            "spec-algorithm",
+            remove=[],
+            add=["GPTQ (error compensation)", "AWQ (activation-aware scales)"],
+        )
+        fill(page, "spec-pattern", PATTERN)
+        page.get_by_text("Run settings").click()
+        fill(page, "run-repeats", "1")
+        fill(page, "run-n_boot", "100")
+        expect(page.get_by_text(re.compile(r"^3 configurations plus"))).to_be_visible()
+        started = time.monotonic()
+        page.get_by_role("button", name="Run sweep").click()
+        expect(page.get_by_text("Sweep finished: 5 of 5 rows.")).to_be_visible(
+            timeout=SWEEP_TIMEOUT_S * 1000
+        )
+        return time.monotonic() - started
 
-    started = time.monotonic()
-    page.get_by_role("button", name="Run sweep").click()
-    expect(page.get_by_text("Sweep finished: 5 of 5 rows.")).to_be_visible(
-        timeout=SWEEP_TIMEOUT_S * 1000
-    )
-    report("algorithm_sweep_tiny_lm_s", round(time.monotonic() - started, 1))
+
+def open_run(page: Any, server: AppServer, run: str, name: str) -> None:
+    """Open the app at run ``run``'s URL (the app's frame first, as a user opens it), then the
+    page ``name`` from the sidebar."""
+    page.goto(f"{server.url}/?run={run}")
+    page.get_by_role("heading", level=1, name="Model", exact=True).wait_for(timeout=60_000)
+    page.locator('[data-testid="stSidebarNav"] a', has_text=name).click()
+    heading = "Pareto fronts" if name == "Pareto" else name
+    page.get_by_role("heading", level=1, name=heading, exact=True).wait_for(timeout=60_000)
+    idle(page)
+
+
+def test_sweep_page_runs_the_algorithm_dimension(
+    app_server: AppServer, tiny_run: str, algorithm_sweep: float, report: Any
+) -> None:
+    report("algorithm_sweep_tiny_lm_s", round(algorithm_sweep, 1))
     with ResultStore(app_server.store) as store:
         rows = {r["label"]: r for r in store.rows(owner=tiny_run)}
     assert len(rows) == 5
@@ -149,11 +165,9 @@ def test_sweep_page_runs_the_algorithm_dimension(
 
 
 def test_pareto_page_shows_each_algorithm_as_a_series(
-    page: Any, app_server: AppServer, tiny_run: str, browser_dir: Path
+    page: Any, app_server: AppServer, tiny_run: str, algorithm_sweep: float, browser_dir: Path
 ) -> None:
-    page.locator('[data-testid="stSidebarNav"] a', has_text="Pareto").click()
-    page.get_by_role("heading", level=1, name="Pareto fronts").wait_for()
-    idle(page)
+    open_run(page, app_server, tiny_run, "Pareto")
     plot = page.locator(".st-key-pareto-size .js-plotly-plot")
     plot.locator(".scatterlayer .point").first.wait_for()
     traces = {t["name"]: t for t in plot.evaluate(TRACES)}
@@ -177,13 +191,14 @@ def test_pareto_page_shows_each_algorithm_as_a_series(
 
 
 def test_layers_whatif_puts_gptq_on_one_more_layer(
-    page: Any, app_server: AppServer, tiny_run: str
+    page: Any, app_server: AppServer, tiny_run: str, algorithm_sweep: float
 ) -> None:
     """The RTN row (first block's MLP at W4 g32) with ``blocks.0.attn.proj``, fp32 there, set
     to W4 g32 by GPTQ: a new row whose layers record which algorithm produced them."""
     with ResultStore(app_server.store) as store:
         rows = store.rows(owner=tiny_run)
     (rtn,) = [r for r in rows if r["algorithm"] == "rtn"]
+    open_run(page, app_server, tiny_run, "Pareto")
     picker = page.get_by_role("combobox", name="Selected configuration")
     picker.click()
     picker.fill(rtn["label"])  # the select box filters its options by what is typed

@@ -1,19 +1,29 @@
-"""The app in a real browser, as one user's session and then a second one next to it.
+"""The app in a real browser: each test is a new visitor (a browser context of its own, so a run
+id of its own) who opens the app and does one thing:
 
-The tests run in file order and share one server and one browser context (the first user), each
-going on from where the previous one left the app:
+- the first page is interactive soon after ``streamlit run`` (on a server of the test's own);
+- the default sweep, started by the first open of the default model, reaches the Pareto plot;
+- a further small sweep (W5 per channel) on the Sweep page adds its row to the plot;
+- a click on a point of the Pareto plot opens the Layers page on that row;
+- the what-if editor changes one layer: a new row with other numbers, then shown;
+- moving between pages with results loaded is quick;
+- an export downloads and reloads with `explorer` to outputs identical to quantizing the same
+  row directly;
+- choosing a configuration in the Layers page's select box shows it;
+- uploads belong to the run id in the URL: a second visitor sees neither the first one's
+  uploaded weights nor the rows computed from them, and a garbage upload is refused in the page.
 
-1. open ``/`` (the default model): the first page is interactive (timed from `streamlit run`);
-2. the default sweep started by itself: its points reach the Pareto plot (timed);
-3. a further small sweep (W5 per channel) on the Sweep page: its row reaches the plot;
-4. a click on a point of the Pareto plot opens the Layers page on that row;
-5. the what-if editor changes one layer: a new row with other numbers, then shown;
-6. moving between pages with results loaded (timed);
-7. the export of that row downloads and reloads with `explorer` to outputs identical to
-   quantizing the same row directly;
-8. choosing a configuration in the Layers page's select box shows it;
-9. uploads belong to the run id in the URL: a second context sees neither the first one's
-   uploaded weights nor the rows computed from them, and a garbage upload is refused in the page.
+What they share is the module's server and its results store, filled once by `default_sweep`
+(a visitor opens the app and the default sweep runs to the end), so any test runs alone.
+
+The targets stated for the app are timed and printed (pytest's terminal summary,
+``browser-timings.json``): the first page interactive within 5 s of ``streamlit run`` and page
+moves within 1 s (median), on a quiet 2-core machine. The asserted bounds are twice those:
+CI runs these tests on 2 cores that the server's sweep workers and Chromium share, where the
+figures measured on a quiet machine (first page 3.3 s median, 2.5 to 5.7 s; page moves 0.31 s
+median) roughly double. On a machine loaded beyond two runnable processes per CPU by other jobs
+(a shared development machine: 6.2 s at load 13 and 27 s at load 20 on 2 CPUs) the figures are
+printed and the bound is not judged (`judge_timing`).
 
 With ``EXPLORER_SCREENSHOTS=1`` the Pareto and Layers pages are saved to ``docs/screenshots/``
 (the README shows them); otherwise the working tree is left alone.
@@ -35,6 +45,7 @@ import pytest
 import torch
 
 from explorer.bundle import build_row_model, plan_document
+from explorer.machine import usable_cpus
 from explorer.models.catalog import DEFAULT_MODEL
 from explorer.sweep.context import ModelContext, ModelSource, open_context
 from explorer.sweep.default import default_entries
@@ -51,6 +62,10 @@ VIEWPORT = {"width": 1400, "height": 900}  # as the contexts of conftest.py
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 DEFAULT_SWEEP_TIMEOUT_S = 240
 SWEEP_TIMEOUT_MS = 120_000
+FIRST_PAGE_TARGET_S = 5.0
+PAGE_MOVE_TARGET_S = 1.0
+CI_MARGIN = 2.0  # why: the module docstring
+OVERLOADED = 2.0  # runnable processes per CPU beyond which no timing target is judged
 TITLES = {
     "Model": "Model",
     "Sweep": "Sweep",
@@ -89,12 +104,46 @@ def default_ctx(app_server: AppServer) -> ModelContext:
 
 
 @pytest.fixture(scope="module")
-def flow() -> dict[str, Any]:
-    """What one step leaves for the next (the run id, the chosen rows, the page-open time)."""
-    return {}
+def default_sweep(
+    new_user: Any, app_server: AppServer, default_ctx: ModelContext
+) -> dict[str, Any]:
+    """A first visitor opens the app on the default model, which starts the default sweep; the
+    store holds all of its rows when this returns. Records the seconds from the open to the
+    first quantized row stored and to the last."""
+    expected = {entry.label for entry in default_entries(default_ctx.model)[0]}
+    with new_user() as first:
+        opened_at = time.monotonic()
+        first.goto(app_server.url + "/")
+        progress = first.get_by_text(
+            re.compile(r"Evaluated \d+ of \d+ configurations|Starting the sweep")
+        )
+        expect(progress.first).to_be_visible(timeout=DEFAULT_SWEEP_TIMEOUT_S * 1000)
+        first_rows = None
+        while True:
+            rows = stored_rows(app_server)
+            if first_rows is None and any(r.get("kind") != "baseline" for r in rows.values()):
+                first_rows = time.monotonic() - opened_at
+            labels = {r["label"] for r in rows.values()}
+            if expected <= labels or time.monotonic() - opened_at > DEFAULT_SWEEP_TIMEOUT_S:
+                break
+            time.sleep(1)
+        complete = time.monotonic() - opened_at
+    assert expected <= labels, f"the default sweep did not store {sorted(expected - labels)}"
+    return {"expected": expected, "first_rows_s": first_rows, "complete_s": complete}
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def open_app(page: Any, server: AppServer, name: str = "Model") -> str:
+    """Open the app as a new visitor, then page ``name``; returns the visitor's run id."""
+    page.goto(server.url + "/")
+    expect(page.get_by_role("combobox", name="Built-in model")).to_be_enabled(timeout=60_000)
+    idle(page)
+    if name != "Model":
+        go(page, name)
+        idle(page)
+    return run_of(page)
 
 
 def title(page: Any, name: str) -> Any:
@@ -212,71 +261,68 @@ def screenshot(page: Any, name: str, height: int, anchor: Any | None = None) -> 
         page.wait_for_timeout(500)
 
 
-# --- the flow ------------------------------------------------------------------------------------
+# --- the tests ----------------------------------------------------------------------------------
 
 
-def test_first_page_is_interactive(
-    page: Any, app_server: AppServer, flow: dict[str, Any], report: Any
-) -> None:
-    flow["opened_at"] = time.monotonic()
-    page.goto(app_server.url + "/")
+def judge_timing(measured: float, target: float, what: str) -> None:
+    """Assert ``measured`` within `CI_MARGIN` times ``target``; on a machine loaded beyond
+    `OVERLOADED` processes per CPU (other jobs than these tests), skip instead, saying so: the
+    targets are stated for a quiet machine and such a load multiplies every figure."""
+    load, cpus = os.getloadavg()[0], usable_cpus()
+    if load > OVERLOADED * cpus:
+        pytest.skip(
+            f"{what} {measured:.2f} s with load average {load:.1f} on {cpus} CPUs: not a quiet "
+            f"machine, so the {target:g} s target (bound {target * CI_MARGIN:g} s) is not judged"
+        )
+    assert measured < target * CI_MARGIN, f"{what} {measured:.2f} s (target {target:g} s)"
+
+
+def test_first_page_is_interactive(page: Any, fresh_app_server: AppServer, report: Any) -> None:
+    page.goto(fresh_app_server.url + "/")
     model_box = page.get_by_role("combobox", name="Built-in model")
     expect(model_box).to_be_enabled(timeout=60_000)
     ready = time.monotonic()
-    after_launch = ready - app_server.launched_at
+    after_launch = ready - fresh_app_server.launched_at
     report("first_page_interactive_after_launch_s", round(after_launch, 3))
-    report("first_page_interactive_after_health_s", round(ready - app_server.healthy_at, 3))
+    report("first_page_interactive_after_health_s", round(ready - fresh_app_server.healthy_at, 3))
+    print(f"first page interactive {after_launch:.2f} s after launch (target 5 s)")
     expect(model_box).to_have_value(DEFAULT_MODEL)
     expect(title(page, "Model")).to_be_visible()
-    flow["run"] = run_of(page)
-    # The acceptance target is 5 s on a quiet 2-core machine; the bound leaves room for CI load.
-    assert after_launch < 30, f"first page interactive {after_launch:.1f} s after launch"
+    judge_timing(after_launch, FIRST_PAGE_TARGET_S, "first page interactive after launch")
 
 
 def test_default_sweep_points_reach_the_pareto_plot(
-    page: Any, app_server: AppServer, default_ctx: ModelContext, flow: dict[str, Any], report: Any
+    page: Any, app_server: AppServer, default_sweep: dict[str, Any], report: Any
 ) -> None:
-    progress = page.get_by_text(
-        re.compile(r"Evaluated \d+ of \d+ configurations|Starting the sweep")
+    report("default_sweep_first_rows_after_open_s", round(default_sweep["first_rows_s"], 1))
+    report("default_sweep_complete_after_open_s", round(default_sweep["complete_s"], 1))
+    run = open_app(page, app_server, "Pareto")
+    keys = plotted_keys(page)
+    rows = stored_rows(app_server)
+    labels = {rows[k]["label"] for k in keys if k in rows}
+    assert default_sweep["expected"] <= labels, (
+        f"missing on the plot: {sorted(default_sweep['expected'] - labels)}"
     )
-    expect(progress.first).to_be_visible(timeout=60_000)
-    expected = {entry.label for entry in default_entries(default_ctx.model)[0]}
-
-    go(page, "Pareto")
-    deadline = flow["opened_at"] + DEFAULT_SWEEP_TIMEOUT_S
-    labels: set[str] = set()
-    while True:
-        keys = plotted_keys(page)
-        if len(keys) > 2 and "first_points" not in flow:
-            flow["first_points"] = time.monotonic() - flow["opened_at"]
-            report("default_sweep_first_points_after_open_s", round(flow["first_points"], 1))
-        rows = stored_rows(app_server)
-        labels = {rows[k]["label"] for k in keys if k in rows}
-        if expected <= labels or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-        page.reload()  # the sweep lives in the server: a reload neither stops nor restarts it
-        title(page, "Pareto").wait_for()
-    report("default_sweep_complete_after_open_s", round(time.monotonic() - flow["opened_at"], 1))
-    assert expected <= labels, f"missing on the plot: {sorted(expected - labels)}"
     assert set(keys) <= set(rows), "every point is a stored row"
-    assert flow.get("first_points", float("inf")) < 120, (
-        "the default sweep's first points took over 2 minutes"
-    )
-    assert run_of(page) == flow["run"], "the run id stays in the URL"
+    assert default_sweep["first_rows_s"] < 120, "the default sweep's first rows took over 2 min"
+    assert run_of(page) == run, "the run id stays in the URL"
     screenshot(page, "pareto.png", 1000, anchor=title(page, "Pareto"))
 
 
-def test_further_sweep_adds_its_row(page: Any, app_server: AppServer, flow: dict[str, Any]) -> None:
+def test_further_sweep_adds_its_row(
+    page: Any, app_server: AppServer, default_sweep: dict[str, Any]
+) -> None:
+    open_app(page, app_server)
     new = run_small_sweep(page, app_server, bits="5")  # a width the default sweep lacks
     go(page, "Pareto")
     assert new["key"] in plotted_keys(page)
-    flow["w5"] = new["key"]
 
 
 def test_clicking_a_point_opens_its_layers(
-    page: Any, app_server: AppServer, flow: dict[str, Any]
+    page: Any, app_server: AppServer, default_sweep: dict[str, Any]
 ) -> None:
+    run = open_app(page, app_server, "Pareto")
+    plotted_keys(page)  # the points are drawn
     plot = chart(page)
     expect(plot).to_be_visible()
     plot.scroll_into_view_if_needed()
@@ -287,9 +333,7 @@ def test_clicking_a_point_opens_its_layers(
     candidates = [
         p
         for p in points
-        if p["meta"] == "series"
-        and rows.get(p["key"], {}).get("kind") not in (None, "baseline")
-        and rows[p["key"]].get("method") == "ptq"  # the what-if editor re-evaluates PTQ rows
+        if p["meta"] == "series" and rows.get(p["key"], {}).get("kind") not in (None, "baseline")
     ]
     assert candidates, f"no quantized points drawn: {points}"
 
@@ -303,26 +347,27 @@ def test_clicking_a_point_opens_its_layers(
     page.wait_for_timeout(300)  # plotly's hover, which its click handler reads
     page.mouse.click(target["x"], target["y"])
 
-    page.wait_for_url(re.compile(r"/layers\?(.*&)?run=" + flow["run"]))
+    page.wait_for_url(re.compile(r"/layers\?(.*&)?run=" + run))
     title(page, "Layers").wait_for()
     label = rows[target["key"]]["label"]
     expect(page.get_by_role("combobox", name="Configuration")).to_have_value(
         re.compile("^" + re.escape(label))
     )
-    run_file = app_server.cache / "runs" / flow["run"] / "run.json"
+    run_file = app_server.cache / "runs" / run / "run.json"
     assert json.loads(run_file.read_text())["selected_row"] == target["key"]
-    flow["clicked"] = target["key"]
 
 
 def test_whatif_edit_adds_a_row_with_other_numbers(
-    page: Any, app_server: AppServer, flow: dict[str, Any]
+    page: Any, app_server: AppServer, default_sweep: dict[str, Any]
 ) -> None:
-    old = stored_rows(app_server)[flow["clicked"]]
+    label = "W8 channel sym ptq"  # a PTQ row: the what-if editor re-evaluates PTQ rows
+    old = next(r for r in stored_rows(app_server).values() if r["label"] == label)
+    open_app(page, app_server, "Layers")
+    choose(page, "Configuration", label)
     layer_box = page.get_by_role("combobox", name="Layer", exact=True)
     layer_box.scroll_into_view_if_needed()
     choose(page, "Layer", re.compile(r"^classifier "))
-    now_w8 = "(now W8" in layer_box.input_value()
-    choose(page, "New setting", "W4 channel" if now_w8 else "W8 channel")
+    choose(page, "New setting", "W4 channel")
     page.get_by_role("button", name="Re-evaluate").click()
     against = page.get_by_text(re.compile(r"— against"))
     against.wait_for(timeout=SWEEP_TIMEOUT_MS)
@@ -347,10 +392,12 @@ def test_whatif_edit_adds_a_row_with_other_numbers(
 
     page.get_by_role("button", name="Show this configuration").click()
     expect(page.get_by_role("combobox", name="Configuration")).to_have_value(new["label"])
-    flow["whatif"] = new["key"]
 
 
-def test_moving_between_pages_is_quick(page: Any, flow: dict[str, Any], report: Any) -> None:
+def test_moving_between_pages_is_quick(
+    page: Any, app_server: AppServer, default_sweep: dict[str, Any], report: Any
+) -> None:
+    run = open_app(page, app_server)
     route = ["Pareto", "Sweep", "Layers", "Model", "Pareto", "Export", "Layers", "Sweep", "Model"]
     to_title, settled = [], []
     for name in route:
@@ -359,36 +406,36 @@ def test_moving_between_pages_is_quick(page: Any, flow: dict[str, Any], report: 
         to_title.append(go(page, name))
         idle(page)
         settled.append(time.monotonic() - start)
-        assert run_of(page) == flow["run"], f"the run id was lost on the way to {name}"
+        assert run_of(page) == run, f"the run id was lost on the way to {name}"
+    median = statistics.median(to_title)
     report("page_move_title_visible_s", [round(t, 3) for t in to_title])
-    report("page_move_title_visible_median_s", round(statistics.median(to_title), 3))
+    report("page_move_title_visible_median_s", round(median, 3))
     report("page_move_script_done_s", [round(t, 3) for t in settled])
     report("page_move_script_done_median_s", round(statistics.median(settled), 3))
-    # The acceptance target is 1 s; the bound leaves room for a loaded CI machine.
-    assert statistics.median(to_title) < 5
+    print(f"page moves: median {median:.2f} s to the title (target 1 s)")
+    judge_timing(median, PAGE_MOVE_TARGET_S, "page moves (median)")
 
 
 def test_export_reloads_to_identical_outputs(
     page: Any,
     app_server: AppServer,
     default_ctx: ModelContext,
-    flow: dict[str, Any],
-    browser_dir: Path,
+    default_sweep: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
-    row = stored_rows(app_server)[flow["whatif"]]
-    go(page, "Export")
-    expect(page.get_by_role("combobox", name="Configuration")).to_have_value(row["label"])
+    label = "W4 channel sym ptq"
+    row = next(r for r in stored_rows(app_server).values() if r["label"] == label)
+    open_app(page, app_server, "Export")
+    choose(page, "Configuration", label)
     weights_button = page.get_by_role("button", name=re.compile(r"^Download the weights"))
     weights_button.wait_for(timeout=SWEEP_TIMEOUT_MS)
-    folder = browser_dir / "downloads"
-    folder.mkdir(exist_ok=True)
     with page.expect_download() as download:
         weights_button.click()
-    weights = folder / "model.safetensors"
+    weights = tmp_path / "model.safetensors"
     download.value.save_as(weights)
     with page.expect_download() as download:
         page.get_by_role("button", name="Download the plan (JSON)").click()
-    plan = folder / "plan.json"
+    plan = tmp_path / "plan.json"
     download.value.save_as(plan)
 
     assert json.loads(plan.read_text()) == plan_document(row)
@@ -402,51 +449,46 @@ def test_export_reloads_to_identical_outputs(
 
 
 def test_choosing_a_configuration_in_the_select_box(
-    page: Any, app_server: AppServer, flow: dict[str, Any]
+    page: Any, app_server: AppServer, default_sweep: dict[str, Any]
 ) -> None:
     label = "W8 channel sym ptq"
     key = next(k for k, r in stored_rows(app_server).items() if r["label"] == label)
-    go(page, "Layers")
+    run = open_app(page, app_server, "Layers")
     choose(page, "Configuration", label)
     expect(page.get_by_role("combobox", name="Configuration")).to_have_value(label)
     expect(page.get_by_text(re.compile(f"^{re.escape(label)}: "))).to_be_visible()  # chart title
-    run_file = app_server.cache / "runs" / flow["run"] / "run.json"
+    run_file = app_server.cache / "runs" / run / "run.json"
     assert json.loads(run_file.read_text())["selected_row"] == key
     screenshot(page, "layers.png", 1150, anchor=title(page, "Layers"))
 
 
 def test_uploads_stay_in_their_run(
     page: Any,
-    browser: Any,
+    new_user: Any,
     app_server: AppServer,
-    flow: dict[str, Any],
-    browser_dir: Path,
+    default_sweep: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     # The first user loads a copy of the shipped weights under a new name and sweeps it.
-    upload = browser_dir / "my-digits-cnn.safetensors"
+    upload = tmp_path / "my-digits-cnn.safetensors"
     shutil.copyfile(ROOT / "assets" / "digits-cnn" / "model.safetensors", upload)
-    go(page, "Model")
+    run = open_app(page, app_server)
     page.get_by_text("Load your own model or data").click()
     page.locator(".st-key-upload-weights input[type=file]").set_input_files(upload)
     page.get_by_role("button", name="Load weights").click()
     expect(page.get_by_text(f"Loaded {upload.name}.")).to_be_visible(timeout=60_000)
     expect(page.get_by_text(re.compile(r"^Working on .*uploaded weights"))).to_be_visible()
-    run_small_sweep(page, app_server, bits="3", granularity="tensor", owner=flow["run"])
-    mine = stored_rows(app_server, owner=flow["run"])
+    run_small_sweep(page, app_server, bits="3", granularity="tensor", owner=run)
+    mine = stored_rows(app_server, owner=run)
     page.reload()  # the run id in the URL brings the upload back
     title(page, "Sweep").wait_for()
     go(page, "Model")
     expect(page.get_by_text(re.compile(r"^Working on .*uploaded weights"))).to_be_visible()
 
     # A second user, at the same time, in a context of their own.
-    other = browser.new_context(viewport=VIEWPORT)
-    try:
-        second = other.new_page()
-        second.goto(app_server.url + "/")
-        expect(second.get_by_role("combobox", name="Built-in model")).to_be_enabled(timeout=60_000)
-        assert run_of(second) != flow["run"]
+    with new_user() as second:
+        assert open_app(second, app_server) != run
         expect(second.get_by_text(f"Working on the built-in {DEFAULT_MODEL}.")).to_be_visible()
-        idle(second)
         assert upload.stem not in second.content()
         go(second, "Pareto")
         shown = plotted_keys(second)
@@ -455,7 +497,7 @@ def test_uploads_stay_in_their_run(
         assert set(shown) <= set(stored_rows(app_server))
 
         # A garbage upload: a clear message in the page, no traceback, and the app goes on.
-        garbage = browser_dir / "garbage.safetensors"
+        garbage = tmp_path / "garbage.safetensors"
         garbage.write_bytes(os.urandom(4096))
         go(second, "Model")
         second.get_by_text("Load your own model or data").click()
@@ -469,5 +511,3 @@ def test_uploads_stay_in_their_run(
         assert not (uploads.exists() and any(uploads.iterdir())), "a failed upload left files"
         go(second, "Pareto")
         assert set(plotted_keys(second)) == set(shown)
-    finally:
-        other.close()
