@@ -270,6 +270,12 @@ def _read_index(
     return axis(h, kh, sh, ph, dh, ho), axis(w, kw, sw, pw, dw, wo)
 
 
+def per_channel(blocks: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
+    """A per-block value (scale, zero point) of a per-channel or per-tensor weight, one per
+    output channel: fp32 ``[out_channels]``."""
+    return blocks.reshape(-1).expand(qw.n_blocks[0]).repeat_interleave(qw.block[0]).contiguous()
+
+
 # --- oneDNN -------------------------------------------------------------------------------------
 
 
@@ -377,8 +383,7 @@ class OnednnConvKernel:
     ) -> OnednnState:
         o = geom.out_channels
         wq = qw.stored_codes().to(torch.int8).reshape(o, -1, *geom.kernel_size)
-        ws = qw.scale.float().reshape(-1).expand(qw.n_blocks[0]).repeat_interleave(qw.block[0])
-        ws = ws.contiguous()
+        ws = per_channel(qw.scale.float(), qw)
         wz = torch.zeros(o, dtype=torch.long)
         b = None if bias is None else bias.float().contiguous()
         return OnednnState(spec, geom, _onednn_prepack(wq, ws, geom), ws, wz, b, act)
@@ -521,9 +526,8 @@ class NativeDepthwiseWOKernel:
         act: ActQParams | None,
     ) -> DepthwiseWOState:
         c = geom.out_channels
-        per_row = qw.block[0]
-        scale = qw.scale.float().reshape(-1).repeat_interleave(per_row).contiguous()
-        zero = qw.stored_zero().float().reshape(-1).repeat_interleave(per_row).contiguous()
+        scale = per_channel(qw.scale.float(), qw)
+        zero = per_channel(qw.stored_zero().float(), qw)
         b = None if bias is None else bias.float().contiguous()
         assert scale.numel() == c
         return DepthwiseWOState(geom, qw.bits, qw.data.contiguous(), scale, zero, b)

@@ -152,11 +152,13 @@ def choose(
 # --- convolutions -------------------------------------------------------------------------------
 
 CONV_KERNELS: dict[str, ConvKernel] = {
-    **{k.name: k for k in (ONEDNN_CONV, ONEDNN_DWCONV, DWCONV_WO)},
     **{name: Im2colKernel(k) for name, k in KERNELS.items()},
+    **{k.name: k for k in (ONEDNN_CONV, ONEDNN_DWCONV, DWCONV_WO)},
 }
-"""Every convolution kernel: oneDNN's (dense, depthwise), the depthwise one on stored codes, and
-im2col in front of each linear kernel (named after it), in the order `conv_candidates` lists."""
+"""Every convolution kernel: im2col in front of each linear kernel (named after it), oneDNN's
+(dense, depthwise) and the depthwise one on stored codes, in the order `conv_candidates` lists
+them. A layer runs the first until `choose_conv` has measured: so a dense layer's untimed
+default is the im2col kernel it always was, and its float outputs stay those of before."""
 MAX_TIMING_PIXELS = 4096  # output positions per timed call; beyond, time grows with the batch
 _CONV_CHOICES: dict[tuple[Any, ...], str] = {}
 

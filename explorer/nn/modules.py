@@ -283,6 +283,11 @@ class QuantConv2d(QuantModule):
             return self.spec
         return dataclasses.replace(self.spec, act_granularity="tensor")
 
+    def _kernel_capable(self) -> bool:
+        """Whether the linear kernels (behind im2col) apply: dense convolutions only; the
+        layer's own candidates are `conv_candidates`."""
+        return self.conv["groups"] == 1
+
     def _default_kernel(self) -> str:
         found = conv_candidates(self.conv_spec, self.geometry)
         return found[0].name if found else REFERENCE.name

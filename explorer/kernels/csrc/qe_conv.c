@@ -40,6 +40,10 @@
 #endif
 
 #define QE_CONV_ABI 1
+/* Elements of work below which a call stays on one thread: a parallel region costs a few
+ * microseconds on an idle machine, and a scheduler time slice per barrier on a loaded one, more
+ * than small layers (a mobile network's 4x4 maps) take in all (torch's grain is 32768 too). */
+#define QE_GRAIN 32768
 
 QE_EXPORT int qe_conv_abi_version(void) { return QE_CONV_ABI; }
 
@@ -72,7 +76,7 @@ QE_EXPORT int qe_act_qparams(const float *x, int64_t count, int symmetric, float
     if (!x || !scale_out || !zero_out || count <= 0) return 1;
     float lo = 0.0f, hi = 0.0f; /* the range always holds 0 */
     (void)nthreads;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && count > 65536) \
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && count > 2 * QE_GRAIN) \
     reduction(min : lo) reduction(max : hi) schedule(static)
     for (int64_t i = 0; i < count; i++) {
         const float v = x[i];
@@ -104,7 +108,9 @@ QE_EXPORT int qe_quant_u8_nhwc(const float *x, uint8_t *out, int64_t n, int64_t 
     const int64_t tiles = (hw + tile - 1) / tile;
     const int64_t tasks = n * tiles;
     (void)nthreads;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && tasks > 1) schedule(static)
+    const int par = nthreads > 1 && tasks > 1 && n * c * hw > QE_GRAIN;
+    (void)par; /* unused without OpenMP */
+#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
     for (int64_t t = 0; t < tasks; t++) {
         const int64_t b = t / tiles;
         const int64_t p0 = (t % tiles) * tile;
@@ -146,7 +152,9 @@ QE_EXPORT int qe_im2col_f32(const float *x, float *out, int64_t n, int64_t c, in
     const int64_t rows = n * ho;
     (void)nthreads;
     /* one task per output row (b, oy): its wo patch rows are written front to back */
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && rows > 1) schedule(static)
+    const int par = nthreads > 1 && rows > 1 && rows * wo * kpad > QE_GRAIN;
+    (void)par; /* unused without OpenMP */
+#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t b = r / ho, oy = r % ho;
         float *orow = out + r * wo * kpad;
@@ -198,7 +206,9 @@ QE_EXPORT int qe_dwconv_wo(const float *x, const void *codes, int bits, const fl
     if (taps > 64) return 3; /* the taps live in a stack array */
     const int64_t planes = n * c;
     (void)nthreads;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && planes > 1) schedule(static)
+    const int par = nthreads > 1 && planes > 1 && planes * ho * wo * taps > QE_GRAIN;
+    (void)par; /* unused without OpenMP */
+#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
     for (int64_t pl = 0; pl < planes; pl++) {
         const int64_t ch = pl % c;
         float tap[64];
