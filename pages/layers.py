@@ -105,6 +105,11 @@ def configuration_ui(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         "Bars are coloured by the kernel that runs the layer; hatched bars have no real kernel "
         "at this width and are computed on the reference path (their timing is simulated)."
     )
+    if row.get("isa"):
+        st.caption(
+            f"Our native kernels ran on the **{row['isa']}** instruction-set path "
+            f"(kernel build `{row.get('native_build')}`)."
+        )
     return row, sense
 
 

@@ -459,6 +459,9 @@ def evaluate_entry(
         "peak_rss_bytes": peak_rss_bytes(),
         "model_bytes": {"float": _module_bytes(ctx.model), "quantized": _module_bytes(qmodel)},
         "env": env,
+        # which code path of our C kernels ran, and which build (also in the row's key)
+        "isa": (code_version()["native"] or {}).get("isa"),
+        "native_build": (code_version()["native"] or {}).get("build"),
         "target": settings.target.partition(":")[0],  # llamacpp:q4_k runs format q4_k
         **({"format": settings.target.partition(":")[2]} if ":" in settings.target else {}),
     }

@@ -11,6 +11,7 @@ from typing import Any
 
 from streamlit.testing.v1 import AppTest
 
+from explorer.kernels import native
 from explorer.quant.config import Plan
 from explorer.sweep.store import ResultStore
 from explorer.ui import state
@@ -69,6 +70,10 @@ def test_layers_page_shows_the_selected_row(swept: dict[str, Any]) -> None:
     bars = {x for t in charts["layers.figure"]["data"] for x in t.get("x") or [] if x}
     assert bars == {lay["name"] for lay in row["layers"]}
     assert at.metric[1].value == f"{row['size_bytes'] / 1024:,.1f} KiB"
+    # the instruction-set path and build our kernels ran on (also in the row's key)
+    assert row["isa"] == native.build_info().get("isa")
+    if row["isa"]:
+        assert any(f"**{row['isa']}**" in c.value for c in at.caption)
     # choosing another row selects it for the run
     w4 = swept["rows"]["W4 channel sym ptq"]
     at.selectbox(key="layers.row").select(w4["key"]).run()
