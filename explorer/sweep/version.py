@@ -7,7 +7,8 @@ part holds:
   `SOURCE_PARTS`, in path order: the quantization numerics (``explorer/quant``), the kernels and
   their C source (``explorer/kernels``, ``*.c`` and ``*.h`` included), the quantized modules and
   conversion (``explorer/nn``), measurement and evaluation statistics (``explorer/measure``), the
-  tasks' metrics (``explorer/tasks``, where present), and the sweep's own row-making code
+  tasks' metrics (``explorer/tasks``, where present), the targets that build, run and time
+  another runtime's artifact (``explorer/targets``), and the sweep's own row-making code
   (``explorer/sweep/runner.py``, ``context.py`` and this file). Left out on purpose: the model
   architectures (a model's weights are keyed by ``model_fingerprint``; built-in models' training
   scripts and cards change often and do not change a row), the store, the search, the plots,
@@ -38,6 +39,7 @@ SOURCE_PARTS: tuple[str, ...] = (
     "nn",
     "measure",
     "tasks",
+    "targets",
     "sweep/runner.py",
     "sweep/context.py",
     "sweep/version.py",

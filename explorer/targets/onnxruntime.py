@@ -159,16 +159,13 @@ def support(config: QuantConfig, module: nn.Module | None = None) -> str | None:
 
 
 def _layer_of(node_name: str, layers: Iterable[str]) -> str | None:
-    """Our layer name for an ORT node name: the exporter's scope path
-    (``/features/features.1/Conv``, ``/inner/inner.model.layers.0.mlp.up_proj/MatMul``; older
-    exporters wrote ``/features/1/Conv``) or one of our own nodes (``features.1.dq_weight``)."""
+    """Our layer name for an ORT node name: the exporter's scope path, whose parts are module
+    names (``/features/features.1/Conv``, ``/blocks.0/attn/qkv/MatMul``,
+    ``/inner/model/layers.0/mlp/up_proj/MatMul``), or one of our own nodes
+    (``features.1.dq_weight``). Read with dots for slashes, the name holds ``.<layer>.``."""
+    dotted = "." + node_name.strip("/").replace("/", ".") + "."
     for layer in sorted(layers, key=len, reverse=True):
-        if (
-            f"/{layer}/" in node_name
-            or f".{layer}/" in node_name
-            or node_name.startswith(layer + ".")
-            or node_name.startswith("/" + layer.replace(".", "/") + "/")
-        ):
+        if f".{layer}." in dotted:
             return layer
     return None
 
@@ -346,6 +343,7 @@ class OnnxRuntimeTarget(Target):
             out[name] = {
                 "fused": list(info.get("kernels", [])),
                 "kernel": " / ".join(info.get("kernels", [])) or None,
+                "simulated": False,  # every layer runs on ORT's own kernels
                 "latency_ms": ms,
                 "latency_share": ms / total if ms is not None and total > 0 else None,
             }

@@ -47,7 +47,8 @@ def test_causal_lm_on_token_ids(llama: nn.Module) -> None:
     calib = torch.randint(0, 256, (8, 32), generator=gen)
     x = torch.randint(0, 256, (2, 24), generator=gen)
     qmodel = quantize_model(llama, Plan.uniform(W8A8_DYNAMIC), calib)
-    art = get_target("onnxruntime", threads=1).build(qmodel, x, calib)
+    target = get_target("onnxruntime", threads=1)
+    art = target.build(qmodel, x, calib)
     assert {k for v in art.layers.values() for k in v["kernels"]} == {"DynamicQuantizeMatMul"}
     assert len(art.layers) == 2 * 7 + 1  # q, k, v, o, gate, up, down per block; lm_head
     with torch.inference_mode():
@@ -61,6 +62,11 @@ def test_causal_lm_on_token_ids(llama: nn.Module) -> None:
     # prefill is timed on the artifact itself; decode needs a KV cache the graph does not keep
     assert art.workloads["prefill"]().shape == (1, 48, 256)
     assert set(art.untimed) == {"decode"}
+    # the profiler's node times land on every layer (scope names such as
+    # /inner/model/layers.0/self_attn/q_proj/MatMul)
+    report = target.layer_report(art, art.workloads["prefill"], repeats=2)
+    assert all(lay["latency_ms"] > 0 for lay in report.values()), report
+    assert 0 < sum(lay["latency_share"] for lay in report.values()) < 1
 
 
 def test_image_classifier_on_pixel_values() -> None:
