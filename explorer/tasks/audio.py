@@ -7,8 +7,9 @@ holds the audio. Rows are read in order; each problem names the CSV row (its lin
 the audio file.
 
 Audio is untrusted data like weights. Every limit is checked before samples are allocated:
-the file's size on disk (`MAX_FILE_BYTES`), then its duration from the header, which must be at
-most `MAX_SECONDS` (10 minutes: a file) and at most the recognizer's window (Whisper hears 30 s
+at most `MAX_UTTERANCES` rows, each file's size on disk (`MAX_FILE_BYTES`), then its duration
+from the header, which must be at most `MAX_SECONDS` (10 minutes: a file), with at most
+`MAX_TOTAL_SECONDS` in all, and at most the recognizer's window (Whisper hears 30 s
 at a time; longer utterances must be cut, since a transcript cannot be aligned to pieces we
 would cut ourselves). After decoding, the channels are averaged to mono and an utterance whose
 peak is at most `SILENCE_PEAK` (-80 dBFS) is refused as silence: it has nothing to transcribe.
@@ -39,13 +40,16 @@ import numpy as np
 from explorer.tasks.task import TaskError
 
 AUDIO_SUFFIXES = (".wav", ".flac")
-MAX_UTTERANCES = 4096
+MAX_UTTERANCES = 1024
+"""Most CSV rows: Whisper's features alone take 0.94 MiB an utterance (80 x 3000 float32)."""
 MAX_FILE_BYTES = 256 << 20
 """Largest audio file read (10 minutes of 48 kHz stereo float32 is 230 MB)."""
 MAX_CSV_BYTES = 16 << 20
 MAX_ZIP_BYTES = 1 << 30
 MAX_SECONDS = 600.0
 """Longest audio file accepted: 10 minutes."""
+MAX_TOTAL_SECONDS = 4 * 3600.0
+"""Most audio in all (0.9 GB of float32 samples at 16 kHz), summed from the headers."""
 SILENCE_PEAK = 1e-4
 """Largest absolute sample (full scale 1.0) of audio refused as silence: -80 dBFS."""
 EXTRA = "pip install -e '.[speech]'"
@@ -75,11 +79,17 @@ def load_utterances(
             return load_utterances(root, rate, window_seconds, normalise=normalise)
     csv_path = transcript_csv(data)
     folder = csv_path.parent
-    rows = read_transcripts(csv_path, normalise)
-    return [
-        Utterance(path, text, read_audio(path, rate, window_seconds))
-        for path, text in ((folder_file(folder, csv_path, line, f), t) for line, f, t in rows)
+    rows = [
+        (folder_file(folder, csv_path, line, f), t)
+        for line, f, t in read_transcripts(csv_path, normalise)
     ]
+    total = sum(audio_seconds(path, window_seconds) for path, _ in rows)  # headers only
+    if total > MAX_TOTAL_SECONDS:
+        raise TaskError(
+            f"{csv_path.name} lists {total:,.1f} s of audio, over the limit of "
+            f"{MAX_TOTAL_SECONDS:,.1f} s; give a smaller sample"
+        )
+    return [Utterance(path, text, read_audio(path, rate, window_seconds)) for path, text in rows]
 
 
 def transcript_csv(data: Path) -> Path:
@@ -171,9 +181,9 @@ def _soundfile() -> Any:
     return soundfile
 
 
-def read_audio(path: Path, rate: int, window_seconds: float) -> np.ndarray:
-    """``path`` as mono float32 samples at ``rate`` Hz, after the limits of the module
-    docstring (size, then duration from the header, before decoding); silence refused."""
+def audio_seconds(path: Path, window_seconds: float) -> float:
+    """The duration of ``path`` from its header, after the size limit; refused over the
+    limits of the module docstring. Nothing is decoded."""
     soundfile = _soundfile()
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
@@ -199,6 +209,14 @@ def read_audio(path: Path, rate: int, window_seconds: float) -> np.ndarray:
             f"audio {path.name} is {seconds:.1f} s long, longer than the model's window of "
             f"{window_seconds:g} s; cut it into utterances of at most {window_seconds:g} s"
         )
+    return seconds
+
+
+def read_audio(path: Path, rate: int, window_seconds: float) -> np.ndarray:
+    """``path`` as mono float32 samples at ``rate`` Hz, after `audio_seconds`' limits (size,
+    then duration from the header, before decoding); silence refused."""
+    audio_seconds(path, window_seconds)
+    soundfile = _soundfile()
     try:
         samples, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError) as exc:

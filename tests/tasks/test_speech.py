@@ -271,6 +271,18 @@ def test_unreadable_and_oversized_files_and_bad_csvs(
         load_utterances(folder / "a.wav", RATE, WINDOW_S)
 
 
+def test_row_count_and_total_duration_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_folder(tmp_path / "audio", n=4)  # 0.6 + 0.7 + 0.8 + 0.9 s
+    monkeypatch.setattr(audio_module, "MAX_TOTAL_SECONDS", 2.5)
+    with pytest.raises(TaskError, match=r"lists 3.0 s of audio, over the limit of 2.5 s"):
+        load_utterances(folder, RATE, WINDOW_S)
+    monkeypatch.setattr(audio_module, "MAX_UTTERANCES", 3)
+    with pytest.raises(TaskError, match=r"transcripts.csv has more than 3 rows"):
+        load_utterances(folder, RATE, WINDOW_S)
+
+
 def test_wer_interval_is_of_the_paired_delta() -> None:
     words = torch.tensor([3.0, 3.0, 4.0, 5.0], dtype=torch.float64)
     f = SampleStats(
