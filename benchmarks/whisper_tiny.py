@@ -24,6 +24,7 @@ collapsed), pooled over utterances (total errors / total reference words), in pe
 Prints a table, then one JSON document (the last line on stdout).
 
 Usage: python benchmarks/whisper_tiny.py [--limit 200] [--threads 2] [--repeats 5] [--batch 8]
+       [--out FILE]
 """
 
 from __future__ import annotations
@@ -150,8 +151,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--systems",
+        default="float,faster-whisper float32,W8,faster-whisper int8,W8A8",
+        help="which systems to run, in this order (comma-separated; float first)",
+    )
+    parser.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 on our features")
+    parser.add_argument("--latency-only", action="store_true", help="skip word error rates")
+    parser.add_argument("--out", help="also write the JSON document here, after each step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    threads = args.threads
 
     import ctranslate2
     import faster_whisper
@@ -187,62 +197,73 @@ def main() -> None:
     }
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     texts: dict[str, list[str]] = {}
+    rows: dict[str, dict[str, Any]] = {}
 
-    def add_row(name: str, hyps: list[str], seconds_eval: float, latency: Any, extra: dict) -> None:
-        scores[name] = word_errors(refs, hyps)
-        texts[name] = hyps
-        row = {
-            "name": name,
-            "wer": 100 * wer(*scores[name]),
-            "wer_delta_ci": paired_interval(scores[name], scores["float"])
-            if name != "float"
-            else None,
-            "eval_s": seconds_eval,
+    def save() -> None:
+        result["rows"] = list(rows.values())
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
+
+    # Each system: (transcribe a list of clips) and its extra fields. Accuracy of every system
+    # first, then every latency, so that a run cut short still has its word error rates.
+    systems: dict[str, Any] = {}
+    for name, config in FORMATS.items():
+        qmodel = model if config is None else quantize_model(model, Plan.uniform(config))
+        systems[name] = (
+            lambda clips, m=qmodel: hf_transcribe(m, processor, clips, args.batch),
+            {"linear_bytes": linear_bytes(qmodel)},
+        )
+    for compute_type in ("float32", "int8"):
+        fw = WhisperModel(ct2_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
+        systems[f"faster-whisper {compute_type}"] = (
+            lambda clips, fw=fw: [fw_transcribe(fw, a) for a in clips],
+            {"compute_type": compute_type},
+        )
+    order = [name.strip() for name in args.systems.split(",")]
+    unknown = [name for name in order if name not in systems]
+    if unknown or order[0] != "float":
+        raise SystemExit(f"--systems: float first, then any of {', '.join(systems)}")
+    for name in [] if args.latency_only else order:
+        transcribe, extra = systems[name]
+        t = time.perf_counter()
+        hyps = transcribe(audio)
+        scores[name], texts[name] = word_errors(refs, hyps), hyps
+        rows[name] = {"name": name, "wer": 100 * wer(*scores[name]), **extra}
+        rows[name]["eval_s"] = time.perf_counter() - t
+        if name != "float" and "float" in scores:
+            rows[name]["wer_delta_ci"] = paired_interval(scores[name], scores["float"])
+        print(f"{name:22} WER {rows[name]['wer']:6.2f} %", file=sys.stderr, flush=True)
+        save()
+        if name == "float" and not args.no_ct2:
+            ct2_model = ctranslate2.models.Whisper(
+                ct2_dir, device="cpu", compute_type="float32", intra_threads=threads
+            )
+            ct2_hyps = ct2_transcribe(ct2_model, processor, audio, args.batch)
+            same = sum(a == b for a, b in zip(ct2_hyps, hyps, strict=True))
+            result["ct2_same_features"] = {
+                "wer": 100 * wer(*word_errors(refs, ct2_hyps)),
+                "identical_transcripts": same,
+            }
+            print(f"ctranslate2 on our features: {result['ct2_same_features']}", file=sys.stderr)
+            del ct2_model
+    for name in order:
+        transcribe, _ = systems[name]
+        with timing_lock():
+            latency = time_callable(lambda t=transcribe: t(clip), 1, args.repeats)
+        rows.setdefault(name, {"name": name, **systems[name][1]})
+        rows[name] |= {
             "latency_ms": latency.median_ms,
             "latency_p10_ms": latency.p10_ms,
             "latency_p90_ms": latency.p90_ms,
             "rtf": latency.median_ms / 1e3 / seconds,
-            **extra,
         }
-        result["rows"].append(row)
-        print(f"{name:18} WER {row['wer']:6.2f} %  RTF {row['rtf']:.3f}", file=sys.stderr)
+        print(f"{name:22} RTF {rows[name]['rtf']:.3f}", file=sys.stderr, flush=True)
+        save()
 
-    for name, config in FORMATS.items():
-        qmodel = model if config is None else quantize_model(model, Plan.uniform(config))
-        t = time.perf_counter()
-        hyps = hf_transcribe(qmodel, processor, audio, args.batch)
-        elapsed = time.perf_counter() - t
-        with timing_lock():
-            latency = time_callable(
-                lambda m=qmodel: hf_transcribe(m, processor, clip, 1), 1, args.repeats
-            )
-        add_row(name, hyps, elapsed, latency, {"linear_bytes": linear_bytes(qmodel)})
-
-    ct2_model = ctranslate2.models.Whisper(
-        ct2_dir, device="cpu", compute_type="float32", intra_threads=args.threads
-    )
-    ct2_hyps = ct2_transcribe(ct2_model, processor, audio, args.batch)
-    same = sum(a == b for a, b in zip(ct2_hyps, texts["float"], strict=True))
-    ct2_scores = word_errors(refs, ct2_hyps)
-    result["ct2_same_features"] = {
-        "wer": 100 * wer(*ct2_scores),
-        "identical_transcripts": same,
-    }
-    del ct2_model
-
-    for compute_type in ("float32", "int8"):
-        fw = WhisperModel(
-            ct2_dir, device="cpu", compute_type=compute_type, cpu_threads=args.threads
-        )
-        t = time.perf_counter()
-        hyps = [fw_transcribe(fw, a) for a in audio]
-        elapsed = time.perf_counter() - t
-        with timing_lock():
-            latency = time_callable(lambda fw=fw: fw_transcribe(fw, clip[0]), 1, args.repeats)
-        add_row(f"faster-whisper {compute_type}", hyps, elapsed, latency, {})
-
-    float_wer = result["rows"][0]["wer"]
-    fw_wer = next(r["wer"] for r in result["rows"] if r["name"] == "faster-whisper float32")
+    if args.latency_only:
+        print(json.dumps(result))
+        return
+    float_wer, fw_wer = rows["float"]["wer"], rows["faster-whisper float32"]["wer"]
     result["conversion_check"] = {
         "ours_float_wer": float_wer,
         "faster_whisper_float32_wer": fw_wer,
@@ -255,16 +276,18 @@ def main() -> None:
 
     print(f"{'':18} {'WER %':>7} {'delta 95% CI':>16} {'RTF 10 s':>9} {'linear MB':>10}")
     for r in result["rows"]:
-        ci = r["wer_delta_ci"]
+        ci = r.get("wer_delta_ci")
         shown = "" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
         mb = f"{r['linear_bytes'] / 1e6:.1f}" if "linear_bytes" in r else ""
         print(f"{r['name']:18} {r['wer']:7.2f} {shown:>16} {r['rtf']:9.3f} {mb:>10}")
     check = result["conversion_check"]
     print(
         f"conversion check: ours {check['ours_float_wer']:.2f} vs faster-whisper "
-        f"{check['faster_whisper_float32_wer']:.2f} ({'pass' if check['passes'] else 'FAIL'}); "
-        f"CTranslate2 on our features: {same}/{len(audio)} identical transcripts"
+        f"{check['faster_whisper_float32_wer']:.2f} ({'pass' if check['passes'] else 'FAIL'})"
     )
+    if "ct2_same_features" in result:
+        same = result["ct2_same_features"]["identical_transcripts"]
+        print(f"CTranslate2 on our features: {same}/{len(audio)} identical transcripts")
     print(json.dumps(result))
 
 

@@ -584,6 +584,15 @@ def open_context(source: ModelSource) -> ModelContext:
         ):
             return _text_fidelity_context(loaded, source, Path(source.model))
     spec = loaded.builtin
+    if spec is not None and spec.task == "speech" and source.weights is None:
+        # a built-in Whisper (whisper-tiny-en): its converted Hugging Face directory, judged by
+        # the speech task on its synthetic audio (or on --data)
+        from explorer.tasks.speech import SpeechRecognizer, SpeechTask
+
+        audio = Path(source.data) if source.data else spec.extra["audio_dir"]() / "sweep"
+        loaded = replace(loaded, model=SpeechRecognizer(loaded.model))
+        speech = replace(source, data=str(audio))
+        return _hf_task_context(loaded, speech, spec.extra["model_dir"](), SpeechTask())
     if spec is not None and source.data is None:
         x_eval, y_eval = spec.load_split("eval")
         task_spec, task_data = _builtin_hf_task(spec, (x_eval, y_eval))
