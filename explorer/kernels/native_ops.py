@@ -41,6 +41,17 @@ def _not_here(spec: LinearSpec) -> str | None:
     return None
 
 
+def _int8_activations(
+    x: torch.Tensor, spec: LinearSpec, act: ActQParams | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``x`` quantized in torch as ``spec`` says (static or per tensor), in the int8 domain:
+    codes, scales, zero points, and the zero points as the kernels take them (None: symmetric)."""
+    q, xs, xz = quantize_activation(x, spec, act)
+    xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
+    zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
+    return xq, xs, xz, zx
+
+
 def _per_row(blocks: torch.Tensor, rows: int) -> torch.Tensor:
     """Per-block values [N/rows, K/G] as float32 for every weight row [N, K/G]."""
     return blocks.float().repeat_interleave(rows, 0).contiguous()
@@ -185,9 +196,7 @@ class NativeW4A8Kernel:
         if packed is not None and native.packed_path():
             if state.call is not None:
                 return state.call(x)
-            q, xs, xz = quantize_activation(x, spec, act)
-            xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
-            zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
+            xq, xs, xz, zx = _int8_activations(x, spec, act)
             return native.w4a8_packed_linear(
                 xq.contiguous(),
                 xs.reshape(-1).float().contiguous(),
@@ -216,9 +225,7 @@ class NativeW4A8Kernel:
                 symmetric=spec.act_symmetric,
                 eps=SCALE_EPS,
             )
-        q, xs, xz = quantize_activation(x, spec, act)
-        xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
-        zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
+        xq, xs, xz, zx = _int8_activations(x, spec, act)
         return native.w4a8_linear(
             xq.contiguous(),
             xs.reshape(-1).float().contiguous(),
@@ -283,9 +290,7 @@ class NativeW8A8Kernel:
                 symmetric=spec.act_symmetric,
                 eps=SCALE_EPS,
             )
-        q, xs, xz = quantize_activation(x, spec, act)
-        xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
-        zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
+        xq, xs, xz, zx = _int8_activations(x, spec, act)
         if w.zero is None:
             return native.w8a8_linear(
                 xq.contiguous(), xs.reshape(-1).contiguous(), zx, wq, w.scale, w.wsum, w.bias
@@ -301,9 +306,7 @@ class NativeW8A8Kernel:
         spec, w, act = state.spec, state.w, state.act
         if state.call is not None:
             return state.call(x)
-        q, xs, xz = quantize_activation(x, spec, act)
-        xq, xz = to_int8_domain(q, xz, spec.act_symmetric)
-        zx = None if spec.act_symmetric else xz.reshape(-1).to(torch.int32).contiguous()
+        xq, xs, xz, zx = _int8_activations(x, spec, act)
         if w.zero is None:
             return native.w8a8_packed_linear(
                 xq.contiguous(), xs.reshape(-1).contiguous(), zx, packed, w.scale, w.bias
