@@ -46,6 +46,14 @@ COMPARE_A = "layers.compare.a"
 COMPARE_B = "layers.compare.b"
 
 
+def value_picker_ui(label: str, choices: dict[str, str], default: str, *, key: str) -> str:
+    """A segmented control over ``choices`` (value: label); ``default`` while none is picked."""
+    picked = st.segmented_control(
+        label, list(choices), default=default, format_func=choices.__getitem__, key=key
+    )
+    return picked or default
+
+
 def configuration_ui(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     """Pick a configuration (the one selected app-wide by default) and show its headline
     numbers, per-layer table and chart. Returns the row and its metric's sense."""
@@ -93,14 +101,8 @@ def configuration_ui(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     )
     # a simulated row has no per-layer times: open on what it does have
     opening = "output_sqnr_db" if simulated else "latency_share"
-    shown = st.segmented_control(
-        "Chart",
-        list(LAYER_CHART_LABELS),
-        default=opening,
-        format_func=LAYER_CHART_LABELS.__getitem__,
-        key="layers.value",
-    )
-    st.plotly_chart(layer_figure(row, value=shown or opening), key="layers.figure")
+    shown = value_picker_ui("Chart", LAYER_CHART_LABELS, opening, key="layers.value")
+    st.plotly_chart(layer_figure(row, value=shown), key="layers.figure")
     st.caption(
         "Bars are coloured by the kernel that runs the layer; hatched bars have no real kernel "
         "at this width and are computed on the reference path (their timing is simulated)."
@@ -153,16 +155,10 @@ def sensitivity_ui(ctx: Any) -> None:
                 status.update(label="Sensitivity could not be measured", state="error")
                 st.error(str(exc))
     if table is not None:
-        value_name = st.segmented_control(
-            "Colour by",
-            list(SENSITIVITY_LABELS),
-            default="metric_drop",
-            format_func=SENSITIVITY_LABELS.__getitem__,
-            key="layers.sens.value",
+        value_name = value_picker_ui(
+            "Colour by", SENSITIVITY_LABELS, "metric_drop", key="layers.sens.value"
         )
-        st.plotly_chart(
-            sensitivity_heatmap(table, value=value_name or "metric_drop"), key="layers.heatmap"
-        )
+        st.plotly_chart(sensitivity_heatmap(table, value=value_name), key="layers.heatmap")
 
 
 def whatif_ui(source: Any, ctx: Any, row: dict[str, Any], sense: str) -> dict[str, Any] | None:
@@ -254,16 +250,11 @@ def compare_ui(rows: list[dict[str, Any]], key: str, result: dict[str, Any] | No
     st.dataframe(
         pd.DataFrame(compare_rows(row_a, row_b)), hide_index=True, key="layers.compare.table"
     )
-    compared = st.segmented_control(
-        "Compare",
-        list(LAYER_CHART_LABELS),
-        default="output_sqnr_db",
-        format_func=LAYER_CHART_LABELS.__getitem__,
-        key="layers.compare.value",
+    compared = value_picker_ui(
+        "Compare", LAYER_CHART_LABELS, "output_sqnr_db", key="layers.compare.value"
     )
     st.plotly_chart(
-        compare_layers_figure(row_a, row_b, value=compared or "output_sqnr_db"),
-        key="layers.compare.figure",
+        compare_layers_figure(row_a, row_b, value=compared), key="layers.compare.figure"
     )
 
 
