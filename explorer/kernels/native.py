@@ -31,6 +31,13 @@ the packed integer weights, so a decode-bound (M=1) linear streams 4x / 8x fewer
 ``w8a8_linear`` -- the same integer core with the dequantization fused in:
     ``y = (acc - x_zero[m] * w_sum[n]) * x_scale[m] * w_scale[n] + bias[n]``.
 
+Instruction-set paths (`ISAS`, chosen at run time with cpuid, forced with `set_isa` for tests):
+``avx512_vnni`` and ``avx_vnni`` run the int8 and W4A8 kernels with ``vpdpbusd`` (64 or 32
+int8 products an instruction) on weights repacked into 16-row panels (`pack_int8`,
+`pack_int4`: one contiguous stream per layer at M = 1; register tiles of up to 8 rows x 32
+columns for M > 1); ``avx2`` runs the row-major kernels above; ``scalar`` is the portable
+reference for both layouts.  `build_info` and every result row record the path taken.
+
 The library is compiled on first use and cached, checksummed, by
 :mod:`explorer.kernels.native_build` (no ``-march=native``: AVX2+FMA code is selected at run time,
 with a scalar fallback, so the cached ``.so`` is portable; a damaged cached file is detected and

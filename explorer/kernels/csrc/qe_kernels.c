@@ -2,10 +2,11 @@
  * qe_kernels.c -- hand-written integer kernels for the quantization explorer.
  *
  * Compiled at first use by explorer/kernels/native.py (gcc/cc, -O3 -fPIC -shared -fopenmp
- * -std=c11, deliberately WITHOUT -march=native) and loaded with ctypes.  The AVX2+FMA code
- * paths are compiled with __attribute__((target("avx2,fma"))) and selected at run time with
- * __builtin_cpu_supports, so one .so runs on any x86-64; other architectures get the
- * portable scalar code only.
+ * -std=c11, deliberately WITHOUT -march=native) and loaded with ctypes.  The vector code
+ * paths are compiled with __attribute__((target(...))) and selected at run time with
+ * __builtin_cpu_supports (qe_isa: scalar, avx2, avx_vnni, avx512_vnni), so one .so runs on
+ * any x86-64; other architectures get the portable scalar code only.  The VNNI paths of the
+ * int8 and W4A8 kernels read repacked weights (see "Repacked weights" near the end).
  *
  * All matrices are row-major and contiguous.  Exported entry points (return 0 on success,
  * a negative QE_E* code otherwise):
