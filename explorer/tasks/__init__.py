@@ -21,7 +21,8 @@ Layering: tasks sit with the models, below the sweep (``quant ← kernels ← nn
 measure ← targets ← sweep``), but they compute their per-sample statistics with
 `explorer.measure.evaluation`, which imports only `explorer.errors` and torch, so the direction
 stays acyclic. Imports: `explorer.errors`, `explorer.measure.evaluation`, `explorer.models`
-(`safe_load`, `userdata`) and, lazily, ``transformers``. Never `explorer.sweep` or the UI.
+(`safe_load`, `userdata`) and, lazily, ``transformers`` (and for speech ``jiwer``, ``soundfile``,
+``soxr``: the speech extra). Never `explorer.sweep` or the UI.
 """
 
 from explorer.tasks.detect import (
