@@ -15,7 +15,7 @@ rank  units
 5     ``models``: built-in models, the registry, safe loading of users' weights and data
 6     ``tasks``: what a model does and how it is judged (data, metric, outputs, workloads)
       and ``export``: writing and loading a quantized model as it ships (neither uses the other)
-7     ``targets``: where a configuration runs (native engine, ONNX Runtime)
+7     ``targets``: where a configuration runs (native engine, ONNX Runtime, llama.cpp)
 8     ``sweep``: spaces, the runner, the results store, sensitivity, search, Pareto fronts
 9     the app services ``bundle``, ``inspect``, ``lesson``, ``uploads``, ``whatif``, ``guide``,
       and the figure builders ``plots``: each uses the sweep, none uses another

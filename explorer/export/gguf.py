@@ -60,7 +60,7 @@ LAYER_NAMES = {
 TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-PRE_TOKENIZERS = {GPT2_SPLIT: "gpt2"}
+PRE_TOKENIZERS = {GPT2_SPLIT: "gpt-2"}
 """A byte-level pre-tokenizer's split regex → llama.cpp's ``tokenizer.ggml.pre``."""
 
 FTYPE_NAMES = {
@@ -377,7 +377,7 @@ def _add_tokenizer(writer: Any, directory: Path, vocab_size: int) -> None:
 def _pre_tokenizer(spec: dict[str, Any], file: Path) -> str:
     pre = spec.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     splits = [p for p in pre.get("pretokenizers", []) if p.get("type") == "Split"]
     for p in splits:
         regex = p.get("pattern", {}).get("Regex")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,20 @@ class _InitParams(ctypes.Structure):
         ("mem_size", ctypes.c_size_t),
         ("mem_buffer", ctypes.c_void_p),
         ("no_alloc", ctypes.c_bool),
+    ]
+
+
+class _Cplan(ctypes.Structure):
+    """``struct ggml_cplan`` (ggml-cpu.h): the work buffer is ours, allocated once per graph."""
+
+    _fields_ = [
+        ("work_size", ctypes.c_size_t),
+        ("work_data", ctypes.c_void_p),
+        ("n_threads", ctypes.c_int),
+        ("threadpool", ctypes.c_void_p),
+        ("abort_callback", ctypes.c_void_p),
+        ("abort_callback_data", ctypes.c_void_p),
+        ("use_ref", ctypes.c_bool),
     ]
 
 
@@ -54,8 +69,10 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     base.ggml_get_data.argtypes = [p]
     base.ggml_graph_overhead.restype = ctypes.c_size_t
     base.ggml_tensor_overhead.restype = ctypes.c_size_t
-    cpu.ggml_graph_compute_with_ctx.restype = ctypes.c_int
-    cpu.ggml_graph_compute_with_ctx.argtypes = [p, p, ctypes.c_int]
+    cpu.ggml_graph_plan.restype = _Cplan
+    cpu.ggml_graph_plan.argtypes = [p, ctypes.c_int, p]
+    cpu.ggml_graph_compute.restype = ctypes.c_int
+    cpu.ggml_graph_compute.argtypes = [p, ctypes.POINTER(_Cplan)]
     cpu.ggml_cpu_init()
     return base, cpu
 
@@ -71,7 +88,7 @@ class GgmlLinear:
         ms: tuple[int, ...] = (1,),
         threads: int | None = None,
     ) -> None:
-        base, _ = _libs()
+        base, cpu = _libs()
         data = weight if isinstance(weight, np.ndarray) else ggml.quantize(weight, fmt)
         n = data.shape[0]
         k = data.shape[1] * fmt.block // fmt.block_bytes
@@ -80,21 +97,26 @@ class GgmlLinear:
         self.weight_bytes = int(data.nbytes)
         rows = sum(ms)
         size = data.nbytes + 4 * rows * (k + n) + (3 * len(ms) + 1) * base.ggml_tensor_overhead()
-        # graphs, and the work buffer each compute takes from the context (quantized input rows)
-        size += len(ms) * base.ggml_graph_overhead() + 4 * rows * k + (1 << 20)
+        size += len(ms) * base.ggml_graph_overhead() + (1 << 16)
         self._ctx = base.ggml_init(_InitParams(size, None, False))
         if not self._ctx:
             raise ggml.GgmlError(f"ggml_init could not allocate {size} bytes")
         w = base.ggml_new_tensor_2d(self._ctx, fmt.ggml_type, k, n)
         src = np.ascontiguousarray(data)
         ctypes.memmove(base.ggml_get_data(w), src.ctypes.data, src.nbytes)
-        self._graphs: dict[int, tuple[int, int, int]] = {}
+        self._graphs: dict[int, tuple[int, Any, int, int]] = {}
+        self._work: list[Any] = []
         for m in ms:
             x = base.ggml_new_tensor_2d(self._ctx, 0, k, m)  # GGML_TYPE_F32, ne = (k, m)
             y = base.ggml_mul_mat(self._ctx, w, x)  # ne = (n, m): y = x·Wᵀ row by row
             graph = base.ggml_new_graph(self._ctx)
             base.ggml_build_forward_expand(graph, y)
-            self._graphs[m] = (graph, base.ggml_get_data(x), base.ggml_get_data(y))
+            # the plan's work buffer holds the input rows quantized to the dot product's type
+            plan = cpu.ggml_graph_plan(graph, self.threads, None)
+            work = np.zeros(max(1, plan.work_size) + 64, dtype=np.uint8)
+            plan.work_data = work.ctypes.data + (-work.ctypes.data % 64)
+            self._work.append(work)
+            self._graphs[m] = (graph, plan, base.ggml_get_data(x), base.ggml_get_data(y))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (m, K) float32 → (m, N) float32."""
@@ -103,9 +125,9 @@ class GgmlLinear:
         m = xs.shape[0]
         if m not in self._graphs or xs.shape[1] != self.k:
             raise ggml.GgmlError(f"input {xs.shape}: built for ({list(self._graphs)}, {self.k})")
-        graph, xp, yp = self._graphs[m]
+        graph, plan, xp, yp = self._graphs[m]
         ctypes.memmove(xp, xs.ctypes.data, xs.nbytes)
-        if cpu.ggml_graph_compute_with_ctx(self._ctx, graph, self.threads) != 0:
+        if cpu.ggml_graph_compute(graph, ctypes.byref(plan)) != 0:
             raise ggml.GgmlError("ggml_graph_compute failed")
         out = np.ctypeslib.as_array((ctypes.c_float * (m * self.n)).from_address(yp))
         return torch.from_numpy(out.reshape(m, self.n).copy())

@@ -77,6 +77,7 @@ class LlamaCppModel:
         except (ValueError, RuntimeError) as e:
             raise TargetError(f"llama.cpp could not load {path}: {e}") from None
         self.vocab = self.llm.n_vocab()
+        self._cached: list[int] | None = None  # the prompt the KV cache holds for decode
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` without bos, special-token strings read as text."""
@@ -90,6 +91,7 @@ class LlamaCppModel:
                 f"a window of {length} tokens exceeds llama.cpp's context {self.n_ctx}"
             )
         out = torch.empty(batch, length, self.vocab, dtype=torch.float32)
+        self._cached = None
         for b, row in enumerate(ids.tolist()):
             self.llm.reset()
             self.llm.eval(row)
@@ -100,21 +102,32 @@ class LlamaCppModel:
         def run() -> None:
             self.llm.reset()
             self.llm.eval(prompt)
+            self._cached = None
 
         return run
 
     def decode(self, prompt: Sequence[int]) -> Callable[[], None]:
         """One token after ``prompt`` in the KV cache; ``eval`` first drops every cached position
-        from ``n_tokens`` on, so each call sees the same cache length."""
+        from ``n_tokens`` on, so each call sees the same cache length. The prompt is decoded
+        again (untimed in steady state) whenever another call used the cache in between."""
         context = len(prompt)
-        self.llm.reset()
-        self.llm.eval(prompt)
-        token = int(np.argmax(self.llm.scores[context - 1]))
+        prompt = list(prompt)
+        token = 0
+
+        def fill() -> None:
+            nonlocal token
+            self.llm.reset()
+            self.llm.eval(prompt)
+            token = int(np.argmax(self.llm.scores[context - 1]))
+            self._cached = prompt
 
         def step() -> None:
+            if self._cached is not prompt:
+                fill()
             self.llm.n_tokens = context
             self.llm.eval([token])
 
+        fill()
         return step
 
 
@@ -217,6 +230,22 @@ class LlamaCppTarget(Target):
         is timed on the task's prompt given at build)."""
         runs = artifact.workloads.values()  # type: ignore[attr-defined]
         return [measure_callable(run, warmup, repeats) for run in runs]
+
+    def layer_report(
+        self, artifact: Artifact, run: Callable[[], Any], repeats: int = 5
+    ) -> dict[str, dict[str, Any]]:
+        """Per layer, what a row's ``layers[*]`` gets: llama.cpp's tensor name (``gguf``:
+        ``blk.3.ffn_down``), the ggml type written (``ggml_type``) and the one asked for, and the
+        kernel. llama.cpp has no per-layer profiler in its Python binding: no time per layer."""
+        return {
+            name: {
+                "gguf": info["gguf"],
+                "ggml_type": info["type"],
+                "ggml_asked": info["asked"],
+                "kernel": info["kernels"][0],
+            }
+            for name, info in artifact.layers.items()
+        }
 
     def export(self, artifact: Artifact, path: str) -> None:
         shutil.copyfile(artifact.payload, path)

@@ -71,8 +71,10 @@ def test_gguf_decodes_ggml_bytes_bit_for_bit(fmt: ggml.GgmlFormat, weight: torch
     ours = ggml.dequantize(data, fmt, (8, 512))
     theirs = ggml.ggml_dequantize(data, fmt, (8, 512))
     assert torch.equal(ours, theirs)
+    # TQ2_0 is ternary (-1, 0, 1 times a block's amax): for ternary-trained weights (BitNet),
+    # so Gaussian rows with outliers keep almost nothing
     floor = {2: 5.0, 3: 10.0, 4: 15.0, 5: 20.0, 6: 25.0, 8: 35.0, 16: 45.0}
-    assert sqnr_db(weight, ours) > floor[int(fmt.bits)], fmt.name
+    assert sqnr_db(weight, ours) > (1.0 if fmt.name == "tq2_0" else floor[int(fmt.bits)])
 
 
 @needs_ggml
@@ -105,8 +107,9 @@ def test_q8_0_is_our_w8_g32_with_fp16_scale_and_fp32_coding(weight: torch.Tensor
     stated = dequantize(codes, d.half().float(), torch.zeros_like(codes[:, ::32]), (1, 32))
     assert torch.equal(q8, stated)
     ours = round_to_nearest(weight, QuantConfig(8, "group", 32))
-    # the same function but for the scale's storage: within bf16's precision of each other
-    assert (ours - q8).abs().max() <= 2**-8 * weight.abs().max()
+    # the same function but for the scale's storage: at most one code step apart per group
+    amax = weight.reshape(8, -1, 32).abs().amax(-1, keepdim=True)
+    assert ((ours - q8).reshape(8, -1, 32).abs() <= 1.01 * amax / 127).all()
     assert abs(sqnr_db(weight, ours) - sqnr_db(weight, q8)) < 0.5
 
 

@@ -57,7 +57,7 @@ def test_float_logits_agree_with_ours(
 ) -> None:
     path, model = llama
     write_gguf(model, path, tmp_path / "m.gguf", GgufPlan(fmt))
-    runtime = LlamaCppModel(tmp_path / "m.gguf", 128, threads=2)
+    runtime = LlamaCppModel(tmp_path / "m.gguf", 128, threads=1)
     ours = runtime.logits(windows).double()
     with torch.no_grad():
         ref = model(input_ids=windows).logits.double()
@@ -95,7 +95,7 @@ def test_the_target_builds_evaluates_times_and_exports(
     llama: tuple[Path, torch.nn.Module], windows: torch.Tensor, tmp_path: Path
 ) -> None:
     path, model = llama
-    target = get_target("llamacpp:q4_k")
+    target = get_target("llamacpp:q4_k", threads=1)
     assert target.settings()["format"] == "q4_k"
     artifact = target.build(model, windows)
     # hidden 64: only ffn_down (rows of 256) takes q4_k; llama.cpp falls back to q5_0 elsewhere
@@ -121,15 +121,21 @@ def test_the_target_builds_evaluates_times_and_exports(
 
 @pytest.mark.slow
 def test_sweep_rows_on_llamacpp(
-    llama: tuple[Path, torch.nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    llama: tuple[Path, torch.nn.Module],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tasks.builders import sentences
 
     path, _ = llama
-    (tmp_path / "text.txt").write_text(" ".join(sentences(300, seed=2)))
+    (tmp_path / "text.txt").write_text(" ".join(sentences(150, seed=2)))
     args = ["sweep", "--model", str(path), "--data", str(tmp_path / "text.txt")]
     args += ["--target", "llamacpp", "--formats", "f16,q2_k", "--store", str(tmp_path / "r.db")]
-    args += ["--json", "--repeats", "2", "--n-boot", "50", "--calibration-samples", "4"]
+    args += ["--json", "--repeats", "2", "--n-boot", "100", "--calibration-samples", "4"]
+    # one thread: ggml's threads spin-wait at barriers, which on a loaded 2-core runner costs
+    # seconds per call (measured: 9 s with 2 threads vs 0.12 s with 1 for two 96-token windows)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert cli.main(args) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {r["format"]: r for r in out["rows"]}

@@ -95,7 +95,7 @@ def test_float_file_holds_names_hyperparameters_and_tokenizer(
 
     assert value("general.architecture") == "llama"
     assert value("llama.block_count") == 2 and value("llama.attention.head_count_kv") == 2
-    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt2"
+    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt-2"
     tokens = value("tokenizer.ggml.tokens")
     assert len(tokens) == model.config.vocab_size and tokens[1] == "<s>"
     assert (
