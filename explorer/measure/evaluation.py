@@ -557,17 +557,14 @@ def summarize(
     extra: dict[str, list[torch.Tensor]] = {}
     observers: list[Callable[[torch.Tensor], None]] = []
     if task == "lm":
-        # One product per model of the same shape (as in `compare_pair`): equal models give
-        # exactly equal sums, so a zero delta is exactly zero whatever else is resampled.
-        extra["f_lm"], extra["q_lm"] = [], []
-        f_lm = torch.stack([float_stats.nll, float_stats.tokens], dim=1)  # (n, 2)
-        q_lm = torch.stack([quant_stats.nll, quant_stats.tokens], dim=1)
-
-        def lm_sums(counts: torch.Tensor) -> None:
-            extra["f_lm"].append(counts.to(torch.float64) @ f_lm)
-            extra["q_lm"].append(counts.to(torch.float64) @ q_lm)
-
-        observers.append(lm_sums)
+        observers.append(
+            _pair_sums(
+                extra,
+                "lm",
+                (float_stats.nll, float_stats.tokens),
+                (quant_stats.nll, quant_stats.tokens),
+            )
+        )
     if task == "classification" and quant_stats.predicted is not None:
         extra["macro_f1"] = []
         observers.append(
@@ -576,16 +573,14 @@ def summarize(
             )
         )
     if task == "wer":
-        # one product per model, as for perplexity: equal models give a delta of exactly 0
-        extra["f_wer"], extra["q_wer"] = [], []
-        f_wer = torch.stack([float_stats.word_errors, float_stats.words], dim=1)  # (n, 2)
-        q_wer = torch.stack([quant_stats.word_errors, quant_stats.words], dim=1)
-
-        def wer_sums(counts: torch.Tensor) -> None:
-            extra["f_wer"].append(counts.to(torch.float64) @ f_wer)
-            extra["q_wer"].append(counts.to(torch.float64) @ q_wer)
-
-        observers.append(wer_sums)
+        observers.append(
+            _pair_sums(
+                extra,
+                "wer",
+                (float_stats.word_errors, float_stats.words),
+                (quant_stats.word_errors, quant_stats.words),
+            )
+        )
     if task == "similarity":
         extra["spearman"] = []
         observers.append(
@@ -655,6 +650,28 @@ def summarize(
             else (math.nan, math.nan)
         )
     return Evaluation(metrics=metrics, metrics_ci=metrics_ci, n_samples=n)
+
+
+def _pair_sums(
+    extra: dict[str, list[torch.Tensor]],
+    name: str,
+    float_columns: tuple[torch.Tensor, ...],
+    quant_columns: tuple[torch.Tensor, ...],
+) -> Callable[[torch.Tensor], None]:
+    """An observer appending each resample's sums of the float and the quantized model's
+    per-sample columns (a ratio's numerator and denominator: NLL and tokens, word errors and
+    words) to ``extra["f_<name>"]`` and ``extra["q_<name>"]``. One product per model of the
+    same shape (as in `compare_pair`): equal models give exactly equal sums, so a zero delta is
+    exactly zero whatever else is resampled."""
+    f = torch.stack(float_columns, dim=1)  # (n, k)
+    q = torch.stack(quant_columns, dim=1)
+    extra[f"f_{name}"], extra[f"q_{name}"] = [], []
+
+    def observe(counts: torch.Tensor) -> None:
+        extra[f"f_{name}"].append(counts.to(torch.float64) @ f)
+        extra[f"q_{name}"].append(counts.to(torch.float64) @ q)
+
+    return observe
 
 
 def _macro_f1(stats: SampleStats, counts: torch.Tensor) -> torch.Tensor:
