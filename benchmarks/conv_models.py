@@ -2,21 +2,23 @@
 W8A8 (per-tensor and per-token activations) and weight-only W8/W4, each layer on the kernel
 `explorer.nn.convert.select_kernels` measures fastest for the workload.
 
-Usage: ``python benchmarks/conv_models.py [--repeats 50] [--workload single]``. Every model is
-timed interleaved with its fp32 baseline (median of ``--repeats`` calls, after warm-up), so load
-from other processes hits both alike. The last stdout line is one JSON document.
+Usage: ``python benchmarks/conv_models.py [--repeats 50] [--workload single] [--threads 1
+--cpu-time]``. Every model is timed interleaved with its fp32 baseline (median of ``--repeats``
+calls, after warm-up), so load from other processes hits both alike; on a loaded machine
+``--threads 1 --cpu-time`` times each call by its thread's CPU time instead of the wall clock.
+The last stdout line is one JSON document.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from typing import Any
 
 import torch
 
+from explorer.kernels.select import interleaved_medians
 from explorer.models.registry import builtin_models
 from explorer.nn.convert import quant_modules, quantize_model, select_kernels
 from explorer.nn.fold import fold_batch_norm
@@ -30,21 +32,14 @@ CONFIGS = {
 }
 
 
-def median_ms(fns: dict[str, Any], repeats: int) -> dict[str, float]:
+def median_ms(fns: dict[str, Any], repeats: int, cpu_time: bool) -> dict[str, float]:
+    clock = time.thread_time if cpu_time else time.perf_counter
     with torch.inference_mode():
-        for fn in fns.values():
-            for _ in range(3):
-                fn()
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(s) for name, s in samples.items()}
+        medians = interleaved_medians(fns, repeats, clock)
+    return {name: seconds * 1e3 for name, seconds in medians.items()}
 
 
-def bench_model(name: str, workload: str, repeats: int) -> list[dict[str, Any]]:
+def bench_model(name: str, workload: str, repeats: int, cpu_time: bool) -> list[dict[str, Any]]:
     entry = builtin_models()[name]
     model = entry.load()
     folded, _ = fold_batch_norm(model)
@@ -56,7 +51,7 @@ def bench_model(name: str, workload: str, repeats: int) -> list[dict[str, Any]]:
         select_kernels(q, run=make(q))
         quantized[label] = q
         fns[label] = make(q)
-    ms = median_ms(fns, repeats)
+    ms = median_ms(fns, repeats, cpu_time)
     rows = []
     for label, t in ms.items():
         q = quantized.get(label)
@@ -86,12 +81,18 @@ def main() -> None:
     parser.add_argument("--workload", default="single", help="single or batch64")
     parser.add_argument("--models", default="digits-cnn,mobile-cnn")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time each call by its thread's CPU time (with --threads 1): robust to a machine "
+        "other jobs load",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.models.split(","):
-        rows += bench_model(name, args.workload, args.repeats)
+        rows += bench_model(name, args.workload, args.repeats, args.cpu_time)
     for r in rows:
         print(
             f"{r['model']:11s} {r['workload']:8s} {r['config']:12s} {r['ms']:8.3f} ms "

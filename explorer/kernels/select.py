@@ -209,14 +209,25 @@ def choose_conv(
 
 
 def fastest(runs: dict[str, Callable[[], object]], repeats: int) -> str:
-    """The name of the callable with the lowest median time: one warm-up call each (lazy
-    packing, page faults), then ``repeats`` rounds, interleaved so drift hits all alike."""
+    """The name of the callable with the lowest median time (`interleaved_medians`)."""
+    medians = interleaved_medians(runs, repeats)
+    return min(medians, key=medians.__getitem__)
+
+
+def interleaved_medians(
+    runs: dict[str, Callable[[], object]],
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Median seconds of each callable: one warm-up call each (lazy packing, page faults), then
+    ``repeats`` rounds, interleaved so drift hits all alike. ``clock`` may be a CPU-time clock
+    (``time.thread_time`` with one thread), which a loaded machine does not inflate."""
     for run in runs.values():
         run()
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             run()
-            samples[name].append(time.perf_counter() - t0)
-    return min(samples, key=lambda name: statistics.median(samples[name]))
+            samples[name].append(clock() - t0)
+    return {name: statistics.median(s) for name, s in samples.items()}
