@@ -7,7 +7,8 @@ static per-tensor A8 (ORT: QDQ, fused into QLinearConv / QGemm / MatMulIntegerTo
 W4 groups of 32, weight-only (ORT: MatMulNBits; ORT has no int4 convolution, so "n/a" there).
 Both targets run the SAME quantized model; medians under the machine-wide timing lock.
 "ORT/ORT fp32" is what a deployment sees: the int8 plan's latency in ORT over the float model's
-in ORT (below 1: quantization pays off there). Prints a table, then one JSON line.
+in ORT (below 1: quantization pays off there), of the medians and of the fastest calls (on a
+loaded machine the fastest call is the least disturbed one). Prints a table, then one JSON line.
 
     .venv/bin/python benchmarks/onnxruntime_vs_native.py [--repeats 20] [--threads N] [--cases TEXT]
 """
@@ -72,13 +73,13 @@ def main() -> None:
     native, ort = get_target("native"), get_target("onnxruntime", threads=args.threads)
     results = []
     print(
-        f"{'case':24} {'plan':5} {'native ms':>10} {'ORT ms':>9} {'ORT/native':>10} "
-        f"{'ORT/ORT fp32':>12}  ORT kernels"
+        f"{'case':24} {'plan':5} {'native ms':>10} {'ORT ms':>9} {'ORT min':>9} "
+        f"{'ORT/native':>10} {'ORT/ORT fp32':>12} {'(min/min)':>12}  ORT kernels"
     )
     for name, model, make in cases():
         if args.cases not in name:
             continue
-        ort_fp32 = None
+        ort_fp32 = ort_fp32_min = None
         for plan_name, config in PLANS.items():
             x = make(None)  # the timed input
             calib = [make(8)]
@@ -93,17 +94,23 @@ def main() -> None:
                     continue
                 (lat,) = target.time(art, [x], warmup=3, repeats=args.repeats)
                 row[target.name] = round(lat.median_ms, 4)
+                row[f"{target.name}_min"] = round(lat.min_ms, 4)
+                row[f"{target.name}_spread"] = round(lat.spread, 3)
                 if target is ort:
                     kinds = {k for v in art.layers.values() for k in v.get("kernels", [])}
                     row["ort_kernels"] = sorted(kinds)
-            n, o = row.get("native"), row.get("onnxruntime")
+            n, o, o_min = row.get("native"), row.get("onnxruntime"), row.get("onnxruntime_min")
             if plan_name == "fp32":
-                ort_fp32 = o
+                ort_fp32, ort_fp32_min = o, o_min
             row["ort_vs_ort_fp32"] = round(o / ort_fp32, 3) if o and ort_fp32 else None
+            row["ort_vs_ort_fp32_min"] = (
+                round(o_min / ort_fp32_min, 3) if o_min and ort_fp32_min else None
+            )
             print(
-                f"{name:24} {plan_name:5} {_cell(n, 10)} {_cell(o, 9)} "
+                f"{name:24} {plan_name:5} {_cell(n, 10)} {_cell(o, 9)} {_cell(o_min, 9)} "
                 f"{_cell(round(o / n, 3) if n and o else None, 10)} "
-                f"{_cell(row['ort_vs_ort_fp32'], 12)}  {', '.join(row.get('ort_kernels', []))}",
+                f"{_cell(row['ort_vs_ort_fp32'], 12)} {_cell(row['ort_vs_ort_fp32_min'], 12)}  "
+                f"{', '.join(row.get('ort_kernels', []))}",
                 flush=True,
             )
             results.append(row)
