@@ -20,7 +20,9 @@ Prints a table (load, quantize, kernel choice, evaluate, latency, per-layer seco
 per phase, float and quantized model bytes, the load average) and, last, one JSON line.
 
 Usage: python benchmarks/hf_scale.py [--layers 24] [--vocab 151936] [--eval-tokens 16384]
-       [--config w8|w4g128] [--repeats 5] [--no-per-layer]
+       [--config w8|w4g128] [--repeats 5] [--no-per-layer] [--arch qwen2|llama]
+       (a 4-layer 256-wide Llama: --arch llama --layers 4 --hidden 256 --intermediate 688
+       --heads 4 --kv-heads 2 --vocab 4096 --tokenizer-vocab 4096)
 """
 
 from __future__ import annotations
@@ -60,7 +62,13 @@ def build(directory: Path, args: argparse.Namespace) -> dict[str, float]:
     """The model and tokenizer in ``directory``, the evaluation text beside them."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     t0 = time.perf_counter()
     text = _text(args.words, seed=0)
@@ -78,7 +86,10 @@ def build(directory: Path, args: argparse.Namespace) -> dict[str, float]:
     fast.save_pretrained(directory)
     t1 = time.perf_counter()
 
-    config = Qwen2Config(
+    config_class, model_class = (
+        (LlamaConfig, LlamaForCausalLM) if args.arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    )
+    config = config_class(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
         intermediate_size=args.intermediate,
@@ -92,7 +103,7 @@ def build(directory: Path, args: argparse.Namespace) -> dict[str, float]:
     )
     torch.manual_seed(0)
     with torch.device("cpu"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
+        model = model_class(config).to(torch.bfloat16).eval()
     params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(directory, safe_serialization=True)
     del model
@@ -128,17 +139,26 @@ class PhasePeaks:
 
         def marked(*args: Any, **kwargs: Any) -> Any:
             outer, self.phase = self.phase, phase
+            t0, cpu0 = time.perf_counter(), time.process_time()
             try:
                 return inner(*args, **kwargs)
             finally:
                 self.peaks[phase] = max(self.peaks.get(phase, 0), _rss_bytes())
                 self.phase = outer
+                seconds, peak = time.perf_counter() - t0, self.peaks[phase] / 2**30
+                cpu = time.process_time() - cpu0  # all threads: on a shared machine, the work
+                # as it happens, so that a run stopped early still tells its phases
+                print(
+                    f"{name}: {seconds:.1f} s wall, {cpu:.1f} s CPU ({phase}; peak {peak:.2f} GiB)",
+                    file=sys.stderr,
+                )
 
         setattr(owner, name, marked)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=("qwen2", "llama"), default="qwen2")
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--hidden", type=int, default=896)
     parser.add_argument("--intermediate", type=int, default=4864)
@@ -224,7 +244,7 @@ def main() -> int:
 
     seconds = row["seconds"]
     result = {
-        "model": "Qwen2ForCausalLM (random init, bf16)",
+        "model": f"{'Llama' if args.arch == 'llama' else 'Qwen2'}ForCausalLM (random init, bf16)",
         "params": built["params"],
         "layers": args.layers,
         "hidden": args.hidden,
@@ -238,6 +258,7 @@ def main() -> int:
         "load_s": round(load_s, 1),
         "float_reference_s": round(reference_s, 1),
         "row_s": round(row_s, 1),
+        "process_cpu_s": round(time.process_time(), 1),  # every thread, build included
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "peak_rss_bytes": row["peak_rss_bytes"],
         "peak_rss_after_build_bytes": rss_after_build,
