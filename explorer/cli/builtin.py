@@ -40,6 +40,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
             conv=not args.no_conv,
             include_slow=args.include_slow,
             progress=progress,
+            ggml_formats=tuple(f.strip() for f in args.ggml.split(",") if f.strip()),
         )
         bar.update()
     finally:

@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--include-slow", action="store_true", help="also time kernels known to be slow here"
     )
+    bench.add_argument(
+        "--ggml",
+        default="",
+        metavar="TYPES",
+        help="also time llama.cpp's ggml matmul in these ggml types, e.g. q8_0,q4_0,q4_k "
+        "(the llamacpp extra)",
+    )
     add_json_option(bench)
     bench.set_defaults(func=cmd_bench)
 

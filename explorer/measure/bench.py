@@ -330,9 +330,10 @@ def run_bench(
     conv: bool = True,
     include_slow: bool = False,
     progress: Callable[[str], None] | None = None,
+    ggml_formats: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     with timing_lock():
-        rows = bench_linear(ms, n, k, repeats, include_slow, progress)
+        rows = bench_linear(ms, n, k, repeats, include_slow, progress, ggml_formats)
         if conv:
             rows += bench_conv(max(5, repeats // 2), progress)
     return {"env": environment(), "rows": rows}

@@ -31,3 +31,12 @@ def test_matmul_matches_a_float64_reference(name: str, rtol: float) -> None:
     torch.testing.assert_close(layer(x[:1]), y[:1], rtol=1e-4, atol=1e-5)
     with pytest.raises(ggml.GgmlError, match="built for"):
         layer(x[:3])
+
+
+def test_bench_rows_include_ggml_kernels_with_their_block_bytes() -> None:
+    from explorer.measure.bench import bench_linear
+
+    rows = bench_linear(ms=(1,), n=64, k=256, repeats=2, ggml_formats=("q4_0",))
+    (row,) = [r for r in rows if r["kernel"] == "ggml-q4_0"]
+    assert row["format"] == "q4_0" and row["ms"] > 0
+    assert row["weight_bytes"] == 64 * 256 // 32 * 18  # 4.5 bits per weight
