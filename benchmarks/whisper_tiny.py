@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explorer.measure.latency import time_callable, timing_lock  # noqa: E402
 from explorer.measure.size import size_bytes  # noqa: E402
-from explorer.nn.convert import quantizable_layers, quantize_model  # noqa: E402
+from explorer.nn.convert import quantize_model  # noqa: E402
+from explorer.nn.modules import QuantModule  # noqa: E402
 from explorer.quant.config import Plan, QuantConfig  # noqa: E402
 from explorer.tasks.speech import word_errors as utterance_errors  # noqa: E402
 
@@ -142,7 +143,10 @@ def fw_transcribe(fw_model: Any, audio: np.ndarray) -> str:
 
 
 def linear_bytes(model: nn.Module) -> int:
-    return sum(size_bytes(m) for m in quantizable_layers(model).values())
+    """Bytes as stored of the linear layers, float or quantized (the output projection, tied to
+    the token embedding in float, counted as a layer of its own)."""
+    layers = (m for m in model.modules() if isinstance(m, nn.Linear | QuantModule))
+    return sum(size_bytes(m) for m in layers)
 
 
 def main() -> None:
@@ -211,7 +215,7 @@ def main() -> None:
         qmodel = model if config is None else quantize_model(model, Plan.uniform(config))
         systems[name] = (
             lambda clips, m=qmodel: hf_transcribe(m, processor, clips, args.batch),
-            {"linear_bytes": linear_bytes(qmodel)},
+            {"linear_bytes": linear_bytes(qmodel), "model_bytes": size_bytes(qmodel)},
         )
     for compute_type in ("float32", "int8"):
         fw = WhisperModel(ct2_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
