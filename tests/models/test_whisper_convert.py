@@ -156,6 +156,7 @@ def test_fused_projections_split_exactly(converted: tuple[Path, Path, Ct2Model])
         assert f"{prefix}.k_proj.bias" not in state
 
 
+@pytest.mark.slow  # loads CTranslate2 (about 6 s on a loaded machine)
 def test_transformers_opens_it_and_matches_ctranslate2(
     converted: tuple[Path, Path, Ct2Model],
 ) -> None:
