@@ -84,9 +84,8 @@ def load() -> nn.Module:
 
 def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     raise ModelLoadError(
-        f"{NAME} is judged on audio, not tensors: its {split} data is the folder "
-        f"{audio_dir() / ('train' if split != 'eval' else 'eval')} (WAV files + transcripts.csv), "
-        "read by the speech task"
+        f"{NAME} is judged on audio, not tensors: the speech task reads its {split} data from "
+        "a folder of WAV files with transcripts.csv (explorer.models.whisper.audio_dir())"
     )
 
 
