@@ -159,26 +159,20 @@ def hf_state_dict(ct2: Ct2Model) -> dict[str, torch.Tensor]:
             )
         if value is not None:
             m.used.add(name)
-    for i in range(_layer_count(ct2, "encoder")):
-        src, dst = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        m.fused(f"{src}/self_attention/linear_0", f"{dst}.self_attn", ("q", "k", "v"))
-        m.linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
-        m.norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
-        m.linear(f"{src}/ffn/linear_0", f"{dst}.fc1")
-        m.linear(f"{src}/ffn/linear_1", f"{dst}.fc2")
-        m.norm(f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
-    for i in range(_layer_count(ct2, "decoder")):
-        src, dst = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        m.fused(f"{src}/self_attention/linear_0", f"{dst}.self_attn", ("q", "k", "v"))
-        m.linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
-        m.norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
-        m.linear(f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj")
-        m.fused(f"{src}/attention/linear_1", f"{dst}.encoder_attn", ("k", "v"))
-        m.linear(f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj")
-        m.norm(f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm")
-        m.linear(f"{src}/ffn/linear_0", f"{dst}.fc1")
-        m.linear(f"{src}/ffn/linear_1", f"{dst}.fc2")
-        m.norm(f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
+    for stack in ("encoder", "decoder"):
+        for i in range(_layer_count(ct2, stack)):
+            src, dst = f"{stack}/layer_{i}", f"model.{stack}.layers.{i}"
+            m.fused(f"{src}/self_attention/linear_0", f"{dst}.self_attn", ("q", "k", "v"))
+            m.linear(f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj")
+            m.norm(f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm")
+            if stack == "decoder":  # cross-attention over the encoder's output
+                m.linear(f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj")
+                m.fused(f"{src}/attention/linear_1", f"{dst}.encoder_attn", ("k", "v"))
+                m.linear(f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj")
+                m.norm(f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm")
+            m.linear(f"{src}/ffn/linear_0", f"{dst}.fc1")
+            m.linear(f"{src}/ffn/linear_1", f"{dst}.fc2")
+            m.norm(f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm")
     for stack in ("encoder", "decoder"):
         m.norm(f"{stack}/layer_norm", f"model.{stack}.layer_norm")
         positions = m.take(f"{stack}/position_encodings/encodings")

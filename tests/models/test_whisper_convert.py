@@ -13,23 +13,13 @@ import pytest
 import torch
 
 from explorer.errors import ModelLoadError
-from explorer.models.whisper_convert import cached_conversion, hf_state_dict
+from explorer.models.whisper_convert import SPECIAL_TOKENS, cached_conversion, hf_state_dict
 from explorer.models.whisper_ct2 import Ct2Model, write_ct2
 
 pytest.importorskip("transformers")
 
 D, HEADS, FFN, MELS, FRAMES, TARGETS, LAYERS = 32, 2, 64, 8, 16, 12, 2
-SPECIAL = [
-    "<|endoftext|>",
-    "<|startoftranscript|>",
-    "<|en|>",
-    "<|translate|>",
-    "<|transcribe|>",
-    "<|startoflm|>",
-    "<|startofprev|>",
-    "<|nocaptions|>",
-    "<|notimestamps|>",
-]
+SPECIAL = list(SPECIAL_TOKENS)
 
 
 def _tokenizer(path: Path) -> list[str]:
