@@ -62,6 +62,7 @@ def _measure(
             samples=args.samples,
             calibration_samples=args.calibration_samples,
             progress=progress,
+            mode=getattr(args, "sensitivity_mode", "auto"),
         )
     finally:
         bar.close()
@@ -211,4 +212,12 @@ def add_sensitivity_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="calibration-split samples to measure the metric on",
+    )
+    parser.add_argument(
+        "--sensitivity-mode",
+        choices=("auto", "measured", "proxy"),
+        default="auto",
+        help="measured: each layer quantized alone and the metric measured; proxy: its weight "
+        "error weighted by its input's energy, from one calibration pass (round-to-nearest "
+        "weight-only settings); auto (default): the proxy for models of more than 100 layers",
     )

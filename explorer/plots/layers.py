@@ -24,6 +24,7 @@ LAYER_VALUES = {
 }
 SENSITIVITY_VALUES = {
     "metric_drop": ("metric drop (damage, lower is better)", "min"),
+    "proxy": ("input-energy-weighted weight error (proxy damage, lower is better)", "min"),
     "kl": ("KL divergence from float (lower is better)", "min"),
     "weight_sqnr_db": ("weight SQNR (dB, higher is better)", "max"),
     "output_sqnr_db": ("output SQNR (dB, higher is better)", "max"),
@@ -37,9 +38,12 @@ SENSITIVITY_VALUES = {
 
 def sensitivity_heatmap(sensitivity: Mapping[str, Any], value: str = "metric_drop") -> go.Figure:
     """Layers (rows) by settings (columns) of a `Sensitivity.to_dict()`; a cell where the setting
-    does not apply to the layer is empty (None), its hover says why."""
+    does not apply to the layer is empty (None), its hover says why. A table measured in proxy
+    mode (models of hundreds of layers) has no metric drop: it shows its proxy damage instead."""
     if value not in SENSITIVITY_VALUES:
         raise ValueError(f"value must be one of {sorted(SENSITIVITY_VALUES)}, got {value!r}")
+    if value in ("metric_drop", "kl") and sensitivity.get("mode") == "proxy":
+        value = "proxy"
     layers = list(sensitivity.get("layers") or [])
     settings = list(sensitivity.get("settings") or [])
     cells = {(c["layer"], c["setting"]): c for c in sensitivity.get("cells") or []}

@@ -10,6 +10,19 @@ latency on the rows it sees in the model's primary workload (real kernel, or its
 flagged ``simulated``). The metric pass runs the quantized layer on the reference kernel, which
 computes the same function as the real kernels (tested in `tests/kernels`) at fp32 GEMM speed.
 
+Models with hundreds of layers (more than `PROXY_LAYERS`) start from a cheap proxy instead of
+the metric pass (``mode="auto"``; ``"measured"`` or ``"proxy"`` force one): the layer's weight
+error weighted by the energy of its input, ``Σ_j E[x_j²] · ‖W[:, j] − Q(W)[:, j]‖²`` with the
+expectation over the calibration tokens, from one float pass with hooks on every layer. It is
+the expected squared output error ``E‖(W − Q(W)) x‖²`` of the layer when its input features are
+uncorrelated: the diagonal of the Hessian ``E[x xᵀ]`` that GPTQ (Frantar et al., arXiv 2210.17323)
+uses in full, the per-channel activation salience AWQ (Lin et al., arXiv 2306.00978) starts from.
+It costs one round-to-nearest per layer and setting, no forward pass per layer, and ranks
+round-to-nearest weight-only settings (activation quantization and the algorithms change what it
+does not see, so proxy mode refuses them). The measured mode computes it too (``proxy`` per cell),
+so the two can be compared; on ``tiny-lm`` its Spearman rank correlation with the measured
+perplexity drop is in `tests/sweep/test_sensitivity.py`.
+
 The result is a layer-by-setting table; `to_search_table` turns it into the
 `explorer.sweep.search.SensitivityTable` that the knapsack search consumes, with the additive
 approximation HAWQ-V3 (Yao et al., arXiv 2011.10680) and HAQ use: a plan's damage is the sum of
@@ -37,6 +50,7 @@ from explorer.nn.convert import (
     in_features,
     quant_modules,
     quantizable_layers,
+    quantize_layer,
     quantize_model,
 )
 from explorer.quant.config import (
@@ -46,6 +60,7 @@ from explorer.quant.config import (
     parse_granularity,
     why_not_applicable,
 )
+from explorer.quant.qtensor import round_to_nearest
 from explorer.sweep.context import FloatReference, ModelContext
 from explorer.sweep.search import SensitivityTable
 from explorer.sweep.store import finite_or_none
@@ -53,6 +68,10 @@ from explorer.sweep.store import finite_or_none
 CALIBRATION_EVAL_SAMPLES = {"classification": 512, "lm": 32, "fidelity": 32}
 LAYER_TIMING_REPEATS = 20
 SQNR_SAMPLES = 64  # samples (images, or sequences) of the first batch kept for output SQNR
+PROXY_LAYERS = 100
+"""``mode="auto"`` measures models with at most this many quantizable layers, and starts from
+the proxy above it (a 0.5 B Qwen2 has 169; tiny-lm and small Llamas a few dozen)."""
+MODES = ("auto", "measured", "proxy")
 
 
 def setting_config(name: str) -> QuantConfig | None:
@@ -96,7 +115,7 @@ def setting_config(name: str) -> QuantConfig | None:
     return QuantConfig(**fields)
 
 
-DAMAGES = ("metric_drop", "kl", "cosine_loss")
+DAMAGES = ("metric_drop", "kl", "cosine_loss", "proxy")
 DEFAULT_SETTINGS = ("W8 channel", "W4 g32", "W4 g128", "W3 g32", "W3 g128", "W2 g32")
 
 
@@ -114,6 +133,7 @@ class Cell:
     cosine_loss: float | None = None  # damage without kl or metric (embeddings): 1 - cosine
     latency_ms: float | None = None
     simulated: bool = False
+    proxy: float | None = None  # Σ_j E[x_j²]·‖ΔW[:, j]‖² (round-to-nearest weight-only settings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +153,7 @@ class Sensitivity:
     other_bytes: int  # every stored byte outside the swept layers
     other_latency_ms: float | None
     seconds: float
+    mode: str = "measured"  # measured (the metric pass) or proxy (see the module docstring)
 
     def cell(self, layer: str, setting: str) -> Cell:
         return self.cells[(layer, setting)]
@@ -149,12 +170,14 @@ class Sensitivity:
             "other_bytes": self.other_bytes,
             "other_latency_ms": self.other_latency_ms,
             "seconds": self.seconds,
+            "mode": self.mode,
         }
 
     def to_search_table(self, damage: str = "metric_drop") -> SensitivityTable:
-        """The search's input; ``damage``: ``metric_drop`` (default), ``kl`` or ``cosine_loss``
-        (1 - mean cosine to float). A model with neither a metric nor kl (an embedding model
-        without scored pairs) is searched on ``cosine_loss`` whatever was asked."""
+        """The search's input; ``damage``: ``metric_drop`` (default), ``kl``, ``cosine_loss``
+        (1 - mean cosine to float) or ``proxy``. A model with neither a metric nor kl (an
+        embedding model without scored pairs) is searched on ``cosine_loss`` whatever was
+        asked, and a table of the proxy mode on ``proxy``."""
         if damage not in DAMAGES:
             raise ExplorerError(f"damage must be one of {', '.join(DAMAGES)}, got {damage!r}")
         measured = {
@@ -162,7 +185,7 @@ class Sensitivity:
             for d in DAMAGES
         }
         if not measured[damage] and not measured["metric_drop"] and not measured["kl"]:
-            damage = "cosine_loss"
+            damage = "cosine_loss" if measured["cosine_loss"] else "proxy"
 
         def grid(attr: str) -> tuple[tuple[Any, ...], ...]:
             return tuple(
@@ -232,11 +255,17 @@ def measure_sensitivity(
     calibration_samples: int = 128,
     progress: Callable[[int, int, str], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    mode: str = "auto",
 ) -> Sensitivity:
-    """Quantize each layer alone at each setting (see the module docstring)."""
+    """Quantize each layer alone at each setting (see the module docstring). ``mode``:
+    ``measured`` (the metric pass), ``proxy`` (the input-energy-weighted weight error alone),
+    or ``auto`` (the proxy above `PROXY_LAYERS` quantizable layers)."""
     t_start = time.perf_counter()
     configs = {s: setting_config(s) for s in settings}
     all_layers = quantizable_layers(ctx.folded)
+    mode = resolve_mode(mode, len(all_layers), configs)
+    if mode == "proxy":
+        full_metric = False
     if layers:
         unknown = [n for n in layers if n not in all_layers]
         if unknown:
@@ -257,6 +286,7 @@ def measure_sensitivity(
     ]
     task = ctx.task_spec or ctx.task
     reference = FloatReference.compute(ctx.model, task, batches) if full_metric else None
+    energy = input_energy(ctx.folded, ctx.task_spec, names, [x for x, _ in batches])
     float_metric = None
     metric_key = ctx.metric
     if reference is not None and reference.stats.task not in ("classification", "lm"):
@@ -292,17 +322,36 @@ def measure_sensitivity(
                 done += 1
                 continue
             if config is None:
+                measured = mode == "measured"
                 cells[(name, setting)] = Cell(
                     name,
                     setting,
                     None,
                     size_bytes=float_bytes[name],
                     metric=float_metric,
-                    metric_drop=0.0,
-                    kl=0.0,
+                    metric_drop=0.0 if measured else None,
+                    kl=0.0 if measured else None,
                     latency_ms=float_latency,
+                    proxy=0.0,
                 )
                 done += 1
+                continue
+            q = proxy_weight(w, config)
+            damage = None
+            if q is not None and name in energy:
+                damage = weighted_error(w, q, energy[name], float_modules[name])
+            if mode == "proxy":
+                assert q is not None  # resolve_mode refused the settings the proxy cannot see
+                cells[(name, setting)] = _proxy_cell(name, setting, module, config, w, q, damage)
+                done += 1
+                if latency and name in rows:
+                    qlayer = quantize_layer(module, config, name)
+                    lat, sim = _layer_latency(qlayer, rows[name])
+                    cells[(name, setting)] = _replace(
+                        cells[(name, setting)], latency_ms=lat, simulated=sim
+                    )
+                if progress:
+                    progress(done, total, f"{name} {setting}: proxy")
                 continue
             plan = Plan(default=None, rules=((name, config),))
             qmodel = quantize_model(
@@ -317,6 +366,7 @@ def measure_sensitivity(
                 None,
                 size_bytes=_stored_bytes(qlayer),
                 weight_sqnr_db=finite_or_none(weight_sqnr),
+                proxy=damage,
             )
             cells[(name, setting)] = cell
             done += 1
@@ -363,6 +413,7 @@ def measure_sensitivity(
         other_bytes=total_float - sum(float_bytes.values()),
         other_latency_ms=other_latency,
         seconds=time.perf_counter() - t_start,
+        mode=mode,
     )
 
 
@@ -416,4 +467,136 @@ def _full_metric(
         kl=evaluation.metrics.get("kl"),
         cosine_loss=None if cosine is None else 1.0 - cosine,
         output_sqnr_db=output_sqnr,
+    )
+
+
+# --- the proxy ------------------------------------------------------------------------------
+
+
+def resolve_mode(mode: str, n_layers: int, configs: dict[str, QuantConfig | None]) -> str:
+    """``measured`` or ``proxy`` for a model of ``n_layers`` quantizable layers (see
+    `measure_sensitivity`); proxy mode refuses settings whose error it does not see."""
+    if mode not in MODES:
+        raise ExplorerError(f"sensitivity mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "auto":
+        mode = "proxy" if n_layers > PROXY_LAYERS else "measured"
+    if mode == "proxy":
+        for setting, config in configs.items():
+            if config is not None and not _proxy_ranks(config):
+                why = "names an algorithm"
+                if config.act_bits is not None:
+                    why = "quantizes activations"
+                raise ExplorerError(
+                    f"setting {setting!r} {why}, which the weight-error proxy does not see; "
+                    f"measure it (sensitivity mode 'measured') or choose round-to-nearest "
+                    f"weight-only settings such as 'W4 g32' (a model of more than {PROXY_LAYERS} "
+                    "layers uses the proxy unless told otherwise)"
+                )
+    return mode
+
+
+def _proxy_ranks(config: QuantConfig) -> bool:
+    """Round-to-nearest weight-only settings (bf16 included): the proxy sees their whole error."""
+    return config.is_float or (config.act_bits is None and config.algorithm == "rtn")
+
+
+def input_energy(
+    model: nn.Module, task: Any, names: Sequence[str], batches: Sequence[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``E[x_j²]`` per input channel of each named layer (float64, (K,) for a linear layer,
+    (C,) for a convolution's input channels), over every row (token, pixel) of one float pass
+    over ``batches``, with forward pre-hooks on the layers."""
+    sums: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = {}
+    modules = dict(model.named_modules())
+
+    def observe(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        if isinstance(module, nn.Conv2d):  # (B, C, H, W): per channel, over images and pixels
+            energy, count = x.square().sum(dim=(0, 2, 3)), x.numel() // x.shape[1]
+        else:  # (..., K)
+            flat = x.reshape(-1, x.shape[-1])
+            energy, count = flat.square().sum(dim=0), flat.shape[0]
+        sums[name] = sums[name] + energy.double() if name in sums else energy.double()
+        rows[name] = rows.get(name, 0) + count
+
+    hooks = [
+        modules[n].register_forward_pre_hook(lambda m, args, n=n: observe(n, m, args[0]))
+        for n in names
+        if n in modules
+    ]
+    try:
+        with torch.inference_mode():
+            for x in batches:
+                task.outputs(model, x) if task is not None else model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: sums[n] / max(1, rows[n]) for n in sums}
+
+
+def _column_energy(energy: torch.Tensor, module: nn.Module, shape: torch.Size) -> torch.Tensor:
+    """The input energy of each weight entry of ``module``'s (N, K) weight: per column for a
+    linear layer (1, K); for a convolution each input channel's energy over its kernel
+    positions, per output channel's group (N, C/groups · kh · kw)."""
+    if not isinstance(module, nn.Conv2d):
+        return energy.float()[None, :]  # (1, K)
+    n = shape[0]
+    kh, kw = module.kernel_size
+    per_group = energy.float().view(module.groups, -1)  # (groups, C/groups)
+    rows = per_group.repeat_interleave(n // module.groups, dim=0)  # (N, C/groups)
+    return rows.repeat_interleave(kh * kw, dim=1)  # (N, C/groups·kh·kw): (c, kh, kw) order
+
+
+def proxy_weight(w: torch.Tensor, config: QuantConfig | None) -> torch.Tensor | None:
+    """The weight a round-to-nearest weight-only (or bf16) ``config`` stores for ``w`` (N, K);
+    None for settings the proxy does not see."""
+    if config is None or not _proxy_ranks(config):
+        return None
+    w = w.detach().float()
+    return w.bfloat16().float() if config.is_float else round_to_nearest(w, config)
+
+
+def weighted_error(
+    w: torch.Tensor, q: torch.Tensor, energy: torch.Tensor, module: nn.Module
+) -> float:
+    """``Σ E[x_j²] (W − Q)²`` over the weight entries of ``module`` (``w``, ``q``: (N, K))."""
+    weights = _column_energy(energy, module, w.shape)
+    return float((weights * (w.detach().float() - q).square()).sum(dtype=torch.float64))
+
+
+def proxy_damage(
+    w: torch.Tensor, config: QuantConfig | None, energy: torch.Tensor | None, module: nn.Module
+) -> float | None:
+    """The proxy of ``module`` (weight ``w``, (N, K)) at ``config``: `weighted_error` of its
+    round-to-nearest weight; None for settings the proxy does not see, or without ``energy``
+    (the calibration pass never reached the layer)."""
+    q = proxy_weight(w, config)
+    return None if q is None or energy is None else weighted_error(w, q, energy, module)
+
+
+_PROXY_BYTES: dict[tuple[Any, ...], int] = {}
+
+
+def _proxy_cell(
+    name: str,
+    setting: str,
+    module: nn.Module,
+    config: QuantConfig,
+    w: torch.Tensor,
+    q: torch.Tensor,
+    damage: float | None,
+) -> Cell:
+    """A proxy-mode cell: size as stored (the quantized layer built once per shape and
+    setting: identical blocks store identical bytes), weight SQNR and the proxy."""
+    key = (type(module).__name__, tuple(w.shape), module.bias is not None, setting)
+    if key not in _PROXY_BYTES:
+        _PROXY_BYTES[key] = _stored_bytes(quantize_layer(module, config, name))
+    return Cell(
+        name,
+        setting,
+        None,
+        size_bytes=_PROXY_BYTES[key],
+        weight_sqnr_db=finite_or_none(sqnr_db(w, q)),
+        proxy=damage,
     )
