@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from explorer.measure.bench import bench_linear
-from explorer.measure.latency import measure_callable
+from explorer.measure.latency import measure_callable, timing_lock
 from explorer.nn.convert import quantize_model, select_kernels
 from explorer.quant.config import Plan, QuantConfig
 from explorer.targets import get_target
@@ -32,7 +32,8 @@ GGML = ("f16", "q8_0", "q4_0", "q4_k")
 
 
 def kernels(repeats: int) -> list[dict]:
-    rows = bench_linear(ms=(1, 8, 32), repeats=repeats, ggml_formats=("q8_0", "q4_0", "q4_k"))
+    with timing_lock():  # as `explorer bench` does: no other timing runs meanwhile
+        rows = bench_linear(ms=(1, 8, 32), repeats=repeats, ggml_formats=("q8_0", "q4_0", "q4_k"))
     best: dict[tuple[str, int], dict] = {}
     for r in rows:
         family = r["kernel"] if r["kernel"].startswith(("ggml", "fp32")) else r["format"]
