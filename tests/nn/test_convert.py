@@ -200,3 +200,32 @@ def test_quantized_model_deepcopies_and_still_runs() -> None:
     y = q(x)
     q2 = copy.deepcopy(q)
     torch.testing.assert_close(q2(x), y)
+
+
+class _TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(64, 32)
+        self.norm = nn.LayerNorm(32)
+        self.head = nn.Linear(32, 64, bias=False)
+        self.head.weight = self.embed.weight  # tied, as Hugging Face LMs save them
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.embed(ids)))
+
+
+def test_replaced_weights_are_shared_not_copied_and_the_input_is_untouched() -> None:
+    """quantize_model copies the model but not the float weights of the layers it replaces (a
+    second float copy of a 0.5 B model while quantizing); a tie to one stays shared."""
+    torch.manual_seed(0)
+    model = _TiedLM().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 64, (2, 8))
+    expected = model(ids)
+    qmodel = quantize_model(model, Plan.uniform(QuantConfig(weight_bits=8, granularity="channel")))
+    assert isinstance(qmodel.head, QuantLinear) and isinstance(model.head, nn.Linear)
+    assert qmodel.embed.weight is model.embed.weight  # the tied embedding: shared
+    assert qmodel.norm.weight is not model.norm.weight  # layers that stay float: copied
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model(ids), expected)
+    assert sqnr_db(expected, qmodel(ids)) > 30
