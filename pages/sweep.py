@@ -19,34 +19,38 @@ from explorer.ui.widgets import (
     start_sweep,
     sweep_job_ui,
     sweep_spec_ui,
+    targets_ui,
 )
 
 
-def settings_ui(ctx: Any) -> tuple[SweepSpec | None, RunSettings | None, int]:
+def settings_ui(ctx: Any) -> tuple[SweepSpec | None, RunSettings | None, int, list[str]]:
     """The sweep's dimensions and layers and its run settings, with how many configurations
-    they give and which combinations are skipped (and why). Returns the spec and settings
-    (None where invalid) and the configuration count without the baselines."""
+    they give and which combinations are skipped (and why), and the targets they run on.
+    Returns the spec and settings (None where invalid), the configuration count without the
+    baselines, and the targets."""
     layers = [r["name"] for r in layer_table(ctx.model) if r["quantizable"]]
     spec = settings = None
     try:
         spec = sweep_spec_ui(layers, qat_lr=ctx.qat_lr)
     except SweepSpecError as exc:
         st.error(f"These settings cannot be swept: {exc}")
+    targets = targets_ui(ctx.model)
     try:
         settings = run_settings_ui()
     except ExplorerError as exc:
         st.error(f"Invalid run settings: {exc}")
     if spec is None:
-        return spec, settings, 0
+        return spec, settings, 0, targets
     try:
         entries, skipped = expand(spec, ctx.model)
     except (ExplorerError, ValueError) as exc:
         st.error(f"These settings cannot be swept: {exc}")
-        return None, settings, 0
+        return None, settings, 0, targets
     count = len(entries) - 2  # the fp32 and bf16 baselines are always evaluated
     st.caption(
         f"{count} configuration{'s' if count != 1 else ''} plus the fp32 and bf16 baselines; "
         "rows already in the results store are reused, not recomputed."
+        + (f" Each runs on {len(targets)} targets." if len(targets) > 1 else "")
     )
     if skipped:
         with st.expander(f"{len(skipped)} combination(s) will be skipped"):
@@ -54,7 +58,7 @@ def settings_ui(ctx: Any) -> tuple[SweepSpec | None, RunSettings | None, int]:
                 st.markdown(f"- `{item.label}`: {item.reason}")
     if count == 0:
         st.warning("No combination can be evaluated with these settings; see why above.")
-    return spec, settings, count
+    return spec, settings, count, targets
 
 
 def run_ui(
@@ -63,6 +67,7 @@ def run_ui(
     spec: SweepSpec | None,
     settings: RunSettings | None,
     count: int,
+    targets: list[str],
 ) -> None:
     """The Run button (off while a sweep of this session runs) and the latest sweep's progress
     (its front drawn with ``metric``)."""
@@ -76,7 +81,7 @@ def run_ui(
         icon=":material/play_arrow:",
     ):
         try:
-            start_sweep(source, spec, settings)
+            start_sweep(source, spec, settings, targets=targets)
         except RuntimeError as exc:
             st.error(str(exc))
         else:
@@ -157,8 +162,8 @@ def main() -> None:
         st.error(f"The model cannot be loaded: {exc}. Choose another one on the Model page.")
         st.stop()
     st.markdown(f"Model: **{Path(ctx.name).name}** ({ctx.task}).")
-    spec, settings, count = settings_ui(ctx)
-    run_ui(source, ctx.metric, spec, settings, count)
+    spec, settings, count, targets = settings_ui(ctx)
+    run_ui(source, ctx.metric, spec, settings, count, targets)
     results_ui(source, ctx)
 
 

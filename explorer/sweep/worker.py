@@ -21,7 +21,7 @@ import time
 import traceback
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from explorer.errors import ExplorerError
@@ -62,6 +62,7 @@ def _child(
     owner: str,
     sweep_id: str,
     threads: int | None,
+    targets: list[str],
     events: Any,
     cancel: Any,
 ) -> None:
@@ -82,7 +83,18 @@ def _child(
             plan_entries, skipped = expand(SweepSpec.from_dict(spec or {}), ctx.model)
             for s in skipped:
                 events.put(SweepEvent("skipped", s.label, reason=s.reason).to_dict())
-        events.put(SweepEvent("started", total=len(plan_entries)).to_dict())
+        # the target dimension: every entry on each target (settings.target first); llama.cpp
+        # quantizes the float model in its own formats, so its rows start from fp32 only
+        runs = [
+            (
+                target,
+                [e for e in plan_entries if e.label == "fp32"]
+                if target.startswith("llamacpp")
+                else plan_entries,
+            )
+            for target in (settings["target"], *(t for t in targets if t != settings["target"]))
+        ]
+        events.put(SweepEvent("started", total=sum(len(run) for _, run in runs)).to_dict())
         sent = [0.0]
 
         def batch(done: int, total: int) -> None:
@@ -93,18 +105,33 @@ def _child(
                 sent[0] = now
                 events.put(SweepEvent("batch", extra={"done": done, "total": total}).to_dict())
 
+        total = sum(len(run) for _, run in runs)
+        offset, finished = 0, 0
+        counts = {"evaluated": 0, "cached": 0, "failed": 0}
         with ResultStore(store_path) as store:
-            for event in run_sweep(
-                ctx,
-                plan_entries,
-                store,
-                settings=RunSettings(**settings),
-                executor=LocalExecutor(ctx, progress=batch),
-                owner=owner,
-                sweep_id=sweep_id,
-                cancelled=cancel.is_set,
-            ):
-                events.put(event.to_dict())
+            for target, run in runs:
+                for event in run_sweep(
+                    ctx,
+                    run,
+                    store,
+                    settings=RunSettings(**{**settings, "target": target}),
+                    executor=LocalExecutor(ctx, progress=batch),
+                    owner=owner,
+                    sweep_id=sweep_id,
+                    cancelled=cancel.is_set,
+                ):
+                    # progress counts over every target's entries, and one "done" at the end
+                    event = replace(event, done=event.done + offset, total=total)
+                    if event.kind == "done":
+                        finished = event.done
+                        for name in counts:
+                            counts[name] += int(event.extra.get(name, 0))
+                        continue
+                    events.put(event.to_dict())
+                offset += len(run)
+                if cancel.is_set():
+                    break
+            events.put(SweepEvent("done", done=finished, total=total, extra=counts).to_dict())
     except ExplorerError as exc:
         events.put(SweepEvent("error", reason=str(exc)).to_dict())
     except BaseException as exc:  # reported to the parent, which shows it without a traceback
@@ -125,6 +152,8 @@ class SweepProcess:
     owner: str = ""
     sweep_id: str = ""
     threads: int | None = None
+    targets: tuple[str, ...] = ()
+    """More targets to run every entry on after ``settings.target`` (the Sweep page's choice)."""
 
     def __post_init__(self) -> None:
         if (self.spec is None) == (self.entries is None):
@@ -142,6 +171,7 @@ class SweepProcess:
                 self.owner,
                 self.sweep_id,
                 self.threads,
+                list(self.targets),
                 self._events,
                 self._cancel,
             ),

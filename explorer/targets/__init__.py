@@ -8,6 +8,7 @@ from explorer.targets.base import (
     TargetModule,
     describe,
     get_target,
+    target_choices,
     target_names,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "TargetModule",
     "describe",
     "get_target",
+    "target_choices",
     "target_names",
 ]

@@ -152,6 +152,36 @@ def get_target(name: str, **options: Any) -> Target:
     raise TargetError(f"unknown target {name!r}; choose from {', '.join(target_names())}")
 
 
+LLAMACPP_SWEEP_FORMATS = ("q8_0", "q6_k", "q4_k", "q4_0", "q3_k", "q2_k")
+"""The llama.cpp formats the Sweep page offers (any ggml format runs from the command line)."""
+
+
+def target_choices(model: nn.Module | None = None) -> dict[str, str | None]:
+    """Every target a sweep of ``model`` could run on, each with None when it can run here or
+    the reason it cannot (a missing extra; llama.cpp also needs a Llama-architecture language
+    model). llama.cpp appears once per format of `LLAMACPP_SWEEP_FORMATS`."""
+    out: dict[str, str | None] = {"native": None}
+    try:
+        get_target("onnxruntime")
+        out["onnxruntime"] = None
+    except TargetError as exc:
+        out["onnxruntime"] = str(exc)
+    try:
+        get_target("llamacpp")
+        reason = None
+    except (TargetError, ExplorerError) as exc:
+        reason = str(exc)
+    config = getattr(model, "config", None)
+    architectures = getattr(config, "architectures", None) or []
+    if reason is None and not any(
+        a in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM") for a in architectures
+    ):
+        reason = "llama.cpp runs Llama, Mistral and Qwen2 causal language models"
+    for fmt in LLAMACPP_SWEEP_FORMATS:
+        out[f"llamacpp:{fmt}"] = reason
+    return out
+
+
 class TargetModule(nn.Module):
     """An artifact as a module, so the float reference, the metrics and the workloads that call
     ``model(x)`` evaluate and time a target's artifact exactly as they do the native model."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -231,6 +232,40 @@ def run_settings_ui(*, key: str = "run", base: RunSettings = DEFAULT_RUN) -> Run
     )
 
 
+TARGET_LABELS = {"native": "Explorer kernels (native)", "onnxruntime": "ONNX Runtime"}
+
+
+def target_label(name: str) -> str:
+    if name.startswith("llamacpp:"):
+        return f"llama.cpp {name.partition(':')[2].upper()}"
+    return TARGET_LABELS.get(name, name)
+
+
+def targets_ui(model: Any, *, key: str = "targets") -> list[str]:
+    """Where the sweep's configurations run: the explorer's own kernels and, where installed,
+    ONNX Runtime and llama.cpp formats; every configuration runs once per target, so each
+    appears once per runtime on the Pareto page (same size, its own latency and accuracy).
+    Targets that cannot run here are listed with the reason."""
+    from explorer.targets import target_choices
+
+    choices = target_choices(model)
+    usable = [name for name, why in choices.items() if why is None]
+    chosen = st.multiselect(
+        "Targets",
+        usable,
+        default=["native"],
+        format_func=target_label,
+        key=key,
+        help="The runtime each configuration is measured in. ONNX Runtime and llama.cpp run "
+        "the exported artifact itself: its accuracy and latency are the runtime's.",
+    )
+    unusable = {name: why for name, why in choices.items() if why is not None}
+    if unusable:
+        reasons = sorted({why for why in unusable.values()})
+        st.caption("Not available here: " + " · ".join(str(r) for r in reasons))
+    return list(chosen) or ["native"]
+
+
 def new_sweep_id() -> str:
     return secrets.token_hex(4)
 
@@ -241,6 +276,7 @@ def start_sweep(
     settings: RunSettings,
     *,
     id_prefix: str = "",
+    targets: Sequence[str] = ("native",),
 ) -> SweepProcess:
     """Start a sweep of ``spec`` (or of a list of entries, such as the default sweep's) on
     ``source`` in a worker process as this run's job (see `state.start_job`); its rows go to the
@@ -251,9 +287,10 @@ def start_sweep(
         str(state.store_path()),
         spec=spec if entries is None else None,
         entries=entries,
-        settings=settings,
+        settings=replace(settings, target=targets[0]),
         owner=state.owner_for(source),
         sweep_id=id_prefix + new_sweep_id(),
+        targets=tuple(targets[1:]),
     )
     return state.start_job(process)
 

@@ -120,3 +120,30 @@ def test_invalid_settings_show_an_error(app_env: dict[str, Path]) -> None:
     assert any("will be skipped" in e.label for e in at.expander)
     assert any("No combination can be evaluated" in w.value for w in at.warning)
     assert at.button(key="sweep.run").disabled
+
+
+def test_the_target_choice_reaches_the_worker(app_env: dict[str, Path]) -> None:
+    """Targets: the explorer's kernels by default; ONNX Runtime (installed with the onnx extra)
+    adds a second run of every configuration; llama.cpp formats are listed as not available for
+    a CNN, with the reason."""
+    import pytest
+
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    run = "0000000000b4"
+    at = _fast(_app(run).run(), [8], ["channel"])
+    targets = at.multiselect(key="targets")
+    assert targets.value == ["native"]
+    assert targets.options == ["Explorer kernels (native)", "ONNX Runtime"]
+    (why,) = [c.value for c in at.caption if c.value.startswith("Not available here:")]
+    assert "llama" in why  # the reason: a CNN, or the llamacpp extra missing
+    targets.set_value(["native", "onnxruntime"]).run()
+    assert any("Each runs on 2 targets" in c.value for c in at.caption)
+    at.button(key="sweep.run").click().run()
+    assert not at.exception, at.exception
+    job = state.job(run)
+    try:
+        assert job is not None and job.settings.target == "native"
+        assert job.targets == ("onnxruntime",)
+    finally:
+        if job is not None:
+            job.terminate()

@@ -312,3 +312,49 @@ def test_built_in_rows_keep_their_metrics_and_report_tokens(digits: ModelContext
     x, y = tiny.eval_split
     assert tiny.task == "lm" and tiny.tokens_evaluated == y.numel() == x.numel()
     assert tiny.task_summary()["how"] == "the built-in model's"
+
+
+def test_a_worker_runs_every_entry_on_each_target_with_one_progress_count(tmp_path: Path) -> None:
+    """The Sweep page's target choice: every entry runs on the native target, then on ONNX
+    Runtime; progress counts over both, and one ``done`` closes the sweep with both counts."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    store_path = str(tmp_path / "r.sqlite")
+    spec = SweepSpec(
+        weight_bits=(8,),
+        granularity=("channel",),
+        act_bits=(8,),
+        act_mode=("static",),
+        act_granularity=("tensor",),
+    )
+    sweep = SweepProcess(
+        ModelSource(model="digits-cnn"),
+        store_path,
+        spec=spec,
+        settings=FAST,
+        targets=("onnxruntime",),
+    ).start()
+    events = sweep.wait(timeout=300)
+    assert events[-1].kind == "done", [e.reason for e in events if e.reason]
+    assert [e.kind for e in events].count("done") == 1
+    started = next(e for e in events if e.kind == "started")
+    ends = [e for e in events if e.kind in ("row", "cached", "failed")]
+    assert started.total == len(ends) == 6  # fp32, bf16 and W8A8 on each of the two targets
+    assert [e.done for e in ends] == list(range(1, 7))
+    failed = [e for e in ends if e.kind == "failed"]
+    # ONNX Runtime's CPU kernels have no bf16 convolution: that row fails with its reason
+    assert [e.label for e in failed] == ["bf16"] and "bf16" in failed[0].reason
+    assert events[-1].extra == {"evaluated": 5, "cached": 0, "failed": 1}
+    targets = [e.row["target"] for e in ends if e.row]
+    assert targets == ["native"] * 3 + ["onnxruntime"] * 2
+    with ResultStore(store_path) as store:
+        assert len(store.keys()) == 5
+
+
+def test_target_choices_say_why_a_target_cannot_run(digits: ModelContext) -> None:
+    from explorer.targets import target_choices
+
+    choices = target_choices(digits.model)
+    assert choices["native"] is None
+    llamacpp = [why for name, why in choices.items() if name.startswith("llamacpp:")]
+    assert llamacpp and all(why for why in llamacpp)  # a CNN never runs in llama.cpp
+    assert all(isinstance(why, str) and why for why in llamacpp)
