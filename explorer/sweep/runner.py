@@ -25,6 +25,7 @@ Imports: `explorer.quant`, `explorer.nn`, `explorer.measure`, `explorer.sweep.co
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
@@ -62,6 +63,8 @@ from explorer.sweep.version import code_version
 
 LAYER_PROFILE_RUNS = 5
 OUTPUT_SQNR_SAMPLES = 64
+SQNR_CHUNK_ELEMENTS = 1 << 24
+"""Weights larger than this (16 M entries) get their SQNR in row blocks (`_weight_sqnr`)."""
 PER_LAYER_LOGITS_BYTES = 1 << 26
 """Language models compare per-layer outputs on up to 4 calibration sequences whose float32
 logits fit in this many bytes (64 MiB: one sequence of a 150k vocabulary)."""
@@ -254,7 +257,7 @@ def per_layer(
         weight_sqnr = None
         if module is not None:
             w = _float_weight(float_modules[name])
-            weight_sqnr = sqnr_db(w, module.effective_weight())
+            weight_sqnr = _weight_sqnr(w, module.effective_weight())
         output_sqnr = None
         if name in f_out and name in q_out and f_out[name].shape == q_out[name].shape:
             output_sqnr = sqnr_db(f_out[name], q_out[name])
@@ -275,6 +278,25 @@ def per_layer(
             }
         )
     return out
+
+
+def _weight_sqnr(w: torch.Tensor, q: torch.Tensor) -> float:
+    """`sqnr_db` of a weight, in float64 row blocks beyond `SQNR_CHUNK_ELEMENTS` entries
+    (`sqnr_db` holds three float64 copies: 3.3 GB for a 151,936 x 896 output layer)."""
+    if w.numel() <= SQNR_CHUNK_ELEMENTS:
+        return sqnr_db(w, q)
+    signal = noise = 0.0
+    for a, b in zip(
+        w.split(SQNR_CHUNK_ELEMENTS // w.shape[1]),
+        q.split(SQNR_CHUNK_ELEMENTS // w.shape[1]),
+        strict=True,
+    ):
+        a64 = a.double()
+        signal += float(a64.square().sum())
+        noise += float((a64 - b.double()).square().sum())
+    if noise == 0.0:
+        return math.inf
+    return -math.inf if signal == 0.0 else 10.0 * math.log10(signal / noise)
 
 
 def _algorithm(config: QuantConfig | None) -> str | None:
