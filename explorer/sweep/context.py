@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -151,6 +152,7 @@ class FloatReference:
     logits: list[torch.Tensor]
     float_stats: SampleStats | None
     model: nn.Module | None = None  # kept only when the logits are not
+    bootstrap_seconds: float = 0.0  # `summarize` (the paired bootstrap) in the last evaluate
 
     @property
     def stats(self) -> SampleStats:
@@ -233,7 +235,12 @@ class FloatReference:
         if self.float_stats is None:
             self.float_stats = concat_stats(f_stats)
         fidelity = concat_fidelity(fid)
-        return summarize(self.stats, concat_stats(q_stats), fidelity, n_boot=n_boot, seed=seed)
+        t0 = time.perf_counter()
+        evaluation = summarize(
+            self.stats, concat_stats(q_stats), fidelity, n_boot=n_boot, seed=seed
+        )
+        self.bootstrap_seconds = time.perf_counter() - t0  # of the last evaluate: a row's part
+        return evaluation
 
 
 @dataclass
