@@ -78,3 +78,24 @@ def save_bert(path: Path, vocab: int, *, seed: int = 0) -> None:
         pad_token_id=0,
     )
     transformers.BertModel(config, add_pooling_layer=False).save_pretrained(path)
+
+
+def cli_w8_row(model: Path, data: Path, store: Path, repeats: int = 3) -> dict:
+    """``explorer sweep`` of ``model`` on ``data``: W8 per-channel weight-only, one thread, the
+    row's JSON (the CLI must exit 0)."""
+    import contextlib
+    import io
+    import json
+
+    from explorer import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    args = ["sweep", "--model", str(model), "--data", str(data)]
+    args += ["--bits", "8", "--granularity", "channel", "--repeats", str(repeats), "--n-boot"]
+    args += ["200", "--threads", "1", "--store", str(store), "--json"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(args)
+    assert code == 0, err.getvalue()
+    rows = json.loads(out.getvalue().strip().splitlines()[-1])["rows"]
+    (row,) = [r for r in rows if r["kind"] != "baseline" and r["act_bits"] is None]
+    return row

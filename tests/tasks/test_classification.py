@@ -3,21 +3,18 @@ accuracy and macro-F1 against a direct computation, and the row end to end throu
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from explorer import cli
 from explorer.sweep.context import ModelSource, open_context
 from explorer.tasks import TaskError
 from explorer.tasks.text import load_tokenizer
 
-from .builders import sentences, train_tokenizer
+from .builders import cli_w8_row, sentences, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
 NAMES = ("negative", "neutral", "positive")
@@ -91,15 +88,7 @@ def test_unknown_label_names_the_record(classifier: Path, tmp_path: Path) -> Non
 
 
 def test_sequence_classifier_row_through_the_cli(classifier: Path, tmp_path: Path) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    args = ["sweep", "--model", str(classifier), "--data", str(classifier.parent / "labelled.csv")]
-    args += ["--bits", "8", "--granularity", "channel", "--repeats", "3", "--n-boot", "200"]
-    args += ["--threads", "1", "--store", str(tmp_path / "r.sqlite"), "--json"]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(args)
-    assert code == 0, err.getvalue()
-    rows = json.loads(out.getvalue().strip().splitlines()[-1])["rows"]
-    (row,) = [r for r in rows if r["kind"] != "baseline" and r["act_bits"] is None]
+    row = cli_w8_row(classifier, classifier.parent / "labelled.csv", tmp_path / "r.sqlite")
     assert row["task"] == "classification" and row["metric_name"] == "accuracy"
     assert {"accuracy", "macro_f1", "sqnr_db", "cosine", "agreement", "kl"} <= set(row["metrics"])
     assert row["latency_workload"] == "single" and "batch32" in row["latency"]

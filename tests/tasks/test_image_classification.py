@@ -5,20 +5,18 @@ sorted order, the limits and bad images are named, and the row runs end to end t
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from explorer import cli
 from explorer.errors import ModelLoadError
 from explorer.models.userdata import load_dataset
 from explorer.sweep.context import ModelSource, open_context
 from explorer.tasks import TaskError
 from explorer.tasks import image_classification as ic
+
+from .builders import cli_w8_row
 
 transformers = pytest.importorskip("transformers")
 Image = pytest.importorskip("PIL.Image")
@@ -173,15 +171,7 @@ def test_folder_for_a_non_image_model_says_so(tmp_path: Path) -> None:
 
 
 def test_image_classifier_row_through_the_cli(vit_dir: Path, tmp_path: Path) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    args = ["sweep", "--model", str(vit_dir), "--data", str(vit_dir.parent / "images")]
-    args += ["--bits", "8", "--granularity", "channel", "--repeats", "3", "--n-boot", "200"]
-    args += ["--threads", "1", "--store", str(tmp_path / "r.sqlite"), "--json"]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(args)
-    assert code == 0, err.getvalue()
-    rows = json.loads(out.getvalue().strip().splitlines()[-1])["rows"]
-    (row,) = [r for r in rows if r["kind"] != "baseline" and r["act_bits"] is None]
+    row = cli_w8_row(vit_dir, vit_dir.parent / "images", tmp_path / "r.sqlite")
     assert row["task"] == "classification" and row["metric_name"] == "accuracy"
     assert {"accuracy", "sqnr_db", "cosine", "agreement", "kl"} <= set(row["metrics"])
     assert row["latency_workload"] == "single" and "batch32" in row["latency"]

@@ -6,8 +6,6 @@ texts of the same quantized model; the normaliser and every bad-audio message ar
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import zipfile
@@ -17,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import cli
 from explorer.measure.evaluation import SampleStats, summarize
 from explorer.quant.config import Plan
 from explorer.sweep.context import ModelSource, open_context
@@ -31,7 +28,7 @@ from explorer.tasks.speech import (
     word_errors,
 )
 
-from .builders import sentences
+from .builders import cli_w8_row, sentences
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -134,15 +131,7 @@ def test_whisper_is_the_speech_task(whisper_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_speech_row_through_the_cli(whisper_dir: Path, tmp_path: Path) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    args = ["sweep", "--model", str(whisper_dir), "--data", str(whisper_dir.parent / "audio")]
-    args += ["--bits", "8", "--granularity", "channel", "--repeats", "2", "--n-boot", "200"]
-    args += ["--threads", "1", "--store", str(tmp_path / "r.sqlite"), "--json"]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(args)
-    assert code == 0, err.getvalue()
-    rows = json.loads(out.getvalue().strip().splitlines()[-1])["rows"]
-    (row,) = [r for r in rows if r["kind"] != "baseline" and r["act_bits"] is None]
+    row = cli_w8_row(whisper_dir, whisper_dir.parent / "audio", tmp_path / "r.sqlite", repeats=2)
     assert row["task"] == "speech" and row["metric_name"] == "wer"
     assert {"wer", "kl", "kl_p99", "same_top"} <= set(row["metrics"])
     lo, hi = row["metrics_ci"]["wer"]
