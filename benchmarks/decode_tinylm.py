@@ -64,7 +64,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, qmodel in models.items():
             parts = [lm_stats(qmodel(x[i : i + 16]), y[i : i + 16]) for i in range(0, len(x), 16)]
             kernels = sorted({m.kernel_name for m in quant_modules(qmodel).values()})
-            row = {"format": name, "perplexity": concat_stats(parts).perplexity(), "kernels": kernels}
+            row = {
+                "format": name,
+                "perplexity": concat_stats(parts).perplexity(),
+                "kernels": kernels,
+            }
             for workload in WORKLOADS:
                 ms = statistics.median(rounds[(name, workload)])
                 base = statistics.median(rounds[("fp32", workload)])
