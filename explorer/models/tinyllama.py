@@ -49,6 +49,7 @@ from torch import nn
 from explorer.errors import ModelLoadError
 from explorer.models.hf_workloads import Workload, decode_workload, prefill_workload
 from explorer.models.registry import ASSETS, SPLITS, BuiltinModel, register
+from explorer.models.training import adamw, resume, save_checkpoint
 
 NAME = "tiny-llama"
 VOCAB = 4096
@@ -274,31 +275,18 @@ def fit(
     """Train ``model`` in place on random ``CONTEXT + 1``-token windows of ``ids``; checkpoint
     the whole state every `CHECKPOINT_SECONDS` and resume from it (same config and seed)."""
     generator = torch.Generator().manual_seed(seed)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=config.betas,
-    )
+    optimizer = adamw(model, config.lr, config.betas, config.weight_decay)
     log = TrainLog()
     first = 0
     key = json.dumps({"config": asdict(config), "seed": seed}, sort_keys=True)
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
-        if state["key"] == key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            first = state["step"]
-            log = TrainLog(
-                state["seconds"], first, [tuple(x) for x in state["losses"]], state["resumed"]
-            )
-            log.resumed_at.append(first)
-            _log(f"resuming at step {first} from {checkpoint}")
+    state = resume(checkpoint, key, model, optimizer, generator)
+    if state is not None:
+        first = state["step"]
+        log = TrainLog(
+            state["seconds"], first, [tuple(x) for x in state["losses"]], state["resumed"]
+        )
+        log.resumed_at.append(first)
+        _log(f"resuming at step {first} from {checkpoint}")
     model.train()
     t0 = time.perf_counter() - log.seconds
     last_save = time.perf_counter()
@@ -320,18 +308,17 @@ def fit(
             log.losses.append((step, loss.item()))
             _log(f"step {step}/{config.steps} loss {loss.item():.4f} ({elapsed:.0f} s)")
         if checkpoint is not None and time.perf_counter() - last_save > CHECKPOINT_SECONDS:
-            state = {
-                "key": key,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "step": step + 1,
-                "seconds": elapsed,
-                "losses": log.losses,
-                "resumed": log.resumed_at,
-            }
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            save_checkpoint(
+                checkpoint,
+                key,
+                model,
+                optimizer,
+                generator,
+                step=step + 1,
+                seconds=elapsed,
+                losses=log.losses,
+                resumed=log.resumed_at,
+            )
             last_save = time.perf_counter()
         if config.max_seconds is not None and elapsed > config.max_seconds:
             _log(f"stopping at step {step + 1}: {elapsed:.0f} s > {config.max_seconds:.0f} s")

@@ -42,6 +42,7 @@ from explorer.models.tinylm.model import (
     TinyLM,
     build,
 )
+from explorer.models.training import adamw, resume, save_checkpoint
 from explorer.nn.convert import quant_modules, quantize_model
 from explorer.quant.config import Plan
 
@@ -92,29 +93,16 @@ def fit(model: TinyLM, config: TrainConfig, seed: int, checkpoint: Path | None =
     """
     generator = torch.Generator().manual_seed(seed)  # the batches
     data = split_bytes("train")
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=config.betas,
-    )
+    optimizer = adamw(model, config.lr, config.betas, config.weight_decay)
     log = TrainLog()
     first = 0
     key = json.dumps({"config": asdict(config), "seed": seed}, sort_keys=True)
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
-        if state["key"] == key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            first = state["step"]
-            log = TrainLog(state["seconds"], [tuple(x) for x in state["losses"]], state["resumed"])
-            log.resumed_at.append(first)
-            _log(f"resuming at step {first} from {checkpoint}")
+    state = resume(checkpoint, key, model, optimizer, generator)
+    if state is not None:
+        first = state["step"]
+        log = TrainLog(state["seconds"], [tuple(x) for x in state["losses"]], state["resumed"])
+        log.resumed_at.append(first)
+        _log(f"resuming at step {first} from {checkpoint}")
     model.train()
     t0 = time.perf_counter() - log.seconds
     for step in range(first, config.steps):
@@ -132,18 +120,17 @@ def fit(model: TinyLM, config: TrainConfig, seed: int, checkpoint: Path | None =
             elapsed = time.perf_counter() - t0
             _log(f"step {step}/{config.steps} loss {loss.item():.4f} ({elapsed:.0f} s)")
         if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0:
-            state = {
-                "key": key,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "step": step + 1,
-                "seconds": time.perf_counter() - t0,
-                "losses": log.losses,
-                "resumed": log.resumed_at,
-            }
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            save_checkpoint(
+                checkpoint,
+                key,
+                model,
+                optimizer,
+                generator,
+                step=step + 1,
+                seconds=time.perf_counter() - t0,
+                losses=log.losses,
+                resumed=log.resumed_at,
+            )
     log.seconds = time.perf_counter() - t0
     model.eval()
     return log
