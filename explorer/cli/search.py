@@ -4,6 +4,7 @@ builds on it under one kind of budget (size, latency, metric drop, or points alo
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from explorer.cli.options import name_list, parse_latency, parse_size, positive_int
@@ -38,13 +39,8 @@ def _settings_list(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def _measure(
-    args: argparse.Namespace, ctx: ModelContext, *, full_metric: bool, latency: bool
-) -> Sensitivity:
-    from explorer.sweep.sensitivity import measure_sensitivity
-
-    settings = _settings_list(args)
-    bar = progress_bar(0, f"sensitivity {ctx.name}")
+def _bar_progress(bar: Any) -> Callable[[int, int, str], None]:
+    """``progress(done, total, message)`` drawing on ``bar`` (a tqdm bar)."""
 
     def progress(done: int, total: int, message: str) -> None:
         bar.total = total
@@ -52,6 +48,17 @@ def _measure(
         bar.set_description(message)
         bar.refresh()
 
+    return progress
+
+
+def _measure(
+    args: argparse.Namespace, ctx: ModelContext, *, full_metric: bool, latency: bool
+) -> Sensitivity:
+    from explorer.sweep.sensitivity import measure_sensitivity
+
+    settings = _settings_list(args)
+    bar = progress_bar(0, f"sensitivity {ctx.name}")
+    progress = _bar_progress(bar)
     try:
         return measure_sensitivity(
             ctx,
@@ -132,11 +139,102 @@ def _budgets(args: argparse.Namespace) -> tuple[str, list[float], int]:
         raise ExplorerError(f"--max-drop takes numbers, got {args.max_drop!r}") from None
 
 
+def _bpw_budgets(args: argparse.Namespace) -> list[float]:
+    """``--target-bpw``: bits-per-weight budgets, checked before the model loads."""
+    texts = name_list(args.target_bpw)
+    try:
+        budgets = [float(v) for v in texts]
+    except ValueError:
+        raise ExplorerError(f"--target-bpw takes numbers, got {args.target_bpw!r}") from None
+    bad = [v for v in budgets if not v > 0 or v == float("inf")]
+    if not budgets or bad:
+        raise ExplorerError(f"--target-bpw takes positive bits per weight (4.5), got {texts}")
+    return budgets
+
+
+def cmd_search_llamacpp(args: argparse.Namespace) -> dict[str, Any]:
+    """``search --target llamacpp --target-bpw 4.5``: a ggml type per tensor within the budget
+    (`explorer.sweep.ggml_search`), each mix run in llama.cpp next to the uniform types."""
+    from explorer.sweep.ggml_search import parse_formats, search_bpw
+    from explorer.sweep.store import finite_or_none
+    from explorer.targets.llamacpp import check_runtime
+
+    others = [
+        option
+        for option, value in (
+            ("--budget-size", args.budget_size),
+            ("--budget-latency", args.budget_latency),
+            ("--max-drop", args.max_drop),
+            ("--points", args.points),
+            ("--settings", args.settings),
+        )
+        if value is not None
+    ]
+    if others:
+        raise ExplorerError(
+            f"--target llamacpp searches ggml types (--formats) at --target-bpw; drop "
+            f"{', '.join(others)}"
+        )
+    if args.target_bpw is None:
+        raise ExplorerError("--target llamacpp needs a bits-per-weight budget: --target-bpw 4.5")
+    budgets = _bpw_budgets(args)
+    formats = parse_formats(args.formats)
+    check_runtime()
+    ctx = context_from_args(args)
+    bar = progress_bar(0, f"ggml sensitivity {ctx.name}")
+    progress = _bar_progress(bar)
+    try:
+        outcome = search_bpw(
+            ctx,
+            budgets,
+            formats,
+            mode=args.sensitivity_mode,
+            windows=args.samples or 8,
+            uniform="none" if args.no_uniform else args.uniform,
+            threads=args.threads,
+            eval_budget=getattr(args, "eval_tokens", None),
+            n_boot=args.n_boot,
+            seed=args.seed,
+            repeats=args.repeats,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    rows = [finite_or_none(r) for r in outcome.rows]
+    axis = flag_fronts(rows, ctx.metric)
+    if not args.json:
+        print_rows(rows, axis[0])
+        for row in rows:
+            if row["kind"] == "mixed":
+                counts = ", ".join(f"{n} {t}" for t, n in row["type_counts"].items())
+                print(
+                    f"{row['label']}: {row['bits_per_weight_file']:.4f} bits per weight in the "
+                    f"GGUF file ({counts}); closest uniform: {row['closest_uniform']}"
+                )
+    return {
+        "model": ctx.name,
+        "target": "llamacpp",
+        "target_bpw": budgets,
+        "formats": list(formats),
+        "sensitivity": finite_or_none(outcome.sensitivity.to_dict()),
+        "sensitivity_seconds": outcome.sensitivity.seconds,
+        "rows": rows,
+    }
+
+
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     from explorer.sweep.mixed import search_and_verify
     from explorer.sweep.pareto import flag_pareto, front_order
     from explorer.sweep.store import finite_or_none
 
+    target = getattr(args, "target", "native")
+    if target == "llamacpp":
+        return cmd_search_llamacpp(args)
+    if target != "native":
+        raise ExplorerError(f"search runs on the native or llamacpp target, not {target!r}")
+    for option in ("target_bpw", "formats"):
+        if getattr(args, option, None) is not None:
+            raise ExplorerError(f"--{option.replace('_', '-')} needs --target llamacpp")
     kind, budgets, points = _budgets(args)
     _settings_list(args)
     settings = settings_from_args(args)
