@@ -167,6 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--no-uniform", action="store_true", help="do not evaluate the uniform plans alongside"
     )
+    llamacpp = search.add_argument_group(
+        "llama.cpp (--target llamacpp): a ggml type per tensor at a bits-per-weight budget"
+    )
+    llamacpp.add_argument(
+        "--target",
+        default="native",
+        help="native (default: the explorer's settings) or llamacpp (ggml types, run in llama.cpp)",
+    )
+    llamacpp.add_argument(
+        "--target-bpw",
+        metavar="BPWS",
+        default=None,
+        help="bits per weight over every matrix in the GGUF file, block scales included: 4.5",
+    )
+    llamacpp.add_argument(
+        "--formats",
+        default=None,
+        metavar="TYPES",
+        help="candidate ggml types (default q8_0,q6_k,q5_k,q4_k,q3_k,q2_k)",
+    )
+    llamacpp.add_argument(
+        "--uniform",
+        choices=("all", "closest", "none"),
+        default="all",
+        help="uniform types also run in llama.cpp: all of --formats (default), the closest in "
+        "bits per weight to each mix, or none",
+    )
     add_run_options(search, sweep=True)
     add_json_option(search)
     search.set_defaults(func=cmd_search)
@@ -192,8 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--target",
         default="native",
-        help="also write what this target measures: onnxruntime adds model.onnx and run_onnx.py "
+        help="also write what this target measures: onnxruntime adds model.onnx and run_onnx.py; "
+        "llamacpp writes only the measured model.gguf, quantize.sh (llama-quantize) and plan.json "
         "(default native: the safetensors export only)",
+    )
+    export.add_argument(
+        "--formats",
+        default=None,
+        metavar="TYPE",
+        help="the ggml type of --target llamacpp (q4_k); or --plan with a llama.cpp plan or "
+        "search row",
+    )
+    export.add_argument(
+        "--eval-tokens",
+        metavar="N",
+        type=positive_int,
+        default=None,
+        help="--target llamacpp: tokens the export's measurement scores (default: the task's)",
     )
     add_run_options(export, sweep=False)
     add_json_option(export)
