@@ -62,9 +62,19 @@ def _expand(q: torch.Tensor) -> torch.Tensor:
     return q[:, None, :, None]
 
 
+FINITE_BAND = 1 << 22
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
-    bad = ~torch.isfinite(x)
-    count = int(bad.sum())
+    """Raise naming ``name`` if ``x`` holds NaN or Inf. Checked 4 M values at a time: a mask of
+    a whole vocabulary head, summed (as int64), would cost twice the head's fp32 bytes."""
+    flat = x.reshape(-1)
+    if all(
+        bool(torch.isfinite(flat[i : i + FINITE_BAND]).all())
+        for i in range(0, flat.numel(), FINITE_BAND)
+    ):
+        return
+    count = int((~torch.isfinite(x)).sum())
     if count:
         nans = int(torch.isnan(x).sum())
         raise QuantizationError(

@@ -66,8 +66,30 @@ class QuantizedWeight:
             scale = qparams[0].detach().float().clamp_min(torch.finfo(torch.float32).tiny)
             scale = scale.to(sdtype).float()
             zero = qparams[1].detach().round().to(torch.int32)
-        q = quantize(w, scale, zero, block, bits, sym)
-        return cls.from_codes(q, scale.to(sdtype), None if sym else zero, bits, sym, block)
+        rows = _chunk_rows(tuple(w.shape), block)
+        if rows >= w.shape[0]:
+            q = quantize(w, scale, zero, block, bits, sym)
+            return cls.from_codes(q, scale.to(sdtype), None if sym else zero, bits, sym, block)
+        # A large matrix (a 151,936-row vocabulary head) is quantized and packed a band of rows
+        # at a time: the float intermediates, the int32 codes and the packer's int64 words of
+        # one band are alive at once, not of the whole matrix (each would be 0.5-1 GB there).
+        # Bands hold a multiple of 8 codes, so their packed bytes concatenate into the stream
+        # one call would write.
+        off = code_offset(bits, sym)
+        parts = []
+        for start in range(0, w.shape[0], rows):
+            band = slice(start, start + rows)
+            s, z = (scale, zero) if block[0] != 1 else (scale[band], zero[band])
+            n_rows = min(rows, w.shape[0] - start)
+            band_block = (n_rows, block[1]) if block[0] != 1 else block
+            q = quantize(w[band], s, z, band_block, bits, sym) + off
+            parts.append(q.to(torch.int8) if bits == 8 else packing.pack(q, bits))
+        zdata = None
+        if not sym:
+            zs = zero.to(torch.int32) + off
+            zdata = zs.to(torch.int8) if bits == 8 else packing.pack(zs, bits)
+        data = torch.cat(parts) if bits != 8 else torch.cat(parts).reshape(w.shape)
+        return cls(tuple(w.shape), bits, sym, block, data, scale.to(sdtype), zdata)
 
     @classmethod
     def from_codes(
@@ -129,6 +151,19 @@ class QuantizedWeight:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+
+BAND_ELEMENTS = 1 << 22
+"""Codes quantized and packed at once by `QuantizedWeight.from_float` (4 M: 16 MB of fp32)."""
+
+
+def _chunk_rows(shape: tuple[int, int], block: tuple[int, int]) -> int:
+    """Rows per band of `QuantizedWeight.from_float`: all of them for a small matrix, or for a
+    block spanning some but not all rows; else a multiple of 8 rows near `BAND_ELEMENTS`."""
+    n, k = shape
+    if n * k <= 2 * BAND_ELEMENTS or block[0] not in (1, n):
+        return n
+    return max(8, BAND_ELEMENTS // k // 8 * 8)
 
 
 def round_to_nearest(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:

@@ -416,3 +416,15 @@ def test_bit_width_cliff(gaussian_weight: torch.Tensor) -> None:
     ]
     steps = [b - a for a, b in zip(db, db[1:], strict=False)]
     assert all(4.0 <= step <= 9.0 for step in steps), (db, steps)
+
+
+def test_check_finite_finds_a_nan_in_a_later_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    import explorer.quant.primitives as primitives
+
+    monkeypatch.setattr(primitives, "FINITE_BAND", 16)
+    x = torch.ones(10, 8)
+    x[9, 7] = float("nan")  # the last value of the fifth band
+    with pytest.raises(QuantizationError, match="1 non-finite value"):
+        check_finite(x, "head")
+    x[9, 7] = 0.0
+    check_finite(x, "head")

@@ -177,3 +177,36 @@ def test_explicit_qparams_override_calibration(symmetric: bool) -> None:
     c = QuantizedWeight.from_float(w, cfg, qparams=(scale / 2, zero))
     assert torch.equal(c.scale.float(), (scale / 2).to(torch.bfloat16).float())
     assert not torch.equal(c.codes(), a.codes())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        QuantConfig(weight_bits=8),
+        QuantConfig(weight_bits=4, granularity="group", group_size=32),
+        QuantConfig(weight_bits=3, granularity="group", group_size=128, symmetric=False),
+        QuantConfig(weight_bits=4, granularity="tensor"),
+        QuantConfig(weight_bits=2, symmetric=False),
+    ],
+    ids=lambda c: c.name,
+)
+def test_a_large_matrix_quantized_in_bands_stores_the_same_bytes(
+    config: QuantConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bands of rows (so that a vocabulary head's intermediates never exist whole) give the
+    bytes one call over the whole matrix gives: 1,001 rows in bands of 64, the last one short."""
+    import explorer.quant.qtensor as qtensor
+
+    w = torch.randn(1001, 256, generator=torch.Generator().manual_seed(0)) * 0.05
+    monkeypatch.setattr(qtensor, "BAND_ELEMENTS", 64 * 256)
+    assert qtensor._chunk_rows(tuple(w.shape), (1, 32)) == 64
+    banded = QuantizedWeight.from_float(w, config)
+    monkeypatch.setattr(qtensor, "BAND_ELEMENTS", 1 << 40)
+    whole = QuantizedWeight.from_float(w, config)
+    assert banded.shape == whole.shape and banded.block == whole.block
+    for a, b in ((banded.data, whole.data), (banded.scale, whole.scale)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert (banded.zero is None) == config.symmetric == (whole.zero is None)
+    if banded.zero is not None:
+        assert torch.equal(banded.zero, whole.zero)
+    assert torch.equal(banded.dequantize(), whole.dequantize())
