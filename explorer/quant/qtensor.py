@@ -138,9 +138,29 @@ class QuantizedWeight:
         return self.stored_codes() - code_offset(self.bits, self.symmetric)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return dequantize(
-            self.stored_codes(), self.scale.float(), self.stored_zero(), self.block, dtype
-        )
+        n, k = self.shape
+        rows = _chunk_rows(self.shape, self.block)
+        if rows >= n:
+            return dequantize(
+                self.stored_codes(), self.scale.float(), self.stored_zero(), self.block, dtype
+            )
+        # in bands of rows, as `from_float` quantizes: only the output is whole
+        out = torch.empty(n, k, dtype=dtype)
+        scale, zero = self.scale.float(), self.stored_zero()
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            if self.bits == 8:
+                codes = self.data[start:stop].to(torch.int32)
+            else:
+                first, count = start * k * self.bits // 8, (stop - start) * k
+                band = self.data[first : first + packing.packed_nbytes(count, self.bits)]
+                codes = packing.unpack(band, self.bits, count).to(torch.int32).view(-1, k)
+            if self.block[0] == 1:
+                s, z, block = scale[start:stop], zero[start:stop], self.block
+            else:
+                s, z, block = scale, zero, (stop - start, self.block[1])
+            out[start:stop] = dequantize(codes, s, z, block, dtype)
+        return out
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         out = {f"{prefix}qweight": self.data, f"{prefix}scale": self.scale}

@@ -209,4 +209,7 @@ def test_a_large_matrix_quantized_in_bands_stores_the_same_bytes(
     assert (banded.zero is None) == config.symmetric == (whole.zero is None)
     if banded.zero is not None:
         assert torch.equal(banded.zero, whole.zero)
-    assert torch.equal(banded.dequantize(), whole.dequantize())
+    whole_float, whole_bf16 = whole.dequantize(), whole.dequantize(torch.bfloat16)
+    monkeypatch.setattr(qtensor, "BAND_ELEMENTS", 64 * 256)  # dequantized in bands too
+    assert torch.equal(banded.dequantize(), whole_float)
+    assert torch.equal(banded.dequantize(torch.bfloat16), whole_bf16)
