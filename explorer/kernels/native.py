@@ -228,7 +228,7 @@ def _load_unlocked() -> tuple[ctypes.CDLL | None, str | None]:
     if os.environ.get("EXPLORER_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None, "disabled by EXPLORER_NATIVE=0"
     try:
-        source = native_build.SOURCE.read_bytes()
+        source = native_build.source_bytes(native_build.SOURCE)
     except OSError as exc:
         return None, f"kernel source missing: {exc}"
     compiler = native_build.find_compiler()

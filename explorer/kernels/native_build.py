@@ -27,9 +27,11 @@ builds a new library instead of reusing one an older compiler made.
 
 Two libraries are built the same way: `SOURCE` (``qe_kernels.c``, the linear kernels,
 `explorer.kernels.native`) and `CONV_SOURCE` (``qe_conv.c``, the convolution helpers,
-`explorer.kernels.conv_ops`). `build_all` builds both (``explorer build-kernels``, the Docker
-image); ``EXPLORER_SANITIZE=1`` adds `SANITIZE_FLAGS` to every build (a separate library, by its
-hash), which the sanitizer test runs under ``LD_PRELOAD`` of the sanitizer runtimes.
+`explorer.kernels.conv_ops`); ``qe_lowbit.c`` (the 2/3-bit kernels) is compiled into the first
+(`LINKED_SOURCES`), and its text is part of that library's hash. `build_all` builds both
+(``explorer build-kernels``, the Docker image); ``EXPLORER_SANITIZE=1`` adds `SANITIZE_FLAGS` to
+every build (a separate library, by its hash), which the sanitizer test runs under
+``LD_PRELOAD`` of the sanitizer runtimes.
 
 Imports: the standard library and `explorer.paths`.
 """
@@ -60,6 +62,10 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "qe_kernels.c"
 CONV_SOURCE = SOURCE.with_name("qe_conv.c")
+LOWBIT_SOURCE = SOURCE.with_name("qe_lowbit.c")
+LINKED_SOURCES: dict[Path, tuple[Path, ...]] = {SOURCE: (LOWBIT_SOURCE,)}
+"""Further files compiled into a library with its main source (the 2/3-bit kernels share the
+linear library: one build hash and one instruction-set switch for every linear kernel)."""
 WARNING_FLAGS: tuple[str, ...] = ("-Wall", "-Wextra", "-Werror")
 BASE_FLAGS: tuple[str, ...] = ("-O3", "-fPIC", "-shared", "-std=c11", *WARNING_FLAGS)
 OMP_FLAG = "-fopenmp"
@@ -89,6 +95,19 @@ class Built:
 def cache_dir() -> Path:
     """Folder of the compiled library (``<EXPLORER_CACHE>/kernels``; created on demand)."""
     return paths.kernels_dir()
+
+
+def sources(source_path: Path) -> tuple[Path, ...]:
+    """The files compiled into the library of ``source_path``, itself first."""
+    return (source_path, *LINKED_SOURCES.get(source_path, ()))
+
+
+def source_bytes(source_path: Path) -> bytes:
+    """What a library's name hashes: its source's text, or every file compiled into it, each
+    behind its name."""
+    if source_path not in LINKED_SOURCES:
+        return source_path.read_bytes()
+    return b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in sources(source_path))
 
 
 def flag_variants() -> tuple[tuple[str, ...], ...]:
@@ -261,7 +280,7 @@ def compile_library(
     fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [compiler, *flags, "-o", tmp, str(source_path)]
+        cmd = [compiler, *flags, "-o", tmp, *map(str, sources(source_path))]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
         if proc.returncode != 0:
@@ -333,7 +352,7 @@ def build_source(source_path: Path, compiler: str | None = None) -> Built | str:
     """Build (or verify) the library of one source with the first flag set that compiles."""
     compiler = compiler if compiler is not None else find_compiler()
     try:
-        source = source_path.read_bytes()
+        source = source_bytes(source_path)
     except OSError as exc:
         return f"kernel source missing: {exc}"
     errors = []

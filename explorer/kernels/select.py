@@ -28,6 +28,7 @@ from explorer.kernels.conv_ops import (
     ConvKernel,
     Im2colKernel,
 )
+from explorer.kernels.lowbit import NativeLowbitKernel
 from explorer.kernels.native_ops import (
     NativeW4A8Kernel,
     NativeW8A8Kernel,
@@ -46,6 +47,8 @@ REFERENCE = ReferenceKernel()
 KERNELS: dict[str, LinearKernel] = {
     k.name: k
     for k in (
+        NativeLowbitKernel(2),
+        NativeLowbitKernel(3),
         NativeWeightOnlyKernel(4),
         NativeWeightOnlyKernel(8),
         NativeW8A8Kernel(),

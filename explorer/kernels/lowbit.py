@@ -1,0 +1,190 @@
+"""2- and 3-bit weight-only linear kernels (``int2-wo-native``, ``int3-wo-native``).
+
+``csrc/qe_lowbit.c`` (compiled into the native linear library, `explorer.kernels.native`)
+computes ``y = x · Wᵀ + b`` with ``W[n, k] = s[n, g] · (u[n, k] − z[n, g])`` for float
+activations, from weights repacked into bit planes: a code is the sum of its bit planes, so the
+dot product is a sum of lookups in 16-entry tables of activation sums, one table per four
+activations, built once per call and shared by every weight row (T-MAC, Wei et al. 2024, kept
+in float32 so it computes the reference's function). On AVX-512 one ``vpermps`` looks up 16
+weight rows at once; AVX2 uses two 8-entry ``vpermps`` and a blend; a scalar loop reads the same
+layout. `pack` makes the layout: panels of 16 rows, K in blocks of 32, per (panel, block, plane)
+sixteen 32-bit words, word ``r`` holding plane ``b`` of row ``16p + r`` (``bits / 8`` bytes a
+weight, as stored). Groups must be multiples of 32 or the whole row.
+
+Imports: torch, `explorer.kernels` (base, native), `explorer.quant`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from explorer.kernels import native
+from explorer.kernels.base import ActQParams, LinearSpec
+from explorer.quant.qtensor import QuantizedWeight
+
+BITS: tuple[int, ...] = (2, 3)
+PANEL_ROWS = 16
+BLOCK = 32
+PATHS: tuple[str, ...] = ("scalar", "avx2", "avx512")
+"""The C code each instruction-set path runs (`path`): AVX-512 on ``avx512_vnni``, AVX2 on
+``avx2`` and ``avx_vnni`` (no VNNI instruction is needed: the kernel adds floats)."""
+
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+@functools.cache
+def _lib() -> ctypes.CDLL:
+    """The native library with this module's entry points declared (KernelError without it)."""
+    lib = native._get()
+    lib.qe_lb_path.restype = _INT
+    lib.qe_lb_path.argtypes = []
+    lib.qe_lb_packed_bytes.restype = _I64
+    lib.qe_lb_packed_bytes.argtypes = [_I64, _I64, _INT]
+    lib.qe_lb_pack.restype = _INT
+    lib.qe_lb_pack.argtypes = [_P, _I64, _I64, _INT, _P]
+    lib.qe_lb_panel_params.restype = _INT
+    lib.qe_lb_panel_params.argtypes = [_P, _I64, _I64, _P]
+    lib.qe_lb_wo_linear.restype = _INT
+    lib.qe_lb_wo_linear.argtypes = [_P] * 6 + [_I64] * 4 + [_INT, _INT]
+    return lib
+
+
+def path() -> str:
+    """The code the kernels run now (one of `PATHS`), which follows `native.set_isa`."""
+    return PATHS[_lib().qe_lb_path()]
+
+
+@dataclass(frozen=True)
+class PackedLowbit:
+    """Codes in bit planes (`pack`) with per-panel scales and, when asymmetric, scale × zero."""
+
+    planes: torch.Tensor  # int32 words [panels, K/32, bits, 16]
+    scale: torch.Tensor  # fp32 [panels, K/G, 16]
+    scaled_zero: torch.Tensor | None  # fp32 [panels, K/G, 16]; None: zero 2^(bits-1)
+    n: int
+    k: int
+    group: int
+    bits: int
+
+
+def _check(rc: int, fn: str) -> None:
+    if rc != 0:
+        raise ValueError(f"{fn} rejected its arguments (code {rc})")
+
+
+def pack_planes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned ``codes`` [N, K] (below ``2**bits``) in the kernels' bit-plane layout."""
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, got {bits}")
+    if codes.dim() != 2 or codes.numel() == 0:
+        raise ValueError(f"codes must be a non-empty 2-D tensor [N, K], got {list(codes.shape)}")
+    n, k = codes.shape
+    codes = codes.to(torch.uint8).contiguous()
+    lib = _lib()
+    words = lib.qe_lb_packed_bytes(n, k, bits) // 4
+    out = torch.empty(words, dtype=torch.int32)
+    _check(lib.qe_lb_pack(codes.data_ptr(), n, k, bits, out.data_ptr()), "qe_lb_pack")
+    return out.reshape(-(-n // PANEL_ROWS), -(-k // BLOCK), bits, PANEL_ROWS)
+
+
+def _panel_params(values: torch.Tensor) -> torch.Tensor:
+    """Per-row, per-group floats [N, G'] in panel order [panels, G', 16]."""
+    n, ng = values.shape
+    values = values.float().contiguous()
+    out = torch.empty(-(-n // PANEL_ROWS), ng, PANEL_ROWS, dtype=torch.float32)
+    _check(_lib().qe_lb_panel_params(values.data_ptr(), n, ng, out.data_ptr()), "panel_params")
+    return out
+
+
+def pack(qw: QuantizedWeight) -> PackedLowbit:
+    """Repack a 2- or 3-bit `QuantizedWeight` for `wo_linear` (once per layer)."""
+    if qw.bits not in BITS:
+        raise ValueError(f"the low-bit kernels take {BITS}-bit weights, got {qw.bits}")
+    n, k = qw.shape
+    group = qw.block[1]
+    if group != k and group % BLOCK:
+        raise ValueError(f"group size {group} is neither a multiple of {BLOCK} nor the row")
+    scale = qw.scale.float().repeat_interleave(qw.block[0], 0)  # [N, K/G]
+    scaled_zero = None
+    if qw.zero is not None:
+        scaled_zero = _panel_params(scale * qw.stored_zero().repeat_interleave(qw.block[0], 0))
+    planes = pack_planes(qw.stored_codes(), qw.bits)
+    return PackedLowbit(planes, _panel_params(scale), scaled_zero, n, k, group, qw.bits)
+
+
+def wo_linear(
+    x: torch.Tensor, packed: PackedLowbit, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x`` float32 [..., K] times the packed weight's transpose, plus ``bias``: [..., N]."""
+    lib = _lib()
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.float().contiguous()
+    if not x.is_cpu:
+        raise ValueError(f"x must be on the cpu, got device {x.device}")
+    if x.dim() == 0 or x.shape[-1] != packed.k:
+        raise ValueError(f"x must have last dimension K={packed.k}, got shape {list(x.shape)}")
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (packed.n,)):
+        raise ValueError(f"bias must be float32 [{packed.n}], got {bias.dtype} {list(bias.shape)}")
+    m = x.numel() // packed.k
+    y = torch.empty((*x.shape[:-1], packed.n), dtype=torch.float32)
+    if m == 0:
+        return y
+    rc = lib.qe_lb_wo_linear(
+        x.data_ptr(),
+        packed.planes.data_ptr(),
+        packed.scale.data_ptr(),
+        None if packed.scaled_zero is None else packed.scaled_zero.data_ptr(),
+        None if bias is None else bias.contiguous().data_ptr(),
+        y.data_ptr(),
+        m,
+        packed.n,
+        packed.k,
+        packed.group,
+        packed.bits,
+        torch.get_num_threads(),
+    )
+    _check(rc, "qe_lb_wo_linear")
+    return y
+
+
+@dataclass(frozen=True)
+class LowbitState:
+    packed: PackedLowbit
+    bias: torch.Tensor | None
+
+
+class NativeLowbitKernel:
+    """``int{bits}-wo-native``: the weight-only 2/3-bit kernel behind the kernel interface."""
+
+    real = True
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.name = f"int{bits}-wo-native"
+
+    def supports(self, spec: LinearSpec) -> str | None:
+        if spec.act_bits is not None or spec.weight_bits != self.bits:
+            return f"weight-only int{self.bits}"
+        if spec.group_size != spec.k and spec.group_size % BLOCK:
+            return f"the group size must be a multiple of {BLOCK} or the whole row"
+        if spec.device != "cpu":
+            return "CPU kernel"
+        if not native.available():
+            return f"native kernels unavailable: {native.unavailable_reason()}"
+        return None
+
+    def prepare(
+        self,
+        spec: LinearSpec,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        act: ActQParams | None,
+    ) -> LowbitState:
+        return LowbitState(pack(qw), None if bias is None else bias.float().contiguous())
+
+    def run(self, state: LowbitState, x: torch.Tensor) -> torch.Tensor:
+        return wo_linear(x, state.packed, state.bias)
