@@ -3,17 +3,17 @@
 For each weight-only setting (W4 g32, W4 g128, W3 g128; symmetric, min-max ranges) the built-in
 tiny-lm is quantized by round-to-nearest (RTN), GPTQ and AWQ (calibrated on its 64-row
 calibration split), and trained by QAT from the RTN point (``--qat-steps`` Adam steps of
-``--qat-batch`` random 256-byte windows of the training split, at peak rate ``--qat-lr`` under
+``--qat-batch`` random 256-token windows of the training split, at peak rate ``--qat-lr`` under
 `explorer.nn.qat.qat_lr_at`'s warm-up and cosine schedule; batch and rate default to tiny-lm's
-QAT defaults, as in a sweep). Each model's per-byte perplexity
-is measured on the 128-row held-out split, with the paired-bootstrap 95 % interval of its
+QAT defaults, as in a sweep). Each model's per-token perplexity
+is measured on the held-out split, with the paired-bootstrap 95 % interval of its
 difference from RTN (`explorer.measure.evaluation.compare_pair`).
 
 Perplexity runs each quantized layer on the reference kernel: the function the real kernels
 compute (tests/kernels holds them to it), at fp32 GEMM speed. Every algorithm stores the same
 packed format as RTN, and the table's last column names the real kernels the layers would run.
 
-tiny-lm was trained for only 400 steps, so more training alone lowers its perplexity: the
+tiny-lm was trained for only 600 steps, so more training alone lowers its perplexity: the
 ``float+train`` row is the float model trained exactly as QAT trains (same steps, batches, seed
 and learning rate, no quantization), the control that separates QAT's recovery of the rounding
 loss from plain extra training.
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from explorer.kernels.select import REFERENCE  # noqa: E402
 from explorer.measure.evaluation import SampleStats, _concat, compare_pair, lm_stats  # noqa: E402
 from explorer.models.registry import get_builtin  # noqa: E402
-from explorer.models.tinylm import random_batch, split_bytes  # noqa: E402
+from explorer.models.tinylm import LogitsOnly, random_batch, split_ids  # noqa: E402
 from explorer.nn.convert import quant_modules, quantize_model  # noqa: E402
 from explorer.nn.qat import QAT_SCHEDULE, train_qat  # noqa: E402
 from explorer.quant.config import Plan, QuantConfig  # noqa: E402
@@ -100,7 +100,7 @@ def qat_settings(args: argparse.Namespace) -> dict[str, Any]:
 def qat_run(
     model: nn.Module,
     config: QuantConfig | None,
-    train_bytes: torch.Tensor,
+    train_ids: torch.Tensor,
     args: argparse.Namespace,
 ) -> nn.Module:
     """QAT of ``model`` under ``config`` (None: float training, the control), seeded."""
@@ -109,7 +109,7 @@ def qat_run(
     return train_qat(
         model,
         Plan.uniform(config),
-        lambda _step: random_batch(train_bytes, args.qat_batch, generator),
+        lambda _step: random_batch(train_ids, args.qat_batch, generator),
         args.qat_steps,
         lr=args.qat_lr,
         loss_fn=lm_loss,
@@ -119,10 +119,10 @@ def qat_run(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     spec = get_builtin("tiny-lm")
-    model = spec.load()
+    model = LogitsOnly(spec.load())  # model(ids) -> logits, for the loss and the stats
     calibration = spec.load_split("calibration")[0]
     x_eval, y_eval = spec.load_split("eval")
-    train_bytes = split_bytes("train")
+    train_ids = split_ids("train")
 
     t0 = time.perf_counter()
     float_stats = sample_stats(model, x_eval, y_eval)
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"float: perplexity {float_stats.perplexity():.4f} ({eval_seconds:.1f} s to evaluate)")
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    trained = qat_run(model, None, train_bytes, args)
+    trained = qat_run(model, None, train_ids, args)
     train_seconds = time.perf_counter() - t0
     trained_stats = sample_stats(trained, x_eval, y_eval)
     log(f"float+train: perplexity {trained_stats.perplexity():.4f} ({train_seconds:.1f} s)")
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             log(f"{setting} {algorithm}: {rows[-1]['perplexity']:.4f}, {seconds:.1f} s")
         t0 = time.perf_counter()
-        qat_model = qat_run(model, base.with_(method="qat"), train_bytes, args)
+        qat_model = qat_run(model, base.with_(method="qat"), train_ids, args)
         qat_seconds = time.perf_counter() - t0
         qat_model, kernels = on_reference(qat_model)
         stats["qat"] = sample_stats(qat_model, x_eval, y_eval)
@@ -215,7 +215,7 @@ def table(result: dict[str, Any]) -> str:
     trained = result["float_trained"]
     qat = result["qat"]
     lines = [
-        f"tiny-lm, per-byte perplexity on {result['eval']['tokens']} held-out bytes "
+        f"tiny-lm, per-token perplexity on {result['eval']['tokens']} held-out tokens "
         f"(float {result['float']['perplexity']:.4f}); Δ vs RTN with its 95 % paired interval",
         f"float+train (QAT's {qat['steps']} steps of batch {qat['batch']} at lr {qat['lr']:g}, "
         f"no quantization): {trained['perplexity']:.4f}, "

@@ -6,7 +6,7 @@ is chosen by timing on the decode step's real row count (`select_kernels`), and 
 ``decode`` workload (one token at batch 1 after 128 cached tokens) and the ``prefill`` workload
 (128 tokens) are timed in interleaved rounds: every round times every model once, so machine
 load hits them alike. The table gives the median of the round medians and the speedup over fp32,
-and the per-byte perplexity on the first ``--eval-rows`` held-out rows, from the same models.
+and the per-token perplexity on the first ``--eval-rows`` held-out rows, from the same models.
 
 Prints a table, then one JSON document (the last line on stdout).
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from explorer.measure.evaluation import concat_stats, lm_stats  # noqa: E402
 from explorer.measure.latency import time_callable  # noqa: E402
 from explorer.models.registry import get_builtin  # noqa: E402
-from explorer.models.tinylm import decode_workload, prefill_workload  # noqa: E402
+from explorer.models.tinylm import LogitsOnly, workloads  # noqa: E402
 from explorer.nn.convert import quant_modules, quantize_model, select_kernels  # noqa: E402
 from explorer.quant.config import Plan, QuantConfig  # noqa: E402
 
@@ -39,7 +39,7 @@ FORMATS: dict[str, QuantConfig | None] = {
     "W4A8 g128": QuantConfig(weight_bits=4, granularity="group", group_size=128, act_bits=8),
     "W8A8": QuantConfig(weight_bits=8, act_bits=8),
 }
-WORKLOADS = {"decode": decode_workload, "prefill": prefill_workload}
+WORKLOADS = workloads()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, config in FORMATS.items():
             qmodel = model if config is None else quantize_model(model, Plan.uniform(config))
             if config is not None:
-                select_kernels(qmodel, run=decode_workload(qmodel))
+                select_kernels(qmodel, run=WORKLOADS["decode"](qmodel))
             models[name] = qmodel
             for workload, bind in WORKLOADS.items():
                 calls[(name, workload)] = bind(qmodel)
@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rounds[key].append(time_callable(call, warmup=3, repeats=args.repeats).median_ms)
         rows = []
         for name, qmodel in models.items():
-            parts = [lm_stats(qmodel(x[i : i + 16]), y[i : i + 16]) for i in range(0, len(x), 16)]
+            lm = LogitsOnly(qmodel)
+            parts = [lm_stats(lm(x[i : i + 16]), y[i : i + 16]) for i in range(0, len(x), 16)]
             kernels = sorted({m.kernel_name for m in quant_modules(qmodel).values()})
             row = {
                 "format": name,

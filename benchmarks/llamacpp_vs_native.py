@@ -5,7 +5,7 @@ then a Llama model's decode (one token after 128 cached) and 128-token prefill, 
 per channel, W4 groups of 32) against llama.cpp (F16, Q8_0, Q4_0, Q4_K GGUF files) with the same
 thread count. Prints tables, then one JSON line.
 
-    .venv/bin/python benchmarks/llamacpp_vs_native.py [--model assets/tiny-llama] [--repeats 20]
+    .venv/bin/python benchmarks/llamacpp_vs_native.py [--model assets/tiny-lm] [--repeats 20]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def whole_model(model_dir: Path, repeats: int, threads: int) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="assets/tiny-llama")
+    p.add_argument("--model", default="assets/tiny-lm")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip-kernels", action="store_true")

@@ -59,7 +59,8 @@ def cases() -> list[tuple[str, nn.Module, Callable[[int | None], torch.Tensor]]]
     lin = nn.Sequential(nn.Linear(4096, 4096)).eval()
     out += [(f"linear 4096^2 M={m}", lin, images(m, 4096)) for m in (1, 8, 32)]
     # a 128-token prefill, no KV cache in either runtime (the exported graph keeps none)
-    out.append(("tiny-lm prefill 128", tinylm.build().eval(), lambda n: _ids((n or 1, 128))))
+    lm = tinylm.LogitsOnly(tinylm.load()).eval()  # the Llama tiny-lm; logits only
+    out.append(("tiny-lm prefill 128", lm, lambda n: _ids((n or 1, 128))))
     return out
 
 

@@ -19,7 +19,6 @@ BUILTIN_MODULES: dict[str, str] = {
     "mobile-cnn": "explorer.models.mobile",
     "tiny-lm": "explorer.models.tinylm",
     "whisper-tiny-en": "explorer.models.whisper",
-    "tiny-llama": "explorer.models.tinyllama",
 }
 """Each built-in model's name and the module that registers it, in the registry's order."""
 

@@ -1,6 +1,6 @@
 """Latency workloads of Hugging Face causal language models: one decode step in the model's own
 KV cache, and a prefill. They live with the models (not with the causal-LM task that also uses
-them) so that a built-in model shipped as a Hugging Face directory (``tiny-llama``) can name its
+them) so that a built-in model shipped as a Hugging Face directory (``tiny-lm``) can name its
 workloads without importing the task layer above it.
 
 ``decode`` is one step at batch 1 after the prompt's tokens are cached (``DynamicCache``): the

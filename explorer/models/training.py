@@ -1,4 +1,4 @@
-"""What the built-in language models' training loops share (tiny-lm and tiny-llama): AdamW with
+"""What the built-in language models' training loops share (tiny-lm, and any later built-in): AdamW with
 weight decay on matrices only, and resumable checkpoints of the whole training state.
 
 A checkpoint holds the weights, the optimizer, the batch sampler's generator, the step, the

@@ -517,7 +517,7 @@ def _builtin_hf_task(
     spec: Any, eval_split: tuple[torch.Tensor, torch.Tensor | None]
 ) -> tuple[Task | None, TaskData | None]:
     """A built-in language model shipped as a Hugging Face directory with its tokenizer
-    (``tiny-llama``) is judged by the causal-LM task per token (KL mean and 99th percentile, same
+    (``tiny-lm``) is judged by the causal-LM task per token (KL mean and 99th percentile, same
     top token), on its own eval split; the older built-ins keep their task by name."""
     if spec.loader is None or spec.task != "lm":
         return None, None
@@ -600,6 +600,18 @@ def open_context(source: ModelSource) -> ModelContext:
         loaded = replace(loaded, model=SpeechRecognizer(loaded.model))
         speech = replace(source, data=str(audio))
         return _hf_task_context(loaded, speech, spec.extra["model_dir"](), SpeechTask())
+    if (
+        spec is not None
+        and spec.loader is not None
+        and spec.task == "lm"
+        and source.data is not None
+        and source.weights is None
+    ):
+        # a built-in language model shipped as a Hugging Face directory (tiny-lm) given text:
+        # tokenized with its own tokenizer by the causal-LM task, as a user's directory is
+        from explorer.tasks import task_object
+
+        return _hf_task_context(loaded, source, spec.asset_dir, task_object("lm"))
     if spec is not None and source.data is None:
         x_eval, y_eval = spec.load_split("eval")
         task_spec, task_data = _builtin_hf_task(spec, (x_eval, y_eval))

@@ -21,7 +21,7 @@ It costs one round-to-nearest per layer and setting, no forward pass per layer, 
 round-to-nearest weight-only settings (activation quantization and the algorithms change what it
 does not see, so proxy mode refuses them). The measured mode computes it too (``proxy`` per cell),
 so the two can be compared; on ``tiny-lm`` its Spearman rank correlation with the measured
-perplexity drop is in `tests/sweep/test_sensitivity.py`.
+perplexity drop is in `tests/sweep/test_mixed.py`.
 
 The result is a layer-by-setting table; `to_search_table` turns it into the
 `explorer.sweep.search.SensitivityTable` that the knapsack search consumes, with the additive

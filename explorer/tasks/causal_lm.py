@@ -109,8 +109,9 @@ def strided_windows(
 
 class CausalLMTask(Task):
     """Next-token prediction. ``per_token`` (Hugging Face models): fidelity over scored tokens
-    with KL p99 and same top token; without it (the built-in ``tiny-lm``, whose rows predate
-    it), fidelity over every position as `fidelity_per_sample` computes it."""
+    with KL p99 and same top token; without it (a model given token ids as a tensor file, with no
+    task object: `explorer.tasks.detect.legacy_task`), fidelity over every position as
+    `fidelity_per_sample` computes it."""
 
     name = "lm"
     output = "logits"

@@ -2,10 +2,12 @@
 GPTQ and AWQ on tiny-lm, and the Pareto page draws them as distinct, labelled series whose
 hover texts name the algorithm and its calibration cost.
 
-The run works on tiny-lm with a small uploaded text (32 rows of 128 bytes of its held-out split:
-8 calibrate, 24 evaluate), prepared the way the Model page's data upload leaves a run
+The run works on tiny-lm with a small uploaded text (the first 4,097 bytes of its held-out split,
+about 1,200 tokens of its own tokenizer: calibration sequences from the start, the rest scored),
+prepared the way the Model page's data upload leaves a run
 (`explorer.uploads.data_source`, then the run's model source), and the sweep applies to the
-first block's MLP only (``blocks.0.mlp.*``; the other layers stay fp32) with one timed repeat,
+first layer's MLP only (``model.layers.0.mlp.*``; the other layers stay fp32) with one timed
+repeat,
 so that GPTQ and AWQ run on real linear layers within the test's time.
 
 The sweep runs once, in the Sweep page of a visitor of that run (`algorithm_sweep`); each test
@@ -35,7 +37,7 @@ expect: Any = None  # playwright's `expect`, imported once the browser fixture h
 AppServer = Any  # tests/browser/conftest.py's AppServer (conftest modules are not imported)
 RUN = "a160a160a160"
 ROWS, SEQ = 32, 128
-PATTERN = "blocks.0.mlp.*"
+PATTERN = "model.layers.0.mlp.*"
 SWEEP_TIMEOUT_S = 240
 SERIES = ["fp32/bf16 baseline", "PTQ · RTN", "PTQ · GPTQ", "PTQ · AWQ"]
 TRACES = """el => (el.data || []).filter(t => t.meta === 'series')
@@ -158,7 +160,7 @@ def test_sweep_page_runs_the_algorithm_dimension(
         name = "" if algorithm == "rtn" else f"{algorithm} "
         row = rows[f"W4 group32 sym {name}ptq on {PATTERN}"]  # the layers it applies to
         assert (row["method"], row["algorithm"]) == ("ptq", algorithm)
-        assert row["algorithms"] == {algorithm: 2}  # fc1 and fc2 of the first block
+        assert row["algorithms"] == {algorithm: 3}  # gate, up and down of the first layer
         assert row["metrics"]["perplexity"] > 1
     gptq = rows[f"W4 group32 sym gptq ptq on {PATTERN}"]
     assert gptq["seconds"]["algorithm"] > 0
@@ -193,7 +195,7 @@ def test_pareto_page_shows_each_algorithm_as_a_series(
 def test_layers_whatif_puts_gptq_on_one_more_layer(
     page: Any, app_server: AppServer, tiny_run: str, algorithm_sweep: float
 ) -> None:
-    """The RTN row (first block's MLP at W4 g32) with ``blocks.0.attn.proj``, fp32 there, set
+    """The RTN row (first layer's MLP at W4 g32) with ``self_attn.o_proj``, fp32 there, set
     to W4 g32 by GPTQ: a new row whose layers record which algorithm produced them."""
     with ResultStore(app_server.store) as store:
         rows = store.rows(owner=tiny_run)
@@ -209,7 +211,7 @@ def test_layers_whatif_puts_gptq_on_one_more_layer(
     page.get_by_role("heading", level=1, name="Layers", exact=True).wait_for()
     idle(page)
     for label, option in (
-        ("Layer", re.compile(r"^blocks\.0\.attn\.proj ")),
+        ("Layer", re.compile(r"^model\.layers\.0\.self_attn\.o_proj ")),
         ("New setting", "W4 g32 gptq"),
     ):
         box = page.get_by_role("combobox", name=label, exact=True)
@@ -219,17 +221,19 @@ def test_layers_whatif_puts_gptq_on_one_more_layer(
         idle(page)
     page.get_by_role("button", name="Re-evaluate").click()
     expect(
-        page.get_by_text(re.compile(r"^Layers by PTQ algorithm: gptq ×1, rtn ×2"))
+        page.get_by_text(re.compile(r"^Layers by PTQ algorithm: gptq ×1, rtn ×3"))
     ).to_be_visible(timeout=SWEEP_TIMEOUT_S * 1000)
     with ResultStore(app_server.store) as store:
         (new,) = [r for r in store.rows(owner=tiny_run) if r["sweep"] == "whatif"]
     assert new["label"] == (
-        f"mixed: blocks.0.attn.proj=W4 group32 sym gptq ptq, {PATTERN}=W4 group32 sym ptq"
+        f"mixed: model.layers.0.self_attn.o_proj=W4 group32 sym gptq ptq, "
+        f"{PATTERN}=W4 group32 sym ptq"
     )
-    assert new["algorithms"] == {"gptq": 1, "rtn": 2}
+    assert new["algorithms"] == {"gptq": 1, "rtn": 3}
     quantized = {lay["name"]: lay["algorithm"] for lay in new["layers"] if lay["algorithm"]}
     assert quantized == {  # the other layers stay fp32
-        "blocks.0.attn.proj": "gptq",
-        "blocks.0.mlp.fc1": "rtn",
-        "blocks.0.mlp.fc2": "rtn",
+        "model.layers.0.self_attn.o_proj": "gptq",
+        "model.layers.0.mlp.gate_proj": "rtn",
+        "model.layers.0.mlp.up_proj": "rtn",
+        "model.layers.0.mlp.down_proj": "rtn",
     }

@@ -83,10 +83,11 @@ def test_wide_vocabularies_evaluate_in_fewer_windows_per_batch() -> None:
     x, _ = ctx.eval_split
     assert len(x) > 3
     default = ctx.eval_batches()
+    config = ctx.model.config
     ctx.model.config = SimpleNamespace(vocab_size=BATCH_LOGITS_BYTES // (x.shape[1] * 4) // 3)
     try:
         batches = ctx.eval_batches()
     finally:
-        del ctx.model.config
+        ctx.model.config = config
     assert {len(b[0]) for b in batches[:-1]} == {3}
     assert torch.equal(torch.cat([b[0] for b in batches]), torch.cat([b[0] for b in default]))

@@ -11,18 +11,26 @@ from explorer.models.tinylm.model import DECODE_GOAL, INT4_PLANS, NAME
 
 def card_markdown(card: dict[str, Any]) -> str:
     """``CARD.md``: what the model is, its data and licence, and the numbers of ``card``."""
-    arch = card["architecture"]
-    training = card["training"]
+    arch, tr = card["architecture"], card["training"]
+    bpb = card["bits_per_byte"]
     corpus_path = ASSETS / NAME / "corpus.json"
     corpus = json.loads(corpus_path.read_text()) if corpus_path.exists() else {}
     lines = [
         "# tiny-lm",
         "",
-        f"A byte-level decoder-only transformer (GPT-2 / nanoGPT style): {arch['n_layer']} "
-        f"layers, {arch['n_embd']} wide, {arch['n_head']} heads, MLP {arch['mlp_ratio']}x, "
-        f"rotary positions, {arch['block_size']} bytes of context, vocabulary of the 256 byte "
-        f"values; {card['params']:,} parameters. Weights ship as {card['weights_dtype']} "
-        "(`model.safetensors`); the float reference is those values in fp32.",
+        "A `LlamaForCausalLM` (RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention) "
+        "with its own byte-level BPE tokenizer, trained here; a standard Hugging Face directory "
+        "(`config.json`, `model.safetensors`, `tokenizer.json`) that `LlamaForCausalLM."
+        "from_pretrained` and `AutoTokenizer` open. Reproduce: `explorer train tiny-lm`.",
+        "",
+        f"- {card['params']:,} parameters: {arch['num_hidden_layers']} layers, hidden "
+        f"{arch['hidden_size']}, {arch['num_attention_heads']} heads, "
+        f"{arch['num_key_value_heads']} KV heads, SwiGLU {arch['intermediate_size']}, context "
+        f"{arch['max_position_embeddings']} tokens, vocabulary {arch['vocab_size']} (byte-level "
+        "BPE trained with `tokenizers` on the training split), tied embeddings. Every matrix's "
+        "input width is a multiple of 256, so llama.cpp's k-quants apply to every tensor.",
+        f"- Weights: {card['weights_dtype']} (`model.safetensors`); the float reference is those "
+        "values in fp32.",
         "",
         "## Data",
         "",
@@ -36,23 +44,25 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         "## Training",
         "",
-        f"AdamW (betas {tuple(training['betas'])}, weight decay {training['weight_decay']}), "
-        f"peak learning rate {training['lr']} with {training['warmup']} warm-up steps and cosine "
-        f"decay to {training['min_lr']}, {training['steps']} steps of {training['batch_size']} "
-        f"random 256-byte windows ({training['tokens']:,} tokens), seed {card['seed']}, "
-        f"{training['threads']} thread(s) on a 2-core machine: "
-        f"{card['train_seconds_2_cores'] / 60:.1f} minutes (torch {card['torch']}; load average "
-        f"{training['load_average_at_start']:.2f} when training started: other processes share "
-        "this machine).",
+        f"{tr['steps_taken']} steps of {tr['batch_size']} x {arch['max_position_embeddings']} "
+        f"tokens ({tr['tokens']:,} tokens; the train split holds {tr['train_split_tokens']:,}), "
+        f"AdamW (betas {tuple(tr['betas'])}, weight decay {tr['weight_decay']} on matrices), "
+        f"peak learning rate {tr['lr']} after {tr['warmup']} warm-up steps, cosine decay to "
+        f"{tr['min_lr']}, gradient clipping {tr['grad_clip']}, seed {card['seed']}, "
+        f"{tr['threads']} thread(s) on a 2-core machine: {card['train_seconds'] / 60:.1f} minutes "
+        f"(torch {card['torch']}; load average {tr['load_average_at_start']:.2f} when training "
+        "started: other processes share this machine).",
         "",
-        "## Perplexity (eval split, per byte)",
+        "## Perplexity (eval split, per token)",
         "",
-        f"{card['eval_tokens']:,} next-byte predictions, evaluated in "
-        f"{card['eval_seconds']:.1f} s. PTQ is round-to-nearest, symmetric, min-max, "
-        "weight-only, every linear layer (lm_head included).",
+        f"{card['eval_tokens']:,} next-token predictions covering {card['eval_bytes']:,} UTF-8 "
+        f"bytes, evaluated in {card['eval_seconds']:.1f} s. Bits per byte = total NLL in bits / "
+        "bytes of the predicted tokens (the byte-level GPT that was tiny-lm before: 5.45 per-byte "
+        "perplexity = 2.45 bits per byte). PTQ is round-to-nearest, symmetric, min-max, "
+        "weight-only, every linear layer (the tied head included).",
         "",
-        "| weights | perplexity | vs float |",
-        "| --- | --- | --- |",
+        "| weights | perplexity per token | vs float | bits per byte |",
+        "| --- | --- | --- | --- |",
     ]
     for key, label in (
         ("float", "float (bf16 values in fp32)"),
@@ -61,9 +71,11 @@ def card_markdown(card: dict[str, Any]) -> str:
         ("w4_g128", "int4 group 128"),
         ("w4_channel", "int4 per-channel"),
     ):
-        lines.append(
-            f"| {label} | {card[key]:.4f} | {100 * (card[key] / card['float'] - 1):+.2f} % |"
-        )
+        if key in card:
+            lines.append(
+                f"| {label} | {card[key]:.4f} | {100 * (card[key] / card['float'] - 1):+.2f} % "
+                f"| {bpb[key]:.4f} |"
+            )
     if card.get("latency"):
         lines += ["", *latency_markdown(card["latency"])]
     return "\n".join(lines) + "\n"

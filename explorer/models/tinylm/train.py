@@ -1,5 +1,10 @@
-"""Training tiny-lm and measuring its card: the seeded training loop, round-to-nearest PTQ
-perplexities and the decode / prefill latency table on the real kernels."""
+"""Training tiny-lm and measuring its card: the tokenizer, the seeded training loop, the
+round-to-nearest PTQ perplexities and the decode / prefill latency table on the real kernels.
+
+The recipe: fixed seeds, AdamW (decay on matrices only), linear warm-up and cosine decay,
+gradient clipping, random windows of the training split's tokens, resumable checkpoints
+(`explorer.models.training`). Weights ship as bf16; the float reference is those values in fp32.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,37 +25,43 @@ from torch import nn
 from explorer.kernels import native
 from explorer.machine import cpu_features, last_level_cache
 from explorer.models.registry import ASSETS
-from explorer.models.safe_load import load_into
 from explorer.models.tinylm.card import card_markdown
 from explorer.models.tinylm.data import (
     WORKLOAD_INPUTS,
-    load_split,
-    perplexity,
-    random_batch,
-    split_bytes,
+    encode,
+    evaluate,
+    rows,
+    split_text,
+    train_tokenizer,
     workloads,
 )
 from explorer.models.tinylm.model import (
+    ARCHITECTURE,
     CONTEXT,
     INT4_PLANS,
     INT8_PLANS,
     LATENCY_CONFIGS,
-    MAX_FILE_BYTES,
     NAME,
     PTQ_CONFIGS,
-    TinyLM,
-    build,
+    VOCAB,
+    llama_config,
+    load,
 )
 from explorer.models.training import adamw, resume, save_checkpoint
 from explorer.nn.convert import quant_modules, quantize_model
 from explorer.quant.config import Plan
 
-# --- training and the card --------------------------------------------------------------------
+CARD_PTQ = ("w8_channel", "w4_g32", "w4_g128", "w4_channel")
+CHECKPOINT_SECONDS = 300.0
+
+
+def _log(message: str) -> None:
+    print(f"[{NAME}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 400
+    steps: int = 600
     batch_size: int = 16
     lr: float = 2e-3
     min_lr: float = 2e-4
@@ -59,7 +69,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
-    threads: int = 2
+    threads: int = 1  # the shipped run: one thread ran steadier than two on a shared machine
+    max_seconds: float | None = None  # stop early (the card records the steps actually taken)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to ``min_lr`` at the last step."""
@@ -72,27 +83,21 @@ class TrainConfig:
 @dataclass
 class TrainLog:
     seconds: float = 0.0
+    steps: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)
 
 
-def _log(message: str) -> None:
-    print(f"[tiny-lm] {message}", file=sys.stderr, flush=True)
-
-
-CHECKPOINT_EVERY = 25
-
-
-def fit(model: TinyLM, config: TrainConfig, seed: int, checkpoint: Path | None = None) -> TrainLog:
-    """Train ``model`` in place on random windows of the train split.
-
-    With ``checkpoint``, the whole training state (weights, optimizer, batch sampler, log) is
-    saved there every `CHECKPOINT_EVERY` steps and training resumes from it if it was written
-    for the same config and seed, so a killed run continues where it stopped and ends with the
-    same weights. ``seconds`` counts training time only, summed over the sessions.
-    """
-    generator = torch.Generator().manual_seed(seed)  # the batches
-    data = split_bytes("train")
+def fit(
+    model: nn.Module,
+    ids: torch.Tensor,
+    config: TrainConfig,
+    seed: int,
+    checkpoint: Path | None = None,
+) -> TrainLog:
+    """Train ``model`` in place on random ``CONTEXT + 1``-token windows of ``ids``; checkpoint
+    the whole state every `CHECKPOINT_SECONDS` and resume from it (same config and seed)."""
+    generator = torch.Generator().manual_seed(seed)
     optimizer = adamw(model, config.lr, config.betas, config.weight_decay)
     log = TrainLog()
     first = 0
@@ -100,26 +105,32 @@ def fit(model: TinyLM, config: TrainConfig, seed: int, checkpoint: Path | None =
     state = resume(checkpoint, key, model, optimizer, generator)
     if state is not None:
         first = state["step"]
-        log = TrainLog(state["seconds"], [tuple(x) for x in state["losses"]], state["resumed"])
+        log = TrainLog(
+            state["seconds"], first, [tuple(x) for x in state["losses"]], state["resumed"]
+        )
         log.resumed_at.append(first)
         _log(f"resuming at step {first} from {checkpoint}")
     model.train()
     t0 = time.perf_counter() - log.seconds
+    last_save = time.perf_counter()
+    offsets = torch.arange(CONTEXT + 1)
     for step in range(first, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
-        inputs, targets = random_batch(data, config.batch_size, generator)  # (B, T) each
-        logits = model(inputs)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        starts = torch.randint(ids.numel() - CONTEXT - 1, (config.batch_size,), generator=generator)
+        windows = ids[starts.unsqueeze(1) + offsets]  # (B, T + 1)
+        logits = model(input_ids=windows[:, :-1], use_cache=False).logits  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        if step % 25 == 0 or step == config.steps - 1:
+        log.steps = step + 1
+        elapsed = time.perf_counter() - t0
+        if step % 10 == 0 or step == config.steps - 1:
             log.losses.append((step, loss.item()))
-            elapsed = time.perf_counter() - t0
             _log(f"step {step}/{config.steps} loss {loss.item():.4f} ({elapsed:.0f} s)")
-        if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0:
+        if checkpoint is not None and time.perf_counter() - last_save > CHECKPOINT_SECONDS:
             save_checkpoint(
                 checkpoint,
                 key,
@@ -127,45 +138,131 @@ def fit(model: TinyLM, config: TrainConfig, seed: int, checkpoint: Path | None =
                 optimizer,
                 generator,
                 step=step + 1,
-                seconds=time.perf_counter() - t0,
+                seconds=elapsed,
                 losses=log.losses,
                 resumed=log.resumed_at,
             )
+            last_save = time.perf_counter()
+        if config.max_seconds is not None and elapsed > config.max_seconds:
+            _log(f"stopping at step {step + 1}: {elapsed:.0f} s > {config.max_seconds:.0f} s")
+            break
     log.seconds = time.perf_counter() - t0
     model.eval()
     return log
 
 
-def save_weights(model: nn.Module, path: Path) -> str:
-    """Write the state dict as fp32 if it fits in `MAX_FILE_BYTES`, else as bf16; return the
-    dtype written."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    dtype = torch.float32
-    if sum(t.numel() * 4 for t in state.values()) > MAX_FILE_BYTES:
-        dtype = torch.bfloat16
-    safetensors.torch.save_file({k: v.to(dtype) for k, v in state.items()}, str(path))
-    return str(dtype).removeprefix("torch.")
-
-
-def ptq_perplexities(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
-) -> dict[str, float]:
-    """Perplexity under each of `PTQ_CONFIGS` (uniform plans, every linear layer quantized,
-    run on each layer's default real kernel)."""
+def ptq_metrics(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, tokenizer: Any
+) -> dict[str, dict[str, float]]:
+    """Round-to-nearest weight-only PTQ of every linear layer under each of `CARD_PTQ`."""
     out = {}
-    for name, config in PTQ_CONFIGS.items():
-        qmodel = quantize_model(model, Plan.uniform(config))
-        out[name] = perplexity(qmodel, inputs, targets)
-        _log(f"{name}: perplexity {out[name]:.4f}")
+    for name in CARD_PTQ:
+        qmodel = quantize_model(model, Plan.uniform(PTQ_CONFIGS[name]))
+        out[name] = evaluate(qmodel, inputs, targets, tokenizer)
+        _log(f"{name}: {out[name]}")
     return out
+
+
+def train(
+    out_dir: Path,
+    seed: int = 0,
+    *,
+    config: TrainConfig | None = None,
+    architecture: dict[str, Any] | None = None,
+    vocab_size: int = VOCAB,
+    eval_rows: int | None = None,
+    ptq: bool = True,
+    latency: bool = True,
+    latency_options: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Train the tokenizer and the model from scratch; write the Hugging Face directory,
+    ``card.json`` and ``CARD.md`` to ``out_dir``; return the card's perplexities.
+
+    ``config``, ``architecture`` (overrides of `ARCHITECTURE`) and ``vocab_size`` let tests run
+    a tiny model for a few steps; ``eval_rows`` limits the evaluation rows; ``latency=False``
+    skips the latency table (``latency_options`` go to `measure_workloads`)."""
+    from transformers import LlamaForCausalLM
+
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    load_at_start = os.getloadavg()[0]  # other processes on the machine slow training down
+    try:
+        t0 = time.perf_counter()
+        tokenizer = train_tokenizer(split_text("train"), vocab_size)
+        tokenizer.save_pretrained(str(out_dir))
+        train_ids = encode(tokenizer, split_text("train"))
+        _log(
+            f"tokenizer: {len(tokenizer)} tokens, {time.perf_counter() - t0:.0f} s; "
+            f"train split {train_ids.numel()} tokens"
+        )
+        torch.manual_seed(seed)  # the initial weights
+        model = LlamaForCausalLM(llama_config(tokenizer, **(architecture or {})))
+        checkpoint = out_dir / "train_state.pt"
+        log = fit(model, train_ids, config, seed, checkpoint)
+        model.to(torch.bfloat16).save_pretrained(str(out_dir))
+        checkpoint.unlink(missing_ok=True)
+        reference = load(out_dir)  # the float model as it ships
+        inputs, targets = rows(encode(tokenizer, split_text("eval")))
+        if eval_rows is not None:
+            inputs, targets = inputs[:eval_rows], targets[:eval_rows]
+        t1 = time.perf_counter()
+        float_metrics = evaluate(reference, inputs, targets, tokenizer)
+        eval_seconds = time.perf_counter() - t1
+        _log(f"float: {float_metrics} ({eval_seconds:.1f} s)")
+        ptq_results = ptq_metrics(reference, inputs, targets, tokenizer) if ptq else {}
+    finally:
+        torch.set_num_threads(threads_before)
+    card: dict[str, Any] = {
+        "float": float_metrics["perplexity"],
+        **{name: m["perplexity"] for name, m in ptq_results.items()},
+        "metric": "perplexity",
+        "bits_per_byte": {"float": float_metrics["bits_per_byte"]}
+        | {name: m["bits_per_byte"] for name, m in ptq_results.items()},
+        "eval_tokens": float_metrics["tokens"],
+        "eval_bytes": float_metrics["bytes"],
+        "eval_seconds": eval_seconds,
+        "train_seconds": log.seconds,
+        "seed": seed,
+        "params": sum(p.numel() for p in reference.parameters()),
+        "weights_dtype": "bfloat16",
+        "architecture": {**ARCHITECTURE, **(architecture or {}), "vocab_size": len(tokenizer)},
+        "training": {
+            **asdict(config),
+            "steps_taken": log.steps,
+            "tokens": log.steps * config.batch_size * CONTEXT,
+            "train_split_tokens": int(train_ids.numel()),
+            "load_average_at_start": load_at_start,
+            "resumed_at_steps": log.resumed_at,
+        },
+        "loss_curve": log.losses,
+        "torch": torch.__version__,
+        "latency": None,
+    }
+    write_card(out_dir, card)
+    if latency:
+        remeasure_latency(out_dir, model=reference, **(latency_options or {}))
+    return {k: v for k, v in card.items() if isinstance(v, float) and k in ("float", *CARD_PTQ)}
+
+
+def write_card(out_dir: Path, card: dict[str, Any]) -> None:
+    (Path(out_dir) / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (Path(out_dir) / "CARD.md").write_text(card_markdown(card))
+
+
+# --- the card's latency table --------------------------------------------------------------------
 
 
 def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes a forward pass reads for the linear layers' weights (codes, scales and zero
-    points as stored; fp32 or bf16 weights for float layers): what a decode step streams."""
+    points as stored; fp32 or bf16 weights for float layers): what a decode step streams. The
+    tied head counts once more: a decode step reads it as the head after the embedding row."""
+    quantized = set(quant_modules(model))
     total = 0
     for name, module in model.named_modules():
-        if (name.startswith("blocks.") and name.count(".") == 3) or name == "lm_head":
+        if isinstance(module, nn.Linear) or name in quantized:
             tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
             total += sum(t.numel() * t.element_size() for t in tensors)
     return total
@@ -236,7 +333,7 @@ def measure_workloads(
 
 def _with_speedups(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"plans": table, "best": {}}
-    for workload in workloads():
+    for workload in ("decode", "prefill"):
         base = table["fp32"][workload]["ms"]
         for name in table:
             table[name][workload]["speedup_vs_fp32"] = base / table[name][workload]["ms"]
@@ -259,86 +356,13 @@ def _latency_line(table: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def train(
-    out_dir: Path,
-    seed: int = 0,
-    *,
-    config: TrainConfig | None = None,
-    eval_rows: int | None = None,
-    latency: bool = True,
-    latency_options: dict[str, Any] | None = None,
-) -> dict[str, float]:
-    """Train from scratch; write ``model.safetensors``, ``card.json`` and ``CARD.md`` to
-    ``out_dir``; return the card's perplexities.
-
-    ``config`` overrides the training recipe (tests run a few steps); ``eval_rows`` limits the
-    evaluation rows; ``latency=False`` skips the latency table; ``latency_options`` are passed
-    to `measure_workloads` (threads, repeats, rounds).
-    """
-    config = config or TrainConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    load_at_start = os.getloadavg()[0]  # other processes on the machine slow training down
-    try:
-        torch.manual_seed(seed)  # the initial weights
-        model = build()
-        checkpoint = out_dir / "train_state.pt"
-        log = fit(model, config, seed, checkpoint)
-        weights = out_dir / "model.safetensors"
-        dtype = save_weights(model, weights)
-        checkpoint.unlink(missing_ok=True)
-        reference = load_into(build(), weights).eval()  # the float model as it ships
-        inputs, targets = load_split("eval")
-        if eval_rows is not None:
-            inputs, targets = inputs[:eval_rows], targets[:eval_rows]
-        t0 = time.perf_counter()
-        float_ppl = perplexity(reference, inputs, targets)
-        eval_seconds = time.perf_counter() - t0
-        _log(f"float perplexity {float_ppl:.4f} ({eval_seconds:.1f} s)")
-        metrics = {"float": float_ppl, **ptq_perplexities(reference, inputs, targets)}
-    finally:
-        torch.set_num_threads(threads_before)
-    card: dict[str, Any] = {
-        **metrics,
-        "metric": "perplexity",
-        "eval_tokens": int(targets.numel()),
-        "eval_seconds": eval_seconds,
-        "train_seconds_2_cores": log.seconds,
-        "seed": seed,
-        "params": sum(p.numel() for p in reference.parameters()),
-        "weights_dtype": dtype,
-        "architecture": asdict(reference.config),
-        "training": {
-            **asdict(config),
-            "tokens": config.steps * config.batch_size * CONTEXT,
-            "load_average_at_start": load_at_start,
-            "resumed_at_steps": log.resumed_at,
-        },
-        "loss_curve": log.losses,
-        "torch": torch.__version__,
-        "latency": None,
-    }
-    write_card(out_dir, card)
-    if latency:
-        remeasure_latency(out_dir, model=reference, **(latency_options or {}))
-    return metrics
-
-
-def write_card(out_dir: Path, card: dict[str, Any]) -> None:
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out_dir / "CARD.md").write_text(card_markdown(card))
-
-
 def remeasure_latency(
     out_dir: Path = ASSETS / NAME, model: nn.Module | None = None, **options: Any
 ) -> dict[str, Any]:
     """Measure the latency table (`measure_workloads` with ``options``) of the weights in
     ``out_dir`` on this machine, and rewrite the card with it; ``train`` ends with this."""
     out_dir = Path(out_dir)
-    if model is None:
-        model = load_into(build(), out_dir / "model.safetensors").eval()
+    model = model if model is not None else load(out_dir)
     card = json.loads((out_dir / "card.json").read_text())
     card["latency"] = measure_workloads(model, **options)
     write_card(out_dir, card)
