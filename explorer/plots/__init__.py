@@ -14,10 +14,12 @@ Conventions every figure keeps, so a page can rely on them:
   (a legend-only explanation), ``"rug"``; layout annotations and shapes carry a ``name``.
 
 Modules, by what they hold: shared by the figures of result rows, `rows` (reading a row's
-values, the metric and the float reference), `series` (legend series, colours, markers), `hover`
-(hover texts and confidence intervals) and `layout` (axis titles, empty notes); by what they
-draw, `pareto` (the Pareto scatter, 2-D and 3-D), `formats` (the metric per
-storage format), `targets` (deployed vs explorer latency per configuration), `layers`
+values, the metric and the float reference), `axes` (which axes a task is drawn on: a
+speech recognizer's word error rate in percent against its real-time factor), `series`
+(legend series, colours, markers), `hover` (hover texts and confidence intervals) and
+`layout` (axis titles, empty notes); by what they draw, `pareto` (the Pareto scatter, 2-D and
+3-D, with reference points of other runtimes), `formats` (the metric per storage format),
+`targets` (deployed vs explorer latency per configuration), `layers`
 (sensitivity heatmap and per-layer bars), `learn` (the lessons' histogram), `kernels` (the kernel
 benchmark) and `export` (a figure as offline HTML). Pages import
 from this package, which re-exports every public name.
@@ -25,6 +27,7 @@ from this package, which re-exports every public name.
 Imports: plotly, numpy, `explorer.sweep.pareto`. No streamlit.
 """
 
+from explorer.plots.axes import latency_axis, latency_title, metric_title, rtf_path
 from explorer.plots.export import to_html
 from explorer.plots.formats import setting_figure, setting_of
 from explorer.plots.kernels import kernel_speedup_figure
@@ -97,12 +100,16 @@ __all__ = [
     "float_metric",
     "histogram_figure",
     "kernel_speedup_figure",
+    "latency_axis",
     "latency_pairs",
+    "latency_title",
     "layer_figure",
     "metric_of",
+    "metric_title",
     "pareto_3d_figure",
     "pareto_figure",
     "ptq_series",
+    "rtf_path",
     "selected_keys",
     "sensitivity_heatmap",
     "series_of",

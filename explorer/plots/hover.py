@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from explorer.measure.display import format_metric
+from explorer.plots.axes import rtf_path
 from explorer.plots.rows import TASK_METRICS, Row, finite_number, metric_name_of, row_value
 from explorer.plots.series import algorithm_name, series_of
 
@@ -114,6 +115,9 @@ def hover_text(row: Row, path: str, base: float | None, on_front: bool | None = 
         kind = row.get("latency_kind") or "measured"
         note = " — upper bound, timed on the next wider kernel" if kind == "simulated" else ""
         lines.append(f"latency: {latency:.3g} ms ({kind}){note}")
+    rtf = _rtf(row)
+    if rtf is not None:
+        lines.append(f"real-time factor: {rtf:.3f} ({_rtf_words(rtf)})")
     metric = f"{name}: {format_metric(name, value)}"
     if lo is not None and hi is not None:
         metric += f" (95% CI {format_metric(name, lo)} – {format_metric(name, hi)})"
@@ -124,4 +128,34 @@ def hover_text(row: Row, path: str, base: float | None, on_front: bool | None = 
         lines.append(f"fallbacks: {len(fallbacks)} layer(s)")
     if on_front:
         lines.append("on the Pareto front")
+    return "<br>".join(lines)
+
+
+def _rtf(row: Row) -> float | None:
+    workload = row.get("latency_workload")
+    return finite_number(row_value(row, rtf_path(workload))) if workload else None
+
+
+def _rtf_words(rtf: float) -> str:
+    return "faster than real time" if rtf < 1 else "slower than real time"
+
+
+def reference_hover(row: Row, path: str, base: float | None) -> str:
+    """The hover text of another runtime's reference point (`pareto_figure`'s ``references``):
+    what it is, its time and its metric with the interval of its difference from float."""
+    name = metric_name_of(path)
+    value = finite_number(row_value(row, path))
+    lo, hi = metric_interval(row, path, base)
+    lines = [f"<b>{row.get('label')}</b> — reference runtime, not an explorer configuration"]
+    if row.get("detail"):
+        lines.append(str(row["detail"]))
+    latency, rtf = finite_number(row.get("latency_ms")), _rtf(row)
+    if latency is not None:
+        lines.append(f"latency: {latency:.3g} ms (measured)")
+    if rtf is not None:
+        lines.append(f"real-time factor: {rtf:.3f} ({_rtf_words(rtf)})")
+    metric = f"{name}: {format_metric(name, value)}"
+    if lo is not None and hi is not None:
+        metric += f" (95% CI {format_metric(name, lo)} – {format_metric(name, hi)})"
+    lines.append(metric)
     return "<br>".join(lines)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from explorer.plots.axes import METRIC_TITLES
+
 
 def axis_title(name: str, sense: str) -> str:
     better = "higher" if sense == "max" else "lower"
+    if name in METRIC_TITLES:  # a title with its own unit: "word error rate (%)"
+        return f"{METRIC_TITLES[name]}, {better} is better"
     return f"{name} ({better} is better)"
 
 

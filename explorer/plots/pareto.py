@@ -6,6 +6,11 @@ The front is the non-dominated set of `explorer.sweep.pareto` over (x minimized,
 sense), joined by a step line: between two front points the best attainable metric is that of the
 point on the left.
 
+The axes follow the task (`explorer.plots.axes`): a speech recognizer's word error rate is drawn
+in percent against its real-time factor. Reference points (``references``: another runtime's
+numbers on the same data, such as faster-whisper's) are drawn beside the explorer's
+configurations, labelled, and never join the front.
+
 ``explain=True`` draws the view a newcomer opens first: points off the front faded so the front
 reads at a glance, a log size axis once sizes span a factor 4, the float line named in words,
 and the bit-width cliff (`bit_cliff`: the steepest fall of the metric between two neighbouring
@@ -22,7 +27,14 @@ from typing import Any
 import plotly.graph_objects as go
 
 from explorer.measure.display import format_metric
-from explorer.plots.hover import hover_text, metric_interval, size_unit
+from explorer.plots.axes import (
+    PERCENT_METRICS,
+    axis_name,
+    is_rtf,
+    latency_title,
+    metric_label,
+)
+from explorer.plots.hover import hover_text, metric_interval, reference_hover, size_unit
 from explorer.plots.layout import add_empty_note, axis_title
 from explorer.plots.rows import (
     Row,
@@ -48,6 +60,8 @@ from explorer.plots.series import (
 from explorer.sweep.pareto import flag_pareto, front_order
 
 X_AXES = {"size_bytes": "size as stored", "latency_ms": "latency", "bits_per_weight": "bits/weight"}
+REFERENCE_COLOR = "#111111"
+REFERENCE_SYMBOLS = ("x-thin-open", "cross-thin-open", "asterisk-open", "y-up-open")
 FRONT_COLOR = "rgba(20, 20, 20, 0.75)"
 SIMULATED_NOTE = "hollow = simulated latency (an upper bound)"
 FADED_OPACITY = 0.35  # explain mode: points off the front
@@ -142,7 +156,8 @@ def cliff_text(cliff: Cliff, name: str, sense: str = "max") -> str:
     11.50%`` (a lower-is-better metric such as perplexity *rises*)."""
     verb = "falls" if sense == "max" else "rises"
     return (
-        f"The cliff: from {cliff.bits_before} to {cliff.bits_after} bits, {name} {verb} from "
+        f"The cliff: from {cliff.bits_before} to {cliff.bits_after} bits, {metric_label(name)} "
+        f"{verb} from "
         f"{format_metric(name, cliff.value_before)} to {format_metric(name, cliff.value_after)}"
     )
 
@@ -157,6 +172,7 @@ def pareto_figure(
     log_x: bool | None = None,
     float_value: float | None = None,
     explain: bool = False,
+    references: Sequence[Row] = (),
 ) -> go.Figure:
     """The task metric (or ``metric``) against size (``x="size_bytes"``) or latency
     (``x="latency_ms"``), one trace per `series_of`, the front highlighted, confidence intervals
@@ -165,14 +181,17 @@ def pareto_figure(
     ``log_x`` defaults to a log axis when x spans more than a factor 30 (4 with ``explain``).
     ``float_value`` is the float model's metric (default: the fp32 row's) that the task metric's
     delta interval is centred on. Rows without a value on either axis are left out.
-    ``explain``: the newcomer's view of the module docstring.
+    ``explain``: the newcomer's view of the module docstring. ``x`` may also be a dotted path,
+    such as a workload's real-time factor (`explorer.plots.axes.latency_axis`).
+    ``references``: rows of another runtime (a ``label``, the metric and a value at ``x``),
+    drawn as labelled points of their own (meta ``"reference"``), off the front.
     """
     all_rows = list(rows)
     path, sense = quality_axis(all_rows, metric)
     name = metric_name_of(path)
     base = float_value if float_value is not None else float_metric(all_rows, path)
     plotted = plotted_rows(all_rows, [x, path])
-    latency_x = x == "latency_ms"
+    latency_x = x == "latency_ms" or is_rtf(x)
 
     xs_raw = [float(row_value(r, x)) for r in plotted]
     scale, unit = size_unit(xs_raw) if x == "size_bytes" else (1.0, "")
@@ -287,6 +306,8 @@ def pareto_figure(
             )
         )
 
+    _add_references(fig, references, x, path, base, scale)
+
     if latency_x and any(is_simulated(r) for r in plotted):
         fig.add_trace(
             go.Scatter(
@@ -370,16 +391,15 @@ def pareto_figure(
     if x == "size_bytes":
         x_title = f"size as stored ({unit})"
     elif latency_x:
-        workload = next(
-            (r.get("latency_workload") for r in plotted if r.get("latency_workload")), None
-        )
-        x_title = "latency (ms" + (f", {workload} workload" if workload else "") + ")"
+        x_title = latency_title(plotted or list(references), x)
         if any(is_simulated(r) for r in plotted):
             x_title += " — hollow markers: simulated"
     else:
         x_title = X_AXES.get(x, x)
     model = next((r.get("model") for r in plotted if r.get("model")), None)
-    default_title = f"{name} against {X_AXES.get(x, x)}" + (f" — {model}" if model else "")
+    default_title = f"{metric_label(name)} against {axis_name(x)}" + (
+        f" — {model}" if model else ""
+    )
     fig.update_layout(
         title=title or default_title,
         xaxis={
@@ -389,7 +409,7 @@ def pareto_figure(
         },
         yaxis={
             "title": axis_title(name, sense),
-            "tickformat": ".1%" if name in ("accuracy", "agreement") else None,
+            "tickformat": ".1%" if name in PERCENT_METRICS else None,
         },
         legend={"title": "series"},
         hovermode="closest",
@@ -397,8 +417,53 @@ def pareto_figure(
         margin={"t": 60},
     )
     if not plotted:
-        add_empty_note(fig, f"no rows with both {X_AXES.get(x, x)} and {name} to plot yet")
+        add_empty_note(fig, f"no rows with both {axis_name(x)} and {name} to plot yet")
     return fig
+
+
+def _add_references(
+    fig: go.Figure,
+    references: Sequence[Row],
+    x: str,
+    path: str,
+    base: float | None,
+    scale: float,
+) -> None:
+    """One labelled trace per reference row with a value on both axes."""
+    for i, row in enumerate(plotted_rows(references, [x, path])):
+        y = float(row_value(row, path))
+        lo, hi = metric_interval(row, path, base)
+        bars = lo is not None and hi is not None
+        fig.add_trace(
+            go.Scatter(
+                x=[float(row_value(row, x)) / scale],
+                y=[y],
+                mode="markers+text",
+                text=[row.get("label")],
+                textposition="middle right",
+                name=str(row.get("label")),
+                meta="reference",
+                customdata=[None],  # not a stored row: a click selects nothing
+                hovertext=[reference_hover(row, path, base)],
+                hovertemplate="%{hovertext}<extra></extra>",
+                marker={
+                    "symbol": REFERENCE_SYMBOLS[i % len(REFERENCE_SYMBOLS)],
+                    "size": 13,
+                    "color": REFERENCE_COLOR,
+                    "line": {"width": 2, "color": REFERENCE_COLOR},
+                },
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [max(0.0, hi - y)] if bars else [0.0],
+                    "arrayminus": [max(0.0, y - lo)] if bars else [0.0],
+                    "visible": bars,
+                    "thickness": 1.2,
+                    "width": 3,
+                    "color": REFERENCE_COLOR,
+                },
+            )
+        )
 
 
 def pareto_3d_figure(
@@ -408,23 +473,25 @@ def pareto_3d_figure(
     selected_key: str | None = None,
     title: str | None = None,
     float_value: float | None = None,
+    latency: str = "latency_ms",
 ) -> go.Figure:
     """Size, latency and the metric in 3-D; the points on the three-axis front (size and latency
-    minimized, the metric in its sense) ringed; simulated latencies hollow."""
+    minimized, the metric in its sense) ringed; simulated latencies hollow. ``latency``: the
+    latency axis's path (a real-time factor for speech, `explorer.plots.axes.latency_axis`)."""
     all_rows = list(rows)
     path, sense = quality_axis(all_rows, metric)
     name = metric_name_of(path)
     base = float_value if float_value is not None else float_metric(all_rows, path)
-    plotted = plotted_rows(all_rows, ["size_bytes", "latency_ms", path])
+    plotted = plotted_rows(all_rows, ["size_bytes", latency, path])
     scale, unit = size_unit([float(r["size_bytes"]) for r in plotted])
-    axes = [("size_bytes", "min"), ("latency_ms", "min"), (path, sense)]
+    axes = [("size_bytes", "min"), (latency, "min"), (path, sense)]
     flags = flag_pareto(plotted, axes) if plotted else []
     on_front = {r.get("key") for r, f in zip(plotted, flags, strict=True) if f}
 
     def coords(members: Sequence[Row]) -> dict[str, list[float]]:
         return {
             "x": [float(r["size_bytes"]) / scale for r in members],
-            "y": [float(r["latency_ms"]) for r in members],
+            "y": [float(row_value(r, latency)) for r in members],
             "z": [float(row_value(r, path)) for r in members],
         }
 
@@ -497,17 +564,17 @@ def pareto_3d_figure(
             )
         )
     fig.update_layout(
-        title=title or f"size, latency and {name}",
+        title=title or f"size, {axis_name(latency)} and {metric_label(name)}",
         scene={
             "xaxis": {"title": f"size ({unit})"},
-            "yaxis": {"title": "latency (ms)"},
+            "yaxis": {"title": latency_title(plotted, latency)},
             "zaxis": {"title": axis_title(name, sense)},
         },
         legend={"title": "series"},
         margin={"l": 0, "r": 0, "t": 50, "b": 0},
     )
     if not plotted:
-        add_empty_note(fig, f"no rows with size, latency and {name} to plot yet")
+        add_empty_note(fig, f"no rows with size, {axis_name(latency)} and {name} to plot yet")
     return fig
 
 
