@@ -275,17 +275,17 @@ def test_fake_vs_real_on_a_chosen_kernel_and_without_a_real_kernel(ctx: ModelCon
     first = fake_vs_real(ctx, "features.5", w8a8)
     assert not first["simulated"] and first["kernel"] in first["candidates"]
     assert kernel_options(ctx, "features.5", w8a8) == first["candidates"]
-    assert kernel_options(ctx, "features.5", QuantConfig(weight_bits=3)) == []
+    assert kernel_options(ctx, "features.5", QuantConfig(weight_bits=5)) == []
     for kernel in first["candidates"]:
         out = fake_vs_real(ctx, "features.5", w8a8, kernel=kernel)
         assert out["kernel"] == kernel and out["rel_diff"] < 1e-3
     ref = fake_vs_real(ctx, "features.5", w8a8, kernel="reference")
     assert ref["simulated"] and ref["rel_diff"] < 1e-5
-    # 3 bits has no real kernel: the layer runs the float reference, which is the fake path
-    w3 = fake_vs_real(ctx, "features.5", QuantConfig(weight_bits=3))
-    assert w3["simulated"] and w3["candidates"] == [] and w3["rel_diff"] < 1e-5
+    # 5 bits has no real kernel: the layer runs the float reference, which is the fake path
+    w5 = fake_vs_real(ctx, "features.5", QuantConfig(weight_bits=5))
+    assert w5["simulated"] and w5["candidates"] == [] and w5["rel_diff"] < 1e-5
     with pytest.raises(LessonError, match="cannot run this layer"):
-        fake_vs_real(ctx, "features.5", QuantConfig(weight_bits=3), kernel="int8-wo-native")
+        fake_vs_real(ctx, "features.5", QuantConfig(weight_bits=5), kernel="int8-wo-native")
     with pytest.raises(QuantConfigError, match="group size 32 does not divide in_features 16"):
         fake_vs_real(
             ctx, "features.1", QuantConfig(weight_bits=4, granularity="group", group_size=32)

@@ -7,8 +7,9 @@ float. Dispatch never hands a spec to a kernel that computes a different functio
 per-tensor activation kernel for per-token scales); among the kernels that compute it, the fastest
 by measurement is chosen (`explorer.kernels.select`).
 
-Bits without a real kernel (2, 3, 5, 6, 7; 4-bit activations) run on the reference path for
-accuracy and are timed on the real kernel of the next wider format: `timing_spec`.
+Formats without a real kernel (5, 6, 7 bits; 2/3-bit weights in groups that are not multiples of
+32; 2/3-bit weights with integer activations; 4-bit activations) run on the reference path for
+accuracy and are timed on the real kernel of the next wider format: `timing_configs`.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def rewrite_weights(path: Path, tensors: dict[str, torch.Tensor], doc: dict | No
 @pytest.mark.parametrize(
     "plan",
     [Plan.uniform(W8), Plan.uniform(W4G32), Plan.uniform(W8A8_STATIC), MIXED, Plan.uniform(W3)],
-    ids=["w8-channel", "w4-group32", "w8a8-static", "mixed", "w3-simulated"],
+    ids=["w8-channel", "w4-group32", "w8a8-static", "mixed", "w3"],
 )
 def test_round_trip_digits_is_exact(digits, plan: Plan, tmp_path: Path) -> None:
     model, images = digits

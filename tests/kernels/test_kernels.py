@@ -104,8 +104,8 @@ def test_every_real_format_has_a_real_kernel_here() -> None:
 
 def test_no_kernel_for_formats_without_one() -> None:
     for config in (
-        QuantConfig(weight_bits=3),
-        QuantConfig(weight_bits=2),
+        QuantConfig(weight_bits=3, granularity="group", group_size=16),  # groups below 32
+        QuantConfig(weight_bits=5),
         QuantConfig(weight_bits=6),
         QuantConfig(act_bits=4),
     ):

@@ -62,7 +62,7 @@ def test_simulated_models_are_labelled() -> None:
     model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 32))
     x = torch.randn(4, 128)
     real = quantize_model(model, Plan.uniform(QuantConfig(weight_bits=4)), example_input=x)
-    sim = quantize_model(model, Plan.uniform(QuantConfig(weight_bits=3)), example_input=x)
+    sim = quantize_model(model, Plan.uniform(QuantConfig(weight_bits=5)), example_input=x)
     assert measure_model_latency(real, x, repeats=3).kind == "measured"
     assert measure_model_latency(sim, x, repeats=3).kind == "simulated"
 

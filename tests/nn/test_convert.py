@@ -183,7 +183,8 @@ def test_non_finite_weights_name_the_layer() -> None:
 def test_simulated_layers_use_the_reference_and_have_a_real_twin() -> None:
     model = Mlp()
     x = torch.randn(4, 64)
-    q = quantize_model(model, Plan.uniform(QuantConfig(weight_bits=3)), example_input=x)
+    w3g16 = QuantConfig(weight_bits=3, granularity="group", group_size=16)  # no kernel: < 32
+    q = quantize_model(model, Plan.uniform(w3g16), example_input=x)
     layer = q.blocks[0]["fc1"]
     assert layer.simulated
     twin = layer.timing_twin()
