@@ -390,7 +390,7 @@ def evaluate_entry(
         qmodel = TargetModule(artifact)
         quantized = False
         seconds["target_build"] = time.perf_counter() - t0
-        # workloads the runtime cannot run (ORT's graph keeps no KV cache: no decode step)
+        # workloads the runtime cannot run (a KV cache ORT cannot export: no decode step)
         untimed = getattr(artifact, "untimed", {})
         workloads = [w for w in workloads if w[0] not in untimed]
         primary_name, primary_make = workloads[0]
@@ -472,6 +472,8 @@ def evaluate_entry(
         "latency_kind": "simulated" if simulated else "measured",
         "latency_workload": primary_name,
         "latency": latency,
+        # workloads a target could not time, each with why (ORT: a cache it cannot export)
+        "untimed": dict(getattr(artifact, "untimed", {})),
         "simulated_layers": simulated,
         "kernels": kernels,
         "fallbacks": dict(report.fallbacks) if report is not None else {},

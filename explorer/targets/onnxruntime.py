@@ -279,14 +279,20 @@ class OnnxRuntimeTarget(Target):
         art.input_shape = tuple(example_input.shape)  # type: ignore[attr-defined]
         art.input_dtype = str(_feed(example_input[:1]).dtype)  # type: ignore[attr-defined]
         if not example_input.is_floating_point():
-            # a language model: the graph maps token ids to logits and keeps no KV cache, so
-            # ORT times a prefill of the first PROMPT_TOKENS tokens and no decode step
+            # token ids: this graph keeps no KV cache, so it times the prefill of the first
+            # PROMPT_TOKENS tokens; a causal LM's decode step runs in a second graph that carries
+            # the cache (explorer.targets.onnx_decode), or stays untimed with the reason
+            from explorer.targets.onnx_decode import decode_step, is_causal_lm
+
             prompt = example_input.reshape(-1)[:PROMPT_TOKENS].long().unsqueeze(0)  # (1, P)
-            art.workloads = {"prefill": lambda: art.runner(prompt)}  # type: ignore[attr-defined]
-            art.untimed = {  # type: ignore[attr-defined]
-                "decode": "the exported graph takes token ids without a KV cache: "
-                "no decode step in ONNX Runtime, prefill timed instead"
-            }
+            workloads: dict[str, Callable[[], Any]] = {"prefill": lambda: art.runner(prompt)}
+            untimed: dict[str, str] = {}
+            if is_causal_lm(qmodel):
+                try:
+                    workloads["decode"] = decode_step(self, qmodel, example_input)
+                except TargetError as e:
+                    untimed["decode"] = str(e)
+            art.workloads, art.untimed = workloads, untimed  # type: ignore[attr-defined]
         return art
 
     def profile(
@@ -295,15 +301,19 @@ class OnnxRuntimeTarget(Target):
         """(per-layer milliseconds, whole-call milliseconds), medians over ``repeats`` calls of
         ``run`` (after one warm-up call) with ORT's profiler on: each node's kernel time is
         summed into the layer its name belongs to, per call."""
-        saved = artifact.runner
+        # a decode step runs its own graph in its own session (explorer.targets.onnx_decode)
+        graph = getattr(run, "graph", None)
+        holder, attr = (graph, "session") if graph is not None else (artifact, "runner")
+        saved = getattr(holder, attr)
         with tempfile.TemporaryDirectory() as tmp:
-            sess = self.session(artifact.payload, profile=os.path.join(tmp, "prof"))
-            artifact.runner = _runner(sess)
+            payload = artifact.payload if graph is None else graph.payload
+            sess = self.session(payload, profile=os.path.join(tmp, "prof"))
+            setattr(holder, attr, _runner(sess) if graph is None else sess)
             try:
                 for _ in range(repeats + 1):
                     run()
             finally:
-                artifact.runner = saved
+                setattr(holder, attr, saved)
             with open(sess.end_profiling()) as fh:
                 events = json.load(fh)
         calls = sorted(
