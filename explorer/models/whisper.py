@@ -107,13 +107,15 @@ def workloads() -> dict[str, Workload]:
         import numpy as np
         from transformers import WhisperProcessor
 
+        from explorer.models.whisper_features import log_mel
+
         processor = WhisperProcessor.from_pretrained(model_dir(), local_files_only=True)
         with wave.open(str(audio_dir() / "long10s" / "clip.wav")) as f:
             pcm = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
         clip = pcm.astype(np.float32) / 32768.0
 
         def run() -> Any:
-            features = processor(clip, sampling_rate=16_000, return_tensors="pt").input_features
+            features = log_mel(processor.feature_extractor, [clip])
             with torch.inference_mode():
                 return model.generate(features, max_new_tokens=128)
 

@@ -4,8 +4,10 @@ transcribe 10 s of audio as a real-time factor.
 
 Data: a folder of WAV/FLAC files with a transcript CSV (`explorer.tasks.audio`), turned into
 log-mel features by the directory's own feature extractor (``WhisperProcessor``, local files
-only). The first utterances (a quarter, at most `CALIBRATION_UTTERANCES`) calibrate; the rest
-are evaluated. Without data, seeded noise gives fidelity only.
+only) as the transcription runtimes pad them (the clip's frames, then zeros:
+`explorer.models.whisper_features.log_mel`). The first utterances (a quarter, at most
+`CALIBRATION_UTTERANCES`) calibrate; the rest are evaluated. Without data, seeded noise
+gives fidelity only.
 
 Decoding is greedy through the model's own ``generate`` (one beam, no sampling, at most
 `MAX_NEW_TOKENS` new tokens), from a fixed prompt: ``<|startoftranscript|>``, then
@@ -38,7 +40,8 @@ noise) transcribed end to end: feature extraction, encoder, greedy decoding, in 
 model's length (one for Whisper's 30 s). The row reports its time and ``rtf`` = seconds /
 10 s of audio (below 1: faster than real time).
 
-Imports: `explorer.tasks.task`, `.audio`, `.text`, `explorer.measure.evaluation` and, lazily,
+Imports: `explorer.tasks.task`, `.audio`, `.text`, `explorer.measure.evaluation`,
+`explorer.models.whisper_features` and, lazily,
 ``transformers`` and ``jiwer``.
 """
 
@@ -58,6 +61,7 @@ import torch
 from torch import nn
 
 from explorer.measure.evaluation import SampleStats, token_fidelity
+from explorer.models.whisper_features import log_mel
 from explorer.tasks.audio import EXTRA, Utterance, load_utterances
 from explorer.tasks.task import Task, TaskData, TaskError, Workload, named_output
 from explorer.tasks.text import tokenizer_summary
@@ -71,7 +75,6 @@ NOISE_UTTERANCES = 12
 ENGLISH_ONLY_VOCAB = 51864
 PAD = -1
 IGNORE = -100
-FEATURE_CHUNK = 32
 PROMPT_TOKENS = ("<|en|>", "<|transcribe|>")
 NO_TIMESTAMPS = "<|notimestamps|>"
 APOSTROPHES = frozenset("'\u2019\u02bc")
@@ -281,17 +284,9 @@ class SpeechTask(Task):
         return ids[: self.max_new_tokens - 1]
 
     def features(self, audio: Sequence[np.ndarray]) -> torch.Tensor:
-        """Log-mel features (n, M, F) from the directory's feature extractor, in chunks."""
-        extractor = self.processor.feature_extractor
-        parts = [
-            extractor(
-                list(audio[i : i + FEATURE_CHUNK]),
-                sampling_rate=extractor.sampling_rate,
-                return_tensors="pt",
-            )["input_features"]
-            for i in range(0, len(audio), FEATURE_CHUNK)
-        ]
-        return torch.cat(parts).float()
+        """Log-mel features (n, M, F) of ``audio`` as the deployed runtimes compute them
+        (`log_mel`)."""
+        return log_mel(self.processor.feature_extractor, audio)
 
     # --- decoding --------------------------------------------------------------------------
     def transcribe(
