@@ -58,6 +58,13 @@ def path() -> str:
     return PATHS[_lib().qe_lb_path()]
 
 
+def isa_taken() -> str:
+    """The instruction-set path (`native.ISAS`) whose code the kernels run now: ``avx512_vnni``
+    for the AVX-512 code, ``avx2`` for the AVX2 code (which the ``avx_vnni`` path runs too),
+    ``scalar``."""
+    return {"avx512": "avx512_vnni", "avx2": "avx2", "scalar": "scalar"}[path()]
+
+
 @dataclass(frozen=True)
 class PackedLowbit:
     """Codes in bit planes (`pack`) with per-panel scales and, when asymmetric, scale × zero."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from explorer import machine
-from explorer.kernels import native
+from explorer.kernels import lowbit, native
 from explorer.kernels.base import LinearSpec
 from explorer.kernels.select import KERNELS, conv_candidates
 from explorer.measure.latency import timing_lock
@@ -46,11 +46,15 @@ LINEAR_FORMATS: tuple[tuple[str, QuantConfig], ...] = (
     ("w8-channel", QuantConfig(weight_bits=8)),
     ("w4-g128", QuantConfig(weight_bits=4, granularity="group", group_size=128)),
     ("w4-g32", QuantConfig(weight_bits=4, granularity="group", group_size=32)),
+    ("w3-g128", QuantConfig(weight_bits=3, granularity="group", group_size=128)),
+    ("w2-g128", QuantConfig(weight_bits=2, granularity="group", group_size=128)),
+    ("w2-g32", QuantConfig(weight_bits=2, granularity="group", group_size=32)),
     ("w8a8-token", QuantConfig(weight_bits=8, act_bits=8, act_granularity="token")),
     ("w8a8-tensor", QuantConfig(weight_bits=8, act_bits=8, act_granularity="tensor")),
     ("w4a8-g128", QuantConfig(weight_bits=4, granularity="group", group_size=128, act_bits=8)),
     ("w4a8-g32", QuantConfig(weight_bits=4, granularity="group", group_size=32, act_bits=8)),
 )
+LOWBIT_KERNELS = {f"int{bits}-wo-native" for bits in lowbit.BITS}
 SLOW_ON_CPU = {"int8-w8a8-intmm"}  # torch._int_mm has no fast x86 path (≈10x slower than fp32)
 
 
@@ -146,8 +150,11 @@ def linear_candidates(
 
 def kernel_isa(kernel: str) -> str:
     """The instruction-set path a benchmarked kernel took: our kernels' path (`native.isa`;
-    the weight-only ones have AVX2 code only, which the VNNI paths run), else torch's own
-    dispatch (``torch-AVX512``, ...)."""
+    the 4/8-bit weight-only ones have AVX2 code only, which the VNNI paths run; the 2/3-bit
+    ones say which of their codes ran, `lowbit.isa_taken`), else torch's own dispatch
+    (``torch-AVX512``, ...)."""
+    if kernel in LOWBIT_KERNELS and native.available():
+        return lowbit.isa_taken()
     if kernel.endswith("-native") and native.available():
         path = native.isa()
         if "-wo-" in kernel and path in ("avx_vnni", "avx512_vnni"):

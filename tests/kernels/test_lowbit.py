@@ -16,6 +16,7 @@ import torch
 from explorer.kernels import lowbit, native
 from explorer.kernels.base import LinearSpec
 from explorer.kernels.select import KERNELS, candidates
+from explorer.measure.bench import kernel_isa
 from explorer.nn.convert import quant_modules, quantize_model
 from explorer.quant.config import Plan, QuantConfig
 from explorer.quant.qtensor import QuantizedWeight
@@ -106,6 +107,8 @@ def test_matches_the_float64_reference(isa: str, prepared: dict, name: str, m: i
     assert y.shape == (m, n)
     assert bool(((y.double() - ref).abs() <= REL_TOL * bound + 1e-6).all())
     assert lowbit.path() == {"scalar": "scalar", "avx512_vnni": "avx512"}.get(isa, "avx2")
+    # what `explorer bench --json` records for these kernels: the code that ran
+    assert kernel_isa("int3-wo-native") == ("avx2" if isa == "avx_vnni" else isa)
 
 
 def test_batched_input_and_threads_give_the_same_rows(prepared: dict) -> None:
