@@ -18,7 +18,7 @@ intervals), it shows:
 `default_entries` expands it against a model: the app's worker, the command line and the test
 of the default sweep all call it, so they evaluate the same rows.
 
-Imports: `explorer.sweep.space`, `explorer.sweep.runner`.
+Imports: `explorer.sweep.space`, `explorer.sweep.runner`, `explorer.models.whisper_plans`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import replace
 from torch import nn
 
 from explorer.sweep.runner import RunSettings
-from explorer.sweep.space import PlanEntry, Skipped, SweepSpec, expand
+from explorer.sweep.space import PlanEntry, Skipped, SweepSpec, baselines, entry_for_plan, expand
 
 DEFAULT_QAT_STEPS = 50
 
@@ -60,8 +60,21 @@ them, so rows of the same configuration are found in the store, not recomputed."
 
 def default_entries(model: nn.Module | None = None) -> tuple[list[PlanEntry], list[Skipped]]:
     """The default sweep's entries, in order (the baselines, the PTQ grid, then the QAT row),
-    resolved against ``model`` as `expand` does; baselines appear once."""
+    resolved against ``model`` as `expand` does; baselines appear once. A Whisper model gets
+    its own (`whisper_entries`)."""
+    if getattr(getattr(model, "config", None), "model_type", None) == "whisper":
+        return whisper_entries(model)
     entries, skipped = expand(DEFAULT_SPEC, model)
     qat_entries, qat_skipped = expand(DEFAULT_QAT, model)
     entries += [entry for entry in qat_entries if entry.kind != "baseline"]
     return entries, skipped + qat_skipped
+
+
+def whisper_entries(model: nn.Module) -> tuple[list[PlanEntry], list[Skipped]]:
+    """A Whisper model's default sweep: the baselines, W8 and W8A8, W4 g32 and g128, and the
+    encoder at 8 bits with the decoder at 4 (`explorer.models.whisper_plans`); no QAT row (each
+    step runs a 30 s window forward and backward: too slow for a first sweep)."""
+    from explorer.models.whisper_plans import PREFIX, default_plans
+
+    prefix = PREFIX if hasattr(model, PREFIX.rstrip(".")) else ""
+    return baselines() + [entry_for_plan(p) for p in default_plans(prefix)], []

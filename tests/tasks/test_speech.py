@@ -129,6 +129,34 @@ def test_whisper_is_the_speech_task(whisper_dir: Path) -> None:
     assert detect_task(config, whisper_dir) == "speech"
 
 
+def test_default_sweep_of_a_whisper_model(whisper_dir: Path) -> None:
+    """The default sweep of a Whisper model: baselines, W8, W8A8, W4 g32/g128 and the encoder
+    at 8 bits with the decoder at 4, whose rules reach the layers of the wrapped model."""
+    from explorer.nn.convert import resolve_plan
+    from explorer.sweep.default import default_entries
+    from explorer.tasks.speech import SpeechRecognizer
+
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(whisper_dir)
+    recognizer = SpeechRecognizer(model)
+    entries, skipped = default_entries(recognizer)
+    assert not skipped
+    assert [e.label for e in entries] == [
+        "fp32",
+        "bf16",
+        "W8 channel sym ptq",
+        "W8 channel sym A8 token dynamic ptq",
+        "W4 group32 sym ptq",
+        "W4 group128 sym ptq",
+        "mixed: whisper.model.encoder.*=W8 channel sym ptq; rest=W4 group128 sym ptq",
+    ]
+    bits = {n: a.config.weight_bits for n, a in resolve_plan(recognizer, entries[-1].plan).items()}
+    assert bits["whisper.model.encoder.layers.0.fc1"] == 8
+    assert bits["whisper.model.decoder.layers.0.encoder_attn.k_proj"] == 4
+    assert bits["whisper.proj_out"] == 4
+    bare = default_entries(model)[0][-1].plan  # a bare Whisper's layers have no prefix
+    assert resolve_plan(model, bare)["model.encoder.layers.0.fc1"].config.weight_bits == 8
+
+
 @pytest.mark.slow
 def test_speech_row_through_the_cli(whisper_dir: Path, tmp_path: Path) -> None:
     row = cli_w8_row(whisper_dir, whisper_dir.parent / "audio", tmp_path / "r.sqlite", repeats=2)
