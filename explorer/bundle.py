@@ -150,6 +150,7 @@ def target_files(
     example = ctx.eval_batches()[0][0]
     calibration = ctx.calibration_inputs(calibration_samples)
     artifact = target.build(quantized, example, calibration)
+    artifact.task = ctx.task_spec  # type: ignore[attr-defined]  # an encoder's script pools as it
     return target.export_recipe(artifact, folder)
 
 

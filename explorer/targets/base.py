@@ -190,8 +190,9 @@ class TargetModule(nn.Module):
         super().__init__()
         self.artifact = artifact
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.artifact.runner(x)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        # keyword calls too: the text tasks call model(input_ids=..., attention_mask=...)
+        return self.artifact.runner(*args, **kwargs)
 
 
 def describe(target: Target) -> dict[str, Any]:

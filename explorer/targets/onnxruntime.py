@@ -39,6 +39,13 @@ from explorer.nn.convert import quant_modules, set_submodule
 from explorer.nn.modules import Bf16Conv2d, Bf16Linear, QuantConv2d, QuantModule
 from explorer.quant.config import QuantConfig
 from explorer.targets.base import Artifact, Target, TargetError
+from explorer.targets.onnx_encoder import (
+    UNUSED,
+    EncoderGraph,
+    EncoderOutput,
+    encoder_graph,
+    recipe_script,
+)
 from explorer.targets.onnx_qdq import MSDOMAIN, Graph, batches_of, pack_nbits, write_plan
 from explorer.tasks.task import is_transformers_model
 
@@ -203,14 +210,27 @@ class OnnxRuntimeTarget(Target):
             name, why = next(iter(refused.items()))
             raise TargetError(f"onnxruntime cannot run layer {name} as planned: {why}")
         twin, prefix = _float_clone(qmodel, mods), ""
-        if is_transformers_model(twin):
-            twin, prefix = TaskOutput(twin), "inner."
-        g = Graph(export_float(twin, example_input))
+        self.encoder = encoder_graph(twin)
+        if self.encoder is not None:  # ids and attention mask in, outputs by name
+            enc = self.encoder
+            wrapped, prefix = EncoderOutput(twin, enc).eval(), "inner."
+            args = enc.example(example_input)
+            g = Graph(export_graph(wrapped, args, enc.inputs, enc.outputs, enc.dynamic_axes()))
+            # a layer none of the outputs needs (BertModel's pooler under last_hidden_state)
+            # is pruned by the exporter: nothing to quantize, and ORT never runs it
+            unused = {n: UNUSED for n in mods if f"{prefix}{n}.weight" not in g.inits}
+            mods = {n: m for n, m in mods.items() if n not in unused}
+        else:
+            if is_transformers_model(twin):
+                twin, prefix = TaskOutput(twin), "inner."
+            g = Graph(export_float(twin, example_input))
         calibrate = None
         if calibration is not None:
             batches = batches_of(calibration)
             calibrate = lambda m, tensors: self.ranges(m, tensors, batches)  # noqa: E731
         self.notes = write_plan(g, mods, calibrate, prefix)
+        if self.encoder is not None:
+            self.notes.update(unused)
         return g.model
 
     def ranges(
@@ -232,7 +252,9 @@ class OnnxRuntimeTarget(Target):
         lo = dict.fromkeys(tensors, np.inf)
         hi = dict.fromkeys(tensors, -np.inf)
         for b in batches:
-            outs = sess.run(tensors, {"input": _feed(b)})
+            encoder = getattr(self, "encoder", None)
+            feeds = encoder.feeds(b) if encoder else {"input": _feed(b)}
+            outs = sess.run(tensors, feeds)
             for t, v in zip(tensors, outs, strict=True):
                 lo[t], hi[t] = min(lo[t], float(v.min())), max(hi[t], float(v.max()))
         return {t: (lo[t], hi[t]) for t in tensors}
@@ -260,7 +282,7 @@ class OnnxRuntimeTarget(Target):
         calibration: torch.Tensor | Iterable[torch.Tensor] | None = None,
     ) -> Artifact:
         model = self.to_onnx(qmodel, example_input, calibration)
-        notes = self.notes
+        notes, encoder = self.notes, self.encoder
         data = model.SerializeToString()
         layers = list(quant_modules(qmodel))
         with tempfile.TemporaryDirectory() as tmp:
@@ -278,7 +300,8 @@ class OnnxRuntimeTarget(Target):
         art.session = sess  # type: ignore[attr-defined]
         art.input_shape = tuple(example_input.shape)  # type: ignore[attr-defined]
         art.input_dtype = str(_feed(example_input[:1]).dtype)  # type: ignore[attr-defined]
-        if not example_input.is_floating_point():
+        art.encoder = encoder  # type: ignore[attr-defined]
+        if not example_input.is_floating_point() and encoder is None:
             # token ids: this graph keeps no KV cache, so it times the prefill of the first
             # PROMPT_TOKENS tokens; a causal LM's decode step runs in a second graph that carries
             # the cache (explorer.targets.onnx_decode), or stays untimed with the reason
@@ -374,6 +397,14 @@ class OnnxRuntimeTarget(Target):
         self.export(artifact, str(files["onnx"]))
         shape = list(getattr(artifact, "input_shape", []))
         dtype = getattr(artifact, "input_dtype", "float32")
+        encoder = getattr(artifact, "encoder", None)
+        if encoder is not None:  # ids and mask in; embeddings pooled as the task pools them
+            task = getattr(artifact, "task", None)
+            pooling, length = getattr(task, "pooling", None), shape[-1] if shape else 8
+            name = getattr(task, "name", None)
+            script = recipe_script(encoder, self.threads, ort.__version__, pooling, length, name)
+            files["script"].write_text(script)
+            return files
         files["script"].write_text(
             RUN_SCRIPT.replace("{threads}", str(self.threads))
             .replace("{shape}", repr(shape))
@@ -402,20 +433,32 @@ def export_float(model: nn.Module, example_input: torch.Tensor) -> onnx.ModelPro
     """``model`` exported by the TorchScript exporter, batch axis dynamic (and the sequence axis
     of token ids). An operator the exporter cannot write is a `TargetError` naming it."""
     axes = {0: "batch"} if example_input.is_floating_point() else {0: "batch", 1: "sequence"}
+    dynamic = {"input": axes, "output": axes}
+    return export_graph(model, (example_input,), ("input",), ("output",), dynamic)
+
+
+def export_graph(
+    model: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> onnx.ModelProto:
+    """`export_float` with the graph's inputs and outputs named (an encoder's ids and mask)."""
     f = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (example_input,),
+                args,
                 f,
                 dynamo=False,
                 do_constant_folding=False,
                 opset_version=OPSET,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": axes, "output": axes},
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes=dynamic_axes,
             )
     except Exception as e:  # the exporter raises many unrelated types
         text = str(e)
@@ -444,6 +487,11 @@ def _feed(x: torch.Tensor) -> np.ndarray:
 
 
 def _runner(sess: ort.InferenceSession):  # noqa: ANN202
+    names = tuple(i.name for i in sess.get_inputs())
+    if names[:2] == ("input_ids", "attention_mask"):  # an encoder's graph: outputs by name
+        outputs = tuple(o.name for o in sess.get_outputs())
+        return EncoderGraph(names, outputs, vocab_size=0).runner(sess)
+
     def run(x: torch.Tensor) -> torch.Tensor:
         (out,) = sess.run(["output"], {"input": _feed(x)})
         return torch.from_numpy(out)

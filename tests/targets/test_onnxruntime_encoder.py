@@ -1,0 +1,185 @@
+"""Encoders on the ONNX Runtime target: a tiny sentence-transformers BERT directory ([CLS]
+pooling, normalised, as its 1_Pooling config says) and a tiny BERT sequence classifier, each
+exported with input_ids + attention_mask (+ token_type_ids), evaluated by the sweep's own rows
+in ORT against the torch float reference, and exported with a run_onnx.py that reproduces the
+measured embeddings in a fresh process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+transformers = pytest.importorskip("transformers")
+
+from tasks.builders import sentences, train_tokenizer  # noqa: E402
+
+from explorer.bundle import target_files  # noqa: E402
+from explorer.nn.convert import quantize_model  # noqa: E402
+from explorer.quant.config import Plan, QuantConfig  # noqa: E402
+from explorer.sweep.context import ModelSource, open_context  # noqa: E402
+from explorer.sweep.runner import RunSettings, evaluate_entry  # noqa: E402
+from explorer.sweep.space import entry_for_plan  # noqa: E402
+from explorer.targets import TargetModule, get_target  # noqa: E402
+
+# ORT's dynamic activations: per tensor, asymmetric uint8 (DynamicQuantizeMatMul)
+W8A8 = QuantConfig(
+    weight_bits=8, act_bits=8, act_mode="dynamic", act_granularity="tensor", act_symmetric=False
+)
+FP32 = entry_for_plan(Plan.uniform(None), kind="baseline", label="fp32")
+ORT = RunSettings(n_boot=100, warmup=1, repeats=2, per_layer=False, target="onnxruntime")
+
+
+def _bert_config(vocab: int, **extra: object) -> transformers.BertConfig:
+    return transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sentence-transformers directory: a BertModel, [CLS] pooling, then Normalize; and
+    ``pairs.csv`` (sentence1, sentence2, score) beside it."""
+    root = tmp_path_factory.mktemp("st")
+    model_dir = root / "model"
+    tokenizer = train_tokenizer(model_dir, sentences(200, seed=1))
+    torch.manual_seed(0)
+    transformers.BertModel(_bert_config(len(tokenizer)), add_pooling_layer=False).save_pretrained(
+        model_dir
+    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        },
+    ]
+    (model_dir / "modules.json").write_text(json.dumps(modules))
+    (model_dir / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": 32, "pooling_mode_cls_token": True}
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    rng = random.Random(0)
+    with (root / "pairs.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sentence1", "sentence2", "score"])
+        for a, b in zip(sentences(32, seed=10), sentences(32, seed=11), strict=True):
+            writer.writerow([a, b, rng.choice([0, 1, 2, 3, 4, 5])])
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def embedding_ctx(embedder: Path):  # noqa: ANN201
+    ctx = open_context(ModelSource(model=str(embedder), data=str(embedder.parent / "pairs.csv")))
+    assert ctx.task == "embedding" and ctx.metric == "spearman"
+    assert (ctx.task_spec.pooling.mode, ctx.task_spec.pooling.normalize) == ("cls", True)
+    return ctx
+
+
+def test_embedding_rows_in_onnxruntime(embedding_ctx) -> None:  # noqa: ANN001
+    ctx = embedding_ctx
+    # float in ORT: the same embeddings as torch's float model, up to summation order
+    fp32 = evaluate_entry(ctx, FP32, ORT)
+    assert fp32["target"] == "onnxruntime"
+    assert fp32["metrics"]["cosine"] >= 0.9999
+    float_spearman = ctx.reference.stats.spearman()
+    assert fp32["metrics"]["spearman"] == pytest.approx(float_spearman, abs=1e-3)
+    # both sentence workloads are timed in ORT, pooling outside the graph as natively
+    assert fp32["latency_workload"] == "single" and set(fp32["latency"]) == {"single", "batch32"}
+    assert all(w["median_ms"] > 0 for w in fp32["latency"].values())
+    # W8A8 (dynamic activations, per-channel weights): integer kernels, cosine >= 0.99
+    entry = entry_for_plan(Plan.uniform(W8A8))
+    w8a8 = evaluate_entry(ctx, entry, RunSettings(**{**ORT.to_dict(), "per_layer": True}))
+    assert w8a8["metrics"]["cosine"] >= 0.99
+    assert "spearman" in w8a8["metrics_ci"]
+    kernels = w8a8["kernels"]
+    # BertModel.from_pretrained adds a pooler that last_hidden_state never reaches: the
+    # exporter prunes it, and the row says so instead of failing
+    assert kernels.pop("pooler.dense") == ""
+    layers = {lay["name"]: lay for lay in w8a8["layers"]}
+    assert layers.pop("pooler.dense")["note"].startswith("not in the exported graph")
+    assert len(kernels) == 2 * 6  # q, k, v, attention output, intermediate, output per layer
+    # an integer product on every layer; on (B, T, C) inputs the bias stays a float Add after
+    # it (or fuses onward, as into the intermediate layer's BiasGelu)
+    assert all(k.split(" / ")[0] == "DynamicQuantizeMatMul" for k in kernels.values()), kernels
+    # the profiler's node times land on the encoder's layers
+    # (/inner/encoder/layer.0/attention/self/query/MatMul ...)
+    assert all(lay["latency_ms"] > 0 for lay in layers.values()), layers
+
+
+def test_classifier_accuracy_in_onnxruntime_equals_float(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    tokenizer = train_tokenizer(model_dir, sentences(200, seed=1))
+    torch.manual_seed(0)
+    config = _bert_config(len(tokenizer), num_labels=3)
+    transformers.BertForSequenceClassification(config).save_pretrained(model_dir)
+    data = tmp_path / "labelled.jsonl"
+    records = [{"text": t, "label": i % 3} for i, t in enumerate(sentences(40, seed=4))]
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    ctx = open_context(ModelSource(model=str(model_dir), data=str(data)))
+    assert ctx.task == "classification"
+    row = evaluate_entry(ctx, FP32, ORT)
+    stats = ctx.reference.stats
+    # the same predictions as the torch float model on the same (padded) texts
+    assert row["metrics"]["accuracy"] == stats.accuracy()
+    assert row["metrics"]["macro_f1"] == pytest.approx(stats.macro_f1(), abs=1e-12)
+    assert row["metrics"]["agreement"] == 1.0 and row["metrics"]["sqnr_db"] > 60
+    assert set(row["latency"]) == {"single", "batch32"}
+
+
+def test_exported_script_reproduces_the_embeddings(embedding_ctx, tmp_path: Path) -> None:  # noqa: ANN001
+    ctx = embedding_ctx
+    quantized = quantize_model(ctx.model, Plan.uniform(W8A8), ctx.calibration_inputs(128))
+    files = target_files(ctx, quantized, "onnxruntime", tmp_path)
+    assert set(files) == {"onnx", "script"}
+    x = ctx.eval_batches()[0][0][:4]  # (4, 2 sentences, ids and mask, T)
+    flat = x.reshape(-1, 2, x.shape[-1])
+    np.savez(
+        tmp_path / "inputs.npz", input_ids=flat[:, 0].numpy(), attention_mask=flat[:, 1].numpy()
+    )
+    # the measured artifact, built as the sweep builds it, pooled by the task itself
+    art = get_target("onnxruntime").build(quantized, x, ctx.calibration_inputs(128))
+    with torch.no_grad():
+        expected = ctx.task_spec.outputs(TargetModule(art), x).reshape(len(flat), -1)
+    script = files["script"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "inputs.npz"),
+            "--save",
+            str(tmp_path / "e.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"embeddings ({len(flat)}, 32)")
+    got = torch.from_numpy(np.load(tmp_path / "e.npy"))
+    # the same graph and settings in another process: equal up to float32 rounding
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # normalised [CLS] embeddings, as the directory's pooling config asks
+    torch.testing.assert_close(got.norm(dim=-1), torch.ones(len(flat)), atol=1e-5, rtol=0)
