@@ -14,14 +14,15 @@ from tasks.builders import sentences, train_tokenizer
 TEXT = "The cat sat on the mat. Then it ran under the big green tree, quickly!\n  Yesterday: 42."
 
 
-def save_tiny_llama(path: Path, seed: int = 0) -> Path:
+def save_tiny_llama(path: Path, seed: int = 0, *, hidden: int = 64, layers: int = 2) -> Path:
+    """The tiny Llama (``hidden`` wide, ``layers`` blocks) and its tokenizer, saved to ``path``."""
     tokenizer = train_tokenizer(path, sentences(400, seed=1))
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
+        hidden_size=hidden,
         intermediate_size=256,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,

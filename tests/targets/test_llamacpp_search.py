@@ -28,6 +28,8 @@ from explorer import cli  # noqa: E402
 from explorer.export.gguf import read_types  # noqa: E402
 from explorer.sweep.ggml_search import GgmlTensor, plan_of, uniform_bpw  # noqa: E402
 
+from .llamacpp_model import save_tiny_llama  # noqa: E402
+
 FORMATS = "q6_k,q4_k,q3_k"
 
 
@@ -42,24 +44,8 @@ def run_cli(args: list[str]) -> tuple[int, dict[str, Any] | None, str]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ggml_search")
-    path = folder / "model"
-    tokenizer = train_tokenizer(path, sentences(400, seed=1))
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=256,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.15,  # peaked next-token distributions: KL tells types apart
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    # 256 wide: every matrix takes the k-quants
+    path = save_tiny_llama(folder / "model", hidden=256, layers=1)
     (folder / "text.txt").write_text(" ".join(sentences(150, seed=2)))
     return path
 
@@ -174,3 +160,36 @@ def test_plan_overrides_match_only_their_tensor() -> None:
     # bits per weight from the block layouts: a 64-wide row falls back (q4_k -> q5_0, 5.5 bits)
     tensors = [GgmlTensor("a.weight", "a", 4, 256), GgmlTensor("b.weight", "b", 4, 64)]
     assert uniform_bpw(tensors, "q4_k") == pytest.approx((4.5 * 1024 + 5.5 * 256) / 1280)
+
+
+def test_proxy_is_the_input_weighted_error_of_ggml_weights(model_dir: Path) -> None:
+    """Proxy mode: each linear tensor's damage is sum_j E[x_j^2] ||W[:, j] - Q(W)[:, j]||^2 with
+    Q ggml's own round trip (checked in float64 on ffn_down), the embedding's the squared error
+    of its rows weighted by token frequency; both fall as the types widen."""
+    from explorer.quant import ggml
+    from explorer.sweep.ggml_search import measure_ggml_sensitivity
+
+    model = transformers.LlamaForCausalLM.from_pretrained(str(model_dir)).float().eval()
+    seeded = torch.Generator().manual_seed(0)
+    windows = torch.randint(0, model.config.vocab_size, (2, 64), generator=seeded)
+    found = measure_ggml_sensitivity(model, None, windows, FORMATS.split(","), mode="proxy")
+    table = found.table
+    assert (found.mode, table.metric, table.settings) == (
+        "proxy",
+        "proxy",
+        ("q6_k", "q4_k", "q3_k"),
+    )
+    for layer, row in zip(table.layers, table.damage, strict=True):
+        assert row[0] < row[1] < row[2], (layer, row)
+    inputs = []
+    down = model.model.layers[0].mlp.down_proj
+    hook = down.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
+    with torch.inference_mode():
+        model(windows)
+    hook.remove()
+    energy = inputs[0].double().reshape(-1, down.in_features).square().mean(0)  # (K,)
+    w = down.weight.detach()
+    err = (w - ggml.round_trip(w, ggml.format_of("q4_k"))).double().square()  # (N, K)
+    expected = float((energy[None, :] * err).sum())
+    got = table.damage[table.layers.index("blk.0.ffn_down.weight")][1]
+    assert got == pytest.approx(expected, rel=1e-5)
