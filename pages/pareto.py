@@ -15,12 +15,20 @@ from explorer.inspect import result_table
 from explorer.plots import (
     deployed_figure,
     float_metric,
+    latency_axis,
     metric_of,
     pareto_3d_figure,
     pareto_figure,
     selected_keys,
     series_of,
     setting_figure,
+)
+from explorer.sweep.context import ModelContext
+from explorer.sweep.references import (
+    faster_whisper_rows,
+    faster_whisper_support,
+    reference_settings,
+    stored_faster_whisper_rows,
 )
 from explorer.ui import state
 from explorer.ui.labels import row_headline
@@ -32,6 +40,7 @@ OPEN_LAYERS = "pareto.open_layers"
 CHARTS = ("pareto.size", "pareto.latency", "pareto.formats")
 TABLE = "pareto.table"
 LAYERS_PAGE = "pages/layers.py"
+REFERENCE_BUTTON = "pareto.faster_whisper"
 
 
 def _select(key: str | None, *, open_layers: bool) -> None:
@@ -157,10 +166,52 @@ def filters_ui(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | 
     return visible, workload
 
 
-def plots_ui(visible: list[dict[str, Any]], workload: str | None, selected: str | None) -> None:
+def references_ui(ctx: ModelContext, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """faster-whisper beside a built-in Whisper's rows (`explorer.sweep.references`): its
+    stored points, or a button that measures them; why not, where it cannot run. Returns the
+    reference rows to draw."""
+    if ctx.task != "speech":
+        return []
+    reason = faster_whisper_support(ctx)
+    if reason:
+        st.caption(f"No faster-whisper points: {reason}.")
+        return []
+    threads, settings = reference_settings(rows)
+    found = stored_faster_whisper_rows(ctx, threads=threads, settings=settings)
+    if found is None and st.button(
+        "Measure faster-whisper (float32 and int8) on the same audio",
+        key=REFERENCE_BUTTON,
+        icon=":material/compare_arrows:",
+        help="Transcribes the evaluated utterances with faster-whisper (CTranslate2) at "
+        f"compute_type float32 and int8 with {threads} threads and times the same 10 s clip; "
+        "kept in the cache, so it runs once.",
+    ):
+        with st.spinner("Transcribing with faster-whisper ..."):
+            try:
+                found = faster_whisper_rows(ctx, threads=threads, settings=settings)
+            except ExplorerError as exc:
+                st.error(f"Cannot run faster-whisper: {exc}")
+    if found:
+        st.caption(
+            "Black crosses: **faster-whisper** (CTranslate2, the runtime voice-note apps ship) "
+            f"on the same utterances with {threads} threads, float32 and int8 — reference "
+            "points, never on the front; bars: the interval of the difference from the "
+            "explorer's float model."
+        )
+    return found or []
+
+
+def plots_ui(
+    visible: list[dict[str, Any]],
+    workload: str | None,
+    selected: str | None,
+    ctx: ModelContext,
+) -> None:
     """The four views of the shown rows: quality against size (the newcomer's view), against
-    latency, in three axes, and by storage format."""
+    latency (a speech model's real-time factor, with faster-whisper beside it), in three axes,
+    and by storage format."""
     timed = [_at_workload(row, workload) for row in visible] if workload else visible
+    speed = latency_axis(timed, workload)
     try:
         size_tab, latency_tab, three_tab, formats_tab, deployed_tab = st.tabs(
             [
@@ -179,8 +230,9 @@ def plots_ui(visible: list[dict[str, Any]], workload: str | None, selected: str 
                 selection_mode="points",
             )
         with latency_tab:
+            references = references_ui(ctx, visible)
             st.plotly_chart(
-                pareto_figure(timed, x="latency_ms", selected_key=selected),
+                pareto_figure(timed, x=speed, selected_key=selected, references=references),
                 key=CHARTS[1],
                 on_select=lambda: _on_chart_select(CHARTS[1]),
                 selection_mode="points",
@@ -190,7 +242,9 @@ def plots_ui(visible: list[dict[str, Any]], workload: str | None, selected: str 
                     f"Latency of the **{workload}** workload: median of repeated timed runs."
                 )
         with three_tab:
-            st.plotly_chart(pareto_3d_figure(timed, selected_key=selected), key="pareto.3d")
+            st.plotly_chart(
+                pareto_3d_figure(timed, selected_key=selected, latency=speed), key="pareto.3d"
+            )
             st.caption(
                 "Size, latency and quality at once: drag to turn the view. A configuration can "
                 "be on this three-way front while missing both flat ones."
@@ -282,12 +336,12 @@ def main() -> None:
     if st.session_state.pop(OPEN_LAYERS, False):
         _open_layers()
     intro_ui()
-    *_, rows = rows_or_stop(": its points appear here as each configuration finishes.")
+    _, ctx, rows = rows_or_stop(": its points appear here as each configuration finishes.")
     selected = state.selected_row_key()
     if selected not in {row["key"] for row in rows}:
         selected = None
     visible, workload = filters_ui(rows)
-    plots_ui(visible, workload, selected)
+    plots_ui(visible, workload, selected, ctx)
     configuration_ui(rows, selected)
     table_ui(rows)
 
