@@ -17,6 +17,7 @@ pytest.importorskip("onnxruntime")
 transformers = pytest.importorskip("transformers")
 import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
+from tasks.builders import tiny_llama  # noqa: E402
 
 from explorer.models.hf_workloads import cache_argument, returned_cache  # noqa: E402
 from explorer.nn.convert import quantize_model  # noqa: E402
@@ -35,21 +36,6 @@ FLOAT_RTOL = 1e-4
 def sqnr_db(ref: np.ndarray | torch.Tensor, x: np.ndarray | torch.Tensor) -> float:
     ref, x = np.asarray(ref, np.float64), np.asarray(x, np.float64)
     return float(10 * np.log10((ref**2).sum() / max(((ref - x) ** 2).sum(), 1e-300)))
-
-
-def llama() -> nn.Module:
-    """Two Llama blocks at width 64 with grouped-query attention (4 query, 2 KV heads)."""
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def gpt2() -> nn.Module:
@@ -78,9 +64,11 @@ def tokens() -> torch.Tensor:
     return torch.randint(0, VOCAB, (1, 129), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("make", [llama, gpt2], ids=["llama-gqa", "gpt2"])
+@pytest.mark.parametrize(
+    ("make", "kv_heads"), [(lambda: tiny_llama(VOCAB), 2), (gpt2, 4)], ids=["llama-gqa", "gpt2"]
+)
 def test_float_decode_step_matches_prefill(
-    make, target: OnnxRuntimeTarget, tokens: torch.Tensor
+    make, kv_heads: int, target: OnnxRuntimeTarget, tokens: torch.Tensor
 ) -> None:
     model = make()
     art = target.build(model, tokens)
@@ -90,7 +78,7 @@ def test_float_decode_step_matches_prefill(
     tol = FLOAT_RTOL * float(np.abs(prefill).max())
     # the prompt through the decode graph on an empty cache, then one token on its 128
     first, past = graph.run(tokens[:, :128].numpy())
-    assert {p.shape for p in past} == {(1, 2 if make is llama else 4, 128, 16)}
+    assert {p.shape for p in past} == {(1, kv_heads, 128, 16)}
     logits, present = graph.run(tokens[:, 128:].numpy(), past)
     assert len(present) == 2 * 2 and present[0].shape[2] == 129
     assert np.abs(first[0] - prefill[0, :128]).max() <= tol
@@ -110,7 +98,7 @@ def test_w8_dynamic_decode_is_the_evaluated_model(
     target: OnnxRuntimeTarget, tokens: torch.Tensor
 ) -> None:
     calib = torch.randint(0, VOCAB, (8, 32), generator=torch.Generator().manual_seed(2))
-    qmodel = quantize_model(llama(), Plan.uniform(W8A8_DYNAMIC), calib)
+    qmodel = quantize_model(tiny_llama(VOCAB), Plan.uniform(W8A8_DYNAMIC), calib)
     art = target.build(qmodel, tokens)
     step = art.workloads["decode"]
     graph = step.graph

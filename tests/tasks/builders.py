@@ -50,6 +50,13 @@ def train_tokenizer(path: Path, texts: list[str]) -> transformers.PreTrainedToke
 
 
 def save_llama(path: Path, vocab: int, *, max_positions: int = 256, seed: int = 0) -> None:
+    tiny_llama(vocab, max_positions=max_positions, seed=seed).save_pretrained(path)
+
+
+def tiny_llama(
+    vocab: int, *, max_positions: int = 256, seed: int = 0
+) -> transformers.PreTrainedModel:
+    """Two seeded Llama blocks at width 64 with grouped-query attention (4 query, 2 KV heads)."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=vocab,
@@ -63,7 +70,7 @@ def save_llama(path: Path, vocab: int, *, max_positions: int = 256, seed: int = 
         bos_token_id=1,
         eos_token_id=2,
     )
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return transformers.LlamaForCausalLM(config).eval()
 
 
 def save_bert(path: Path, vocab: int, *, seed: int = 0) -> None:
