@@ -15,6 +15,15 @@ Candidates:
   wo8-pc          native.wo_linear, 8-bit per-channel, float32 activations
   w8a8            native.w8a8_linear on pre-quantized int8 activations (kernel only)
   w8a8+quant      the same plus per-token dynamic activation quantization in torch ops
+  w4a8-g128       native W4A8 on repacked panels, per-token dynamic int8 activations quantized
+                  in C (VNNI CPUs only: the layer's kernel there)
+  wo3-g128, wo2-g128, wo2-g32
+                  lowbit.wo_linear: 3- and 2-bit weight-only, float32 activations (bit-plane
+                  table lookup, explorer/kernels/csrc/qe_lowbit.c)
+
+``--clock cpu`` times each call in this thread's CPU time (``time.thread_time``; use it with
+``--threads 1``): on a machine other jobs share, waiting for a core is not counted, and the
+foreign-load filter below is off (memory traffic of others still slows a call down).
 
 Shared machines: on Linux the CPU time used by *other* processes is measured over each batch
 of repetitions (``/proc/stat`` minus this process's CPU time); a batch during which others used
@@ -23,7 +32,7 @@ several-fold when a core is taken away from them mid-call).  ``--foreign-max 1``
 
 Prints a table, then one JSON line (the last line on stdout).
 
-Usage: python benchmarks/native_kernels.py [--reps 30] [--threads 2] [--m 1 8 32]
+Usage: python benchmarks/native_kernels.py [--reps 30] [--threads 2] [--m 1 8 32] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from explorer.kernels import native  # noqa: E402
+from explorer.kernels import lowbit, native  # noqa: E402
 
 MIB = 1 << 20
 ROTATE_BYTES = 4 * 32 * MIB  # > 4x the 32 MiB L3
@@ -58,6 +67,8 @@ def _copies(nbytes: int) -> int:
 class Candidate:
     """A named callable over a rotating list of weight sets."""
 
+    clock: Callable[[], float] = time.perf_counter
+
     def __init__(self, name: str, fn: Callable[[object], object], weights: list, nbytes: int):
         self.name = name
         self.fn = fn
@@ -69,9 +80,9 @@ class Candidate:
     def run(self, record: bool) -> None:
         w = self.weights[self.i % len(self.weights)]
         self.i += 1
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.fn(w)
-        dt = time.perf_counter() - t0
+        dt = self.clock() - t0
         if record:
             self.times.append(dt)
 
@@ -177,7 +188,36 @@ def build_weights(n: int, k: int, seed: int = 0) -> dict[str, tuple[list, int]]:
         ],
         nb,
     )
+    if native.packed_path():  # W4A8 g128 on the repacked panels (scales inside)
+        nb = n * k // 2 + n * (k // 128) * 4
+        zero_term = torch.zeros(n)
+        out["w4a8-g128"] = (
+            [
+                native.bind_w4a8_packed_dynamic(
+                    native.pack_int4(c, torch.rand(n, k // 128, generator=g) * 0.02, None, 128),
+                    zero_term,
+                    None,
+                    per_token=True,
+                    symmetric=True,
+                    eps=1e-8,
+                )
+                for c in codes4
+            ],
+            nb,
+        )
+    for bits, gs in ((3, 128), (2, 128), (2, 32)):  # the 2/3-bit kernels' own layout
+        nb = n * k * bits // 8 + n * (k // gs) * 4  # codes + fp32 scales as the kernel reads them
+        copies = [_lowbit_weight(n, k, bits, gs, g) for _ in range(_copies(nb))]
+        out[f"wo{bits}-g{gs}"] = (copies, nb)
     return out
+
+
+def _lowbit_weight(n: int, k: int, bits: int, gs: int, g: torch.Generator) -> lowbit.PackedLowbit:
+    """Random symmetric codes and scales in the 2/3-bit kernels' layout (values do not change
+    the speed)."""
+    codes = torch.randint(0, 1 << bits, (n, k), dtype=torch.uint8, generator=g)
+    scale = torch.rand(-(-n // lowbit.PANEL_ROWS), k // gs, lowbit.PANEL_ROWS, generator=g)
+    return lowbit.PackedLowbit(lowbit.pack_planes(codes, bits), scale * 0.02, None, n, k, gs, bits)
 
 
 def make_candidates(m: int, k: int, w: dict[str, tuple[list, int]]) -> list[Candidate]:
@@ -231,6 +271,12 @@ def make_candidates(m: int, k: int, w: dict[str, tuple[list, int]]) -> list[Cand
             return native.w8a8_linear(q, s, None, p[0], p[2], None)
 
         c.append(Candidate("w8a8+quant", w8a8_quant, ws, nb))
+        if "w4a8-g128" in w:
+            ws, nb = w["w4a8-g128"]
+            c.append(Candidate("w4a8-g128", lambda call: call(x), ws, nb))
+        for name in ("wo3-g128", "wo2-g128", "wo2-g32"):
+            ws, nb = w[name]
+            c.append(Candidate(name, lambda p: lowbit.wo_linear(x, p), ws, nb))
     return c
 
 
@@ -243,8 +289,12 @@ def run(
     foreign_max: float = 0.1,
     batch_seconds: float = 1.0,
     max_discards: int = 200,
+    clock: str = "wall",
 ) -> dict:
     torch.set_num_threads(threads)
+    Candidate.clock = time.thread_time if clock == "cpu" else time.perf_counter
+    if clock == "cpu":
+        foreign_max = 1.0  # CPU time does not count the waits the filter guards against
     if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
     n = k = 4096
@@ -294,6 +344,8 @@ def run(
             "median_ms": results,
             "discarded_batches": discarded,
             "foreign_max": foreign_max,
+            "clock": clock,
+            "loadavg": _loadavg(),
             "native_available": available,
             "native_isa": info.get("isa"),
             "native_load_seconds": round(load_s, 3),
@@ -303,6 +355,14 @@ def run(
             "quantized_engine": torch.backends.quantized.engine,
         },
     }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(v) for v in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -317,8 +377,15 @@ def main(argv: list[str] | None = None) -> None:
         help="discard batches during which other processes used more than this share of the "
         "machine's CPU (1 disables the check)",
     )
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: this thread's CPU time per call (one thread; a shared machine's waits are "
+        "not counted)",
+    )
     args = ap.parse_args(argv)
-    res = run(args.m, args.reps, args.threads, foreign_max=args.foreign_max)
+    res = run(args.m, args.reps, args.threads, foreign_max=args.foreign_max, clock=args.clock)
     if not native.available():
         print(f"# native kernels unavailable: {native.unavailable_reason()}", file=sys.stderr)
     print(f"{'M':>3}  {'candidate':<16} {'median ms':>10} {'x fp32':>8} {'weight GB/s':>12}")

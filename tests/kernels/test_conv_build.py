@@ -108,6 +108,16 @@ for bits in (8, 3):
     data = torch.randint(0, 4, (45 * bits // 8 + 1,), dtype=torch.uint8)
     state = DepthwiseWOState(dw, bits, data, torch.rand(5), torch.zeros(5), None)
     DWCONV_WO.run(state, img)
+from explorer.kernels import lowbit
+from explorer.quant.config import QuantConfig
+from explorer.quant.qtensor import QuantizedWeight
+w3 = QuantConfig(weight_bits=3, granularity="group", group_size=32, symmetric=False)
+for cfg, k in ((QuantConfig(weight_bits=2), 100), (w3, 64)):
+    packed = lowbit.pack(QuantizedWeight.from_float(torch.randn(17, k), cfg))
+    for isa in native.supported_isas():
+        native.set_isa(isa)
+        lowbit.wo_linear(torch.randn(5, k), packed, torch.randn(17))
+native.set_isa(None)
 print("clean")
 # an output buffer one row short: the sanitizer must stop this write
 small = torch.empty(1, 64)

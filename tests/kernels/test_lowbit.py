@@ -111,6 +111,16 @@ def test_matches_the_float64_reference(isa: str, prepared: dict, name: str, m: i
     assert kernel_isa("int3-wo-native") == ("avx2" if isa == "avx_vnni" else isa)
 
 
+def test_more_rows_than_one_pass(prepared: dict) -> None:
+    """70 rows: the kernel builds tables for 64 rows a pass, then for the remaining 6."""
+    qw, packed, bias = prepared["w2 g32 asym"]
+    x = torch.randn(70, qw.shape[1], generator=torch.Generator().manual_seed(2))
+    ref = x.double() @ qw.dequantize(torch.float64).T + bias.double()
+    y = lowbit.wo_linear(x, packed, bias)
+    torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(y[64:], lowbit.wo_linear(x[64:], packed, bias), rtol=0, atol=0)
+
+
 def test_batched_input_and_threads_give_the_same_rows(prepared: dict) -> None:
     qw, packed, _ = prepared["w3 g64 asym"]
     x = torch.randn(2, 3, qw.shape[1], generator=torch.Generator().manual_seed(1))

@@ -32,7 +32,8 @@
  * Order of work: panels in units of QE_LB_PG panels (OpenMP, dynamic: shared VMs run their
  * vCPUs at different speeds), and within a unit K chunks outermost, so one chunk's tables (for
  * every activation row) stay in L1/L2 while they meet every panel of the unit; partial sums go
- * through y.  Activation rows in register tiles of up to 4 (AVX-512) or 2 (AVX2).
+ * through y.  Activation rows in register tiles of up to 4 (AVX-512) or 2 (AVX2), and in
+ * passes of QE_LB_MB rows, so the tables of a long prefill never take more than 64 x K x 16 B.
  * Accumulation is float32 (tables, lookups, per-segment sums), so results differ from a float64
  * reference by ordinary float32 summation error.
  */
@@ -58,6 +59,7 @@
 enum { QE_LB_OK = 0, QE_LB_EINVAL = -1, QE_LB_ENOMEM = -2 };
 enum { QE_LB_PR = 16, QE_LB_KB = 32, QE_LB_Q = 8 /* quads a block */, QE_LB_PG = 8 };
 enum { QE_LB_CHUNK = 16 /* blocks of 32 per K chunk (at most) */ };
+enum { QE_LB_MB = 64 /* activation rows per pass: their tables take 64 x K x 16 bytes */ };
 
 int qe_isa(void); /* qe_kernels.c: 0 scalar, 1 avx2, 2 avx_vnni, 3 avx512_vnni */
 
@@ -406,23 +408,10 @@ QE_LB_EXPORT int qe_lb_wo_linear(const float* x, const uint32_t* w, const float*
     c.chunk = c.seg * (QE_LB_CHUNK / c.seg > 0 ? QE_LB_CHUNK / c.seg : 1);
     c.nseg = (c.kbn + c.seg - 1) / c.seg;
     const int64_t tq = c.kbn * QE_LB_Q * 16;
+    const int64_t mb = M < QE_LB_MB ? M : QE_LB_MB;
     int cached;
-    float* ws = lb_ws_take((size_t)(M * tq + M * c.nseg) * sizeof(float), &cached);
+    float* ws = lb_ws_take((size_t)(mb * tq + mb * c.nseg) * sizeof(float), &cached);
     if (!ws) return QE_LB_ENOMEM;
-    float* tab = ws;
-    float* xseg = ws + M * tq;
-    for (int64_t m = 0; m < M; ++m) {
-        const float* xr = x + m * K;
-        lb_tables(xr, K, c.kbn, tab + m * tq);
-        for (int64_t sgi = 0; sgi < c.nseg; ++sgi) {
-            const int64_t k0 = sgi * c.seg * QE_LB_KB, k1e = k0 + c.seg * QE_LB_KB;
-            const int64_t k1 = k1e < K ? k1e : K;
-            float sum = 0.0f;
-            for (int64_t k = k0; k < k1; ++k) sum += xr[k];
-            xseg[m * c.nseg + sgi] = sum;
-        }
-    }
-    c.tab = tab, c.xseg = xseg;
     lb_panel_fn fn = lb_scalar_panel;
 #if QE_LB_X86
     const int path = qe_lb_path();
@@ -434,10 +423,27 @@ QE_LB_EXPORT int qe_lb_wo_linear(const float* x, const uint32_t* w, const float*
     const int64_t units = (c.np + QE_LB_PG - 1) / QE_LB_PG;
     const int nth = nthreads > 1 && units > 1 ? nthreads : 1;
     (void)nth;
+    for (int64_t m0 = 0; m0 < M; m0 += mb) { /* row blocks bound the tables' memory */
+        c.x = x + m0 * K, c.y = y + m0 * N, c.M = M - m0 < mb ? M - m0 : mb;
+        float* tab = ws;
+        float* xseg = ws + c.M * tq;
+        for (int64_t m = 0; m < c.M; ++m) {
+            const float* xr = c.x + m * K;
+            lb_tables(xr, K, c.kbn, tab + m * tq);
+            for (int64_t sgi = 0; sgi < c.nseg; ++sgi) {
+                const int64_t k0 = sgi * c.seg * QE_LB_KB, k1e = k0 + c.seg * QE_LB_KB;
+                const int64_t k1 = k1e < K ? k1e : K;
+                float sum = 0.0f;
+                for (int64_t k = k0; k < k1; ++k) sum += xr[k];
+                xseg[m * c.nseg + sgi] = sum;
+            }
+        }
+        c.tab = tab, c.xseg = xseg;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (nth > 1)
 #endif
-    for (int64_t u = 0; u < units; ++u) lb_unit(&c, fn, u);
+        for (int64_t u = 0; u < units; ++u) lb_unit(&c, fn, u);
+    }
     lb_ws_give(ws, cached);
     return QE_LB_OK;
 }
