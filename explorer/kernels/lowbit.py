@@ -24,6 +24,7 @@ import torch
 
 from explorer.kernels import native
 from explorer.kernels.base import ActQParams, LinearSpec
+from explorer.kernels.native_ops import NativeWeightOnlyKernel, _not_here
 from explorer.quant.qtensor import QuantizedWeight
 
 BITS: tuple[int, ...] = (2, 3)
@@ -164,25 +165,16 @@ class LowbitState:
     bias: torch.Tensor | None
 
 
-class NativeLowbitKernel:
-    """``int{bits}-wo-native``: the weight-only 2/3-bit kernel behind the kernel interface."""
-
-    real = True
-
-    def __init__(self, bits: int) -> None:
-        self.bits = bits
-        self.name = f"int{bits}-wo-native"
+class NativeLowbitKernel(NativeWeightOnlyKernel):
+    """``int{bits}-wo-native``: the weight-only 2/3-bit kernel behind the kernel interface (named
+    and constructed like the 4/8-bit weight-only kernels, whose family it extends)."""
 
     def supports(self, spec: LinearSpec) -> str | None:
         if spec.act_bits is not None or spec.weight_bits != self.bits:
             return f"weight-only int{self.bits}"
         if spec.group_size != spec.k and spec.group_size % BLOCK:
             return f"the group size must be a multiple of {BLOCK} or the whole row"
-        if spec.device != "cpu":
-            return "CPU kernel"
-        if not native.available():
-            return f"native kernels unavailable: {native.unavailable_reason()}"
-        return None
+        return _not_here(spec)
 
     def prepare(
         self,
@@ -193,5 +185,5 @@ class NativeLowbitKernel:
     ) -> LowbitState:
         return LowbitState(pack(qw), None if bias is None else bias.float().contiguous())
 
-    def run(self, state: LowbitState, x: torch.Tensor) -> torch.Tensor:
+    def run(self, state: LowbitState, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return wo_linear(x, state.packed, state.bias)

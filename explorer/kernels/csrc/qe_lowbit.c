@@ -242,21 +242,25 @@ QE_LB_INLINE QE_LB_512 void lb512_tile(const lb_ctx* c, int64_t p, int64_t kb0, 
         _mm512_mask_storeu_ps(c->y + (m0 + m) * c->N + p * QE_LB_PR, live, tot[m]);
 }
 
-QE_LB_512 static void lb512_panel(const lb_ctx* c, int64_t p, int64_t kb0, int64_t kb1) {
-    int64_t m = 0;
-    for (; m + 4 <= c->M; m += 4) {
-        if (c->bits == 2)
-            lb512_tile(c, p, kb0, kb1, m, 4, 2);
-        else
-            lb512_tile(c, p, kb0, kb1, m, 4, 3);
+/* The activation rows of one panel in register tiles of MR rows, then one by one. */
+#define QE_LB_PANEL(NAME, TILE, MR, TARGET)                                     \
+    TARGET static void NAME(const lb_ctx* c, int64_t p, int64_t kb0, int64_t kb1) { \
+        int64_t m = 0;                                                          \
+        for (; m + (MR) <= c->M; m += (MR)) {                                   \
+            if (c->bits == 2)                                                   \
+                TILE(c, p, kb0, kb1, m, (MR), 2);                               \
+            else                                                                \
+                TILE(c, p, kb0, kb1, m, (MR), 3);                               \
+        }                                                                       \
+        for (; m < c->M; ++m) {                                                 \
+            if (c->bits == 2)                                                   \
+                TILE(c, p, kb0, kb1, m, 1, 2);                                  \
+            else                                                                \
+                TILE(c, p, kb0, kb1, m, 1, 3);                                  \
+        }                                                                       \
     }
-    for (; m < c->M; ++m) {
-        if (c->bits == 2)
-            lb512_tile(c, p, kb0, kb1, m, 1, 2);
-        else
-            lb512_tile(c, p, kb0, kb1, m, 1, 3);
-    }
-}
+
+QE_LB_PANEL(lb512_panel, lb512_tile, 4, QE_LB_512)
 
 /* ---- AVX2: two ymm halves of 8 rows; a 16-entry lookup is two 8-entry vpermps + a blend
  * on bit 3 of the index --------------------------------------------------------------------- */
@@ -329,21 +333,7 @@ QE_LB_INLINE QE_LB_AVX2 void lb256_tile(const lb_ctx* c, int64_t p, int64_t kb0,
         }
 }
 
-QE_LB_AVX2 static void lb256_panel(const lb_ctx* c, int64_t p, int64_t kb0, int64_t kb1) {
-    int64_t m = 0;
-    for (; m + 2 <= c->M; m += 2) {
-        if (c->bits == 2)
-            lb256_tile(c, p, kb0, kb1, m, 2, 2);
-        else
-            lb256_tile(c, p, kb0, kb1, m, 2, 3);
-    }
-    for (; m < c->M; ++m) {
-        if (c->bits == 2)
-            lb256_tile(c, p, kb0, kb1, m, 1, 2);
-        else
-            lb256_tile(c, p, kb0, kb1, m, 1, 3);
-    }
-}
+QE_LB_PANEL(lb256_panel, lb256_tile, 2, QE_LB_AVX2)
 #endif
 
 typedef void (*lb_panel_fn)(const lb_ctx*, int64_t, int64_t, int64_t);
