@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 pytest.importorskip("onnxruntime")
 transformers = pytest.importorskip("transformers")
@@ -25,15 +26,16 @@ from tasks.builders import sentences, train_tokenizer  # noqa: E402
 from explorer.bundle import target_files  # noqa: E402
 from explorer.nn.convert import quantize_model  # noqa: E402
 from explorer.quant.config import Plan, QuantConfig  # noqa: E402
-from explorer.sweep.context import ModelSource, open_context  # noqa: E402
+from explorer.sweep.context import ModelContext, ModelSource, open_context  # noqa: E402
 from explorer.sweep.runner import RunSettings, evaluate_entry  # noqa: E402
 from explorer.sweep.space import entry_for_plan  # noqa: E402
-from explorer.targets import TargetModule, get_target  # noqa: E402
+from explorer.targets import Artifact, Target, TargetModule, get_target  # noqa: E402
 
 # ORT's dynamic activations: per tensor, asymmetric uint8 (DynamicQuantizeMatMul)
 W8A8 = QuantConfig(
     weight_bits=8, act_bits=8, act_mode="dynamic", act_granularity="tensor", act_symmetric=False
 )
+Built = tuple[nn.Module, Target, Artifact]  # the quantized model, its target, its artifact
 FP32 = entry_for_plan(Plan.uniform(None), kind="baseline", label="fp32")
 ORT = RunSettings(n_boot=100, warmup=1, repeats=2, per_layer=False, target="onnxruntime")
 
@@ -91,14 +93,25 @@ def embedder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def embedding_ctx(embedder: Path):  # noqa: ANN201
+def embedding_ctx(embedder: Path) -> ModelContext:
     ctx = open_context(ModelSource(model=str(embedder), data=str(embedder.parent / "pairs.csv")))
     assert ctx.task == "embedding" and ctx.metric == "spearman"
     assert (ctx.task_spec.pooling.mode, ctx.task_spec.pooling.normalize) == ("cls", True)
     return ctx
 
 
-def test_embedding_rows_in_onnxruntime(embedding_ctx) -> None:  # noqa: ANN001
+@pytest.fixture(scope="module")
+def w8a8(embedding_ctx: ModelContext) -> Built:
+    """The W8A8 model and its ORT artifact, built as the sweep builds them (the first
+    evaluation batch as the example input, the context's calibration inputs)."""
+    ctx = embedding_ctx
+    calibration = ctx.calibration_inputs(128)
+    quantized = quantize_model(ctx.model, Plan.uniform(W8A8), calibration)
+    target = get_target("onnxruntime", threads=1)
+    return quantized, target, target.build(quantized, ctx.eval_batches()[0][0], calibration)
+
+
+def test_embedding_rows_in_onnxruntime(embedding_ctx: ModelContext, w8a8: Built) -> None:
     ctx = embedding_ctx
     # float in ORT: the same embeddings as torch's float model, up to summation order
     fp32 = evaluate_entry(ctx, FP32, ORT)
@@ -109,24 +122,25 @@ def test_embedding_rows_in_onnxruntime(embedding_ctx) -> None:  # noqa: ANN001
     # both sentence workloads are timed in ORT, pooling outside the graph as natively
     assert fp32["latency_workload"] == "single" and set(fp32["latency"]) == {"single", "batch32"}
     assert all(w["median_ms"] > 0 for w in fp32["latency"].values())
-    # W8A8 (dynamic activations, per-channel weights): integer kernels, cosine >= 0.99
-    entry = entry_for_plan(Plan.uniform(W8A8))
-    w8a8 = evaluate_entry(ctx, entry, RunSettings(**{**ORT.to_dict(), "per_layer": True}))
-    assert w8a8["metrics"]["cosine"] >= 0.99
-    assert "spearman" in w8a8["metrics_ci"]
-    kernels = w8a8["kernels"]
+    # W8A8 (dynamic activations, per-channel weights) in ORT against the same float reference
+    _, target, art = w8a8
+    result = ctx.reference.evaluate(TargetModule(art), n_boot=100)
+    assert result.metrics["cosine"] >= 0.99
+    assert "spearman" in result.metrics_ci
+    kernels = {name: info["kernels"] for name, info in art.layers.items()}
     # BertModel.from_pretrained adds a pooler that last_hidden_state never reaches: the
-    # exporter prunes it, and the row says so instead of failing
-    assert kernels.pop("pooler.dense") == ""
-    layers = {lay["name"]: lay for lay in w8a8["layers"]}
-    assert layers.pop("pooler.dense")["note"].startswith("not in the exported graph")
+    # exporter prunes it, and the layer says so instead of failing the row
+    assert kernels.pop("pooler.dense") == []
+    assert art.layers["pooler.dense"]["note"].startswith("not in the exported graph")
     assert len(kernels) == 2 * 6  # q, k, v, attention output, intermediate, output per layer
     # an integer product on every layer; on (B, T, C) inputs the bias stays a float Add after
     # it (or fuses onward, as into the intermediate layer's BiasGelu)
-    assert all(k.split(" / ")[0] == "DynamicQuantizeMatMul" for k in kernels.values()), kernels
+    assert all(k[0] == "DynamicQuantizeMatMul" for k in kernels.values()), kernels
     # the profiler's node times land on the encoder's layers
     # (/inner/encoder/layer.0/attention/self/query/MatMul ...)
-    assert all(lay["latency_ms"] > 0 for lay in layers.values()), layers
+    run = ctx.workloads["single"](TargetModule(art))
+    report = target.layer_report(art, run, repeats=2)
+    assert all(report[name]["latency_ms"] > 0 for name in kernels), report
 
 
 def test_classifier_accuracy_in_onnxruntime_equals_float(tmp_path: Path) -> None:
@@ -149,37 +163,34 @@ def test_classifier_accuracy_in_onnxruntime_equals_float(tmp_path: Path) -> None
     assert set(row["latency"]) == {"single", "batch32"}
 
 
-def test_exported_script_reproduces_the_embeddings(embedding_ctx, tmp_path: Path) -> None:  # noqa: ANN001
+def test_exported_script_reproduces_the_embeddings(
+    embedding_ctx: ModelContext, w8a8: Built, tmp_path: Path
+) -> None:
     ctx = embedding_ctx
-    quantized = quantize_model(ctx.model, Plan.uniform(W8A8), ctx.calibration_inputs(128))
-    files = target_files(ctx, quantized, "onnxruntime", tmp_path)
+    quantized, _, art = w8a8
+    files = target_files(ctx, quantized, "onnxruntime", tmp_path)  # what `explorer export` writes
     assert set(files) == {"onnx", "script"}
+    # the exported file is the measured one, byte for byte
+    assert files["onnx"].read_bytes() == art.payload
     x = ctx.eval_batches()[0][0][:4]  # (4, 2 sentences, ids and mask, T)
     flat = x.reshape(-1, 2, x.shape[-1])
-    np.savez(
-        tmp_path / "inputs.npz", input_ids=flat[:, 0].numpy(), attention_mask=flat[:, 1].numpy()
-    )
-    # the measured artifact, built as the sweep builds it, pooled by the task itself
-    art = get_target("onnxruntime").build(quantized, x, ctx.calibration_inputs(128))
-    with torch.no_grad():
+    ids, mask = flat[:, 0].numpy(), flat[:, 1].numpy()
+    np.savez(tmp_path / "inputs.npz", input_ids=ids, attention_mask=mask)
+    with torch.no_grad():  # the measured artifact, pooled by the task itself
         expected = ctx.task_spec.outputs(TargetModule(art), x).reshape(len(flat), -1)
-    script = files["script"]
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(tmp_path / "inputs.npz"),
-            "--save",
-            str(tmp_path / "e.npy"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = tmp_path / "e.npy"
+    command = [
+        sys.executable,
+        str(files["script"]),
+        str(tmp_path / "inputs.npz"),
+        "--save",
+        str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"embeddings ({len(flat)}, 32)")
-    got = torch.from_numpy(np.load(tmp_path / "e.npy"))
-    # the same graph and settings in another process: equal up to float32 rounding
+    got = torch.from_numpy(np.load(out))
+    # the same graph and thread count in another process: equal up to float32 rounding
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     # normalised [CLS] embeddings, as the directory's pooling config asks
     torch.testing.assert_close(got.norm(dim=-1), torch.ones(len(flat)), atol=1e-5, rtol=0)
