@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer.errors import ExplorerError
+from explorer.export.gguf import gguf_names
 from explorer.inspect import algorithm_summary, calibration_seconds
 from explorer.nn.convert import quantizable_layers
 from explorer.plots import (
@@ -54,9 +55,10 @@ def value_picker_ui(label: str, choices: dict[str, str], default: str, *, key: s
     return picked or default
 
 
-def configuration_ui(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+def configuration_ui(rows: list[dict[str, Any]], ctx: Any) -> tuple[dict[str, Any], str]:
     """Pick a configuration (the one selected app-wide by default) and show its headline
-    numbers, per-layer table and chart. Returns the row and its metric's sense."""
+    numbers, per-layer table (with llama.cpp's tensor names when llama.cpp runs the model) and
+    chart. Returns the row and its metric's sense."""
     by_key = {row["key"]: row for row in rows}
     metric_path, sense = metric_of(rows)
     selected = state.selected_row_key()
@@ -82,10 +84,16 @@ def configuration_ui(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
             "per-layer shares are not measured."
         )
 
-    layers_df = layer_report_frame(row)
+    layers_df = layer_report_frame(row, gguf_names(ctx.model))
     if layers_df.empty:
         st.info("This configuration has no per-layer report (it was run without one).")
         return row, sense
+    if "ggml type" in layers_df:
+        st.caption(
+            "llama.cpp quantized the float model itself: *ggml type* is each tensor's type in "
+            "the GGUF file it ran (llama.cpp falls back to another type where a tensor's rows "
+            "do not fit the asked one's blocks); *setting* is the explorer's own plan, float."
+        )
     st.dataframe(
         layers_df,
         hide_index=True,
@@ -269,7 +277,7 @@ def main() -> None:
     source, ctx, rows = rows_or_stop(
         ", then pick a configuration here or click a point on the Pareto page."
     )
-    row, sense = configuration_ui(rows)
+    row, sense = configuration_ui(rows, ctx)
     sensitivity_ui(ctx)
     result = whatif_ui(source, ctx, row, sense)
     compare_ui(rows, row["key"], result)

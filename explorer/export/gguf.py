@@ -99,6 +99,24 @@ def gguf_name(hf_name: str) -> str | None:
     return None
 
 
+def gguf_names(model: nn.Module) -> dict[str, str]:
+    """llama.cpp's tensor name (`gguf_name`) of each of ``model``'s modules that has one, when
+    this writer supports the model (Llama, Mistral, Qwen2); empty for any other model, whose
+    module names may look alike but are not llama.cpp's. A head tied to the embedding is
+    ``token_embd``: llama.cpp runs the embedding's tensor in its place."""
+    try:
+        architecture(getattr(model, "config", None))
+    except GgufError:
+        return {}
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    names = {}
+    for module_name, _ in model.named_modules():
+        name = gguf_name(module_name)
+        if name is not None:
+            names[module_name] = "token_embd" if name == "output" and tied else name
+    return names
+
+
 @dataclass(frozen=True)
 class GgufPlan:
     """The ggml type of every matrix: ``tensors`` (regex, format) pairs searched in order in the

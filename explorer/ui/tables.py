@@ -27,15 +27,31 @@ def model_layers_frame(table: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     )
 
 
-def layer_report_frame(row: Mapping[str, Any]) -> pd.DataFrame:
+def layer_report_frame(
+    row: Mapping[str, Any], gguf_names: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """A result row's per-layer report: setting, algorithm, kernel, SQNRs, share of latency,
-    bytes and fallback; a layer left in float reads ``fp32`` and ``float``."""
-    return pd.DataFrame(
-        [
+    bytes and fallback; a layer left in float reads ``fp32`` and ``float``.
+
+    Two columns speak llama.cpp's language: ``llama.cpp name`` (``blk.3.ffn_down``) when the
+    layers have one (a llama.cpp row's own, else ``gguf_names``, `explorer.export.gguf.gguf_names`
+    of a model llama.cpp runs), and ``ggml type`` on a llama.cpp row: the type the GGUF file
+    holds, with the one asked for where llama.cpp fell back (rows not a multiple of the block)."""
+    layers = row.get("layers") or []
+    names = dict(gguf_names or {})
+    named = bool(names) or any(lay.get("gguf") for lay in layers)
+    llamacpp = row.get("target") == "llamacpp" or any(lay.get("ggml_type") for lay in layers)
+    records = []
+    for lay in layers:
+        record: dict[str, Any] = {"layer": lay.get("name")}
+        if named:
+            record["llama.cpp name"] = lay.get("gguf") or names.get(lay.get("name") or "", "")
+        record["type"] = lay.get("type")
+        record["setting"] = lay.get("config") or "fp32"
+        if llamacpp:
+            record["ggml type"] = ggml_type_text(lay.get("ggml_type"), lay.get("ggml_asked"))
+        record.update(
             {
-                "layer": lay.get("name"),
-                "type": lay.get("type"),
-                "setting": lay.get("config") or "fp32",
                 "algorithm": lay.get("algorithm") or "",
                 "kernel": lay.get("kernel") or "float",
                 "simulated": bool(lay.get("simulated")),
@@ -45,9 +61,17 @@ def layer_report_frame(row: Mapping[str, Any]) -> pd.DataFrame:
                 "bytes": lay.get("bytes"),
                 "fallback": lay.get("fallback") or "",
             }
-            for lay in row.get("layers") or []
-        ]
-    )
+        )
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def ggml_type_text(written: str | None, asked: str | None) -> str:
+    """A tensor's ggml type as the Layers table shows it: ``q5_0 (asked q4_k)`` where llama.cpp
+    fell back from the asked type, ``""`` for a layer the GGUF file holds no tensor of."""
+    if not written:
+        return ""
+    return written if not asked or asked == written else f"{written} (asked {asked})"
 
 
 def results_frame(table: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
