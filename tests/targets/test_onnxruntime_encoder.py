@@ -21,7 +21,7 @@ from torch import nn
 pytest.importorskip("onnxruntime")
 transformers = pytest.importorskip("transformers")
 
-from tasks.builders import sentences, train_tokenizer  # noqa: E402
+from tasks.builders import bert_config, sentences, train_tokenizer  # noqa: E402
 
 from explorer.bundle import target_files  # noqa: E402
 from explorer.nn.convert import quantize_model  # noqa: E402
@@ -40,17 +40,7 @@ FP32 = entry_for_plan(Plan.uniform(None), kind="baseline", label="fp32")
 ORT = RunSettings(n_boot=100, warmup=1, repeats=2, per_layer=False, target="onnxruntime")
 
 
-def _bert_config(vocab: int, **extra: object) -> transformers.BertConfig:
-    return transformers.BertConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        **extra,
-    )
+SMALL = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}  # half width
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +51,13 @@ def embedder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model_dir = root / "model"
     tokenizer = train_tokenizer(model_dir, sentences(200, seed=1))
     torch.manual_seed(0)
-    transformers.BertModel(_bert_config(len(tokenizer)), add_pooling_layer=False).save_pretrained(
-        model_dir
-    )
+    transformers.BertModel(
+        bert_config(len(tokenizer), **SMALL), add_pooling_layer=False
+    ).save_pretrained(model_dir)
+    kinds = {"": "Transformer", "1_Pooling": "Pooling", "2_Normalize": "Normalize"}
     modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-        {
-            "idx": 2,
-            "name": "2",
-            "path": "2_Normalize",
-            "type": "sentence_transformers.models.Normalize",
-        },
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{kind}"}
+        for i, (path, kind) in enumerate(kinds.items())
     ]
     (model_dir / "modules.json").write_text(json.dumps(modules))
     (model_dir / "1_Pooling").mkdir()
@@ -147,7 +127,7 @@ def test_classifier_accuracy_in_onnxruntime_equals_float(tmp_path: Path) -> None
     model_dir = tmp_path / "model"
     tokenizer = train_tokenizer(model_dir, sentences(200, seed=1))
     torch.manual_seed(0)
-    config = _bert_config(len(tokenizer), num_labels=3)
+    config = bert_config(len(tokenizer), num_labels=3, **SMALL)
     transformers.BertForSequenceClassification(config).save_pretrained(model_dir)
     data = tmp_path / "labelled.jsonl"
     records = [{"text": t, "label": i % 3} for i, t in enumerate(sentences(40, seed=4))]

@@ -73,18 +73,23 @@ def tiny_llama(
     return transformers.LlamaForCausalLM(config).eval()
 
 
+def bert_config(vocab: int, **overrides: object) -> transformers.BertConfig:
+    """The tests' tiny BERT: two layers at width 64 (``overrides`` change any field)."""
+    fields: dict[str, object] = {
+        "vocab_size": vocab,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "max_position_embeddings": 128,
+        "pad_token_id": 0,
+    }
+    return transformers.BertConfig(**{**fields, **overrides})
+
+
 def save_bert(path: Path, vocab: int, *, seed: int = 0) -> None:
     torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-        pad_token_id=0,
-    )
-    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    transformers.BertModel(bert_config(vocab), add_pooling_layer=False).save_pretrained(path)
 
 
 def cli_w8_row(model: Path, data: Path, store: Path, repeats: int = 3) -> dict:
