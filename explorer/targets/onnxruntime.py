@@ -54,6 +54,7 @@ __all__ = ["OnnxRuntimeTarget", "fused_kinds", "pack_nbits", "support"]
 OPSET = 17
 PROMPT_TOKENS = 128  # a language model's prefill, as the native workloads run it
 ONNX_FILE = "model.onnx"
+DECODE_FILE = "model_decode.onnx"  # a causal LM's decode step with its KV cache
 SCRIPT_FILE = "run_onnx.py"
 RUN_SCRIPT = '''"""Run the quantized model as the explorer measured it: model.onnx in ONNX Runtime
 (measured with onnxruntime {version}, {threads} thread(s), all graph optimisations).
@@ -390,11 +391,16 @@ class OnnxRuntimeTarget(Target):
 
     def export_recipe(self, artifact: Artifact, folder: str | Path) -> dict[str, Path]:
         """The measured ``model.onnx`` and ``run_onnx.py``, a script that runs it in ONNX
-        Runtime with the measured settings (and scores it when given labels), in ``folder``."""
+        Runtime with the measured settings (and scores it when given labels), in ``folder``;
+        for a causal LM also ``model_decode.onnx``, the KV-cache graph its decode was timed on."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         files = {"onnx": folder / ONNX_FILE, "script": folder / SCRIPT_FILE}
         self.export(artifact, str(files["onnx"]))
+        decode = getattr(artifact, "workloads", {}).get("decode")
+        if decode is not None:  # the KV-cache graph the decode step was timed on (onnx_decode)
+            files["decode_onnx"] = folder / DECODE_FILE
+            files["decode_onnx"].write_bytes(decode.graph.payload)
         shape = list(getattr(artifact, "input_shape", []))
         dtype = getattr(artifact, "input_dtype", "float32")
         encoder = getattr(artifact, "encoder", None)

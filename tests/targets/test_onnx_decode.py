@@ -7,6 +7,7 @@ quantized model's decode step; a cache it cannot export leaves decode untimed wi
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from explorer.models.hf_workloads import cache_argument, returned_cache  # noqa:
 from explorer.nn.convert import quantize_model  # noqa: E402
 from explorer.quant.config import Plan, QuantConfig  # noqa: E402
 from explorer.targets import get_target  # noqa: E402
+from explorer.targets.onnx_decode import DecodeGraph  # noqa: E402
 from explorer.targets.onnxruntime import OnnxRuntimeTarget  # noqa: E402
 
 W8A8_DYNAMIC = QuantConfig(
@@ -95,7 +97,7 @@ def test_float_decode_step_matches_prefill(
 
 
 def test_w8_dynamic_decode_is_the_evaluated_model(
-    target: OnnxRuntimeTarget, tokens: torch.Tensor
+    target: OnnxRuntimeTarget, tokens: torch.Tensor, tmp_path: Path
 ) -> None:
     calib = torch.randint(0, VOCAB, (8, 32), generator=torch.Generator().manual_seed(2))
     qmodel = quantize_model(tiny_llama(VOCAB), Plan.uniform(W8A8_DYNAMIC), calib)
@@ -128,6 +130,11 @@ def test_w8_dynamic_decode_is_the_evaluated_model(
         native = qmodel(input_ids=tokens[:, 128:], use_cache=True, **cache).logits[0, -1]
     # the same codes and the same one-token scales: summation order only (measured 148 dB)
     assert sqnr_db(native, logits) >= 60.0
+    # the export holds the decode graph too; a fresh session gives the same logits
+    exported = target.export_recipe(art, tmp_path)["decode_onnx"].read_bytes()
+    assert exported == graph.payload
+    fresh = DecodeGraph(target, exported, graph.layout)
+    np.testing.assert_array_equal(fresh.run(tokens[:, 128:].numpy(), past)[0][0, -1], logits)
     # the row times this call; ORT's profiler maps the decode graph's nodes to every layer
     assert step().shape == (1, 1, VOCAB)
     report = target.layer_report(art, step, repeats=1)
