@@ -32,6 +32,7 @@ Imports: `explorer.targets.onnxruntime` (the float twin, the sessions), `explore
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from collections.abc import Callable
@@ -106,6 +107,8 @@ class CacheStep(nn.Module):
         super().__init__()
         self.inner = inner
         self.cache_arg = cache_argument(inner)
+        # a model that numbers positions itself gets none (the graph then has no such input)
+        self.positions = "position_ids" in inspect.signature(inner.forward).parameters
 
     def forward(
         self,
@@ -117,13 +120,10 @@ class CacheStep(nn.Module):
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2], strict=True)))
-        out = self.inner(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            **{self.cache_arg: cache},
-        )
+        kwargs: dict[str, Any] = {self.cache_arg: cache, "use_cache": True}
+        if self.positions:
+            kwargs["position_ids"] = position_ids
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         grown = returned_cache(out).layers
         return (out["logits"], *(t for pair in _tensors(grown) for t in pair))
 
