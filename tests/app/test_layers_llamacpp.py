@@ -25,6 +25,7 @@ transformers = pytest.importorskip("transformers")
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "layers.py")
 RUN = "0000000000d1"
+FAST = {"warmup": 1, "repeats": 2, "n_boot": 100, "calibration_samples": 4, "eval_budget": 128}
 COLUMNS = [
     "layer",
     "type",
@@ -47,15 +48,9 @@ def _tiny(kind: str, *, tied: bool = False) -> nn.Module:
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
     }[kind]
-    config = config_class(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=tied,
-    )
+    sizes = {"vocab_size": 32, "hidden_size": 16, "intermediate_size": 32}
+    heads = {"num_attention_heads": 2, "num_key_value_heads": 1}
+    config = config_class(num_hidden_layers=2, tie_word_embeddings=tied, **sizes, **heads)
     return model_class(config)
 
 
@@ -156,14 +151,7 @@ def lm_swept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     try:
         with ResultStore(store_path) as store:
             for target, label in (("native", "W8 channel sym ptq"), ("llamacpp:q4_k", "fp32")):
-                settings = RunSettings(
-                    warmup=1,
-                    repeats=2,
-                    n_boot=100,
-                    calibration_samples=4,
-                    eval_budget=128,
-                    target=target,
-                )
+                settings = RunSettings(target=target, **FAST)
                 chosen = [e for e in entries if e.label == label]
                 events = list(run_sweep(ctx, chosen, store, settings=settings, owner=RUN))
                 (row,) = [e.row for e in events if e.kind in ("row", "cached")]
