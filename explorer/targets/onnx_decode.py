@@ -220,7 +220,11 @@ class DecodeGraph:
         """The decode workload: ``prompt`` (1, P) fills the cache once; each call then runs the
         prompt's greedy next token on those P cached tokens and returns its logits (1, 1, V).
         The call carries this graph as ``.graph``."""
-        logits, past = self.run(prompt.numpy())
+        try:
+            logits, past = self.run(prompt.numpy())
+        except Exception as e:  # ORT's own errors carry no common base class
+            msg = str(e).splitlines()[0]
+            raise TargetError(f"onnxruntime could not run the decode graph: {msg}") from None
         token = logits[:, -1:].argmax(-1)  # (1, 1)
         feed = self.feed(token, past)
 
