@@ -245,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _torch_threads() -> int | None:
+    """torch's intra-op thread count if torch is loaded (in-process callers: tests, notebooks)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
+def _restore_torch_threads(threads: int | None) -> None:
+    """``--threads`` holds for one command: an in-process caller gets its own count back."""
+    torch = sys.modules.get("torch")
+    if threads is not None and torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -255,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 0
+    threads = _torch_threads()
     try:
         result = func(args)
     except (ExplorerError, ValueError, OSError) as exc:
@@ -271,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"explorer {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return INTERRUPTED_EXIT
+    finally:
+        _restore_torch_threads(threads)
     if args.json:
         from explorer.sweep.store import finite_or_none
 
