@@ -140,6 +140,21 @@ def encoder_graph(model: nn.Module) -> EncoderGraph | None:
     return EncoderGraph(inputs, outputs, int(getattr(model.config, "vocab_size", 2) or 2))
 
 
+def check_single_use(g: Any, mods: dict[str, nn.Module], prefix: str) -> None:
+    """Refuse a quantized layer whose weight the graph reads more than once: a module called
+    several times, as ALBERT's one set of layers shared by every block. The plan is written
+    into the graph once per layer, at the node that reads its weight
+    (`explorer.targets.onnx_qdq`), so the other calls would lose it."""
+    for name in mods:
+        users = len(g.consumers(f"{prefix}{name}.weight"))
+        if users > 1:
+            raise TargetError(
+                f"onnxruntime cannot run layer {name} as planned: the graph calls it {users} "
+                "times (a layer shared across blocks) and the plan is written at one call; the "
+                "native target still runs this model"
+            )
+
+
 class EncoderOutput(nn.Module):
     """An encoder as positional tensors in, its named outputs out, for ``torch.onnx.export``.
     Its weights are named ``inner.<our layer name>``."""

@@ -43,6 +43,7 @@ from explorer.targets.onnx_encoder import (
     UNUSED,
     EncoderGraph,
     EncoderOutput,
+    check_single_use,
     encoder_graph,
     recipe_script,
 )
@@ -221,6 +222,7 @@ class OnnxRuntimeTarget(Target):
             # is pruned by the exporter: nothing to quantize, and ORT never runs it
             unused = {n: UNUSED for n in mods if f"{prefix}{n}.weight" not in g.inits}
             mods = {n: m for n, m in mods.items() if n not in unused}
+            check_single_use(g, mods, prefix)
         else:
             if is_transformers_model(twin):
                 twin, prefix = TaskOutput(twin), "inner."

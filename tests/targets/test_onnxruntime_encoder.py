@@ -29,7 +29,7 @@ from explorer.quant.config import Plan, QuantConfig  # noqa: E402
 from explorer.sweep.context import ModelContext, ModelSource, open_context  # noqa: E402
 from explorer.sweep.runner import RunSettings, evaluate_entry  # noqa: E402
 from explorer.sweep.space import entry_for_plan  # noqa: E402
-from explorer.targets import Artifact, Target, TargetModule, get_target  # noqa: E402
+from explorer.targets import Artifact, Target, TargetError, TargetModule, get_target  # noqa: E402
 
 # ORT's dynamic activations: per tensor, asymmetric uint8 (DynamicQuantizeMatMul)
 W8A8 = QuantConfig(
@@ -174,3 +174,22 @@ def test_exported_script_reproduces_the_embeddings(
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     # normalised [CLS] embeddings, as the directory's pooling config asks
     torch.testing.assert_close(got.norm(dim=-1), torch.ones(len(flat)), atol=1e-5, rtol=0)
+
+
+def test_a_layer_shared_across_blocks_is_refused_with_the_reason() -> None:
+    """ALBERT runs one set of layers in every block: the plan, written at one call of each
+    layer, would miss the others, so the row is refused (the float model still exports)."""
+    config = transformers.AlbertConfig(
+        vocab_size=64, embedding_size=16, num_hidden_layers=2, max_position_embeddings=32, **SMALL
+    )
+    torch.manual_seed(0)
+    model = transformers.AlbertModel(config).eval()
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    quantized = quantize_model(model, Plan.uniform(W8A8), ids)
+    with pytest.raises(TargetError) as err:
+        get_target("onnxruntime", threads=1).build(quantized, ids)
+    assert str(err.value) == (
+        "onnxruntime cannot run layer encoder.albert_layer_groups.0.albert_layers.0.attention."
+        "query as planned: the graph calls it 2 times (a layer shared across blocks) and the "
+        "plan is written at one call; the native target still runs this model"
+    )
