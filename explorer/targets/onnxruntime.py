@@ -1,9 +1,10 @@
 """ONNX Runtime as a target: the float model is exported with ``torch.onnx.export`` (the
 TorchScript exporter, ``dynamo=False``: it works offline and names each node after its module,
 ``/features/features.1/Conv`` for ``features.1``; a Hugging Face model through `TaskOutput`, token
-ids or pixel values in, logits out), then the plan is written into the graph layer by layer from
-the SAME quantized model the native target measures, in the QDQ form ORT's optimiser fuses
-(`explorer.targets.onnx_qdq`): our int8 codes, scales and zero points; static activations as
+ids or pixel values in, logits out; a text encoder with ids and attention mask in and its hidden
+states out, `explorer.targets.onnx_encoder`), then the plan is written into the graph layer by
+layer from the SAME quantized model the native target measures, in the QDQ form ORT's optimiser
+fuses (`explorer.targets.onnx_qdq`): our int8 codes, scales and zero points; static activations as
 QuantizeLinear→DequantizeLinear with our calibrated parameters; int32 biases; convolution outputs
 quantized; dynamic activations as ``DynamicQuantizeMatMul``; 4/8-bit weight-only groups as
 ``MatMulNBits`` (whose unsigned codes are our stored codes, so the dequantized weights are
