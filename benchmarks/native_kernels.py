@@ -20,6 +20,9 @@ Candidates:
   wo3-g128, wo2-g128, wo2-g32
                   lowbit.wo_linear: 3- and 2-bit weight-only, float32 activations (bit-plane
                   table lookup, explorer/kernels/csrc/qe_lowbit.c)
+  w3a8-g128, w2a8-g128
+                  int3/int2-w?a8-native layers: per-token int8 activations (quantized in torch) x
+                  3/2-bit codes decoded to bytes for vpdpbusd
 
 ``--clock cpu`` times each call in this thread's CPU time (``time.thread_time``; use it with
 ``--threads 1``): on a machine other jobs share, waiting for a core is not counted, and the
@@ -188,7 +191,7 @@ def build_weights(n: int, k: int, seed: int = 0) -> dict[str, tuple[list, int]]:
         ],
         nb,
     )
-    if native.packed_path():  # W4A8 g128 on the repacked panels (scales inside)
+    if native.available() and native.packed_path():  # W4A8 g128, repacked panels
         nb = n * k // 2 + n * (k // 128) * 4
         zero_term = torch.zeros(n)
         out["w4a8-g128"] = (
@@ -205,11 +208,35 @@ def build_weights(n: int, k: int, seed: int = 0) -> dict[str, tuple[list, int]]:
             ],
             nb,
         )
+    if not native.available():
+        return out
+    for bits in (2, 3):  # int8 activations x 2/3-bit codes, g128: codes, fp32 scales, int32 terms
+        nb = n * k * bits // 8 + n * (k // 128) * 12
+        copies_a8 = [_lowbit_a8_weight(n, k, bits, g) for _ in range(_copies(nb))]
+        out[f"w{bits}a8-g128"] = (copies_a8, nb)
     for bits, gs in ((3, 128), (2, 128), (2, 32)):  # the 2/3-bit kernels' own layout
         nb = n * k * bits // 8 + n * (k // gs) * 4  # codes + fp32 scales as the kernel reads them
         copies = [_lowbit_weight(n, k, bits, gs, g) for _ in range(_copies(nb))]
         out[f"wo{bits}-g{gs}"] = (copies, nb)
     return out
+
+
+def _lowbit_a8_weight(
+    n: int, k: int, bits: int, g: torch.Generator
+) -> tuple[lowbit.NativeLowbitA8Kernel, object]:
+    """A W{bits}A8 g128 layer (random symmetric codes) prepared by its kernel: the call quantizes
+    float activations per token (in torch) and runs the integer kernel, as a layer does."""
+    from explorer.kernels.base import LinearSpec
+    from explorer.quant.config import QuantConfig
+    from explorer.quant.qtensor import QuantizedWeight
+
+    config = QuantConfig(weight_bits=bits, granularity="group", group_size=128, act_bits=8)
+    half = 1 << (bits - 1)
+    codes = torch.randint(-half, half, (n, k), dtype=torch.int32, generator=g)
+    scale = (torch.rand(n, k // 128, generator=g) * 0.02).bfloat16()
+    qw = QuantizedWeight.from_codes(codes, scale, None, bits, True, (1, 128))
+    kernel = lowbit.NativeLowbitA8Kernel(bits)
+    return kernel, kernel.prepare(LinearSpec.from_config(config, n, k), qw, None, None)
 
 
 def _lowbit_weight(n: int, k: int, bits: int, gs: int, g: torch.Generator) -> lowbit.PackedLowbit:
@@ -274,6 +301,9 @@ def make_candidates(m: int, k: int, w: dict[str, tuple[list, int]]) -> list[Cand
         if "w4a8-g128" in w:
             ws, nb = w["w4a8-g128"]
             c.append(Candidate("w4a8-g128", lambda call: call(x), ws, nb))
+        for name in ("w3a8-g128", "w2a8-g128"):
+            ws, nb = w[name]
+            c.append(Candidate(name, lambda p: p[0].run(p[1], x), ws, nb))
         for name in ("wo3-g128", "wo2-g128", "wo2-g32"):
             ws, nb = w[name]
             c.append(Candidate(name, lambda p: lowbit.wo_linear(x, p), ws, nb))

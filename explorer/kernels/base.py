@@ -8,8 +8,8 @@ per-tensor activation kernel for per-token scales); among the kernels that compu
 by measurement is chosen (`explorer.kernels.select`).
 
 Formats without a real kernel (5, 6, 7 bits; 2/3-bit weights in groups that are not multiples of
-32; 2/3-bit weights with integer activations; 4-bit activations) run on the reference path for
-accuracy and are timed on the real kernel of the next wider format: `timing_configs`.
+32; 4-bit activations) run on the reference path for accuracy and are timed on the real kernel of
+the next wider format: `timing_configs`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import torch
 
 from explorer.kernels import native
 from explorer.kernels.base import ActQParams, LinearSpec
-from explorer.kernels.native_ops import NativeWeightOnlyKernel, _not_here
+from explorer.kernels.native_ops import NativeWeightOnlyKernel, _int8_activations, _not_here
 from explorer.quant.qtensor import QuantizedWeight
 
 BITS: tuple[int, ...] = (2, 3)
@@ -51,6 +51,10 @@ def _lib() -> ctypes.CDLL:
     lib.qe_lb_panel_params.argtypes = [_P, _I64, _I64, _P]
     lib.qe_lb_wo_linear.restype = _INT
     lib.qe_lb_wo_linear.argtypes = [_P] * 6 + [_I64] * 4 + [_INT, _INT]
+    lib.qe_lb8_pack.restype = _INT
+    lib.qe_lb8_pack.argtypes = [_P, _I64, _I64, _INT, _P]
+    lib.qe_lb8_linear.restype = _INT
+    lib.qe_lb8_linear.argtypes = [_P] * 9 + [_I64] * 4 + [_INT, _INT]
     return lib
 
 
@@ -187,3 +191,150 @@ class NativeLowbitKernel(NativeWeightOnlyKernel):
 
     def run(self, state: LowbitState, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return wo_linear(x, state.packed, state.bias)
+
+
+# --- int8 activations ---------------------------------------------------------------------------
+
+MAX_A8_K = 1 << 16  # keeps the exact int32 sums of the kernel (up to 192 x 128 x K) in range
+
+
+@dataclass(frozen=True)
+class PackedLowbitA8:
+    """Codes for `a8_linear` (bytes decodable in registers, `pack_a8`) with per-panel group
+    scales, stored zero points and ``usum - G * zero`` (code sum of the group minus its zero)."""
+
+    codes: torch.Tensor  # int32 words [panels, K/32, bits, 16]
+    scale: torch.Tensor  # fp32 [panels, K/G, 16]
+    zero: torch.Tensor  # int32 [panels, K/G, 16]
+    wterm: torch.Tensor  # int32 [panels, K/G, 16]
+    n: int
+    k: int
+    group: int
+    bits: int
+
+
+def _panels(values: torch.Tensor) -> torch.Tensor:
+    """Per-row values [N, G'] in panel order [panels, G', 16] (padding rows 0)."""
+    n, ng = values.shape
+    pad = values.new_zeros(-n % PANEL_ROWS, ng)
+    rows = torch.cat([values, pad]).reshape(-1, PANEL_ROWS, ng)
+    return rows.permute(0, 2, 1).contiguous()
+
+
+def pack_a8(qw: QuantizedWeight) -> PackedLowbitA8:
+    """Repack a 2- or 3-bit `QuantizedWeight` for `a8_linear` (once per layer)."""
+    if qw.bits not in BITS:
+        raise ValueError(f"the low-bit kernels take {BITS}-bit weights, got {qw.bits}")
+    n, k = qw.shape
+    group = qw.block[1]
+    if group != k and group % BLOCK:
+        raise ValueError(f"group size {group} is neither a multiple of {BLOCK} nor the row")
+    if k > MAX_A8_K:
+        raise ValueError(f"K={k} exceeds {MAX_A8_K}: the int32 group sums could overflow")
+    codes = qw.stored_codes()  # int32 [N, K]
+    zero = qw.stored_zero().repeat_interleave(qw.block[0], 0)  # [N, K/G]
+    usum = codes.reshape(n, k // group, group).sum(-1, dtype=torch.int32)
+    lib = _lib()
+    words = torch.empty(lib.qe_lb_packed_bytes(n, k, qw.bits) // 4, dtype=torch.int32)
+    flat = codes.to(torch.uint8).contiguous()
+    _check(lib.qe_lb8_pack(flat.data_ptr(), n, k, qw.bits, words.data_ptr()), "qe_lb8_pack")
+    scale = qw.scale.float().repeat_interleave(qw.block[0], 0)
+    return PackedLowbitA8(
+        words,
+        _panels(scale),
+        _panels(zero.to(torch.int32)),
+        _panels((usum - group * zero).to(torch.int32)),
+        n,
+        k,
+        group,
+        qw.bits,
+    )
+
+
+def a8_linear(
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_zero: torch.Tensor | None,
+    packed: PackedLowbitA8,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x_scale[m] * sum_k (xq[m, k] - x_zero[m]) * W[n, k] + bias[n]`` for int8 ``xq`` [M, K]
+    with one scale (and zero point, None: 0) per row: float32 [M, N]."""
+    lib = _lib()
+    if xq.dtype != torch.int8 or xq.dim() != 2 or xq.shape[1] != packed.k:
+        raise ValueError(f"xq must be int8 [M, {packed.k}], got {xq.dtype} {list(xq.shape)}")
+    m = xq.shape[0]
+    xs = x_scale.reshape(-1).float().expand(m).contiguous()
+    zx = None if x_zero is None else x_zero.reshape(-1).to(torch.int32).expand(m).contiguous()
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (packed.n,)):
+        raise ValueError(f"bias must be float32 [{packed.n}], got {bias.dtype} {list(bias.shape)}")
+    y = torch.empty(m, packed.n, dtype=torch.float32)
+    if m == 0:
+        return y
+    xq = xq.contiguous()
+    rc = lib.qe_lb8_linear(
+        xq.data_ptr(),
+        xs.data_ptr(),
+        None if zx is None else zx.data_ptr(),
+        packed.codes.data_ptr(),
+        packed.scale.data_ptr(),
+        packed.zero.data_ptr(),
+        packed.wterm.data_ptr(),
+        None if bias is None else bias.contiguous().data_ptr(),
+        y.data_ptr(),
+        m,
+        packed.n,
+        packed.k,
+        packed.group,
+        packed.bits,
+        torch.get_num_threads(),
+    )
+    _check(rc, "qe_lb8_linear")
+    return y
+
+
+@dataclass(frozen=True)
+class LowbitA8State:
+    spec: LinearSpec
+    act: ActQParams | None
+    packed: PackedLowbitA8
+    bias: torch.Tensor | None
+
+
+class NativeLowbitA8Kernel:
+    """``int{bits}-w{bits}a8-native``: int8 activations (any mode the W8A8 kernel takes,
+    quantized in torch) x 2/3-bit weights: exact integer dot products per group (codes decoded
+    to bytes in registers; ``vpdpbusd`` on AVX-512 VNNI, ``vpmaddubsw`` on AVX2), one float FMA
+    per group."""
+
+    real = True
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.name = f"int{bits}-w{bits}a8-native"
+
+    def supports(self, spec: LinearSpec) -> str | None:
+        if spec.act_bits != 8 or spec.weight_bits != self.bits:
+            return f"int8 activations × int{self.bits} weights"
+        if spec.group_size != spec.k and spec.group_size % BLOCK:
+            return f"the group size must be a multiple of {BLOCK} or the whole row"
+        if spec.k > MAX_A8_K:
+            return f"K at most {MAX_A8_K}"
+        return _not_here(spec)
+
+    def prepare(
+        self,
+        spec: LinearSpec,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        act: ActQParams | None,
+    ) -> LowbitA8State:
+        b = None if bias is None else bias.float().contiguous()
+        return LowbitA8State(spec, act, pack_a8(qw), b)
+
+    def run(self, state: LowbitA8State, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        xq, xs, _, zx = _int8_activations(x2, state.spec, state.act)
+        y = a8_linear(xq, xs, zx, state.packed, state.bias)
+        return y.reshape(*lead, state.packed.n)

@@ -28,7 +28,7 @@ from explorer.kernels.conv_ops import (
     ConvKernel,
     Im2colKernel,
 )
-from explorer.kernels.lowbit import NativeLowbitKernel
+from explorer.kernels.lowbit import NativeLowbitA8Kernel, NativeLowbitKernel
 from explorer.kernels.native_ops import (
     NativeW4A8Kernel,
     NativeW8A8Kernel,
@@ -49,6 +49,8 @@ KERNELS: dict[str, LinearKernel] = {
     for k in (
         NativeLowbitKernel(2),
         NativeLowbitKernel(3),
+        NativeLowbitA8Kernel(2),
+        NativeLowbitA8Kernel(3),
         NativeWeightOnlyKernel(4),
         NativeWeightOnlyKernel(8),
         NativeW8A8Kernel(),

@@ -53,8 +53,11 @@ LINEAR_FORMATS: tuple[tuple[str, QuantConfig], ...] = (
     ("w8a8-tensor", QuantConfig(weight_bits=8, act_bits=8, act_granularity="tensor")),
     ("w4a8-g128", QuantConfig(weight_bits=4, granularity="group", group_size=128, act_bits=8)),
     ("w4a8-g32", QuantConfig(weight_bits=4, granularity="group", group_size=32, act_bits=8)),
+    ("w2a8-g128", QuantConfig(weight_bits=2, granularity="group", group_size=128, act_bits=8)),
 )
-LOWBIT_KERNELS = {f"int{bits}-wo-native" for bits in lowbit.BITS}
+LOWBIT_KERNELS = {f"int{b}-wo-native" for b in lowbit.BITS} | {
+    f"int{b}-w{b}a8-native" for b in lowbit.BITS
+}
 SLOW_ON_CPU = {"int8-w8a8-intmm"}  # torch._int_mm has no fast x86 path (≈10x slower than fp32)
 
 

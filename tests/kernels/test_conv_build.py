@@ -117,6 +117,11 @@ for cfg, k in ((QuantConfig(weight_bits=2), 100), (w3, 64)):
     for isa in native.supported_isas():
         native.set_isa(isa)
         lowbit.wo_linear(torch.randn(5, k), packed, torch.randn(17))
+    qw = QuantizedWeight.from_float(torch.randn(17, k), cfg)
+    xq = torch.randint(-128, 128, (5, k), dtype=torch.int8)
+    for isa in native.supported_isas():
+        native.set_isa(isa)
+        lowbit.a8_linear(xq, torch.rand(5), torch.arange(5), lowbit.pack_a8(qw), torch.randn(17))
 native.set_isa(None)
 print("clean")
 # an output buffer one row short: the sanitizer must stop this write

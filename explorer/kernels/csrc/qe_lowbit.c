@@ -437,3 +437,285 @@ QE_LB_EXPORT int qe_lb_wo_linear(const float* x, const uint32_t* w, const float*
     lb_ws_give(ws, cached);
     return QE_LB_OK;
 }
+
+/* ======================================================================================= */
+/* int8 activations (W2A8 / W3A8): codes decoded to bytes in registers, vpdpbusd          */
+/* ======================================================================================= */
+/*
+ *   qe_lb8_linear  y[m,n] = xs[m] * sum_g s[n,g] * I[m,n,g] + bias[n],
+ *                  I = sum_{k in g} (u[n,k] - z[n,g]) (xq[m,k] - zx[m])      (exact, int32)
+ *                    = dot - z * xqsum[m,g] - zx[m] * (usum[n,g] - Gr * z),
+ * Gr the group's real length; wt = usum - Gr z comes per panel and group with z and s.
+ *
+ * Layout (qe_lb8_pack), the same size and order as the bit planes: per (panel, block of 32 k)
+ * `bits` runs of 16 words, word r for row 16p + r: run 0 and 1 hold the low two bits of the
+ * codes of k = 32kb + 16h + 4s + j (run h) at bits 8j + 2s; run 2 (3-bit) holds bit 2 of the
+ * code of k = 32kb + 4s + j at bit 8j + s.  So (word >> 2s) & 0x03 in every byte is the
+ * 4-element operand of one vpdpbusd (u8 codes x s8 activations) for 16 rows, and bit 2 joins
+ * it after one more shift and mask.  K is at most 2^16: the AVX-512 sums of u * 4^s * x
+ * (below 192 * 128 * K) stay within int32.  No product exceeds 7 x 128, so AVX2's vpmaddubsw pairs
+ * (2 x 7 x 128 < 32767) cannot saturate: the AVX2 path is exact too.
+ */
+QE_LB_EXPORT int qe_lb8_pack(const uint8_t* codes, int64_t n, int64_t k, int bits, uint32_t* out) {
+    if (!codes || !out || n <= 0 || k <= 0 || bits < 2 || bits > 3) return QE_LB_EINVAL;
+    const int64_t np = lb_panels(n), kbn = lb_blocks(k);
+    memset(out, 0, (size_t)(np * kbn * bits * QE_LB_PR) * 4);
+    for (int64_t row = 0; row < n; ++row) {
+        const int64_t p = row / QE_LB_PR, r = row % QE_LB_PR;
+        for (int64_t c = 0; c < k; ++c) {
+            const unsigned u = codes[row * k + c];
+            if (u >> bits) return QE_LB_EINVAL;
+            const int64_t kb = c / QE_LB_KB, off = c % QE_LB_KB;
+            const int64_t h = off / 16, sq = (off % 16) / 4, j = off % 4;
+            uint32_t* wp = out + ((p * kbn + kb) * bits) * QE_LB_PR + r;
+            wp[h * QE_LB_PR] |= (uint32_t)(u & 3u) << (8 * j + 2 * sq);
+            if (bits == 3) wp[2 * QE_LB_PR] |= (uint32_t)((u >> 2) & 1u) << (8 * j + off / 4);
+        }
+    }
+    return QE_LB_OK;
+}
+
+typedef struct {
+    const int8_t* xq; /* [M, kbn * 32], zero-padded */
+    const float* xs;
+    const int32_t* zx; /* NULL: 0 */
+    const int32_t* xqsum; /* [M, ng] */
+    const uint32_t* w;
+    const float* s;
+    const int32_t* zq;
+    const int32_t* wt;
+    const float* bias;
+    float* y;
+    int64_t M, N, ng, np, kbn, gb; /* gb: blocks per group */
+    int bits;
+} lb8_ctx;
+
+/* The code of row r at k = 32kb + off from the layout. */
+static unsigned lb8_code(const uint32_t* wp, int bits, int64_t off) {
+    const int64_t h = off / 16, sq = (off % 16) / 4, j = off % 4;
+    unsigned u = (wp[h * QE_LB_PR] >> (8 * j + 2 * sq)) & 3u;
+    if (bits == 3) u |= ((wp[2 * QE_LB_PR] >> (8 * j + off / 4)) & 1u) << 2;
+    return u;
+}
+
+static void lb8_scalar_panel(const lb8_ctx* c, int64_t p) {
+    const int64_t ldx = c->kbn * QE_LB_KB;
+    for (int64_t m = 0; m < c->M; ++m)
+        for (int r = 0; r < QE_LB_PR && p * QE_LB_PR + r < c->N; ++r) {
+            const int64_t row = p * QE_LB_PR + r;
+            float tot = 0.0f;
+            for (int64_t g = 0; g < c->ng; ++g) {
+                int32_t dot = 0;
+                for (int64_t kb = g * c->gb; kb < (g + 1) * c->gb; ++kb) {
+                    const uint32_t* wp = c->w + ((p * c->kbn + kb) * c->bits) * QE_LB_PR + r;
+                    for (int64_t off = 0; off < QE_LB_KB; ++off)
+                        dot += (int32_t)lb8_code(wp, c->bits, off) *
+                               c->xq[m * ldx + kb * QE_LB_KB + off];
+                }
+                const int64_t pi = (p * c->ng + g) * QE_LB_PR + r;
+                const int32_t zx = c->zx ? c->zx[m] : 0;
+                const int32_t i = dot - c->zq[pi] * c->xqsum[m * c->ng + g] - zx * c->wt[pi];
+                tot += c->s[pi] * (float)i;
+            }
+            c->y[m * c->N + row] = c->xs[m] * tot + (c->bias ? c->bias[row] : 0.0f);
+        }
+}
+
+#if QE_LB_X86
+#define QE_LB_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+/* The 16-row byte operand of quad q (0..7) of one block: low bits from run q / 4, bit 2 from
+ * run 2 (3-bit). */
+#define QE_LB8_DECODE(BITS, LO0, LO1, HI, Q, SHR, SHL, AND, OR, SET1)                       \
+    ((BITS) == 3 ? OR(AND(SHR((Q) < 4 ? (LO0) : (LO1), 2 * ((Q) % 4)), SET1(0x03030303)),  \
+                      AND((Q) <= 2 ? SHL(HI, 2 - (Q)) : SHR(HI, (Q) - 2), SET1(0x04040404))) \
+                 : AND(SHR((Q) < 4 ? (LO0) : (LO1), 2 * ((Q) % 4)), SET1(0x03030303)))
+
+/* AVX-512 VNNI: field s of every byte masked in place is u * 4^s (at most 192, still a u8), so
+ * one AND feeds vpdpbusd; each s has its own accumulator (also four independent chains) and
+ * the exact sums are shifted back by 2s per group.  Bit 2 of 3-bit codes: one shift + AND. */
+QE_LB_INLINE QE_LB_VNNI void lb8_512_tile(const lb8_ctx* c, int64_t p, int64_t m0, const int MR,
+                                          const int BITS) {
+    const int64_t rows = c->N - p * QE_LB_PR, ldx = c->kbn * QE_LB_KB;
+    const __mmask16 live = rows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rows) - 1u);
+    __m512 tot[4];
+    for (int m = 0; m < MR; ++m) tot[m] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < c->ng; ++g) {
+        __m512i acc[4][5]; /* [m][s], [m][4]: bit 2 */
+        for (int m = 0; m < MR; ++m)
+            for (int a = 0; a < 5; ++a) acc[m][a] = _mm512_setzero_si512();
+        for (int64_t kb = g * c->gb; kb < (g + 1) * c->gb; ++kb) {
+            const uint32_t* wp = c->w + ((p * c->kbn + kb) * BITS) * QE_LB_PR;
+            const __m512i lo0 = _mm512_loadu_si512((const void*)wp);
+            const __m512i lo1 = _mm512_loadu_si512((const void*)(wp + 16));
+            const __m512i hi = BITS == 3 ? _mm512_loadu_si512((const void*)(wp + 32)) : lo0;
+            for (int q = 0; q < 8; ++q) {
+                const int sq = q % 4;
+                const __m512i u = _mm512_and_si512(q < 4 ? lo0 : lo1,
+                                                   _mm512_set1_epi32((int)(0x03030303u << 2 * sq)));
+                __m512i h = u;
+                if (BITS == 3)
+                    h = _mm512_and_si512(_mm512_srli_epi32(hi, q), _mm512_set1_epi32(0x01010101));
+                for (int m = 0; m < MR; ++m) {
+                    int32_t xw;
+                    memcpy(&xw, c->xq + (m0 + m) * ldx + kb * QE_LB_KB + 4 * q, 4);
+                    const __m512i xv = _mm512_set1_epi32(xw);
+                    acc[m][sq] = _mm512_dpbusd_epi32(acc[m][sq], u, xv);
+                    if (BITS == 3) acc[m][4] = _mm512_dpbusd_epi32(acc[m][4], h, xv);
+                }
+            }
+        }
+        const int64_t pi = (p * c->ng + g) * QE_LB_PR;
+        const __m512i zq = _mm512_loadu_si512((const void*)(c->zq + pi));
+        const __m512i wt = _mm512_loadu_si512((const void*)(c->wt + pi));
+        const __m512 sv = _mm512_loadu_ps(c->s + pi);
+        for (int m = 0; m < MR; ++m) {
+            const int32_t zx = c->zx ? c->zx[m0 + m] : 0;
+            const __m512i lo = _mm512_add_epi32(acc[m][0], _mm512_srai_epi32(acc[m][1], 2));
+            const __m512i up = _mm512_add_epi32(_mm512_srai_epi32(acc[m][2], 4),
+                                                _mm512_srai_epi32(acc[m][3], 6));
+            __m512i i = _mm512_add_epi32(lo, up);
+            if (BITS == 3) i = _mm512_add_epi32(i, _mm512_slli_epi32(acc[m][4], 2));
+            const __m512i xsum = _mm512_set1_epi32(c->xqsum[(m0 + m) * c->ng + g]);
+            i = _mm512_sub_epi32(i, _mm512_mullo_epi32(zq, xsum));
+            if (zx) i = _mm512_sub_epi32(i, _mm512_mullo_epi32(wt, _mm512_set1_epi32(zx)));
+            tot[m] = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(i), tot[m]);
+        }
+    }
+    const __m512 b = c->bias ? _mm512_maskz_loadu_ps(live, c->bias + p * QE_LB_PR)
+                             : _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m)
+        _mm512_mask_storeu_ps(c->y + (m0 + m) * c->N + p * QE_LB_PR, live,
+                              _mm512_fmadd_ps(_mm512_set1_ps(c->xs[m0 + m]), tot[m], b));
+}
+
+/* AVX2: vpmaddubsw (exact here, see above) then vpmaddwd by ones; two halves of 8 rows. */
+QE_LB_INLINE QE_LB_AVX2 __m256i lb8_256_dot(__m256i acc, __m256i u, __m256i x) {
+    const __m256i pairs = _mm256_maddubs_epi16(u, x);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+QE_LB_INLINE QE_LB_AVX2 void lb8_256_tile(const lb8_ctx* c, int64_t p, int64_t m0, const int MR,
+                                          const int BITS) {
+    const int64_t rows = c->N - p * QE_LB_PR, ldx = c->kbn * QE_LB_KB;
+    __m256 tot[2][2];
+    for (int m = 0; m < MR; ++m) tot[m][0] = tot[m][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < c->ng; ++g) {
+        __m256i acc[2][2];
+        for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
+        for (int64_t kb = g * c->gb; kb < (g + 1) * c->gb; ++kb) {
+            const uint32_t* wp = c->w + ((p * c->kbn + kb) * BITS) * QE_LB_PR;
+            for (int hf = 0; hf < 2; ++hf) {
+                const __m256i lo0 = _mm256_loadu_si256((const __m256i*)(wp + hf * 8));
+                const __m256i lo1 = _mm256_loadu_si256((const __m256i*)(wp + 16 + hf * 8));
+                const __m256i hi =
+                    BITS == 3 ? _mm256_loadu_si256((const __m256i*)(wp + 32 + hf * 8)) : lo0;
+                for (int q = 0; q < 8; ++q) {
+                    const __m256i u = QE_LB8_DECODE(BITS, lo0, lo1, hi, q, _mm256_srli_epi32,
+                                                    _mm256_slli_epi32, _mm256_and_si256,
+                                                    _mm256_or_si256, _mm256_set1_epi32);
+                    for (int m = 0; m < MR; ++m) {
+                        int32_t xw;
+                        memcpy(&xw, c->xq + (m0 + m) * ldx + kb * QE_LB_KB + 4 * q, 4);
+                        acc[m][hf] = lb8_256_dot(acc[m][hf], u, _mm256_set1_epi32(xw));
+                    }
+                }
+            }
+        }
+        const int64_t pi = (p * c->ng + g) * QE_LB_PR;
+        for (int hf = 0; hf < 2; ++hf) {
+            const __m256i zq = _mm256_loadu_si256((const __m256i*)(c->zq + pi + hf * 8));
+            const __m256i wt = _mm256_loadu_si256((const __m256i*)(c->wt + pi + hf * 8));
+            const __m256 sv = _mm256_loadu_ps(c->s + pi + hf * 8);
+            for (int m = 0; m < MR; ++m) {
+                const int32_t zx = c->zx ? c->zx[m0 + m] : 0;
+                const __m256i xsum = _mm256_set1_epi32(c->xqsum[(m0 + m) * c->ng + g]);
+                __m256i i = _mm256_sub_epi32(acc[m][hf], _mm256_mullo_epi32(zq, xsum));
+                if (zx) i = _mm256_sub_epi32(i, _mm256_mullo_epi32(wt, _mm256_set1_epi32(zx)));
+                tot[m][hf] = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(i), tot[m][hf]);
+            }
+        }
+    }
+    for (int m = 0; m < MR; ++m)
+        for (int hf = 0; hf < 2; ++hf) {
+            float tmp[8];
+            _mm256_storeu_ps(tmp, tot[m][hf]);
+            for (int r = 0; r < 8 && hf * 8 + r < rows; ++r) {
+                const int64_t row = p * QE_LB_PR + hf * 8 + r;
+                c->y[(m0 + m) * c->N + row] =
+                    c->xs[m0 + m] * tmp[r] + (c->bias ? c->bias[row] : 0.0f);
+            }
+        }
+}
+
+/* One panel's activation rows in tiles of MR (the decode is shared), then one by one. */
+#define QE_LB8_PANEL(NAME, TILE, MR, TARGET)                            \
+    TARGET static void NAME(const lb8_ctx* c, int64_t p) {              \
+        int64_t m = 0;                                                  \
+        for (; m + (MR) <= c->M; m += (MR)) {                           \
+            if (c->bits == 2)                                           \
+                TILE(c, p, m, (MR), 2);                                 \
+            else                                                        \
+                TILE(c, p, m, (MR), 3);                                 \
+        }                                                               \
+        for (; m < c->M; ++m) {                                         \
+            if (c->bits == 2)                                           \
+                TILE(c, p, m, 1, 2);                                    \
+            else                                                        \
+                TILE(c, p, m, 1, 3);                                    \
+        }                                                               \
+    }
+
+QE_LB8_PANEL(lb8_512_panel, lb8_512_tile, 2, QE_LB_VNNI)
+QE_LB8_PANEL(lb8_256_panel, lb8_256_tile, 2, QE_LB_AVX2)
+#endif
+
+/* Which code qe_lb8_linear runs: 0 scalar, 1 AVX2, 2 AVX-512 VNNI (avx512_vnni path only). */
+QE_LB_EXPORT int qe_lb8_path(void) { return qe_lb_path(); }
+
+QE_LB_EXPORT int qe_lb8_linear(const int8_t* xq, const float* xs, const int32_t* zx,
+                               const uint32_t* w, const float* s, const int32_t* zq,
+                               const int32_t* wt, const float* bias, float* y, int64_t M,
+                               int64_t N, int64_t K, int64_t G, int bits, int nthreads) {
+    if (!xq || !xs || !w || !s || !zq || !wt || !y || M < 0 || N <= 0 || K <= 0 || G <= 0)
+        return QE_LB_EINVAL;
+    if (K % G || bits < 2 || bits > 3 || (G != K && G % QE_LB_KB) || K > (1 << 16))
+        return QE_LB_EINVAL;
+    if (M == 0) return QE_LB_OK;
+    lb8_ctx c = {0};
+    c.xs = xs, c.zx = zx, c.w = w, c.s = s, c.zq = zq, c.wt = wt, c.bias = bias, c.y = y;
+    c.M = M, c.N = N, c.ng = K / G, c.np = lb_panels(N), c.kbn = lb_blocks(K), c.bits = bits;
+    c.gb = c.ng == 1 ? c.kbn : G / QE_LB_KB;
+    const int64_t ldx = c.kbn * QE_LB_KB;
+    int cached;
+    char* ws = (char*)lb_ws_take((size_t)(M * ldx + M * c.ng * 4 + 64), &cached);
+    if (!ws) return QE_LB_ENOMEM;
+    int32_t* xqsum = (int32_t*)ws;
+    int8_t* xp = (int8_t*)(ws + ((M * c.ng * 4 + 63) & ~(int64_t)63));
+    for (int64_t m = 0; m < M; ++m) {
+        memcpy(xp + m * ldx, xq + m * K, (size_t)K);
+        memset(xp + m * ldx + K, 0, (size_t)(ldx - K));
+        for (int64_t g = 0; g < c.ng; ++g) {
+            int32_t sum = 0;
+            for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += xq[m * K + k];
+            xqsum[m * c.ng + g] = sum;
+        }
+    }
+    c.xq = xp, c.xqsum = xqsum;
+    void (*fn)(const lb8_ctx*, int64_t) = lb8_scalar_panel;
+#if QE_LB_X86
+    const int path = qe_lb_path();
+    if (path == 2)
+        fn = lb8_512_panel;
+    else if (path == 1)
+        fn = lb8_256_panel;
+#endif
+    const int nth = nthreads > 1 && c.np > 1 ? nthreads : 1;
+    (void)nth;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nth) if (nth > 1)
+#endif
+    for (int64_t p = 0; p < c.np; ++p) fn(&c, p);
+    lb_ws_give((float*)ws, cached);
+    return QE_LB_OK;
+}
