@@ -1,23 +1,37 @@
-"""whisper-tiny-en: the conversion check, and float vs W8 vs W8A8 next to faster-whisper.
+"""whisper-tiny-en: the conversion check, and float, 8-bit, 4-bit, mixed and QAT models next to
+faster-whisper float32 and int8, in one run with the same threads.
 
 On the synthetic evaluation audio (`explorer.models.whisper_audio`: 200 espeak-ng utterances,
 8 voices, 3 speeds, 3 pitches, pink noise at none/30/20/15 dB SNR):
 
 1. Conversion check. Our converted Hugging Face model (float32, ``generate`` greedy, no
-   timestamps) against the original CTranslate2 files: (a) ``ctranslate2.models.Whisper`` float32
-   greedy on *the same* log-mel features (the mapping alone: tokens should agree), and (b)
-   faster-whisper float32 end to end (its own feature extraction, greedy, no timestamps, no VAD,
-   no fallback), and (c) our model on faster-whisper's log-mels. The acceptance is
-   |WER(ours) - WER(faster-whisper)| <= 0.5 points, checked on the same features (c): the two
-   feature extractors pad the 30 s window differently, which alone moves a few words.
-2. Quantization. W8 weight-only (per channel, symmetric, RTN) and W8A8 (dynamic per-token int8
-   activations) of every ``nn.Linear`` (the two input convolutions stay float), through
-   `explorer.nn.quantize_model` and its real int8 kernels; WER with a paired-bootstrap 95 %
-   interval of the difference from float over utterances, and the linear layers' bytes as stored.
+   timestamps, fed the speech task's log-mels: `explorer.models.whisper_features.log_mel`, the
+   clip's frames zero-padded as the runtimes do) against the original CTranslate2 files:
+   faster-whisper float32 end to end (its own feature extraction, greedy, no timestamps, no
+   VAD, no fallback): |WER(ours) - WER(faster-whisper)| <= 0.5 points, and how many transcripts
+   are identical; and ``ctranslate2.models.Whisper`` float32 greedy on our log-mels (the weight
+   mapping alone).
+2. Quantization, every plan of `explorer.models.whisper_plans` through
+   `explorer.nn.quantize_model` and its real kernels (the two input convolutions stay float):
+   W8 weight-only and W8A8 (dynamic per-token int8 activations), W4 g128 and g32 by round to
+   nearest, W4 g128 by GPTQ (calibrated on 32 training utterances, teacher-forced on their
+   reference transcripts), the mixed plans (encoder 8 / decoder 4, the reverse, W4 g128 with the
+   first encoder block and the output projection at 8), and W4 g128 trained by QAT for
+   ``--qat-steps`` steps of ``--qat-batch`` utterances of the 120 *training* utterances (disjoint
+   from the evaluation ones), teacher-forced next-token cross-entropy, Adam at ``--qat-lr``.
+   WER with a paired-bootstrap 95 % interval of the difference from float over utterances,
+   and the linear layers' bytes as stored.
 3. Latency. Transcribing the 10 s clip end to end (feature extraction, encoder, greedy decoding):
    median of ``--repeats`` runs after one warm-up, under the machine-wide timing lock, as time and
-   real-time factor (seconds / 10). faster-whisper float32 and int8 run the same clip with the
-   same number of threads.
+   real-time factor (seconds / 10); ``--clock cpu`` times in the process's CPU time instead,
+   which with ``--threads 1`` is what a quiet machine would show. Before timing, each quantized
+   layer's kernel is chosen by timing the candidates on the rows it gets in that transcription
+   (`select_kernels`, as the sweep does; ``--no-select`` keeps the default kernels); the row
+   records how many encoder and decoder layers run each kernel. faster-whisper float32 and int8
+   run the same clip with the same number of threads.
+
+Each system is built, timed, then evaluated, and the JSON (``--out``) is written after each one,
+so a run cut short keeps the systems it finished.
 
 WER: the speech task's count (`explorer.tasks.speech.word_errors`: ``jiwer`` on text normalised
 by `normalise_text`: lower case, apostrophes removed, other punctuation a space, whitespace
@@ -26,7 +40,7 @@ collapsed), pooled over utterances (total errors / total reference words), in pe
 Prints a table, then one JSON document (the last line on stdout).
 
 Usage: python benchmarks/whisper_tiny.py [--limit 200] [--threads 2] [--repeats 5] [--batch 8]
-       [--out FILE]
+       [--systems float,W8,...] [--qat-steps 200] [--no-select] [--clock wall|cpu] [--out FILE]
 """
 
 from __future__ import annotations
@@ -42,23 +56,44 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explorer.measure.latency import time_callable, timing_lock  # noqa: E402
 from explorer.measure.size import size_bytes  # noqa: E402
-from explorer.nn.convert import quantize_model  # noqa: E402
+from explorer.models.whisper_features import log_mel  # noqa: E402
+from explorer.models.whisper_plans import UNIFORM, W4G128, mixed_plans  # noqa: E402
+from explorer.nn.convert import quantize_model, select_kernels  # noqa: E402
 from explorer.nn.modules import QuantModule  # noqa: E402
 from explorer.quant.config import Plan, QuantConfig  # noqa: E402
+from explorer.tasks.speech import (  # noqa: E402
+    SpeechRecognizer,
+    next_token_targets,
+    pack_inputs,
+    prompt_ids,
+)
 from explorer.tasks.speech import word_errors as utterance_errors  # noqa: E402
 
 MAX_NEW_TOKENS = 128
-FORMATS: dict[str, QuantConfig | None] = {
-    "float": None,
-    "W8": QuantConfig(weight_bits=8, granularity="channel"),
-    "W8A8": QuantConfig(weight_bits=8, granularity="channel", act_bits=8, act_mode="dynamic"),
-}
+CALIBRATION = 32
+"""Training utterances that calibrate GPTQ (the speech task calibrates on as many)."""
+ORDER = (
+    "float",
+    "faster-whisper float32",
+    "W8",
+    "W8A8",
+    "faster-whisper int8",
+    "W4 g128",
+    "W4 g32",
+    "W4 g128 GPTQ",
+    "enc8-dec4",
+    "enc4-dec8",
+    "ends8",
+    "W4 g128 QAT",
+)
+"""Every system, in the order run (accuracy first where a run is cut short)."""
 
 
 def word_errors(refs: list[str], hyps: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -95,34 +130,27 @@ def read_folder(folder: Path, limit: int | None) -> tuple[list[np.ndarray], list
     return [read_wav(folder / r["file"]) for r in rows], [r["text"] for r in rows]
 
 
-def hf_transcribe(
-    model: nn.Module, processor: Any, audio: list[np.ndarray], batch: int
-) -> list[str]:
-    texts: list[str] = []
+def hf_transcribe(model: nn.Module, extractor: Any, audio: list[np.ndarray], batch: int) -> list:
+    """Greedy transcripts (token ids) of our model, on the speech task's log-mels."""
+    ids: list = []
     with torch.inference_mode():
         for start in range(0, len(audio), batch):
-            chunk = audio[start : start + batch]
-            features = processor(chunk, sampling_rate=16_000, return_tensors="pt").input_features
-            ids = model.generate(features, max_new_tokens=MAX_NEW_TOKENS)
-            texts += processor.batch_decode(ids, skip_special_tokens=True)
-    return [t.strip() for t in texts]
+            features = log_mel(extractor, audio[start : start + batch])
+            ids += model.generate(features, max_new_tokens=MAX_NEW_TOKENS).tolist()
+    return ids
 
 
-def ct2_transcribe(
-    ct2_model: Any, processor: Any, audio: list[np.ndarray], batch: int
-) -> list[str]:
-    """CTranslate2 greedy on our feature extractor's log-mels: the mapping check alone."""
+def ct2_transcribe(ct2_model: Any, extractor: Any, tok: Any, audio: list, batch: int) -> list:
+    """CTranslate2 greedy on our log-mels: the weight mapping alone, features held equal."""
     import ctranslate2
 
-    tok = processor.tokenizer
     prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
     texts: list[str] = []
     for start in range(0, len(audio), batch):
-        chunk = audio[start : start + batch]
-        features = processor(chunk, sampling_rate=16_000, return_tensors="np").input_features
+        features = log_mel(extractor, audio[start : start + batch]).numpy()
         out = ct2_model.generate(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
-            [prompt] * len(chunk),
+            [prompt] * len(features),
             beam_size=1,
             max_length=MAX_NEW_TOKENS + len(prompt),
         )
@@ -144,27 +172,91 @@ def fw_transcribe(fw_model: Any, audio: np.ndarray) -> str:
     return " ".join(s.text.strip() for s in segments)
 
 
-def hf_on_fw_features(model: nn.Module, processor: Any, fw_model: Any, audio: list) -> list[str]:
-    """Our model on faster-whisper's own log-mels: the mel of the speech alone, then padded
-    with zeros to 3,000 frames (transformers instead takes the mel of the audio padded with
-    silence to 30 s, which gives other values in the padded frames)."""
-    from faster_whisper.audio import pad_or_trim
-
-    texts = []
-    with torch.inference_mode():
-        for clip in audio:
-            mel = fw_model.feature_extractor(clip)  # (80, frames + 1)
-            window = torch.from_numpy(np.ascontiguousarray(pad_or_trim(mel[:, :-1])[None]))
-            ids = model.generate(window.float(), max_new_tokens=MAX_NEW_TOKENS)
-            texts.append(processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
-    return texts
-
-
 def linear_bytes(model: nn.Module) -> int:
     """Bytes as stored of the linear layers, float or quantized (the output projection, tied to
     the token embedding in float, counted as a layer of its own)."""
     layers = (m for m in model.modules() if isinstance(m, nn.Linear | QuantModule))
     return sum(size_bytes(m) for m in layers)
+
+
+def kernel_counts(model: nn.Module) -> dict[str, dict[str, int]]:
+    """How many quantized layers of the encoder and of the decoder run each kernel."""
+    out: dict[str, dict[str, int]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantModule):
+            part = "encoder" if ".encoder." in name else "decoder"
+            out.setdefault(part, {}).setdefault(module.kernel_name, 0)
+            out[part][module.kernel_name] += 1
+    return out
+
+
+def cpu_times(fn: Any, repeats: int) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentile (ms) of ``fn()``'s CPU time (every thread of this
+    process: ours and CTranslate2's), after one warm-up call. With one thread this is the wall
+    time a quiet machine would show, without the time other jobs take the core away."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        samples.append(1e3 * (time.process_time() - t0))
+    q = np.quantile(samples, [0.5, 0.1, 0.9])
+    return float(q[0]), float(q[1]), float(q[2])
+
+
+class Speech:
+    """The float model, its processor and the prompt, and what quantizing and training need:
+    `SpeechRecognizer` rows (log-mels, then decoder ids) of training utterances with their
+    next-token targets (teacher forcing on the reference transcripts)."""
+
+    def __init__(self, hf_dir: Path, train: tuple[list[np.ndarray], list[str]]) -> None:
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        model = WhisperForConditionalGeneration.from_pretrained(hf_dir, local_files_only=True)
+        self.recognizer = SpeechRecognizer(model.float().eval())
+        self.processor = WhisperProcessor.from_pretrained(hf_dir, local_files_only=True)
+        tok = self.processor.tokenizer
+        self.prompt = prompt_ids(self.recognizer, tok)
+        audio, texts = train
+        ids = [
+            self.prompt + tok(f" {t}", add_special_tokens=False)["input_ids"][:MAX_NEW_TOKENS]
+            for t in texts
+        ]
+        self.train_x = pack_inputs(log_mel(self.processor.feature_extractor, audio), ids)
+        self.train_y = next_token_targets(ids, len(self.prompt), tok.eos_token_id)
+
+    def quantized(self, plan: Plan) -> nn.Module:
+        """``plan`` applied to the wrapped model (GPTQ calibrated on `CALIBRATION` utterances);
+        the Whisper model inside."""
+        configs = [plan.default, *(c for _, c in plan.rules)]
+        calibrated = any(c is not None and c.algorithm != "rtn" for c in configs)
+        calibration = self.train_x[:CALIBRATION] if calibrated else None
+        return quantize_model(self.recognizer, plan, calibration_data=calibration).whisper
+
+    def qat(self, config: QuantConfig, steps: int, lr: float, batch: int) -> nn.Module:
+        """``config`` trained for ``steps`` steps of ``batch`` training utterances (seeded),
+        from the float weights, then converted as PTQ would be."""
+        from explorer.nn.qat import train_qat
+
+        generator = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+
+        def batches(_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = torch.randint(len(self.train_x), (batch,), generator=generator)
+            return self.train_x[idx], self.train_y[idx]
+
+        def loss(out: Any, targets: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(out.logits.flatten(0, 1), targets.flatten())  # -100 ignored
+
+        qat = train_qat(
+            self.recognizer,
+            Plan.uniform(config.with_(method="qat")),
+            batches,
+            steps,
+            lr=lr,
+            loss_fn=loss,
+        )
+        return qat.eval().whisper
 
 
 def main() -> None:
@@ -174,12 +266,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument(
-        "--systems",
-        default="float,faster-whisper float32,W8,faster-whisper int8,W8A8",
-        help="which systems to run, in this order (comma-separated; float first)",
+        "--systems", default=",".join(ORDER), help="which systems to run, in this order"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time the 10 s transcription in wall time, or in this process's CPU time (for a "
+        "shared machine, with --threads 1)",
+    )
+    parser.add_argument("--qat-steps", type=int, default=200)
+    parser.add_argument("--qat-lr", type=float, default=1e-5)
+    parser.add_argument("--qat-batch", type=int, default=1)
+    parser.add_argument(
+        "--no-select",
+        action="store_true",
+        help="keep each quantized layer's default kernel instead of timing the candidates on "
+        "the 10 s transcription (the benchmark's behaviour before: W8 slower than float)",
     )
     parser.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 on our features")
-    parser.add_argument("--latency-only", action="store_true", help="skip word error rates")
     parser.add_argument("--out", help="also write the JSON document here, after each step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -188,7 +293,6 @@ def main() -> None:
     import ctranslate2
     import faster_whisper
     from faster_whisper import WhisperModel
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from explorer.models.whisper_audio import speech_audio
     from explorer.models.whisper_convert import bundled_ct2_dir, converted_whisper
@@ -199,22 +303,26 @@ def main() -> None:
     audio_dir = speech_audio()
     audio, refs = read_folder(audio_dir / "eval", args.limit)
     clip, _ = read_folder(audio_dir / "long10s", None)
-    seconds = clip[0].size / 16_000
+    clip_s = clip[0].size / 16_000
     print(f"{len(audio)} utterances, {sum(a.size for a in audio) / 16_000:.0f} s", file=sys.stderr)
-
-    model = WhisperForConditionalGeneration.from_pretrained(hf_dir, local_files_only=True).eval()
-    processor = WhisperProcessor.from_pretrained(hf_dir, local_files_only=True)
+    speech = Speech(hf_dir, read_folder(audio_dir / "train", None))
+    extractor, tok = speech.processor.feature_extractor, speech.processor.tokenizer
     ct2_dir = str(bundled_ct2_dir())
     result: dict[str, Any] = {
-        "threads": args.threads,
+        "threads": threads,
         "utterances": len(audio),
-        "clip_seconds": seconds,
+        "reference_words": 0,
+        "clip_seconds": clip_s,
         "convert_s": convert_s,
+        "kernel_selection": not args.no_select,
+        "clock": args.clock,
+        "qat": {"steps": args.qat_steps, "lr": args.qat_lr, "batch": args.qat_batch},
         "versions": {
             "torch": torch.__version__,
             "ctranslate2": ctranslate2.__version__,
             "faster_whisper": faster_whisper.__version__,
         },
+        "load_average": [],
         "rows": [],
     }
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -223,46 +331,86 @@ def main() -> None:
 
     def save() -> None:
         result["rows"] = list(rows.values())
+        result["load_average"].append(Path("/proc/loadavg").read_text().split()[:3])
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=1))
 
-    # Each system: (transcribe a list of clips) and its extra fields. Accuracy of every system
-    # first, then every latency, so that a run cut short still has its word error rates.
-    systems: dict[str, Any] = {}
-    for name, config in FORMATS.items():
-        qmodel = model if config is None else quantize_model(model, Plan.uniform(config))
-        systems[name] = (
-            lambda clips, m=qmodel: hf_transcribe(m, processor, clips, args.batch),
-            {"linear_bytes": linear_bytes(qmodel), "model_bytes": size_bytes(qmodel)},
-            qmodel,
-        )
-    for compute_type in ("float32", "int8"):
+    def ours(name: str) -> tuple[Any, dict[str, Any]]:
+        """A system of ours: (transcribe clips → texts, extra fields)."""
+        t = time.perf_counter()
+        mixed = mixed_plans()
+        if name == "float":
+            model = speech.recognizer.whisper
+        elif name in UNIFORM:
+            model = speech.quantized(Plan.uniform(UNIFORM[name]))
+        elif name == "W4 g128 GPTQ":
+            model = speech.quantized(Plan.uniform(W4G128.with_(algorithm="gptq")))
+        elif name in mixed:
+            model = speech.quantized(mixed[name])
+        elif name == "W4 g128 QAT":
+            model = speech.qat(W4G128, args.qat_steps, args.qat_lr, args.qat_batch)
+        else:
+            raise SystemExit(f"--systems: unknown {name!r}; known: {', '.join(ORDER)}")
+        build_s = time.perf_counter() - t
+
+        def transcribe(clips: list[np.ndarray]) -> list[str]:
+            ids = hf_transcribe(model, extractor, clips, args.batch)
+            return [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+
+        extra: dict[str, Any] = {"build_s": build_s}
+        if name != "float" and not args.no_select:
+            select_kernels(model, run=lambda: transcribe(clip))
+        extra |= {
+            "linear_bytes": linear_bytes(model),
+            "model_bytes": size_bytes(model),
+            "kernels": kernel_counts(model),
+        }
+        return transcribe, extra
+
+    def runtime(compute_type: str) -> tuple[Any, dict[str, Any]]:
         fw = WhisperModel(ct2_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
-        systems[f"faster-whisper {compute_type}"] = (
-            lambda clips, fw=fw: [fw_transcribe(fw, a) for a in clips],
-            {"compute_type": compute_type},
-            fw,
-        )
-    order = [name.strip() for name in args.systems.split(",")]
-    unknown = [name for name in order if name not in systems]
-    if unknown or order[0] != "float":
-        raise SystemExit(f"--systems: float first, then any of {', '.join(systems)}")
-    for name in [] if args.latency_only else order:
-        transcribe, extra, _ = systems[name]
+        return (lambda clips: [fw_transcribe(fw, a) for a in clips]), {"compute_type": compute_type}
+
+    order = [name.strip() for name in args.systems.split(",") if name.strip()]
+    for name in order:
+        if name.startswith("faster-whisper "):
+            transcribe, extra = runtime(name.removeprefix("faster-whisper "))
+        else:
+            transcribe, extra = ours(name)
+        rows[name] = {"name": name, **extra}
+        with timing_lock():
+            if args.clock == "cpu":
+                median, p10, p90 = cpu_times(lambda t=transcribe: t(clip), args.repeats)
+            else:
+                latency = time_callable(lambda t=transcribe: t(clip), 1, args.repeats)
+                median, p10, p90 = latency.median_ms, latency.p10_ms, latency.p90_ms
+        rows[name] |= {
+            "latency_ms": median,
+            "latency_p10_ms": p10,
+            "latency_p90_ms": p90,
+            "rtf": median / 1e3 / clip_s,
+        }
         t = time.perf_counter()
         hyps = transcribe(audio)
         scores[name], texts[name] = word_errors(refs, hyps), hyps
-        rows[name] = {"name": name, "wer": 100 * wer(*scores[name]), **extra}
-        rows[name]["eval_s"] = time.perf_counter() - t
+        rows[name] |= {
+            "wer": 100 * wer(*scores[name]),
+            "eval_s": time.perf_counter() - t,
+            "errors": scores[name][0].astype(int).tolist(),  # per utterance, to pair runs
+        }
         if name != "float" and "float" in scores:
             rows[name]["wer_delta_ci"] = paired_interval(scores[name], scores["float"])
-        print(f"{name:22} WER {rows[name]['wer']:6.2f} %", file=sys.stderr, flush=True)
+        print(
+            f"{name:22} WER {rows[name]['wer']:6.2f} %  RTF {rows[name]['rtf']:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
         save()
         if name == "float" and not args.no_ct2:
             ct2_model = ctranslate2.models.Whisper(
                 ct2_dir, device="cpu", compute_type="float32", intra_threads=threads
             )
-            ct2_hyps = ct2_transcribe(ct2_model, processor, audio, args.batch)
+            ct2_hyps = ct2_transcribe(ct2_model, extractor, tok, audio, args.batch)
             same = sum(a == b for a, b in zip(ct2_hyps, hyps, strict=True))
             result["ct2_same_features"] = {
                 "wer": 100 * wer(*word_errors(refs, ct2_hyps)),
@@ -270,57 +418,40 @@ def main() -> None:
             }
             print(f"ctranslate2 on our features: {result['ct2_same_features']}", file=sys.stderr)
             del ct2_model
-            fw_float = systems["faster-whisper float32"][2]
-            on_fw = hf_on_fw_features(model, processor, fw_float, audio)
-            result["float_on_faster_whisper_features"] = {
-                "wer": 100 * wer(*word_errors(refs, on_fw))
+        if name == "faster-whisper float32" and "float" in texts:
+            same = sum(a == b for a, b in zip(texts["float"], hyps, strict=True))
+            float_wer = rows["float"]["wer"]
+            result["conversion_check"] = {
+                "ours_float_wer": float_wer,
+                "faster_whisper_float32_wer": rows[name]["wer"],
+                "difference_points": float_wer - rows[name]["wer"],
+                "identical_transcripts": same,
+                "passes": abs(float_wer - rows[name]["wer"]) <= 0.5,
             }
-            print(
-                f"ours on faster-whisper's features: {result['float_on_faster_whisper_features']}",
-                file=sys.stderr,
-            )
-    for name in order:
-        transcribe = systems[name][0]
-        with timing_lock():
-            latency = time_callable(lambda t=transcribe: t(clip), 1, args.repeats)
-        rows.setdefault(name, {"name": name, **systems[name][1]})
-        rows[name] |= {
-            "latency_ms": latency.median_ms,
-            "latency_p10_ms": latency.p10_ms,
-            "latency_p90_ms": latency.p90_ms,
-            "rtf": latency.median_ms / 1e3 / seconds,
-        }
-        print(f"{name:22} RTF {rows[name]['rtf']:.3f}", file=sys.stderr, flush=True)
         save()
 
-    if args.latency_only:
-        print(json.dumps(result))
-        return
-    float_wer, fw_wer = rows["float"]["wer"], rows["faster-whisper float32"]["wer"]
-    same_features = result.get("float_on_faster_whisper_features", {}).get("wer")
-    result["conversion_check"] = {
-        "ours_float_wer": float_wer,
-        "faster_whisper_float32_wer": fw_wer,
-        "difference_points": float_wer - fw_wer,
-        "ours_on_faster_whisper_features_wer": same_features,
-        "passes": same_features is not None and abs(same_features - fw_wer) <= 0.5,
-    }
+    result["reference_words"] = int(next(iter(scores.values()))[1].sum())
     result["examples"] = [
         {"ref": refs[i], **{k: v[i] for k, v in texts.items()}} for i in range(min(3, len(refs)))
     ]
-
-    print(f"{'':18} {'WER %':>7} {'delta 95% CI':>16} {'RTF 10 s':>9} {'linear MB':>10}")
+    save()
+    print(
+        f"{'':22} {'WER %':>7} {'delta 95% CI':>16} {'RTF 10 s':>9} {'linear MB':>10} "
+        f"{'model MB':>9}"
+    )
     for r in result["rows"]:
         ci = r.get("wer_delta_ci")
         shown = "" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
         mb = f"{r['linear_bytes'] / 1e6:.1f}" if "linear_bytes" in r else ""
-        print(f"{r['name']:18} {r['wer']:7.2f} {shown:>16} {r['rtf']:9.3f} {mb:>10}")
-    check = result["conversion_check"]
-    print(
-        f"conversion check: ours {check['ours_float_wer']:.2f} (on faster-whisper's features "
-        f"{check['ours_on_faster_whisper_features_wer']}) vs faster-whisper "
-        f"{check['faster_whisper_float32_wer']:.2f} ({'pass' if check['passes'] else 'FAIL'})"
-    )
+        total = f"{r['model_bytes'] / 1e6:.1f}" if "model_bytes" in r else ""
+        print(f"{r['name']:22} {r['wer']:7.2f} {shown:>16} {r['rtf']:9.3f} {mb:>10} {total:>9}")
+    check = result.get("conversion_check")
+    if check:
+        print(
+            f"conversion check: ours {check['ours_float_wer']:.2f} vs faster-whisper float32 "
+            f"{check['faster_whisper_float32_wer']:.2f} %, {check['identical_transcripts']}/"
+            f"{len(audio)} identical transcripts ({'pass' if check['passes'] else 'FAIL'})"
+        )
     if "ct2_same_features" in result:
         same = result["ct2_same_features"]["identical_transcripts"]
         print(f"CTranslate2 on our features: {same}/{len(audio)} identical transcripts")
