@@ -46,13 +46,11 @@ def _lib() -> ctypes.CDLL:
     lib.qe_lb_packed_bytes.restype = _I64
     lib.qe_lb_packed_bytes.argtypes = [_I64, _I64, _INT]
     lib.qe_lb_pack.restype = _INT
-    lib.qe_lb_pack.argtypes = [_P, _I64, _I64, _INT, _P]
+    lib.qe_lb_pack.argtypes = [_P, _I64, _I64, _INT, _INT, _P]
     lib.qe_lb_panel_params.restype = _INT
     lib.qe_lb_panel_params.argtypes = [_P, _I64, _I64, _P]
     lib.qe_lb_wo_linear.restype = _INT
     lib.qe_lb_wo_linear.argtypes = [_P] * 6 + [_I64] * 4 + [_INT, _INT]
-    lib.qe_lb8_pack.restype = _INT
-    lib.qe_lb8_pack.argtypes = [_P, _I64, _I64, _INT, _P]
     lib.qe_lb8_linear.restype = _INT
     lib.qe_lb8_linear.argtypes = [_P] * 9 + [_I64] * 4 + [_INT, _INT]
     return lib
@@ -88,8 +86,9 @@ def _check(rc: int, fn: str) -> None:
         raise ValueError(f"{fn} rejected its arguments (code {rc})")
 
 
-def pack_planes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Unsigned ``codes`` [N, K] (below ``2**bits``) in the kernels' bit-plane layout."""
+def pack_planes(codes: torch.Tensor, bits: int, byte_layout: bool = False) -> torch.Tensor:
+    """Unsigned ``codes`` [N, K] (below ``2**bits``) in the bit-plane layout of `wo_linear`, or
+    with ``byte_layout`` in the layout of `a8_linear`: int32 words [panels, K/32, bits, 16]."""
     if bits not in BITS:
         raise ValueError(f"bits must be one of {BITS}, got {bits}")
     if codes.dim() != 2 or codes.numel() == 0:
@@ -99,7 +98,8 @@ def pack_planes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     lib = _lib()
     words = lib.qe_lb_packed_bytes(n, k, bits) // 4
     out = torch.empty(words, dtype=torch.int32)
-    _check(lib.qe_lb_pack(codes.data_ptr(), n, k, bits, out.data_ptr()), "qe_lb_pack")
+    rc = lib.qe_lb_pack(codes.data_ptr(), n, k, bits, int(byte_layout), out.data_ptr())
+    _check(rc, "qe_lb_pack")
     return out.reshape(-(-n // PANEL_ROWS), -(-k // BLOCK), bits, PANEL_ROWS)
 
 
@@ -128,6 +128,11 @@ def pack(qw: QuantizedWeight) -> PackedLowbit:
     return PackedLowbit(planes, _panel_params(scale), scaled_zero, n, k, group, qw.bits)
 
 
+def _sizes(packed: PackedLowbit | PackedLowbitA8, m: int) -> tuple[int, ...]:
+    """The trailing arguments of both kernels: M, N, K, G, bits, threads."""
+    return (m, packed.n, packed.k, packed.group, packed.bits, torch.get_num_threads())
+
+
 def wo_linear(
     x: torch.Tensor, packed: PackedLowbit, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -152,12 +157,7 @@ def wo_linear(
         None if packed.scaled_zero is None else packed.scaled_zero.data_ptr(),
         None if bias is None else bias.contiguous().data_ptr(),
         y.data_ptr(),
-        m,
-        packed.n,
-        packed.k,
-        packed.group,
-        packed.bits,
-        torch.get_num_threads(),
+        *_sizes(packed, m),
     )
     _check(rc, "qe_lb_wo_linear")
     return y
@@ -203,7 +203,7 @@ class PackedLowbitA8:
     """Codes for `a8_linear` (bytes decodable in registers, `pack_a8`) with per-panel group
     scales, stored zero points and ``usum - G * zero`` (code sum of the group minus its zero)."""
 
-    codes: torch.Tensor  # int32 words [panels, K/32, bits, 16]
+    codes: torch.Tensor  # int32 words [panels, K/32, bits, 16], byte layout
     scale: torch.Tensor  # fp32 [panels, K/G, 16]
     zero: torch.Tensor  # int32 [panels, K/G, 16]
     wterm: torch.Tensor  # int32 [panels, K/G, 16]
@@ -234,10 +234,7 @@ def pack_a8(qw: QuantizedWeight) -> PackedLowbitA8:
     codes = qw.stored_codes()  # int32 [N, K]
     zero = qw.stored_zero().repeat_interleave(qw.block[0], 0)  # [N, K/G]
     usum = codes.reshape(n, k // group, group).sum(-1, dtype=torch.int32)
-    lib = _lib()
-    words = torch.empty(lib.qe_lb_packed_bytes(n, k, qw.bits) // 4, dtype=torch.int32)
-    flat = codes.to(torch.uint8).contiguous()
-    _check(lib.qe_lb8_pack(flat.data_ptr(), n, k, qw.bits, words.data_ptr()), "qe_lb8_pack")
+    words = pack_planes(codes, qw.bits, byte_layout=True)
     scale = qw.scale.float().repeat_interleave(qw.block[0], 0)
     return PackedLowbitA8(
         words,
@@ -282,12 +279,7 @@ def a8_linear(
         packed.wterm.data_ptr(),
         None if bias is None else bias.contiguous().data_ptr(),
         y.data_ptr(),
-        m,
-        packed.n,
-        packed.k,
-        packed.group,
-        packed.bits,
-        torch.get_num_threads(),
+        *_sizes(packed, m),
     )
     _check(rc, "qe_lb8_linear")
     return y

@@ -40,11 +40,27 @@ def planes_reference(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.int64).to(torch.int32)  # 2^31 wraps as the C words do
 
 
+def bytes_reference(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """The documented byte layout of the int8-activation kernels, element by element."""
+    n, k = codes.shape
+    out = torch.zeros(-(-n // 16), -(-k // 32), bits, 16, dtype=torch.int64)
+    for row in range(n):
+        for col in range(k):
+            u, off = int(codes[row, col]), col % 32
+            words = out[row // 16, col // 32, :, row % 16]
+            words[off // 16] |= (u & 3) << (8 * (off % 4) + 2 * ((off % 16) // 4))
+            if bits == 3:
+                words[2] |= ((u >> 2) & 1) << (8 * (off % 4) + off // 4)
+    return out.to(torch.int32)
+
+
 @pytest.mark.parametrize("bits", [2, 3])
 @pytest.mark.parametrize(("n", "k"), [(1, 1), (17, 33), (16, 64), (5, 100)])
-def test_planes_match_the_documented_layout(bits: int, n: int, k: int) -> None:
+def test_planes_match_the_documented_layouts(bits: int, n: int, k: int) -> None:
     codes = torch.randint(0, 1 << bits, (n, k), generator=torch.Generator().manual_seed(n + k))
     assert torch.equal(lowbit.pack_planes(codes, bits), planes_reference(codes, bits))
+    in_bytes = lowbit.pack_planes(codes, bits, byte_layout=True)
+    assert torch.equal(in_bytes, bytes_reference(codes, bits))
 
 
 def test_pack_refuses_codes_wider_than_the_format() -> None:

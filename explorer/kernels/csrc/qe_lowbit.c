@@ -17,9 +17,9 @@
  * and a blend; the scalar path decodes code by code from the same layout (the reference for
  * the layout).
  *
- * Layout (qe_lb_pack): rows in panels of 16 (the last one padded with zero codes), K in blocks
- * of 32 (zero-padded).  Per (panel p, block kb, plane b) 16 uint32 words, word r holding bit b
- * of the codes of row 16p + r at k = 32kb + j in its bit j:
+ * Layout (qe_lb_pack, bytes = 0): rows in panels of 16 (the last one padded with zero codes),
+ * K in blocks of 32 (zero-padded).  Per (panel p, block kb, plane b) 16 uint32 words, word r
+ * holding bit b of the codes of row 16p + r at k = 32kb + j in its bit j:
  *     word index ((p * KB + kb) * bits + b) * 16 + r,     KB = ceil(K / 32).
  * So a panel streams bits * 64 bytes per 32 columns: exactly bits/8 bytes a weight.
  *
@@ -60,6 +60,7 @@ enum { QE_LB_OK = 0, QE_LB_EINVAL = -1, QE_LB_ENOMEM = -2 };
 enum { QE_LB_PR = 16, QE_LB_KB = 32, QE_LB_Q = 8 /* quads a block */, QE_LB_PG = 8 };
 enum { QE_LB_CHUNK = 16 /* blocks of 32 per K chunk (at most) */ };
 enum { QE_LB_MB = 64 /* activation rows per pass: their tables take 64 x K x 16 bytes */ };
+enum { QE_LB_PF = 2048 /* software prefetch distance (bytes) of the int8-activation stream */ };
 
 int qe_isa(void); /* qe_kernels.c: 0 scalar, 1 avx2, 2 avx_vnni, 3 avx512_vnni */
 
@@ -77,9 +78,13 @@ QE_LB_EXPORT int64_t qe_lb_packed_bytes(int64_t n, int64_t k, int bits) {
     return lb_panels(n) * lb_blocks(k) * bits * QE_LB_PR * 4;
 }
 
-/* Bit-plane layout of unsigned codes u8 [n, k] (values below 2^bits; see the header). */
-QE_LB_EXPORT int qe_lb_pack(const uint8_t* codes, int64_t n, int64_t k, int bits, uint32_t* out) {
+/* Unsigned codes u8 [n, k] (values below 2^bits) in one of the two layouts: bit planes for
+ * qe_lb_wo_linear (bytes == 0, see the header) or bytes for qe_lb8_linear (bytes == 1, see
+ * "int8 activations" below); both put a (panel, block) in `bits` runs of 16 words. */
+QE_LB_EXPORT int qe_lb_pack(const uint8_t* codes, int64_t n, int64_t k, int bits, int bytes,
+                            uint32_t* out) {
     if (!codes || !out || n <= 0 || k <= 0 || bits < 1 || bits > 3) return QE_LB_EINVAL;
+    if (bytes && bits < 2) return QE_LB_EINVAL;
     const int64_t np = lb_panels(n), kbn = lb_blocks(k);
     memset(out, 0, (size_t)(np * kbn * bits * QE_LB_PR) * 4);
     for (int64_t row = 0; row < n; ++row) {
@@ -87,9 +92,16 @@ QE_LB_EXPORT int qe_lb_pack(const uint8_t* codes, int64_t n, int64_t k, int bits
         for (int64_t c = 0; c < k; ++c) {
             const unsigned u = codes[row * k + c];
             if (u >> bits) return QE_LB_EINVAL;
-            const int64_t kb = c / QE_LB_KB, j = c % QE_LB_KB;
-            for (int b = 0; b < bits; ++b)
-                out[((p * kbn + kb) * bits + b) * QE_LB_PR + r] |= (uint32_t)((u >> b) & 1u) << j;
+            const int64_t kb = c / QE_LB_KB, off = c % QE_LB_KB;
+            uint32_t* wp = out + ((p * kbn + kb) * bits) * QE_LB_PR + r;
+            if (!bytes) {
+                for (int b = 0; b < bits; ++b)
+                    wp[b * QE_LB_PR] |= (uint32_t)((u >> b) & 1u) << off;
+                continue;
+            }
+            const int64_t h = off / 16, sq = (off % 16) / 4, j = off % 4;
+            wp[h * QE_LB_PR] |= (uint32_t)(u & 3u) << (8 * j + 2 * sq);
+            if (bits == 3) wp[2 * QE_LB_PR] |= (uint32_t)((u >> 2) & 1u) << (8 * j + off / 4);
         }
     }
     return QE_LB_OK;
@@ -207,6 +219,10 @@ QE_LB_INLINE QE_LB_512 void lb512_tile(const lb_ctx* c, int64_t p, int64_t kb0, 
                 for (int h = 0; h < NS; ++h) acc[m][b][h] = _mm512_setzero_ps();
         for (int64_t kb = s0; kb < s1; ++kb) {
             const uint32_t* wp = c->w + ((p * c->kbn + kb) * BITS) * QE_LB_PR;
+            if (m0 == 0 && p + 1 < c->np) { /* the next panel's block: read after this chunk */
+                const char* next = (const char*)(wp + c->kbn * BITS * QE_LB_PR);
+                for (int l = 0; l < BITS; ++l) _mm_prefetch(next + 64 * l, _MM_HINT_T0);
+            }
             __m512i v[3];
             for (int b = 0; b < BITS; ++b) v[b] = _mm512_loadu_si512((const void*)(wp + b * 16));
             const float* tb = c->tab + m0 * qn + kb * QE_LB_Q * 16;
@@ -447,34 +463,15 @@ QE_LB_EXPORT int qe_lb_wo_linear(const float* x, const uint32_t* w, const float*
  *                    = dot - z * xqsum[m,g] - zx[m] * (usum[n,g] - Gr * z),
  * Gr the group's real length; wt = usum - Gr z comes per panel and group with z and s.
  *
- * Layout (qe_lb8_pack), the same size and order as the bit planes: per (panel, block of 32 k)
- * `bits` runs of 16 words, word r for row 16p + r: run 0 and 1 hold the low two bits of the
- * codes of k = 32kb + 16h + 4s + j (run h) at bits 8j + 2s; run 2 (3-bit) holds bit 2 of the
- * code of k = 32kb + 4s + j at bit 8j + s.  So (word >> 2s) & 0x03 in every byte is the
- * 4-element operand of one vpdpbusd (u8 codes x s8 activations) for 16 rows, and bit 2 joins
- * it after one more shift and mask.  K is at most 2^16: the AVX-512 sums of u * 4^s * x
+ * Layout (qe_lb_pack with bytes = 1), the same size and order as the bit planes: per (panel,
+ * block of 32 k) `bits` runs of 16 words, word r for row 16p + r: run 0 and 1 hold the low two
+ * bits of the codes of k = 32kb + 16h + 4s + j (run h) at bits 8j + 2s; run 2 (3-bit) holds
+ * bit 2 of the code of k = 32kb + 4s + j at bit 8j + s.  So (word >> 2s) & 0x03 in every byte
+ * is the 4-element operand of one vpdpbusd (u8 codes x s8 activations) for 16 rows, and bit 2
+ * joins it after one more shift and mask.  K is at most 2^16: the AVX-512 sums of u * 4^s * x
  * (below 192 * 128 * K) stay within int32.  No product exceeds 7 x 128, so AVX2's vpmaddubsw pairs
  * (2 x 7 x 128 < 32767) cannot saturate: the AVX2 path is exact too.
  */
-QE_LB_EXPORT int qe_lb8_pack(const uint8_t* codes, int64_t n, int64_t k, int bits, uint32_t* out) {
-    if (!codes || !out || n <= 0 || k <= 0 || bits < 2 || bits > 3) return QE_LB_EINVAL;
-    const int64_t np = lb_panels(n), kbn = lb_blocks(k);
-    memset(out, 0, (size_t)(np * kbn * bits * QE_LB_PR) * 4);
-    for (int64_t row = 0; row < n; ++row) {
-        const int64_t p = row / QE_LB_PR, r = row % QE_LB_PR;
-        for (int64_t c = 0; c < k; ++c) {
-            const unsigned u = codes[row * k + c];
-            if (u >> bits) return QE_LB_EINVAL;
-            const int64_t kb = c / QE_LB_KB, off = c % QE_LB_KB;
-            const int64_t h = off / 16, sq = (off % 16) / 4, j = off % 4;
-            uint32_t* wp = out + ((p * kbn + kb) * bits) * QE_LB_PR + r;
-            wp[h * QE_LB_PR] |= (uint32_t)(u & 3u) << (8 * j + 2 * sq);
-            if (bits == 3) wp[2 * QE_LB_PR] |= (uint32_t)((u >> 2) & 1u) << (8 * j + off / 4);
-        }
-    }
-    return QE_LB_OK;
-}
-
 typedef struct {
     const int8_t* xq; /* [M, kbn * 32], zero-padded */
     const float* xs;
@@ -546,6 +543,10 @@ QE_LB_INLINE QE_LB_VNNI void lb8_512_tile(const lb8_ctx* c, int64_t p, int64_t m
             for (int a = 0; a < 5; ++a) acc[m][a] = _mm512_setzero_si512();
         for (int64_t kb = g * c->gb; kb < (g + 1) * c->gb; ++kb) {
             const uint32_t* wp = c->w + ((p * c->kbn + kb) * BITS) * QE_LB_PR;
+            const int64_t ahead = (p * c->kbn + kb) * BITS * 64 + QE_LB_PF; /* bytes */
+            if (m0 == 0 && ahead < c->np * c->kbn * BITS * 64) /* one stream: prefetch ahead */
+                for (int l = 0; l < BITS; ++l)
+                    _mm_prefetch((const char*)c->w + ahead + 64 * l, _MM_HINT_T0);
             const __m512i lo0 = _mm512_loadu_si512((const void*)wp);
             const __m512i lo1 = _mm512_loadu_si512((const void*)(wp + 16));
             const __m512i hi = BITS == 3 ? _mm512_loadu_si512((const void*)(wp + 32)) : lo0;
