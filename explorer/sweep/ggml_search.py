@@ -13,7 +13,9 @@ Sensitivity is the damage of one tensor changed to one type, every other tensor 
 
 - ``measured``: KL divergence from the float model's next-token distribution, averaged over the
   tokens of a few calibration windows, with that tensor replaced by the weights ggml itself
-  writes and dequantizes (`explorer.quant.ggml.round_trip`: the weights llama.cpp runs);
+  writes and dequantizes (`explorer.quant.ggml.round_trip`: the weights llama.cpp runs; the
+  activations stay float here, while ggml's dot products round them to 8 bits, which the
+  verification in llama.cpp includes);
 - ``proxy`` (``auto`` takes it above `PROXY_LAYERS` tensors): the layer's output error energy
   ``sum_j E[x_j^2] ||W[:, j] - Q(W)[:, j]||^2`` from one float pass (the diagonal of GPTQ's
   Hessian; `explorer.sweep.sensitivity.input_energy`), and for the token embedding the squared
