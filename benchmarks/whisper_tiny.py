@@ -68,6 +68,7 @@ from explorer.models.whisper_plans import UNIFORM, W4G128, mixed_plans  # noqa: 
 from explorer.nn.convert import quantize_model, select_kernels  # noqa: E402
 from explorer.nn.modules import QuantModule  # noqa: E402
 from explorer.quant.config import Plan, QuantConfig  # noqa: E402
+from explorer.targets import faster_whisper as faster_whisper_target  # noqa: E402
 from explorer.tasks.speech import (  # noqa: E402
     SpeechRecognizer,
     next_token_targets,
@@ -156,20 +157,6 @@ def ct2_transcribe(ct2_model: Any, extractor: Any, tok: Any, audio: list, batch:
         )
         texts += [tok.decode(r.sequences_ids[0], skip_special_tokens=True).strip() for r in out]
     return texts
-
-
-def fw_transcribe(fw_model: Any, audio: np.ndarray) -> str:
-    segments, _ = fw_model.transcribe(
-        audio,
-        language="en",
-        beam_size=1,
-        best_of=1,
-        temperature=0.0,
-        without_timestamps=True,
-        condition_on_previous_text=False,
-        vad_filter=False,
-    )
-    return " ".join(s.text.strip() for s in segments)
 
 
 def linear_bytes(model: nn.Module) -> int:
@@ -292,7 +279,6 @@ def main() -> None:
 
     import ctranslate2
     import faster_whisper
-    from faster_whisper import WhisperModel
 
     from explorer.models.whisper_audio import speech_audio
     from explorer.models.whisper_convert import bundled_ct2_dir, converted_whisper
@@ -368,8 +354,10 @@ def main() -> None:
         return transcribe, extra
 
     def runtime(compute_type: str) -> tuple[Any, dict[str, Any]]:
-        fw = WhisperModel(ct2_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
-        return (lambda clips: [fw_transcribe(fw, a) for a in clips]), {"compute_type": compute_type}
+        fw = faster_whisper_target.load(Path(ct2_dir), compute_type, threads)
+        return (lambda clips: [faster_whisper_target.transcribe(fw, a) for a in clips]), {
+            "compute_type": compute_type
+        }
 
     order = [name.strip() for name in args.systems.split(",") if name.strip()]
     for name in order:
@@ -397,6 +385,7 @@ def main() -> None:
             "wer": 100 * wer(*scores[name]),
             "eval_s": time.perf_counter() - t,
             "errors": scores[name][0].astype(int).tolist(),  # per utterance, to pair runs
+            "texts": hyps,
         }
         if name != "float" and "float" in scores:
             rows[name]["wer_delta_ci"] = paired_interval(scores[name], scores["float"])

@@ -49,19 +49,17 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_float_transcripts_equal_faster_whisper_float32(clips: list[np.ndarray]) -> None:
-    from faster_whisper import WhisperModel
     from faster_whisper.audio import pad_or_trim
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from explorer.models.whisper_convert import bundled_ct2_dir
-    from explorer.tasks.speech import log_mel
+    from explorer.models.whisper_features import log_mel
+    from explorer.targets.faster_whisper import load, transcribe
 
     hf_dir: Path = whisper.model_dir()
     model = WhisperForConditionalGeneration.from_pretrained(hf_dir, local_files_only=True)
     processor = WhisperProcessor.from_pretrained(hf_dir, local_files_only=True)
-    runtime = WhisperModel(
-        str(bundled_ct2_dir()), device="cpu", compute_type="float32", cpu_threads=1
-    )
+    runtime = load(bundled_ct2_dir(), "float32", threads=1)
 
     features = log_mel(processor.feature_extractor, clips)  # (3, 80, 3000)
     for clip, ours in zip(clips, features, strict=True):
@@ -71,17 +69,6 @@ def test_float_transcripts_equal_faster_whisper_float32(clips: list[np.ndarray])
     with torch.inference_mode():
         ids = model.eval().generate(features, max_new_tokens=128)
     ours = [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
-    theirs = []
-    for clip in clips:
-        segments, _ = runtime.transcribe(
-            clip,
-            language="en",
-            beam_size=1,
-            temperature=0.0,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            vad_filter=False,
-        )
-        theirs.append(" ".join(s.text.strip() for s in segments))
+    theirs = [transcribe(runtime, clip) for clip in clips]
     assert ours == theirs
     assert all(len(t.split()) >= 5 for t in ours)  # real sentences, not empty or garbage
