@@ -132,6 +132,10 @@ def choose(
     if key in _CHOICES:
         return _CHOICES[key]
     x = torch.randn(rows, spec.k, device=spec.device)
+    if spec.n * spec.k * 4 > ONE_AT_A_TIME_BYTES:
+        best = _one_at_a_time(found, spec, qw, bias, act, x, repeats)
+        _CHOICES[key] = best
+        return best
     times = {}
     states = {k.name: k.prepare(spec, qw, bias, act) for k in found}
     t0 = time.perf_counter()
@@ -152,6 +156,42 @@ def choose(
     best = min(times, key=times.__getitem__)
     _CHOICES[key] = best
     return best
+
+
+ONE_AT_A_TIME_BYTES = 256 << 20
+"""Above this many fp32 bytes of weight (a vocabulary head: 151,936 x 896 is 545 MB), `choose`
+prepares and times the candidates one at a time: each prepared layout is a copy of the weight
+(some dequantize it to fp32), and holding all of them at once was the peak of a 0.5 B model's
+row."""
+
+
+def _one_at_a_time(
+    found: list[Any],
+    spec: LinearSpec,
+    qw: QuantizedWeight,
+    bias: torch.Tensor | None,
+    act: ActQParams | None,
+    x: torch.Tensor,
+    repeats: int,
+) -> str:
+    """The fastest of ``found``, each prepared, warmed up, timed (median) and freed in turn."""
+    times: dict[str, float] = {}
+    for kernel in found:
+        state = kernel.prepare(spec, qw, bias, act)
+        t0 = time.perf_counter()
+        kernel.run(state, x)  # warm-up; also sizes the repeats
+        per_call = time.perf_counter() - t0
+        affordable = int(TIMING_BUDGET_S / len(found) / per_call) if per_call > 0 else repeats
+        samples = []
+        for _ in range(max(min(repeats, MIN_REPEATS), min(repeats, affordable))):
+            t0 = time.perf_counter()
+            kernel.run(state, x)
+            if spec.device == "cuda":
+                torch.cuda.synchronize()
+            samples.append(time.perf_counter() - t0)
+        times[kernel.name] = statistics.median(samples)
+        del state
+    return min(times, key=times.__getitem__)
 
 
 # --- convolutions -------------------------------------------------------------------------------

@@ -197,3 +197,57 @@ def test_bad_group_size_rejected_cleanly() -> None:
 
     config = QuantConfig(weight_bits=4, granularity="group", group_size=7)
     assert why_not_applicable(config, 4096) == "group size 7 does not divide in_features 4096"
+
+
+def test_a_huge_layer_times_its_candidates_one_prepared_copy_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above `ONE_AT_A_TIME_BYTES` each candidate is prepared, timed and dropped before the
+    next is prepared (all prepared layouts at once were a 0.5 B model's peak), and the fastest
+    still wins: here every candidate but one is slowed down on purpose."""
+    import time
+
+    import explorer.kernels.select as select
+
+    config = QuantConfig(weight_bits=8)
+    w, _ = gaussian_layer(n=64, k=256)
+    spec = LinearSpec.from_config(config, 64, 256)
+    found = candidates(spec)
+    if len(found) < 2:
+        pytest.skip(f"one W8 kernel on this machine ({found[0].name}): nothing to choose")
+    monkeypatch.setattr(select, "ONE_AT_A_TIME_BYTES", 0)
+    monkeypatch.setattr(select, "_CHOICES", {})
+    events: list[str] = []
+    alive = {"now": 0, "most": 0}  # prepared states of every candidate together
+    winner = found[-1].name
+
+    class State:
+        def __init__(self, inner):  # type: ignore[no-untyped-def]
+            self.inner = inner
+            alive["now"] += 1
+            alive["most"] = max(alive["most"], alive["now"])
+
+        def __del__(self) -> None:
+            alive["now"] -= 1
+
+    def wrap(kernel):  # type: ignore[no-untyped-def]
+        prepare, run = kernel.prepare, kernel.run
+
+        def prepared(*args):  # type: ignore[no-untyped-def]
+            events.append(kernel.name)
+            return State(prepare(*args))
+
+        def timed(state, x):  # type: ignore[no-untyped-def]
+            if kernel.name != winner:
+                time.sleep(0.002)
+            return run(state.inner, x)
+
+        monkeypatch.setattr(kernel, "prepare", prepared)
+        monkeypatch.setattr(kernel, "run", timed)
+
+    for kernel in found:
+        wrap(kernel)
+    qw = QuantizedWeight.from_float(w, config)
+    assert choose(spec, qw, None, None, rows=1) == winner
+    assert events == [k.name for k in found]  # each prepared once
+    assert alive == {"now": 0, "most": 1}  # never two prepared copies at once, none kept
