@@ -41,10 +41,14 @@ def test_search_rows_carry_their_allocation(digits: ModelContext, tmp_path: Path
 
 def _proxy_ranks_as_measured(sens: Sensitivity) -> None:
     """The cheap proxy (input-energy-weighted weight error) against the measured perplexity
-    drop, Spearman over tiny-lm's 17 layers. Measured (8 calibration sequences): pooled over
-    the 51 (layer, setting) cells 0.669, which the search's choice between settings rests on;
-    W2 g32 alone 0.488; W4 g32 -0.027 and W3 g128 -0.012 (one layer's drop at 3-4 bits is
-    noise on tiny-lm). Bounds with a margin below the first two."""
+    drop, Spearman over tiny-lm's 29 layers (16 calibration sequences). On the Llama tiny-lm:
+    pooled over the 87 (layer, setting) cells 0.524, W2 g32 0.250, W3 g128 0.137, W4 g32 -0.247
+    (the byte-level GPT it replaced, 8 sequences: 0.669 pooled, W2 g32 0.488). With 8 sequences
+    the measured drops themselves were too noisy to rank against (pooled 0.300). The proxy sees
+    the size of a layer's output error, not where it goes: layer 0's k/q/v projections have small
+    proxies and the largest drops at 2 bits. (Weighting each output channel by E[(dL/dy)^2] from
+    one backward pass, a Fisher proxy, ranked 0.740 pooled and 0.800 at W2 g32 on the same
+    cells; not used yet.) Bounds with a margin below the pooled and W2 g32 values."""
     cells = [sens.cell(layer, s) for layer in sens.layers for s in SETTINGS]
     assert sens.mode == "measured" and all(c.proxy is not None for c in cells)
 
@@ -53,8 +57,8 @@ def _proxy_ranks_as_measured(sens: Sensitivity) -> None:
         drop = torch.tensor([c.metric_drop for c in chosen], dtype=torch.float64)
         return spearman(proxy, drop)
 
-    assert rho(cells) >= 0.55
-    assert rho([c for c in cells if c.setting == "W2 g32"]) >= 0.35
+    assert rho(cells) >= 0.4
+    assert rho([c for c in cells if c.setting == "W2 g32"]) >= 0.15
 
 
 def _allocation(out, row):  # type: ignore[no-untyped-def]
@@ -71,7 +75,9 @@ def test_a_searched_mixed_plan_beats_every_uniform_plan_of_its_size_on_tiny_lm(
     is halfway between uniform W3 g128 and uniform W4 g32; the uniform plans of no larger size
     are evaluated, and the larger one is shown to be larger from the table's exact sizes."""
     ctx = open_context(ModelSource(model="tiny-lm"))
-    sens = measure_sensitivity(ctx, SETTINGS, samples=8, latency=False)
+    # 16 calibration sequences: with 8, the measured drops of the 4-bit cells were noise, and
+    # the search put 9 layers at W2 g32 whose interval overlapped uniform W3 g128's
+    sens = measure_sensitivity(ctx, SETTINGS, samples=16, latency=False)
     _proxy_ranks_as_measured(sens)
     table = sens.to_search_table()
     uniform_size = {
