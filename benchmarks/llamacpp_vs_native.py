@@ -1,21 +1,29 @@
 """Native kernels vs llama.cpp's (ggml) in one run: the 4096x4096 linear layer at M = 1, 8, 32
-(our best int8 and int4 weight-only kernels against ggml's Q8_0, Q4_0 and Q4_K matmul, weights
-rotated past the last-level cache, candidates interleaved call by call: `explorer.measure.bench`),
-then a Llama model's decode (one token after 128 cached) and 128-token prefill, native (fp32, W8
-per channel, W4 groups of 32) against llama.cpp (F16, Q8_0, Q4_0, Q4_K GGUF files) with the same
-thread count. Prints tables, then one JSON line.
+(our best int8, int4, 3- and 2-bit weight-only kernels against ggml's Q8_0, Q4_0, Q4_K, Q3_K and
+Q2_K matmul, in ggml's plain block layout and, where ggml repacks the format on this CPU as
+llama.cpp's loader does, in the repacked layout; weights rotated past the last-level cache,
+candidates interleaved call by call: `explorer.measure.bench`), then a Llama model's decode
+(one token after 128 cached) and 128-token prefill, native (fp32, W8 per channel, W4 groups of
+32) against llama.cpp (F16, Q8_0, Q4_0, Q4_K GGUF files) with the same
+thread count. ``--clock cpu`` times the kernel calls in this thread's CPU time (use it with
+``--threads 1``; a loaded machine then does not inflate them); the whole-model times are wall
+clock. Prints tables, then one JSON line.
 
     .venv/bin/python benchmarks/llamacpp_vs_native.py [--model assets/tiny-lm] [--repeats 20]
+        [--threads 1] [--clock cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 from pathlib import Path
 
 import torch
 
+from explorer.machine import cpu_features
 from explorer.measure.bench import bench_linear
 from explorer.measure.latency import measure_callable, timing_lock
 from explorer.nn.convert import quantize_model, select_kernels
@@ -29,15 +37,18 @@ NATIVE = {
     "w4-g32": QuantConfig(weight_bits=4, granularity="group", group_size=32),
 }
 GGML = ("f16", "q8_0", "q4_0", "q4_k")
+KERNEL_GGML = ("q8_0", "q4_0", "q4_k", "q3_k", "q2_k")
+NATIVE_FAMILIES = ("fp32", "w8-channel", "w4-g32", "w4-g128", "w3-g128", "w2-g128")
 
 
-def kernels(repeats: int) -> list[dict]:
+def kernels(repeats: int, clock: str = "wall") -> list[dict]:
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
     with timing_lock():  # as `explorer bench` does: no other timing runs meanwhile
-        rows = bench_linear(ms=(1, 8, 32), repeats=repeats, ggml_formats=("q8_0", "q4_0", "q4_k"))
+        rows = bench_linear(ms=(1, 8, 32), repeats=repeats, ggml_formats=KERNEL_GGML, clock=timer)
     best: dict[tuple[str, int], dict] = {}
     for r in rows:
         family = r["kernel"] if r["kernel"].startswith(("ggml", "fp32")) else r["format"]
-        if family not in ("fp32", "w8-channel", "w4-g32", "w4-g128") and "ggml" not in family:
+        if family not in NATIVE_FAMILIES and "ggml" not in family:
             continue
         key = (family, r["M"])
         if key not in best or r["ms"] < best[key]["ms"]:
@@ -95,11 +106,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip-kernels", action="store_true")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    out = {"threads": args.threads}
+    out = {"threads": args.threads, "clock": args.clock, "cpu": cpu_features()}
+    out["load_start"] = os.getloadavg()
     if not args.skip_kernels:
-        out["kernels"] = kernels(args.repeats)
+        out["kernels"] = kernels(args.repeats, args.clock)
     model_dir = Path(args.model)
     if (model_dir / "config.json").exists():
         out["model"] = {
@@ -109,6 +122,7 @@ def main() -> None:
     else:
         print(f"\n{model_dir} has no model: whole-model rows skipped")
     out["repeats"] = args.repeats
+    out["load_end"] = os.getloadavg()
     print(json.dumps(out))
 
 

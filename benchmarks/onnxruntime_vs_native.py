@@ -2,9 +2,10 @@
 
 Cases: digits-cnn, mobile-cnn, one 3x3 convolution 128->128 at 28x28, one 4096x4096 linear
 layer at M = 1, 8, 32 rows, and tiny-lm's 128-token prefill (a full forward on token ids: the
-exported graph keeps no KV cache, so decode is not compared). int8 = W8 per channel with
-static per-tensor A8 (ORT: QDQ, fused into QLinearConv / QGemm / MatMulIntegerToFloat); int4 =
-W4 groups of 32, weight-only (ORT: MatMulNBits; ORT has no int4 convolution, so "n/a" there).
+exported graph keeps no KV cache; `benchmarks/onnx_decode.py` compares decode). int8 = W8 per
+channel with static per-tensor A8 (ORT: QDQ, fused into QLinearConv / QGemm /
+MatMulIntegerToFloat); int4 = W4 groups of 32, weight-only (ORT: MatMulNBits; ORT has no int4
+convolution, so "n/a" there).
 Both targets run the SAME quantized model; medians under the machine-wide timing lock.
 "ORT/ORT fp32" is what a deployment sees: the int8 plan's latency in ORT over the float model's
 in ORT (below 1: quantization pays off there), of the medians and of the fastest calls (on a
@@ -28,6 +29,7 @@ from explorer.models import digits, mobile, tinylm
 from explorer.nn.convert import quantize_model
 from explorer.quant.config import Plan, QuantConfig
 from explorer.targets import TargetError, get_target
+from explorer.targets.onnxruntime import TaskOutput
 
 PLANS = {
     "fp32": QuantConfig.float("fp32"),
@@ -58,8 +60,11 @@ def cases() -> list[tuple[str, nn.Module, Callable[[int | None], torch.Tensor]]]
     ]
     lin = nn.Sequential(nn.Linear(4096, 4096)).eval()
     out += [(f"linear 4096^2 M={m}", lin, images(m, 4096)) for m in (1, 8, 32)]
-    # a 128-token prefill, no KV cache in either runtime (the exported graph keeps none)
-    lm = tinylm.LogitsOnly(tinylm.load()).eval()  # the Llama tiny-lm; logits only
+    # a 128-token prefill, no KV cache in either runtime (the exported graph keeps none). The
+    # Llama tiny-lm goes in as a sweep exports it (TaskOutput: ids and an all-ones mask in,
+    # logits out); without the mask transformers looks for packed sequences with aten::diff,
+    # which torch.onnx cannot export
+    lm = TaskOutput(tinylm.load()).eval()
     out.append(("tiny-lm prefill 128", lm, lambda n: _ids((n or 1, 128))))
     return out
 

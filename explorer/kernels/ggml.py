@@ -4,11 +4,17 @@ kernel llama.cpp runs for a linear layer, timed here at a layer's shape next to 
 ``y = x·Wᵀ`` is one ``ggml_mul_mat`` node in a one-node graph over a ggml context that holds ggml's
 bytes of the weight (`explorer.quant.ggml.quantize`), the float32 input and the output; the CPU
 backend quantizes the input rows to the format's dot-product partner (Q8_0 or Q8_K) and runs its
-SIMD dot products with ``n_threads`` threads. It is the plain block layout: llama.cpp's model
-loader additionally repacks some formats into interleaved rows (Q4_0 as 4x8/8x8 blocks,
-``CPU_REPACK``) where the CPU has the instructions for it; this module does not, so on such CPUs
-llama.cpp's own Q4_0 matmul can be faster than what is timed here (the whole-model llama.cpp
-numbers do include it).
+SIMD dot products with ``n_threads`` threads.
+
+Layouts: by default the weight sits in ggml's plain block layout (one row of blocks after
+another), which ggml multiplies one weight row at a time (``vec_dot``) or through its llamafile
+tiles. llama.cpp's model loader instead places the weights it can in the CPU backend's extra
+buffer type ``CPU_REPACK``, whose ``set_tensor`` interleaves 8 rows block by block (Q4_0, Q4_K,
+Q2_K and IQ4_NL as ``8x8`` on AVX2 CPUs) so that one pass over the quantized input row feeds 8
+output rows (``gemv``/``gemm`` instead of ``vec_dot``). ``repack=True`` does the same here: the
+weight is allocated in that buffer type and uploaded through it, and the one-node graph then runs
+ggml's repacked kernels, which is what llama.cpp runs for those formats; where ggml has no
+repacked layout for the format on this CPU, ``repacked`` is False and the plain layout is used.
 
 Imports: `explorer.quant.ggml` (the library and the quantizer).
 """
@@ -47,6 +53,12 @@ class _Cplan(ctypes.Structure):
     ]
 
 
+# ``struct ggml_tensor`` (ggml.h): type, buffer, ne[4], nb[4], op, op_params[16], flags, src[10],
+# view_src, view_offs, data, name[64], extra; checked against ggml_get_data on every use
+_DATA_OFFSET, _EXTRA_OFFSET = 248, 320
+REPACK_BUFFER = "CPU_REPACK"
+
+
 @functools.cache
 def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     base = ggml.ggml_base()
@@ -73,8 +85,42 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     cpu.ggml_graph_plan.argtypes = [p, ctypes.c_int, p]
     cpu.ggml_graph_compute.restype = ctypes.c_int
     cpu.ggml_graph_compute.argtypes = [p, ctypes.POINTER(_Cplan)]
+    base.ggml_backend_alloc_ctx_tensors_from_buft.restype = p
+    base.ggml_backend_alloc_ctx_tensors_from_buft.argtypes = [p, p]
+    base.ggml_backend_buffer_free.argtypes = [p]
+    base.ggml_backend_tensor_set.argtypes = [p, p, ctypes.c_size_t, ctypes.c_size_t]
+    base.ggml_backend_buft_name.restype = ctypes.c_char_p
+    base.ggml_backend_buft_name.argtypes = [p]
+    base.ggml_backend_reg_dev_get.restype = p
+    base.ggml_backend_reg_dev_get.argtypes = [p, ctypes.c_size_t]
+    base.ggml_backend_reg_get_proc_address.restype = p
+    base.ggml_backend_reg_get_proc_address.argtypes = [p, ctypes.c_char_p]
+    cpu.ggml_backend_cpu_reg.restype = p
     cpu.ggml_cpu_init()
     return base, cpu
+
+
+@functools.cache
+def _repack_buffer_type() -> int | None:
+    """The CPU backend's ``CPU_REPACK`` buffer type (from the device's extra buffer types, as
+    llama.cpp's loader finds it), or None where this build has none."""
+    base, cpu = _libs()
+    reg = cpu.ggml_backend_cpu_reg()
+    dev = base.ggml_backend_reg_dev_get(reg, 0)
+    fn = base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+    if not fn:
+        return None
+    bufts = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(fn)(dev)
+    i = 0
+    while bufts and bufts[i]:
+        if base.ggml_backend_buft_name(bufts[i]).decode() == REPACK_BUFFER:
+            return bufts[i]
+        i += 1
+    return None
+
+
+def _field(tensor: int, offset: int) -> int | None:
+    return ctypes.c_void_p.from_address(tensor + offset).value
 
 
 class GgmlLinear:
@@ -87,6 +133,7 @@ class GgmlLinear:
         fmt: ggml.GgmlFormat,
         ms: tuple[int, ...] = (1,),
         threads: int | None = None,
+        repack: bool = False,
     ) -> None:
         base, cpu = _libs()
         data = weight if isinstance(weight, np.ndarray) else ggml.quantize(weight, fmt)
@@ -101,9 +148,13 @@ class GgmlLinear:
         self._ctx = base.ggml_init(_InitParams(size, None, False))
         if not self._ctx:
             raise ggml.GgmlError(f"ggml_init could not allocate {size} bytes")
-        w = base.ggml_new_tensor_2d(self._ctx, fmt.ggml_type, k, n)
         src = np.ascontiguousarray(data)
-        ctypes.memmove(base.ggml_get_data(w), src.ctypes.data, src.nbytes)
+        self._wctx = self._wbuf = None
+        w = self._repacked_weight(src, repack)
+        self.repacked = w is not None
+        if w is None:
+            w = base.ggml_new_tensor_2d(self._ctx, fmt.ggml_type, k, n)
+            ctypes.memmove(base.ggml_get_data(w), src.ctypes.data, src.nbytes)
         self._graphs: dict[int, tuple[int, Any, int, int]] = {}
         self._work: list[Any] = []
         for m in ms:
@@ -117,6 +168,30 @@ class GgmlLinear:
             plan.work_data = work.ctypes.data + (-work.ctypes.data % 64)
             self._work.append(work)
             self._graphs[m] = (graph, plan, base.ggml_get_data(x), base.ggml_get_data(y))
+
+    def _repacked_weight(self, src: np.ndarray, repack: bool) -> int | None:
+        """The weight as a tensor in the ``CPU_REPACK`` buffer (interleaved by ggml's own
+        ``set_tensor``), or None where ggml has no repacked layout for it on this CPU."""
+        buft = _repack_buffer_type() if repack else None
+        if buft is None:
+            return None
+        base, _ = _libs()
+        self._wctx = base.ggml_init(_InitParams(2 * base.ggml_tensor_overhead(), None, True))
+        w = base.ggml_new_tensor_2d(self._wctx, self.fmt.ggml_type, self.k, self.n)
+        self._wbuf = base.ggml_backend_alloc_ctx_tensors_from_buft(self._wctx, buft)
+        if not self._wbuf:
+            raise ggml.GgmlError(f"{REPACK_BUFFER} could not allocate {src.nbytes} bytes")
+        if _field(w, _DATA_OFFSET) != base.ggml_get_data(w):
+            raise ggml.GgmlError("struct ggml_tensor does not have the layout this module reads")
+        # the buffer's init_tensor leaves `extra` (the repacked kernels) empty for a type or
+        # shape ggml does not repack on this CPU; set_tensor would then have nothing to call
+        if not _field(w, _EXTRA_OFFSET):
+            base.ggml_backend_buffer_free(self._wbuf)
+            base.ggml_free(self._wctx)
+            self._wctx = self._wbuf = None
+            return None
+        base.ggml_backend_tensor_set(w, src.ctypes.data, 0, src.nbytes)
+        return w
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (m, K) float32 → (m, N) float32."""
@@ -133,7 +208,11 @@ class GgmlLinear:
         return torch.from_numpy(out.reshape(m, self.n).copy())
 
     def __del__(self) -> None:
-        ctx = getattr(self, "_ctx", None)
-        if ctx:
-            _libs()[0].ggml_free(ctx)
-            self._ctx = None
+        base = _libs()[0]
+        if getattr(self, "_wbuf", None):
+            base.ggml_backend_buffer_free(self._wbuf)
+            self._wbuf = None
+        for name in ("_wctx", "_ctx"):
+            if getattr(self, name, None):
+                base.ggml_free(getattr(self, name))
+                setattr(self, name, None)

@@ -104,7 +104,9 @@ def _ggml_candidates(
     n: int, k: int, ms: tuple[int, ...], formats: tuple[str, ...], gen: torch.Generator
 ) -> list[_Candidate]:
     """ggml's CPU matmul (llama.cpp's kernel) per ggml format, on copies of ggml's own bytes of
-    one random weight (values do not change the speed; quantizing 4096² once per copy would)."""
+    one random weight (values do not change the speed; quantizing 4096² once per copy would).
+    Where ggml repacks the format on this CPU (as llama.cpp's loader does: Q4_0, Q4_K, Q2_K,
+    IQ4_NL on AVX2), a second candidate ``ggml-<format>-repacked`` times that layout."""
     from explorer.kernels.ggml import GgmlLinear
     from explorer.quant import ggml
 
@@ -112,8 +114,15 @@ def _ggml_candidates(
     for name in formats:
         fmt = ggml.format_of(name)
         data = ggml.quantize(torch.randn(n, k, generator=gen) * 0.02, fmt)
-        states = [GgmlLinear(data, fmt, ms) for _ in range(_copies(data.nbytes))]
-        out.append(_Candidate(f"ggml-{fmt.name}", fmt.name, _ggml_run, states, data.nbytes, {}))
+        for repack in (False, True):
+            first = GgmlLinear(data, fmt, ms, repack=repack)
+            if repack and not first.repacked:
+                continue
+            states = [first] + [
+                GgmlLinear(data, fmt, ms, repack=repack) for _ in range(_copies(data.nbytes) - 1)
+            ]
+            kernel = f"ggml-{fmt.name}" + ("-repacked" if repack else "")
+            out.append(_Candidate(kernel, fmt.name, _ggml_run, states, data.nbytes, {}))
     return out
 
 
@@ -190,7 +199,10 @@ def bench_linear(
     include_slow: bool = False,
     progress: Callable[[str], None] | None = None,
     ggml_formats: tuple[str, ...] = (),
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict[str, Any]]:
+    """Rows of every linear candidate at each M. ``clock`` may be ``time.thread_time`` with one
+    thread: CPU time, which other jobs on a loaded machine do not inflate."""
     cands = linear_candidates(n, k, include_slow, ggml_formats=ggml_formats, ms=ms)
     read = _read_candidate(cands[0])
     if read is not None:
@@ -210,9 +222,9 @@ def bench_linear(
                 if r >= reps[i]:
                     continue
                 state = c.states[r % len(c.states)]
-                t0 = time.perf_counter()
+                t0 = clock()
                 c.run(state, x)
-                samples[i].append((time.perf_counter() - t0) * 1e3)
+                samples[i].append((clock() - t0) * 1e3)
         medians = {i: statistics.median(s) for i, s in samples.items()}
         fp32 = next(medians[i] for i, c in enumerate(cands) if c.kernel == "fp32")
         bf16 = next(medians[i] for i, c in enumerate(cands) if c.kernel == "bf16")

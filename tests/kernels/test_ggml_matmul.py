@@ -33,6 +33,29 @@ def test_matmul_matches_a_float64_reference(name: str, rtol: float) -> None:
         layer(x[:3])
 
 
+@pytest.mark.parametrize("name", ["q4_0", "q4_k", "q6_k"])
+def test_repacked_layout_computes_the_plain_layouts_product(name: str) -> None:
+    """llama.cpp's CPU_REPACK layout (8 interleaved rows) where ggml has one on this CPU: the
+    same quantized input and weights, summed in another order; Q6_K has no repacked layout."""
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(64, 512, generator=gen) * 0.05
+    x = torch.randn(8, 512, generator=gen)
+    fmt = ggml.format_of(name)
+    data = ggml.quantize(w, fmt)
+    plain = GgmlLinear(data, fmt, ms=(1, 8), threads=1)
+    packed = GgmlLinear(data, fmt, ms=(1, 8), threads=1, repack=True)
+    assert not plain.repacked
+    assert packed.repacked == (name != "q6_k" and ggml_cpu_has("avx2"))
+    for m in (1, 8):
+        torch.testing.assert_close(packed(x[:m]), plain(x[:m]), rtol=1e-4, atol=1e-4)
+
+
+def ggml_cpu_has(feature: str) -> bool:
+    from explorer.kernels.ggml import _libs
+
+    return bool(getattr(_libs()[1], f"ggml_cpu_has_{feature}")())
+
+
 def test_bench_rows_include_ggml_kernels_with_their_block_bytes() -> None:
     from explorer.measure.bench import bench_linear
 
@@ -40,3 +63,5 @@ def test_bench_rows_include_ggml_kernels_with_their_block_bytes() -> None:
     (row,) = [r for r in rows if r["kernel"] == "ggml-q4_0"]
     assert row["format"] == "q4_0" and row["ms"] > 0
     assert row["weight_bytes"] == 64 * 256 // 32 * 18  # 4.5 bits per weight
+    repacked = [r for r in rows if r["kernel"] == "ggml-q4_0-repacked"]
+    assert len(repacked) == ggml_cpu_has("avx2") and all(r["ms"] > 0 for r in repacked)
