@@ -39,7 +39,8 @@ SENSITIVITY_VALUES = {
 def sensitivity_heatmap(sensitivity: Mapping[str, Any], value: str = "metric_drop") -> go.Figure:
     """Layers (rows) by settings (columns) of a `Sensitivity.to_dict()`; a cell where the setting
     does not apply to the layer is empty (None), its hover says why. A table measured in proxy
-    mode (models of hundreds of layers) has no metric drop: it shows its proxy damage instead."""
+    mode (models of hundreds of layers) has no metric drop: it shows its proxy damage instead;
+    one without a task metric on calibration data, its KL divergence from float."""
     if value not in SENSITIVITY_VALUES:
         raise ValueError(f"value must be one of {sorted(SENSITIVITY_VALUES)}, got {value!r}")
     if value in ("metric_drop", "kl") and sensitivity.get("mode") == "proxy":
@@ -47,6 +48,10 @@ def sensitivity_heatmap(sensitivity: Mapping[str, Any], value: str = "metric_dro
     layers = list(sensitivity.get("layers") or [])
     settings = list(sensitivity.get("settings") or [])
     cells = {(c["layer"], c["setting"]): c for c in sensitivity.get("cells") or []}
+    if value == "metric_drop" and not _measured(cells.values(), "metric_drop"):
+        # no task metric on calibration data (a speech model's calibration utterances carry
+        # QAT's targets, an embedding's no pair scores): the damage is the KL to float
+        value = "kl" if _measured(cells.values(), "kl") else value
     title, sense = SENSITIVITY_VALUES[value]
     if value == "metric_drop" and sensitivity.get("metric"):
         title = f"{sensitivity['metric']} drop (damage, lower is better)"
@@ -105,6 +110,10 @@ def sensitivity_heatmap(sensitivity: Mapping[str, Any], value: str = "metric_dro
         margin={"t": 60},
     )
     return fig
+
+
+def _measured(cells: Any, value: str) -> bool:
+    return any(finite_number(c.get(value)) is not None for c in cells)
 
 
 # --- per-layer views ------------------------------------------------------------------------

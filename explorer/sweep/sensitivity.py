@@ -277,6 +277,10 @@ def measure_sensitivity(
         names = list(all_layers)
     n_eval = samples or CALIBRATION_EVAL_SAMPLES.get(ctx.task, 32)
     x_cal, y_cal = ctx.calibration_split
+    if ctx.task == "speech":
+        # a speech model's calibration targets are QAT's next-token ids, not the evaluation's
+        # utterance indices: its damage is the decoder's KL to float, not a word error rate
+        y_cal = None
     x_eval = x_cal[:n_eval]
     y_eval = None if y_cal is None else y_cal[:n_eval]
     b = 256 if ctx.task == "classification" else 8
