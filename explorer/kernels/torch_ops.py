@@ -43,7 +43,9 @@ class A8W8Weights:
     @classmethod
     def build(cls, qw: QuantizedWeight, bias: torch.Tensor | None, device: str) -> A8W8Weights:
         n, k = qw.shape
-        wq = qw.stored_codes().to(torch.int8)
+        # 8-bit codes are stored as int8 [N, K] already: share them (no second quantized copy,
+        # and no int32 [N, K] on the way; a 151,936-row head's would be 545 MB)
+        wq = qw.data if qw.bits == 8 else qw.stored_codes().to(torch.int8)
         scale = qw.scale.float().expand(qw.n_blocks[0], 1).repeat_interleave(qw.block[0], 0)
         zero = None
         if qw.zero is not None:
@@ -53,7 +55,7 @@ class A8W8Weights:
             wq=wq.to(device),
             scale=scale.reshape(n).contiguous().to(device),
             zero=zero,
-            wsum=wq.to(torch.int32).sum(dim=1).to(torch.int32).to(device),
+            wsum=wq.sum(dim=1, dtype=torch.int32).to(device),
             bias=None if bias is None else bias.float().to(device),
         )
 

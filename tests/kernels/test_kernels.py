@@ -251,3 +251,18 @@ def test_a_huge_layer_times_its_candidates_one_prepared_copy_at_a_time(
     assert choose(spec, qw, None, None, rows=1) == winner
     assert events == [k.name for k in found]  # each prepared once
     assert alive == {"now": 0, "most": 1}  # never two prepared copies at once, none kept
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int8_torch_kernels_share_the_stored_codes(symmetric: bool) -> None:
+    """The int8 × int8 torch kernels' weights are the layer's own int8 codes, not a copy (one
+    quantized copy of the model), with the same values and row sums as the stored codes."""
+    from explorer.kernels.torch_ops import A8W8Weights
+
+    w, _ = gaussian_layer(n=48, k=96)
+    qw = QuantizedWeight.from_float(w, QuantConfig(weight_bits=8, symmetric=symmetric))
+    built = A8W8Weights.build(qw, None, "cpu")
+    assert built.wq.data_ptr() == qw.data.data_ptr()
+    codes = qw.stored_codes()
+    assert torch.equal(built.wq.to(torch.int32), codes)
+    assert torch.equal(built.wsum, codes.sum(dim=1).to(torch.int32))
