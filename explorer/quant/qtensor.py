@@ -173,8 +173,10 @@ class QuantizedWeight:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
 
-BAND_ELEMENTS = 1 << 22
-"""Codes quantized and packed at once by `QuantizedWeight.from_float` (4 M: 16 MB of fp32)."""
+BAND_ELEMENTS = 1 << 24
+"""Codes quantized and packed at once by `QuantizedWeight.from_float` (16 M: 64 MB of fp32, above
+glibc's largest dynamic mmap threshold of 32 MB, so every band's buffers go back to the system
+when freed instead of staying in the heap as resident memory)."""
 
 
 def _chunk_rows(shape: tuple[int, int], block: tuple[int, int]) -> int:
