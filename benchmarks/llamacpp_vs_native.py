@@ -1,13 +1,13 @@
 """Native kernels vs llama.cpp's (ggml) in one run: the 4096x4096 linear layer at M = 1, 8, 32
-(our best int8, int4, 3- and 2-bit weight-only kernels against ggml's Q8_0, Q4_0, Q4_K, Q3_K and
-Q2_K matmul, in ggml's plain block layout and, where ggml repacks the format on this CPU as
-llama.cpp's loader does, in the repacked layout; weights rotated past the last-level cache,
-candidates interleaved call by call: `explorer.measure.bench`), then a Llama model's decode
-(one token after 128 cached) and 128-token prefill, native (fp32, W8 per channel, W4 groups of
-32) against llama.cpp (F16, Q8_0, Q4_0, Q4_K GGUF files) with the same
-thread count. ``--clock cpu`` times the kernel calls in this thread's CPU time (use it with
-``--threads 1``; a loaded machine then does not inflate them); the whole-model times are wall
-clock. Prints tables, then one JSON line.
+(our best int8, int4, 3- and 2-bit weight-only kernels and our W8A8 / W4A8 kernels against
+ggml's Q8_0, Q4_0, Q4_K, Q3_K and Q2_K matmul, in ggml's plain block layout and, where ggml
+repacks the format on this CPU as llama.cpp's loader does, in the repacked layout; weights
+rotated past the last-level cache, candidates interleaved call by call:
+`explorer.measure.bench`), then a Llama model's decode (one token after 128 cached) and
+128-token prefill, native (fp32, W8 per channel, W4 groups of 32) against llama.cpp (F16, Q8_0,
+Q4_0, Q4_K GGUF files) with the same thread count. ``--clock cpu`` times the kernel calls in
+this thread's CPU time (use it with ``--threads 1``; a loaded machine then does not inflate
+them); the whole-model times are wall clock. Prints tables, then one JSON line.
 
     .venv/bin/python benchmarks/llamacpp_vs_native.py [--model assets/tiny-lm] [--repeats 20]
         [--threads 1] [--clock cpu]
@@ -38,7 +38,19 @@ NATIVE = {
 }
 GGML = ("f16", "q8_0", "q4_0", "q4_k")
 KERNEL_GGML = ("q8_0", "q4_0", "q4_k", "q3_k", "q2_k")
-NATIVE_FAMILIES = ("fp32", "w8-channel", "w4-g32", "w4-g128", "w3-g128", "w2-g128")
+# weight-only rows and the int8-activation ones: ggml quantizes the activation rows too (to
+# Q8_0 or Q8_K blocks) before its integer dot products, as our W8A8/W4A8 kernels do per token
+NATIVE_FAMILIES = (
+    "fp32",
+    "w8-channel",
+    "w4-g32",
+    "w4-g128",
+    "w3-g128",
+    "w2-g128",
+    "w8a8-token",
+    "w4a8-g32",
+    "w4a8-g128",
+)
 
 
 def kernels(repeats: int, clock: str = "wall") -> list[dict]:
