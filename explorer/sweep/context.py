@@ -599,7 +599,9 @@ def open_context(source: ModelSource) -> ModelContext:
         audio = Path(source.data) if source.data else spec.extra["audio_dir"]() / "sweep"
         loaded = replace(loaded, model=SpeechRecognizer(loaded.model))
         speech = replace(source, data=str(audio))
-        return _hf_task_context(loaded, speech, spec.extra["model_dir"](), SpeechTask())
+        ctx = _hf_task_context(loaded, speech, spec.extra["model_dir"](), SpeechTask())
+        # QAT fine-tunes a pretrained Whisper: its own rate and batch, not the default 1e-3
+        return replace(ctx, qat_lr=spec.qat_lr, qat_batch=spec.qat_batch)
     if (
         spec is not None
         and spec.loader is not None
