@@ -171,7 +171,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         mp.setenv("EXPLORER_CACHE", str(tmp / "cache"))
         mp.setenv("EXPLORER_STORE", str(tmp / "store.sqlite"))
         out, err = io.StringIO(), io.StringIO()
-        argv = ["sweep", "--model", "digits-cnn", "--bits", "8,4,2", "--granularity", "channel"]
+        argv = ["sweep", "--model", "digits-cnn", "--bits", "8,4,5", "--granularity", "channel"]
         argv += ["--method", "ptq,qat", "--qat-steps", "20", "--repeats", "3", "--n-boot", "200"]
         argv += ["--threads", "1", "--store", str(tmp / "store.sqlite"), "--json"]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -451,7 +451,7 @@ def test_pareto_figure_real_rows(real: dict[str, Any], x: str) -> None:
         assert p["y"] - p["minus"] == pytest.approx(min(p["y"], base + lo))
         hollow = p["symbol"].endswith("-open")
         assert hollow == (x == "latency_ms" and row["latency_kind"] == "simulated")
-    assert any(r["latency_kind"] == "simulated" for r in shown)  # the 2-bit rows at least
+    assert any(r["latency_kind"] == "simulated" for r in shown)  # 5 bits: no kernel
 
     keys = {r["key"] for r in shown}
     qat = {r["key"] for r in shown if r["method"] == "qat" and r["parent"] in keys}
@@ -559,7 +559,7 @@ def test_compare_layers_figure() -> None:
 
 def test_layer_figures_real_rows(real: dict[str, Any]) -> None:
     rows = {r["label"]: r for r in real["rows"]}
-    w8, w2 = rows["W8 channel sym ptq"], rows["W2 channel sym ptq"]
+    w8, w2 = rows["W8 channel sym ptq"], rows["W5 channel sym ptq"]  # 5 bits: simulated
     fig = plots.layer_figure(w8)
     shares = [y for t in traces(fig, "series") for y in t.y]
     assert sorted(shares) == sorted(layer["latency_share"] for layer in w8["layers"])
