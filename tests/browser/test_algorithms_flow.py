@@ -2,8 +2,9 @@
 GPTQ and AWQ on tiny-lm, and the Pareto page draws them as distinct, labelled series whose
 hover texts name the algorithm and its calibration cost.
 
-The run works on tiny-lm with a small uploaded text (the first 4,097 bytes of its held-out split,
-about 1,200 tokens of its own tokenizer: calibration sequences from the start, the rest scored),
+The run works on tiny-lm with a small uploaded text (the first 15,000 characters of its held-out
+split, 4,478 tokens of its own tokenizer: 8 calibration sequences of 128 tokens from the start,
+the least GPTQ and AWQ take, and the rest scored),
 prepared the way the Model page's data upload leaves a run
 (`explorer.uploads.data_source`, then the run's model source), and the sweep applies to the
 first layer's MLP only (``model.layers.0.mlp.*``; the other layers stay fp32) with one timed
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from explorer.models.tinylm import split_bytes
+from explorer.models.tinylm import split_text
 from explorer.sweep.context import ModelSource
 from explorer.sweep.store import ResultStore
 from explorer.uploads import data_source
@@ -36,7 +37,7 @@ expect: Any = None  # playwright's `expect`, imported once the browser fixture h
 
 AppServer = Any  # tests/browser/conftest.py's AppServer (conftest modules are not imported)
 RUN = "a160a160a160"
-ROWS, SEQ = 32, 128
+CHARS = 15_000
 PATTERN = "model.layers.0.mlp.*"
 SWEEP_TIMEOUT_S = 240
 SERIES = ["fp32/bf16 baseline", "PTQ · RTN", "PTQ · GPTQ", "PTQ · AWQ"]
@@ -68,10 +69,10 @@ def _playwright_expect(browser: Any) -> None:
 @pytest.fixture(scope="module")
 def tiny_run(app_server: AppServer) -> str:
     """A run whose model is tiny-lm on a small uploaded text, as the Model page leaves it."""
-    text = split_bytes("eval")[: ROWS * SEQ + 1].numpy().tobytes()
+    text = split_text("eval")[:CHARS]
     run_dir = app_server.cache / "runs" / RUN
     source, _ = data_source(
-        text.decode("utf-8", errors="ignore").encode(),
+        text.encode(),
         "tiny-eval.txt",
         run_dir,
         ModelSource(model="tiny-lm"),
