@@ -24,7 +24,7 @@ import torch
 
 from explorer.kernels import native
 from explorer.kernels.base import ActQParams, LinearSpec
-from explorer.kernels.native_ops import NativeWeightOnlyKernel, _int8_activations, _not_here
+from explorer.kernels.native_ops import NativeWeightOnlyKernel, int8_activations, not_here
 from explorer.quant.qtensor import QuantizedWeight
 
 BITS: tuple[int, ...] = (2, 3)
@@ -40,7 +40,7 @@ _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 @functools.cache
 def _lib() -> ctypes.CDLL:
     """The native library with this module's entry points declared (KernelError without it)."""
-    lib = native._get()
+    lib = native.library()
     lib.qe_lb_path.restype = _INT
     lib.qe_lb_path.argtypes = []
     lib.qe_lb_packed_bytes.restype = _I64
@@ -178,7 +178,7 @@ class NativeLowbitKernel(NativeWeightOnlyKernel):
             return f"weight-only int{self.bits}"
         if spec.group_size != spec.k and spec.group_size % BLOCK:
             return f"the group size must be a multiple of {BLOCK} or the whole row"
-        return _not_here(spec)
+        return not_here(spec)
 
     def prepare(
         self,
@@ -312,7 +312,7 @@ class NativeLowbitA8Kernel:
             return f"the group size must be a multiple of {BLOCK} or the whole row"
         if spec.k > MAX_A8_K:
             return f"K at most {MAX_A8_K}"
-        return _not_here(spec)
+        return not_here(spec)
 
     def prepare(
         self,
@@ -327,6 +327,6 @@ class NativeLowbitA8Kernel:
     def run(self, state: LowbitA8State, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).float()
-        xq, xs, _, zx = _int8_activations(x2, state.spec, state.act)
+        xq, xs, _, zx = int8_activations(x2, state.spec, state.act)
         y = a8_linear(xq, xs, zx, state.packed, state.bias)
         return y.reshape(*lead, state.packed.n)

@@ -361,6 +361,12 @@ def _get() -> ctypes.CDLL:
     return lib
 
 
+def library() -> ctypes.CDLL:
+    """The loaded linear-kernel library (its ctypes handle), for modules that bind their own
+    entry points of it (`explorer.kernels.lowbit`); `KernelError` when it is unavailable."""
+    return _get()
+
+
 # ----------------------------------------------------------------------------------------
 # validation helpers
 # ----------------------------------------------------------------------------------------

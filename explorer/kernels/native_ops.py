@@ -32,7 +32,7 @@ from explorer.quant.primitives import SCALE_EPS
 from explorer.quant.qtensor import QuantizedWeight
 
 
-def _not_here(spec: LinearSpec) -> str | None:
+def not_here(spec: LinearSpec) -> str | None:
     """Why our C kernels cannot run ``spec`` on this machine (None: they can)."""
     if spec.device != "cpu":
         return "CPU kernel"
@@ -41,7 +41,7 @@ def _not_here(spec: LinearSpec) -> str | None:
     return None
 
 
-def _int8_activations(
+def int8_activations(
     x: torch.Tensor, spec: LinearSpec, act: ActQParams | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``x`` quantized in torch as ``spec`` says (static or per tensor), in the int8 domain:
@@ -118,7 +118,7 @@ class NativeWeightOnlyKernel:
             return f"weight-only int{self.bits}"
         if spec.k % 32 or spec.group_size % 32:
             return "K and the group size must be multiples of 32"
-        return _not_here(spec)
+        return not_here(spec)
 
     def prepare(
         self,
@@ -158,7 +158,7 @@ class NativeW4A8Kernel:
             return "int8 activations × int4 weights"
         if spec.k % 32 or spec.block[1] % 32:
             return "K and the group size must be multiples of 32"
-        return _not_here(spec)
+        return not_here(spec)
 
     def prepare(
         self,
@@ -196,7 +196,7 @@ class NativeW4A8Kernel:
         if packed is not None and native.packed_path():
             if state.call is not None:
                 return state.call(x)
-            xq, xs, xz, zx = _int8_activations(x, spec, act)
+            xq, xs, xz, zx = int8_activations(x, spec, act)
             return native.w4a8_packed_linear(
                 xq.contiguous(),
                 xs.reshape(-1).float().contiguous(),
@@ -225,7 +225,7 @@ class NativeW4A8Kernel:
                 symmetric=spec.act_symmetric,
                 eps=SCALE_EPS,
             )
-        xq, xs, xz, zx = _int8_activations(x, spec, act)
+        xq, xs, xz, zx = int8_activations(x, spec, act)
         return native.w4a8_linear(
             xq.contiguous(),
             xs.reshape(-1).float().contiguous(),
@@ -246,7 +246,7 @@ class NativeW8A8Kernel:
     def supports(self, spec: LinearSpec) -> str | None:
         if spec.act_bits != 8 or spec.weight_bits != 8 or spec.block[1] != spec.k:
             return "int8 activations × per-channel/per-tensor int8 weights"
-        return _not_here(spec)
+        return not_here(spec)
 
     def prepare(
         self,
@@ -290,7 +290,7 @@ class NativeW8A8Kernel:
                 symmetric=spec.act_symmetric,
                 eps=SCALE_EPS,
             )
-        xq, xs, xz, zx = _int8_activations(x, spec, act)
+        xq, xs, xz, zx = int8_activations(x, spec, act)
         if w.zero is None:
             return native.w8a8_linear(
                 xq.contiguous(), xs.reshape(-1).contiguous(), zx, wq, w.scale, w.wsum, w.bias
@@ -306,7 +306,7 @@ class NativeW8A8Kernel:
         spec, w, act = state.spec, state.w, state.act
         if state.call is not None:
             return state.call(x)
-        xq, xs, xz, zx = _int8_activations(x, spec, act)
+        xq, xs, xz, zx = int8_activations(x, spec, act)
         if w.zero is None:
             return native.w8a8_packed_linear(
                 xq.contiguous(), xs.reshape(-1).contiguous(), zx, packed, w.scale, w.bias

@@ -1,5 +1,5 @@
-"""What the built-in language models' training loops share (tiny-lm, and any later built-in): AdamW with
-weight decay on matrices only, and resumable checkpoints of the whole training state.
+"""What the built-in language models' training loops share (tiny-lm, and any later built-in):
+AdamW with weight decay on matrices only, and resumable checkpoints of the whole training state.
 
 A checkpoint holds the weights, the optimizer, the batch sampler's generator, the step, the
 training seconds so far, the loss log and the steps it was resumed at, under a ``key`` (the

@@ -222,8 +222,9 @@ def qat_lr_at(step: int, steps: int, lr: float, warmup: float = QAT_WARMUP) -> f
     of ``steps`` (at least one step), then a cosine decay that reaches 0 after the last step.
 
     Fine-tuning a trained model at a constant rate jolts it. On the byte-level GPT that was
-    tiny-lm until session 7, first 32 held-out rows, W4 g128 (RTN 5.235): 20 constant steps at 1e-3 gave 6.475; warm-up, decay and
-    clipping at the same peak 5.716; 100 scheduled steps at 1e-3 5.221, at 1e-4 5.057."""
+    tiny-lm until session 7, first 32 held-out rows, W4 g128 (RTN 5.235): 20 constant steps at
+    1e-3 gave 6.475; warm-up, decay and clipping at the same peak 5.716; 100 scheduled steps at
+    1e-3 5.221, at 1e-4 5.057."""
     ramp = max(1, round(warmup * steps))
     if step < ramp:
         return lr * (step + 1) / ramp

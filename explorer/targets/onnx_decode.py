@@ -47,7 +47,7 @@ from explorer.models.hf_workloads import cache_argument, returned_cache
 from explorer.nn.convert import quant_modules
 from explorer.targets.base import TargetError
 from explorer.targets.onnx_qdq import Graph, write_plan
-from explorer.targets.onnxruntime import OPSET, PROMPT_TOKENS, OnnxRuntimeTarget, _float_clone
+from explorer.targets.onnxruntime import OPSET, PROMPT_TOKENS, OnnxRuntimeTarget, float_clone
 from explorer.tasks.causal_lm import max_positions
 from explorer.tasks.detect import detect_task
 
@@ -239,7 +239,7 @@ class DecodeGraph:
 def build_decode(target: OnnxRuntimeTarget, qmodel: nn.Module) -> DecodeGraph:
     """``qmodel``'s decode graph with its plan written in (see the module docstring)."""
     mods = quant_modules(qmodel)
-    twin = _float_clone(qmodel, mods)
+    twin = float_clone(qmodel, mods)
     layout = cache_layout(twin)
     graph = Graph(export_decode(twin, layout))
     # Linear layers need no calibration (their activation parameters are ours); only a Conv's

@@ -212,7 +212,7 @@ class OnnxRuntimeTarget(Target):
         if refused:
             name, why = next(iter(refused.items()))
             raise TargetError(f"onnxruntime cannot run layer {name} as planned: {why}")
-        twin, prefix = _float_clone(qmodel, mods), ""
+        twin, prefix = float_clone(qmodel, mods), ""
         self.encoder = encoder_graph(twin)
         if self.encoder is not None:  # ids and attention mask in, outputs by name
             enc = self.encoder
@@ -480,7 +480,7 @@ def export_graph(
     return onnx.load_from_string(f.getvalue())
 
 
-def _float_clone(qmodel: nn.Module, mods: dict[str, QuantModule]) -> nn.Module:
+def float_clone(qmodel: nn.Module, mods: dict[str, QuantModule]) -> nn.Module:
     import copy
 
     twin = copy.deepcopy(qmodel)

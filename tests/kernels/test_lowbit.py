@@ -196,9 +196,9 @@ REF64 = ReferenceKernel(torch.float64)
 
 def exact_a8(x: torch.Tensor, spec: LinearSpec, act, qw: QuantizedWeight, bias: torch.Tensor):
     """The kernel's function in int64 then float64: xs * sum_g s * sum_k (u - z)(xq - zx) + b."""
-    from explorer.kernels.native_ops import _int8_activations
+    from explorer.kernels.native_ops import int8_activations
 
-    xq, xs, _, zx = _int8_activations(x, spec, act)
+    xq, xs, _, zx = int8_activations(x, spec, act)
     zx = torch.zeros(x.shape[0], dtype=torch.int64) if zx is None else zx.long()
     xs = xs.reshape(-1).double().expand(x.shape[0])
     n, k = qw.shape
