@@ -1,6 +1,7 @@
-"""The built-in tiny-lm on llama.cpp (issue 14's acceptance): every matrix takes the k-quant it is
-asked for (no fallback: its input widths are multiples of 256), and the sweep over ggml types
-shows the bit-width cliff in KL and perplexity with every latency measured."""
+"""The built-in tiny-lm on llama.cpp (issue 14's acceptance): its GGUF loads in llama.cpp, whose
+tokenizer gives the Hugging Face ids and whose F16 logits agree with ours; every matrix takes the
+k-quant it is asked for (no fallback: its input widths are multiples of 256), and the sweep over
+ggml types shows the bit-width cliff in KL and perplexity with every latency measured."""
 
 from __future__ import annotations
 
@@ -15,6 +16,26 @@ pytest.importorskip("llama_cpp", reason="the llamacpp extra is not installed")
 from explorer import cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
+
+
+def test_tiny_lm_in_llama_cpp_tokenizes_and_computes_as_transformers(tmp_path) -> None:
+    from explorer.export.gguf import GgufPlan, write_gguf
+    from explorer.models import tinylm
+    from explorer.targets.llamacpp import LlamaCppModel
+
+    model, directory = tinylm.load(), tinylm.TINY_LM.asset_dir
+    write_gguf(model, directory, tmp_path / "f16.gguf", GgufPlan("f16"))
+    runtime = LlamaCppModel(tmp_path / "f16.gguf", 256, threads=1)
+    text = tinylm.split_text("eval")[:2000]
+    ids = tinylm.encode(tinylm.load_tokenizer(), text)
+    assert runtime.tokenize(text) == ids.tolist()
+    windows = ids[:256].view(2, 128)
+    ours = runtime.logits(windows).double()
+    with torch.inference_mode():
+        ref = model(input_ids=windows).logits.double()
+    same_top = float((ours.argmax(-1) == ref.argmax(-1)).double().mean())
+    kl = float((ref.softmax(-1) * (ref.log_softmax(-1) - ours.log_softmax(-1))).sum(-1).mean())
+    assert same_top >= 0.99 and kl <= 1e-3, (same_top, kl)
 
 
 def test_the_k_quant_cliff_on_tiny_lm(
