@@ -1,6 +1,7 @@
-"""Layers: one configuration layer by layer (setting, kernel, SQNR, share of latency, bytes), the
-per-layer sensitivity heat map, a what-if editor that changes one layer and re-evaluates, and two
-configurations side by side."""
+"""Layers: one configuration layer by layer (setting, kernel, SQNR, share of latency, bytes, and
+each layer's measured time next to the time its bytes predict), the per-layer sensitivity heat
+map, a what-if editor that changes one layer and re-evaluates, and two configurations side by
+side."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import streamlit as st
 from explorer.errors import ExplorerError
 from explorer.export.gguf import gguf_names
 from explorer.inspect import algorithm_summary, calibration_seconds
+from explorer.measure.readrate import BYTES_BOUND_RATIO, CACHE_RATIO, COMPUTE_MACS_PER_BYTE
 from explorer.nn.convert import quantizable_layers
 from explorer.plots import (
     compare_layers_figure,
@@ -105,8 +107,14 @@ def configuration_ui(rows: list[dict[str, Any]], ctx: Any) -> tuple[dict[str, An
                 format="percent", min_value=0.0, max_value=1.0
             ),
             "bytes": st.column_config.NumberColumn(format="%d"),
+            "ms per call": st.column_config.NumberColumn(format="%.4f"),
+            "bytes per call": st.column_config.NumberColumn(format="%d"),
+            "ms predicted from bytes": st.column_config.NumberColumn(format="%.4f"),
+            "measured ÷ predicted": st.column_config.NumberColumn(format="%.2f"),
         },
     )
+    if "verdict" in layers_df:
+        byte_time_ui(row)
     # a simulated row has no per-layer times: open on what it does have
     opening = "output_sqnr_db" if simulated else "latency_share"
     shown = value_picker_ui("Chart", LAYER_CHART_LABELS, opening, key="layers.value")
@@ -121,6 +129,28 @@ def configuration_ui(rows: list[dict[str, Any]], ctx: Any) -> tuple[dict[str, An
             f"(kernel build `{row.get('native_build')}`)."
         )
     return row, sense
+
+
+def byte_time_ui(row: dict[str, Any]) -> None:
+    """How to read the table's measured-against-bytes columns, with the row's read rate."""
+    rate = row.get("read_rate") or {}
+    st.caption(
+        f"**Why is a layer slower than its bytes?** *ms per call* is the layer's measured time "
+        f"in one call of the **{row.get('latency_workload') or 'primary'}** workload (median of "
+        f"the profiled runs). *ms predicted from bytes* is the time this machine takes to "
+        f"stream its *bytes per call* (weights as stored with their scales, zero points and "
+        f"bias, plus the activations it reads and writes at that workload's shape) at "
+        f"**{rate.get('bytes_per_s', 0) / 1e9:.1f} GB/s**, the streaming read rate measured "
+        f"when this row was ({rate.get('method')}, {rate.get('buffer_bytes', 0) / 2**20:g} MiB, "
+        f"{rate.get('threads')} threads). A ratio up to {BYTES_BOUND_RATIO:g} means the layer "
+        f"is **bound by bytes**: fewer bits make it faster. Well above that with few "
+        f"multiply-adds per byte (a decode step), the time is per-call **overhead** (Python "
+        f"and dispatch, quantizing activations, allocating outputs) that fewer bytes do not "
+        f"cut: that is how an int8 layer ends up slower than float. With "
+        f"{COMPUTE_MACS_PER_BYTE:g} or more multiply-adds per byte (prefill, convolutions) it is "
+        f"**compute-bound**. Below {CACHE_RATIO:g} its bytes came **from cache**, faster than "
+        f"memory streams them (a model that fits in the last-level cache)."
+    )
 
 
 def sensitivity_ui(ctx: Any) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,8 +39,9 @@ from torch import nn
 
 from explorer.errors import ExplorerError
 from explorer.kernels.select import MAX_TIMING_ROWS
-from explorer.measure.latency import measure_callable, timing_model
+from explorer.measure.latency import measure_callable, timing_lock, timing_model
 from explorer.measure.metrics import sqnr_db
+from explorer.measure.readrate import call_macs, layer_bytes, read_rate, tensor_bytes
 from explorer.measure.size import size_report
 from explorer.nn.capture import capture_outputs
 from explorer.nn.convert import (
@@ -195,11 +197,34 @@ def _float_weight(module: nn.Module) -> torch.Tensor:
     return layer.weight.detach().reshape(layer.weight.shape[0], -1)
 
 
-def _layer_times(model: nn.Module, names: Sequence[str], run: Callable[[], Any]) -> dict[str, Any]:
-    """Wall time per layer over `LAYER_PROFILE_RUNS` calls of ``run``, and the total."""
+@dataclass
+class LayerTimes:
+    """`profile_layers`: seconds per layer and in all over `LAYER_PROFILE_RUNS` runs (the shares),
+    each layer's milliseconds per call (median over the runs), and per call the bytes of its
+    activations in and out and its multiply-adds, at the workload's shapes."""
+
+    total: float
+    spent: dict[str, float]
+    call_ms: dict[str, float]
+    activation_bytes: dict[str, int]
+    macs: dict[str, int | None]
+
+
+def profile_layers(model: nn.Module, names: Sequence[str], run: Callable[[], Any]) -> LayerTimes:
+    """Wall time per layer over `LAYER_PROFILE_RUNS` calls of ``run`` (see `LayerTimes`); the
+    shapes are read on the warm-up call, so that the timed calls carry only the clock."""
     spent = dict.fromkeys(names, 0.0)
+    calls = dict.fromkeys(names, 0)
     starts: dict[str, float] = {}
+    shapes: dict[str, tuple[int, int | None]] = {}
     modules = dict(model.named_modules())
+
+    def finished(module: nn.Module, args: tuple[Any, ...], out: Any, n: str) -> None:
+        spent[n] += time.perf_counter() - starts[n]
+        calls[n] += 1
+        if n not in shapes:
+            shapes[n] = (tensor_bytes(args) + tensor_bytes((out,)), call_macs(module, out))
+
     hooks = []
     for n in names:
         m = modules[n]
@@ -208,33 +233,45 @@ def _layer_times(model: nn.Module, names: Sequence[str], run: Callable[[], Any])
                 lambda _m, _a, n=n: starts.__setitem__(n, time.perf_counter())
             )
         )
-        hooks.append(
-            m.register_forward_hook(
-                lambda _m, _a, _o, n=n: spent.__setitem__(
-                    n, spent[n] + time.perf_counter() - starts[n]
-                )
-            )
-        )
+        hooks.append(m.register_forward_hook(lambda m, a, o, n=n: finished(m, a, o, n)))
+    per_run: dict[str, list[float]] = {n: [] for n in names}
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), timing_lock():
             run()  # warm-up
             for n in names:
-                spent[n] = 0.0
+                spent[n], calls[n] = 0.0, 0
             t0 = time.perf_counter()
             for _ in range(LAYER_PROFILE_RUNS):
+                before = dict(spent)
                 run()
+                for n in names:
+                    per_run[n].append(spent[n] - before[n])
             total = time.perf_counter() - t0
     finally:
         for h in hooks:
             h.remove()
-    return {"total": total, **spent}
+    call_ms = {
+        n: statistics.median(per_run[n]) * LAYER_PROFILE_RUNS / calls[n] * 1e3
+        for n in names
+        if calls[n]
+    }
+    return LayerTimes(
+        total,
+        spent,
+        call_ms,
+        {n: shapes[n][0] for n in shapes},
+        {n: shapes[n][1] for n in shapes},
+    )
 
 
 def per_layer(
     ctx: ModelContext, qmodel: nn.Module, primary: Callable[[], Any] | None
 ) -> list[dict[str, Any]]:
     """Each quantized layer's config, kernel, weight SQNR, output SQNR (on calibration inputs,
-    with every other layer quantized as the plan says) and share of the primary workload."""
+    with every other layer quantized as the plan says) and share of the primary workload; with
+    ``primary``, also per call of the layer in it: ``latency_ms`` (median of the profiled runs),
+    ``read_bytes`` (its stored tensors), ``activation_bytes`` (in and out) and ``macs``, which
+    `explorer.measure.readrate.byte_time` sets against the row's ``read_rate``."""
     report = getattr(qmodel, "quant_report", None)
     layers = report.layers if report is not None else {}
     mods = quant_modules(qmodel)
@@ -250,7 +287,8 @@ def per_layer(
         x = x[: max(1, min(4, PER_LAYER_LOGITS_BYTES // max(1, per_sequence)))]
     f_out = capture_outputs(ctx.folded, names, x)
     q_out = capture_outputs(qmodel, names, x)
-    times = _layer_times(qmodel, names, primary) if primary is not None else {}
+    times = profile_layers(qmodel, names, primary) if primary is not None else None
+    held = dict(qmodel.named_modules())
     out = []
     for name in names:
         a = layers[name]
@@ -274,11 +312,26 @@ def per_layer(
                 "simulated": bool(module.simulated) if module is not None else False,
                 "weight_sqnr_db": finite_or_none(weight_sqnr),
                 "output_sqnr_db": finite_or_none(output_sqnr),
-                "latency_share": (times[name] / times["total"]) if times.get("total") else None,
+                "latency_share": (times.spent[name] / times.total)
+                if times and times.total
+                else None,
                 "bytes": module.qweight_view().nbytes if module is not None else None,
+                **_byte_fields(name, held.get(name), times),
             }
         )
     return out
+
+
+def _byte_fields(name: str, module: nn.Module | None, times: LayerTimes | None) -> dict[str, Any]:
+    """A layer's per-call time, bytes and multiply-adds (see `per_layer`); none unprofiled."""
+    if times is None or module is None or name not in times.call_ms:
+        return {}
+    return {
+        "latency_ms": times.call_ms[name],
+        "read_bytes": layer_bytes(module),
+        "activation_bytes": times.activation_bytes.get(name),
+        "macs": times.macs.get(name),
+    }
 
 
 def _weight_sqnr(w: torch.Tensor, q: torch.Tensor) -> float:
@@ -437,9 +490,12 @@ def evaluate_entry(
     seconds["latency"] = time.perf_counter() - t0
 
     layers: list[dict[str, Any]] = []
+    rate: dict[str, Any] | None = None
     if settings.per_layer and settings.target == "native":
         t0 = time.perf_counter()
         layers = per_layer(ctx, qmodel, primary_make(timed) if not simulated else None)
+        if not simulated:  # the rate these layer times are set against (once per process)
+            rate = read_rate().to_dict()
         seconds["per_layer"] = time.perf_counter() - t0
     elif settings.per_layer and hasattr(target, "layer_report"):
         # the runtime's own view: each layer's kernels and profiled time, next to the settings
@@ -494,6 +550,8 @@ def evaluate_entry(
         "tokens_evaluated": ctx.tokens_evaluated,
         "evaluation_data": None if ctx.data is None else ctx.data.description,
         "layers": layers,
+        # this process's streaming read rate, which the layers' times are set against
+        "read_rate": rate,
         "seconds": seconds,
         # memory: the process's peak so far, and the float and quantized models as held
         "peak_rss_bytes": peak_rss_bytes(),

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from explorer.measure.readrate import byte_time
 from explorer.ui.labels import interval_text
 
 
@@ -36,7 +37,9 @@ def layer_report_frame(
     Two columns speak llama.cpp's language: ``llama.cpp name`` (``blk.3.ffn_down``) when the
     layers have one (a llama.cpp row's own, else ``gguf_names``, `explorer.export.gguf.gguf_names`
     of a model llama.cpp runs), and ``ggml type`` on a llama.cpp row: the type the GGUF file
-    holds, with the one asked for where llama.cpp fell back (rows not a multiple of the block)."""
+    holds, with the one asked for where llama.cpp fell back (rows not a multiple of the block).
+
+    A row whose layers were profiled adds what their bytes predict (`byte_time_columns`)."""
     layers = row.get("layers") or []
     names = dict(gguf_names or {})
     named = bool(names) or any(lay.get("gguf") for lay in layers)
@@ -63,7 +66,39 @@ def layer_report_frame(
             }
         )
         records.append(record)
-    return pd.DataFrame(records)
+    frame = pd.DataFrame(records)
+    for name, values in byte_time_columns(row).items():
+        frame[name] = values
+    return frame
+
+
+BYTE_TIME_COLUMNS = (
+    "ms per call",
+    "bytes per call",
+    "ms predicted from bytes",
+    "measured ÷ predicted",
+    "verdict",
+)
+
+
+def byte_time_columns(row: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Each layer's measured milliseconds per call of the row's primary workload next to the
+    time its bytes take at the read rate measured with the row (`explorer.measure.readrate`):
+    the columns of `BYTE_TIME_COLUMNS`, or none for a row without that rate (simulated latency,
+    another runtime, rows stored before it was recorded)."""
+    rate = (row.get("read_rate") or {}).get("bytes_per_s")
+    layers = row.get("layers") or []
+    if not rate or not any(lay.get("latency_ms") is not None for lay in layers):
+        return {}
+    times = [byte_time(lay, rate) for lay in layers]
+    values = (
+        [lay.get("latency_ms") for lay in layers],
+        [t["bytes_per_call"] for t in times],
+        [t["predicted_ms"] for t in times],
+        [t["ratio"] for t in times],
+        [t["verdict"] for t in times],
+    )
+    return dict(zip(BYTE_TIME_COLUMNS, values, strict=True))
 
 
 def ggml_type_text(written: str | None, asked: str | None) -> str:

@@ -3,7 +3,14 @@ row leaves out."""
 
 from __future__ import annotations
 
-from explorer.ui.tables import layer_report_frame, model_layers_frame, results_frame
+import pytest
+
+from explorer.ui.tables import (
+    BYTE_TIME_COLUMNS,
+    layer_report_frame,
+    model_layers_frame,
+    results_frame,
+)
 
 
 def test_model_layers_frame() -> None:
@@ -43,6 +50,28 @@ def test_layer_report_frame_names_float_layers() -> None:
     )
     assert list(frame["setting"]) == ["fp32", "W4"]
     assert layer_report_frame({"layers": None}).empty
+    assert not set(BYTE_TIME_COLUMNS) & set(frame)  # no read rate: nothing predicted
+
+
+def test_layer_report_frame_sets_measured_time_against_bytes() -> None:
+    layers = [
+        # 1 MB at 2 GB/s: 0.5 ms predicted, 5 ms measured, 0.25 multiply-adds per byte
+        {"name": "a", "read_bytes": 900_000, "activation_bytes": 100_000, "macs": 250_000},
+        {"name": "b", "read_bytes": 100, "activation_bytes": 100, "macs": 1_000_000},
+        {"name": "c", "read_bytes": 400_000, "activation_bytes": 600_000, "macs": 0},
+    ]
+    for lay, ms in zip(layers, (5.0, 1.0, 0.5), strict=True):
+        lay["latency_ms"] = ms
+    frame = layer_report_frame({"layers": layers, "read_rate": {"bytes_per_s": 2e9}})
+    assert list(frame.columns[-5:]) == list(BYTE_TIME_COLUMNS)
+    assert list(frame["bytes per call"]) == [1_000_000, 200, 1_000_000]
+    assert list(frame["ms predicted from bytes"]) == pytest.approx([0.5, 1e-4, 0.5], rel=1e-12)
+    assert list(frame["measured ÷ predicted"]) == pytest.approx([10.0, 1e4, 1.0], rel=1e-12)
+    assert list(frame["verdict"]) == [
+        "overhead: 10.0x the byte time",
+        "compute-bound",
+        "bound by bytes",
+    ]
 
 
 def test_results_frame_names_the_metric_and_its_interval() -> None:
