@@ -138,7 +138,18 @@ def _library() -> ctypes.CDLL | str:
     lib.qe_im2col_f32.argtypes = [_P, _P] + [_I64] * 15 + [_INT]
     lib.qe_dwconv_wo.restype = _INT
     lib.qe_dwconv_wo.argtypes = [_P, _P, _INT, _P, _P, _P, _P] + [_I64] * 14 + [_INT]
-    if lib.qe_conv_abi_version() != 1:
+    lib.qe_conv_a8_packed_bytes.restype = _I64
+    lib.qe_conv_a8_packed_bytes.argtypes = [_I64] * 3
+    lib.qe_conv_a8_pack.restype = _INT
+    lib.qe_conv_a8_pack.argtypes = [_P, _I64, _I64, _I64, _P]
+    act = [_INT, _INT, _F, _F, _INT, _F, _F]  # mode, symmetric, eps, scale, zero, lo, hi
+    lib.qe_conv_a8.restype = _INT
+    lib.qe_conv_a8.argtypes = [_P, _INT] + [_I64] * 14 + act + [_INT, _P, _I64, _P, _P, _P, _INT]
+    lib.qe_dwconv_a8.restype = _INT
+    lib.qe_dwconv_a8.argtypes = [_P, _INT] + [_I64] * 14 + act + [_P, _P, _P, _P, _INT]
+    for fn in ("qe_conv_isa", "qe_conv_set_isa", "qe_conv_isa_supported"):
+        getattr(lib, fn).restype = _INT
+    if lib.qe_conv_abi_version() != 2:
         return f"{built.path}: ABI version mismatch"
     return lib
 
@@ -562,6 +573,231 @@ class NativeDepthwiseWOKernel:
         return y
 
 
+# --- int8 convolutions of our own ---------------------------------------------------------------
+
+ISA_PATHS = {0: "scalar", 1: "avx2", 3: "avx512_vnni"}
+"""The instruction-set paths of ``qe_conv_a8`` / ``qe_dwconv_a8`` (numbered as `explorer.kernels
+.native`'s); the dense kernel runs on ``avx512_vnni`` and ``scalar`` (the reference), the
+depthwise one on all three."""
+
+
+def conv_isa() -> str | None:
+    """The path the int8 convolution kernels take here (None: no library)."""
+    lib = _library()
+    return None if isinstance(lib, str) else ISA_PATHS.get(lib.qe_conv_isa())
+
+
+def conv_isa_supported(name: str) -> bool:
+    """Whether this CPU has path ``name`` (one of `ISA_PATHS`' values)."""
+    lib = _library()
+    codes = {v: k for k, v in ISA_PATHS.items()}
+    return not isinstance(lib, str) and bool(lib.qe_conv_isa_supported(codes[name]))
+
+
+def force_conv_isa(name: str | None) -> None:
+    """Make the int8 convolution kernels take path ``name`` (None: the best the CPU has)."""
+    codes = {v: k for k, v in ISA_PATHS.items()}
+    if _lib().qe_conv_set_isa(-1 if name is None else codes[name]) != 0:
+        raise KernelError(f"this CPU has no {name} path for the int8 convolution kernels")
+
+
+def _act_args(
+    spec: LinearSpec, act: ActQParams | None, x: torch.Tensor, geom: ConvGeometry
+) -> tuple[int, int, float, float, int, float, float]:
+    """The activation arguments of ``qe_conv_a8`` / ``qe_dwconv_a8``: (mode, symmetric, eps,
+    scale, zero, lo, hi). Mode 0: qparams given (static, or a range over the pixels a strided
+    convolution reads); 1: per pixel, in C; 2: per tensor over all of ``x``, in C."""
+    lo, hi = qrange(8, spec.act_symmetric)
+    sym = int(spec.act_symmetric)
+    if spec.act_static:
+        if act is None:
+            raise ValueError("static activation quantization needs calibrated qparams")
+        return 0, sym, SCALE_EPS, float32(act.scale), int(act.zero), lo, hi
+    if spec.act_granularity == "token":
+        return 1, sym, SCALE_EPS, 1.0, 0, lo, hi
+    if geom.depthwise or _read_index(*x.shape[-2:], geom) == (None, None):
+        return 2, sym, SCALE_EPS, 1.0, 0, lo, hi
+    scale, zero = act_qparams(read_pixels(x, geom).reshape(1, -1), spec, None)
+    return 0, sym, SCALE_EPS, float(scale[0, 0]), int(zero[0, 0]), lo, hi
+
+
+def _layout(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` as float32 NCHW or NHWC in memory, and 1 if NHWC (no copy when it is either)."""
+    if x.dtype != torch.float32:
+        x = x.float()
+    if x.is_contiguous():
+        return x, 0
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, 1
+    return x.contiguous(), 0
+
+
+@dataclass(frozen=True)
+class ConvA8State:
+    """What `NativeConvA8Kernel.prepare` / `NativeDwConvA8Kernel.prepare` build once per layer:
+    the weights in the kernel's layout and the call's fixed arguments."""
+
+    spec: LinearSpec
+    geom: ConvGeometry
+    act: ActQParams | None
+    weights: torch.Tensor  # dense: packed panels (uint8); depthwise: fp32 codes [taps, C]
+    scale: torch.Tensor  # fp32 [O]
+    bias: torch.Tensor | None
+    window: tuple[int, ...]  # kh, kw, sh, sw, ph, pw, dh, dw
+
+
+def _window(geom: ConvGeometry) -> tuple[int, ...]:
+    return (*geom.kernel_size, *geom.stride, *geom.padding, *geom.dilation)
+
+
+def _weight_why(spec: LinearSpec) -> str | None:
+    if spec.device != "cpu":
+        return "CPU kernel"
+    if spec.act_bits != 8:
+        return "needs int8 activations"
+    if spec.weight_bits != 8 or not spec.weight_symmetric or spec.block[1] != spec.k:
+        return "needs symmetric per-channel (or per-tensor) int8 weights"
+    return None
+
+
+class NativeConvA8Kernel:
+    """``int8-conv-native``: dense int8 convolution as an implicit GEMM on NHWC codes
+    (``qe_conv_a8``): the input quantized once (in C, bit-identical codes), each output pixel's
+    patch row read tap by tap from the codes, 64 products a ``vpdpbusd``; output channels-last.
+    Activations per tensor (dynamic or static), or per token where a patch row is a pixel
+    (1x1, stride 1, no padding)."""
+
+    name = "int8-conv-native"
+    real = True
+
+    def supports(self, spec: LinearSpec, geom: ConvGeometry) -> str | None:
+        if geom.groups != 1:
+            return "dense convolutions only (groups == 1)"
+        why = _weight_why(spec)
+        if why is not None:
+            return why
+        pointwise = geom.kernel_size == (1, 1) and geom.stride == (1, 1) and geom.padding == (0, 0)
+        if spec.act_granularity == "token" and not pointwise:
+            return (
+                "per-token activations only where a patch row is a pixel (1x1, stride 1, "
+                "no padding)"
+            )
+        why = unavailable_reason()
+        if why is not None:
+            return why
+        if not conv_isa_supported("avx512_vnni"):
+            return "needs AVX-512 VNNI (this CPU lacks avx512_vnni)"
+        return None
+
+    def prepare(
+        self,
+        spec: LinearSpec,
+        geom: ConvGeometry,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        act: ActQParams | None,
+    ) -> ConvA8State:
+        o, c = geom.out_channels, geom.in_channels
+        taps = geom.kernel_size[0] * geom.kernel_size[1]
+        codes = qw.stored_codes().to(torch.int8).contiguous()  # [O, C * taps], PyTorch's order
+        lib = _lib()
+        packed = torch.empty(lib.qe_conv_a8_packed_bytes(o, c, taps), dtype=torch.uint8)
+        _check(lib.qe_conv_a8_pack(codes.data_ptr(), o, c, taps, packed.data_ptr()), "pack")
+        scale = per_channel(qw.scale.float(), qw)
+        b = None if bias is None else bias.float().contiguous()
+        return ConvA8State(spec, geom, act, packed, scale, b, _window(geom))
+
+    def run(self, state: ConvA8State, x: torch.Tensor) -> torch.Tensor:
+        x, nhwc = _layout(x)
+        bsz, c, h, w = x.shape
+        ho, wo = state.geom.out_hw(h, w)
+        o = state.geom.out_channels
+        y = torch.empty((bsz, ho, wo, o), dtype=torch.float32)
+        rc = _lib().qe_conv_a8(
+            x.data_ptr(),
+            nhwc,
+            bsz,
+            c,
+            h,
+            w,
+            *state.window,
+            ho,
+            wo,
+            *_act_args(state.spec, state.act, x, state.geom),
+            128 if state.spec.act_symmetric else 0,
+            state.weights.data_ptr(),
+            o,
+            state.scale.data_ptr(),
+            None if state.bias is None else state.bias.data_ptr(),
+            y.data_ptr(),
+            torch.get_num_threads(),
+        )
+        _check(rc, "qe_conv_a8")
+        return y.permute(0, 3, 1, 2)
+
+
+class NativeDwConvA8Kernel:
+    """``int8-dwconv-native``: depthwise int8 convolution (``qe_dwconv_a8``): per-tensor int8
+    activation codes times int8 weight codes, summed exactly in float32 (integers below 2^24),
+    vectorized across channels on NHWC, then one multiply by the two scales; channels-last
+    output. Every instruction-set path, the scalar one included."""
+
+    name = "int8-dwconv-native"
+    real = True
+
+    def supports(self, spec: LinearSpec, geom: ConvGeometry) -> str | None:
+        if not geom.depthwise:
+            return "depthwise convolutions only (groups == in_channels == out_channels)"
+        why = _weight_why(spec)
+        if why is not None:
+            return why
+        if spec.act_granularity != "tensor":
+            return "needs a per-tensor activation scale"
+        if spec.k > 64:
+            return "at most 64 taps (kh * kw): sums stay exact in float32"
+        return unavailable_reason()
+
+    def prepare(
+        self,
+        spec: LinearSpec,
+        geom: ConvGeometry,
+        qw: QuantizedWeight,
+        bias: torch.Tensor | None,
+        act: ActQParams | None,
+    ) -> ConvA8State:
+        taps = qw.stored_codes().float().t().contiguous()  # [taps, C]: channels innermost
+        scale = per_channel(qw.scale.float(), qw)
+        b = None if bias is None else bias.float().contiguous()
+        return ConvA8State(spec, geom, act, taps, scale, b, _window(geom))
+
+    def run(self, state: ConvA8State, x: torch.Tensor) -> torch.Tensor:
+        x, nhwc = _layout(x)
+        bsz, c, h, w = x.shape
+        ho, wo = state.geom.out_hw(h, w)
+        y = torch.empty((bsz, ho, wo, c), dtype=torch.float32)
+        rc = _lib().qe_dwconv_a8(
+            x.data_ptr(),
+            nhwc,
+            bsz,
+            c,
+            h,
+            w,
+            *state.window,
+            ho,
+            wo,
+            *_act_args(state.spec, state.act, x, state.geom),
+            state.weights.data_ptr(),
+            state.scale.data_ptr(),
+            None if state.bias is None else state.bias.data_ptr(),
+            y.data_ptr(),
+            torch.get_num_threads(),
+        )
+        _check(rc, "qe_dwconv_a8")
+        return y.permute(0, 3, 1, 2)
+
+
 ONEDNN_CONV = OnednnConvKernel(depthwise=False)
 ONEDNN_DWCONV = OnednnConvKernel(depthwise=True)
 DWCONV_WO = NativeDepthwiseWOKernel()
+CONV_A8 = NativeConvA8Kernel()
+DWCONV_A8 = NativeDwConvA8Kernel()

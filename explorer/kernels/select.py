@@ -21,6 +21,8 @@ import torch
 
 from explorer.kernels.base import ActQParams, LinearKernel, LinearSpec
 from explorer.kernels.conv_ops import (
+    CONV_A8,
+    DWCONV_A8,
     DWCONV_WO,
     ONEDNN_CONV,
     ONEDNN_DWCONV,
@@ -198,12 +200,13 @@ def _one_at_a_time(
 
 CONV_KERNELS: dict[str, ConvKernel] = {
     **{name: Im2colKernel(k) for name, k in KERNELS.items()},
-    **{k.name: k for k in (ONEDNN_CONV, ONEDNN_DWCONV, DWCONV_WO)},
+    **{k.name: k for k in (ONEDNN_CONV, ONEDNN_DWCONV, DWCONV_WO, CONV_A8, DWCONV_A8)},
 }
 """Every convolution kernel: im2col in front of each linear kernel (named after it), oneDNN's
-(dense, depthwise) and the depthwise one on stored codes, in the order `conv_candidates` lists
-them. A layer runs the first until `choose_conv` has measured: so a dense layer's untimed
-default is the im2col kernel it always was, and its float outputs stay those of before."""
+(dense, depthwise), the depthwise one on stored codes and our int8 ones (dense implicit GEMM,
+depthwise), in the order `conv_candidates` lists them. A layer runs the first until
+`choose_conv` has measured: so a dense layer's untimed default is the im2col kernel it always
+was, and its float outputs stay those of before."""
 MAX_TIMING_PIXELS = 4096  # output positions per timed call; beyond, time grows with the batch
 _CONV_CHOICES: dict[tuple[Any, ...], str] = {}
 

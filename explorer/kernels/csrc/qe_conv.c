@@ -27,7 +27,15 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define QC_X86 1
+#include <immintrin.h>
+#else
+#define QC_X86 0
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -39,7 +47,7 @@
 #define QE_EXPORT
 #endif
 
-#define QE_CONV_ABI 1
+#define QE_CONV_ABI 2
 /* Elements of work below which a call stays on one thread: a parallel region costs a few
  * microseconds on an idle machine, and a scheduler time slice per barrier on a loaded one, more
  * than small layers (a mobile network's 4x4 maps) take in all (torch's grain is 32768 too). */
@@ -67,6 +75,22 @@ static inline float clampf(float v, float lo, float hi) {
     return v > hi ? hi : v;
 }
 
+static inline void qparams_from_range(float lo, float hi, int symmetric, float eps,
+                                      float *scale_out, int *zero_out) {
+    float scale;
+    if (symmetric) {
+        const float amax = -lo > hi ? -lo : hi;
+        scale = amax / 127.0f;
+    } else {
+        scale = (hi - lo) / 255.0f;
+    }
+    if (!(scale >= eps)) scale = eps;
+    int zero = 0;
+    if (!symmetric) zero = (int)clampf(0.0f - round_half_even(lo / scale), 0.0f, 255.0f);
+    *scale_out = scale;
+    *zero_out = zero;
+}
+
 /* Dynamic per-tensor 8-bit qparams of x[0..count), the arithmetic of
  * explorer.quant.primitives.choose_qparams in float32: the range widened to hold 0; symmetric:
  * scale = max(-lo, hi) / 127, zero 0; else scale = (hi - lo) / 255 and
@@ -83,18 +107,7 @@ QE_EXPORT int qe_act_qparams(const float *x, int64_t count, int symmetric, float
         lo = v < lo ? v : lo;
         hi = v > hi ? v : hi;
     }
-    float scale;
-    if (symmetric) {
-        const float amax = -lo > hi ? -lo : hi;
-        scale = amax / 127.0f;
-    } else {
-        scale = (hi - lo) / 255.0f;
-    }
-    if (!(scale >= eps)) scale = eps;
-    int zero = 0;
-    if (!symmetric) zero = (int)clampf(0.0f - round_half_even(lo / scale), 0.0f, 255.0f);
-    *scale_out = scale;
-    *zero_out = zero;
+    qparams_from_range(lo, hi, symmetric, eps, scale_out, zero_out);
     return 0;
 }
 
@@ -242,5 +255,603 @@ QE_EXPORT int qe_dwconv_wo(const float *x, const void *codes, int bits, const fl
             }
         }
     }
+    return 0;
+}
+
+
+/* ---------------------------------------------------------------------------------------------
+ * Int8 convolutions of our own (W8A8: uint8/int8 activation codes x symmetric int8 weights).
+ *
+ * qe_conv_a8     dense convolution as an implicit GEMM over output pixels: the input is
+ *                quantized once into uint8 NHWC codes (channels padded to a multiple of 4 with
+ *                the zero point's code), and each output pixel's patch row is read straight
+ *                from there, tap by tap (no patch matrix).  Weights are packed once
+ *                (qe_conv_a8_pack) into panels of 16 output channels, 4 consecutive K values
+ *                per int32 lane, K ordered (kernel row, kernel column, channel) as NHWC reads
+ *                it: the layout AVX-512 VNNI's vpdpbusd multiplies (64 uint8 x int8 products an
+ *                instruction).  The micro-kernel keeps 4 pixels x 64 outputs in 16 registers.
+ *                The int32 sums are exact; the epilogue is
+ *                y = (float)(acc - zu * wsum[o]) * (xs * ws[o]) + bias[o]
+ *                in float32, the same operations on every path, so the paths agree bit for bit.
+ *                Activations per tensor (any geometry) or per pixel (1x1 without padding, where
+ *                a pixel is a patch row).  Output: float NHWC [N, Ho, Wo, O].
+ * qe_dwconv_a8   depthwise convolution of int8 activation codes with int8 weight codes, in
+ *                float32 on the integer values (code - zero) x weight code: each product is an
+ *                integer below 2^15 and a sum of at most 64 of them is below 2^24, so float32
+ *                holds them exactly: the integer result, vectorized across channels (NHWC) by
+ *                the compiler for each instruction set.  Output: float NHWC.
+ *
+ * Instruction-set paths (numbered as in qe_kernels.c): 0 scalar, 1 avx2, 3 avx512_vnni.  The
+ * dense kernel has a scalar path and a VNNI one; the depthwise one all three.  qe_conv_set_isa
+ * forces a lower path (tests run each path the CPU has).
+ * ------------------------------------------------------------------------------------------- */
+
+enum { QC_ISA_SCALAR = 0, QC_ISA_AVX2 = 1, QC_ISA_AVXVNNI = 2, QC_ISA_AVX512VNNI = 3 };
+static int qc_forced_isa = -1;
+
+static int qc_cpu_has(int isa) {
+#if QC_X86 && defined(__GNUC__)
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    switch (isa) {
+        case QC_ISA_SCALAR: return 1;
+        case QC_ISA_AVX2: return avx2;
+        case QC_ISA_AVX512VNNI:
+            return avx2 && __builtin_cpu_supports("avx512f") &&
+                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                   __builtin_cpu_supports("avx512vnni");
+        default: return 0;
+    }
+#else
+    return isa == QC_ISA_SCALAR;
+#endif
+}
+
+/* 1 if this CPU has path `isa` (0 scalar, 1 avx2, 3 avx512_vnni; 2, AVX-VNNI, is not a path
+ * of this library). */
+QE_EXPORT int qe_conv_isa_supported(int isa) { return isa >= 0 && qc_cpu_has(isa); }
+
+/* Force path `isa` (-1: the best the CPU has); 1 if the CPU lacks it. */
+QE_EXPORT int qe_conv_set_isa(int isa) {
+    if (isa < 0) {
+        qc_forced_isa = -1;
+        return 0;
+    }
+    if (!qc_cpu_has(isa)) return 1;
+    qc_forced_isa = isa;
+    return 0;
+}
+
+QE_EXPORT int qe_conv_isa(void) {
+    if (qc_forced_isa >= 0) return qc_forced_isa;
+    if (qc_cpu_has(QC_ISA_AVX512VNNI)) return QC_ISA_AVX512VNNI;
+    if (qc_cpu_has(QC_ISA_AVX2)) return QC_ISA_AVX2;
+    return QC_ISA_SCALAR;
+}
+
+#define QC_PR 16 /* output channels per weight panel */
+
+static inline int64_t qc_round4(int64_t v) { return (v + 3) / 4 * 4; }
+
+/* Bytes of the packed weights of a dense convolution: codes, then int32 sums per output. */
+QE_EXPORT int64_t qe_conv_a8_packed_bytes(int64_t o, int64_t c, int64_t taps) {
+    if (o <= 0 || c <= 0 || taps <= 0) return -1;
+    const int64_t np = (o + QC_PR - 1) / QC_PR;
+    return np * taps * qc_round4(c) * QC_PR + np * QC_PR * 4;
+}
+
+/* w: int8 [O, C, kh*kw] (PyTorch's order) -> panels [O/16][taps * Cp/4][16][4] and sums. */
+QE_EXPORT int qe_conv_a8_pack(const int8_t *w, int64_t o, int64_t c, int64_t taps, void *out) {
+    if (!w || !out || o <= 0 || c <= 0 || taps <= 0) return 1;
+    const int64_t cp = qc_round4(c), np = (o + QC_PR - 1) / QC_PR, k4 = taps * cp / 4;
+    int8_t *d = (int8_t *)out;
+    int32_t *wsum = (int32_t *)(d + np * k4 * 64);
+    memset(out, 0, (size_t)qe_conv_a8_packed_bytes(o, c, taps));
+    for (int64_t n = 0; n < o; n++) {
+        const int64_t p = n / QC_PR, r = n % QC_PR;
+        int32_t sum = 0;
+        for (int64_t t = 0; t < taps; t++)
+            for (int64_t ch = 0; ch < c; ch++) {
+                const int8_t v = w[(n * c + ch) * taps + t];
+                const int64_t k = t * cp + ch;
+                d[((p * k4 + k / 4) * QC_PR + r) * 4 + k % 4] = v;
+                sum += v;
+            }
+        wsum[n] = sum;
+    }
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *xb;  /* [N, H, W, Cp] codes, shifted to uint8 */
+    const uint8_t *pad; /* Cp codes of the zero point: padding pixels */
+    const int8_t *wp;   /* packed panels */
+    const int32_t *wsum;
+    const float *ws, *bias;
+    const float *xs;   /* per input pixel (per_token), else NULL */
+    const int32_t *zu; /* same */
+    float xs0;
+    int32_t zu0;
+    float *y;
+    int64_t n, h, w, cp, o, np, k4, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
+} qc_conv_ctx;
+
+/* Input pixel of output pixel m under tap (ky, kx), or -1 when it lies in the padding. */
+static inline int64_t qc_in_pixel(const qc_conv_ctx *c, int64_t m, int64_t ky, int64_t kx) {
+    const int64_t b = m / (c->ho * c->wo), r = m % (c->ho * c->wo);
+    const int64_t iy = (r / c->wo) * c->sh - c->ph + ky * c->dh;
+    const int64_t ix = (r % c->wo) * c->sw - c->pw + kx * c->dw;
+    if (iy < 0 || iy >= c->h || ix < 0 || ix >= c->w) return -1;
+    return (b * c->h + iy) * c->w + ix;
+}
+
+static inline void qc_row_qparams(const qc_conv_ctx *c, int64_t m, float *xs, int32_t *zu) {
+    if (c->xs) {
+        const int64_t pix = qc_in_pixel(c, m, 0, 0); /* 1x1 without padding: always inside */
+        *xs = c->xs[pix];
+        *zu = c->zu[pix];
+    } else {
+        *xs = c->xs0;
+        *zu = c->zu0;
+    }
+}
+
+static void qc_conv_scalar(const qc_conv_ctx *c, int64_t m0, int64_t m1) {
+    const int64_t taps = c->kh * c->kw;
+    for (int64_t m = m0; m < m1; m++) {
+        float xs;
+        int32_t zu;
+        qc_row_qparams(c, m, &xs, &zu);
+        for (int64_t n = 0; n < c->o; n++) {
+            const int64_t p = n / QC_PR, r = n % QC_PR;
+            int32_t acc = 0;
+            for (int64_t t = 0; t < taps; t++) {
+                const int64_t pix = qc_in_pixel(c, m, t / c->kw, t % c->kw);
+                const uint8_t *xp = pix < 0 ? c->pad : c->xb + pix * c->cp;
+                for (int64_t ch = 0; ch < c->cp; ch++) {
+                    const int64_t k = t * c->cp + ch;
+                    acc += (int32_t)xp[ch] * c->wp[((p * c->k4 + k / 4) * QC_PR + r) * 4 + k % 4];
+                }
+            }
+            const float v = (float)(acc - zu * c->wsum[n]) * (xs * c->ws[n]);
+            c->y[m * c->o + n] = c->bias ? v + c->bias[n] : v;
+        }
+    }
+}
+
+#if QC_X86
+#define QC_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+/* Pixels m..m+3 (rows past m1 read the padding and are not stored) x panels pb..pb+NR-1. */
+static inline __attribute__((always_inline)) QC_VNNI void
+qc_vnni_tile(const qc_conv_ctx *c, int64_t m, int64_t m1, int64_t pb, const int NR) {
+    __m512i acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm512_setzero_si512();
+    const int64_t cq = c->cp / 4, pstride = c->k4 * 64;
+    for (int64_t ky = 0; ky < c->kh; ky++)
+        for (int64_t kx = 0; kx < c->kw; kx++) {
+            const uint8_t *xp[4];
+            for (int i = 0; i < 4; i++) {
+                const int64_t pix = m + i < m1 ? qc_in_pixel(c, m + i, ky, kx) : -1;
+                xp[i] = pix < 0 ? c->pad : c->xb + pix * c->cp;
+            }
+            const int8_t *wt = c->wp + pb * pstride + (ky * c->kw + kx) * cq * 64;
+            for (int64_t q = 0; q < cq; q++) {
+                __m512i wv[4];
+                for (int j = 0; j < NR; j++)
+                    wv[j] = _mm512_loadu_si512((const void *)(wt + j * pstride + q * 64));
+                for (int i = 0; i < 4; i++) {
+                    int32_t x4;
+                    memcpy(&x4, xp[i] + q * 4, 4);
+                    const __m512i xv = _mm512_set1_epi32(x4);
+                    for (int j = 0; j < NR; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], xv, wv[j]);
+                }
+            }
+        }
+    for (int i = 0; i < 4 && m + i < m1; i++) {
+        float xs;
+        int32_t zu;
+        qc_row_qparams(c, m + i, &xs, &zu);
+        const __m512i zv = _mm512_set1_epi32(zu);
+        const __m512 xsv = _mm512_set1_ps(xs);
+        for (int j = 0; j < NR; j++) {
+            const int64_t n0 = (pb + j) * QC_PR;
+            const int64_t cnt = c->o - n0 < QC_PR ? c->o - n0 : QC_PR;
+            const __mmask16 mask = (__mmask16)((1u << cnt) - 1u);
+            const __m512i ws = _mm512_loadu_si512((const void *)(c->wsum + n0));
+            const __m512i d = _mm512_sub_epi32(acc[i][j], _mm512_mullo_epi32(zv, ws));
+            const __m512 scale = _mm512_mul_ps(xsv, _mm512_maskz_loadu_ps(mask, c->ws + n0));
+            __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(d), scale);
+            if (c->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, c->bias + n0));
+            _mm512_mask_storeu_ps(c->y + (m + i) * c->o + n0, mask, v);
+        }
+    }
+}
+
+QC_VNNI static void qc_conv_vnni(const qc_conv_ctx *c, int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; m += 4) {
+        int64_t pb = 0;
+        for (; pb + 4 <= c->np; pb += 4) qc_vnni_tile(c, m, m1, pb, 4);
+        switch (c->np - pb) {
+            case 3: qc_vnni_tile(c, m, m1, pb, 3); break;
+            case 2: qc_vnni_tile(c, m, m1, pb, 2); break;
+            case 1: qc_vnni_tile(c, m, m1, pb, 1); break;
+            default: break;
+        }
+    }
+}
+#endif
+
+/* Codes of x (NCHW, or NHWC when x_nhwc) into xb [N*H*W, cp]: clamp(round(x / s) + z, lo, hi)
+ * + offset, s and z per tensor (xs == NULL) or per pixel; channels c..cp-1 get z + offset.
+ * NCHW input goes through a 32-pixel tile per channel, so the arithmetic runs on contiguous
+ * vectors and only the byte stores are strided. */
+static inline __attribute__((always_inline)) void
+qc_quant_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, int64_t cp, float s0,
+              float z0, const float *xs, const int32_t *zp, float lo, float hi, int offset,
+              uint8_t *xb) {
+    const float off = (float)offset;
+    for (int64_t b = 0; b < n; b++) {
+        if (x_nhwc || xs) {
+            for (int64_t p = 0; p < hw; p++) {
+                const int64_t pix = b * hw + p;
+                const float s = xs ? xs[pix] : s0;
+                const float z = xs ? (float)(zp[pix] - offset) : z0;
+                uint8_t *restrict o = xb + pix * cp;
+                if (x_nhwc) {
+                    const float *restrict xr = x + pix * c;
+                    for (int64_t ch = 0; ch < c; ch++)
+                        o[ch] = (uint8_t)(int)(clampf(round_half_even(xr[ch] / s) + z, lo, hi) + off);
+                } else {
+                    const float *xr = x + b * c * hw + p;
+                    for (int64_t ch = 0; ch < c; ch++)
+                        o[ch] = (uint8_t)(int)(clampf(round_half_even(xr[ch * hw] / s) + z, lo, hi) +
+                                               off);
+                }
+                for (int64_t ch = c; ch < cp; ch++) o[ch] = (uint8_t)(int)(z + off);
+            }
+            continue;
+        }
+        for (int64_t p0 = 0; p0 < hw; p0 += 32) {
+            const int64_t len = hw - p0 < 32 ? hw - p0 : 32;
+            uint8_t tile[32];
+            for (int64_t ch = 0; ch < c; ch++) {
+                const float *restrict xr = x + (b * c + ch) * hw + p0;
+                for (int64_t p = 0; p < len; p++)
+                    tile[p] = (uint8_t)(int)(clampf(round_half_even(xr[p] / s0) + z0, lo, hi) + off);
+                uint8_t *o = xb + (b * hw + p0) * cp + ch;
+                for (int64_t p = 0; p < len; p++) o[p * cp] = tile[p];
+            }
+            for (int64_t p = 0; p < len; p++)
+                for (int64_t ch = c; ch < cp; ch++)
+                    xb[(b * hw + p0 + p) * cp + ch] = (uint8_t)(int)(z0 + off);
+        }
+    }
+}
+
+/* The same for the depthwise kernel: float codes minus the zero point, NHWC [N*H*W, c]. */
+static inline __attribute__((always_inline)) void
+qc_quantf_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, float s, float z,
+               float lo, float hi, float *xf) {
+    for (int64_t b = 0; b < n; b++) {
+        if (x_nhwc) {
+            const float *restrict xr = x + b * hw * c;
+            float *restrict o = xf + b * hw * c;
+            for (int64_t i = 0; i < hw * c; i++)
+                o[i] = clampf(round_half_even(xr[i] / s) + z, lo, hi) - z;
+            continue;
+        }
+        for (int64_t p0 = 0; p0 < hw; p0 += 32) {
+            const int64_t len = hw - p0 < 32 ? hw - p0 : 32;
+            float tile[32];
+            for (int64_t ch = 0; ch < c; ch++) {
+                const float *restrict xr = x + (b * c + ch) * hw + p0;
+                for (int64_t p = 0; p < len; p++)
+                    tile[p] = clampf(round_half_even(xr[p] / s) + z, lo, hi) - z;
+                float *o = xf + (b * hw + p0) * c + ch;
+                for (int64_t p = 0; p < len; p++) o[p * c] = tile[p];
+            }
+        }
+    }
+}
+
+#define QC_QUANT_ARGS                                                                          \
+    const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, int64_t cp, float s0, float z0, \
+        const float *xs, const int32_t *zp, float lo, float hi, int offset, uint8_t *xb
+#define QC_QUANT_CALL x, x_nhwc, n, c, hw, cp, s0, z0, xs, zp, lo, hi, offset, xb
+#define QC_QUANTF_ARGS                                                                          \
+    const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, float s, float z, float lo,   \
+        float hi, float *xf
+#define QC_QUANTF_CALL x, x_nhwc, n, c, hw, s, z, lo, hi, xf
+
+static void qc_quant_scalar(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL); }
+static void qc_quantf_scalar(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
+#if QC_X86
+#define QC_AVX2 __attribute__((target("avx2,fma")))
+#define QC_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
+QC_AVX2 static void qc_quant_avx2(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL); }
+QC_AVX512 static void qc_quant_avx512(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL); }
+QC_AVX2 static void qc_quantf_avx2(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
+QC_AVX512 static void qc_quantf_avx512(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
+#endif
+
+static void qc_quant_rows(int isa, QC_QUANT_ARGS) {
+#if QC_X86
+    if (isa >= QC_ISA_AVX512VNNI) {
+        qc_quant_avx512(QC_QUANT_CALL);
+        return;
+    }
+    if (isa >= QC_ISA_AVX2) {
+        qc_quant_avx2(QC_QUANT_CALL);
+        return;
+    }
+#endif
+    (void)isa;
+    qc_quant_scalar(QC_QUANT_CALL);
+}
+
+static void qc_quantf_rows(int isa, QC_QUANTF_ARGS) {
+#if QC_X86
+    if (isa >= QC_ISA_AVX512VNNI) {
+        qc_quantf_avx512(QC_QUANTF_CALL);
+        return;
+    }
+    if (isa >= QC_ISA_AVX2) {
+        qc_quantf_avx2(QC_QUANTF_CALL);
+        return;
+    }
+#endif
+    (void)isa;
+    qc_quantf_scalar(QC_QUANTF_CALL);
+}
+
+/* Per-pixel dynamic qparams (per_token): the range of each pixel's channels, with 0. */
+static void qc_pixel_qparams(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw,
+                             int symmetric, float eps, int offset, float *xs, int32_t *zu) {
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t p = 0; p < hw; p++) {
+            float lo = 0.0f, hi = 0.0f;
+            for (int64_t ch = 0; ch < c; ch++) {
+                const float v = x_nhwc ? x[(b * hw + p) * c + ch] : x[(b * c + ch) * hw + p];
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
+            }
+            int zero;
+            qparams_from_range(lo, hi, symmetric, eps, &xs[b * hw + p], &zero);
+            zu[b * hw + p] = zero + offset;
+        }
+}
+
+#if QC_X86
+QC_AVX512 static void qc_range_avx512(const float *x, int64_t count, float *lo, float *hi) {
+    __m512 l = _mm512_setzero_ps(), h = _mm512_setzero_ps();
+    for (int64_t i = 0; i + 16 <= count; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i);
+        l = _mm512_min_ps(v, l);
+        h = _mm512_max_ps(v, h);
+    }
+    float lv[16], hv[16];
+    _mm512_storeu_ps(lv, l);
+    _mm512_storeu_ps(hv, h);
+    for (int j = 0; j < 16; j++) {
+        *lo = lv[j] < *lo ? lv[j] : *lo;
+        *hi = hv[j] > *hi ? hv[j] : *hi;
+    }
+}
+
+QC_AVX2 static void qc_range_avx2(const float *x, int64_t count, float *lo, float *hi) {
+    __m256 l = _mm256_setzero_ps(), h = _mm256_setzero_ps();
+    for (int64_t i = 0; i + 8 <= count; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        l = _mm256_min_ps(v, l);
+        h = _mm256_max_ps(v, h);
+    }
+    float lv[8], hv[8];
+    _mm256_storeu_ps(lv, l);
+    _mm256_storeu_ps(hv, h);
+    for (int j = 0; j < 8; j++) {
+        *lo = lv[j] < *lo ? lv[j] : *lo;
+        *hi = hv[j] > *hi ? hv[j] : *hi;
+    }
+}
+#endif
+
+/* The range [lo, hi] of x[0..count) together with 0 (NaN skipped), as qe_act_qparams takes it:
+ * min_ps(v, lo) is "v < lo ? v : lo", the scalar loop's choice, so every path finds the same. */
+static void qc_range(int isa, const float *x, int64_t count, float *lo_out, float *hi_out) {
+    float lo = 0.0f, hi = 0.0f;
+    int64_t i = 0;
+#if QC_X86
+    if (isa >= QC_ISA_AVX512VNNI) {
+        qc_range_avx512(x, count, &lo, &hi);
+        i = count / 16 * 16;
+    } else if (isa >= QC_ISA_AVX2) {
+        qc_range_avx2(x, count, &lo, &hi);
+        i = count / 8 * 8;
+    }
+#endif
+    (void)isa;
+    for (; i < count; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+    }
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
+/* Dense int8 convolution (see above).  mode 0: per tensor, scale and zero given; 1: per pixel,
+ * computed here from symmetric and eps (1x1, stride 1, no padding only); 2: per tensor, computed
+ * here over all of x (the caller checks that the convolution reads every pixel).
+ * lo, hi: the code range; offset: 128 for symmetric codes (to uint8), else 0. */
+QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t h, int64_t w,
+                         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                         int64_t dh, int64_t dw, int64_t ho, int64_t wo, int mode,
+                         int symmetric, float eps, float scale, int zero, float lo, float hi,
+                         int offset, const void *packed, int64_t o, const float *ws,
+                         const float *bias, float *y, int nthreads) {
+    if (!x || !packed || !ws || !y || n < 0 || c <= 0 || h <= 0 || w <= 0 || kh <= 0 ||
+        kw <= 0 || sh <= 0 || sw <= 0 || dh <= 0 || dw <= 0 || ph < 0 || pw < 0 || ho < 0 ||
+        wo < 0 || o <= 0)
+        return 1;
+    if (lo + (float)offset < 0.0f || hi + (float)offset > 255.0f) return 2;
+    const int per_token = mode == 1;
+    if (per_token && (kh != 1 || kw != 1 || sh != 1 || sw != 1 || ph != 0 || pw != 0)) return 3;
+    if (mode < 0 || mode > 2) return 1;
+    const int isa = qe_conv_isa();
+    const int64_t cp = qc_round4(c), hw = h * w, pixels = n * hw, m = n * ho * wo;
+    if (m == 0) return 0;
+    if (mode == 2) {
+        float rlo, rhi;
+        qc_range(isa, x, pixels * c, &rlo, &rhi);
+        qparams_from_range(rlo, rhi, symmetric, eps, &scale, &zero);
+    }
+    if (!(scale > 0.0f) && !per_token) return 1;
+    const size_t xb_bytes = (size_t)(pixels * cp), pad_off = (xb_bytes + 63) / 64 * 64;
+    const size_t qp_off = pad_off + ((size_t)cp + 63) / 64 * 64;
+    char *mem = malloc(qp_off + (per_token ? (size_t)pixels * 8 : 0));
+    if (!mem) return 4;
+    qc_conv_ctx ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    float *xs = NULL;
+    int32_t *zu = NULL;
+    if (per_token) {
+        xs = (float *)(mem + qp_off);
+        zu = (int32_t *)(xs + pixels);
+        qc_pixel_qparams(x, x_nhwc, n, c, hw, symmetric, eps, offset, xs, zu);
+    }
+    qc_quant_rows(isa, x, x_nhwc, n, c, hw, cp, scale, (float)zero, xs, zu, lo, hi, offset,
+                  (uint8_t *)mem);
+    memset(mem + pad_off, zero + offset, (size_t)cp); /* per_token: 1x1 unpadded, never read */
+    const int64_t np = (o + QC_PR - 1) / QC_PR;
+    ctx.xb = (const uint8_t *)mem;
+    ctx.pad = (const uint8_t *)(mem + pad_off);
+    ctx.wp = (const int8_t *)packed;
+    ctx.k4 = kh * kw * cp / 4;
+    ctx.wsum = (const int32_t *)(ctx.wp + np * ctx.k4 * 64);
+    ctx.ws = ws, ctx.bias = bias, ctx.xs = xs, ctx.zu = zu;
+    ctx.xs0 = scale, ctx.zu0 = zero + offset, ctx.y = y;
+    ctx.n = n, ctx.h = h, ctx.w = w, ctx.cp = cp, ctx.o = o, ctx.np = np;
+    ctx.kh = kh, ctx.kw = kw, ctx.sh = sh, ctx.sw = sw, ctx.ph = ph, ctx.pw = pw;
+    ctx.dh = dh, ctx.dw = dw, ctx.ho = ho, ctx.wo = wo;
+    const int64_t blocks = (m + 3) / 4;
+    const int par = nthreads > 1 && blocks > 1 && m * o * kh * kw * cp > 8 * QE_GRAIN;
+    (void)par;
+    (void)nthreads;
+#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
+    for (int64_t bl = 0; bl < blocks; bl++) {
+        const int64_t m0 = bl * 4, m1 = m0 + 4 < m ? m0 + 4 : m;
+#if QC_X86
+        if (isa == QC_ISA_AVX512VNNI) {
+            qc_conv_vnni(&ctx, m0, m1);
+            continue;
+        }
+#endif
+        qc_conv_scalar(&ctx, m0, m1);
+    }
+    (void)isa;
+    free(mem);
+    return 0;
+}
+
+/* --- depthwise ------------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *xf; /* [N, H, W, C]: code - zero, integers */
+    const float *wt; /* [taps, C]: weight codes */
+    const float *mult, *bias;
+    float *y;
+    int64_t c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
+} qc_dw_ctx;
+
+/* Output rows r0..r1 (of N * Ho). fp-contract is off under -std=c11: the products and sums are
+ * separate roundings on every path, so the paths agree bit for bit. */
+static inline __attribute__((always_inline)) void qc_dw_body(const qc_dw_ctx *c, int64_t r0,
+                                                             int64_t r1) {
+    const int64_t C = c->c;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t b = r / c->ho, oy = r % c->ho;
+        for (int64_t ox = 0; ox < c->wo; ox++) {
+            float *restrict yo = c->y + (r * c->wo + ox) * C;
+            for (int64_t ch = 0; ch < C; ch++) yo[ch] = 0.0f;
+            for (int64_t ky = 0; ky < c->kh; ky++) {
+                const int64_t iy = oy * c->sh - c->ph + ky * c->dh;
+                if (iy < 0 || iy >= c->h) continue;
+                for (int64_t kx = 0; kx < c->kw; kx++) {
+                    const int64_t ix = ox * c->sw - c->pw + kx * c->dw;
+                    if (ix < 0 || ix >= c->w) continue;
+                    const float *restrict xr = c->xf + ((b * c->h + iy) * c->w + ix) * C;
+                    const float *restrict wr = c->wt + (ky * c->kw + kx) * C;
+                    for (int64_t ch = 0; ch < C; ch++) yo[ch] += xr[ch] * wr[ch];
+                }
+            }
+            if (c->bias) {
+                for (int64_t ch = 0; ch < C; ch++) yo[ch] = yo[ch] * c->mult[ch] + c->bias[ch];
+            } else {
+                for (int64_t ch = 0; ch < C; ch++) yo[ch] = yo[ch] * c->mult[ch];
+            }
+        }
+    }
+}
+
+static void qc_dw_scalar(const qc_dw_ctx *c, int64_t r0, int64_t r1) { qc_dw_body(c, r0, r1); }
+#if QC_X86
+QC_AVX2 static void qc_dw_avx2(const qc_dw_ctx *c, int64_t r0,
+                                                           int64_t r1) {
+    qc_dw_body(c, r0, r1);
+}
+QC_AVX512 static void qc_dw_avx512(const qc_dw_ctx *c, int64_t r0, int64_t r1) {
+    qc_dw_body(c, r0, r1);
+}
+#endif
+
+/* Depthwise int8 convolution (see above): activations per tensor (codes lo..hi): scale and zero
+ * given (mode 0) or computed here over all of x (mode 2, from symmetric and eps),
+ * weight codes wt [taps, C] as floats, per-channel weight scales ws. Output float NHWC. */
+QE_EXPORT int qe_dwconv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t h,
+                           int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                           int64_t pw, int64_t dh, int64_t dw, int64_t ho, int64_t wo,
+                           int mode, int symmetric, float eps, float scale, int zero, float lo,
+                           float hi, const float *wt,
+                           const float *ws, const float *bias, float *y, int nthreads) {
+    if (!x || !wt || !ws || !y || n < 0 || c <= 0 || h <= 0 || w <= 0 || kh <= 0 || kw <= 0 ||
+        sh <= 0 || sw <= 0 || dh <= 0 || dw <= 0 || ph < 0 || pw < 0 || ho < 0 || wo < 0 ||
+        (mode != 0 && mode != 2))
+        return 1;
+    if (kh * kw > 64) return 3; /* beyond, sums could pass 2^24 */
+    const int64_t hw = h * w, rows = n * ho;
+    if (rows == 0 || wo == 0) return 0;
+    const int isa = qe_conv_isa();
+    if (mode == 2) {
+        float rlo, rhi;
+        qc_range(isa, x, n * hw * c, &rlo, &rhi);
+        qparams_from_range(rlo, rhi, symmetric, eps, &scale, &zero);
+    }
+    if (!(scale > 0.0f)) return 1;
+    float *mem = malloc(sizeof(float) * (size_t)(n * hw * c + c));
+    if (!mem) return 4;
+    float *xf = mem, *mult = mem + n * hw * c;
+    qc_quantf_rows(isa, x, x_nhwc, n, c, hw, scale, (float)zero, lo, hi, xf);
+    for (int64_t ch = 0; ch < c; ch++) mult[ch] = scale * ws[ch];
+    qc_dw_ctx ctx = {xf, wt, mult, bias, y, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo};
+    const int par = nthreads > 1 && rows > 1 && rows * wo * c * kh * kw > QE_GRAIN;
+    (void)par;
+    (void)nthreads;
+#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+#if QC_X86
+        if (isa >= QC_ISA_AVX512VNNI) {
+            qc_dw_avx512(&ctx, r, r + 1);
+            continue;
+        }
+        if (isa >= QC_ISA_AVX2) {
+            qc_dw_avx2(&ctx, r, r + 1);
+            continue;
+        }
+#endif
+        qc_dw_scalar(&ctx, r, r + 1);
+    }
+    (void)isa;
+    free(mem);
     return 0;
 }
