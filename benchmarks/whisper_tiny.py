@@ -74,10 +74,10 @@ from explorer.tasks.speech import (  # noqa: E402
     next_token_targets,
     pack_inputs,
     prompt_ids,
+    transcript_limit,
 )
 from explorer.tasks.speech import word_errors as utterance_errors  # noqa: E402
 
-MAX_NEW_TOKENS = 128
 CALIBRATION = 32
 """Training utterances that calibrate GPTQ (the speech task calibrates on as many)."""
 ORDER = (
@@ -131,18 +131,25 @@ def read_folder(folder: Path, limit: int | None) -> tuple[list[np.ndarray], list
     return [read_wav(folder / r["file"]) for r in rows], [r["text"] for r in rows]
 
 
-def hf_transcribe(model: nn.Module, extractor: Any, audio: list[np.ndarray], batch: int) -> list:
-    """Greedy transcripts (token ids) of our model, on the speech task's log-mels."""
+def hf_transcribe(
+    model: nn.Module, extractor: Any, audio: list[np.ndarray], batch: int, limit: int
+) -> list:
+    """Greedy transcripts (token ids) of our model, on the speech task's log-mels, of at most
+    ``limit`` tokens (`transcript_limit`: where faster-whisper stops too)."""
     ids: list = []
     with torch.inference_mode():
         for start in range(0, len(audio), batch):
             features = log_mel(extractor, audio[start : start + batch])
-            ids += model.generate(features, max_new_tokens=MAX_NEW_TOKENS).tolist()
+            ids += model.generate(features, max_new_tokens=limit).tolist()
     return ids
 
 
-def ct2_transcribe(ct2_model: Any, extractor: Any, tok: Any, audio: list, batch: int) -> list:
-    """CTranslate2 greedy on our log-mels: the weight mapping alone, features held equal."""
+def ct2_transcribe(
+    ct2_model: Any, extractor: Any, tok: Any, audio: list, batch: int, max_length: int
+) -> list:
+    """CTranslate2 greedy on our log-mels: the weight mapping alone, features held equal.
+    ``max_length``: faster-whisper's, the decoder's positions (CTranslate2 then stops where
+    `transcript_limit` does)."""
     import ctranslate2
 
     prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
@@ -153,7 +160,7 @@ def ct2_transcribe(ct2_model: Any, extractor: Any, tok: Any, audio: list, batch:
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
             [prompt] * len(features),
             beam_size=1,
-            max_length=MAX_NEW_TOKENS + len(prompt),
+            max_length=max_length,
         )
         texts += [tok.decode(r.sequences_ids[0], skip_special_tokens=True).strip() for r in out]
     return texts
@@ -204,9 +211,11 @@ class Speech:
         self.processor = WhisperProcessor.from_pretrained(hf_dir, local_files_only=True)
         tok = self.processor.tokenizer
         self.prompt = prompt_ids(self.recognizer, tok)
+        self.positions = int(model.config.max_target_positions)
+        self.limit = transcript_limit(self.positions, len(self.prompt))
         audio, texts = train
         ids = [
-            self.prompt + tok(f" {t}", add_special_tokens=False)["input_ids"][:MAX_NEW_TOKENS]
+            self.prompt + tok(f" {t}", add_special_tokens=False)["input_ids"][: self.limit - 1]
             for t in texts
         ]
         self.train_x = pack_inputs(log_mel(self.processor.feature_extractor, audio), ids)
@@ -302,6 +311,7 @@ def main() -> None:
         "convert_s": convert_s,
         "kernel_selection": not args.no_select,
         "clock": args.clock,
+        "max_new_tokens": speech.limit,
         "qat": {"steps": args.qat_steps, "lr": args.qat_lr, "batch": args.qat_batch},
         "versions": {
             "torch": torch.__version__,
@@ -340,7 +350,7 @@ def main() -> None:
         build_s = time.perf_counter() - t
 
         def transcribe(clips: list[np.ndarray]) -> list[str]:
-            ids = hf_transcribe(model, extractor, clips, args.batch)
+            ids = hf_transcribe(model, extractor, clips, args.batch, speech.limit)
             return [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
 
         extra: dict[str, Any] = {"build_s": build_s}
@@ -399,7 +409,9 @@ def main() -> None:
             ct2_model = ctranslate2.models.Whisper(
                 ct2_dir, device="cpu", compute_type="float32", intra_threads=threads
             )
-            ct2_hyps = ct2_transcribe(ct2_model, extractor, tok, audio, args.batch)
+            ct2_hyps = ct2_transcribe(
+                ct2_model, extractor, tok, audio, args.batch, speech.positions
+            )
             same = sum(a == b for a, b in zip(ct2_hyps, hyps, strict=True))
             result["ct2_same_features"] = {
                 "wer": 100 * wer(*word_errors(refs, ct2_hyps)),

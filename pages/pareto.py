@@ -186,10 +186,19 @@ def references_ui(ctx: ModelContext, rows: list[dict[str, Any]]) -> list[dict[st
         f"compute_type float32 and int8 with {threads} threads and times the same 10 s clip; "
         "kept in the cache, so it runs once.",
     ):
-        with st.spinner("Transcribing with faster-whisper ..."):
+        with st.status("Transcribing with faster-whisper …", expanded=True) as status:
+            bar = st.progress(0.0, text="starting …")
+
+            def progress(done: int, total: int, text: str) -> None:
+                bar.progress(min(1.0, done / max(total, 1)), text=text)
+
             try:
-                found = faster_whisper_rows(ctx, threads=threads, settings=settings)
+                found = faster_whisper_rows(
+                    ctx, threads=threads, settings=settings, progress=progress
+                )
+                status.update(label="faster-whisper measured", state="complete", expanded=False)
             except ExplorerError as exc:
+                status.update(label="faster-whisper could not run", state="error")
                 st.error(f"Cannot run faster-whisper: {exc}")
     if found:
         st.caption(

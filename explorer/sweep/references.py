@@ -132,11 +132,12 @@ def faster_whisper_rows(
     settings: RunSettings,
     compute_types: Sequence[str] = faster_whisper.COMPUTE_TYPES,
     cache: Path | None = None,
+    progress: faster_whisper.Progress | None = None,
 ) -> list[dict[str, Any]]:
     """faster-whisper's rows (`explorer.targets.faster_whisper.reference_rows`) on the
     utterances ``ctx`` evaluates, paired with its float model's, timed with ``settings``'
     warm-up and repeats, on its evaluation budget; stored in the cache folder and read back
-    when computed before."""
+    when computed before. ``progress(done, total, text)`` hears of each utterance and timing."""
     reason = faster_whisper_support(ctx)
     if reason:
         raise ReferenceError(reason)
@@ -161,6 +162,7 @@ def faster_whisper_rows(
         repeats=settings.repeats,
         n_boot=settings.n_boot,
         seed=settings.seed,
+        progress=progress,
     )
     for row in rows:
         row["model"] = ctx.name

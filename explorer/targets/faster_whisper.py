@@ -13,7 +13,10 @@ Each row (`reference_rows`) comes from:
 
 - decoding each utterance greedily from its raw audio, with faster-whisper's own feature
   extraction (one beam, temperature 0, no timestamps, no voice-activity filter, no
-  conditioning on earlier text, English);
+  conditioning on earlier text, English) and its own length limit (``max_length`` 448, of
+  which CTranslate2 writes at most half: the speech task's
+  `explorer.models.whisper_decoding.transcript_limit`, so a repetition loop runs as long in
+  both);
 - the speech task's word count (`explorer.tasks.speech.word_errors`: ``jiwer`` on text
   normalised by `normalise_text`) and its paired bootstrap against the float model's
   per-utterance counts (`explorer.measure.evaluation.summarize`, same resamples and seed), so
@@ -22,6 +25,9 @@ Each row (`reference_rows`) comes from:
   under the machine-wide timing lock (`measure_callable`), as milliseconds and as real-time
   factor (seconds per second of audio).
 
+It reports progress (``progress(done, total, text)``) after loading each compute type, each
+utterance and each timing, so a page can show where a run of minutes stands.
+
 Imports: `explorer.measure`, `explorer.tasks`, `explorer.targets.base`; faster-whisper and
 CTranslate2 inside functions (the ``speech`` extra).
 """
@@ -29,7 +35,7 @@ CTranslate2 inside functions (the ``speech`` extra).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,8 @@ NAME = "faster-whisper"
 COMPUTE_TYPES = ("float32", "int8")
 EXTRA = "pip install -e '.[speech]'"
 WORKLOAD = "transcribe_10s"
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, text)``: steps finished, steps in all, what runs next."""
 
 
 def missing() -> str | None:
@@ -130,13 +138,17 @@ def reference_rows(
     repeats: int = 3,
     n_boot: int = 1000,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """One row per compute type: faster-whisper's word error rate on ``utterances`` (audio at
     ``rate`` Hz and reference text) with its interval against ``float_stats`` (the explorer's
     float model on the same utterances, in the same order; no interval without it), and its
     time to transcribe ``clip`` (median of ``repeats`` after ``warmup``) with ``threads``
     threads. Rows are shaped like the sweep's where they overlap (``label``, ``metrics``,
-    ``metrics_ci``, ``latency_ms``, ``latency``), with ``kind`` ``"reference"``."""
+    ``metrics_ci``, ``latency_ms``, ``latency``), with ``kind`` ``"reference"``.
+
+    ``progress`` hears of every step: per compute type, each utterance transcribed and the
+    clip timed (``len(compute_types) * (len(utterances) + 1)`` steps)."""
     if rate != 16_000:
         raise TargetError(f"faster-whisper reads 16 kHz audio; the utterances are at {rate} Hz")
     if not utterances:
@@ -147,20 +159,35 @@ def reference_rows(
             f"faster-whisper is given {len(utterances)}"
         )
     audio_seconds = clip.size / rate
+    total = len(compute_types) * (len(utterances) + 1)
+    done = 0
+
+    def report(text: str) -> None:
+        if progress is not None:
+            progress(done, total, text)
+
     rows = []
     for compute_type in compute_types:
+        label = f"{NAME} {compute_type}"
+        report(f"{label}: loading the model")
         model = load(ct2_dir, compute_type, threads)
-        hypotheses = [transcribe(model, u.audio) for u in utterances]
+        hypotheses = []
+        for i, utterance in enumerate(utterances):
+            report(f"{label}: utterance {i + 1} of {len(utterances)}")
+            hypotheses.append(transcribe(model, utterance.audio))
+            done += 1
         stats = utterance_stats([u.text for u in utterances], hypotheses)
         ci = None
         if float_stats is not None:
             ci = list(wer_interval(float_stats, stats, n_boot=n_boot, seed=seed))
+        report(f"{label}: timing the {audio_seconds:g} s clip ({warmup} + {repeats} runs)")
         timing = measure_callable(lambda m=model: transcribe(m, clip), warmup, repeats)
+        done += 1
         rtf = timing.median_ms / 1000.0 / audio_seconds
         rows.append(
             {
                 "key": f"{NAME}:{compute_type}",
-                "label": f"{NAME} {compute_type}",
+                "label": label,
                 "kind": "reference",
                 "target": NAME,
                 "compute_type": compute_type,
@@ -177,4 +204,5 @@ def reference_rows(
             }
         )
         del model  # one CTranslate2 model in memory at a time
+    report("done")
     return rows

@@ -9,12 +9,15 @@ only) as the transcription runtimes pad them (the clip's frames, then zeros:
 `CALIBRATION_UTTERANCES`) calibrate; the rest are evaluated. Without data, seeded noise
 gives fidelity only.
 
-Decoding is greedy through the model's own ``generate`` (one beam, no sampling, at most
-`MAX_NEW_TOKENS` new tokens), from a fixed prompt: ``<|startoftranscript|>``, then
+Decoding is greedy through the model's own ``generate`` (one beam, no sampling), from a fixed
+prompt: ``<|startoftranscript|>``, then
 ``<|en|><|transcribe|>`` for a multilingual model whose tokenizer has those tokens (English
 transcription, never language detection or translation), then ``<|notimestamps|>``. An
 English-only model (generation config ``is_multilingual: false``, or OpenAI's English-only
 vocabulary of 51,864 tokens) gets no language or task token: it was never trained with them.
+A transcript stops at the end of text or after `transcript_limit` tokens (448 // 2 = 224 for
+every OpenAI Whisper), where OpenAI's decoder and CTranslate2 (so faster-whisper) stop too: a
+model caught in a repetition loop writes as many words in every runtime.
 
 Word error rate (WER) is (substitutions + deletions + insertions) / reference words, counted by
 ``jiwer`` on texts normalised by `normalise_text`: lowercase, apostrophes removed (``don't`` →
@@ -41,7 +44,7 @@ model's length (one for Whisper's 30 s). The row reports its time and ``rtf`` = 
 10 s of audio (below 1: faster than real time).
 
 Imports: `explorer.tasks.task`, `.audio`, `.text`, `explorer.measure.evaluation`,
-`explorer.models.whisper_features` and, lazily,
+`explorer.models.whisper_features`, `.whisper_decoding` and, lazily,
 ``transformers`` and ``jiwer``.
 """
 
@@ -61,13 +64,12 @@ import torch
 from torch import nn
 
 from explorer.measure.evaluation import SampleStats, token_fidelity
+from explorer.models.whisper_decoding import transcript_limit
 from explorer.models.whisper_features import log_mel
 from explorer.tasks.audio import EXTRA, Utterance, load_utterances
 from explorer.tasks.task import Task, TaskData, TaskError, Workload, named_output
 from explorer.tasks.text import tokenizer_summary
 
-MAX_NEW_TOKENS = 128
-"""Most tokens a greedy transcript may have (30 s of fast speech is about 100)."""
 CALIBRATION_UTTERANCES = 32
 MIN_UTTERANCES = 4
 WORKLOAD_SECONDS = 10.0
@@ -199,7 +201,8 @@ class SpeechTask(Task):
     output = "logits"
     eval_batch = 8
 
-    def __init__(self, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
+    def __init__(self, max_new_tokens: int | None = None) -> None:
+        # None: the model's own `transcript_limit`; a number caps it further
         self.max_new_tokens = max_new_tokens
         self.references: list[str] = []
         self.processor: Any = None
@@ -226,8 +229,9 @@ class SpeechTask(Task):
         rate = int(extractor.sampling_rate)
         window = float(extractor.n_samples) / rate
         self.prompt = prompt_ids(recognizer, tokenizer)
-        room = int(recognizer.config.max_target_positions) - len(self.prompt) - 1
-        self.max_new_tokens = max(1, min(self.max_new_tokens, room, len(tokenizer)))
+        limit = transcript_limit(int(recognizer.config.max_target_positions), len(self.prompt))
+        # the vocabulary bounds it too: transcripts are packed into a row of logits' width
+        self.max_new_tokens = min(self.max_new_tokens or limit, limit, len(tokenizer))
         if data is None:
             utterances = _noise(rate, min(window, 5.0))
             what = f"no data: fidelity to float on {NOISE_UTTERANCES} clips of seeded noise"

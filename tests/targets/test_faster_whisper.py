@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,6 +69,44 @@ def test_reference_settings_follow_the_float_row() -> None:
     rows = [{"label": "W8"}, {"label": "fp32", "n_samples": 4, "env": {"threads": 3}}]
     threads, settings = reference_settings(rows)
     assert (threads, settings.eval_budget, settings.per_layer) == (3, 4, False)
+
+
+def test_reference_rows_report_each_utterance_and_timing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress without the runtime: a stand-in model whose transcript is the utterance's
+    reference, so the rows are exact and every step is heard, in order."""
+    from explorer.tasks.audio import Utterance
+
+    monkeypatch.setenv("EXPLORER_TIMING_LOCK", str(tmp_path / "timing.lock"))
+    texts = {1.0: "open the window", 2.0: "it is a sunny day"}
+    monkeypatch.setattr(faster_whisper, "load", lambda _dir, compute_type, _threads: compute_type)
+    monkeypatch.setattr(faster_whisper, "transcribe", lambda _m, audio: texts.get(audio[0], ""))
+    utterances = [
+        Utterance(Path(f"u{i}.wav"), text, np.full(160, i, dtype=np.float32))
+        for i, text in texts.items()
+    ]
+    heard: list[tuple[int, int, str]] = []
+    rows = faster_whisper.reference_rows(
+        Path("ct2"),
+        utterances,
+        np.zeros(16_000, dtype=np.float32),
+        rate=16_000,
+        threads=1,
+        warmup=0,
+        repeats=1,
+        progress=lambda done, total, text: heard.append((done, total, text)),
+    )
+    assert [r["metrics"]["wer"] for r in rows] == [0.0, 0.0]
+    steps = []
+    for k, kind in enumerate(faster_whisper.COMPUTE_TYPES):
+        steps += [
+            (3 * k, f"faster-whisper {kind}: loading the model"),
+            (3 * k, f"faster-whisper {kind}: utterance 1 of 2"),
+            (3 * k + 1, f"faster-whisper {kind}: utterance 2 of 2"),
+            (3 * k + 2, f"faster-whisper {kind}: timing the 1 s clip (0 + 1 runs)"),
+        ]
+    assert heard == [(done, 6, text) for done, text in steps] + [(6, 6, "done")]
 
 
 @pytest.fixture(scope="module")
