@@ -386,10 +386,9 @@ static inline int64_t qc_in_pixel(const qc_conv_ctx *c, int64_t m, int64_t ky, i
 }
 
 static inline void qc_row_qparams(const qc_conv_ctx *c, int64_t m, float *xs, int32_t *zu) {
-    if (c->xs) {
-        const int64_t pix = qc_in_pixel(c, m, 0, 0); /* 1x1 without padding: always inside */
-        *xs = c->xs[pix];
-        *zu = c->zu[pix];
+    if (c->xs) { /* per pixel: 1x1, stride 1, no padding, so output pixel m reads pixel m */
+        *xs = c->xs[m];
+        *zu = c->zu[m];
     } else {
         *xs = c->xs0;
         *zu = c->zu0;
@@ -429,12 +428,21 @@ qc_vnni_tile(const qc_conv_ctx *c, int64_t m, int64_t m1, int64_t pb, const int 
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < NR; j++) acc[i][j] = _mm512_setzero_si512();
     const int64_t cq = c->cp / 4, pstride = c->k4 * 64;
+    /* each pixel's image and top-left input corner, once per tile: no division per tap */
+    int64_t img[4], y0[4], x0[4];
+    for (int i = 0; i < 4; i++) {
+        const int64_t mi = m + i < m1 ? m + i : m, r = mi % (c->ho * c->wo);
+        img[i] = m + i < m1 ? mi / (c->ho * c->wo) : -1;
+        y0[i] = (r / c->wo) * c->sh - c->ph;
+        x0[i] = (r % c->wo) * c->sw - c->pw;
+    }
     for (int64_t ky = 0; ky < c->kh; ky++)
         for (int64_t kx = 0; kx < c->kw; kx++) {
             const uint8_t *xp[4];
             for (int i = 0; i < 4; i++) {
-                const int64_t pix = m + i < m1 ? qc_in_pixel(c, m + i, ky, kx) : -1;
-                xp[i] = pix < 0 ? c->pad : c->xb + pix * c->cp;
+                const int64_t iy = y0[i] + ky * c->dh, ix = x0[i] + kx * c->dw;
+                const int in = img[i] >= 0 && iy >= 0 && iy < c->h && ix >= 0 && ix < c->w;
+                xp[i] = in ? c->xb + ((img[i] * c->h + iy) * c->w + ix) * c->cp : c->pad;
             }
             const int8_t *wt = c->wp + pb * pstride + (ky * c->kw + kx) * cq * 64;
             for (int64_t q = 0; q < cq; q++) {
@@ -854,4 +862,26 @@ QE_EXPORT int qe_dwconv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int
     (void)isa;
     free(mem);
     return 0;
+}
+
+/* qe_conv_a8 and qe_dwconv_a8 with their scalar arguments in two arrays, which the caller
+ * builds once per layer and input shape: one conversion each instead of thirty per call.
+ * p: n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, mode, symmetric, zero, offset, o, nhwc
+ * f: eps, scale, lo, hi.  (qe_dwconv_a8_p ignores offset and o: O is C.) */
+QE_EXPORT int qe_conv_a8_p(const float *x, float *y, const int64_t *p, const float *f,
+                           const void *weights, const float *ws, const float *bias,
+                           int nthreads) {
+    if (!p || !f) return 1;
+    return qe_conv_a8(x, (int)p[19], p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9],
+                      p[10], p[11], p[12], p[13], (int)p[14], (int)p[15], f[0], f[1], (int)p[16],
+                      f[2], f[3], (int)p[17], weights, p[18], ws, bias, y, nthreads);
+}
+
+QE_EXPORT int qe_dwconv_a8_p(const float *x, float *y, const int64_t *p, const float *f,
+                             const void *weights, const float *ws, const float *bias,
+                             int nthreads) {
+    if (!p || !f) return 1;
+    return qe_dwconv_a8(x, (int)p[19], p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8],
+                        p[9], p[10], p[11], p[12], p[13], (int)p[14], (int)p[15], f[0], f[1],
+                        (int)p[16], f[2], f[3], (const float *)weights, ws, bias, y, nthreads);
 }
