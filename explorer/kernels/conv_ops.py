@@ -609,7 +609,8 @@ def _act_args(
 ) -> tuple[int, int, float, float, int, float, float]:
     """The activation arguments of ``qe_conv_a8`` / ``qe_dwconv_a8``: (mode, symmetric, eps,
     scale, zero, lo, hi). Mode 0: qparams given (static, or a range over the pixels a strided
-    convolution reads); 1: per pixel, in C; 2: per tensor over all of ``x``, in C."""
+    convolution reads); 1: per pixel, in C; 2: per tensor over all of ``x``, in C; 3: per patch
+    row, in C (rows quantized into a patch matrix)."""
     lo, hi = qrange(8, spec.act_symmetric)
     sym = int(spec.act_symmetric)
     if spec.act_static:
@@ -617,11 +618,16 @@ def _act_args(
             raise ValueError("static activation quantization needs calibrated qparams")
         return 0, sym, SCALE_EPS, float32(act.scale), int(act.zero), lo, hi
     if spec.act_granularity == "token":
-        return 1, sym, SCALE_EPS, 1.0, 0, lo, hi
+        return (1 if _pointwise(geom) else 3), sym, SCALE_EPS, 1.0, 0, lo, hi
     if geom.depthwise or _read_index(*x.shape[-2:], geom) == (None, None):
         return 2, sym, SCALE_EPS, 1.0, 0, lo, hi
     scale, zero = act_qparams(read_pixels(x, geom).reshape(1, -1), spec, None)
     return 0, sym, SCALE_EPS, float(scale[0, 0]), int(zero[0, 0]), lo, hi
+
+
+def _pointwise(geom: ConvGeometry) -> bool:
+    """A 1x1 convolution with stride 1 and no padding: a patch row is a pixel's channels."""
+    return geom.kernel_size == (1, 1) and geom.stride == (1, 1) and geom.padding == (0, 0)
 
 
 def _layout(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -697,8 +703,8 @@ class NativeConvA8Kernel:
     """``int8-conv-native``: dense int8 convolution as an implicit GEMM on NHWC codes
     (``qe_conv_a8``): the input quantized once (in C, bit-identical codes), each output pixel's
     patch row read tap by tap from the codes, 64 products a ``vpdpbusd``; output channels-last.
-    Activations per tensor (dynamic or static), or per token where a patch row is a pixel
-    (1x1, stride 1, no padding)."""
+    Activations per tensor (dynamic or static) or per token (per patch row: with a window
+    wider than a pixel, each row quantized into a uint8 patch matrix in the same call)."""
 
     name = "int8-conv-native"
     real = True
@@ -709,12 +715,6 @@ class NativeConvA8Kernel:
         why = _weight_why(spec)
         if why is not None:
             return why
-        pointwise = geom.kernel_size == (1, 1) and geom.stride == (1, 1) and geom.padding == (0, 0)
-        if spec.act_granularity == "token" and not pointwise:
-            return (
-                "per-token activations only where a patch row is a pixel (1x1, stride 1, "
-                "no padding)"
-            )
         why = unavailable_reason()
         if why is not None:
             return why

@@ -74,6 +74,8 @@ def float_layers() -> list[tuple[QuantConv2d, torch.Tensor]]:
         (nn.Conv2d(3, 17, 4, stride=2, padding=1), "tensor", False),
         (nn.Conv2d(21, 35, 1), "token", True),  # per token: a patch row is a pixel
         (nn.Conv2d(21, 35, 1), "token", False),
+        (nn.Conv2d(5, 19, 3, stride=2, padding=1), "token", False),  # a patch matrix
+        (nn.Conv2d(3, 17, 4, stride=2, padding=1), "token", True),
         (nn.Conv2d(21, 21, 3, stride=2, padding=1, groups=21), "tensor", True),
         (nn.Conv2d(20, 20, 3, padding=1, groups=20), "tensor", False),
     ]
@@ -115,11 +117,7 @@ def test_dynamic_activations_match_the_reference_and_every_path(float_layers) ->
 
 def test_what_they_refuse() -> None:
     geom3, _ = geometry(DENSE[0])
-    _, qw, spec, _, _ = exact_case(geom3, (5, 5), 0, False)
-    token = spec.__class__(**{**spec.__dict__, "act_granularity": "token", "act_static": False})
-    assert CONV_A8.supports(token, geom3) == (
-        "per-token activations only where a patch row is a pixel (1x1, stride 1, no padding)"
-    )
+    _, _, spec, _, _ = exact_case(geom3, (5, 5), 0, False)
     wide = conv_ops.ConvGeometry(4, 4, (9, 9), (1, 1), (4, 4), (1, 1), 4)
     _, _, wspec, _, _ = exact_case(wide, (9, 9), 0, False)
     assert (

@@ -273,8 +273,10 @@ QE_EXPORT int qe_dwconv_wo(const float *x, const void *codes, int bits, const fl
  *                The int32 sums are exact; the epilogue is
  *                y = (float)(acc - zu * wsum[o]) * (xs * ws[o]) + bias[o]
  *                in float32, the same operations on every path, so the paths agree bit for bit.
- *                Activations per tensor (any geometry) or per pixel (1x1 without padding, where
- *                a pixel is a patch row).  Output: float NHWC [N, Ho, Wo, O].
+ *                Activations per tensor (any geometry), per pixel (1x1 without padding, where
+ *                a pixel is a patch row), or per patch row with any window: then each row is
+ *                quantized on its own into a uint8 patch matrix (an im2col in C, fused with
+ *                the quantization) that the same GEMM reads.  Output: float NHWC [N,Ho,Wo,O].
  * qe_dwconv_a8   depthwise convolution of int8 activation codes with int8 weight codes, in
  *                float32 on the integer values (code - zero) x weight code: each product is an
  *                integer below 2^15 and a sum of at most 64 of them is below 2^24, so float32
@@ -631,6 +633,130 @@ static void qc_pixel_qparams(const float *x, int x_nhwc, int64_t n, int64_t c, i
         }
 }
 
+/* The implicit GEMM over every output pixel of ctx (4 pixels a task). */
+static void qc_conv_gemm(const qc_conv_ctx *ctx, int isa, int nthreads) {
+    const int64_t m = ctx->n * ctx->ho * ctx->wo, blocks = (m + 3) / 4;
+    const int par = nthreads > 1 && blocks > 1 && m * ctx->o * ctx->k4 * 4 > 8 * QE_GRAIN;
+    (void)par;
+    (void)nthreads;
+#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
+    for (int64_t bl = 0; bl < blocks; bl++) {
+        const int64_t m0 = bl * 4, m1 = m0 + 4 < m ? m0 + 4 : m;
+#if QC_X86
+        if (isa == QC_ISA_AVX512VNNI) {
+            qc_conv_vnni(ctx, m0, m1);
+            continue;
+        }
+#endif
+        qc_conv_scalar(ctx, m0, m1);
+    }
+    (void)isa;
+}
+
+/* Mode 3, activations per patch row (per token) with any window: each output pixel's patch
+ * row quantized with its own range (the values it reads, and 0) into a uint8 patch matrix
+ * [M, taps * cp] in the packed weights' K order: an im2col in C, fused with quantization.
+ * The GEMM then runs it as a 1x1 convolution over M pixels with per-pixel qparams. */
+static inline __attribute__((always_inline)) void
+qc_patch_body(const float *x, int x_nhwc, const qc_conv_ctx *g, int symmetric, float eps,
+              float lo, float hi, int offset, int64_t c, int64_t r0, int64_t r1, uint8_t *pm,
+              float *xs, int32_t *zu) {
+    const int64_t cp = g->cp, kp = g->kh * g->kw * cp, hw = g->h * g->w;
+    const float off = (float)offset;
+    for (int64_t m = r0; m < r1; m++) {
+        const int64_t b = m / (g->ho * g->wo), r = m % (g->ho * g->wo);
+        const int64_t y0 = (r / g->wo) * g->sh - g->ph, x0 = (r % g->wo) * g->sw - g->pw;
+        float rl = 0.0f, rh = 0.0f;
+        for (int64_t ky = 0; ky < g->kh; ky++)
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int64_t iy = y0 + ky * g->dh, ix = x0 + kx * g->dw;
+                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) continue;
+                const int64_t step = x_nhwc ? 1 : hw;
+                const float *xr =
+                    x_nhwc ? x + ((b * g->h + iy) * g->w + ix) * c : x + b * c * hw + iy * g->w + ix;
+                for (int64_t ch = 0; ch < c; ch++) {
+                    const float v = xr[ch * step];
+                    rl = v < rl ? v : rl;
+                    rh = v > rh ? v : rh;
+                }
+            }
+        float s;
+        int zi;
+        qparams_from_range(rl, rh, symmetric, eps, &s, &zi);
+        const float z = (float)zi;
+        xs[m] = s;
+        zu[m] = zi + offset;
+        uint8_t *row = pm + m * kp;
+        memset(row, zi + offset, (size_t)kp); /* padding taps and channels: the zero's code */
+        for (int64_t ky = 0; ky < g->kh; ky++)
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int64_t iy = y0 + ky * g->dh, ix = x0 + kx * g->dw;
+                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) continue;
+                const int64_t step = x_nhwc ? 1 : hw;
+                const float *xr =
+                    x_nhwc ? x + ((b * g->h + iy) * g->w + ix) * c : x + b * c * hw + iy * g->w + ix;
+                uint8_t *o = row + (ky * g->kw + kx) * cp;
+                for (int64_t ch = 0; ch < c; ch++)
+                    o[ch] = (uint8_t)(int)(clampf(round_half_even(xr[ch * step] / s) + z, lo, hi) +
+                                           off);
+            }
+    }
+}
+
+#define QC_PATCH_ARGS                                                                          \
+    const float *x, int x_nhwc, const qc_conv_ctx *g, int symmetric, float eps, float lo,       \
+        float hi, int offset, int64_t c, int64_t r0, int64_t r1, uint8_t *pm, float *xs,       \
+        int32_t *zu
+#define QC_PATCH_CALL x, x_nhwc, g, symmetric, eps, lo, hi, offset, c, r0, r1, pm, xs, zu
+static void qc_patch_scalar(QC_PATCH_ARGS) { qc_patch_body(QC_PATCH_CALL); }
+#if QC_X86
+QC_AVX2 static void qc_patch_avx2(QC_PATCH_ARGS) { qc_patch_body(QC_PATCH_CALL); }
+QC_AVX512 static void qc_patch_avx512(QC_PATCH_ARGS) { qc_patch_body(QC_PATCH_CALL); }
+#endif
+
+static void qc_patch_rows(int isa, QC_PATCH_ARGS) {
+#if QC_X86
+    if (isa >= QC_ISA_AVX512VNNI) {
+        qc_patch_avx512(QC_PATCH_CALL);
+        return;
+    }
+    if (isa >= QC_ISA_AVX2) {
+        qc_patch_avx2(QC_PATCH_CALL);
+        return;
+    }
+#endif
+    (void)isa;
+    qc_patch_scalar(QC_PATCH_CALL);
+}
+
+/* Mode 3 of qe_conv_a8 (ctx holds the geometry and weights; mem is allocated here). */
+static int qc_conv_a8_rows(int isa, const float *x, int x_nhwc, int64_t c, qc_conv_ctx *ctx,
+                           int symmetric, float eps, float lo, float hi, int offset,
+                           int nthreads) {
+    const int64_t m = ctx->n * ctx->ho * ctx->wo, kp = ctx->kh * ctx->kw * ctx->cp;
+    const size_t pm_bytes = ((size_t)(m * kp) + 63) / 64 * 64, pad_bytes = ((size_t)kp + 63) / 64 * 64;
+    char *mem = malloc(pm_bytes + pad_bytes + (size_t)m * 8);
+    if (!mem) return 4;
+    uint8_t *pm = (uint8_t *)mem;
+    float *xs = (float *)(mem + pm_bytes + pad_bytes);
+    int32_t *zu = (int32_t *)(xs + m);
+    memset(mem + pm_bytes, 0, pad_bytes); /* rows past the end of a tile read it; never stored */
+    const int par = nthreads > 1 && m > 1 && m * kp > QE_GRAIN;
+    (void)par;
+    (void)nthreads;
+#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
+    for (int64_t r = 0; r < m; r += 16)
+        qc_patch_rows(isa, x, x_nhwc, ctx, symmetric, eps, lo, hi, offset, c, r,
+                      r + 16 < m ? r + 16 : m, pm, xs, zu);
+    qc_conv_ctx rows = *ctx; /* the patch matrix as a 1x1 convolution over M pixels */
+    rows.xb = pm, rows.pad = (const uint8_t *)(mem + pm_bytes), rows.xs = xs, rows.zu = zu;
+    rows.n = 1, rows.h = m, rows.w = 1, rows.cp = kp, rows.ho = m, rows.wo = 1;
+    rows.kh = rows.kw = rows.sh = rows.sw = rows.dh = rows.dw = 1, rows.ph = rows.pw = 0;
+    qc_conv_gemm(&rows, isa, nthreads);
+    free(mem);
+    return 0;
+}
+
 #if QC_X86
 QC_AVX512 static void qc_range_avx512(const float *x, int64_t count, float *lo, float *hi) {
     __m512 l = _mm512_setzero_ps(), h = _mm512_setzero_ps();
@@ -690,7 +816,8 @@ static void qc_range(int isa, const float *x, int64_t count, float *lo_out, floa
 
 /* Dense int8 convolution (see above).  mode 0: per tensor, scale and zero given; 1: per pixel,
  * computed here from symmetric and eps (1x1, stride 1, no padding only); 2: per tensor, computed
- * here over all of x (the caller checks that the convolution reads every pixel).
+ * here over all of x (the caller checks that the convolution reads every pixel); 3: per patch
+ * row, any window (qc_conv_a8_rows).
  * lo, hi: the code range; offset: 128 for symmetric codes (to uint8), else 0. */
 QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t h, int64_t w,
                          int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
@@ -705,7 +832,7 @@ QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64
     if (lo + (float)offset < 0.0f || hi + (float)offset > 255.0f) return 2;
     const int per_token = mode == 1;
     if (per_token && (kh != 1 || kw != 1 || sh != 1 || sw != 1 || ph != 0 || pw != 0)) return 3;
-    if (mode < 0 || mode > 2) return 1;
+    if (mode < 0 || mode > 3) return 1;
     const int isa = qe_conv_isa();
     const int64_t cp = qc_round4(c), hw = h * w, pixels = n * hw, m = n * ho * wo;
     if (m == 0) return 0;
@@ -714,13 +841,23 @@ QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64
         qc_range(isa, x, pixels * c, &rlo, &rhi);
         qparams_from_range(rlo, rhi, symmetric, eps, &scale, &zero);
     }
-    if (!(scale > 0.0f) && !per_token) return 1;
+    if (!(scale > 0.0f) && !per_token && mode != 3) return 1;
+    const int64_t np = (o + QC_PR - 1) / QC_PR;
+    qc_conv_ctx ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.wp = (const int8_t *)packed;
+    ctx.k4 = kh * kw * cp / 4;
+    ctx.wsum = (const int32_t *)(ctx.wp + np * ctx.k4 * 64);
+    ctx.ws = ws, ctx.bias = bias, ctx.y = y;
+    ctx.n = n, ctx.h = h, ctx.w = w, ctx.cp = cp, ctx.o = o, ctx.np = np;
+    ctx.kh = kh, ctx.kw = kw, ctx.sh = sh, ctx.sw = sw, ctx.ph = ph, ctx.pw = pw;
+    ctx.dh = dh, ctx.dw = dw, ctx.ho = ho, ctx.wo = wo;
+    if (mode == 3)
+        return qc_conv_a8_rows(isa, x, x_nhwc, c, &ctx, symmetric, eps, lo, hi, offset, nthreads);
     const size_t xb_bytes = (size_t)(pixels * cp), pad_off = (xb_bytes + 63) / 64 * 64;
     const size_t qp_off = pad_off + ((size_t)cp + 63) / 64 * 64;
     char *mem = malloc(qp_off + (per_token ? (size_t)pixels * 8 : 0));
     if (!mem) return 4;
-    qc_conv_ctx ctx;
-    memset(&ctx, 0, sizeof(ctx));
     float *xs = NULL;
     int32_t *zu = NULL;
     if (per_token) {
@@ -731,33 +868,10 @@ QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64
     qc_quant_rows(isa, x, x_nhwc, n, c, hw, cp, scale, (float)zero, xs, zu, lo, hi, offset,
                   (uint8_t *)mem);
     memset(mem + pad_off, zero + offset, (size_t)cp); /* per_token: 1x1 unpadded, never read */
-    const int64_t np = (o + QC_PR - 1) / QC_PR;
     ctx.xb = (const uint8_t *)mem;
     ctx.pad = (const uint8_t *)(mem + pad_off);
-    ctx.wp = (const int8_t *)packed;
-    ctx.k4 = kh * kw * cp / 4;
-    ctx.wsum = (const int32_t *)(ctx.wp + np * ctx.k4 * 64);
-    ctx.ws = ws, ctx.bias = bias, ctx.xs = xs, ctx.zu = zu;
-    ctx.xs0 = scale, ctx.zu0 = zero + offset, ctx.y = y;
-    ctx.n = n, ctx.h = h, ctx.w = w, ctx.cp = cp, ctx.o = o, ctx.np = np;
-    ctx.kh = kh, ctx.kw = kw, ctx.sh = sh, ctx.sw = sw, ctx.ph = ph, ctx.pw = pw;
-    ctx.dh = dh, ctx.dw = dw, ctx.ho = ho, ctx.wo = wo;
-    const int64_t blocks = (m + 3) / 4;
-    const int par = nthreads > 1 && blocks > 1 && m * o * kh * kw * cp > 8 * QE_GRAIN;
-    (void)par;
-    (void)nthreads;
-#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
-    for (int64_t bl = 0; bl < blocks; bl++) {
-        const int64_t m0 = bl * 4, m1 = m0 + 4 < m ? m0 + 4 : m;
-#if QC_X86
-        if (isa == QC_ISA_AVX512VNNI) {
-            qc_conv_vnni(&ctx, m0, m1);
-            continue;
-        }
-#endif
-        qc_conv_scalar(&ctx, m0, m1);
-    }
-    (void)isa;
+    ctx.xs = xs, ctx.zu = zu, ctx.xs0 = scale, ctx.zu0 = zero + offset;
+    qc_conv_gemm(&ctx, isa, nthreads);
     free(mem);
     return 0;
 }
