@@ -32,10 +32,12 @@ the packed integer weights, so a decode-bound (M=1) linear streams 4x / 8x fewer
     ``y = (acc - x_zero[m] * w_sum[n]) * x_scale[m] * w_scale[n] + bias[n]``.
 
 Instruction-set paths (`ISAS`, chosen at run time with cpuid, forced with `set_isa` for tests):
-``avx512_vnni`` and ``avx_vnni`` run the int8 and W4A8 kernels with ``vpdpbusd`` (64 or 32
-int8 products an instruction) on weights repacked into 16-row panels (`pack_int8`,
-`pack_int4`: one contiguous stream per layer at M = 1; register tiles of up to 8 rows x 32
-columns for M > 1); ``avx2`` runs the row-major kernels above; ``scalar`` is the portable
+the int8 and W4A8 kernels of prepared layers read weights repacked into 16-row panels
+(`pack_int8`, `pack_int4`: one contiguous stream per layer at M = 1; register tiles for
+M > 1) on every path.  ``avx512_vnni`` and ``avx_vnni`` multiply them with ``vpdpbusd`` (64 or
+32 int8 products an instruction); ``avx2`` emulates it exactly (``vpmaddubsw`` on 4-bit codes,
+whose pair sums cannot saturate; ``vpmovsxbw`` + ``vpmaddwd`` on full-range int8 weights) and
+keeps the row-major kernels above for weights given unpacked; ``scalar`` is the portable
 reference for both layouts.  `build_info` and every result row record the path taken.
 
 The library is compiled on first use and cached, checksummed, by
@@ -112,8 +114,8 @@ ISA_FEATURES: dict[str, tuple[str, ...]] = {
     "avx512_vnni": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
 }
 """The ``/proc/cpuinfo`` flags each path needs (the C code asks the CPU itself, with cpuid)."""
-PACKED_ISAS = frozenset({"scalar", "avx_vnni", "avx512_vnni"})
-"""Paths that run the repacked-weight kernels (AVX2 without VNNI runs the row-major ones)."""
+PACKED_ISAS = frozenset({"scalar", "avx2", "avx_vnni", "avx512_vnni"})
+"""Paths that run the repacked-weight kernels (all of them: AVX2 without VNNI too)."""
 _EISA = -3
 
 _MAX_INT8_K = 131071  # K * 128 * 128 must fit in int32
@@ -349,8 +351,9 @@ def force_scalar(enabled: bool) -> None:
 
 
 def packed_path() -> bool:
-    """Whether the kernels now run on repacked weights (`pack_int8`, `pack_int4`): the VNNI
-    paths; the scalar path reads both layouts, AVX2 only the row-major one."""
+    """Whether prepared layers should hold repacked weights (`pack_int8`, `pack_int4`): on
+    every SIMD path (AVX2, AVX-VNNI, AVX-512 VNNI); the portable scalar path reads both
+    layouts and keeps the row-major one."""
     return isa() in PACKED_ISAS - {"scalar"}
 
 
@@ -814,7 +817,7 @@ class PackedInt4:
 
 
 def pack_int8(wq: torch.Tensor) -> PackedInt8:
-    """Repack int8 weights ``wq`` [N, K] for the VNNI kernels (done once per layer)."""
+    """Repack int8 weights ``wq`` [N, K] for the panel kernels (done once per layer)."""
     lib = _get()
     wq = _tensor("wq", wq, torch.int8)
     if wq.dim() != 2 or wq.shape[0] == 0 or wq.shape[1] == 0:
@@ -829,7 +832,8 @@ def pack_int8(wq: torch.Tensor) -> PackedInt8:
 
 
 def unpack_int8(packed: PackedInt8) -> torch.Tensor:
-    """The row-major int8 weights [N, K] back from `pack_int8`'s layout (for the AVX2 path)."""
+    """The row-major int8 weights [N, K] back from `pack_int8`'s layout (for the row-major
+    kernels)."""
     n, k = packed.n, packed.k
     panels, k4 = -(-n // PANEL_ROWS), -(-k // 4)
     codes = packed.data[: panels * k4 * PANEL_ROWS * 4].view(torch.int8)
@@ -842,7 +846,7 @@ def pack_int4(
 ) -> PackedInt4:
     """Repack 4-bit ``codes`` uint8 [N, K/2] (element 2j in the low nibble of byte j) with their
     ``w_scale`` [N, K/G] and, for asymmetric weights, ``w_zero_scaled`` = scale x zero point
-    (``None``: symmetric, zero point 8) for the VNNI W4A8 kernels (done once per layer)."""
+    (``None``: symmetric, zero point 8) for the panel W4A8 kernels (done once per layer)."""
     lib = _get()
     if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
         raise ValueError("codes must be a 2-D tensor [N, K/2]")

@@ -9,12 +9,12 @@
   with per-group or per-channel scales (symmetric or not): exact per-group integer dot products
   (``vpmaddubsw`` on nibble × int8 pairs, which cannot saturate), one float FMA per group.
 
-On CPUs with AVX-512 VNNI or AVX-VNNI the integer kernels' ``prepare`` also repacks the weights
-into interleaved row panels (`native.pack_int8`, `native.pack_int4`: the layout ``vpdpbusd``
-streams, scales alongside) and ``run`` uses them whenever the library's path reads that layout;
-a path forced to AVX2 afterwards (tests) runs on the row-major weights, which the state keeps as
-views of the quantized weight (int4) or recovers from the panels (int8), so nothing is stored
-twice.
+On x86-64 CPUs (AVX2, AVX-VNNI, AVX-512 VNNI) the integer kernels' ``prepare`` also repacks the
+weights into interleaved row panels (`native.pack_int8`, `native.pack_int4`: the layout
+``vpdpbusd`` streams, scales alongside; AVX2 emulates that instruction exactly) and ``run`` uses
+them whenever the library's path reads that layout; a path forced to scalar afterwards (tests)
+runs on the row-major weights, which the state keeps as views of the quantized weight (int4)
+or recovers from the panels (int8), so nothing is stored twice.
 """
 
 from __future__ import annotations
@@ -81,14 +81,14 @@ class W4A8State:
     zero_term: torch.Tensor  # per output: sum over groups of scale x (code sum - G x zero) [N]
     group: int
     bias: torch.Tensor | None
-    packed: native.PackedInt4 | None = None  # the VNNI layout, when the CPU has it
+    packed: native.PackedInt4 | None = None  # the panel layout, on SIMD paths
     call: native.BoundLinear | None = None  # the packed dynamic call, bound (None: static)
 
 
 @dataclass(frozen=True)
 class W8A8State:
     """What `NativeW8A8Kernel.prepare` packs once per layer: the weights ready for any int8 ×
-    int8 kernel and, on VNNI CPUs, repacked into panels (then ``w.wq`` is left empty)."""
+    int8 kernel and, on SIMD paths, repacked into panels (then ``w.wq`` is left empty)."""
 
     spec: LinearSpec
     w: A8W8Weights
@@ -102,7 +102,7 @@ class W8A8State:
 
 
 def _repack() -> bool:
-    """Whether prepared integer layers should hold repacked weights (the VNNI paths)."""
+    """Whether prepared integer layers should hold repacked weights (every SIMD path)."""
     return native.packed_path()
 
 
@@ -302,7 +302,7 @@ class NativeW8A8Kernel:
 
     @staticmethod
     def _run_packed(state: W8A8State, packed: native.PackedInt8, x: torch.Tensor) -> torch.Tensor:
-        """`run` on the repacked weights (same arithmetic, the VNNI kernels)."""
+        """`run` on the repacked weights (same arithmetic, the panel kernels)."""
         spec, w, act = state.spec, state.w, state.act
         if state.call is not None:
             return state.call(x)

@@ -65,7 +65,7 @@ def wo_isa(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from _on_path(request.param)
 
 
-@pytest.fixture(params=("avx512_vnni", "avx_vnni", "scalar"))
+@pytest.fixture(params=("avx512_vnni", "avx_vnni", "avx2", "scalar"))
 def packed_isa(request: pytest.FixtureRequest) -> Iterator[str]:
     """The paths that read repacked weights (`native.pack_int8`, `native.pack_int4`)."""
     yield from _on_path(request.param)
