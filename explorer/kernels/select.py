@@ -236,20 +236,25 @@ def choose_conv(
     act: ActQParams | None,
     shape: tuple[int, int, int, int],
     repeats: int = 7,
+    channels_last: bool = False,
 ) -> str | None:
     """The fastest real kernel for the convolution on inputs of ``shape`` (B, C, H, W), or None.
 
     Timed on a batch cut to about `MAX_TIMING_PIXELS` output positions (at least one image):
-    each image costs every kernel the same again."""
+    each image costs every kernel the same again; in the layer's input layout (``channels_last``:
+    NHWC in memory, as the kernels that write channels-last outputs hand it on)."""
     found = conv_candidates(spec, geom)
     if len(found) <= 1:
         return found[0].name if found else None
     b, c, h, w = shape
     ho, wo = geom.out_hw(h, w)
     b = max(1, min(b, MAX_TIMING_PIXELS // max(1, ho * wo)))
-    key = (tuple(k.name for k in found), spec, geom, (b, c, h, w), torch.get_num_threads())
+    key = (tuple(k.name for k in found), spec, geom, (b, c, h, w), channels_last)
+    key += (torch.get_num_threads(),)
     if key not in _CONV_CHOICES:
         x = torch.randn(b, c, h, w)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         states = {k.name: k.prepare(spec, geom, qw, bias, act) for k in found}
         runs = {k.name: functools.partial(k.run, states[k.name], x) for k in found}
         _CONV_CHOICES[key] = fastest(runs, repeats)

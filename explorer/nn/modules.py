@@ -306,6 +306,7 @@ class QuantConv2d(QuantModule):
             self.bias,
             self.act_qparams(),
             tuple(shape),  # type: ignore[arg-type]
+            channels_last=self.__dict__.get("_input_nhwc", False),
         )
         if best is not None and best != self.kernel_name:
             self.kernel_name = best
@@ -323,6 +324,8 @@ class QuantConv2d(QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.__dict__["_input_shape"] = tuple(x.shape)  # nn.Module.__setattr__ costs µs a call
+        # the layout too: kernels are timed on it (NHWC codes cost some kernels a transpose)
+        self.__dict__["_input_nhwc"] = not x.is_contiguous()
         if self.simulated:
             return self._reference(x)
         if not isinstance(self._state, PreparedKernel):

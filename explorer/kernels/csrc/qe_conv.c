@@ -111,32 +111,30 @@ QE_EXPORT int qe_act_qparams(const float *x, int64_t count, int symmetric, float
     return 0;
 }
 
-/* out[(b*hw + p)*c + ch] = clamp(round(x[(b*c + ch)*hw + p] / scale) + zero, lo, hi) + offset */
+static void qc_quant_rows(int isa, const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw,
+                          int64_t cp, float s0, float z0, const float *xs, const int32_t *zp,
+                          float lo, float hi, int offset, uint8_t *xb);
+static int qe_conv_isa_now(void);
+
+/* out[(b*hw + p)*c + ch] = clamp(round(x[(b*c + ch)*hw + p] / scale) + zero, lo, hi) + offset;
+ * hw == 1: x is already pixel-major (NHWC), a plain element-wise map.  Vectorized per
+ * instruction set (qc_quant_rows), split over the batch (or pixels) across threads. */
 QE_EXPORT int qe_quant_u8_nhwc(const float *x, uint8_t *out, int64_t n, int64_t c, int64_t hw,
                                float scale, float zero, float lo, float hi, int offset,
                                int nthreads) {
     if (!x || !out || n < 0 || c <= 0 || hw < 0 || !(scale > 0.0f)) return 1;
     if (lo + (float)offset < 0.0f || hi + (float)offset > 255.0f) return 2;
-    const int64_t tile = 32; /* pixels per task: 32 x c codes stay in L1 while written */
-    const int64_t tiles = (hw + tile - 1) / tile;
-    const int64_t tasks = n * tiles;
+    const int isa = qe_conv_isa_now();
+    const int64_t per = hw > 1 ? 1 : 256; /* images, or pixels, a task */
+    const int64_t tasks = (n + per - 1) / per;
     (void)nthreads;
     const int par = nthreads > 1 && tasks > 1 && n * c * hw > QE_GRAIN;
     (void)par; /* unused without OpenMP */
 #pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
     for (int64_t t = 0; t < tasks; t++) {
-        const int64_t b = t / tiles;
-        const int64_t p0 = (t % tiles) * tile;
-        const int64_t p1 = p0 + tile < hw ? p0 + tile : hw;
-        const float *xb = x + b * c * hw;
-        uint8_t *ob = out + b * hw * c;
-        for (int64_t ch = 0; ch < c; ch++) {
-            const float *xc = xb + ch * hw;
-            for (int64_t p = p0; p < p1; p++) {
-                float q = clampf(round_half_even(xc[p] / scale) + zero, lo, hi);
-                ob[p * c + ch] = (uint8_t)((int)q + offset);
-            }
-        }
+        const int64_t b0 = t * per, nb = b0 + per < n ? per : n - b0;
+        qc_quant_rows(isa, x + b0 * c * hw, hw == 1, nb, c, hw, c, scale, zero, NULL, NULL, lo,
+                      hi, offset, out + b0 * hw * c);
     }
     return 0;
 }
@@ -324,7 +322,9 @@ QE_EXPORT int qe_conv_set_isa(int isa) {
     return 0;
 }
 
-QE_EXPORT int qe_conv_isa(void) {
+QE_EXPORT int qe_conv_isa(void) { return qe_conv_isa_now(); }
+
+static int qe_conv_isa_now(void) {
     if (qc_forced_isa >= 0) return qc_forced_isa;
     if (qc_cpu_has(QC_ISA_AVX512VNNI)) return QC_ISA_AVX512VNNI;
     if (qc_cpu_has(QC_ISA_AVX2)) return QC_ISA_AVX2;
@@ -886,44 +886,103 @@ typedef struct {
     int64_t c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
 } qc_dw_ctx;
 
-/* Output rows r0..r1 (of N * Ho). fp-contract is off under -std=c11: the products and sums are
- * separate roundings on every path, so the paths agree bit for bit. */
-static inline __attribute__((always_inline)) void qc_dw_body(const qc_dw_ctx *c, int64_t r0,
-                                                             int64_t r1) {
+/* One output pixel's channels cb..cb+len-1, len <= QC_DWB: the taps' products summed (in tap
+ * order, product and sum rounded separately) in a register block, then scaled.  The vector
+ * versions do the same operations per channel as this scalar one. */
+#define QC_DWB 16
+typedef void (*qc_dw_block_fn)(const qc_dw_ctx *, const float *const *, const int64_t *, int,
+                               int64_t, int64_t, float *);
+
+static inline void qc_dw_block_scalar(const qc_dw_ctx *c, const float *const *xr,
+                                      const int64_t *tap, int nt, int64_t cb, int64_t len,
+                                      float *yo) {
+    float acc[QC_DWB];
+    for (int64_t j = 0; j < len; j++) acc[j] = 0.0f;
+    for (int t = 0; t < nt; t++)
+        for (int64_t j = 0; j < len; j++) acc[j] += xr[t][cb + j] * c->wt[tap[t] * c->c + cb + j];
+    for (int64_t j = 0; j < len; j++) {
+        const float v = acc[j] * c->mult[cb + j];
+        yo[cb + j] = c->bias ? v + c->bias[cb + j] : v;
+    }
+}
+
+#if QC_X86
+QC_AVX512 static inline void qc_dw_block_avx512(const qc_dw_ctx *c, const float *const *xr,
+                                                const int64_t *tap, int nt, int64_t cb,
+                                                int64_t len, float *yo) {
+    const __mmask16 k = (__mmask16)((1u << len) - 1u);
+    __m512 acc = _mm512_setzero_ps();
+    for (int t = 0; t < nt; t++) {
+        const __m512 xv = _mm512_maskz_loadu_ps(k, xr[t] + cb);
+        const __m512 wv = _mm512_maskz_loadu_ps(k, c->wt + tap[t] * c->c + cb);
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(xv, wv));
+    }
+    __m512 v = _mm512_mul_ps(acc, _mm512_maskz_loadu_ps(k, c->mult + cb));
+    if (c->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, c->bias + cb));
+    _mm512_mask_storeu_ps(yo + cb, k, v);
+}
+
+QC_AVX2 static inline void qc_dw_block_avx2(const qc_dw_ctx *c, const float *const *xr,
+                                            const int64_t *tap, int nt, int64_t cb, int64_t len,
+                                            float *yo) {
+    if (len < QC_DWB) {
+        qc_dw_block_scalar(c, xr, tap, nt, cb, len, yo);
+        return;
+    }
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int t = 0; t < nt; t++) {
+        const float *xv = xr[t] + cb, *wv = c->wt + tap[t] * c->c + cb;
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(xv), _mm256_loadu_ps(wv)));
+        a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(xv + 8), _mm256_loadu_ps(wv + 8)));
+    }
+    a0 = _mm256_mul_ps(a0, _mm256_loadu_ps(c->mult + cb));
+    a1 = _mm256_mul_ps(a1, _mm256_loadu_ps(c->mult + cb + 8));
+    if (c->bias) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(c->bias + cb));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(c->bias + cb + 8));
+    }
+    _mm256_storeu_ps(yo + cb, a0);
+    _mm256_storeu_ps(yo + cb + 8, a1);
+}
+#endif
+
+/* Output rows r0..r1 (of N * Ho): per output pixel, the taps inside the image, then the
+ * channels in blocks of QC_DWB. */
+static inline __attribute__((always_inline)) void
+qc_dw_body(const qc_dw_ctx *c, int64_t r0, int64_t r1, qc_dw_block_fn block) {
     const int64_t C = c->c;
+    const float *xr[64];
+    int64_t tap[64];
     for (int64_t r = r0; r < r1; r++) {
         const int64_t b = r / c->ho, oy = r % c->ho;
         for (int64_t ox = 0; ox < c->wo; ox++) {
-            float *restrict yo = c->y + (r * c->wo + ox) * C;
-            for (int64_t ch = 0; ch < C; ch++) yo[ch] = 0.0f;
+            int nt = 0;
             for (int64_t ky = 0; ky < c->kh; ky++) {
                 const int64_t iy = oy * c->sh - c->ph + ky * c->dh;
                 if (iy < 0 || iy >= c->h) continue;
                 for (int64_t kx = 0; kx < c->kw; kx++) {
                     const int64_t ix = ox * c->sw - c->pw + kx * c->dw;
                     if (ix < 0 || ix >= c->w) continue;
-                    const float *restrict xr = c->xf + ((b * c->h + iy) * c->w + ix) * C;
-                    const float *restrict wr = c->wt + (ky * c->kw + kx) * C;
-                    for (int64_t ch = 0; ch < C; ch++) yo[ch] += xr[ch] * wr[ch];
+                    xr[nt] = c->xf + ((b * c->h + iy) * c->w + ix) * C;
+                    tap[nt++] = ky * c->kw + kx;
                 }
             }
-            if (c->bias) {
-                for (int64_t ch = 0; ch < C; ch++) yo[ch] = yo[ch] * c->mult[ch] + c->bias[ch];
-            } else {
-                for (int64_t ch = 0; ch < C; ch++) yo[ch] = yo[ch] * c->mult[ch];
-            }
+            float *yo = c->y + (r * c->wo + ox) * C;
+            for (int64_t cb = 0; cb < C; cb += QC_DWB)
+                block(c, xr, tap, nt, cb, C - cb < QC_DWB ? C - cb : QC_DWB, yo);
         }
     }
 }
 
-static void qc_dw_scalar(const qc_dw_ctx *c, int64_t r0, int64_t r1) { qc_dw_body(c, r0, r1); }
+static void qc_dw_scalar(const qc_dw_ctx *c, int64_t r0, int64_t r1) {
+    qc_dw_body(c, r0, r1, qc_dw_block_scalar);
+}
 #if QC_X86
-QC_AVX2 static void qc_dw_avx2(const qc_dw_ctx *c, int64_t r0,
-                                                           int64_t r1) {
-    qc_dw_body(c, r0, r1);
+QC_AVX2 static void qc_dw_avx2(const qc_dw_ctx *c, int64_t r0, int64_t r1) {
+    qc_dw_body(c, r0, r1, qc_dw_block_avx2);
 }
 QC_AVX512 static void qc_dw_avx512(const qc_dw_ctx *c, int64_t r0, int64_t r1) {
-    qc_dw_body(c, r0, r1);
+    qc_dw_body(c, r0, r1, qc_dw_block_avx512);
 }
 #endif
 
