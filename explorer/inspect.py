@@ -199,6 +199,7 @@ class SweepProgress:
     finished: bool = False
     batch_done: int = 0  # evaluation batches of the row in flight (``batch`` events)
     batch_total: int = 0
+    batch_stage: str = "evaluate"  # or "qat": the batches are training steps
 
     @property
     def fraction(self) -> float:
@@ -232,6 +233,7 @@ def sweep_progress(events: Iterable[SweepEvent]) -> SweepProgress:
         if event.kind == "batch":
             progress.batch_done = int(event.extra.get("done", 0))
             progress.batch_total = int(event.extra.get("total", 0))
+            progress.batch_stage = str(event.extra.get("stage", "evaluate"))
         elif event.kind in ("row", "cached", "failed"):
             progress.batch_done = progress.batch_total = 0
     return progress

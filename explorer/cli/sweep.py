@@ -247,19 +247,21 @@ def _targets(args: argparse.Namespace) -> list[str]:
 
 
 def _evaluation_bar() -> Any:
-    """``progress(done, total)`` drawing a tqdm bar on stderr over one evaluation's batches, with
-    tqdm's estimate of the time left (long evaluations: a 0.5 B model's 16k tokens)."""
+    """``progress(done, total, stage)`` drawing a tqdm bar on stderr over one evaluation's
+    batches or one QAT row's training steps, with tqdm's estimate of the time left (long
+    evaluations: a 0.5 B model's 16k tokens; long training: Whisper's seconds a step)."""
     from tqdm import tqdm
 
     state: dict[str, Any] = {}
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, stage: str = "evaluate") -> None:
         bar = state.get("bar")
         if bar is None or done == 1:
             if bar is not None:
                 bar.close()
+            desc, unit = ("QAT", "step") if stage == "qat" else ("evaluate", "batch")
             bar = state["bar"] = tqdm(
-                total=total, file=sys.stderr, unit="batch", desc="evaluate", leave=False
+                total=total, file=sys.stderr, unit=unit, desc=desc, leave=False
             )
         bar.update(done - bar.n)
         if done == total:

@@ -16,7 +16,7 @@ Without the extra, the model is still listed (``explorer models``), with the com
 installs it; loading it then fails with the same message.
 
 Imports: ``explorer.errors``, ``explorer.models`` (registry, hf, whisper_convert, whisper_audio,
-whisper_decoding, whisper_features); ``transformers`` only inside functions.
+whisper_decoding, whisper_features, whisper_plans); ``transformers`` only inside functions.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from torch import nn
 from explorer.errors import ModelLoadError
 from explorer.models.registry import BuiltinModel, Workload, register
 from explorer.models.whisper_convert import INSTALL_HINT, convert, converted_whisper
+from explorer.models.whisper_plans import QAT_BATCH, QAT_LR
 
 NAME = "whisper-tiny-en"
 PARAMS = 37_760_256  # token embedding and output projection tied (counted once)
@@ -148,10 +149,10 @@ MODEL = register(
         workloads=workloads,
         metric="wer",
         loader=load,
-        # QAT from pretrained weights: the benchmark's W4 g128 QAT row (40 steps of one
-        # utterance at 1e-4) kept the model; the default 1e-3 is for models trained here
-        qat_lr=1e-4,
-        qat_batch=1,
+        # QAT from pretrained weights (explorer.models.whisper_plans): the default 1e-3 is for
+        # models trained here, and a step of one utterance already takes seconds
+        qat_lr=QAT_LR,
+        qat_batch=QAT_BATCH,
         extra={
             "params": PARAMS,
             "install": INSTALL_HINT if missing_packages() else None,

@@ -19,8 +19,9 @@ resampled to Whisper's 16 kHz with soxr (high quality) and written as 16-bit mon
 transcript CSV (``file,text``) per split.
 
 Splits: the first `EVAL_SENTENCES` sentences are ``eval``; the rest are ``train`` (calibration and
-QAT), disjoint by construction. ``long_utterance`` speaks eval sentences back to back into one
-10 s clip for the latency workload.
+QAT), disjoint by construction (and checked: `explorer.tasks.speech.check_disjoint`).
+``long_utterance`` speaks eval sentences back to back into one 10 s clip for the latency
+workload.
 
 Generated on first use into ``<cache>/audio/whisper-tiny-en-<hash>``, the hash covering the
 sentences, this recipe's version and the espeak-ng version; written into a temporary folder and
@@ -245,9 +246,11 @@ def _fingerprint(sentences: list[str]) -> str:
 def speech_audio(cache: Path | None = None) -> Path:
     """The folder of the synthetic audio, generated on first use. Each subfolder holds WAV files
     and one ``transcripts.csv``: ``eval/`` the 200 evaluation utterances, ``train/`` the 120
-    training ones, ``sweep/`` the first `CALIBRATION_UTTERANCES` training utterances followed by
-    the evaluation ones (the speech task calibrates on a folder's first rows and evaluates the
-    rest), ``long10s/`` the 10 s clip. ``voices.csv`` records how each utterance was spoken."""
+    training ones (the speech task, given this folder, evaluates ``eval/`` and calibrates and
+    trains on ``train/``), ``sweep/`` the first `CALIBRATION_UTTERANCES` training utterances
+    followed by the evaluation ones (the same calibration and evaluation as one folder, for
+    tools that take one), ``long10s/`` the 10 s clip. ``voices.csv`` records how each utterance
+    was spoken."""
     sentences = read_sentences()
     root = (cache if cache is not None else cache_dir()) / "audio"
     target = root / f"whisper-tiny-en-{_fingerprint(sentences)}"

@@ -241,11 +241,13 @@ def train_qat(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     calibration_data: torch.Tensor | Iterable[torch.Tensor] | None = None,
     clip: float | None = QAT_CLIP,
+    progress: Callable[[int, int], None] | None = None,
 ) -> nn.Module:
     """prepare → ``steps`` of Adam on ``batches(step) -> (inputs, targets)`` → convert.
 
     The rate follows `qat_lr_at` (peak ``lr``) and the gradient norm is clipped to ``clip``
-    (None: no clipping), as `QAT_SCHEDULE` says; rows record that text in their key."""
+    (None: no clipping), as `QAT_SCHEDULE` says; rows record that text in their key.
+    ``progress(done, steps)`` is called after each step (a Whisper step takes seconds)."""
     qat = prepare_qat(model, plan, calibration_data)
     params = [p for p in qat.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
@@ -258,4 +260,6 @@ def train_qat(
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
+        if progress is not None:
+            progress(step + 1, steps)
     return convert(qat)

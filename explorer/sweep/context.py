@@ -126,9 +126,11 @@ def first_nonfinite_layer(model: nn.Module, run: Callable[[], Any]) -> str | Non
     return found[0] if found else None
 
 
-Progress = Callable[[int, int], None]
+Progress = Callable[..., None]
 """``progress(done, total)``: called after each evaluation batch (for language models a batch of
-windows), so a caller can show a bar with the time left; ``done`` runs 1..total."""
+windows), so a caller can show a bar with the time left; ``done`` runs 1..total. A QAT row
+first reports its training steps as ``progress(step, steps, stage="qat")`` (a Whisper step
+takes seconds), so a hook given QAT rows takes a ``stage`` keyword (default ``"evaluate"``)."""
 
 
 @dataclass
@@ -471,7 +473,7 @@ def _hf_task_context(loaded: Any, source: ModelSource, model_dir: Path, spec: Ta
         metric=data.metric,
         eval_split=data.eval_split,
         calibration_split=data.calibration_split,
-        train_split=None,
+        train_split=data.train_split,  # a speech folder's train/; else QAT uses calibration
         workloads=spec.workloads(data),
         task_spec=spec,
         data=data,
@@ -568,10 +570,14 @@ def open_context(source: ModelSource) -> ModelContext:
         if task in ("lm", "embedding"):
             return _hf_task_context(loaded, source, Path(source.model), task_object(task))
         if task == "speech":  # Whisper, run on one packed tensor (explorer.tasks.speech)
+            from explorer.models.whisper_plans import QAT_BATCH, QAT_LR
             from explorer.tasks.speech import SpeechRecognizer, SpeechTask
 
             loaded = replace(loaded, model=SpeechRecognizer(loaded.model))
-            return _hf_task_context(loaded, source, Path(source.model), SpeechTask())
+            ctx = _hf_task_context(loaded, source, Path(source.model), SpeechTask())
+            # a pretrained Whisper fine-tunes at whisper-tiny-en's QAT rate and batch (a batch
+            # of 64 utterances would cost minutes a step)
+            return replace(ctx, qat_lr=QAT_LR, qat_batch=QAT_BATCH)
         if task == "classification" and is_image_classifier(read_config(Path(source.model))):
             from explorer.tasks.image_classification import ImageClassificationTask
 
@@ -593,10 +599,11 @@ def open_context(source: ModelSource) -> ModelContext:
     spec = loaded.builtin
     if spec is not None and spec.task == "speech" and source.weights is None:
         # a built-in Whisper (whisper-tiny-en): its converted Hugging Face directory, judged by
-        # the speech task on its synthetic audio (or on --data)
+        # the speech task on its synthetic audio (eval/ evaluated, train/ for calibration and
+        # QAT), or on --data
         from explorer.tasks.speech import SpeechRecognizer, SpeechTask
 
-        audio = Path(source.data) if source.data else spec.extra["audio_dir"]() / "sweep"
+        audio = Path(source.data) if source.data else spec.extra["audio_dir"]()
         loaded = replace(loaded, model=SpeechRecognizer(loaded.model))
         speech = replace(source, data=str(audio))
         ctx = _hf_task_context(loaded, speech, spec.extra["model_dir"](), SpeechTask())

@@ -71,10 +71,12 @@ def default_entries(model: nn.Module | None = None) -> tuple[list[PlanEntry], li
 
 
 def whisper_entries(model: nn.Module) -> tuple[list[PlanEntry], list[Skipped]]:
-    """A Whisper model's default sweep: the baselines, W8 and W8A8, W4 g32 and g128, and the
-    encoder at 8 bits with the decoder at 4 (`explorer.models.whisper_plans`); no QAT row (each
-    step runs a 30 s window forward and backward: too slow for a first sweep)."""
-    from explorer.models.whisper_plans import PREFIX, default_plans
+    """A Whisper model's default sweep: the baselines, W8 and W8A8, W4 g32 and g128, the
+    encoder at 8 bits with the decoder at 4, and W4 g128 trained by QAT on the training audio
+    (`explorer.models.whisper_plans`: its steps and rate, chosen by measuring; last, since each
+    step runs a 30 s window forward and backward)."""
+    from explorer.models.whisper_plans import PREFIX, QAT_LR, QAT_STEPS, default_plans, qat_plan
 
     prefix = PREFIX if hasattr(model, PREFIX.rstrip(".")) else ""
-    return baselines() + [entry_for_plan(p) for p in default_plans(prefix)], []
+    qat = entry_for_plan(qat_plan(), qat_steps=QAT_STEPS, qat_lr=QAT_LR)
+    return baselines() + [entry_for_plan(p) for p in default_plans(prefix)] + [qat], []

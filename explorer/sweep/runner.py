@@ -25,6 +25,7 @@ Imports: `explorer.quant`, `explorer.nn`, `explorer.measure`, `explorer.sweep.co
 
 from __future__ import annotations
 
+import functools
 import math
 import resource
 import statistics
@@ -166,8 +167,11 @@ def entry_key(
 # --- one row -------------------------------------------------------------------------------
 
 
-def build_quantized(ctx: ModelContext, entry: PlanEntry, settings: RunSettings) -> nn.Module:
-    """The quantized model of ``entry``: PTQ, or QAT for its step budget from the PTQ point."""
+def build_quantized(
+    ctx: ModelContext, entry: PlanEntry, settings: RunSettings, progress: Progress | None = None
+) -> nn.Module:
+    """The quantized model of ``entry``: PTQ, or QAT for its step budget from the PTQ point;
+    ``progress(step, steps, stage="qat")`` after each QAT step (see `Progress`)."""
     calibration = ctx.calibration_inputs(settings.calibration_samples)
     qat = qat_settings(ctx, entry, settings)
     if qat is None:
@@ -183,6 +187,7 @@ def build_quantized(ctx: ModelContext, entry: PlanEntry, settings: RunSettings) 
         lr=qat["lr"],
         loss_fn=ctx.loss,
         calibration_data=calibration,
+        progress=None if progress is None else functools.partial(progress, stage="qat"),
     ).eval()
 
 
@@ -410,7 +415,7 @@ def evaluate_entry(
     env = env or environment()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    qmodel = build_quantized(ctx, entry, settings)
+    qmodel = build_quantized(ctx, entry, settings, progress)
     seconds["qat" if entry.qat_steps else "quantize"] = time.perf_counter() - t0
     report = getattr(qmodel, "quant_report", None)
     if report is not None and "calibrate" in report.seconds:

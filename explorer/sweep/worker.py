@@ -97,13 +97,14 @@ def _child(
         events.put(SweepEvent("started", total=sum(len(run) for _, run in runs)).to_dict())
         sent = [0.0]
 
-        def batch(done: int, total: int) -> None:
-            # the row in flight's evaluation batches (a 0.5 B model's window takes seconds),
-            # at most a few events a second
+        def batch(done: int, total: int, stage: str = "evaluate") -> None:
+            # the row in flight's evaluation batches (a 0.5 B model's window takes seconds) or
+            # QAT steps (``stage="qat"``), at most a few events a second
             now = time.monotonic()
             if done == total or now - sent[0] >= BATCH_EVENT_SECONDS:
                 sent[0] = now
-                events.put(SweepEvent("batch", extra={"done": done, "total": total}).to_dict())
+                extra = {"done": done, "total": total, "stage": stage}
+                events.put(SweepEvent("batch", extra=extra).to_dict())
 
         total = sum(len(run) for _, run in runs)
         offset, finished = 0, 0

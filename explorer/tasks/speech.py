@@ -5,9 +5,17 @@ transcribe 10 s of audio as a real-time factor.
 Data: a folder of WAV/FLAC files with a transcript CSV (`explorer.tasks.audio`), turned into
 log-mel features by the directory's own feature extractor (``WhisperProcessor``, local files
 only) as the transcription runtimes pad them (the clip's frames, then zeros:
-`explorer.models.whisper_features.log_mel`). The first utterances (a quarter, at most
-`CALIBRATION_UTTERANCES`) calibrate; the rest are evaluated. Without data, seeded noise
-gives fidelity only.
+`explorer.models.whisper_features.log_mel`). Without data, seeded noise gives fidelity only.
+
+Training audio. A folder with a ``train/`` subfolder (its own WAV/FLAC files and transcript
+CSV) keeps evaluation audio out of both training and calibration: every utterance of the
+folder (or of its ``eval/`` subfolder, where it has one: the built-in's synthetic audio) is
+evaluated, the first `CALIBRATION_UTTERANCES` of ``train/`` calibrate, and QAT trains on all of
+``train/`` (`TaskData.train_split`). No sentence may be in both (compared after
+`normalise_text`): a repeated one is refused, since QAT could learn it by heart. Without
+``train/``, the first utterances (a quarter, at most `CALIBRATION_UTTERANCES`) calibrate, the
+rest are evaluated, and QAT trains on the calibration utterances (the data's description says
+so).
 
 Decoding is greedy through the model's own ``generate`` (one beam, no sampling), from a fixed
 prompt: ``<|startoftranscript|>``, then
@@ -232,35 +240,49 @@ class SpeechTask(Task):
         limit = transcript_limit(int(recognizer.config.max_target_positions), len(self.prompt))
         # the vocabulary bounds it too: transcripts are packed into a row of logits' width
         self.max_new_tokens = min(self.max_new_tokens or limit, limit, len(tokenizer))
+        train: list[Utterance] = []
+        train_dir: Path | None = None
         if data is None:
             utterances = _noise(rate, min(window, 5.0))
             what = f"no data: fidelity to float on {NOISE_UTTERANCES} clips of seeded noise"
         else:
-            utterances = load_utterances(data, rate, window, normalise=normalise_text)
-            what = f"{len(utterances)} utterances of {data.name}"
+            evaluated, train_dir = data_folders(data)
+            utterances = load_utterances(evaluated, rate, window, normalise=normalise_text)
+            what = f"{len(utterances)} utterances of {evaluated.name}"
+            if train_dir is not None:
+                train = load_utterances(train_dir, rate, window, normalise=normalise_text)
+                check_disjoint(utterances, train, evaluated, train_dir)
         if len(utterances) < MIN_UTTERANCES:
             raise TaskError(
                 f"{data} has {len(utterances)} utterances; give at least {MIN_UTTERANCES}"
             )
-        n_cal = min(CALIBRATION_UTTERANCES, len(utterances) // 4)
-        features = self.features([u.audio for u in utterances])
-        cal, held_out = utterances[:n_cal], utterances[n_cal:]
+        if train:
+            n_cal = min(CALIBRATION_UTTERANCES, len(train))
+            cal, held_out = train[:n_cal], utterances
+            uses = (
+                f"{len(held_out)} evaluated; calibration on the first {n_cal} and QAT on all "
+                f"{len(train)} utterances of {TRAIN_FOLDER}/ (no sentence in both)"
+            )
+        else:
+            n_cal = min(CALIBRATION_UTTERANCES, len(utterances) // 4)
+            cal, held_out = utterances[:n_cal], utterances[n_cal:]
+            uses = f"{len(held_out)} evaluated after {n_cal} for calibration"
+            if data is not None:
+                uses += " (no train/ folder: QAT trains on these calibration utterances)"
+        features = self.features([u.audio for u in held_out])
 
         # calibration rows: the prompt and the reference transcript (QAT's targets)
-        cal_ids = [self.prompt + self._encode(tokenizer, u.text if data else "") for u in cal]
-        x_cal = pack_inputs(features[:n_cal], cal_ids)
-        y_cal = None
-        if data is not None:
-            y_cal = next_token_targets(cal_ids, len(self.prompt), tokenizer.eos_token_id)
+        x_cal, y_cal = self._reference_rows(cal, tokenizer, labelled=data is not None)
+        train_split = self._reference_rows(train, tokenizer, labelled=True) if train else None
 
         # evaluation rows: the prompt and the float model's own greedy transcript
         float_ids = []
         with torch.inference_mode():
-            for i in range(n_cal, len(utterances), self.eval_batch):
+            for i in range(0, len(held_out), self.eval_batch):
                 float_ids += self.transcribe(recognizer, features[i : i + self.eval_batch])
         eos = tokenizer.eos_token_id
         x_eval = pack_inputs(
-            features[n_cal:], [self.prompt + [t for t in ids if t != eos] for ids in float_ids]
+            features, [self.prompt + [t for t in ids if t != eos] for ids in float_ids]
         )
         self._float_whisper = recognizer.whisper
         self._float_transcripts = {
@@ -271,17 +293,31 @@ class SpeechTask(Task):
         return TaskData(
             eval_split=(x_eval, y_eval),
             calibration_split=(x_cal, y_cal),
+            train_split=train_split,
             metric="wer" if data is not None else None,
             description=(
-                f"{what}: {len(held_out)} evaluated after {n_cal} for calibration, "
+                f"{what}: {uses}, "
                 f"{sum(u.audio.size for u in held_out) / rate:.1f} s of audio at {rate} Hz "
                 f"through {type(extractor).__name__}; greedy decoding of at most "
                 f"{self.max_new_tokens} tokens after the prompt "
                 f"{tokenizer.convert_ids_to_tokens(self.prompt)}"
             ),
             tokenizer=tokenizer_summary(tokenizer),
-            workload_inputs={"audio": torch.from_numpy(_workload_audio(utterances, rate))},
+            # calibration audio first, as a folder without train/ is read: the same 10 s
+            workload_inputs={"audio": torch.from_numpy(_workload_audio(cal + held_out, rate))},
         )
+
+    def _reference_rows(
+        self, utterances: Sequence[Utterance], tokenizer: Any, *, labelled: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`SpeechRecognizer` rows of ``utterances`` decoding the prompt and the reference
+        transcript, and (``labelled``) their next-token targets: calibration and QAT rows."""
+        texts = [u.text if labelled else "" for u in utterances]
+        ids = [self.prompt + self._encode(tokenizer, text) for text in texts]
+        x = pack_inputs(self.features([u.audio for u in utterances]), ids)
+        if not labelled:
+            return x, None
+        return x, next_token_targets(ids, len(self.prompt), tokenizer.eos_token_id)
 
     def _encode(self, tokenizer: Any, text: str) -> list[int]:
         ids = tokenizer(f" {text}" if text else "", add_special_tokens=False)["input_ids"]
@@ -400,6 +436,37 @@ def _recognizer(model: nn.Module) -> SpeechRecognizer:
 
 def _row_key(row: torch.Tensor) -> bytes:
     return hashlib.blake2b(row.contiguous().numpy().tobytes(), digest_size=16).digest()
+
+
+TRAIN_FOLDER = "train"
+EVAL_FOLDER = "eval"
+
+
+def data_folders(data: Path) -> tuple[Path, Path | None]:
+    """``(evaluated, training folder or None)`` of ``--data``: a folder with a `TRAIN_FOLDER`
+    subfolder trains on it and evaluates its `EVAL_FOLDER` subfolder if it has one, else its
+    own transcript CSV; a CSV, a ``.zip`` or a folder without ``train/`` has no training
+    folder."""
+    train = data / TRAIN_FOLDER
+    if not data.is_dir() or not train.is_dir():
+        return data, None
+    evaluated = data / EVAL_FOLDER
+    return (evaluated if evaluated.is_dir() else data), train
+
+
+def check_disjoint(
+    evaluated: Sequence[Utterance], train: Sequence[Utterance], eval_dir: Path, train_dir: Path
+) -> None:
+    """Refuse training utterances that say an evaluated sentence (compared after
+    `normalise_text`): QAT on them would be scored on what it learnt by heart."""
+    said = {normalise_text(u.text) for u in evaluated}
+    shared = [u for u in train if normalise_text(u.text) in said]
+    if shared:
+        raise TaskError(
+            f"{len(shared)} of the {len(train)} training utterances in {train_dir} say a "
+            f"sentence that is also evaluated in {eval_dir} (first: {shared[0].path.name}, "
+            f"{shared[0].text!r}); remove them from one of the two transcript CSVs"
+        )
 
 
 def next_token_targets(rows: Sequence[Sequence[int]], prompt: int, eos: int) -> torch.Tensor:

@@ -32,7 +32,10 @@ class TaskData:
     """A task's data for one model: ``(inputs, targets or None)`` for evaluation and for
     calibration (calibration inputs are what ``model(x)`` takes), the metric those targets
     allow (None: fidelity only), a sentence saying what is evaluated, the tokens scored (language
-    models), the tokenizer used, and what the workloads feed the model."""
+    models), the tokenizer used, and what the workloads feed the model.
+
+    ``train_split``: labelled rows for QAT, disjoint from the evaluation split, where the data
+    has them (a speech folder's ``train/``); None: QAT trains on the calibration split."""
 
     eval_split: tuple[torch.Tensor, torch.Tensor | None]
     calibration_split: tuple[torch.Tensor, torch.Tensor | None]
@@ -41,6 +44,7 @@ class TaskData:
     tokens_evaluated: int | None = None
     tokenizer: str | None = None
     workload_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    train_split: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
 
 def named_output(output: Any, name: str) -> torch.Tensor:

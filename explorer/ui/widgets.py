@@ -330,7 +330,8 @@ def sweep_job_ui(job: SweepProcess, *, metric: str | None, key: str = "job") -> 
                 else "Starting the sweep: loading the model in a worker process …"
             )
             if progress.total and progress.batch_total:
-                text += f" (next: batch {progress.batch_done} of {progress.batch_total})"
+                unit = "QAT step" if progress.batch_stage == "qat" else "batch"
+                text += f" (next: {unit} {progress.batch_done} of {progress.batch_total})"
             st.progress(progress.fraction, text=text)
             if st.button("Cancel sweep", key=f"{key}.cancel", icon=":material/stop:"):
                 job.cancel()

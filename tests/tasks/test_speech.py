@@ -86,11 +86,12 @@ def tone(seconds: float, freq: float, rate: int = RATE, seed: int = 0) -> np.nda
     return (0.3 * np.sin(2 * math.pi * freq * t) + 0.05 * noise).astype(np.float32)
 
 
-def write_folder(root: Path, n: int = 10) -> Path:
-    """``n`` utterances of 0.6-1.5 s: WAV at 16 kHz, one WAV at 8 kHz (resampled), one FLAC."""
+def write_folder(root: Path, n: int = 10, texts: list[str] | None = None) -> Path:
+    """``n`` utterances of 0.6-1.5 s: WAV at 16 kHz, one WAV at 8 kHz (resampled), one FLAC;
+    saying ``texts`` if given, else ``n`` seeded sentences."""
     root.mkdir(parents=True)
     rows = ["file,text"]
-    for i, text in enumerate(sentences(n, seed=7)):
+    for i, text in enumerate(sentences(n, seed=7) if texts is None else texts):
         rate = 8000 if i == 1 else RATE
         name = f"u{i}.flac" if i == 2 else f"u{i}.wav"
         soundfile.write(root / name, tone(0.6 + 0.1 * i, 200 + 40 * i, rate, seed=i), rate)
@@ -130,8 +131,9 @@ def test_whisper_is_the_speech_task(whisper_dir: Path) -> None:
 
 
 def test_default_sweep_of_a_whisper_model(whisper_dir: Path) -> None:
-    """The default sweep of a Whisper model: baselines, W8, W8A8, W4 g32/g128 and the encoder
-    at 8 bits with the decoder at 4, whose rules reach the layers of the wrapped model."""
+    """The default sweep of a Whisper model: baselines, W8, W8A8, W4 g32/g128, the encoder at 8
+    bits with the decoder at 4 (whose rules reach the layers of the wrapped model) and W4 g128
+    trained by QAT."""
     from explorer.nn.convert import resolve_plan
     from explorer.sweep.default import default_entries
     from explorer.tasks.speech import SpeechRecognizer
@@ -148,12 +150,14 @@ def test_default_sweep_of_a_whisper_model(whisper_dir: Path) -> None:
         "W4 group32 sym ptq",
         "W4 group128 sym ptq",
         "mixed: whisper.model.encoder.*=W8 channel sym ptq; rest=W4 group128 sym ptq",
+        "W4 group128 sym qat (200 steps)",
     ]
-    bits = {n: a.config.weight_bits for n, a in resolve_plan(recognizer, entries[-1].plan).items()}
+    assert (entries[-1].qat_steps, entries[-1].qat_lr) == (200, 1e-4)
+    bits = {n: a.config.weight_bits for n, a in resolve_plan(recognizer, entries[-2].plan).items()}
     assert bits["whisper.model.encoder.layers.0.fc1"] == 8
     assert bits["whisper.model.decoder.layers.0.encoder_attn.k_proj"] == 4
     assert bits["whisper.proj_out"] == 4
-    bare = default_entries(model)[0][-1].plan  # a bare Whisper's layers have no prefix
+    bare = default_entries(model)[0][-2].plan  # a bare Whisper's layers have no prefix
     assert resolve_plan(model, bare)["model.encoder.layers.0.fc1"].config.weight_bits == 8
 
 
