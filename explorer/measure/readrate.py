@@ -50,7 +50,7 @@ READ_FACTOR = 4
 """The buffer is this many times the last-level cache, so that the passes stream from memory."""
 MAX_READ_BYTES = 1 << 30
 """... but at most 1 GiB (a CPU reporting a huge last-level cache must not exhaust memory)."""
-READ_PASSES = 5
+READ_PASSES = 3
 NATIVE = "native byte_sum"
 TORCH = "torch sum (native kernels unavailable)"
 

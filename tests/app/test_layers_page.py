@@ -12,9 +12,11 @@ from typing import Any
 from streamlit.testing.v1 import AppTest
 
 from explorer.kernels import native
+from explorer.measure.readrate import byte_time
 from explorer.quant.config import Plan
 from explorer.sweep.store import ResultStore
 from explorer.ui import state
+from explorer.ui.tables import BYTE_TIME_COLUMNS
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "layers.py")
 W8 = "W8 channel sym ptq"
@@ -65,6 +67,16 @@ def test_layers_page_shows_the_selected_row(swept: dict[str, Any]) -> None:
     assert list(table["kernel"]) == [lay["kernel"] for lay in row["layers"]]
     assert list(table["setting"]) == [W8] * 4
     assert list(table["bytes"]) == [lay["bytes"] for lay in row["layers"]]
+    # each layer's measured time next to what its bytes take at the row's own read rate
+    assert row["latency_kind"] == "measured" and row["read_rate"]["bytes_per_s"] > 0
+    assert list(table.columns[-5:]) == list(BYTE_TIME_COLUMNS)
+    expected = [byte_time(lay, row["read_rate"]["bytes_per_s"]) for lay in row["layers"]]
+    assert list(table["ms per call"]) == [lay["latency_ms"] for lay in row["layers"]]
+    assert list(table["ms predicted from bytes"]) == [e["predicted_ms"] for e in expected]
+    assert list(table["verdict"]) == [e["verdict"] for e in expected]
+    assert all(table["verdict"])
+    rate_gbps = f"**{row['read_rate']['bytes_per_s'] / 1e9:.1f} GB/s**"
+    assert any("Why is a layer slower" in c.value and rate_gbps in c.value for c in at.caption)
     charts = _charts(at)
     assert {"layers.figure", "layers.compare.figure"} <= set(charts)
     bars = {x for t in charts["layers.figure"]["data"] for x in t.get("x") or [] if x}
