@@ -11,8 +11,9 @@ The ratio *measured / predicted* answers the question users ask most, "why is my
 slower than float?" (`byte_verdict`):
 
 - near 1, the layer is **bound by bytes**: fewer bytes (fewer bits) make it faster;
-- well above 1 with few multiply-adds per byte, the time goes into per-call **overhead** (Python
-  and dispatch, quantizing activations, allocating outputs) that fewer bytes do not cut;
+- well above 1 with few multiply-adds per byte, the time goes into **overhead** that fewer bytes
+  do not cut: a fixed cost per call (Python and dispatch, quantizing activations, allocating
+  outputs), or a kernel that reads its bytes slower than a plain streaming read;
 - well above 1 with many multiply-adds per byte (prefill, convolutions), the arithmetic is the
   bound: the layer is **compute-bound** (the roofline model: Williams, Waterman and Patterson,
   "Roofline: an insightful visual performance model for multicore architectures", CACM 2009);
