@@ -1,18 +1,19 @@
-"""tiny-lm's decode step layer by layer: measured time per call next to the time its bytes take at
-this machine's streaming read rate (what the Layers page shows; issue 15, ask 5).
+"""tiny-lm's decode step (or prefill) layer by layer: measured time per call next to the time its
+bytes take at this machine's streaming read rate (what the Layers page shows; issue 15, ask 5).
 
 For fp32, W8 per channel and W4 g128 (weight-only, round to nearest), the built-in tiny-lm is
-quantized, each layer's kernel chosen on the decode step (`select_kernels`), and then, in
+quantized, each layer's kernel chosen on the workload (`select_kernels`), and then, in
 interleaved rounds, the read rate (`explorer.measure.readrate.measure_read_rate`) and every
-layer's time per call in the ``decode`` workload (`explorer.sweep.runner.profile_layers`) are
-measured, with the whole decode step (``step_ms``) for scale; each number is the median over the
-rounds. ``--clock cpu`` (one thread) times CPU time, which other jobs on a loaded machine do not
+layer's time per call in the workload (`explorer.sweep.runner.profile_layers`) are measured,
+with the whole call (``step_ms``) for scale; each number is the median over the rounds.
+``--clock cpu`` (one thread) times CPU time, which other jobs on a loaded machine do not
 inflate. ``hook_floor_ms`` is what the profiler's own hooks cost per call: the time it gives a
 layer that does nothing (`nn.Identity`), included in every layer's time.
 
 Prints a table per format, then one JSON document (the last line on stdout).
 
 Usage: python benchmarks/layer_bytes_tinylm.py [--rounds 5] [--threads 1] [--clock cpu|wall]
+[--workload decode|prefill]
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clock = CLOCKS[args.clock]
     model = get_builtin("tiny-lm").load()
     names = list(quantizable_layers(model))
-    decode = workloads()["decode"]
+    decode = workloads()[args.workload]
     models, calls = {}, {}
     for label, config in FORMATS.items():
         qmodel = model if config is None else quantize_model(model, Plan.uniform(config))
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     return {
         "model": "tiny-lm",
-        "workload": "decode",
+        "workload": args.workload,
         "threads": args.threads,
         "clock": args.clock,
         "rounds": args.rounds,
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _step_ms(call: Any, clock: Any, repeats: int = 20) -> float:
-    """Median milliseconds of one whole decode step (after one warm-up call)."""
+    """Median milliseconds of one whole call of the workload (after one warm-up call)."""
     call()
     samples = []
     for _ in range(repeats):
@@ -133,14 +134,15 @@ def _step_ms(call: Any, clock: Any, repeats: int = 20) -> float:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"tiny-lm decode, {result['threads']} thread(s), {result['clock']} clock, median of "
-        f"{result['rounds']} rounds; read rate {result['read_rate_bytes_per_s'] / 1e9:.2f} GB/s; "
+        f"tiny-lm {result['workload']}, {result['threads']} thread(s), {result['clock']} clock, "
+        f"median of {result['rounds']} rounds; "
+        f"read rate {result['read_rate_bytes_per_s'] / 1e9:.2f} GB/s; "
         f"load {' '.join(result['loadavg_before'])} -> {' '.join(result['loadavg_after'])}; "
         f"profiler hooks {result['hook_floor_ms'] * 1e3:.1f} us per call"
     ]
     for row in result["rows"]:
         lines.append(
-            f"\n{row['format']}: decode step {row['step_ms']:.3f} ms; its linear layers "
+            f"\n{row['format']}: whole call {row['step_ms']:.3f} ms; its linear layers "
             f"{row['layers_ms']:.3f} ms measured, "
             f"{row['predicted_ms']:.3f} ms from bytes ({row['layers_ratio']:.2f}x)"
         )
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    ap.add_argument("--workload", choices=("decode", "prefill"), default="decode")
     args = ap.parse_args(argv)
     result = run(args)
     print(table(result))
