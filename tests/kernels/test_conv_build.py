@@ -123,6 +123,25 @@ for cfg, k in ((QuantConfig(weight_bits=2), 100), (w3, 64)):
         native.set_isa(isa)
         lowbit.a8_linear(xq, torch.rand(5), torch.arange(5), lowbit.pack_a8(qw), torch.randn(17))
 native.set_isa(None)
+from explorer.kernels.base import LinearSpec
+from explorer.kernels.conv_ops import CONV_A8, DWCONV_A8
+pw = ConvGeometry(5, 7, (1, 1), (1, 1), (0, 0), (1, 1), 1)
+same = ConvGeometry(5, 17, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+for geom in (g, pw, same, dw):  # every activation mode of both int8 kernels, every path
+    k = geom.in_channels // geom.groups * geom.kernel_size[0] * geom.kernel_size[1]
+    for gran in ("tensor", "token"):
+        gran = "tensor" if geom.depthwise else gran
+        cfg = QuantConfig(act_bits=8, act_granularity=gran, act_symmetric=gran == "tensor")
+        spec = LinearSpec.from_config(cfg, geom.out_channels, k)
+        qw = QuantizedWeight.from_float(torch.randn(geom.out_channels, k), cfg)
+        kernel = DWCONV_A8 if geom.depthwise else CONV_A8
+        state = kernel.prepare(spec, geom, qw, torch.randn(geom.out_channels), None)
+        for isa in ("scalar", "avx2", "avx512_vnni"):
+            if conv_ops.conv_isa_supported(isa):
+                conv_ops.force_conv_isa(isa)
+                kernel.run(state, img)
+                kernel.run(state, img.contiguous(memory_format=torch.channels_last))
+conv_ops.force_conv_isa(None)
 print("clean")
 # an output buffer one row short: the sanitizer must stop this write
 small = torch.empty(1, 64)

@@ -540,27 +540,34 @@ qc_quant_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, int6
     }
 }
 
-/* The same for the depthwise kernel: float codes minus the zero point, NHWC [N*H*W, c]. */
+/* The same for the depthwise kernel: float codes minus the zero point, NHWC with a border of
+ * ph rows and pw columns left for zeros ([N, H + 2ph, W + 2pw, c]): the code of a padding
+ * zero minus the zero point is 0, so the convolution needs no bounds checks. */
 static inline __attribute__((always_inline)) void
-qc_quantf_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, float s, float z,
-               float lo, float hi, float *xf) {
+qc_quantf_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t h, int64_t w,
+               int64_t ph, int64_t pw, float s, float z, float lo, float hi, float *xf) {
+    const int64_t hw = h * w, hp = h + 2 * ph, wp = w + 2 * pw;
     for (int64_t b = 0; b < n; b++) {
         if (x_nhwc) {
-            const float *restrict xr = x + b * hw * c;
-            float *restrict o = xf + b * hw * c;
-            for (int64_t i = 0; i < hw * c; i++)
-                o[i] = clampf(round_half_even(xr[i] / s) + z, lo, hi) - z;
+            for (int64_t y = 0; y < h; y++) {
+                const float *restrict xr = x + (b * h + y) * w * c;
+                float *restrict o = xf + ((b * hp + y + ph) * wp + pw) * c;
+                for (int64_t i = 0; i < w * c; i++)
+                    o[i] = clampf(round_half_even(xr[i] / s) + z, lo, hi) - z;
+            }
             continue;
         }
         for (int64_t p0 = 0; p0 < hw; p0 += 32) {
             const int64_t len = hw - p0 < 32 ? hw - p0 : 32;
             float tile[32];
+            int64_t dst[32];
+            for (int64_t p = 0; p < len; p++)
+                dst[p] = ((b * hp + (p0 + p) / w + ph) * wp + (p0 + p) % w + pw) * c;
             for (int64_t ch = 0; ch < c; ch++) {
                 const float *restrict xr = x + (b * c + ch) * hw + p0;
                 for (int64_t p = 0; p < len; p++)
                     tile[p] = clampf(round_half_even(xr[p] / s) + z, lo, hi) - z;
-                float *o = xf + (b * hw + p0) * c + ch;
-                for (int64_t p = 0; p < len; p++) o[p * c] = tile[p];
+                for (int64_t p = 0; p < len; p++) xf[dst[p] + ch] = tile[p];
             }
         }
     }
@@ -571,9 +578,9 @@ qc_quantf_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, flo
         const float *xs, const int32_t *zp, float lo, float hi, int offset, uint8_t *xb
 #define QC_QUANT_CALL x, x_nhwc, n, c, hw, cp, s0, z0, xs, zp, lo, hi, offset, xb
 #define QC_QUANTF_ARGS                                                                          \
-    const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, float s, float z, float lo,   \
-        float hi, float *xf
-#define QC_QUANTF_CALL x, x_nhwc, n, c, hw, s, z, lo, hi, xf
+    const float *x, int x_nhwc, int64_t n, int64_t c, int64_t h, int64_t w, int64_t ph,         \
+        int64_t pw, float s, float z, float lo, float hi, float *xf
+#define QC_QUANTF_CALL x, x_nhwc, n, c, h, w, ph, pw, s, z, lo, hi, xf
 
 static void qc_quant_scalar(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL); }
 static void qc_quantf_scalar(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
@@ -886,20 +893,22 @@ typedef struct {
     int64_t c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
 } qc_dw_ctx;
 
-/* One output pixel's channels cb..cb+len-1, len <= QC_DWB: the taps' products summed (in tap
- * order, product and sum rounded separately) in a register block, then scaled.  The vector
- * versions do the same operations per channel as this scalar one. */
-#define QC_DWB 16
-typedef void (*qc_dw_block_fn)(const qc_dw_ctx *, const float *const *, const int64_t *, int,
-                               int64_t, int64_t, float *);
+/* One output pixel's channels cb..cb+len-1, len <= QC_DWB: the taps' products summed in tap
+ * order in a register block, then scaled.  The vector versions fuse each multiply-add, which
+ * changes nothing: a product of codes is an integer below 2^15, exact in float32 either way;
+ * the scaling is a separate multiply and add on every path, so the paths agree bit for bit. */
+#define QC_DWB 64
+typedef void (*qc_dw_block_fn)(const qc_dw_ctx *, const float *, const int64_t *,
+                               const int64_t *, int, int64_t, int64_t, float *);
 
-static inline void qc_dw_block_scalar(const qc_dw_ctx *c, const float *const *xr,
+static inline void qc_dw_block_scalar(const qc_dw_ctx *c, const float *base, const int64_t *off,
                                       const int64_t *tap, int nt, int64_t cb, int64_t len,
                                       float *yo) {
     float acc[QC_DWB];
     for (int64_t j = 0; j < len; j++) acc[j] = 0.0f;
     for (int t = 0; t < nt; t++)
-        for (int64_t j = 0; j < len; j++) acc[j] += xr[t][cb + j] * c->wt[tap[t] * c->c + cb + j];
+        for (int64_t j = 0; j < len; j++)
+            acc[j] += base[off[t] + cb + j] * c->wt[tap[t] * c->c + cb + j];
     for (int64_t j = 0; j < len; j++) {
         const float v = acc[j] * c->mult[cb + j];
         yo[cb + j] = c->bias ? v + c->bias[cb + j] : v;
@@ -907,69 +916,100 @@ static inline void qc_dw_block_scalar(const qc_dw_ctx *c, const float *const *xr
 }
 
 #if QC_X86
-QC_AVX512 static inline void qc_dw_block_avx512(const qc_dw_ctx *c, const float *const *xr,
-                                                const int64_t *tap, int nt, int64_t cb,
-                                                int64_t len, float *yo) {
-    const __mmask16 k = (__mmask16)((1u << len) - 1u);
-    __m512 acc = _mm512_setzero_ps();
-    for (int t = 0; t < nt; t++) {
-        const __m512 xv = _mm512_maskz_loadu_ps(k, xr[t] + cb);
-        const __m512 wv = _mm512_maskz_loadu_ps(k, c->wt + tap[t] * c->c + cb);
-        acc = _mm512_add_ps(acc, _mm512_mul_ps(xv, wv));
+/* NSB independent 16-channel sums (NSB constant once inlined): the taps' add chains of the
+ * sub-blocks overlap instead of waiting on each other's latency. */
+static inline __attribute__((always_inline)) QC_AVX512 void
+qc_dw_sub512(const qc_dw_ctx *c, const float *base, const int64_t *off, const int64_t *tap,
+             int nt, int64_t cb, int64_t len, float *yo, const int NSB) {
+    __mmask16 k[4];
+    __m512 acc[4];
+    for (int j = 0; j < NSB; j++) {
+        const int64_t rest = len - 16 * j;
+        k[j] = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1u);
+        acc[j] = _mm512_setzero_ps();
     }
-    __m512 v = _mm512_mul_ps(acc, _mm512_maskz_loadu_ps(k, c->mult + cb));
-    if (c->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, c->bias + cb));
-    _mm512_mask_storeu_ps(yo + cb, k, v);
+    for (int t = 0; t < nt; t++) {
+        const float *xv = base + off[t] + cb, *wv = c->wt + tap[t] * c->c + cb;
+        for (int j = 0; j < NSB; j++)
+            acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k[j], xv + 16 * j),
+                                     _mm512_maskz_loadu_ps(k[j], wv + 16 * j), acc[j]);
+    }
+    for (int j = 0; j < NSB; j++) {
+        const int64_t o = cb + 16 * j;
+        __m512 v = _mm512_mul_ps(acc[j], _mm512_maskz_loadu_ps(k[j], c->mult + o));
+        if (c->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k[j], c->bias + o));
+        _mm512_mask_storeu_ps(yo + o, k[j], v);
+    }
 }
 
-QC_AVX2 static inline void qc_dw_block_avx2(const qc_dw_ctx *c, const float *const *xr,
-                                            const int64_t *tap, int nt, int64_t cb, int64_t len,
-                                            float *yo) {
-    if (len < QC_DWB) {
-        qc_dw_block_scalar(c, xr, tap, nt, cb, len, yo);
-        return;
+QC_AVX512 static inline void qc_dw_block_avx512(const qc_dw_ctx *c, const float *base,
+                                                const int64_t *off, const int64_t *tap, int nt,
+                                                int64_t cb, int64_t len, float *yo) {
+    switch ((len + 15) / 16) {
+        case 4: qc_dw_sub512(c, base, off, tap, nt, cb, len, yo, 4); break;
+        case 3: qc_dw_sub512(c, base, off, tap, nt, cb, len, yo, 3); break;
+        case 2: qc_dw_sub512(c, base, off, tap, nt, cb, len, yo, 2); break;
+        default: qc_dw_sub512(c, base, off, tap, nt, cb, len, yo, 1); break;
     }
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+}
+
+/* NSB full 8-channel sums (AVX2); what is left of a block runs scalar. */
+static inline __attribute__((always_inline)) QC_AVX2 void
+qc_dw_sub256(const qc_dw_ctx *c, const float *base, const int64_t *off, const int64_t *tap,
+             int nt, int64_t cb, float *yo, const int NSB) {
+    __m256 acc[8];
+    for (int j = 0; j < NSB; j++) acc[j] = _mm256_setzero_ps();
     for (int t = 0; t < nt; t++) {
-        const float *xv = xr[t] + cb, *wv = c->wt + tap[t] * c->c + cb;
-        a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(xv), _mm256_loadu_ps(wv)));
-        a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(xv + 8), _mm256_loadu_ps(wv + 8)));
+        const float *xv = base + off[t] + cb, *wv = c->wt + tap[t] * c->c + cb;
+        for (int j = 0; j < NSB; j++)
+            acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xv + 8 * j), _mm256_loadu_ps(wv + 8 * j),
+                                     acc[j]);
     }
-    a0 = _mm256_mul_ps(a0, _mm256_loadu_ps(c->mult + cb));
-    a1 = _mm256_mul_ps(a1, _mm256_loadu_ps(c->mult + cb + 8));
-    if (c->bias) {
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(c->bias + cb));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(c->bias + cb + 8));
+    for (int j = 0; j < NSB; j++) {
+        const int64_t o = cb + 8 * j;
+        __m256 v = _mm256_mul_ps(acc[j], _mm256_loadu_ps(c->mult + o));
+        if (c->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(c->bias + o));
+        _mm256_storeu_ps(yo + o, v);
     }
-    _mm256_storeu_ps(yo + cb, a0);
-    _mm256_storeu_ps(yo + cb + 8, a1);
+}
+
+QC_AVX2 static inline void qc_dw_block_avx2(const qc_dw_ctx *c, const float *base,
+                                            const int64_t *off, const int64_t *tap, int nt,
+                                            int64_t cb, int64_t len, float *yo) {
+    for (; len >= 64; cb += 64, len -= 64) qc_dw_sub256(c, base, off, tap, nt, cb, yo, 8);
+    if (len >= 32) {
+        qc_dw_sub256(c, base, off, tap, nt, cb, yo, 4);
+        cb += 32, len -= 32;
+    }
+    if (len >= 16) {
+        qc_dw_sub256(c, base, off, tap, nt, cb, yo, 2);
+        cb += 16, len -= 16;
+    }
+    if (len >= 8) {
+        qc_dw_sub256(c, base, off, tap, nt, cb, yo, 1);
+        cb += 8, len -= 8;
+    }
+    if (len > 0) qc_dw_block_scalar(c, base, off, tap, nt, cb, len, yo);
 }
 #endif
 
-/* Output rows r0..r1 (of N * Ho): per output pixel, the taps inside the image, then the
- * channels in blocks of QC_DWB. */
+/* Output rows r0..r1 (of N * Ho) on the zero-bordered codes: every tap of every output pixel
+ * lies at a fixed offset from its corner; the channels go in blocks of QC_DWB. */
 static inline __attribute__((always_inline)) void
 qc_dw_body(const qc_dw_ctx *c, int64_t r0, int64_t r1, qc_dw_block_fn block) {
-    const int64_t C = c->c;
-    const float *xr[64];
-    int64_t tap[64];
+    const int64_t C = c->c, taps = c->kh * c->kw;
+    int64_t off[64], tap[64];
+    for (int64_t t = 0; t < taps; t++) {
+        off[t] = ((t / c->kw) * c->dh * c->w + (t % c->kw) * c->dw) * C;
+        tap[t] = t;
+    }
     for (int64_t r = r0; r < r1; r++) {
         const int64_t b = r / c->ho, oy = r % c->ho;
         for (int64_t ox = 0; ox < c->wo; ox++) {
-            int nt = 0;
-            for (int64_t ky = 0; ky < c->kh; ky++) {
-                const int64_t iy = oy * c->sh - c->ph + ky * c->dh;
-                if (iy < 0 || iy >= c->h) continue;
-                for (int64_t kx = 0; kx < c->kw; kx++) {
-                    const int64_t ix = ox * c->sw - c->pw + kx * c->dw;
-                    if (ix < 0 || ix >= c->w) continue;
-                    xr[nt] = c->xf + ((b * c->h + iy) * c->w + ix) * C;
-                    tap[nt++] = ky * c->kw + kx;
-                }
-            }
+            const float *base = c->xf + ((b * c->h + oy * c->sh) * c->w + ox * c->sw) * C;
             float *yo = c->y + (r * c->wo + ox) * C;
             for (int64_t cb = 0; cb < C; cb += QC_DWB)
-                block(c, xr, tap, nt, cb, C - cb < QC_DWB ? C - cb : QC_DWB, yo);
+                block(c, base, off, tap, (int)taps, cb, C - cb < QC_DWB ? C - cb : QC_DWB, yo);
         }
     }
 }
@@ -985,6 +1025,32 @@ QC_AVX512 static void qc_dw_avx512(const qc_dw_ctx *c, int64_t r0, int64_t r1) {
     qc_dw_body(c, r0, r1, qc_dw_block_avx512);
 }
 #endif
+
+/* Zero the border of a [H + 2ph, W + 2pw, c] buffer (the interior is written per image). */
+static void qc_zero_border(float *img, int64_t h, int64_t w, int64_t ph, int64_t pw, int64_t c) {
+    const int64_t wp = w + 2 * pw;
+    memset(img, 0, sizeof(float) * (size_t)(ph * wp * c));
+    memset(img + (ph + h) * wp * c, 0, sizeof(float) * (size_t)(ph * wp * c));
+    for (int64_t y = ph; y < ph + h; y++) {
+        memset(img + y * wp * c, 0, sizeof(float) * (size_t)(pw * c));
+        memset(img + (y * wp + pw + w) * c, 0, sizeof(float) * (size_t)(pw * c));
+    }
+}
+
+static void qc_dw_rows(int isa, const qc_dw_ctx *c, int64_t r0, int64_t r1) {
+#if QC_X86
+    if (isa >= QC_ISA_AVX512VNNI) {
+        qc_dw_avx512(c, r0, r1);
+        return;
+    }
+    if (isa >= QC_ISA_AVX2) {
+        qc_dw_avx2(c, r0, r1);
+        return;
+    }
+#endif
+    (void)isa;
+    qc_dw_scalar(c, r0, r1);
+}
 
 /* Depthwise int8 convolution (see above): activations per tensor (codes lo..hi): scale and zero
  * given (mode 0) or computed here over all of x (mode 2, from symmetric and eps),
@@ -1009,32 +1075,61 @@ QE_EXPORT int qe_dwconv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int
         qparams_from_range(rlo, rhi, symmetric, eps, &scale, &zero);
     }
     if (!(scale > 0.0f)) return 1;
-    float *mem = malloc(sizeof(float) * (size_t)(n * hw * c + c));
-    if (!mem) return 4;
-    float *xf = mem, *mult = mem + n * hw * c;
-    qc_quantf_rows(isa, x, x_nhwc, n, c, hw, scale, (float)zero, lo, hi, xf);
+    const int64_t hp = h + 2 * ph, wp = w + 2 * pw, plane = hp * wp * c;
+    float *mult = malloc(sizeof(float) * (size_t)c);
+    if (!mult) return 4;
     for (int64_t ch = 0; ch < c; ch++) mult[ch] = scale * ws[ch];
-    qc_dw_ctx ctx = {xf, wt, mult, bias, y, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo};
+    const qc_dw_ctx ctx = {NULL, wt, mult, bias, y, c, hp, wp, kh, kw, sh, sw, 0, 0, dh, dw, ho, wo};
     const int par = nthreads > 1 && rows > 1 && rows * wo * c * kh * kw > QE_GRAIN;
-    (void)par;
+    int failed = 0;
     (void)nthreads;
+    if (n == 1 || !par) {
+        /* One image at a time into one buffer (its codes stay in cache for the convolution
+         * that reads them); a single image splits its rows across the threads. */
+        float *buf = malloc(sizeof(float) * (size_t)plane);
+        if (!buf) {
+            free(mult);
+            return 4;
+        }
+        qc_zero_border(buf, h, w, ph, pw, c);
+        for (int64_t b = 0; b < n; b++) {
+            qc_quantf_rows(isa, x + b * c * h * w, x_nhwc, 1, c, h, w, ph, pw, scale,
+                           (float)zero, lo, hi, buf);
+            qc_dw_ctx img = ctx;
+            img.xf = buf, img.y = y + b * ho * wo * c;
+            const int64_t tasks = par ? nthreads : 1, per = (ho + tasks - 1) / tasks;
+            (void)per;
 #pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-#if QC_X86
-        if (isa >= QC_ISA_AVX512VNNI) {
-            qc_dw_avx512(&ctx, r, r + 1);
-            continue;
+            for (int64_t t = 0; t < tasks; t++) {
+                const int64_t r0 = t * per, r1 = r0 + per < ho ? r0 + per : ho;
+                if (r0 < r1) qc_dw_rows(isa, &img, r0, r1);
+            }
         }
-        if (isa >= QC_ISA_AVX2) {
-            qc_dw_avx2(&ctx, r, r + 1);
-            continue;
+        free(buf);
+    } else {
+#pragma omp parallel num_threads(nthreads)
+        { /* images across the threads, each into a buffer of the thread's */
+            float *buf = malloc(sizeof(float) * (size_t)plane);
+            if (!buf) {
+#pragma omp atomic write
+                failed = 1;
+            } else {
+                qc_zero_border(buf, h, w, ph, pw, c);
+            }
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < n; b++) {
+                if (!buf) continue;
+                qc_quantf_rows(isa, x + b * c * h * w, x_nhwc, 1, c, h, w, ph, pw, scale,
+                               (float)zero, lo, hi, buf);
+                qc_dw_ctx img = ctx;
+                img.xf = buf, img.y = y + b * ho * wo * c;
+                qc_dw_rows(isa, &img, 0, ho);
+            }
+            free(buf);
         }
-#endif
-        qc_dw_scalar(&ctx, r, r + 1);
     }
-    (void)isa;
-    free(mem);
-    return 0;
+    free(mult);
+    return failed ? 4 : 0;
 }
 
 /* qe_conv_a8 and qe_dwconv_a8 with their scalar arguments in two arrays, which the caller
