@@ -26,7 +26,8 @@ if conv_ops.unavailable_reason() is not None:
 
 DENSE = [c for c in GEOMETRIES if c[6] == 1]  # odd channels, stride 2, dilation, the stem
 DEPTHWISE = [c for c in GEOMETRIES if c[6] == c[0] == c[1]]
-CASES = DENSE + DEPTHWISE
+CASES = DENSE + DEPTHWISE + [(67, 67, (3, 3), (1, 1), (1, 1), (1, 1), 67, (5, 6))]
+"""Plus 67 channels: every block width of the depthwise kernel (64, 48, 32, 16, 8, tail)."""
 PATHS = {"scalar": (), "avx2": ("avx2", "fma"), "avx512_vnni": ("avx512f", "avx512_vnni")}
 """Each path of the kernels and the /proc/cpuinfo features it needs."""
 

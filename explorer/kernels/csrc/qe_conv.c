@@ -640,130 +640,6 @@ static void qc_pixel_qparams(const float *x, int x_nhwc, int64_t n, int64_t c, i
         }
 }
 
-/* The implicit GEMM over every output pixel of ctx (4 pixels a task). */
-static void qc_conv_gemm(const qc_conv_ctx *ctx, int isa, int nthreads) {
-    const int64_t m = ctx->n * ctx->ho * ctx->wo, blocks = (m + 3) / 4;
-    const int par = nthreads > 1 && blocks > 1 && m * ctx->o * ctx->k4 * 4 > 8 * QE_GRAIN;
-    (void)par;
-    (void)nthreads;
-#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
-    for (int64_t bl = 0; bl < blocks; bl++) {
-        const int64_t m0 = bl * 4, m1 = m0 + 4 < m ? m0 + 4 : m;
-#if QC_X86
-        if (isa == QC_ISA_AVX512VNNI) {
-            qc_conv_vnni(ctx, m0, m1);
-            continue;
-        }
-#endif
-        qc_conv_scalar(ctx, m0, m1);
-    }
-    (void)isa;
-}
-
-/* Mode 3, activations per patch row (per token) with any window: each output pixel's patch
- * row quantized with its own range (the values it reads, and 0) into a uint8 patch matrix
- * [M, taps * cp] in the packed weights' K order: an im2col in C, fused with quantization.
- * The GEMM then runs it as a 1x1 convolution over M pixels with per-pixel qparams. */
-static inline __attribute__((always_inline)) void
-qc_patch_body(const float *x, int x_nhwc, const qc_conv_ctx *g, int symmetric, float eps,
-              float lo, float hi, int offset, int64_t c, int64_t r0, int64_t r1, uint8_t *pm,
-              float *xs, int32_t *zu) {
-    const int64_t cp = g->cp, kp = g->kh * g->kw * cp, hw = g->h * g->w;
-    const float off = (float)offset;
-    for (int64_t m = r0; m < r1; m++) {
-        const int64_t b = m / (g->ho * g->wo), r = m % (g->ho * g->wo);
-        const int64_t y0 = (r / g->wo) * g->sh - g->ph, x0 = (r % g->wo) * g->sw - g->pw;
-        float rl = 0.0f, rh = 0.0f;
-        for (int64_t ky = 0; ky < g->kh; ky++)
-            for (int64_t kx = 0; kx < g->kw; kx++) {
-                const int64_t iy = y0 + ky * g->dh, ix = x0 + kx * g->dw;
-                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) continue;
-                const int64_t step = x_nhwc ? 1 : hw;
-                const float *xr =
-                    x_nhwc ? x + ((b * g->h + iy) * g->w + ix) * c : x + b * c * hw + iy * g->w + ix;
-                for (int64_t ch = 0; ch < c; ch++) {
-                    const float v = xr[ch * step];
-                    rl = v < rl ? v : rl;
-                    rh = v > rh ? v : rh;
-                }
-            }
-        float s;
-        int zi;
-        qparams_from_range(rl, rh, symmetric, eps, &s, &zi);
-        const float z = (float)zi;
-        xs[m] = s;
-        zu[m] = zi + offset;
-        uint8_t *row = pm + m * kp;
-        memset(row, zi + offset, (size_t)kp); /* padding taps and channels: the zero's code */
-        for (int64_t ky = 0; ky < g->kh; ky++)
-            for (int64_t kx = 0; kx < g->kw; kx++) {
-                const int64_t iy = y0 + ky * g->dh, ix = x0 + kx * g->dw;
-                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) continue;
-                const int64_t step = x_nhwc ? 1 : hw;
-                const float *xr =
-                    x_nhwc ? x + ((b * g->h + iy) * g->w + ix) * c : x + b * c * hw + iy * g->w + ix;
-                uint8_t *o = row + (ky * g->kw + kx) * cp;
-                for (int64_t ch = 0; ch < c; ch++)
-                    o[ch] = (uint8_t)(int)(clampf(round_half_even(xr[ch * step] / s) + z, lo, hi) +
-                                           off);
-            }
-    }
-}
-
-#define QC_PATCH_ARGS                                                                          \
-    const float *x, int x_nhwc, const qc_conv_ctx *g, int symmetric, float eps, float lo,       \
-        float hi, int offset, int64_t c, int64_t r0, int64_t r1, uint8_t *pm, float *xs,       \
-        int32_t *zu
-#define QC_PATCH_CALL x, x_nhwc, g, symmetric, eps, lo, hi, offset, c, r0, r1, pm, xs, zu
-static void qc_patch_scalar(QC_PATCH_ARGS) { qc_patch_body(QC_PATCH_CALL); }
-#if QC_X86
-QC_AVX2 static void qc_patch_avx2(QC_PATCH_ARGS) { qc_patch_body(QC_PATCH_CALL); }
-QC_AVX512 static void qc_patch_avx512(QC_PATCH_ARGS) { qc_patch_body(QC_PATCH_CALL); }
-#endif
-
-static void qc_patch_rows(int isa, QC_PATCH_ARGS) {
-#if QC_X86
-    if (isa >= QC_ISA_AVX512VNNI) {
-        qc_patch_avx512(QC_PATCH_CALL);
-        return;
-    }
-    if (isa >= QC_ISA_AVX2) {
-        qc_patch_avx2(QC_PATCH_CALL);
-        return;
-    }
-#endif
-    (void)isa;
-    qc_patch_scalar(QC_PATCH_CALL);
-}
-
-/* Mode 3 of qe_conv_a8 (ctx holds the geometry and weights; mem is allocated here). */
-static int qc_conv_a8_rows(int isa, const float *x, int x_nhwc, int64_t c, qc_conv_ctx *ctx,
-                           int symmetric, float eps, float lo, float hi, int offset,
-                           int nthreads) {
-    const int64_t m = ctx->n * ctx->ho * ctx->wo, kp = ctx->kh * ctx->kw * ctx->cp;
-    const size_t pm_bytes = ((size_t)(m * kp) + 63) / 64 * 64, pad_bytes = ((size_t)kp + 63) / 64 * 64;
-    char *mem = malloc(pm_bytes + pad_bytes + (size_t)m * 8);
-    if (!mem) return 4;
-    uint8_t *pm = (uint8_t *)mem;
-    float *xs = (float *)(mem + pm_bytes + pad_bytes);
-    int32_t *zu = (int32_t *)(xs + m);
-    memset(mem + pm_bytes, 0, pad_bytes); /* rows past the end of a tile read it; never stored */
-    const int par = nthreads > 1 && m > 1 && m * kp > QE_GRAIN;
-    (void)par;
-    (void)nthreads;
-#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
-    for (int64_t r = 0; r < m; r += 16)
-        qc_patch_rows(isa, x, x_nhwc, ctx, symmetric, eps, lo, hi, offset, c, r,
-                      r + 16 < m ? r + 16 : m, pm, xs, zu);
-    qc_conv_ctx rows = *ctx; /* the patch matrix as a 1x1 convolution over M pixels */
-    rows.xb = pm, rows.pad = (const uint8_t *)(mem + pm_bytes), rows.xs = xs, rows.zu = zu;
-    rows.n = 1, rows.h = m, rows.w = 1, rows.cp = kp, rows.ho = m, rows.wo = 1;
-    rows.kh = rows.kw = rows.sh = rows.sw = rows.dh = rows.dw = 1, rows.ph = rows.pw = 0;
-    qc_conv_gemm(&rows, isa, nthreads);
-    free(mem);
-    return 0;
-}
-
 #if QC_X86
 QC_AVX512 static void qc_range_avx512(const float *x, int64_t count, float *lo, float *hi) {
     __m512 l = _mm512_setzero_ps(), h = _mm512_setzero_ps();
@@ -819,6 +695,161 @@ static void qc_range(int isa, const float *x, int64_t count, float *lo_out, floa
     }
     *lo_out = lo;
     *hi_out = hi;
+}
+
+/* The implicit GEMM over every output pixel of ctx (4 pixels a task). */
+static void qc_conv_gemm(const qc_conv_ctx *ctx, int isa, int nthreads) {
+    const int64_t m = ctx->n * ctx->ho * ctx->wo, blocks = (m + 3) / 4;
+    const int par = nthreads > 1 && blocks > 1 && m * ctx->o * ctx->k4 * 4 > 8 * QE_GRAIN;
+    (void)par;
+    (void)nthreads;
+#pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
+    for (int64_t bl = 0; bl < blocks; bl++) {
+        const int64_t m0 = bl * 4, m1 = m0 + 4 < m ? m0 + 4 : m;
+#if QC_X86
+        if (isa == QC_ISA_AVX512VNNI) {
+            qc_conv_vnni(ctx, m0, m1);
+            continue;
+        }
+#endif
+        qc_conv_scalar(ctx, m0, m1);
+    }
+    (void)isa;
+}
+
+/* Mode 3, activations per patch row (per token) with any window: each output pixel's patch
+ * row gathered as floats (zeros for padding taps and channels, which the range holds anyway),
+ * its range taken and the row quantized with its own qparams, vectorized, into a uint8 patch
+ * matrix [M, taps * cp] in the packed weights' K order: an im2col in C, fused with the
+ * quantization.  The GEMM then runs it as a 1x1 convolution over M pixels with per-pixel
+ * qparams.  fb: kp floats of scratch. */
+static inline __attribute__((always_inline)) void
+qc_patch_body(int isa, const float *x, int x_nhwc, const qc_conv_ctx *g, int symmetric,
+              float eps, float lo, float hi, int offset, int64_t c, int64_t r0, int64_t r1,
+              uint8_t *pm, float *xs, int32_t *zu, float *fb) {
+    const int64_t cp = g->cp, kp = g->kh * g->kw * cp, hw = g->h * g->w;
+    const int64_t step = x_nhwc ? 1 : hw;
+    const float off = (float)offset;
+    for (int64_t m = r0; m < r1; m++) {
+        const int64_t b = m / (g->ho * g->wo), r = m % (g->ho * g->wo);
+        const int64_t y0 = (r / g->wo) * g->sh - g->ph, x0 = (r % g->wo) * g->sw - g->pw;
+        memset(fb, 0, sizeof(float) * (size_t)kp);
+        for (int64_t ky = 0; ky < g->kh; ky++)
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int64_t iy = y0 + ky * g->dh, ix = x0 + kx * g->dw;
+                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w) continue;
+                const float *xr =
+                    x_nhwc ? x + ((b * g->h + iy) * g->w + ix) * c : x + b * c * hw + iy * g->w + ix;
+                float *dst = fb + (ky * g->kw + kx) * cp;
+                for (int64_t ch = 0; ch < c; ch++) dst[ch] = xr[ch * step];
+            }
+        float rl, rh, s;
+        int zi;
+        qc_range(isa, fb, kp, &rl, &rh);
+        qparams_from_range(rl, rh, symmetric, eps, &s, &zi);
+        const float z = (float)zi;
+        xs[m] = s;
+        zu[m] = zi + offset;
+        uint8_t *restrict row = pm + m * kp;
+        for (int64_t i = 0; i < kp; i++)
+            row[i] = (uint8_t)(int)(clampf(round_half_even(fb[i] / s) + z, lo, hi) + off);
+    }
+}
+
+#define QC_PATCH_ARGS                                                                          \
+    int isa, const float *x, int x_nhwc, const qc_conv_ctx *g, int symmetric, float eps,        \
+        float lo, float hi, int offset, int64_t c, int64_t r0, int64_t r1, uint8_t *pm,         \
+        float *xs, int32_t *zu, float *fb
+#define QC_PATCH_CALL isa, x, x_nhwc, g, symmetric, eps, lo, hi, offset, c, r0, r1, pm, xs, zu, fb
+static void qc_patch_scalar(QC_PATCH_ARGS) { qc_patch_body(QC_PATCH_CALL); }
+#if QC_X86
+QC_AVX2 static void qc_patch_avx2(QC_PATCH_ARGS) { qc_patch_body(QC_PATCH_CALL); }
+QC_AVX512 static void qc_patch_avx512(QC_PATCH_ARGS) { qc_patch_body(QC_PATCH_CALL); }
+#endif
+
+static void qc_patch_rows(QC_PATCH_ARGS) {
+#if QC_X86
+    if (isa >= QC_ISA_AVX512VNNI) {
+        qc_patch_avx512(QC_PATCH_CALL);
+        return;
+    }
+    if (isa >= QC_ISA_AVX2) {
+        qc_patch_avx2(QC_PATCH_CALL);
+        return;
+    }
+#endif
+    (void)isa;
+    qc_patch_scalar(QC_PATCH_CALL);
+}
+
+/* Patch rows of per-tensor codes (modes 0 and 2) for a narrow input (cp <= QC_NARROW): the
+ * codes of each tap copied from xb (the zero point's for padding) into a uint8 patch matrix,
+ * so that the GEMM reads K contiguous bytes a row instead of cp bytes a tap (an RGB stem: 4). */
+#define QC_NARROW 16
+static void qc_gather_rows(const qc_conv_ctx *g, uint8_t *pm, int64_t r0, int64_t r1) {
+    const int64_t cp = g->cp, kp = g->kh * g->kw * cp;
+    for (int64_t m = r0; m < r1; m++) {
+        const int64_t b = m / (g->ho * g->wo), r = m % (g->ho * g->wo);
+        const int64_t y0 = (r / g->wo) * g->sh - g->ph, x0 = (r % g->wo) * g->sw - g->pw;
+        uint8_t *row = pm + m * kp;
+        for (int64_t ky = 0; ky < g->kh; ky++)
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int64_t iy = y0 + ky * g->dh, ix = x0 + kx * g->dw;
+                const int in = iy >= 0 && iy < g->h && ix >= 0 && ix < g->w;
+                memcpy(row + (ky * g->kw + kx) * cp,
+                       in ? g->xb + ((b * g->h + iy) * g->w + ix) * cp : g->pad, (size_t)cp);
+            }
+    }
+}
+
+/* Modes 3 (x != NULL: rows quantized on their own) and narrow 0/2 (x == NULL: rows gathered
+ * from ctx->xb) of qe_conv_a8: the patch matrix, then the GEMM over it as a 1x1 convolution. */
+static int qc_conv_a8_rows(int isa, const float *x, int x_nhwc, int64_t c, qc_conv_ctx *ctx,
+                           int symmetric, float eps, float lo, float hi, int offset,
+                           int nthreads) {
+    const int64_t m = ctx->n * ctx->ho * ctx->wo, kp = ctx->kh * ctx->kw * ctx->cp;
+    const size_t pm_bytes = ((size_t)(m * kp) + 63) / 64 * 64;
+    const size_t pad_bytes = ((size_t)kp + 63) / 64 * 64;
+    char *mem = malloc(pm_bytes + pad_bytes + (x ? (size_t)m * 8 : 0));
+    if (!mem) return 4;
+    uint8_t *pm = (uint8_t *)mem;
+    float *xs = x ? (float *)(mem + pm_bytes + pad_bytes) : NULL;
+    int32_t *zu = x ? (int32_t *)(xs + m) : NULL;
+    memset(mem + pm_bytes, 0, pad_bytes); /* rows past the end of a tile read it; never stored */
+    const int par = nthreads > 1 && m > 1 && m * kp > QE_GRAIN;
+    int failed = 0;
+    (void)par;
+    (void)nthreads;
+#pragma omp parallel num_threads(nthreads) if (par)
+    {
+        float *fb = x ? malloc(sizeof(float) * (size_t)kp) : NULL;
+        if (x && !fb) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r += 16) {
+            const int64_t r1 = r + 16 < m ? r + 16 : m;
+            if (!x)
+                qc_gather_rows(ctx, pm, r, r1);
+            else if (fb)
+                qc_patch_rows(isa, x, x_nhwc, ctx, symmetric, eps, lo, hi, offset, c, r, r1, pm,
+                              xs, zu, fb);
+        }
+        free(fb);
+    }
+    if (failed) {
+        free(mem);
+        return 4;
+    }
+    qc_conv_ctx rows = *ctx; /* the patch matrix as a 1x1 convolution over M pixels */
+    rows.xb = pm, rows.pad = (const uint8_t *)(mem + pm_bytes);
+    if (x) rows.xs = xs, rows.zu = zu;
+    rows.n = 1, rows.h = m, rows.w = 1, rows.cp = kp, rows.ho = m, rows.wo = 1;
+    rows.kh = rows.kw = rows.sh = rows.sw = rows.dh = rows.dw = 1, rows.ph = rows.pw = 0;
+    qc_conv_gemm(&rows, isa, nthreads);
+    free(mem);
+    return 0;
 }
 
 /* Dense int8 convolution (see above).  mode 0: per tensor, scale and zero given; 1: per pixel,
@@ -878,9 +909,13 @@ QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64
     ctx.xb = (const uint8_t *)mem;
     ctx.pad = (const uint8_t *)(mem + pad_off);
     ctx.xs = xs, ctx.zu = zu, ctx.xs0 = scale, ctx.zu0 = zero + offset;
-    qc_conv_gemm(&ctx, isa, nthreads);
+    int rc = 0;
+    if (!per_token && cp <= QC_NARROW && kh * kw > 1)
+        rc = qc_conv_a8_rows(isa, NULL, x_nhwc, c, &ctx, symmetric, eps, lo, hi, offset, nthreads);
+    else
+        qc_conv_gemm(&ctx, isa, nthreads);
     free(mem);
-    return 0;
+    return rc;
 }
 
 /* --- depthwise ------------------------------------------------------------------------------ */
@@ -898,106 +933,143 @@ typedef struct {
  * changes nothing: a product of codes is an integer below 2^15, exact in float32 either way;
  * the scaling is a separate multiply and add on every path, so the paths agree bit for bit. */
 #define QC_DWB 64
-typedef void (*qc_dw_block_fn)(const qc_dw_ctx *, const float *, const int64_t *,
+/* np (<= 4) neighbouring output pixels of a row, pixel p reading from base + p * pstep and
+ * writing yo + p * C, channels cb..cb+len-1 (len <= QC_DWB). */
+typedef void (*qc_dw_block_fn)(const qc_dw_ctx *, const float *, int64_t, int, const int64_t *,
                                const int64_t *, int, int64_t, int64_t, float *);
 
-static inline void qc_dw_block_scalar(const qc_dw_ctx *c, const float *base, const int64_t *off,
-                                      const int64_t *tap, int nt, int64_t cb, int64_t len,
-                                      float *yo) {
-    float acc[QC_DWB];
-    for (int64_t j = 0; j < len; j++) acc[j] = 0.0f;
-    for (int t = 0; t < nt; t++)
-        for (int64_t j = 0; j < len; j++)
-            acc[j] += base[off[t] + cb + j] * c->wt[tap[t] * c->c + cb + j];
-    for (int64_t j = 0; j < len; j++) {
-        const float v = acc[j] * c->mult[cb + j];
-        yo[cb + j] = c->bias ? v + c->bias[cb + j] : v;
+static inline void qc_dw_block_scalar(const qc_dw_ctx *c, const float *base, int64_t pstep,
+                                      int np, const int64_t *off, const int64_t *tap, int nt,
+                                      int64_t cb, int64_t len, float *yo) {
+    for (int p = 0; p < np; p++) {
+        const float *bp = base + p * pstep;
+        float *yp = yo + p * c->c;
+        float acc[QC_DWB];
+        for (int64_t j = 0; j < len; j++) acc[j] = 0.0f;
+        for (int t = 0; t < nt; t++)
+            for (int64_t j = 0; j < len; j++)
+                acc[j] += bp[off[t] + cb + j] * c->wt[tap[t] * c->c + cb + j];
+        for (int64_t j = 0; j < len; j++) {
+            const float v = acc[j] * c->mult[cb + j];
+            yp[cb + j] = c->bias ? v + c->bias[cb + j] : v;
+        }
     }
 }
 
 #if QC_X86
-/* NSB independent 16-channel sums (NSB constant once inlined): the taps' add chains of the
- * sub-blocks overlap instead of waiting on each other's latency. */
+/* NP pixels x NSB 16-channel sums (both constant once inlined): NP * NSB independent chains of
+ * multiply-adds, so the taps' latency overlaps. */
 static inline __attribute__((always_inline)) QC_AVX512 void
-qc_dw_sub512(const qc_dw_ctx *c, const float *base, const int64_t *off, const int64_t *tap,
-             int nt, int64_t cb, int64_t len, float *yo, const int NSB) {
+qc_dw_sub512(const qc_dw_ctx *c, const float *base, int64_t pstep, const int64_t *off,
+             const int64_t *tap, int nt, int64_t cb, int64_t len, float *yo, const int NP,
+             const int NSB) {
     __mmask16 k[4];
-    __m512 acc[4];
+    __m512 acc[4][4];
     for (int j = 0; j < NSB; j++) {
         const int64_t rest = len - 16 * j;
         k[j] = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1u);
-        acc[j] = _mm512_setzero_ps();
+        for (int p = 0; p < NP; p++) acc[p][j] = _mm512_setzero_ps();
     }
     for (int t = 0; t < nt; t++) {
         const float *xv = base + off[t] + cb, *wv = c->wt + tap[t] * c->c + cb;
-        for (int j = 0; j < NSB; j++)
-            acc[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k[j], xv + 16 * j),
-                                     _mm512_maskz_loadu_ps(k[j], wv + 16 * j), acc[j]);
+        for (int j = 0; j < NSB; j++) {
+            const __m512 w = _mm512_maskz_loadu_ps(k[j], wv + 16 * j);
+            for (int p = 0; p < NP; p++)
+                acc[p][j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k[j], xv + p * pstep + 16 * j),
+                                            w, acc[p][j]);
+        }
     }
     for (int j = 0; j < NSB; j++) {
         const int64_t o = cb + 16 * j;
-        __m512 v = _mm512_mul_ps(acc[j], _mm512_maskz_loadu_ps(k[j], c->mult + o));
-        if (c->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k[j], c->bias + o));
-        _mm512_mask_storeu_ps(yo + o, k[j], v);
+        const __m512 mult = _mm512_maskz_loadu_ps(k[j], c->mult + o);
+        const __m512 bias = c->bias ? _mm512_maskz_loadu_ps(k[j], c->bias + o) : mult;
+        for (int p = 0; p < NP; p++) {
+            __m512 v = _mm512_mul_ps(acc[p][j], mult);
+            if (c->bias) v = _mm512_add_ps(v, bias);
+            _mm512_mask_storeu_ps(yo + p * c->c + o, k[j], v);
+        }
     }
 }
+
+#define QC_DW512(NP)                                                                           \
+    switch ((len + 15) / 16) {                                                                 \
+        case 4: qc_dw_sub512(c, base, pstep, off, tap, nt, cb, len, yo, NP, 4); break;         \
+        case 3: qc_dw_sub512(c, base, pstep, off, tap, nt, cb, len, yo, NP, 3); break;         \
+        case 2: qc_dw_sub512(c, base, pstep, off, tap, nt, cb, len, yo, NP, 2); break;         \
+        default: qc_dw_sub512(c, base, pstep, off, tap, nt, cb, len, yo, NP, 1); break;        \
+    }
 
 QC_AVX512 static inline void qc_dw_block_avx512(const qc_dw_ctx *c, const float *base,
-                                                const int64_t *off, const int64_t *tap, int nt,
-                                                int64_t cb, int64_t len, float *yo) {
-    switch ((len + 15) / 16) {
-        case 4: qc_dw_sub512(c, base, off, tap, nt, cb, len, yo, 4); break;
-        case 3: qc_dw_sub512(c, base, off, tap, nt, cb, len, yo, 3); break;
-        case 2: qc_dw_sub512(c, base, off, tap, nt, cb, len, yo, 2); break;
-        default: qc_dw_sub512(c, base, off, tap, nt, cb, len, yo, 1); break;
+                                                int64_t pstep, int np, const int64_t *off,
+                                                const int64_t *tap, int nt, int64_t cb,
+                                                int64_t len, float *yo) {
+    if (np == 4) {
+        QC_DW512(4)
+        return;
+    }
+    for (int p = 0; p < np; p++, base += pstep, yo += c->c) {
+        QC_DW512(1)
     }
 }
 
-/* NSB full 8-channel sums (AVX2); what is left of a block runs scalar. */
+/* NP pixels x NSB full 8-channel sums (AVX2, 16 registers: NP * NSB <= 8). */
 static inline __attribute__((always_inline)) QC_AVX2 void
-qc_dw_sub256(const qc_dw_ctx *c, const float *base, const int64_t *off, const int64_t *tap,
-             int nt, int64_t cb, float *yo, const int NSB) {
-    __m256 acc[8];
-    for (int j = 0; j < NSB; j++) acc[j] = _mm256_setzero_ps();
+qc_dw_sub256(const qc_dw_ctx *c, const float *base, int64_t pstep, const int64_t *off,
+             const int64_t *tap, int nt, int64_t cb, float *yo, const int NP, const int NSB) {
+    __m256 acc[2][4];
+    for (int p = 0; p < NP; p++)
+        for (int j = 0; j < NSB; j++) acc[p][j] = _mm256_setzero_ps();
     for (int t = 0; t < nt; t++) {
         const float *xv = base + off[t] + cb, *wv = c->wt + tap[t] * c->c + cb;
-        for (int j = 0; j < NSB; j++)
-            acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xv + 8 * j), _mm256_loadu_ps(wv + 8 * j),
-                                     acc[j]);
+        for (int j = 0; j < NSB; j++) {
+            const __m256 w = _mm256_loadu_ps(wv + 8 * j);
+            for (int p = 0; p < NP; p++)
+                acc[p][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xv + p * pstep + 8 * j), w, acc[p][j]);
+        }
     }
     for (int j = 0; j < NSB; j++) {
         const int64_t o = cb + 8 * j;
-        __m256 v = _mm256_mul_ps(acc[j], _mm256_loadu_ps(c->mult + o));
-        if (c->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(c->bias + o));
-        _mm256_storeu_ps(yo + o, v);
+        for (int p = 0; p < NP; p++) {
+            __m256 v = _mm256_mul_ps(acc[p][j], _mm256_loadu_ps(c->mult + o));
+            if (c->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(c->bias + o));
+            _mm256_storeu_ps(yo + p * c->c + o, v);
+        }
     }
 }
 
-QC_AVX2 static inline void qc_dw_block_avx2(const qc_dw_ctx *c, const float *base,
-                                            const int64_t *off, const int64_t *tap, int nt,
-                                            int64_t cb, int64_t len, float *yo) {
-    for (; len >= 64; cb += 64, len -= 64) qc_dw_sub256(c, base, off, tap, nt, cb, yo, 8);
-    if (len >= 32) {
-        qc_dw_sub256(c, base, off, tap, nt, cb, yo, 4);
-        cb += 32, len -= 32;
-    }
+/* One pixel pair (NP 2) or pixel (NP 1): 32-channel chunks, then 16, then 8, then scalar. */
+static inline __attribute__((always_inline)) QC_AVX2 void
+qc_dw_avx2_pixels(const qc_dw_ctx *c, const float *base, int64_t pstep, const int64_t *off,
+                  const int64_t *tap, int nt, int64_t cb, int64_t len, float *yo, const int NP) {
+    for (; len >= 32; cb += 32, len -= 32) qc_dw_sub256(c, base, pstep, off, tap, nt, cb, yo, NP, 4);
     if (len >= 16) {
-        qc_dw_sub256(c, base, off, tap, nt, cb, yo, 2);
+        qc_dw_sub256(c, base, pstep, off, tap, nt, cb, yo, NP, 2);
         cb += 16, len -= 16;
     }
     if (len >= 8) {
-        qc_dw_sub256(c, base, off, tap, nt, cb, yo, 1);
+        qc_dw_sub256(c, base, pstep, off, tap, nt, cb, yo, NP, 1);
         cb += 8, len -= 8;
     }
-    if (len > 0) qc_dw_block_scalar(c, base, off, tap, nt, cb, len, yo);
+    if (len > 0) qc_dw_block_scalar(c, base, pstep, NP, off, tap, nt, cb, len, yo);
+}
+
+QC_AVX2 static inline void qc_dw_block_avx2(const qc_dw_ctx *c, const float *base,
+                                            int64_t pstep, int np, const int64_t *off,
+                                            const int64_t *tap, int nt, int64_t cb, int64_t len,
+                                            float *yo) {
+    int p = 0;
+    for (; p + 2 <= np; p += 2)
+        qc_dw_avx2_pixels(c, base + p * pstep, pstep, off, tap, nt, cb, len, yo + p * c->c, 2);
+    if (p < np) qc_dw_avx2_pixels(c, base + p * pstep, pstep, off, tap, nt, cb, len, yo + p * c->c, 1);
 }
 #endif
 
 /* Output rows r0..r1 (of N * Ho) on the zero-bordered codes: every tap of every output pixel
- * lies at a fixed offset from its corner; the channels go in blocks of QC_DWB. */
+ * lies at a fixed offset from its corner; up to 4 pixels of a row at a time, the channels in
+ * blocks of QC_DWB. */
 static inline __attribute__((always_inline)) void
 qc_dw_body(const qc_dw_ctx *c, int64_t r0, int64_t r1, qc_dw_block_fn block) {
-    const int64_t C = c->c, taps = c->kh * c->kw;
+    const int64_t C = c->c, taps = c->kh * c->kw, pstep = c->sw * C;
     int64_t off[64], tap[64];
     for (int64_t t = 0; t < taps; t++) {
         off[t] = ((t / c->kw) * c->dh * c->w + (t % c->kw) * c->dw) * C;
@@ -1005,11 +1077,13 @@ qc_dw_body(const qc_dw_ctx *c, int64_t r0, int64_t r1, qc_dw_block_fn block) {
     }
     for (int64_t r = r0; r < r1; r++) {
         const int64_t b = r / c->ho, oy = r % c->ho;
-        for (int64_t ox = 0; ox < c->wo; ox++) {
+        for (int64_t ox = 0; ox < c->wo; ox += 4) {
+            const int np = c->wo - ox < 4 ? (int)(c->wo - ox) : 4;
             const float *base = c->xf + ((b * c->h + oy * c->sh) * c->w + ox * c->sw) * C;
             float *yo = c->y + (r * c->wo + ox) * C;
             for (int64_t cb = 0; cb < C; cb += QC_DWB)
-                block(c, base, off, tap, (int)taps, cb, C - cb < QC_DWB ? C - cb : QC_DWB, yo);
+                block(c, base, pstep, np, off, tap, (int)taps, cb,
+                      C - cb < QC_DWB ? C - cb : QC_DWB, yo);
         }
     }
 }
