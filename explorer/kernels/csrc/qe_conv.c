@@ -786,19 +786,40 @@ static void qc_patch_rows(QC_PATCH_ARGS) {
  * codes of each tap copied from xb (the zero point's for padding) into a uint8 patch matrix,
  * so that the GEMM reads K contiguous bytes a row instead of cp bytes a tap (an RGB stem: 4). */
 #define QC_NARROW 16
+static inline void qc_copy_codes(uint8_t *dst, const uint8_t *src, int64_t n) {
+    switch (n) { /* constant sizes: a move each, not a call */
+        case 4: memcpy(dst, src, 4); break;
+        case 8: memcpy(dst, src, 8); break;
+        case 16: memcpy(dst, src, 16); break;
+        default: memcpy(dst, src, (size_t)n); break;
+    }
+}
+
 static void qc_gather_rows(const qc_conv_ctx *g, uint8_t *pm, int64_t r0, int64_t r1) {
-    const int64_t cp = g->cp, kp = g->kh * g->kw * cp;
+    const int64_t cp = g->cp, kp = g->kh * g->kw * cp, hwo = g->ho * g->wo;
+    int64_t b = r0 / hwo, oy = r0 % hwo / g->wo, ox = r0 % g->wo; /* then counted up */
     for (int64_t m = r0; m < r1; m++) {
-        const int64_t b = m / (g->ho * g->wo), r = m % (g->ho * g->wo);
-        const int64_t y0 = (r / g->wo) * g->sh - g->ph, x0 = (r % g->wo) * g->sw - g->pw;
+        const int64_t y0 = oy * g->sh - g->ph, x0 = ox * g->sw - g->pw;
+        const int cols_in = g->dw == 1 && x0 >= 0 && x0 + g->kw <= g->w;
         uint8_t *row = pm + m * kp;
-        for (int64_t ky = 0; ky < g->kh; ky++)
-            for (int64_t kx = 0; kx < g->kw; kx++) {
-                const int64_t iy = y0 + ky * g->dh, ix = x0 + kx * g->dw;
-                const int in = iy >= 0 && iy < g->h && ix >= 0 && ix < g->w;
-                memcpy(row + (ky * g->kw + kx) * cp,
-                       in ? g->xb + ((b * g->h + iy) * g->w + ix) * cp : g->pad, (size_t)cp);
+        for (int64_t ky = 0; ky < g->kh; ky++) {
+            const int64_t iy = y0 + ky * g->dh;
+            uint8_t *dst = row + ky * g->kw * cp;
+            if (iy >= 0 && iy < g->h && cols_in) { /* the kernel row's taps are adjacent */
+                qc_copy_codes(dst, g->xb + ((b * g->h + iy) * g->w + x0) * cp, g->kw * cp);
+                continue;
             }
+            for (int64_t kx = 0; kx < g->kw; kx++) {
+                const int64_t ix = x0 + kx * g->dw;
+                const int in = iy >= 0 && iy < g->h && ix >= 0 && ix < g->w;
+                qc_copy_codes(dst + kx * cp, in ? g->xb + ((b * g->h + iy) * g->w + ix) * cp : g->pad,
+                              cp);
+            }
+        }
+        if (++ox == g->wo) {
+            ox = 0;
+            if (++oy == g->ho) oy = 0, b++;
+        }
     }
 }
 
