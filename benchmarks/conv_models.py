@@ -2,11 +2,12 @@
 W8A8 (per-tensor and per-token activations) and weight-only W8/W4, each layer on the kernel
 `explorer.nn.convert.select_kernels` measures fastest for the workload.
 
-Usage: ``python benchmarks/conv_models.py [--repeats 50] [--workload single] [--threads 1
+Usage: ``python benchmarks/conv_models.py [--repeats 50] [--workload single,batch64] [--threads 1
 --cpu-time]``. Every model is timed interleaved with its fp32 baseline (median of ``--repeats``
 calls, after warm-up), so load from other processes hits both alike; on a loaded machine
 ``--threads 1 --cpu-time`` times each call by its thread's CPU time instead of the wall clock.
-The last stdout line is one JSON document.
+Rows carry the speed-up against fp32 and against fp32 with batch norm folded (what the quantized
+models run: their convolutions absorb it). The last stdout line is one JSON document.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def bench_model(name: str, workload: str, repeats: int, cpu_time: bool) -> list[
                 "config": label,
                 "ms": round(t, 4),
                 "speedup_vs_fp32": round(ms["fp32"] / t, 2),
+                "speedup_vs_fp32_folded": round(ms["fp32-folded"] / t, 2),
                 "kernels": kernels,
                 "simulated_layers": simulated,
             }
@@ -78,7 +80,7 @@ def bench_model(name: str, workload: str, repeats: int, cpu_time: bool) -> list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--workload", default="single", help="single or batch64")
+    parser.add_argument("--workload", default="single", help="single, batch64 or both (a,b)")
     parser.add_argument("--models", default="digits-cnn,mobile-cnn")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
@@ -91,12 +93,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    for name in args.models.split(","):
-        rows += bench_model(name, args.workload, args.repeats, args.cpu_time)
+    for workload in args.workload.split(","):
+        for name in args.models.split(","):
+            rows += bench_model(name, workload, args.repeats, args.cpu_time)
     for r in rows:
         print(
             f"{r['model']:11s} {r['workload']:8s} {r['config']:12s} {r['ms']:8.3f} ms "
-            f"x{r['speedup_vs_fp32']:5.2f}  {r['kernels']}  simulated={r['simulated_layers']}"
+            f"x{r['speedup_vs_fp32']:5.2f} (folded x{r['speedup_vs_fp32_folded']:5.2f})  "
+            f"{r['kernels']}  simulated={r['simulated_layers']}"
         )
     print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}))
 
