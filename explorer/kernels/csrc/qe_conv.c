@@ -648,13 +648,11 @@ QC_AVX512 static void qc_range_avx512(const float *x, int64_t count, float *lo, 
         l = _mm512_min_ps(v, l);
         h = _mm512_max_ps(v, h);
     }
-    float lv[16], hv[16];
-    _mm512_storeu_ps(lv, l);
-    _mm512_storeu_ps(hv, h);
-    for (int j = 0; j < 16; j++) {
-        *lo = lv[j] < *lo ? lv[j] : *lo;
-        *hi = hv[j] > *hi ? hv[j] : *hi;
-    }
+    /* the lanes hold no NaN (min_ps keeps its second operand on one), so a tree reduction
+     * finds the same extremes (a zero's sign aside, which no qparam depends on) */
+    const float lm = _mm512_reduce_min_ps(l), hm = _mm512_reduce_max_ps(h);
+    *lo = lm < *lo ? lm : *lo;
+    *hi = hm > *hi ? hm : *hi;
 }
 
 QC_AVX2 static void qc_range_avx2(const float *x, int64_t count, float *lo, float *hi) {
