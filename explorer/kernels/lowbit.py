@@ -25,6 +25,7 @@ import torch
 from explorer.kernels import native
 from explorer.kernels.base import ActQParams, LinearSpec
 from explorer.kernels.native_ops import NativeWeightOnlyKernel, int8_activations, not_here
+from explorer.quant.primitives import SCALE_EPS
 from explorer.quant.qtensor import QuantizedWeight
 
 BITS: tuple[int, ...] = (2, 3)
@@ -53,6 +54,9 @@ def _lib() -> ctypes.CDLL:
     lib.qe_lb_wo_linear.argtypes = [_P] * 6 + [_I64] * 4 + [_INT, _INT]
     lib.qe_lb8_linear.restype = _INT
     lib.qe_lb8_linear.argtypes = [_P] * 9 + [_I64] * 4 + [_INT, _INT]
+    lib.qe_lb8_dyn_linear.restype = _INT
+    lib.qe_lb8_dyn_linear.argtypes = [_P, _INT, _INT, ctypes.c_float] + [_P] * 6 + [_I64] * 4
+    lib.qe_lb8_dyn_linear.argtypes += [_INT, _INT]
     return lib
 
 
@@ -285,19 +289,49 @@ def a8_linear(
     return y
 
 
+def bind_a8_dynamic(
+    packed: PackedLowbitA8,
+    bias: torch.Tensor | None,
+    *,
+    per_token: bool,
+    symmetric: bool,
+    eps: float = SCALE_EPS,
+) -> native.BoundLinear:
+    """`a8_linear` for float activations quantized in C (``qe_lb8_dyn_linear``: the dynamic
+    quantizer of the W8A8 / W4A8 kernels, per token or per tensor, into a cached workspace),
+    with everything but ``x`` bound: a call ``f(x)`` maps float32 [..., K] to [..., N]."""
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (packed.n,)):
+        raise ValueError(f"bias must be float32 [{packed.n}], got {bias.dtype} {list(bias.shape)}")
+    bias = None if bias is None else bias.contiguous()
+    _lib()  # declares qe_lb8_dyn_linear's argument types before the binding looks it up
+    head = (
+        int(per_token),
+        int(symmetric),
+        eps,
+        packed.codes.data_ptr(),
+        packed.scale.data_ptr(),
+        packed.zero.data_ptr(),
+        packed.wterm.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+    )
+    tail = (packed.k, packed.group, packed.bits)
+    return native.BoundLinear("qe_lb8_dyn_linear", packed.n, packed.k, head, tail, (packed, bias))
+
+
 @dataclass(frozen=True)
 class LowbitA8State:
     spec: LinearSpec
     act: ActQParams | None
     packed: PackedLowbitA8
     bias: torch.Tensor | None
+    call: native.BoundLinear | None = None  # dynamic activations, quantized in C
 
 
 class NativeLowbitA8Kernel:
-    """``int{bits}-w{bits}a8-native``: int8 activations (any mode the W8A8 kernel takes,
-    quantized in torch) x 2/3-bit weights: exact integer dot products per group (codes decoded
-    to bytes in registers; ``vpdpbusd`` on AVX-512 VNNI, ``vpmaddubsw`` on AVX2), one float FMA
-    per group."""
+    """``int{bits}-w{bits}a8-native``: int8 activations (any mode the W8A8 kernel takes; dynamic
+    ones quantized in C, static ones in torch) x 2/3-bit weights: exact integer dot products per
+    group (codes decoded to bytes in registers; ``vpdpbusd`` on AVX-512 VNNI, ``vpmaddubsw`` on
+    AVX2), one float FMA per group."""
 
     real = True
 
@@ -322,9 +356,20 @@ class NativeLowbitA8Kernel:
         act: ActQParams | None,
     ) -> LowbitA8State:
         b = None if bias is None else bias.float().contiguous()
-        return LowbitA8State(spec, act, pack_a8(qw), b)
+        packed = pack_a8(qw)
+        call = None
+        if not spec.act_static:
+            call = bind_a8_dynamic(
+                packed,
+                b,
+                per_token=spec.act_granularity == "token",
+                symmetric=spec.act_symmetric,
+            )
+        return LowbitA8State(spec, act, packed, b, call)
 
     def run(self, state: LowbitA8State, x: torch.Tensor) -> torch.Tensor:
+        if state.call is not None:
+            return state.call(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).float()
         xq, xs, _, zx = int8_activations(x2, state.spec, state.act)

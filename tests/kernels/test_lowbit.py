@@ -15,6 +15,7 @@ import torch
 
 from explorer.kernels import lowbit, native
 from explorer.kernels.base import ActQParams, LinearSpec
+from explorer.kernels.native_ops import int8_activations
 from explorer.kernels.reference import ReferenceKernel
 from explorer.kernels.select import KERNELS, candidates
 from explorer.measure.bench import kernel_isa
@@ -196,8 +197,6 @@ REF64 = ReferenceKernel(torch.float64)
 
 def exact_a8(x: torch.Tensor, spec: LinearSpec, act, qw: QuantizedWeight, bias: torch.Tensor):
     """The kernel's function in int64 then float64: xs * sum_g s * sum_k (u - z)(xq - zx) + b."""
-    from explorer.kernels.native_ops import int8_activations
-
     xq, xs, _, zx = int8_activations(x, spec, act)
     zx = torch.zeros(x.shape[0], dtype=torch.int64) if zx is None else zx.long()
     xs = xs.reshape(-1).double().expand(x.shape[0])
@@ -214,11 +213,12 @@ def exact_a8(x: torch.Tensor, spec: LinearSpec, act, qw: QuantizedWeight, bias: 
 
 
 @pytest.mark.parametrize("name", list(A8_CASES))
-@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("m", [1, 15])  # 15: register tiles of 8, 4 and 2 rows, then one row
 def test_a8_matches_int64_and_the_float64_reference(isa: str, name: str, m: int) -> None:
     """Integer part exact: against the int64 sums within float32's rounding of the per-group
     scale products (rel 1e-6); against the float64 reference (fake-quantized activations)
-    within 1e-5 of the output's norm, as for W4A8."""
+    within 1e-5 of the output's norm, as for W4A8. N = 37, 33: two panels at a time, then one;
+    dynamic activations are quantized in C, static ones in torch."""
     config, n, k = A8_CASES[name]
     gen = torch.Generator().manual_seed(n + k)
     qw = QuantizedWeight.from_float(torch.randn(n, k, generator=gen), config)
@@ -234,16 +234,36 @@ def test_a8_matches_int64_and_the_float64_reference(isa: str, name: str, m: int)
     assert float((y - ref).norm() / ref.norm()) <= 1e-5
 
 
+@pytest.mark.parametrize("name", [n for n, (c, _, _) in A8_CASES.items() if c.act_mode != "static"])
+def test_a8_quantizing_in_c_gives_the_torch_paths_outputs(name: str) -> None:
+    """Dynamic activations quantized in C (qe_lb8_dyn_linear) make the codes, scales and zero
+    points the torch quantizer makes, so the outputs are the same bit for bit; leading
+    dimensions are kept."""
+    config, n, k = A8_CASES[name]
+    gen = torch.Generator().manual_seed(7)
+    qw = QuantizedWeight.from_float(torch.randn(n, k, generator=gen), config)
+    bias = torch.randn(n, generator=gen)
+    spec = LinearSpec.from_config(config, n, k)
+    kernel = KERNELS[f"int{config.weight_bits}-w{config.weight_bits}a8-native"]
+    state = kernel.prepare(spec, qw, bias, None)
+    assert state.call is not None
+    x = torch.randn(2, 5, k, generator=gen)
+    xq, xs, _, zx = int8_activations(x.reshape(10, k), spec, None)
+    in_torch = lowbit.a8_linear(xq, xs, zx, state.packed, state.bias)
+    assert torch.equal(kernel.run(state, x), in_torch.reshape(2, 5, n))
+
+
 def test_a8_extreme_codes_and_activations_are_exact(isa: str) -> None:
     """All codes 7 (3-bit) against activations -128 over K = 4096 in one group: the sums the
-    kernel keeps (u * 4^s * x, up to 192 * 128 a product) reach their largest."""
+    kernel keeps (u * 4^s * x, up to 192 * 128 a product, in the one-row kernel) reach their
+    largest. 9 rows: one 8-row tile and the one-row kernel."""
     n, k = 16, 4096
     qw = QuantizedWeight.from_codes(
         torch.full((n, k), 7), torch.ones(n, 1), torch.zeros(n, 1), 3, False, (1, k)
     )
-    xq = torch.full((2, k), -128, dtype=torch.int8)
-    y = lowbit.a8_linear(xq, torch.ones(2), None, lowbit.pack_a8(qw))
-    assert torch.equal(y, torch.full((2, n), float(7 * -128 * k)))
+    xq = torch.full((9, k), -128, dtype=torch.int8)
+    y = lowbit.a8_linear(xq, torch.ones(9), None, lowbit.pack_a8(qw))
+    assert torch.equal(y, torch.full((9, n), float(7 * -128 * k)))
 
 
 def test_supports_names_what_it_cannot_run() -> None:

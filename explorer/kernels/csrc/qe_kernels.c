@@ -1255,22 +1255,19 @@ typedef struct {
     int32_t* zx;
 } qe_dyn_acts;
 
-static int qe_dyn_quantize(const float* x, int64_t M, int64_t K, int per_token, int symmetric,
-                           float eps, qe_dyn_acts* a) {
-    const size_t o_q = qe_round64((size_t)(M * K));
-    const size_t o_s = qe_round64(sizeof(float) * (size_t)M);
-    a->mem = (char*)qe_alloc(o_q + o_s + sizeof(int32_t) * (size_t)M);
-    if (!a->mem) return QE_ENOMEM;
-    int8_t* xq = a->xq = (int8_t*)a->mem;
-    float* xs = a->xs = (float*)(a->mem + o_q);
-    int32_t* zx = a->zx = (int32_t*)(a->mem + o_q + o_s);
+/* The same into the caller's buffers: codes xq [M, ldq] (the first K of each row), scales xs
+ * [M] and zero points zx [M] (qe_lowbit.c quantizes into its own cached workspace). */
+QE_EXPORT int qe_dyn_quantize_into(const float* x, int64_t M, int64_t K, int per_token,
+                                   int symmetric, float eps, int8_t* xq, int64_t ldq, float* xs,
+                                   int32_t* zx) {
+    if (!x || !xq || !xs || !zx || M < 0 || K <= 0 || ldq < K) return QE_EINVAL;
     if (per_token) {
         for (int64_t m = 0; m < M; ++m) {
             float lo = 0.0f, hi = 0.0f;
             qe_dyn_range(x + m * K, K, &lo, &hi);
             qe_dyn_qparams(lo, hi, symmetric, eps, xs + m, zx + m);
         }
-    } else {
+    } else if (M > 0) {
         float lo = 0.0f, hi = 0.0f;
         qe_dyn_range(x, M * K, &lo, &hi);
         qe_dyn_qparams(lo, hi, symmetric, eps, xs, zx);
@@ -1279,13 +1276,25 @@ static int qe_dyn_quantize(const float* x, int64_t M, int64_t K, int per_token, 
     for (int64_t m = 0; m < M; ++m) {
 #if QE_HAVE_X86
         if (qe_effective_isa()) {
-            qe_dyn_quantize_row_avx2(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric);
+            qe_dyn_quantize_row_avx2(x + m * K, xq + m * ldq, K, xs[m], zx[m], symmetric);
             continue;
         }
 #endif
-        qe_dyn_quantize_row(x + m * K, xq + m * K, K, xs[m], zx[m], symmetric, 0);
+        qe_dyn_quantize_row(x + m * K, xq + m * ldq, K, xs[m], zx[m], symmetric, 0);
     }
     return QE_OK;
+}
+
+static int qe_dyn_quantize(const float* x, int64_t M, int64_t K, int per_token, int symmetric,
+                           float eps, qe_dyn_acts* a) {
+    const size_t o_q = qe_round64((size_t)(M * K));
+    const size_t o_s = qe_round64(sizeof(float) * (size_t)M);
+    a->mem = (char*)qe_alloc(o_q + o_s + sizeof(int32_t) * (size_t)M);
+    if (!a->mem) return QE_ENOMEM;
+    a->xq = (int8_t*)a->mem;
+    a->xs = (float*)(a->mem + o_q);
+    a->zx = (int32_t*)(a->mem + o_q + o_s);
+    return qe_dyn_quantize_into(x, M, K, per_token, symmetric, eps, a->xq, K, a->xs, a->zx);
 }
 
 QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, float eps,

@@ -61,6 +61,7 @@ enum { QE_LB_PR = 16, QE_LB_KB = 32, QE_LB_Q = 8 /* quads a block */, QE_LB_PG =
 enum { QE_LB_CHUNK = 16 /* blocks of 32 per K chunk (at most) */ };
 enum { QE_LB_MB = 64 /* activation rows per pass: their tables take 64 x K x 16 bytes */ };
 enum { QE_LB_PF = 2048 /* software prefetch distance (bytes) of the int8-activation stream */ };
+enum { QE_LB_PF8 = 8192 /* the same, into L2, for the one-row W2A8 / W3A8 streams */ };
 
 int qe_isa(void); /* qe_kernels.c: 0 scalar, 1 avx2, 2 avx_vnni, 3 avx512_vnni */
 
@@ -462,20 +463,35 @@ QE_LB_EXPORT int qe_lb_wo_linear(const float* x, const uint32_t* w, const float*
  *                  I = sum_{k in g} (u[n,k] - z[n,g]) (xq[m,k] - zx[m])      (exact, int32)
  *                    = dot - z * xqsum[m,g] - zx[m] * (usum[n,g] - Gr * z),
  * Gr the group's real length; wt = usum - Gr z comes per panel and group with z and s.
+ * qe_lb8_dyn_linear takes float x and quantizes it first with qe_kernels.c's dynamic quantizer
+ * (qe_dyn_quantize_into, the codes the torch path makes, bit for bit) straight into this file's
+ * cached workspace: no torch operation and no allocation per call.
  *
  * Layout (qe_lb_pack with bytes = 1), the same size and order as the bit planes: per (panel,
  * block of 32 k) `bits` runs of 16 words, word r for row 16p + r: run 0 and 1 hold the low two
  * bits of the codes of k = 32kb + 16h + 4s + j (run h) at bits 8j + 2s; run 2 (3-bit) holds
  * bit 2 of the code of k = 32kb + 4s + j at bit 8j + s.  So (word >> 2s) & 0x03 in every byte
  * is the 4-element operand of one vpdpbusd (u8 codes x s8 activations) for 16 rows, and bit 2
- * joins it after one more shift and mask.  K is at most 2^16: the AVX-512 sums of u * 4^s * x
- * (below 192 * 128 * K) stay within int32.  No product exceeds 7 x 128, so AVX2's vpmaddubsw pairs
- * (2 x 7 x 128 < 32767) cannot saturate: the AVX2 path is exact too.
+ * joins it after one more shift and mask.  No product exceeds 7 x 128, so AVX2's vpmaddubsw
+ * pairs (2 x 7 x 128 < 32767) cannot saturate: the AVX2 path is exact too.
+ *
+ * AVX-512 VNNI, one activation row (decode, M = 1): field s of every byte masked in place is
+ * u * 4^s (at most 192, still a u8), so ONE AND feeds each vpdpbusd; each s has its own
+ * accumulator, shifted back by 2s once per group (exact: K is at most 2^16, and the sums of
+ * u * 4^s * x stay below 192 * 128 * K < 2^31).  Two panels (32 weight rows, two streams) are
+ * read at once: eight independent vpdpbusd chains, each activation broadcast serving both, and
+ * the streams are prefetched QE_LB_PF8 bytes ahead into L2 (more misses in flight than L1
+ * takes: 4096^2 from DRAM, one thread, 0.38 -> 0.34 ms against prefetching into L1).
+ * Several rows (prefill): register tiles of MR = 8, 4 or 2 rows x 2 panels, codes decoded
+ * once to plain bytes (shift + AND) and used by every row of the tile; group sums go through a
+ * small float tile in L1.
+ *
+ * Work is handed out in units of two panels (OpenMP, dynamic).
  */
 typedef struct {
-    const int8_t* xq; /* [M, kbn * 32], zero-padded */
-    const float* xs;
-    const int32_t* zx; /* NULL: 0 */
+    const int8_t* xq;     /* [M, ldx], zero-padded to whole blocks */
+    const float* xs;      /* [M] */
+    const int32_t* zx;    /* [M], or NULL: 0 */
     const int32_t* xqsum; /* [M, ng] */
     const uint32_t* w;
     const float* s;
@@ -483,7 +499,7 @@ typedef struct {
     const int32_t* wt;
     const float* bias;
     float* y;
-    int64_t M, N, ng, np, kbn, gb; /* gb: blocks per group */
+    int64_t M, N, ng, np, kbn, gb, ldx; /* gb: blocks per group */
     int bits;
 } lb8_ctx;
 
@@ -495,27 +511,27 @@ static unsigned lb8_code(const uint32_t* wp, int bits, int64_t off) {
     return u;
 }
 
-static void lb8_scalar_panel(const lb8_ctx* c, int64_t p) {
-    const int64_t ldx = c->kbn * QE_LB_KB;
-    for (int64_t m = 0; m < c->M; ++m)
-        for (int r = 0; r < QE_LB_PR && p * QE_LB_PR + r < c->N; ++r) {
-            const int64_t row = p * QE_LB_PR + r;
-            float tot = 0.0f;
-            for (int64_t g = 0; g < c->ng; ++g) {
-                int32_t dot = 0;
-                for (int64_t kb = g * c->gb; kb < (g + 1) * c->gb; ++kb) {
-                    const uint32_t* wp = c->w + ((p * c->kbn + kb) * c->bits) * QE_LB_PR + r;
-                    for (int64_t off = 0; off < QE_LB_KB; ++off)
-                        dot += (int32_t)lb8_code(wp, c->bits, off) *
-                               c->xq[m * ldx + kb * QE_LB_KB + off];
+static void lb8_scalar_unit(const lb8_ctx* c, int64_t p0, int npu) {
+    for (int64_t p = p0; p < p0 + npu; ++p)
+        for (int64_t m = 0; m < c->M; ++m)
+            for (int r = 0; r < QE_LB_PR && p * QE_LB_PR + r < c->N; ++r) {
+                const int64_t row = p * QE_LB_PR + r;
+                float tot = 0.0f;
+                for (int64_t g = 0; g < c->ng; ++g) {
+                    int32_t dot = 0;
+                    for (int64_t kb = g * c->gb; kb < (g + 1) * c->gb; ++kb) {
+                        const uint32_t* wp = c->w + ((p * c->kbn + kb) * c->bits) * QE_LB_PR + r;
+                        for (int64_t off = 0; off < QE_LB_KB; ++off)
+                            dot += (int32_t)lb8_code(wp, c->bits, off) *
+                                   c->xq[m * c->ldx + kb * QE_LB_KB + off];
+                    }
+                    const int64_t pi = (p * c->ng + g) * QE_LB_PR + r;
+                    const int32_t zx = c->zx ? c->zx[m] : 0;
+                    const int32_t i = dot - c->zq[pi] * c->xqsum[m * c->ng + g] - zx * c->wt[pi];
+                    tot += c->s[pi] * (float)i;
                 }
-                const int64_t pi = (p * c->ng + g) * QE_LB_PR + r;
-                const int32_t zx = c->zx ? c->zx[m] : 0;
-                const int32_t i = dot - c->zq[pi] * c->xqsum[m * c->ng + g] - zx * c->wt[pi];
-                tot += c->s[pi] * (float)i;
+                c->y[m * c->N + row] = c->xs[m] * tot + (c->bias ? c->bias[row] : 0.0f);
             }
-            c->y[m * c->N + row] = c->xs[m] * tot + (c->bias ? c->bias[row] : 0.0f);
-        }
 }
 
 #if QE_LB_X86
@@ -528,66 +544,163 @@ static void lb8_scalar_panel(const lb8_ctx* c, int64_t p) {
                       AND((Q) <= 2 ? SHL(HI, 2 - (Q)) : SHR(HI, (Q) - 2), SET1(0x04040404))) \
                  : AND(SHR((Q) < 4 ? (LO0) : (LO1), 2 * ((Q) % 4)), SET1(0x03030303)))
 
-/* AVX-512 VNNI: field s of every byte masked in place is u * 4^s (at most 192, still a u8), so
- * one AND feeds vpdpbusd; each s has its own accumulator (also four independent chains) and
- * the exact sums are shifted back by 2s per group.  Bit 2 of 3-bit codes: one shift + AND. */
-QE_LB_INLINE QE_LB_VNNI void lb8_512_tile(const lb8_ctx* c, int64_t p, int64_t m0, const int MR,
-                                          const int BITS) {
-    const int64_t rows = c->N - p * QE_LB_PR, ldx = c->kbn * QE_LB_KB;
+QE_LB_INLINE QE_LB_VNNI __m512i lb8_bcast(const int8_t* p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* I (see above) of one panel and group from the exact dot products, scaled into tot. */
+QE_LB_INLINE QE_LB_VNNI __m512 lb8_512_group(const lb8_ctx* c, int64_t p, int64_t g, int64_t m,
+                                             __m512i i, __m512 tot) {
+    const int64_t pi = (p * c->ng + g) * QE_LB_PR;
+    const __m512i xsum = _mm512_set1_epi32(c->xqsum[m * c->ng + g]);
+    i = _mm512_sub_epi32(i, _mm512_mullo_epi32(_mm512_loadu_si512((const void*)(c->zq + pi)),
+                                               xsum));
+    if (c->zx && c->zx[m])
+        i = _mm512_sub_epi32(i, _mm512_mullo_epi32(_mm512_loadu_si512((const void*)(c->wt + pi)),
+                                                   _mm512_set1_epi32(c->zx[m])));
+    return _mm512_fmadd_ps(_mm512_loadu_ps(c->s + pi), _mm512_cvtepi32_ps(i), tot);
+}
+
+QE_LB_INLINE QE_LB_VNNI void lb8_512_store(const lb8_ctx* c, int64_t p, int64_t m, __m512 tot) {
+    const int64_t rows = c->N - p * QE_LB_PR;
     const __mmask16 live = rows >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rows) - 1u);
-    __m512 tot[4];
-    for (int m = 0; m < MR; ++m) tot[m] = _mm512_setzero_ps();
+    const __m512 b = c->bias ? _mm512_maskz_loadu_ps(live, c->bias + p * QE_LB_PR)
+                             : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(c->y + m * c->N + p * QE_LB_PR, live,
+                          _mm512_fmadd_ps(_mm512_set1_ps(c->xs[m]), tot, b));
+}
+
+/* One activation row m x NP panels from p (decode: in-place masks, see the header). */
+QE_LB_INLINE QE_LB_VNNI void lb8_512_gemv(const lb8_ctx* c, int64_t p, int64_t m, const int NP,
+                                          const int BITS) {
+    const int64_t pw = c->kbn * BITS * QE_LB_PR; /* words a panel */
+    const int8_t* xr = c->xq + m * c->ldx;
+    __m512 tot[2];
+    for (int j = 0; j < NP; ++j) tot[j] = _mm512_setzero_ps();
     for (int64_t g = 0; g < c->ng; ++g) {
-        __m512i acc[4][5]; /* [m][s], [m][4]: bit 2 */
-        for (int m = 0; m < MR; ++m)
-            for (int a = 0; a < 5; ++a) acc[m][a] = _mm512_setzero_si512();
+        __m512i acc[2][5]; /* [panel][s], [panel][4]: bit 2 */
+        for (int j = 0; j < NP; ++j)
+            for (int a = 0; a < 5; ++a) acc[j][a] = _mm512_setzero_si512();
         for (int64_t kb = g * c->gb; kb < (g + 1) * c->gb; ++kb) {
-            const uint32_t* wp = c->w + ((p * c->kbn + kb) * BITS) * QE_LB_PR;
-            const int64_t ahead = (p * c->kbn + kb) * BITS * 64 + QE_LB_PF; /* bytes */
-            if (m0 == 0 && ahead < c->np * c->kbn * BITS * 64) /* one stream: prefetch ahead */
-                for (int l = 0; l < BITS; ++l)
-                    _mm_prefetch((const char*)c->w + ahead + 64 * l, _MM_HINT_T0);
-            const __m512i lo0 = _mm512_loadu_si512((const void*)wp);
-            const __m512i lo1 = _mm512_loadu_si512((const void*)(wp + 16));
-            const __m512i hi = BITS == 3 ? _mm512_loadu_si512((const void*)(wp + 32)) : lo0;
+            const int8_t* xb = xr + kb * QE_LB_KB;
+            /* QE_LB_PF8 bytes ahead in each stream; past the end of its panel, stream j
+             * continues with panel j of the next unit (prefetch never faults: past the
+             * weights it only costs a wasted request) */
+            const int64_t ahead = kb + QE_LB_PF8 / (BITS * 64);
+            const int64_t skip = ahead < c->kbn ? 0 : (NP - 1) * pw;
+            for (int j = 0; j < NP; ++j) {
+                const char* wp = (const char*)(c->w + (p + j) * pw + skip + ahead * BITS * 16);
+                for (int l = 0; l < BITS; ++l) _mm_prefetch(wp + 64 * l, _MM_HINT_T1);
+            }
+            for (int h = 0; h < 2; ++h) { /* run h: k = 32kb + 16h + 4s + j */
+                __m512i xv[4];
+                for (int s = 0; s < 4; ++s) xv[s] = lb8_bcast(xb + 16 * h + 4 * s);
+                for (int j = 0; j < NP; ++j) {
+                    const uint32_t* wp = c->w + (p + j) * pw + kb * BITS * QE_LB_PR;
+                    const __m512i lo = _mm512_loadu_si512((const void*)(wp + 16 * h));
+                    for (int s = 0; s < 4; ++s) {
+                        const __m512i u =
+                            _mm512_and_si512(lo, _mm512_set1_epi32((int)(0x03030303u << 2 * s)));
+                        acc[j][s] = _mm512_dpbusd_epi32(acc[j][s], u, xv[s]);
+                    }
+                }
+            }
+            if (BITS == 3)
+                for (int j = 0; j < NP; ++j) {
+                    const uint32_t* wp = c->w + (p + j) * pw + kb * BITS * QE_LB_PR;
+                    const __m512i hi = _mm512_loadu_si512((const void*)(wp + 32));
+                    for (int q = 0; q < 8; ++q) {
+                        const __m512i hb = _mm512_and_si512(_mm512_srli_epi32(hi, q),
+                                                            _mm512_set1_epi32(0x01010101));
+                        acc[j][4] = _mm512_dpbusd_epi32(acc[j][4], hb, lb8_bcast(xb + 4 * q));
+                    }
+                }
+        }
+        for (int j = 0; j < NP; ++j) {
+            const __m512i lo = _mm512_add_epi32(acc[j][0], _mm512_srai_epi32(acc[j][1], 2));
+            const __m512i up = _mm512_add_epi32(_mm512_srai_epi32(acc[j][2], 4),
+                                                _mm512_srai_epi32(acc[j][3], 6));
+            __m512i i = _mm512_add_epi32(lo, up);
+            if (BITS == 3) i = _mm512_add_epi32(i, _mm512_slli_epi32(acc[j][4], 2));
+            tot[j] = lb8_512_group(c, p + j, g, m, i, tot[j]);
+        }
+    }
+    for (int j = 0; j < NP; ++j) lb8_512_store(c, p + j, m, tot[j]);
+}
+
+/* MR activation rows from m0 x NP panels from p: codes decoded once to bytes (shift + AND),
+ * used by every row; per-group results accumulate in a float tile (L1). */
+QE_LB_INLINE QE_LB_VNNI void lb8_512_tile(const lb8_ctx* c, int64_t p, int64_t m0, const int MR,
+                                          const int NP, const int BITS) {
+    const int64_t pw = c->kbn * BITS * QE_LB_PR;
+    __attribute__((aligned(64))) float tot[8][2][16];
+    for (int m = 0; m < MR; ++m)
+        for (int j = 0; j < NP; ++j) _mm512_store_ps(tot[m][j], _mm512_setzero_ps());
+    for (int64_t g = 0; g < c->ng; ++g) {
+        __m512i acc[8][2];
+        for (int m = 0; m < MR; ++m)
+            for (int j = 0; j < NP; ++j) acc[m][j] = _mm512_setzero_si512();
+        for (int64_t kb = g * c->gb; kb < (g + 1) * c->gb; ++kb) {
+            __m512i lo0[2], lo1[2], hi[2];
+            for (int j = 0; j < NP; ++j) {
+                const uint32_t* wp = c->w + (p + j) * pw + kb * BITS * QE_LB_PR;
+                lo0[j] = _mm512_loadu_si512((const void*)wp);
+                lo1[j] = _mm512_loadu_si512((const void*)(wp + 16));
+                hi[j] = BITS == 3 ? _mm512_loadu_si512((const void*)(wp + 32)) : lo0[j];
+            }
             for (int q = 0; q < 8; ++q) {
-                const int sq = q % 4;
-                const __m512i u = _mm512_and_si512(q < 4 ? lo0 : lo1,
-                                                   _mm512_set1_epi32((int)(0x03030303u << 2 * sq)));
-                __m512i h = u;
-                if (BITS == 3)
-                    h = _mm512_and_si512(_mm512_srli_epi32(hi, q), _mm512_set1_epi32(0x01010101));
+                __m512i u[2];
+                for (int j = 0; j < NP; ++j)
+                    u[j] = QE_LB8_DECODE(BITS, lo0[j], lo1[j], hi[j], q, _mm512_srli_epi32,
+                                         _mm512_slli_epi32, _mm512_and_si512, _mm512_or_si512,
+                                         _mm512_set1_epi32);
                 for (int m = 0; m < MR; ++m) {
-                    int32_t xw;
-                    memcpy(&xw, c->xq + (m0 + m) * ldx + kb * QE_LB_KB + 4 * q, 4);
-                    const __m512i xv = _mm512_set1_epi32(xw);
-                    acc[m][sq] = _mm512_dpbusd_epi32(acc[m][sq], u, xv);
-                    if (BITS == 3) acc[m][4] = _mm512_dpbusd_epi32(acc[m][4], h, xv);
+                    const __m512i xv = lb8_bcast(c->xq + (m0 + m) * c->ldx + kb * QE_LB_KB + 4 * q);
+                    for (int j = 0; j < NP; ++j)
+                        acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], u[j], xv);
                 }
             }
         }
-        const int64_t pi = (p * c->ng + g) * QE_LB_PR;
-        const __m512i zq = _mm512_loadu_si512((const void*)(c->zq + pi));
-        const __m512i wt = _mm512_loadu_si512((const void*)(c->wt + pi));
-        const __m512 sv = _mm512_loadu_ps(c->s + pi);
-        for (int m = 0; m < MR; ++m) {
-            const int32_t zx = c->zx ? c->zx[m0 + m] : 0;
-            const __m512i lo = _mm512_add_epi32(acc[m][0], _mm512_srai_epi32(acc[m][1], 2));
-            const __m512i up = _mm512_add_epi32(_mm512_srai_epi32(acc[m][2], 4),
-                                                _mm512_srai_epi32(acc[m][3], 6));
-            __m512i i = _mm512_add_epi32(lo, up);
-            if (BITS == 3) i = _mm512_add_epi32(i, _mm512_slli_epi32(acc[m][4], 2));
-            const __m512i xsum = _mm512_set1_epi32(c->xqsum[(m0 + m) * c->ng + g]);
-            i = _mm512_sub_epi32(i, _mm512_mullo_epi32(zq, xsum));
-            if (zx) i = _mm512_sub_epi32(i, _mm512_mullo_epi32(wt, _mm512_set1_epi32(zx)));
-            tot[m] = _mm512_fmadd_ps(sv, _mm512_cvtepi32_ps(i), tot[m]);
-        }
+        for (int m = 0; m < MR; ++m)
+            for (int j = 0; j < NP; ++j)
+                _mm512_store_ps(tot[m][j], lb8_512_group(c, p + j, g, m0 + m, acc[m][j],
+                                                         _mm512_load_ps(tot[m][j])));
     }
-    const __m512 b = c->bias ? _mm512_maskz_loadu_ps(live, c->bias + p * QE_LB_PR)
-                             : _mm512_setzero_ps();
     for (int m = 0; m < MR; ++m)
-        _mm512_mask_storeu_ps(c->y + (m0 + m) * c->N + p * QE_LB_PR, live,
-                              _mm512_fmadd_ps(_mm512_set1_ps(c->xs[m0 + m]), tot[m], b));
+        for (int j = 0; j < NP; ++j) lb8_512_store(c, p + j, m0 + m, _mm512_load_ps(tot[m][j]));
+}
+
+#define QE_LB8_BITS(CALL_2, CALL_3) \
+    do {                            \
+        if (c->bits == 2)           \
+            CALL_2;                 \
+        else                        \
+            CALL_3;                 \
+    } while (0)
+
+/* NP panels from p, every activation row: tiles of 8, 4, 2 rows, then one row. */
+QE_LB_INLINE QE_LB_VNNI void lb8_512_panels(const lb8_ctx* c, int64_t p, const int NP) {
+    int64_t m = 0;
+    for (; m + 8 <= c->M; m += 8)
+        QE_LB8_BITS(lb8_512_tile(c, p, m, 8, NP, 2), lb8_512_tile(c, p, m, 8, NP, 3));
+    if (m + 4 <= c->M) {
+        QE_LB8_BITS(lb8_512_tile(c, p, m, 4, NP, 2), lb8_512_tile(c, p, m, 4, NP, 3));
+        m += 4;
+    }
+    if (m + 2 <= c->M) {
+        QE_LB8_BITS(lb8_512_tile(c, p, m, 2, NP, 2), lb8_512_tile(c, p, m, 2, NP, 3));
+        m += 2;
+    }
+    if (m < c->M) QE_LB8_BITS(lb8_512_gemv(c, p, m, NP, 2), lb8_512_gemv(c, p, m, NP, 3));
+}
+
+QE_LB_VNNI static void lb8_512_unit(const lb8_ctx* c, int64_t p, int npu) {
+    if (npu == 2)
+        lb8_512_panels(c, p, 2);
+    else
+        lb8_512_panels(c, p, 1);
 }
 
 /* AVX2: vpmaddubsw (exact here, see above) then vpmaddwd by ones; two halves of 8 rows. */
@@ -598,7 +711,7 @@ QE_LB_INLINE QE_LB_AVX2 __m256i lb8_256_dot(__m256i acc, __m256i u, __m256i x) {
 
 QE_LB_INLINE QE_LB_AVX2 void lb8_256_tile(const lb8_ctx* c, int64_t p, int64_t m0, const int MR,
                                           const int BITS) {
-    const int64_t rows = c->N - p * QE_LB_PR, ldx = c->kbn * QE_LB_KB;
+    const int64_t rows = c->N - p * QE_LB_PR, ldx = c->ldx;
     __m256 tot[2][2];
     for (int m = 0; m < MR; ++m) tot[m][0] = tot[m][1] = _mm256_setzero_ps();
     for (int64_t g = 0; g < c->ng; ++g) {
@@ -606,6 +719,8 @@ QE_LB_INLINE QE_LB_AVX2 void lb8_256_tile(const lb8_ctx* c, int64_t p, int64_t m
         for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
         for (int64_t kb = g * c->gb; kb < (g + 1) * c->gb; ++kb) {
             const uint32_t* wp = c->w + ((p * c->kbn + kb) * BITS) * QE_LB_PR;
+            for (int l = 0; l < BITS; ++l)
+                _mm_prefetch((const char*)wp + QE_LB_PF + 64 * l, _MM_HINT_T0);
             for (int hf = 0; hf < 2; ++hf) {
                 const __m256i lo0 = _mm256_loadu_si256((const __m256i*)(wp + hf * 8));
                 const __m256i lo1 = _mm256_loadu_si256((const __m256i*)(wp + 16 + hf * 8));
@@ -649,74 +764,115 @@ QE_LB_INLINE QE_LB_AVX2 void lb8_256_tile(const lb8_ctx* c, int64_t p, int64_t m
         }
 }
 
-/* One panel's activation rows in tiles of MR (the decode is shared), then one by one. */
-#define QE_LB8_PANEL(NAME, TILE, MR, TARGET)                            \
-    TARGET static void NAME(const lb8_ctx* c, int64_t p) {              \
-        int64_t m = 0;                                                  \
-        for (; m + (MR) <= c->M; m += (MR)) {                           \
-            if (c->bits == 2)                                           \
-                TILE(c, p, m, (MR), 2);                                 \
-            else                                                        \
-                TILE(c, p, m, (MR), 3);                                 \
-        }                                                               \
-        for (; m < c->M; ++m) {                                         \
-            if (c->bits == 2)                                           \
-                TILE(c, p, m, 1, 2);                                    \
-            else                                                        \
-                TILE(c, p, m, 1, 3);                                    \
-        }                                                               \
+/* The panels of a unit one by one, their activation rows in tiles of 2 (the decode is
+ * shared), then one by one. */
+QE_LB_AVX2 static void lb8_256_unit(const lb8_ctx* c, int64_t p0, int npu) {
+    for (int64_t p = p0; p < p0 + npu; ++p) {
+        int64_t m = 0;
+        for (; m + 2 <= c->M; m += 2)
+            QE_LB8_BITS(lb8_256_tile(c, p, m, 2, 2), lb8_256_tile(c, p, m, 2, 3));
+        if (m < c->M) QE_LB8_BITS(lb8_256_tile(c, p, m, 1, 2), lb8_256_tile(c, p, m, 1, 3));
     }
-
-QE_LB8_PANEL(lb8_512_panel, lb8_512_tile, 2, QE_LB_VNNI)
-QE_LB8_PANEL(lb8_256_panel, lb8_256_tile, 2, QE_LB_AVX2)
+}
 #endif
 
 /* Which code qe_lb8_linear runs: 0 scalar, 1 AVX2, 2 AVX-512 VNNI (avx512_vnni path only). */
 QE_LB_EXPORT int qe_lb8_path(void) { return qe_lb_path(); }
 
+int qe_dyn_quantize_into(const float* x, int64_t M, int64_t K, int per_token, int symmetric,
+                         float eps, int8_t* xq, int64_t ldq, float* xs, int32_t* zx);
+
+/* Checks the arguments both entry points share and fills the weight side of c. */
+static int lb8_setup(lb8_ctx* c, const uint32_t* w, const float* s, const int32_t* zq,
+                     const int32_t* wt, const float* bias, float* y, int64_t M, int64_t N,
+                     int64_t K, int64_t G, int bits) {
+    if (!w || !s || !zq || !wt || !y || M < 0 || N <= 0 || K <= 0 || G <= 0) return QE_LB_EINVAL;
+    if (K % G || bits < 2 || bits > 3 || (G != K && G % QE_LB_KB) || K > (1 << 16))
+        return QE_LB_EINVAL;
+    memset(c, 0, sizeof(*c));
+    c->w = w, c->s = s, c->zq = zq, c->wt = wt, c->bias = bias, c->y = y;
+    c->M = M, c->N = N, c->ng = K / G, c->np = lb_panels(N), c->kbn = lb_blocks(K), c->bits = bits;
+    c->gb = c->ng == 1 ? c->kbn : G / QE_LB_KB;
+    c->ldx = c->kbn * QE_LB_KB;
+    return QE_LB_OK;
+}
+
+/* Workspace bytes for M rows: codes [M, ldx], then scales, zero points and group sums. */
+static size_t lb8_ws_bytes(const lb8_ctx* c) {
+    return (size_t)(c->M * c->ldx + 64) + (size_t)(c->M * (2 + c->ng)) * 4;
+}
+
+/* Zero padding of each code row (whole blocks), the per-group code sums, then the panels. */
+static void lb8_run(lb8_ctx* c, int8_t* xp, int32_t* xqsum, int64_t K, int nthreads) {
+    const int64_t G = K / c->ng;
+    for (int64_t m = 0; m < c->M; ++m) {
+        int8_t* xr = xp + m * c->ldx;
+        memset(xr + K, 0, (size_t)(c->ldx - K));
+        for (int64_t g = 0; g < c->ng; ++g) {
+            int32_t sum = 0;
+            for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += xr[k];
+            xqsum[m * c->ng + g] = sum;
+        }
+    }
+    c->xq = xp, c->xqsum = xqsum;
+    void (*fn)(const lb8_ctx*, int64_t, int) = lb8_scalar_unit;
+#if QE_LB_X86
+    const int path = qe_lb_path();
+    if (path == 2)
+        fn = lb8_512_unit;
+    else if (path == 1)
+        fn = lb8_256_unit;
+#endif
+    const int64_t units = (c->np + 1) / 2;
+    const int nth = nthreads > 1 && units > 1 ? nthreads : 1;
+    (void)nth;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 2) num_threads(nth) if (nth > 1)
+#endif
+    for (int64_t u = 0; u < units; ++u) fn(c, 2 * u, 2 * u + 1 < c->np ? 2 : 1);
+}
+
 QE_LB_EXPORT int qe_lb8_linear(const int8_t* xq, const float* xs, const int32_t* zx,
                                const uint32_t* w, const float* s, const int32_t* zq,
                                const int32_t* wt, const float* bias, float* y, int64_t M,
                                int64_t N, int64_t K, int64_t G, int bits, int nthreads) {
-    if (!xq || !xs || !w || !s || !zq || !wt || !y || M < 0 || N <= 0 || K <= 0 || G <= 0)
-        return QE_LB_EINVAL;
-    if (K % G || bits < 2 || bits > 3 || (G != K && G % QE_LB_KB) || K > (1 << 16))
-        return QE_LB_EINVAL;
+    lb8_ctx c;
+    const int rc = lb8_setup(&c, w, s, zq, wt, bias, y, M, N, K, G, bits);
+    if (rc != QE_LB_OK || !xq || !xs) return rc != QE_LB_OK ? rc : QE_LB_EINVAL;
     if (M == 0) return QE_LB_OK;
-    lb8_ctx c = {0};
-    c.xs = xs, c.zx = zx, c.w = w, c.s = s, c.zq = zq, c.wt = wt, c.bias = bias, c.y = y;
-    c.M = M, c.N = N, c.ng = K / G, c.np = lb_panels(N), c.kbn = lb_blocks(K), c.bits = bits;
-    c.gb = c.ng == 1 ? c.kbn : G / QE_LB_KB;
-    const int64_t ldx = c.kbn * QE_LB_KB;
     int cached;
-    char* ws = (char*)lb_ws_take((size_t)(M * ldx + M * c.ng * 4 + 64), &cached);
+    char* ws = (char*)lb_ws_take(lb8_ws_bytes(&c), &cached);
     if (!ws) return QE_LB_ENOMEM;
-    int32_t* xqsum = (int32_t*)ws;
-    int8_t* xp = (int8_t*)(ws + ((M * c.ng * 4 + 63) & ~(int64_t)63));
-    for (int64_t m = 0; m < M; ++m) {
-        memcpy(xp + m * ldx, xq + m * K, (size_t)K);
-        memset(xp + m * ldx + K, 0, (size_t)(ldx - K));
-        for (int64_t g = 0; g < c.ng; ++g) {
-            int32_t sum = 0;
-            for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += xq[m * K + k];
-            xqsum[m * c.ng + g] = sum;
-        }
+    int8_t* xp = (int8_t*)ws;
+    for (int64_t m = 0; m < M; ++m) memcpy(xp + m * c.ldx, xq + m * K, (size_t)K);
+    c.xs = xs, c.zx = zx;
+    lb8_run(&c, xp, (int32_t*)(ws + ((M * c.ldx + 63) & ~(int64_t)63)), K, nthreads);
+    lb_ws_give((float*)ws, cached);
+    return QE_LB_OK;
+}
+
+/* The same from float activations x [M, K], quantized here to int8 per token (per_token) or
+ * per tensor, symmetric or not, as qe_kernels.c's dynamic W8A8 / W4A8 entry points do. */
+QE_LB_EXPORT int qe_lb8_dyn_linear(const float* x, int per_token, int symmetric, float eps,
+                                   const uint32_t* w, const float* s, const int32_t* zq,
+                                   const int32_t* wt, const float* bias, float* y, int64_t M,
+                                   int64_t N, int64_t K, int64_t G, int bits, int nthreads) {
+    lb8_ctx c;
+    const int rc = lb8_setup(&c, w, s, zq, wt, bias, y, M, N, K, G, bits);
+    if (rc != QE_LB_OK || !x) return rc != QE_LB_OK ? rc : QE_LB_EINVAL;
+    if (M == 0) return QE_LB_OK;
+    int cached;
+    char* ws = (char*)lb_ws_take(lb8_ws_bytes(&c), &cached);
+    if (!ws) return QE_LB_ENOMEM;
+    int8_t* xp = (int8_t*)ws;
+    float* xs = (float*)(ws + ((M * c.ldx + 63) & ~(int64_t)63));
+    int32_t* zx = (int32_t*)(xs + M);
+    if (qe_dyn_quantize_into(x, M, K, per_token, symmetric, eps, xp, c.ldx, xs, zx) != 0) {
+        lb_ws_give((float*)ws, cached);
+        return QE_LB_EINVAL;
     }
-    c.xq = xp, c.xqsum = xqsum;
-    void (*fn)(const lb8_ctx*, int64_t) = lb8_scalar_panel;
-#if QE_LB_X86
-    const int path = qe_lb_path();
-    if (path == 2)
-        fn = lb8_512_panel;
-    else if (path == 1)
-        fn = lb8_256_panel;
-#endif
-    const int nth = nthreads > 1 && c.np > 1 ? nthreads : 1;
-    (void)nth;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nth) if (nth > 1)
-#endif
-    for (int64_t p = 0; p < c.np; ++p) fn(&c, p);
+    c.xs = xs, c.zx = symmetric ? NULL : zx;
+    lb8_run(&c, xp, zx + M, K, nthreads);
     lb_ws_give((float*)ws, cached);
     return QE_LB_OK;
 }
