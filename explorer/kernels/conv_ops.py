@@ -720,6 +720,8 @@ class NativeConvA8Kernel:
             return why
         if not conv_isa_supported("avx512_vnni"):
             return "needs AVX-512 VNNI (this CPU lacks avx512_vnni)"
+        if conv_isa() != "avx512_vnni":  # elsewhere it runs its scalar reference
+            return f"needs AVX-512 VNNI (the kernels' path is forced to {conv_isa()})"
         return None
 
     def prepare(
