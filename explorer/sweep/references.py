@@ -3,9 +3,10 @@ with, on the same evaluation data, with the same threads, beside the explorer's 
 
 Today that is faster-whisper for the built-in Whisper (`explorer.targets.faster_whisper`), whose
 original CTranslate2 files ship with it; a user's Whisper directory has no such files. The
-utterances are exactly the ones the speech task evaluated (`eval_audio`: the held-out
-utterances after the calibration ones, in order, cut to the rows' evaluation budget), and the
-timed clip is the ``transcribe_10s`` workload's.
+utterances are exactly the ones the speech task evaluated (`eval_audio`: those of the data's
+``eval/`` folder where it has a ``train/`` one, else the held-out utterances after the
+calibration ones; in order, cut to the rows' evaluation budget), and the timed clip is the
+``transcribe_10s`` workload's.
 
 Computing the points transcribes every evaluated utterance twice (float32 and int8) and times
 the clip, so they are kept in the cache folder as JSON (`faster_whisper_rows`), keyed by
@@ -36,7 +37,7 @@ from explorer.sweep.default import DEFAULT_RUN
 from explorer.sweep.runner import RunSettings
 from explorer.targets import faster_whisper
 from explorer.tasks.audio import Utterance, load_utterances
-from explorer.tasks.speech import normalise_text
+from explorer.tasks.speech import data_folders, normalise_text
 
 SCHEMA = 1
 """The stored rows' layout (and a part of their key)."""
@@ -72,8 +73,10 @@ def eval_audio(ctx: ModelContext) -> tuple[list[Utterance], np.ndarray, int]:
     extractor = task.processor.feature_extractor
     rate = int(extractor.sampling_rate)
     window = float(extractor.n_samples) / rate
-    utterances = load_utterances(Path(ctx.source.data), rate, window, normalise=normalise_text)
-    held_out = utterances[len(ctx.calibration_split[0]) :]  # the task calibrates on the first
+    evaluated, train_dir = data_folders(Path(ctx.source.data))
+    utterances = load_utterances(evaluated, rate, window, normalise=normalise_text)
+    # without a train/ folder the task calibrates on the folder's first utterances
+    held_out = utterances if train_dir else utterances[len(ctx.calibration_split[0]) :]
     chosen = [held_out[i] for i in ctx.eval_split[1].tolist()]
     expected = [task.references[i] for i in ctx.eval_split[1].tolist()]
     if [u.text for u in chosen] != expected:

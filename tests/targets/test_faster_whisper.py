@@ -109,6 +109,51 @@ def test_reference_rows_report_each_utterance_and_timing(
     assert heard == [(done, 6, text) for done, text in steps] + [(6, 6, "done")]
 
 
+def _tones(folder: Path, texts: list[str]) -> None:
+    """``texts`` as 0.1 s tones (16 kHz WAV, a pitch each) with their transcript CSV."""
+    import wave
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["file,text"]
+    for i, text in enumerate(texts):
+        tone = 0.3 * np.sin(2 * np.pi * (300 + 50 * i) * np.arange(1600) / 16_000)
+        with wave.open(str(folder / f"t{i}.wav"), "wb") as f:
+            f.setnchannels(1)
+            f.setsampwidth(2)
+            f.setframerate(16_000)
+            f.writeframes((tone * 32767).astype("<i2").tobytes())
+        lines.append(f"t{i}.wav,{text}")
+    (folder / "transcripts.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("layout", ["train folder", "one folder"])
+def test_eval_audio_is_what_the_task_evaluated(tmp_path: Path, layout: str) -> None:
+    """With ``train/`` beside ``eval/`` (the built-in's audio) every ``eval/`` utterance is
+    evaluated; in one folder the first (calibration) ones are not."""
+    evaluated = ["alpha one", "bravo two", "charlie three"]
+    if layout == "train folder":
+        _tones(tmp_path / "eval", evaluated)
+        _tones(tmp_path / "train", ["delta four", "echo five"])
+        calibration, expected = 2, evaluated
+    else:
+        _tones(tmp_path, ["delta four", *evaluated])
+        calibration, expected = 1, evaluated
+    extractor = SimpleNamespace(sampling_rate=16_000, n_samples=480_000)
+    ctx = SimpleNamespace(
+        name="whisper-tiny-en",
+        task_spec=SimpleNamespace(
+            processor=SimpleNamespace(feature_extractor=extractor), references=expected
+        ),
+        data=SimpleNamespace(workload_inputs={"audio": torch.ones(160)}),
+        source=ModelSource(model="whisper-tiny-en", data=str(tmp_path)),
+        eval_split=(None, torch.tensor([0, 2])),
+        calibration_split=(torch.zeros(calibration, 1), None),
+    )
+    utterances, clip, rate = eval_audio(ctx)  # type: ignore[arg-type]
+    assert [u.text for u in utterances] == [expected[0], expected[2]]
+    assert rate == 16_000 and clip.size == 160
+
+
 @pytest.fixture(scope="module")
 def audio_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_speech_folder(tmp_path_factory.mktemp("speech"))
