@@ -118,10 +118,12 @@ for cfg, k in ((QuantConfig(weight_bits=2), 100), (w3, 64)):
         native.set_isa(isa)
         lowbit.wo_linear(torch.randn(5, k), packed, torch.randn(17))
     qw = QuantizedWeight.from_float(torch.randn(17, k), cfg)
-    xq = torch.randint(-128, 128, (5, k), dtype=torch.int8)
+    xq = torch.randint(-128, 128, (9, k), dtype=torch.int8)  # an 8-row tile, then one row
+    dyn = lowbit.bind_a8_dynamic(lowbit.pack_a8(qw), None, per_token=True, symmetric=False)
     for isa in native.supported_isas():
         native.set_isa(isa)
-        lowbit.a8_linear(xq, torch.rand(5), torch.arange(5), lowbit.pack_a8(qw), torch.randn(17))
+        lowbit.a8_linear(xq, torch.rand(9), torch.arange(9), lowbit.pack_a8(qw), torch.randn(17))
+        dyn(torch.randn(9, k))  # activations quantized in C (qe_lb8_dyn_linear)
 native.set_isa(None)
 from explorer.kernels.base import LinearSpec
 from explorer.kernels.conv_ops import CONV_A8, DWCONV_A8
