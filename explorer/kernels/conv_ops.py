@@ -1,5 +1,5 @@
-"""Quantized convolution kernels: oneDNN's int8 convolution, im2col plus a linear kernel, and a
-depthwise convolution on stored weight codes.
+"""Quantized convolution kernels: our own int8 convolutions (dense and depthwise), oneDNN's int8
+convolution, im2col plus a linear kernel, and a depthwise convolution on stored weight codes.
 
 Every kernel here takes a float32 NCHW input and returns float32 ``[B, O, Ho, Wo]`` (possibly
 channels-last in memory), behind the interface of `explorer.kernels.base` with the geometry
@@ -25,6 +25,14 @@ The ``spec`` is the layer's flattened ``[O, C/groups * kh * kw]`` weight (PyTorc
   their stored codes, 2 to 8 bits (``qe_dwconv_wo``): a depthwise layer holds 9 weights a
   channel, so its time is the activations' and the kernel decodes each channel's taps once, in
   registers.
+
+- ``int8-conv-native`` (`NativeConvA8Kernel`): an implicit GEMM on uint8 NHWC codes
+  (``qe_conv_a8``: range, codes and AVX-512 VNNI GEMM in one C call, no patch matrix except for
+  narrow inputs and per-token rows), activations per tensor (dynamic or static) or per token.
+- ``int8-dwconv-native`` (`NativeDwConvA8Kernel`): depthwise, products of int8 codes summed
+  exactly in float32 across channels (``qe_dwconv_a8``; AVX-512, AVX2 and scalar paths, which
+  `force_conv_isa` selects for tests).
+Both return channels-last outputs, which the next such layer reads without a copy.
 
 Per-tensor dynamic activation ranges: a dense convolution's reference (and im2col) take them
 over the patch matrix, i.e. over the pixels the convolution reads; ``int8-conv-onednn`` takes

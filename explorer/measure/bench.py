@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from explorer import machine
-from explorer.kernels import lowbit, native
+from explorer.kernels import conv_ops, lowbit, native
 from explorer.kernels.base import LinearSpec
 from explorer.kernels.select import KERNELS, conv_candidates
 from explorer.measure.latency import timing_lock
@@ -167,6 +167,8 @@ def kernel_isa(kernel: str) -> str:
     (``torch-AVX512``, ...)."""
     if kernel in LOWBIT_KERNELS and native.available():
         return lowbit.isa_taken()
+    if kernel in (conv_ops.CONV_A8.name, conv_ops.DWCONV_A8.name):
+        return conv_ops.conv_isa() or "unavailable"  # their own library and path switch
     if kernel.endswith("-native") and native.available():
         path = native.isa()
         if "-wo-" in kernel and path in ("avx_vnni", "avx512_vnni"):

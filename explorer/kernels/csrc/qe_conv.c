@@ -2,9 +2,10 @@
  * Convolution helpers of the Quantization Explorer (built by explorer/kernels/native_build.py,
  * called through ctypes by explorer/kernels/conv_ops.py).
  *
- * Dense int8 convolutions run on oneDNN's int8 convolution where it is exact (VNNI/AMX), or as
- * im2col plus one of our linear kernels; this file holds the parts around them that torch would
- * otherwise do in several passes, plus the one convolution with no library kernel:
+ * Our own int8 convolutions (qe_conv_a8, qe_dwconv_a8: see the section below) compete, by
+ * measured time, with oneDNN's int8 convolution where it is exact (VNNI/AMX) and with im2col
+ * plus one of our linear kernels; this file also holds the parts around those that torch would
+ * otherwise do in several passes, and the weight-only depthwise convolution:
  *
  * qe_quant_u8_nhwc  float NCHW activations -> uint8 NHWC codes in one pass (quantize + the
  *                   layout change oneDNN wants), with the arithmetic of
