@@ -693,6 +693,26 @@ def _call(state: ConvA8State, x: torch.Tensor, nhwc: int) -> _Call:
     return got
 
 
+def _run_a8(fn: str, state: ConvA8State, x: torch.Tensor) -> torch.Tensor:
+    """``qe_conv_a8_p`` or ``qe_dwconv_a8_p`` on float ``x`` [B, C, H, W] (NCHW or NHWC in
+    memory): float32 [B, O, Ho, Wo], channels-last in memory."""
+    x, nhwc = _layout(x)
+    ints, floats, ho, wo = _call(state, x, nhwc)
+    y = torch.empty((x.shape[0], ho, wo, state.geom.out_channels), dtype=torch.float32)
+    rc = getattr(_lib(), fn)(
+        x.data_ptr(),
+        y.data_ptr(),
+        ints,
+        floats,
+        state.weights.data_ptr(),
+        state.scale.data_ptr(),
+        None if state.bias is None else state.bias.data_ptr(),
+        torch.get_num_threads(),
+    )
+    _check(rc, fn)
+    return y.permute(0, 3, 1, 2)
+
+
 def _window(geom: ConvGeometry) -> tuple[int, ...]:
     return (*geom.kernel_size, *geom.stride, *geom.padding, *geom.dilation)
 
@@ -751,21 +771,7 @@ class NativeConvA8Kernel:
         return ConvA8State(spec, geom, act, packed, scale, b, _window(geom))
 
     def run(self, state: ConvA8State, x: torch.Tensor) -> torch.Tensor:
-        x, nhwc = _layout(x)
-        ints, floats, ho, wo = _call(state, x, nhwc)
-        y = torch.empty((x.shape[0], ho, wo, state.geom.out_channels), dtype=torch.float32)
-        rc = _lib().qe_conv_a8_p(
-            x.data_ptr(),
-            y.data_ptr(),
-            ints,
-            floats,
-            state.weights.data_ptr(),
-            state.scale.data_ptr(),
-            None if state.bias is None else state.bias.data_ptr(),
-            torch.get_num_threads(),
-        )
-        _check(rc, "qe_conv_a8")
-        return y.permute(0, 3, 1, 2)
+        return _run_a8("qe_conv_a8_p", state, x)
 
 
 class NativeDwConvA8Kernel:
@@ -803,21 +809,7 @@ class NativeDwConvA8Kernel:
         return ConvA8State(spec, geom, act, taps, scale, b, _window(geom))
 
     def run(self, state: ConvA8State, x: torch.Tensor) -> torch.Tensor:
-        x, nhwc = _layout(x)
-        ints, floats, ho, wo = _call(state, x, nhwc)
-        y = torch.empty((x.shape[0], ho, wo, x.shape[1]), dtype=torch.float32)
-        rc = _lib().qe_dwconv_a8_p(
-            x.data_ptr(),
-            y.data_ptr(),
-            ints,
-            floats,
-            state.weights.data_ptr(),
-            state.scale.data_ptr(),
-            None if state.bias is None else state.bias.data_ptr(),
-            torch.get_num_threads(),
-        )
-        _check(rc, "qe_dwconv_a8")
-        return y.permute(0, 3, 1, 2)
+        return _run_a8("qe_dwconv_a8_p", state, x)
 
 
 ONEDNN_CONV = OnednnConvKernel(depthwise=False)
