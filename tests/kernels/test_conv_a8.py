@@ -15,6 +15,7 @@ from torch import nn
 
 from explorer.kernels import conv_ops
 from explorer.kernels.conv_ops import CONV_A8, DWCONV_A8
+from explorer.nn import modules
 from explorer.nn.modules import QuantConv2d
 from explorer.quant.config import QuantConfig
 
@@ -125,3 +126,20 @@ def test_what_they_refuse() -> None:
         DWCONV_A8.supports(wspec, wide) == "at most 64 taps (kh * kw): sums stay exact in float32"
     )
     assert DWCONV_A8.supports(spec, geom3).startswith("depthwise convolutions only")
+
+
+def test_kernel_choice_is_timed_in_the_input_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer fed channels-last activations (what these kernels hand on) has its kernels
+    timed on channels-last input: oneDNN's activation codes cost a transpose on NCHW only."""
+    seen = []
+    monkeypatch.setattr(
+        modules, "choose_conv", lambda *a, channels_last=False, **k: seen.append(channels_last)
+    )
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    q = QuantConv2d.from_float(conv, QuantConfig(act_bits=8, act_granularity="tensor"))
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        for src in (x, x.contiguous(memory_format=torch.channels_last)):
+            q(src)
+            q.select_kernel(36)
+    assert seen == [False, True]
