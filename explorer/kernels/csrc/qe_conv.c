@@ -624,23 +624,6 @@ static void qc_quantf_rows(int isa, QC_QUANTF_ARGS) {
     qc_quantf_scalar(QC_QUANTF_CALL);
 }
 
-/* Per-pixel dynamic qparams (per_token): the range of each pixel's channels, with 0. */
-static void qc_pixel_qparams(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw,
-                             int symmetric, float eps, int offset, float *xs, int32_t *zu) {
-    for (int64_t b = 0; b < n; b++)
-        for (int64_t p = 0; p < hw; p++) {
-            float lo = 0.0f, hi = 0.0f;
-            for (int64_t ch = 0; ch < c; ch++) {
-                const float v = x_nhwc ? x[(b * hw + p) * c + ch] : x[(b * c + ch) * hw + p];
-                lo = v < lo ? v : lo;
-                hi = v > hi ? v : hi;
-            }
-            int zero;
-            qparams_from_range(lo, hi, symmetric, eps, &xs[b * hw + p], &zero);
-            zu[b * hw + p] = zero + offset;
-        }
-}
-
 #if QC_X86
 QC_AVX512 static void qc_range_avx512(const float *x, int64_t count, float *lo, float *hi) {
     __m512 l = _mm512_setzero_ps(), h = _mm512_setzero_ps();
@@ -694,6 +677,28 @@ static void qc_range(int isa, const float *x, int64_t count, float *lo_out, floa
     }
     *lo_out = lo;
     *hi_out = hi;
+}
+
+/* Per-pixel dynamic qparams (per_token): the range of each pixel's channels, with 0. */
+static void qc_pixel_qparams(int isa, const float *x, int x_nhwc, int64_t n, int64_t c,
+                             int64_t hw, int symmetric, float eps, int offset, float *xs,
+                             int32_t *zu) {
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t p = 0; p < hw; p++) {
+            float lo = 0.0f, hi = 0.0f;
+            if (x_nhwc) { /* a pixel's channels are contiguous: the vector range */
+                qc_range(isa, x + (b * hw + p) * c, c, &lo, &hi);
+            } else {
+                for (int64_t ch = 0; ch < c; ch++) {
+                    const float v = x[(b * c + ch) * hw + p];
+                    lo = v < lo ? v : lo;
+                    hi = v > hi ? v : hi;
+                }
+            }
+            int zero;
+            qparams_from_range(lo, hi, symmetric, eps, &xs[b * hw + p], &zero);
+            zu[b * hw + p] = zero + offset;
+        }
 }
 
 /* The implicit GEMM over every output pixel of ctx (4 pixels a task). */
@@ -921,7 +926,7 @@ QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64
     if (per_token) {
         xs = (float *)(mem + qp_off);
         zu = (int32_t *)(xs + pixels);
-        qc_pixel_qparams(x, x_nhwc, n, c, hw, symmetric, eps, offset, xs, zu);
+        qc_pixel_qparams(isa, x, x_nhwc, n, c, hw, symmetric, eps, offset, xs, zu);
     }
     qc_quant_rows(isa, x, x_nhwc, n, c, hw, cp, scale, (float)zero, xs, zu, lo, hi, offset,
                   (uint8_t *)mem);
