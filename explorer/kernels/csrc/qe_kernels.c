@@ -193,34 +193,42 @@ static void* qe_alloc(size_t bytes) {
     return aligned_alloc(64, sz);
 }
 
-/* One cached workspace, reused across calls so that steady-state calls neither allocate nor
- * page-fault (fresh pages are expensive, notably in VMs).  A call that finds it busy (calls
- * from several threads at once) falls back to a private allocation. */
-static char* qe_ws_buf = NULL;
-static size_t qe_ws_cap = 0;
-static int qe_ws_busy = 0;
+/* Cached workspaces, reused across calls so that steady-state calls neither allocate nor
+ * page-fault (fresh pages are expensive, notably in VMs): slot 0 for a kernel's own buffers,
+ * slot 1 for the dynamically quantized activations, held while the kernel runs.  A call that
+ * finds its slot busy (calls from several threads at once) falls back to a private
+ * allocation.  *cached is the slot + 1, or 0 for a private allocation. */
+typedef struct {
+    char* buf;
+    size_t cap;
+    int busy;
+} qe_ws_slot;
+static qe_ws_slot qe_ws_slots[2];
 
-static char* qe_ws_get(size_t bytes, int* cached) {
+static char* qe_ws_take(int slot, size_t bytes, int* cached) {
+    qe_ws_slot* w = &qe_ws_slots[slot];
     *cached = 0;
-    if (__atomic_exchange_n(&qe_ws_busy, 1, __ATOMIC_ACQUIRE) == 0) {
-        if (qe_ws_cap < bytes) {
-            free(qe_ws_buf);
-            qe_ws_cap = (bytes + 4095) & ~(size_t)4095;
-            qe_ws_buf = (char*)aligned_alloc(64, qe_ws_cap);
-            if (!qe_ws_buf) qe_ws_cap = 0;
+    if (__atomic_exchange_n(&w->busy, 1, __ATOMIC_ACQUIRE) == 0) {
+        if (w->cap < bytes) {
+            free(w->buf);
+            w->cap = (bytes + 4095) & ~(size_t)4095;
+            w->buf = (char*)aligned_alloc(64, w->cap);
+            if (!w->buf) w->cap = 0;
         }
-        if (qe_ws_buf) {
-            *cached = 1;
-            return qe_ws_buf;
+        if (w->buf) {
+            *cached = slot + 1;
+            return w->buf;
         }
-        __atomic_store_n(&qe_ws_busy, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&w->busy, 0, __ATOMIC_RELEASE);
     }
     return (char*)qe_alloc(bytes);
 }
 
+static char* qe_ws_get(size_t bytes, int* cached) { return qe_ws_take(0, bytes, cached); }
+
 static void qe_ws_put(char* mem, int cached) {
     if (cached)
-        __atomic_store_n(&qe_ws_busy, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&qe_ws_slots[cached - 1].busy, 0, __ATOMIC_RELEASE);
     else
         free(mem);
 }
@@ -1176,9 +1184,36 @@ static float qe_rne(float v) {
     return (v + magic) - magic; /* not folded: no -ffast-math */
 }
 
+#if QE_HAVE_X86
+/* vminps(x, a) is exactly x < a ? x : a (the second operand on NaN and on equal zeros), so
+ * this gives the scalar loop's result, 32 elements at a time. */
+QE_AVX2 static int64_t qe_dyn_range_avx2(const float* x, int64_t n, float* a, float* b) {
+    __m256 lo[4], hi[4];
+    for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 4; ++j) {
+            const __m256 v = _mm256_loadu_ps(x + i + 8 * j);
+            lo[j] = _mm256_min_ps(v, lo[j]);
+            hi[j] = _mm256_max_ps(v, hi[j]);
+        }
+    float l[32], h[32];
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(l + 8 * j, lo[j]), _mm256_storeu_ps(h + 8 * j, hi[j]);
+    for (int j = 0; j < 32; ++j) {
+        *a = l[j] < *a ? l[j] : *a;
+        *b = h[j] > *b ? h[j] : *b;
+    }
+    return i;
+}
+#endif
+
 static void qe_dyn_range(const float* x, int64_t n, float* lo, float* hi) {
     float a = 0.0f, b = 0.0f; /* the range always includes 0 */
-    for (int64_t i = 0; i < n; ++i) {
+    int64_t i = 0;
+#if QE_HAVE_X86
+    if (qe_effective_isa()) i = qe_dyn_range_avx2(x, n, &a, &b);
+#endif
+    for (; i < n; ++i) {
         a = x[i] < a ? x[i] : a;
         b = x[i] > b ? x[i] : b;
     }
@@ -1249,7 +1284,8 @@ QE_AVX2 static void qe_dyn_quantize_row_avx2(const float* x, int8_t* q, int64_t 
 /* Dynamic activations of the W8A8 and W4A8 kernels: x [M, K] quantized to int8 per token or
  * per tensor, with their scales and zero points (one allocation, freed by the caller). */
 typedef struct {
-    char* mem;
+    char* mem; /* released with qe_ws_put(mem, cached) */
+    int cached;
     int8_t* xq;
     float* xs;
     int32_t* zx;
@@ -1289,12 +1325,14 @@ static int qe_dyn_quantize(const float* x, int64_t M, int64_t K, int per_token, 
                            float eps, qe_dyn_acts* a) {
     const size_t o_q = qe_round64((size_t)(M * K));
     const size_t o_s = qe_round64(sizeof(float) * (size_t)M);
-    a->mem = (char*)qe_alloc(o_q + o_s + sizeof(int32_t) * (size_t)M);
+    a->mem = qe_ws_take(1, o_q + o_s + sizeof(int32_t) * (size_t)M, &a->cached);
     if (!a->mem) return QE_ENOMEM;
     a->xq = (int8_t*)a->mem;
     a->xs = (float*)(a->mem + o_q);
     a->zx = (int32_t*)(a->mem + o_q + o_s);
-    return qe_dyn_quantize_into(x, M, K, per_token, symmetric, eps, a->xq, K, a->xs, a->zx);
+    const int rc = qe_dyn_quantize_into(x, M, K, per_token, symmetric, eps, a->xq, K, a->xs, a->zx);
+    if (rc != QE_OK) qe_ws_put(a->mem, a->cached);
+    return rc;
 }
 
 QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, float eps,
@@ -1311,7 +1349,7 @@ QE_EXPORT int qe_w8a8_dyn_linear(const float* x, int per_token, int symmetric, f
     int32_t* zx = a.zx;
     int rc = qe_w8a8_linear(xq, xs, symmetric ? NULL : zx, wq, ws, wsum, bias, y, M, N, K,
                             nthreads);
-    free(a.mem);
+    qe_ws_put(a.mem, a.cached);
     return rc;
 }
 
@@ -1630,7 +1668,7 @@ QE_EXPORT int qe_w4a8_dyn_linear(const float* x, int per_token, int symmetric, f
     int32_t* zx = a.zx;
     int rc = qe_w4a8_linear(xq, xs, symmetric ? NULL : zx, codes, ws, wzs, cz, bias, y, M, N, K,
                             G, nthreads);
-    free(a.mem);
+    qe_ws_put(a.mem, a.cached);
     return rc;
 }
 
@@ -1687,6 +1725,13 @@ QE_EXPORT int qe_w4a8_dyn_linear(const float* x, int per_token, int symmetric, f
  * (W4A8 g128 97-119 % against 86-104 %), while AVX2 W4A8 gains from it (131-154 % against
  * 98-126 %): one thread, thread CPU time, variants interleaved in one process. */
 #define QE_PF_BYTES_512 0
+#endif
+#ifndef QE_PF_GEMM
+/* the same for M > 1 on the VNNI paths (W8A8): at M = 8 the first row tile streams the panels
+ * from memory.  4096 x 4096 on AVX-512, 1 thread, both orders interleaved: M = 8 1.08 / 1.19 ms
+ * against 1.22 / 1.44 without it, M = 16 1.75 / 1.78 against 1.84 / 1.88, M = 32 and 64 equal
+ * within 2 % (2048 and 8192 bytes were no better than 4096) */
+#define QE_PF_GEMM 4096
 #endif
 #ifndef QE_P8_AVX2_MR
 #define QE_P8_AVX2_MR 4 /* W8A8 on AVX2: rows x one vector x two halves of accumulators */
@@ -1989,7 +2034,7 @@ QE_EXPORT int qe_w8a8_dyn_packed_linear(const float* x, int per_token, int symme
     if (qe_dyn_quantize(x, M, K, per_token, symmetric, eps, &a)) return QE_ENOMEM;
     int rc = qe_w8a8_packed_linear(a.xq, a.xs, symmetric ? NULL : a.zx, packed, ws, bias, y, M,
                                    N, K, nthreads);
-    free(a.mem);
+    qe_ws_put(a.mem, a.cached);
     return rc;
 }
 
@@ -2084,7 +2129,7 @@ QE_EXPORT int qe_w4a8_dyn_packed_linear(const float* x, int per_token, int symme
     if (qe_dyn_quantize(x, M, K, per_token, symmetric, eps, &a)) return QE_ENOMEM;
     int rc = qe_w4a8_packed_linear(a.xq, a.xs, symmetric ? NULL : a.zx, packed, asym, cz, bias,
                                    y, M, N, K, G, nthreads);
-    free(a.mem);
+    qe_ws_put(a.mem, a.cached);
     return rc;
 }
 
@@ -2250,6 +2295,32 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p8_micro)(const int MR, const int NV, const q
     }
 }
 #else
+#if QE_VNNI_PASS == 512
+/* qe_p8_store for 16 outputs of the fused W8A8 epilogue, in float64 vectors: the same
+ * operations in the same order, so the same floats.  (double)d - zx * wsum is the scalar's
+ * int64 difference exactly: |zx * wsum| < 2^33 and every value is an integer below 2^53. */
+QV_TARGET static inline void qe_p8_epilogue16_512(const qe_p8_ctx* c, int64_t m, int64_t n0,
+                                                  __m512i acc) {
+    const __m512i wsum = _mm512_loadu_si512((const void*)(c->wsum + n0));
+    const __m512i d = _mm512_sub_epi32(acc, _mm512_slli_epi32(wsum, 7)); /* - 128 wsum, mod 2^32 */
+    const __m512d xs = _mm512_set1_pd((double)c->xs[m]);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+        const __m256i dh = h ? _mm512_extracti64x4_epi64(d, 1) : _mm512_castsi512_si256(d);
+        __m512d e = _mm512_cvtepi32_pd(dh);
+        if (c->zx) {
+            const __m256i wh =
+                h ? _mm512_extracti64x4_epi64(wsum, 1) : _mm512_castsi512_si256(wsum);
+            e = _mm512_sub_pd(e, _mm512_mul_pd(_mm512_set1_pd((double)c->zx[m]),
+                                               _mm512_cvtepi32_pd(wh)));
+        }
+        __m512d v = _mm512_mul_pd(_mm512_mul_pd(e, xs),
+                                  _mm512_cvtps_pd(_mm256_loadu_ps(c->ws + n0 + 8 * h)));
+        if (c->bias) v = _mm512_add_pd(v, _mm512_cvtps_pd(_mm256_loadu_ps(c->bias + n0 + 8 * h)));
+        _mm256_storeu_ps(c->y + m * c->N + n0 + 8 * h, _mm512_cvtpd_ps(v));
+    }
+}
+#endif
 /* W8A8: MR activation rows x NV vectors (of QV_LANES columns) over all K.  At MR = 1 two
  * accumulator chains per vector (even and odd K steps) hide the vpdpbusd latency. */
 QV_TARGET QE_INLINE void QV_SFX(qe_p8_micro)(const int MR, const int NV, const qe_p8_ctx* c,
@@ -2284,7 +2355,11 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p8_micro)(const int MR, const int NV, const q
     for (; kk < k4; ++kk) {
         QV wv[4];
 #pragma GCC unroll 4
-        for (int q = 0; q < NV; ++q) wv[q] = qv_load(w[q] + kk * 64);
+        for (int q = 0; q < NV; ++q) {
+            if (QE_PF_GEMM && q % QV_SUB == 0)
+                _mm_prefetch((const char*)(w[q] + kk * 64 + QE_PF_GEMM), _MM_HINT_T0);
+            wv[q] = qv_load(w[q] + kk * 64);
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
             const QV xb = qv_set1(QV_SFX(qe_ld32)(x + i * ldx + 4 * kk));
@@ -2300,6 +2375,12 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p8_micro)(const int MR, const int NV, const q
         if (MR == 1) acc[0][q] = qv_add(acc[0][q], odd[q]);
         for (int i = 0; i < MR; ++i) {
             if (cnt <= 0) break;
+#if QE_VNNI_PASS == 512
+            if (cnt == QV_LANES && !c->out) {
+                qe_p8_epilogue16_512(c, m0 + i, n0, acc[i][q]);
+                continue;
+            }
+#endif
             qv_store(tmp, acc[i][q]);
             qe_p8_store(c, m0 + i, n0, tmp, cnt, 1);
         }
@@ -2317,9 +2398,11 @@ QV_TARGET static void QV_SFX(qe_p8_call)(int mr, int nv, const qe_p8_ctx* c, int
             QV_SFX(qe_p8_micro)(MR, 1, c, m0, p0);      \
         break;
     switch (mr) {
-        case 1:
+        case 1: /* nv: the tile's vectors, fewer in the last tile */
             if (nv == 4)
                 QV_SFX(qe_p8_micro)(1, 4, c, m0, p0);
+            else if (nv == 3)
+                QV_SFX(qe_p8_micro)(1, 3, c, m0, p0);
             else if (nv == 2)
                 QV_SFX(qe_p8_micro)(1, 2, c, m0, p0);
             else
@@ -2343,9 +2426,10 @@ QV_TARGET static void QV_SFX(qe_p8_call)(int mr, int nv, const qe_p8_ctx* c, int
 
 /* Tiles of panels are claimed from a shared counter (see the module comment on threads). */
 QV_TARGET static void QV_SFX(qe_p8_thread)(const qe_p8_ctx* c) {
-    /* panels: two at M = 1 (two weight streams read faster than one: 4096 x 4096 on AVX2,
-     * 0.87 ms against 1.04 with one), else two vectors wide */
-    const int64_t tile = c->M == 1 ? 2 : 2 / QV_SUB;
+    /* M = 1: four vectors (4 panels on AVX-512, 2 on AVX2), as several weight streams read
+     * faster than one (4096 x 4096 AVX-512: 0.68 ms with 4 panels, 0.76 with 2, 0.97 with 1);
+     * M > 1: two vectors wide */
+    const int64_t tile = (c->M == 1 ? 4 : 2) / QV_SUB;
     for (;;) {
         const int64_t p0 = __atomic_fetch_add(c->next, tile, __ATOMIC_RELAXED);
         if (p0 >= c->np) break;
