@@ -586,6 +586,7 @@ class NativeDepthwiseWOKernel:
 
 # --- int8 convolutions of our own ---------------------------------------------------------------
 
+MAX_CONV_K = 65536  # qe_conv.c's QC_MAX_K: K x 255 x 128 stays below 2^31
 ISA_PATHS = {0: "scalar", 1: "avx2", 3: "avx512_vnni"}
 """The instruction-set paths of ``qe_conv_a8`` / ``qe_dwconv_a8`` (numbered as `explorer.kernels
 .native`'s); the dense kernel runs on ``avx512_vnni`` and ``scalar`` (the reference), the
@@ -743,6 +744,9 @@ class NativeConvA8Kernel:
         why = _weight_why(spec)
         if why is not None:
             return why
+        taps = geom.kernel_size[0] * geom.kernel_size[1]
+        if taps * -(-geom.in_channels // 4) * 4 > MAX_CONV_K:
+            return f"K (taps x channels, padded to 4) above {MAX_CONV_K}: int32 sums could overflow"
         why = unavailable_reason()
         if why is not None:
             return why

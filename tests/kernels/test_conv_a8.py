@@ -6,6 +6,7 @@ layouts, and close to the float reference with dynamic activations (per tensor a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -126,6 +127,10 @@ def test_what_they_refuse() -> None:
         DWCONV_A8.supports(wspec, wide) == "at most 64 taps (kh * kw): sums stay exact in float32"
     )
     assert DWCONV_A8.supports(spec, geom3).startswith("depthwise convolutions only")
+    huge = conv_ops.ConvGeometry(7282, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1)  # K' = 65,592
+    hspec = dataclasses.replace(spec, n=4, k=7282 * 9, block=(1, 7282 * 9))
+    why = CONV_A8.supports(hspec, huge)
+    assert why == "K (taps x channels, padded to 4) above 65536: int32 sums could overflow"
 
 
 def test_kernel_choice_is_timed_in_the_input_layout(monkeypatch: pytest.MonkeyPatch) -> None:

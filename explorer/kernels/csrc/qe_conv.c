@@ -333,6 +333,7 @@ static int qe_conv_isa_now(void) {
 }
 
 #define QC_PR 16 /* output channels per weight panel */
+#define QC_MAX_K 65536 /* K * 255 * 128 < 2^31: the int32 sums cannot overflow */
 
 static inline int64_t qc_round4(int64_t v) { return (v + 3) / 4 * 4; }
 
@@ -898,6 +899,7 @@ QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64
     if (mode < 0 || mode > 3) return 1;
     const int isa = qe_conv_isa();
     const int64_t cp = qc_round4(c), hw = h * w, pixels = n * hw, m = n * ho * wo;
+    if (kh * kw * cp > QC_MAX_K) return 5; /* int32 sums of 255 x 128 products */
     if (m == 0) return 0;
     if (mode == 2) {
         float rlo, rhi;
