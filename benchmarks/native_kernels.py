@@ -11,17 +11,20 @@ Candidates:
   bf16            torch F.linear, bfloat16 activations and weights
   int4pack-g128   torch._weight_int4pack_mm_for_cpu, bf16 activations, group 128
   fbgemm-dyn-int8 torch.ops.quantized.linear_dynamic (per-channel int8, dynamic activations)
-  wo4-g32/-g128   native.wo_linear, 4-bit, float32 activations
+  read-stream     native.byte_sum over 16 MiB buffers: the streaming read rate, the floor of
+                  every weight-streaming kernel (its "weight GB/s" is the rate to compare with)
+  wo4-g32/-g128/-pc
+                  native.wo_linear, 4-bit, float32 activations (pc: per channel)
   wo8-pc          native.wo_linear, 8-bit per-channel, float32 activations
   w8a8            native.w8a8_linear on pre-quantized int8 activations (kernel only)
   w8a8+quant      the same plus per-token dynamic activation quantization in torch ops
-  w4a8-g128       native W4A8 on repacked panels, per-token dynamic int8 activations quantized
+  w4a8-g128/-pc   native W4A8 on repacked panels, per-token dynamic int8 activations quantized
                   in C (VNNI CPUs only: the layer's kernel there)
-  wo3-g128, wo2-g128, wo2-g32
+  wo3-g128, wo2-g128, wo2-g32, wo2-pc
                   lowbit.wo_linear: 3- and 2-bit weight-only, float32 activations (bit-plane
                   table lookup, explorer/kernels/csrc/qe_lowbit.c)
-  w3a8-g128, w2a8-g128
-                  int3/int2-w?a8-native layers: per-token int8 activations (quantized in torch) x
+  w3a8-g128, w2a8-g128, w2a8-pc
+                  int3/int2-w?a8-native layers: per-token int8 activations (quantized in C) x
                   3/2-bit codes decoded to bytes for vpdpbusd
 
 ``--clock cpu`` times each call in this thread's CPU time (``time.thread_time``; use it with
@@ -170,14 +173,20 @@ def build_weights(n: int, k: int, seed: int = 0) -> dict[str, tuple[list, int]]:
     out["fbgemm"] = (pps, nb)
 
     # native 4-bit: uint8 [N, K/2] codes (shared by g32 / g128), fp32 scales per group
+    nb = 16 * MIB
+    out["read-stream"] = (
+        [torch.randint(0, 256, (nb,), dtype=torch.uint8, generator=g) for _ in range(_copies(nb))],
+        nb,
+    )
+
     nb = n * k // 2
     codes4 = [
         torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=g)
         for _ in range(_copies(nb))
     ]
-    for gs in (32, 128):
+    for gs in (32, 128, k):
         ws = [(c, torch.rand(n, k // gs, generator=g) * 0.02) for c in codes4]
-        out[f"wo4-g{gs}"] = (ws, nb + n * (k // gs) * 4)
+        out[f"wo4-{_gname(gs, k)}"] = (ws, nb + n * (k // gs) * 4)
 
     # native int8: int8 [N, K] (shared by wo8 and w8a8)
     nb = n * k
@@ -191,13 +200,13 @@ def build_weights(n: int, k: int, seed: int = 0) -> dict[str, tuple[list, int]]:
         ],
         nb,
     )
-    if native.available() and native.packed_path():  # W4A8 g128, repacked panels
-        nb = n * k // 2 + n * (k // 128) * 4
+    for gs in (128, k) if native.available() and native.packed_path() else ():  # W4A8 panels
+        nb = n * k // 2 + n * (k // gs) * 4
         zero_term = torch.zeros(n)
-        out["w4a8-g128"] = (
+        out[f"w4a8-{_gname(gs, k)}"] = (
             [
                 native.bind_w4a8_packed_dynamic(
-                    native.pack_int4(c, torch.rand(n, k // 128, generator=g) * 0.02, None, 128),
+                    native.pack_int4(c, torch.rand(n, k // gs, generator=g) * 0.02, None, gs),
                     zero_term,
                     None,
                     per_token=True,
@@ -210,31 +219,37 @@ def build_weights(n: int, k: int, seed: int = 0) -> dict[str, tuple[list, int]]:
         )
     if not native.available():
         return out
-    for bits in (2, 3):  # int8 activations x 2/3-bit codes, g128: codes, fp32 scales, int32 terms
-        nb = n * k * bits // 8 + n * (k // 128) * 12
-        copies_a8 = [_lowbit_a8_weight(n, k, bits, g) for _ in range(_copies(nb))]
-        out[f"w{bits}a8-g128"] = (copies_a8, nb)
-    for bits, gs in ((3, 128), (2, 128), (2, 32)):  # the 2/3-bit kernels' own layout
+    for bits, gs in ((2, 128), (3, 128), (2, k)):  # int8 activations x 2/3-bit codes
+        nb = n * k * bits // 8 + n * (k // gs) * 12  # codes, fp32 scales, int32 zero terms
+        copies_a8 = [_lowbit_a8_weight(n, k, bits, gs, g) for _ in range(_copies(nb))]
+        out[f"w{bits}a8-{_gname(gs, k)}"] = (copies_a8, nb)
+    for bits, gs in ((3, 128), (2, 128), (2, 32), (2, k)):  # the 2/3-bit kernels' own layout
         nb = n * k * bits // 8 + n * (k // gs) * 4  # codes + fp32 scales as the kernel reads them
         copies = [_lowbit_weight(n, k, bits, gs, g) for _ in range(_copies(nb))]
-        out[f"wo{bits}-g{gs}"] = (copies, nb)
+        out[f"wo{bits}-{_gname(gs, k)}"] = (copies, nb)
     return out
 
 
+def _gname(gs: int, k: int) -> str:
+    """A row name's group part: ``g128``, or ``pc`` for one group a row (per channel)."""
+    return "pc" if gs == k else f"g{gs}"
+
+
 def _lowbit_a8_weight(
-    n: int, k: int, bits: int, g: torch.Generator
+    n: int, k: int, bits: int, gs: int, g: torch.Generator
 ) -> tuple[lowbit.NativeLowbitA8Kernel, object]:
-    """A W{bits}A8 g128 layer (random symmetric codes) prepared by its kernel: the call quantizes
-    float activations per token (in torch) and runs the integer kernel, as a layer does."""
+    """A W{bits}A8 layer, group ``gs`` (random symmetric codes), prepared by its kernel: the call
+    quantizes float activations per token (in C) and runs the integer kernel, as a layer does."""
     from explorer.kernels.base import LinearSpec
     from explorer.quant.config import QuantConfig
     from explorer.quant.qtensor import QuantizedWeight
 
-    config = QuantConfig(weight_bits=bits, granularity="group", group_size=128, act_bits=8)
+    per_group = {"granularity": "group", "group_size": gs} if gs != k else {}
+    config = QuantConfig(weight_bits=bits, act_bits=8, **per_group)
     half = 1 << (bits - 1)
     codes = torch.randint(-half, half, (n, k), dtype=torch.int32, generator=g)
-    scale = (torch.rand(n, k // 128, generator=g) * 0.02).bfloat16()
-    qw = QuantizedWeight.from_codes(codes, scale, None, bits, True, (1, 128))
+    scale = (torch.rand(n, k // gs, generator=g) * 0.02).bfloat16()
+    qw = QuantizedWeight.from_codes(codes, scale, None, bits, True, (1, gs))
     kernel = lowbit.NativeLowbitA8Kernel(bits)
     return kernel, kernel.prepare(LinearSpec.from_config(config, n, k), qw, None, None)
 
@@ -270,11 +285,13 @@ def make_candidates(m: int, k: int, w: dict[str, tuple[list, int]]) -> list[Cand
         Candidate("fbgemm-dyn-int8", lambda p: torch.ops.quantized.linear_dynamic(x, p), ws, nb)
     )
     if native.available():
-        for gs in (32, 128):
-            ws, nb = w[f"wo4-g{gs}"]
+        ws, nb = w["read-stream"]
+        c.append(Candidate("read-stream", native.byte_sum, ws, nb))
+        for gname, gs in (("g32", 32), ("g128", 128), ("pc", k)):
+            ws, nb = w[f"wo4-{gname}"]
             c.append(
                 Candidate(
-                    f"wo4-g{gs}",
+                    f"wo4-{gname}",
                     lambda p, gs=gs: native.wo_linear(x, p[0], p[1], None, bits=4, group_size=gs),
                     ws,
                     nb,
@@ -298,13 +315,14 @@ def make_candidates(m: int, k: int, w: dict[str, tuple[list, int]]) -> list[Cand
             return native.w8a8_linear(q, s, None, p[0], p[2], None)
 
         c.append(Candidate("w8a8+quant", w8a8_quant, ws, nb))
-        if "w4a8-g128" in w:
-            ws, nb = w["w4a8-g128"]
-            c.append(Candidate("w4a8-g128", lambda call: call(x), ws, nb))
-        for name in ("w3a8-g128", "w2a8-g128"):
+        for name in ("w4a8-g128", "w4a8-pc"):
+            if name in w:
+                ws, nb = w[name]
+                c.append(Candidate(name, lambda call: call(x), ws, nb))
+        for name in ("w3a8-g128", "w2a8-g128", "w2a8-pc"):
             ws, nb = w[name]
             c.append(Candidate(name, lambda p: p[0].run(p[1], x), ws, nb))
-        for name in ("wo3-g128", "wo2-g128", "wo2-g32"):
+        for name in ("wo3-g128", "wo2-g128", "wo2-g32", "wo2-pc"):
             ws, nb = w[name]
             c.append(Candidate(name, lambda p: lowbit.wo_linear(x, p), ws, nb))
     return c
