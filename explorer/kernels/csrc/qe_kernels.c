@@ -2218,13 +2218,15 @@ QE_EXPORT int qe_w4a8_dyn_packed_linear(const float* x, int per_token, int symme
 /* Exact only while a*b + a'*b' stays within int16 per pair, i.e. for 4-bit codes as a and c
  * (see "Repacked weights"): the W4A8 kernel's operands.  The W8A8 kernel has its own code. */
 #define QV_EMU 1
-#define qv_dp2(acc, a, b, c, d)                                                         \
-    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(a, b), \
-                                                             _mm256_maddubs_epi16(c, d)), \
-                                            _mm256_set1_epi16(1)))
+#define qv_dot16(acc16, a, b, c, d) /* int16 lanes: at most 7680 a step in magnitude */ \
+    _mm256_add_epi16(acc16, _mm256_add_epi16(_mm256_maddubs_epi16(a, b), _mm256_maddubs_epi16(c, d)))
+#define qv_widen(acc, acc16) _mm256_add_epi32(acc, _mm256_madd_epi16(acc16, _mm256_set1_epi16(1)))
+#define qv_dp2(acc, a, b, c, d) qv_widen(acc, qv_dot16(qv_zero(), a, b, c, d))
 #else
 #define QV_EMU 0
 #define qv_dp2(acc, a, b, c, d) qv_dp(qv_dp(acc, a, b), c, d)
+#define qv_dot16(acc16, a, b, c, d) (acc16) /* AVX2 only */
+#define qv_widen(acc, acc16) (acc)
 #endif
 
 static inline int32_t QV_SFX(qe_ld32)(const void* p) {
@@ -2490,9 +2492,19 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const q
                     if (MR == 1 && !QV_EMU) {
                         ia[0][q] = qv_dp(ia[0][q], lo[q], xa);
                         ib[q] = qv_dp(ib[q], hi[q], xb);
+                    } else if (MR == 1) { /* AVX2: int16 sums, widened every 4 steps */
+                        ib[q] = qv_dot16(ib[q], lo[q], xa, hi[q], xb);
                     } else {
                         ia[i][q] = qv_dp2(ia[i][q], lo[q], xa, hi[q], xb);
                     }
+                }
+            }
+            /* 4 x 7680 < 32768, and a group is a whole number of 4 steps (32 elements) */
+            if (MR == 1 && QV_EMU && (st - g * gs) % 4 == 3) {
+#pragma GCC unroll 4
+                for (int q = 0; q < NV; ++q) {
+                    ia[0][q] = qv_widen(ia[0][q], ib[q]);
+                    ib[q] = qv_zero();
                 }
             }
         }
@@ -2586,6 +2598,8 @@ QV_TARGET static void QV_SFX(qe_p4_thread)(const qe_p4_ctx* c) {
 #undef QV_PF
 #undef QV_EMU
 #undef qv_dp2
+#undef qv_dot16
+#undef qv_widen
 #undef qv_load
 #undef qv_set1
 #undef qv_set1b
