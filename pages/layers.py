@@ -126,7 +126,12 @@ def configuration_ui(rows: list[dict[str, Any]], ctx: Any) -> tuple[dict[str, An
     if row.get("isa"):
         st.caption(
             f"Our native kernels ran on the **{row['isa']}** instruction-set path "
-            f"(kernel build `{row.get('native_build')}`)."
+            f"(kernel build `{row.get('native_build')}`)"
+            + (
+                f"; the int8 convolution kernels on the **{row['conv_isa']}** path."
+                if row.get("conv_isa")
+                else "."
+            )
         )
     return row, sense
 

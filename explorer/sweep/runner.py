@@ -570,6 +570,7 @@ def evaluate_entry(
         # which code path of our C kernels ran, and which build (also in the row's key)
         "isa": (code_version()["native"] or {}).get("isa"),
         "native_build": (code_version()["native"] or {}).get("build"),
+        "conv_isa": (code_version()["native"] or {}).get("conv_isa"),
         "target": settings.target.partition(":")[0],  # llamacpp:q4_k runs format q4_k
         **({"format": settings.target.partition(":")[2]} if ":" in settings.target else {}),
     }

@@ -75,10 +75,17 @@ def source_digest(root: Path = PACKAGE, parts: Iterable[str] = SOURCE_PARTS) -> 
 
 
 def native_version() -> dict[str, Any] | None:
-    """The loaded native library's sha256 and instruction-set path (None when unavailable)."""
-    from explorer.kernels import native
+    """The loaded native library's sha256 and instruction-set path (None when unavailable),
+    with ``conv_isa``: the path of the int8 convolution kernels, which live in a library of
+    their own with its own instruction-set switch (`explorer.kernels.conv_ops.conv_isa`; absent
+    when that library is unavailable). Its source is in `source_digest` like every kernel's."""
+    from explorer.kernels import conv_ops, native
 
-    return native.build_stamp()
+    stamp = native.build_stamp()
+    if stamp is None:
+        return None
+    conv = conv_ops.conv_isa()
+    return {**stamp, "conv_isa": conv} if conv is not None else dict(stamp)
 
 
 @functools.cache

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from explorer.kernels import native
+from explorer.kernels import conv_ops, native
 from explorer.quant.config import Plan, QuantConfig
 from explorer.sweep import runner, version
 from explorer.sweep.context import environment
@@ -94,6 +94,26 @@ def test_code_part_names_the_native_build_and_isa() -> None:
     assert len(code["source"]) == version.DIGEST_CHARS
     if native.available():
         info = native.build_info()
-        assert code["native"] == {"build": str(info["sha256"])[:16], "isa": info["isa"]}
+        expected = {"build": str(info["sha256"])[:16], "isa": info["isa"]}
+        conv = conv_ops.conv_isa()  # the int8 convolutions' own library and path
+        assert code["native"] == ({**expected, "conv_isa": conv} if conv else expected)
     else:
         assert code["native"] is None
+
+
+def test_the_convolution_path_is_part_of_the_native_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows measured with the int8 convolutions on another instruction-set path are other
+    rows: the path is in the key's native part (and so in the row, for the Layers view)."""
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.build_info().get('reason')}")
+    monkeypatch.setattr(conv_ops, "conv_isa", lambda: "avx2")
+    on_avx2 = version.native_version()
+    monkeypatch.setattr(conv_ops, "conv_isa", lambda: "avx512_vnni")
+    on_vnni = version.native_version()
+    assert on_avx2 is not None and on_vnni is not None
+    assert on_avx2["conv_isa"] == "avx2" and on_vnni["conv_isa"] == "avx512_vnni"
+    assert on_avx2 != on_vnni
+    monkeypatch.setattr(conv_ops, "conv_isa", lambda: None)  # no convolution library
+    assert "conv_isa" not in version.native_version()  # type: ignore[operator]
