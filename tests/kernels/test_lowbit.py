@@ -238,7 +238,7 @@ def test_a8_matches_int64_and_the_float64_reference(isa: str, name: str, m: int)
 def test_a8_quantizing_in_c_gives_the_torch_paths_outputs(name: str) -> None:
     """Dynamic activations quantized in C (qe_lb8_dyn_linear) make the codes, scales and zero
     points the torch quantizer makes, so the outputs are the same bit for bit; leading
-    dimensions are kept."""
+    dimensions are kept, and two threads (units of two panels each) give the same bits."""
     config, n, k = A8_CASES[name]
     gen = torch.Generator().manual_seed(7)
     qw = QuantizedWeight.from_float(torch.randn(n, k, generator=gen), config)
@@ -250,7 +250,16 @@ def test_a8_quantizing_in_c_gives_the_torch_paths_outputs(name: str) -> None:
     x = torch.randn(2, 5, k, generator=gen)
     xq, xs, _, zx = int8_activations(x.reshape(10, k), spec, None)
     in_torch = lowbit.a8_linear(xq, xs, zx, state.packed, state.bias)
-    assert torch.equal(kernel.run(state, x), in_torch.reshape(2, 5, n))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1 = kernel.run(state, x)
+        torch.set_num_threads(2)
+        y2 = kernel.run(state, x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y1, in_torch.reshape(2, 5, n))
+    assert torch.equal(y1, y2)
 
 
 def test_a8_extreme_codes_and_activations_are_exact(isa: str) -> None:
