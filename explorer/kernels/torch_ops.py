@@ -192,7 +192,8 @@ class Int8PackKernel:
     def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
         wq, scale, bias = state
         y = torch._weight_int8pack_mm(x.bfloat16(), wq, scale).float()
-        return y if bias is None else y + bias
+        # in place: ``y`` is this call's own fresh tensor, and the sum is the same fp32 add
+        return y if bias is None else y.add_(bias)
 
 
 TINYGEMM_GROUPS = (32, 64, 128, 256)
@@ -233,16 +234,16 @@ class TinyGemmInt4Kernel:
         else:
             packed = torch._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 2)
         bias_t = None if bias is None else bias.float().to(spec.device)
-        return spec, packed, sz.to(spec.device), n, bias_t
+        cuda = spec.device == "cuda"
+        mm = torch._weight_int4pack_mm if cuda else torch._weight_int4pack_mm_for_cpu
+        # the slice back to N only where N was padded: a no-op slice costs ~1.3 µs a call
+        return mm, packed, spec.group_size, sz.to(spec.device), n if n_pad else None, bias_t
 
     def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
-        spec, packed, sz, n, bias = state
-        if spec.device == "cuda":
-            y = torch._weight_int4pack_mm(x.bfloat16(), packed, spec.group_size, sz)
-        else:
-            y = torch._weight_int4pack_mm_for_cpu(x.bfloat16(), packed, spec.group_size, sz)
-        y = y[:, :n].float()
-        return y if bias is None else y + bias
+        mm, packed, group, sz, n, bias = state
+        y = mm(x.bfloat16(), packed, group, sz)
+        y = (y if n is None else y[:, :n]).float()
+        return y if bias is None else y.add_(bias)
 
 
 def _cuda_int4pack(codes: torch.Tensor) -> torch.Tensor:
