@@ -53,6 +53,7 @@ from explorer.nn.convert import (
     quantize_layer,
     quantize_model,
 )
+from explorer.nn.replay import PrefixRecorder
 from explorer.quant.config import (
     ALGORITHMS,
     Plan,
@@ -289,7 +290,13 @@ def measure_sensitivity(
         for i in range(0, len(x_eval), b)
     ]
     task = ctx.task_spec or ctx.task
-    reference = FloatReference.compute(ctx.model, task, batches) if full_metric else None
+    reference, prefix = None, None
+    if full_metric:
+        # the float pass also records the blocks' outputs that each cell's pass replays
+        recorder = PrefixRecorder()
+        with recorder.record(ctx.model):
+            reference = FloatReference.compute(ctx.model, task, batches)
+        prefix = recorder.cache() if recorder.batches == len(batches) else None
     energy = input_energy(ctx.folded, ctx.task_spec, names, [x for x, _ in batches])
     float_metric = None
     metric_key = ctx.metric
@@ -382,6 +389,7 @@ def measure_sensitivity(
             if reference is not None:
                 for module in qmods.values():  # the same function at fp32 GEMM speed
                     module.use_kernel("reference")
+                replays = prefix.install(ctx.model, qmodel) if prefix is not None else []
                 cells[(name, setting)] = _full_metric(
                     cells[(name, setting)],
                     reference,
@@ -391,6 +399,8 @@ def measure_sensitivity(
                     float_metric,
                     float_outputs.get(name),
                 )
+                if prefix is not None:
+                    prefix.check(replays)
             if progress:
                 progress(done, total, f"{name} {setting}")
     other_latency = None
