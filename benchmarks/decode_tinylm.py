@@ -1,16 +1,20 @@
 """tiny-lm's decode step and prefill under fp32 and the real int4/int8 formats, timed together.
 
-For fp32, W4 g128 weight-only, W4A8 g128 (per-token dynamic int8 activations) and W8A8 (per
-channel, per token), the built-in tiny-lm is quantized by round to nearest, each layer's kernel
-is chosen by timing on the decode step's real row count (`select_kernels`), and then the
-``decode`` workload (one token at batch 1 after 128 cached tokens) and the ``prefill`` workload
-(128 tokens) are timed in interleaved rounds: every round times every model once, so machine
-load hits them alike. The table gives the median of the round medians and the speedup over fp32,
-and the per-token perplexity on the first ``--eval-rows`` held-out rows, from the same models.
+For fp32, bf16, W8 (per channel) and W4 g128 weight-only, W4A8 g128 (per-token dynamic int8
+activations) and W8A8 (per channel, per token), the built-in tiny-lm is quantized (bf16: cast;
+the rest by round to nearest), each integer layer's kernel is chosen by timing on the decode
+step's real row count (`select_kernels`), and then the ``decode`` workload (one token at batch 1
+after 128 cached tokens) and the ``prefill`` workload (128 tokens) are timed in interleaved
+rounds: every round times every model once, so machine load hits them alike. The table gives
+the median of the round medians and the speedup over fp32, and the per-token perplexity on the
+first ``--eval-rows`` held-out rows, from the same models.
+``--clock cpu`` (with ``--threads 1``) times the thread's CPU time, which other jobs on a loaded
+machine do not inflate; the load average before and after is recorded.
 
 Prints a table, then one JSON document (the last line on stdout).
 
 Usage: python benchmarks/decode_tinylm.py [--rounds 7] [--repeats 30] [--threads 2]
+[--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,8 @@ from explorer.quant.config import Plan, QuantConfig  # noqa: E402
 
 FORMATS: dict[str, QuantConfig | None] = {
     "fp32": None,
+    "bf16": QuantConfig.float("bf16"),
+    "W8": QuantConfig(weight_bits=8),
     "W4 g128": QuantConfig(weight_bits=4, granularity="group", group_size=128),
     "W4A8 g128": QuantConfig(weight_bits=4, granularity="group", group_size=128, act_bits=8),
     "W8A8": QuantConfig(weight_bits=8, act_bits=8),
@@ -42,8 +49,23 @@ FORMATS: dict[str, QuantConfig | None] = {
 WORKLOADS = workloads()
 
 
+def _cpu_median_ms(call: Any, warmup: int = 3, repeats: int = 30) -> float:
+    """Median milliseconds of the calling thread's CPU time per call (one thread only)."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        call()
+        samples.append((time.thread_time() - t0) * 1e3)
+    return statistics.median(samples)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.clock == "cpu" and args.threads != 1:
+        raise SystemExit("--clock cpu counts one thread's CPU time: use it with --threads 1")
     torch.set_num_threads(args.threads)
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     spec = get_builtin("tiny-lm")
     model = spec.load()
     x, y = (t[: args.eval_rows] for t in spec.load_split("eval"))
@@ -51,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with torch.inference_mode():
         for name, config in FORMATS.items():
             qmodel = model if config is None else quantize_model(model, Plan.uniform(config))
-            if config is not None:
+            if config is not None and not config.is_float:
                 select_kernels(qmodel, run=WORKLOADS["decode"](qmodel))
             models[name] = qmodel
             for workload, bind in WORKLOADS.items():
@@ -59,7 +81,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rounds: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
         for _ in range(args.rounds):
             for key, call in calls.items():
-                rounds[key].append(time_callable(call, warmup=3, repeats=args.repeats).median_ms)
+                if args.clock == "cpu":
+                    rounds[key].append(_cpu_median_ms(call, repeats=args.repeats))
+                else:
+                    result = time_callable(call, warmup=3, repeats=args.repeats)
+                    rounds[key].append(result.median_ms)
         rows = []
         for name, qmodel in models.items():
             lm = LogitsOnly(qmodel)
@@ -78,16 +104,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": "tiny-lm",
         "threads": args.threads,
+        "clock": args.clock,
         "rounds": args.rounds,
         "repeats": args.repeats,
         "eval_rows": int(x.shape[0]),
+        "loadavg_before": load_before,
+        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
         "rows": rows,
     }
 
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"tiny-lm, {result['threads']} threads, median of {result['rounds']} interleaved rounds; "
+        f"tiny-lm, {result['threads']} threads, {result['clock']} clock, median of "
+        f"{result['rounds']} interleaved rounds; "
         f"perplexity on {result['eval_rows']} held-out rows",
         f"{'format':<10} {'decode ms':>10} {'x fp32':>7} {'prefill ms':>11} {'x fp32':>7} "
         f"{'perplexity':>11}  kernels",
@@ -107,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-rows", type=int, default=32)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = ap.parse_args(argv)
     result = run(args)
     print(table(result))
