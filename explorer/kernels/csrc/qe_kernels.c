@@ -58,10 +58,16 @@
  * workspace is cached between calls (no page faults in steady state).
  */
 #ifndef QE_VNNI_PASS /* the file proper; the VNNI template is at the end */
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* madvise under -std=c11 */
+#endif
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -1740,6 +1746,28 @@ enum { QE_EISA = -3 };
 
 static int64_t qe_panels(int64_t N) { return (N + QE_PR - 1) / QE_PR; }
 
+/* Transparent huge pages under a repacked buffer: the kernels stream it, and with 4 KiB pages
+ * each panel stream crosses a page (a TLB miss) every 64 K steps.  MADV_HUGEPAGE before the
+ * buffer is first written (fresh pages then fault in huge), MADV_COLLAPSE after (pages the
+ * allocator reused).  Only the whole 2 MiB pages inside the buffer; hints, errors ignored.
+ * 4096 x 4096 W8A8, 1 thread, CPU time, one run: M = 1 0.59 ms against 0.71-0.73 on 4 KiB
+ * pages, M = 8 0.90-0.91 against 1.06 (fbgemm's dynamic int8 1.03), M = 64 5.55 against
+ * 5.74-5.82.  Only here, at prepare time: the per-call repack (qe_i8_run_packed) skips it. */
+#ifndef QE_MADV_COLLAPSE
+#define QE_MADV_COLLAPSE 25 /* Linux >= 6.1; older kernels answer EINVAL */
+#endif
+static void qe_hugepages(void* p, size_t bytes, int collapse) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    const uintptr_t b = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+    const uintptr_t e = ((uintptr_t)p + bytes) & ~(huge - 1);
+    if (e > b)
+        (void)madvise((void*)b, (size_t)(e - b), collapse ? QE_MADV_COLLAPSE : MADV_HUGEPAGE);
+#else
+    (void)p, (void)bytes, (void)collapse;
+#endif
+}
+
 /* Bytes of the repacked int8 weights [N, K] (codes, then the int32 row sums). */
 QE_EXPORT int64_t qe_i8_packed_bytes(int64_t N, int64_t K) {
     if (N <= 0 || K <= 0) return QE_EINVAL;
@@ -1747,7 +1775,7 @@ QE_EXPORT int64_t qe_i8_packed_bytes(int64_t N, int64_t K) {
     return np * ((K + 3) / 4) * 64 + np * QE_PR * 4;
 }
 
-QE_EXPORT int qe_pack_i8(const int8_t* wq, int64_t N, int64_t K, void* out) {
+static int qe_pack_i8_into(const int8_t* wq, int64_t N, int64_t K, void* out) {
     if (!wq || !out || N <= 0 || K <= 0 || K > QE_MAX_K) return QE_EINVAL;
     const int64_t np = qe_panels(N), k4 = (K + 3) / 4;
     int8_t* d = (int8_t*)out;
@@ -1765,6 +1793,15 @@ QE_EXPORT int qe_pack_i8(const int8_t* wq, int64_t N, int64_t K, void* out) {
             wsum[n] = sum;
         }
     return QE_OK;
+}
+
+/* The layer's repacked weights (prepared once, read by every call): on huge pages. */
+QE_EXPORT int qe_pack_i8(const int8_t* wq, int64_t N, int64_t K, void* out) {
+    if (!wq || !out || N <= 0 || K <= 0 || K > QE_MAX_K) return QE_EINVAL;
+    qe_hugepages(out, (size_t)qe_i8_packed_bytes(N, K), 0);
+    const int rc = qe_pack_i8_into(wq, N, K, out);
+    qe_hugepages(out, (size_t)qe_i8_packed_bytes(N, K), 1);
+    return rc;
 }
 
 /* Bytes of the repacked 4-bit weights [N, K] with groups of G (codes, ws, and wzs if asym). */
@@ -1992,7 +2029,7 @@ static int qe_i8_run_packed(const struct qe_i8_ctx_s* c, int nthreads) {
     const int64_t bytes = qe_i8_packed_bytes(c->N, c->K);
     void* packed = qe_alloc((size_t)bytes);
     if (!packed) return QE_ENOMEM;
-    int rc = qe_pack_i8(c->wq, c->N, c->K, packed);
+    int rc = qe_pack_i8_into(c->wq, c->N, c->K, packed); /* per call: no page hints */
     if (rc == QE_OK) {
         qe_p8_ctx p;
         qe_p8_init(&p, c->xq, packed, c->M, c->N, c->K);
