@@ -196,7 +196,7 @@ class PrefixRecorder:
         kept = {
             n: outs
             for n, outs in self.outputs.items()
-            if n not in self._unrecordable and self.calls[n] == [1] * self.batches
+            if n not in self._unrecordable and self.calls.get(n) == [1] * self.batches
         }
         if not kept:
             return None
@@ -214,6 +214,9 @@ class PrefixRecorder:
             self._tick += 1
 
     def _keep(self, name: str, out: Any) -> None:
+        if self.batches == 0:  # called outside a call of the model (an encoder run first)
+            self._unrecordable.add(name)
+            return
         calls = self.calls.setdefault(name, [0] * self.batches)
         calls[-1] += 1
         if self.batches == 1 and name not in self.returned:

@@ -145,6 +145,15 @@ def test_blocks_called_twice_or_too_large_are_not_recorded(llama: nn.Module) -> 
     cache = twice.cache()
     assert cache is not None and list(cache.outputs) == ["blocks.1"]  # blocks.0 ran twice
 
+    # a block run outside the model's call (an encoder before the decoder) is not recorded
+    early = PrefixRecorder()
+    with early.record(model), torch.inference_mode():
+        for _ in range(2):
+            model.blocks[1](torch.randn(3, 4))
+            model(torch.randn(3, 4))
+    cache = early.cache()
+    assert cache is None
+
 
 def test_a_replay_refuses_a_pass_it_did_not_record(ctx: ModelContext, llama: nn.Module) -> None:
     batches = [ctx.calibration_split[0][:4]]
