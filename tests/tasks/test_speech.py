@@ -46,9 +46,10 @@ RATE = 16000
 WINDOW_S = 2
 
 
-def save_whisper(path: Path) -> None:
+def save_whisper(path: Path, mel_bins: int = 16) -> None:
     """A random Whisper with its processor: BPE of 200 tokens (the specials first), 16 mel
-    bins over a 2 s window (200 frames, 100 encoder positions), 24 decoder positions."""
+    bins (or ``mel_bins``) over a 2 s window (200 frames, 100 encoder positions), 24 decoder
+    positions."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -62,13 +63,13 @@ def save_whisper(path: Path) -> None:
     tok.train_from_iterator(sentences(200, seed=4), trainer)
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(path / "tok")
     tokenizer = transformers.WhisperTokenizer.from_pretrained(path / "tok")
-    extractor = transformers.WhisperFeatureExtractor(feature_size=16, chunk_length=WINDOW_S)
+    extractor = transformers.WhisperFeatureExtractor(feature_size=mel_bins, chunk_length=WINDOW_S)
     transformers.WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(
         path
     )
     torch.manual_seed(0)
     config = transformers.WhisperConfig(
-        vocab_size=len(tokenizer), num_mel_bins=16, d_model=32, encoder_layers=1,
+        vocab_size=len(tokenizer), num_mel_bins=mel_bins, d_model=32, encoder_layers=1,
         decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
         encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=100,
         max_target_positions=24, pad_token_id=0, bos_token_id=0, eos_token_id=0,
