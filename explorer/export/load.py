@@ -24,7 +24,6 @@ from explorer.export.files import (
     config_label,
 )
 from explorer.kernels.base import ActQParams
-from explorer.kernels.select import get_kernel
 from explorer.models.safe_load import (
     DEFAULT_MAX_BYTES,
     fill_tied,
@@ -274,8 +273,7 @@ def _restore_kernels(model: nn.Module, stored: Mapping[str, dict[str, Any]]) -> 
         wanted = stored[name]["kernel"]
         if wanted == module.kernel_name:
             continue
-        try:
-            get_kernel(wanted)
+        try:  # the module knows its own kind's kernels (linear or convolution)
             module.use_kernel(wanted)
         except (KeyError, ValueError) as exc:
             reason = exc.args[0] if exc.args else type(exc).__name__

@@ -246,6 +246,26 @@ def test_kernel_names_are_restored(digits, tmp_path: Path) -> None:
     assert torch.equal(loaded(images), quantized(images))
 
 
+def test_convolution_kernel_names_are_restored(digits, tmp_path: Path) -> None:
+    """A convolution's kernel (they have a registry of their own) comes back as exported."""
+    from explorer.kernels import conv_ops
+
+    if conv_ops.unavailable_reason() or not conv_ops.conv_isa_supported("avx512_vnni"):
+        pytest.skip("int8-conv-native needs the convolution library and avx512_vnni")
+    model, images = digits
+    plan = Plan.uniform(QuantConfig(weight_bits=8, act_bits=8))
+    quantized = quantize_model(model, plan)
+    layer = quant_modules(quantized)["features.3"]
+    layer.use_kernel(conv_ops.CONV_A8.name)
+    export_quantized(quantized, plan, tmp_path / "export", model_ref=DIGITS)
+
+    loaded = load_export(model, tmp_path / "export")
+
+    assert quant_modules(loaded)["features.3"].kernel_name == conv_ops.CONV_A8.name
+    assert loaded.export_notes == {}
+    assert torch.equal(loaded(images), quantized(images))
+
+
 def test_unavailable_kernel_keeps_the_default_and_says_so(digits, tmp_path: Path) -> None:
     model, images = digits
     plan = Plan.uniform(W8)
