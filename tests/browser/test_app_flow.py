@@ -45,8 +45,10 @@ import pytest
 import torch
 
 from explorer.bundle import build_row_model, plan_document
+from explorer.export.load import read_export_plan
 from explorer.machine import usable_cpus
 from explorer.models.catalog import DEFAULT_MODEL
+from explorer.nn.convert import quant_modules
 from explorer.sweep.context import ModelContext, ModelSource, open_context
 from explorer.sweep.default import default_entries
 from explorer.sweep.export import load_export
@@ -441,11 +443,25 @@ def test_export_reloads_to_identical_outputs(
     assert json.loads(plan.read_text()) == plan_document(row)
     reloaded = load_export(default_ctx.model, weights)
     direct = build_row_model(default_ctx, row)
+    # Each part on its own, so that a difference says where it lies: the kernels the export
+    # names, the tensors it holds, then the outputs of both models.
+    stored = {name: rec["kernel"] for name, rec in read_export_plan(weights)[1]["layers"].items()}
+    assert stored == {n: row["kernels"].get(n, stored[n]) for n in stored}, "export's kernels"
+    assert kernel_names(reloaded) == kernel_names(direct)
+    want_tensors = direct.state_dict()
+    differ = [n for n, t in reloaded.state_dict().items() if not torch.equal(t, want_tensors[n])]
+    assert not differ, f"the app exported other tensors than the row's model holds: {differ}"
     inputs = default_ctx.eval_split[0][:256]
     with torch.no_grad():
         got, want, floats = reloaded(inputs), direct(inputs), default_ctx.model(inputs)
+        again = direct(inputs)
+    assert torch.equal(want, again), "the row's model is not deterministic"
     assert torch.equal(got, want)
     assert not torch.equal(got, floats), "the export is quantized, not the float model"
+
+
+def kernel_names(model: torch.nn.Module) -> dict[str, str]:
+    return {name: module.kernel_name for name, module in quant_modules(model).items()}
 
 
 def test_choosing_a_configuration_in_the_select_box(
