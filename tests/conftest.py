@@ -1,4 +1,4 @@
-"""Suite-wide hygiene.
+"""Suite-wide hygiene, and fixtures several modules share.
 
 Streamlit's script runner installs a fake ``__main__`` module for the script it runs (AppTest
 does this in-process, and ``from_function`` scripts live in a temporary file); a test that later
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +27,14 @@ def _restore_main_module() -> Iterator[None]:
             setattr(main, name, saved[name])
         elif hasattr(main, name):
             delattr(main, name)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module of small models (``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``): on a loaded 2-core machine a second thread only waits for a busy core, and
+    tiny matrices ran up to 30x slower with two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,6 +29,8 @@ from explorer.sweep.default import DEFAULT_SPEC
 from explorer.sweep.export import load_export
 from explorer.sweep.store import ResultStore
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = ("--repeats", "3", "--n-boot", "200", "--threads", "1")
 SWEEP = ("sweep", "--model", "digits-cnn", "--bits", "8,4", "--granularity", "channel,group32")
 ROW_KEYS = {
@@ -87,14 +89,6 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

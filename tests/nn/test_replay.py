@@ -4,7 +4,6 @@ block called twice per batch, outputs over the byte cap, a pass over more batche
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +17,8 @@ from explorer.quant.config import Plan
 from explorer.sweep.context import ModelContext, ModelSource
 from explorer.sweep.sensitivity import measure_sensitivity, setting_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LAYERS = 3
 CHOSEN = (
     "model.layers.0.self_attn.q_proj",
@@ -25,15 +26,6 @@ CHOSEN = (
     "model.layers.2.mlp.down_proj",
     "lm_head",
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Matrices of 64 columns: a second intra-op thread only waits for a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
