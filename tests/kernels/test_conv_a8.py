@@ -58,7 +58,8 @@ def exact_cases(extreme: bool) -> list[tuple]:
 @pytest.mark.parametrize("extreme", [False, True])
 def test_exact_on_every_path(isa: str, extreme: bool) -> None:
     """Unit scales: the float outputs are the integer sums (zero point 3, so the padding's code
-    is not 0); the dense kernel runs its scalar reference wherever VNNI is missing."""
+    is not 0); the dense kernel runs its scalar reference wherever AVX2 and VNNI are missing,
+    and on AVX2 for these weights, which hold -128 (test_conv_avx2 covers its own path)."""
     for geom, x, qw, spec, act, expected in exact_cases(extreme):
         kernel = DWCONV_A8 if geom.depthwise else CONV_A8
         for src in (x, x.contiguous(memory_format=torch.channels_last)):
@@ -93,9 +94,9 @@ def float_layers() -> list[tuple[QuantConv2d, torch.Tensor]]:
         name = DWCONV_A8.name if q.geometry.depthwise else CONV_A8.name
         assert getattr(conv_ops, "DWCONV_A8" if q.geometry.depthwise else "CONV_A8").supports(
             q.conv_spec, q.geometry
-        ) in (None, "needs AVX-512 VNNI (this CPU lacks avx512_vnni)")
+        ) in (None, "needs AVX2 or AVX-512 VNNI (this CPU lacks avx2)")
         q._state = None
-        q.kernel_name = name  # on CPUs without VNNI too: the dense scalar path still runs
+        q.kernel_name = name  # on CPUs without AVX2 too: the dense scalar path still runs
         out.append((q, x, ref))
     return out
 

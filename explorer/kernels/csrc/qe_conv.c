@@ -282,9 +282,10 @@ QE_EXPORT int qe_dwconv_wo(const float *x, const void *codes, int bits, const fl
  *                holds them exactly: the integer result, vectorized across channels (NHWC) by
  *                the compiler for each instruction set.  Output: float NHWC.
  *
- * Instruction-set paths (numbered as in qe_kernels.c): 0 scalar, 1 avx2, 3 avx512_vnni.  The
- * dense kernel has a scalar path and a VNNI one; the depthwise one all three.  qe_conv_set_isa
- * forces a lower path (tests run each path the CPU has).
+ * Instruction-set paths (numbered as in qe_kernels.c): 0 scalar, 1 avx2, 3 avx512_vnni, for
+ * both kernels.  The dense kernel's AVX2 path reads the same panels with vpmaddubsw, exact by
+ * sign transfer (qc_conv_avx2); a layer with a weight of -128 runs its scalar path there.
+ * qe_conv_set_isa forces a lower path (tests run each path the CPU has).
  * ------------------------------------------------------------------------------------------- */
 
 enum { QC_ISA_SCALAR = 0, QC_ISA_AVX2 = 1, QC_ISA_AVXVNNI = 2, QC_ISA_AVX512VNNI = 3 };
@@ -337,20 +338,24 @@ static int qe_conv_isa_now(void) {
 
 static inline int64_t qc_round4(int64_t v) { return (v + 3) / 4 * 4; }
 
-/* Bytes of the packed weights of a dense convolution: codes, then int32 sums per output. */
+/* Bytes of the packed weights of a dense convolution: codes, then int32 sums per output, then
+ * a trailer of QC_PR int32 flags (the first: 1 if some weight is -128, which the AVX2 path's
+ * sign transfer cannot negate). */
 QE_EXPORT int64_t qe_conv_a8_packed_bytes(int64_t o, int64_t c, int64_t taps) {
     if (o <= 0 || c <= 0 || taps <= 0) return -1;
     const int64_t np = (o + QC_PR - 1) / QC_PR;
-    return np * taps * qc_round4(c) * QC_PR + np * QC_PR * 4;
+    return np * taps * qc_round4(c) * QC_PR + np * QC_PR * 4 + QC_PR * 4;
 }
 
-/* w: int8 [O, C, kh*kw] (PyTorch's order) -> panels [O/16][taps * Cp/4][16][4] and sums. */
+/* w: int8 [O, C, kh*kw] (PyTorch's order) -> panels [O/16][taps * Cp/4][16][4], sums, flags. */
 QE_EXPORT int qe_conv_a8_pack(const int8_t *w, int64_t o, int64_t c, int64_t taps, void *out) {
     if (!w || !out || o <= 0 || c <= 0 || taps <= 0) return 1;
     const int64_t cp = qc_round4(c), np = (o + QC_PR - 1) / QC_PR, k4 = taps * cp / 4;
     int8_t *d = (int8_t *)out;
-    int32_t *wsum = (int32_t *)(d + np * k4 * 64);
+    int32_t *wsum = (int32_t *)(d + np * k4 * 64), *flags = wsum + np * QC_PR;
     memset(out, 0, (size_t)qe_conv_a8_packed_bytes(o, c, taps));
+    for (int64_t i = 0; i < o * c * taps; i++)
+        if (w[i] == -128) flags[0] = 1;
     for (int64_t n = 0; n < o; n++) {
         const int64_t p = n / QC_PR, r = n % QC_PR;
         int32_t sum = 0;
@@ -369,8 +374,10 @@ QE_EXPORT int qe_conv_a8_pack(const int8_t *w, int64_t o, int64_t c, int64_t tap
 typedef struct {
     const uint8_t *xb;  /* [N, H, W, Cp] codes, shifted to uint8 */
     const uint8_t *pad; /* Cp codes of the zero point: padding pixels */
+    const uint8_t *xa, *pada; /* AVX2 path: |code - 128| of xb and pad (xb, pad: code - 128) */
     const int8_t *wp;   /* packed panels */
     const int32_t *wsum;
+    int w128; /* some weight is -128 (the packed flags) */
     const float *ws, *bias;
     const float *xs;   /* per input pixel (per_token), else NULL */
     const int32_t *zu; /* same */
@@ -702,12 +709,125 @@ static void qc_pixel_qparams(int isa, const float *x, int x_nhwc, int64_t n, int
         }
 }
 
+#if QC_X86
+/* The AVX2 path (no VNNI) over the same panels.  vpmaddubsw multiplies uint8 by int8 and adds
+ * each pair into an int16 that SATURATES: a uint8 code up to 255 times weights up to 128 in
+ * magnitude overflows (2 * 255 * 127 > 32767), which is why oneDNN's AVX2 int8 convolution is
+ * not exact.  Sign transfer makes it exact: the codes are shifted to int8, a = code - 128, and
+ * a x w is computed as |a| (uint8, <= 128) times sign(a) * w (vpsignb, int8 in [-127, 127]
+ * when w != -128), so a pair is at most 2 * 128 * 127 = 32512; vpmaddwd with ones widens the
+ * pairs to int32 lanes, one per output channel.  The shift is undone in the epilogue:
+ * sum(code * w) - zu * wsum = sum(a * w) - (zu - 128) * wsum.  A weight of -128 (which vpsignb
+ * cannot negate) sends the layer to the scalar path (the packed flags).
+ * Per 32 products: vpsignb, vpmaddubsw, vpmaddwd, vpaddd -- against one 8-wide FMA per 8 for
+ * fp32.  a and |a| are split from the codes once per call (qc_sign_split), so the inner loop
+ * only broadcasts them. */
+QC_AVX2 static void qc_sign_split(const uint8_t *xb, int64_t count, int8_t *sg, uint8_t *ab) {
+    for (int64_t i = 0; i < count; i++) {
+        const int8_t a = (int8_t)(xb[i] ^ 0x80u);
+        sg[i] = a;
+        ab[i] = (uint8_t)(a < 0 ? -a : a);
+    }
+}
+
+static inline __attribute__((always_inline)) QC_AVX2 __m256i qc_bcast4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* Pixels m..m+NP-1 (rows past m1 read the padding and are not stored) x panel pb (16 outputs,
+ * two 8-lane halves). */
+static inline __attribute__((always_inline)) QC_AVX2 void
+qc_avx2_tile(const qc_conv_ctx *c, int64_t m, int64_t m1, int64_t pb, const int NP) {
+    __m256i acc[6][2];
+    for (int i = 0; i < NP; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t cq = c->cp / 4, pstride = c->k4 * 64;
+    int64_t img[6], y0[6], x0[6];
+    for (int i = 0; i < NP; i++) {
+        const int64_t mi = m + i < m1 ? m + i : m, r = mi % (c->ho * c->wo);
+        img[i] = m + i < m1 ? mi / (c->ho * c->wo) : -1;
+        y0[i] = (r / c->wo) * c->sh - c->ph;
+        x0[i] = (r % c->wo) * c->sw - c->pw;
+    }
+    for (int64_t ky = 0; ky < c->kh; ky++)
+        for (int64_t kx = 0; kx < c->kw; kx++) {
+            const uint8_t *sp[6], *ap[6];
+            for (int i = 0; i < NP; i++) {
+                const int64_t iy = y0[i] + ky * c->dh, ix = x0[i] + kx * c->dw;
+                const int in = img[i] >= 0 && iy >= 0 && iy < c->h && ix >= 0 && ix < c->w;
+                const int64_t off = ((img[i] * c->h + iy) * c->w + ix) * c->cp;
+                sp[i] = in ? c->xb + off : c->pad;
+                ap[i] = in ? c->xa + off : c->pada;
+            }
+            const int8_t *wt = c->wp + pb * pstride + (ky * c->kw + kx) * cq * 64;
+            for (int64_t q = 0; q < cq; q++) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wt + q * 64));
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wt + q * 64 + 32));
+                for (int i = 0; i < NP; i++) {
+                    const __m256i a = qc_bcast4(sp[i] + q * 4), u = qc_bcast4(ap[i] + q * 4);
+                    const __m256i p0 = _mm256_maddubs_epi16(u, _mm256_sign_epi8(w0, a));
+                    const __m256i p1 = _mm256_maddubs_epi16(u, _mm256_sign_epi8(w1, a));
+                    acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(p0, ones));
+                    acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(p1, ones));
+                }
+            }
+        }
+    for (int i = 0; i < NP && m + i < m1; i++) {
+        float xs;
+        int32_t zu;
+        qc_row_qparams(c, m + i, &xs, &zu);
+        const __m256i zv = _mm256_set1_epi32(zu - 128);
+        const __m256 xsv = _mm256_set1_ps(xs);
+        for (int j = 0; j < 2; j++) {
+            const int64_t n0 = pb * QC_PR + 8 * j;
+            const int64_t cnt = c->o - n0 < 8 ? c->o - n0 : 8;
+            if (cnt <= 0) break;
+            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)cnt),
+                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            const __m256i ws = _mm256_loadu_si256((const __m256i *)(c->wsum + n0));
+            const __m256i d = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(zv, ws));
+            const __m256 scale = _mm256_mul_ps(xsv, _mm256_maskload_ps(c->ws + n0, mask));
+            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(d), scale);
+            if (c->bias) v = _mm256_add_ps(v, _mm256_maskload_ps(c->bias + n0, mask));
+            _mm256_maskstore_ps(c->y + (m + i) * c->o + n0, mask, v);
+        }
+    }
+}
+
+#define QC_AVX2_NP 4 /* pixels a tile: 8 accumulators, 2 weight rows, ones, temporaries */
+
+QC_AVX2 static void qc_conv_avx2(const qc_conv_ctx *c, int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; m += QC_AVX2_NP)
+        for (int64_t pb = 0; pb < c->np; pb++) qc_avx2_tile(c, m, m1, pb, QC_AVX2_NP);
+}
+#endif
+
 /* The implicit GEMM over every output pixel of ctx (4 pixels a task). */
-static void qc_conv_gemm(const qc_conv_ctx *ctx, int isa, int nthreads) {
+static int qc_conv_gemm(const qc_conv_ctx *ctx, int isa, int nthreads) {
     const int64_t m = ctx->n * ctx->ho * ctx->wo, blocks = (m + 3) / 4;
     const int par = nthreads > 1 && blocks > 1 && m * ctx->o * ctx->k4 * 4 > 8 * QE_GRAIN;
     (void)par;
     (void)nthreads;
+    char *mem = NULL;
+    qc_conv_ctx sc;
+#if QC_X86
+    if (isa == QC_ISA_AVX2 && !ctx->w128) { /* the codes split into a and |a| (see above) */
+        const int64_t count = ctx->n * ctx->h * ctx->w * ctx->cp, cp = ctx->cp;
+        const size_t half = (size_t)(count + cp + 63) / 64 * 64;
+        mem = malloc(2 * half);
+        if (!mem) return 4;
+        sc = *ctx;
+        int8_t *sg = (int8_t *)mem;
+        uint8_t *ab = (uint8_t *)(mem + half);
+        qc_sign_split(ctx->xb, count, sg, ab);
+        qc_sign_split(ctx->pad, cp, sg + count, ab + count);
+        sc.xb = (const uint8_t *)sg, sc.xa = ab;
+        sc.pad = (const uint8_t *)(sg + count), sc.pada = ab + count;
+        ctx = &sc;
+    }
+#endif
 #pragma omp parallel for num_threads(nthreads) if (par) schedule(static)
     for (int64_t bl = 0; bl < blocks; bl++) {
         const int64_t m0 = bl * 4, m1 = m0 + 4 < m ? m0 + 4 : m;
@@ -716,10 +836,16 @@ static void qc_conv_gemm(const qc_conv_ctx *ctx, int isa, int nthreads) {
             qc_conv_vnni(ctx, m0, m1);
             continue;
         }
+        if (mem) {
+            qc_conv_avx2(ctx, m0, m1);
+            continue;
+        }
 #endif
         qc_conv_scalar(ctx, m0, m1);
     }
+    free(mem);
     (void)isa;
+    return 0;
 }
 
 /* Mode 3, activations per patch row (per token) with any window: each output pixel's patch
@@ -873,9 +999,9 @@ static int qc_conv_a8_rows(int isa, const float *x, int x_nhwc, int64_t c, qc_co
     if (x) rows.xs = xs, rows.zu = zu;
     rows.n = 1, rows.h = m, rows.w = 1, rows.cp = kp, rows.ho = m, rows.wo = 1;
     rows.kh = rows.kw = rows.sh = rows.sw = rows.dh = rows.dw = 1, rows.ph = rows.pw = 0;
-    qc_conv_gemm(&rows, isa, nthreads);
+    const int rc = qc_conv_gemm(&rows, isa, nthreads);
     free(mem);
-    return 0;
+    return rc;
 }
 
 /* Dense int8 convolution (see above).  mode 0: per tensor, scale and zero given; 1: per pixel,
@@ -913,6 +1039,7 @@ QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64
     ctx.wp = (const int8_t *)packed;
     ctx.k4 = kh * kw * cp / 4;
     ctx.wsum = (const int32_t *)(ctx.wp + np * ctx.k4 * 64);
+    ctx.w128 = ctx.wsum[np * QC_PR];
     ctx.ws = ws, ctx.bias = bias, ctx.y = y;
     ctx.n = n, ctx.h = h, ctx.w = w, ctx.cp = cp, ctx.o = o, ctx.np = np;
     ctx.kh = kh, ctx.kw = kw, ctx.sh = sh, ctx.sw = sw, ctx.ph = ph, ctx.pw = pw;
@@ -940,7 +1067,7 @@ QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64
     if (!per_token && cp <= QC_NARROW && kh * kw > 1)
         rc = qc_conv_a8_rows(isa, NULL, x_nhwc, c, &ctx, symmetric, eps, lo, hi, offset, nthreads);
     else
-        qc_conv_gemm(&ctx, isa, nthreads);
+        rc = qc_conv_gemm(&ctx, isa, nthreads);
     free(mem);
     return rc;
 }

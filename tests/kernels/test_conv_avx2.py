@@ -1,0 +1,143 @@
+"""The AVX2 path of ``int8-conv-native`` (`explorer.kernels.conv_ops`, ``qc_conv_avx2`` in
+``qe_conv.c``): ``vpmaddubsw`` adds its uint8 x int8 pairs into saturating int16s, so the path
+shifts the codes to int8 and multiplies ``|a|`` by ``sign(a) * w`` (pairs at most
+2 * 128 * 127). Its int32 sums must equal int64 arithmetic bit for bit: symmetric and
+asymmetric activations, extreme operands (the pairs that saturate a plain ``vpmaddubsw``),
+channel counts that are not a multiple of 4, odd sizes, stride, padding, dilation, the narrow
+patch-matrix route and per-token rows. A weight of -128 (which ``vpsignb`` cannot negate) sends
+the layer to the scalar path: still exact, and flagged in the packed weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_conv import int64_conv  # this folder is on sys.path (rootdir-less)
+from torch import nn
+
+from explorer.kernels import conv_ops
+from explorer.kernels.base import ActQParams, LinearSpec
+from explorer.kernels.conv_ops import CONV_A8, ConvGeometry
+from explorer.nn.modules import QuantConv2d
+from explorer.quant.config import QuantConfig
+from explorer.quant.qtensor import QuantizedWeight
+
+if conv_ops.unavailable_reason() is not None:
+    pytest.skip(
+        f"native convolution helpers unavailable: {conv_ops.unavailable_reason()}",
+        allow_module_level=True,
+    )
+if not conv_ops.conv_isa_supported("avx2"):
+    pytest.skip("this CPU lacks avx2 / fma: no avx2 path", allow_module_level=True)
+
+# (in, out, kernel, stride, padding, dilation, input H x W): channel tails (C_in % 4 != 0,
+# O % 16 != 0), odd sizes, a strided window with uneven padding and dilation, a 1x1 stride 2,
+# and a 3-channel stem (C_in padded to 4 <= 16: the patch-matrix route)
+GEOMETRIES = [
+    (19, 13, (3, 3), (1, 1), (1, 1), (1, 1), (7, 9)),
+    (6, 40, (3, 2), (2, 1), (0, 1), (1, 2), (9, 7)),
+    (8, 5, (1, 1), (2, 2), (0, 0), (1, 1), (5, 7)),
+    (3, 17, (4, 4), (2, 2), (1, 1), (1, 1), (11, 9)),
+]
+
+
+@pytest.fixture
+def avx2():
+    conv_ops.force_conv_isa("avx2")
+    yield
+    conv_ops.force_conv_isa(None)
+
+
+def integer_case(
+    case: tuple, symmetric: bool, extreme: bool, w_lo: int = -127
+) -> tuple[ConvGeometry, torch.Tensor, QuantizedWeight, LinearSpec, ActQParams, torch.Tensor]:
+    """Integer activations at scale 1 (static qparams) and weight codes in [w_lo, 127] with unit
+    scales: the kernel's float output is its int32 sum; the int64 one is the reference."""
+    *g, hw = case
+    geom = ConvGeometry(*g, 1)
+    k = geom.in_channels * geom.kernel_size[0] * geom.kernel_size[1]
+    gen = torch.Generator().manual_seed(k + 11 * symmetric + 7 * extreme)
+    lo, hi, zero = (-128, 127, 0) if symmetric else (0, 255, 5)
+    if extreme:  # all-or-nothing codes against +-127: every plain vpmaddubsw pair saturates
+        w = torch.where(torch.rand(geom.out_channels, k, generator=gen) < 0.5, w_lo, 127)
+        x = torch.where(torch.rand(2, geom.in_channels, *hw, generator=gen) < 0.2, lo, hi)
+    else:
+        w = torch.randint(w_lo, 128, (geom.out_channels, k), generator=gen)
+        x = torch.randint(lo, hi + 1, (2, geom.in_channels, *hw), generator=gen)
+    config = QuantConfig(
+        act_bits=8, act_granularity="tensor", act_mode="static", act_symmetric=symmetric
+    )
+    qw = QuantizedWeight.from_codes(w, torch.ones(geom.out_channels, 1), None, 8, True, (1, k))
+    spec = LinearSpec.from_config(config, geom.out_channels, k)
+    expected = int64_conv(x - zero, w.reshape(geom.out_channels, -1, *geom.kernel_size), geom)
+    return geom, (x - zero).float(), qw, spec, ActQParams(1.0, zero), expected
+
+
+def packed_flag(state: conv_ops.ConvA8State) -> int:
+    """The packed weights' first trailer word: 1 if a weight is -128 (AVX2 runs scalar)."""
+    return int(state.weights[-64:].view(torch.int32)[0])
+
+
+@pytest.mark.parametrize("case", GEOMETRIES, ids=lambda c: f"{c[0]}x{c[1]}k{c[2][0]}{c[2][1]}")
+def test_avx2_sums_equal_int64(avx2, case: tuple) -> None:
+    assert conv_ops.conv_isa() == "avx2"
+    for symmetric in (False, True):
+        for extreme in (False, True):
+            geom, x, qw, spec, act, expected = integer_case(case, symmetric, extreme)
+            assert CONV_A8.supports(spec, geom) is None
+            state = CONV_A8.prepare(spec, geom, qw, None, act)
+            assert packed_flag(state) == 0  # the sign-transfer path runs
+            for src in (x, x.contiguous(memory_format=torch.channels_last)):
+                y = CONV_A8.run(state, src)
+                assert torch.equal(y.double(), expected.double()), (case, symmetric, extreme)
+
+
+def test_a_weight_of_minus_128_runs_exactly_on_the_scalar_path(avx2) -> None:
+    geom, x, qw, spec, act, expected = integer_case(GEOMETRIES[0], False, True, w_lo=-128)
+    state = CONV_A8.prepare(spec, geom, qw, None, act)
+    assert packed_flag(state) == 1
+    assert torch.equal(CONV_A8.run(state, x).double(), expected.double())
+
+
+def test_dynamic_activations_bit_identical_to_scalar_and_close_to_reference() -> None:
+    """Dynamic qparams per tensor and per token (per pixel on a 1x1, a quantized patch matrix
+    on a 3x3), symmetric and not, with bias: the AVX2 path's outputs equal the scalar
+    reference path's bit for bit (the same int32 sums and float epilogue) and are close to the
+    float reference module's."""
+    torch.manual_seed(0)
+    cases = [
+        (nn.Conv2d(19, 21, 3, padding=1), "tensor", False),
+        (nn.Conv2d(18, 20, 3, stride=2, padding=1), "tensor", True),
+        (nn.Conv2d(21, 35, 1), "token", True),
+        (nn.Conv2d(5, 19, 3, stride=2, padding=1), "token", False),
+    ]
+    for conv, granularity, symmetric in cases:
+        config = QuantConfig(act_bits=8, act_granularity=granularity, act_symmetric=symmetric)
+        q = QuantConv2d.from_float(conv, config)
+        x = torch.randn(2, conv.in_channels, 9, 7) * 3 + 0.5
+        q.use_kernel("reference")
+        with torch.no_grad():
+            ref = q(x)
+        state = CONV_A8.prepare(q.conv_spec, q.geometry, q.qweight_view(), q.bias, None)
+        assert packed_flag(state) == 0  # RTN with scale amax / 127: codes in [-127, 127]
+        outs = {}
+        for path in ("scalar", "avx2"):
+            conv_ops.force_conv_isa(path)
+            try:
+                outs[path] = CONV_A8.run(state, x)
+            finally:
+                conv_ops.force_conv_isa(None)
+        assert torch.equal(outs["avx2"], outs["scalar"]), (granularity, symmetric)
+        torch.testing.assert_close(outs["avx2"], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_offered_on_avx2_not_on_the_scalar_reference() -> None:
+    geom, _, _, spec, _, _ = integer_case(GEOMETRIES[0], True, False)
+    try:
+        conv_ops.force_conv_isa("avx2")
+        assert CONV_A8.supports(spec, geom) is None
+        conv_ops.force_conv_isa("scalar")
+        assert CONV_A8.supports(spec, geom) == (
+            "needs AVX2 or AVX-512 VNNI (the kernels' path is forced to scalar)"
+        )
+    finally:
+        conv_ops.force_conv_isa(None)
