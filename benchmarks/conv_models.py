@@ -7,7 +7,10 @@ Usage: ``python benchmarks/conv_models.py [--repeats 50] [--workload single,batc
 calls, after warm-up), so load from other processes hits both alike; on a loaded machine
 ``--threads 1 --cpu-time`` times each call by its thread's CPU time instead of the wall clock.
 Rows carry the speed-up against fp32 and against fp32 with batch norm folded (what the quantized
-models run: their convolutions absorb it). The last stdout line is one JSON document.
+models run: their convolutions absorb it). ``--isa avx2`` re-runs it with torch, oneDNN, MKL,
+fbgemm and our kernels restricted to AVX2 (`explorer.measure.emulate`); the JSON says what was
+forced and what each library ran, and the load average before and after. The last stdout line
+is one JSON document.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from explorer.kernels.select import interleaved_medians
+from explorer.measure import emulate
 from explorer.models.registry import builtin_models
 from explorer.nn.convert import quant_modules, quantize_model, select_kernels
 from explorer.nn.fold import fold_batch_norm
@@ -89,7 +94,11 @@ def main() -> None:
         help="time each call by its thread's CPU time (with --threads 1): robust to a machine "
         "other jobs load",
     )
+    parser.add_argument("--isa", choices=emulate.ISA_CHOICES, default=emulate.NATIVE)
     args = parser.parse_args()
+    emulate.script_guard(args.isa, __file__)
+    libraries = emulate.libraries()  # before MKL or oneDNN first run: their headers
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -102,7 +111,16 @@ def main() -> None:
             f"x{r['speedup_vs_fp32']:5.2f} (folded x{r['speedup_vs_fp32_folded']:5.2f})  "
             f"{r['kernels']}  simulated={r['simulated_layers']}"
         )
-    print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}))
+    result = {
+        "threads": torch.get_num_threads(),
+        "cpu_time": args.cpu_time,
+        "loadavg_before": load_before,
+        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+        "isa_forced": emulate.forced(),
+        "libraries": libraries,
+        "rows": rows,
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ the median of the round medians and the speedup over fp32, and the per-token per
 first ``--eval-rows`` held-out rows, from the same models.
 ``--clock cpu`` (with ``--threads 1``) times the thread's CPU time, which other jobs on a loaded
 machine do not inflate; the load average before and after is recorded.
+``--isa avx2`` re-runs the benchmark with torch, oneDNN, MKL, fbgemm and our kernels restricted
+to AVX2 (`explorer.measure.emulate`); the JSON says what was forced and what each library ran.
 
 Prints a table, then one JSON document (the last line on stdout).
 
 Usage: python benchmarks/decode_tinylm.py [--rounds 7] [--repeats 30] [--threads 2]
-[--clock wall|cpu]
+[--clock wall|cpu] [--isa native|avx2]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from explorer.measure import emulate  # noqa: E402
 from explorer.measure.evaluation import concat_stats, lm_stats  # noqa: E402
 from explorer.measure.latency import time_callable  # noqa: E402
 from explorer.models.registry import get_builtin  # noqa: E402
@@ -64,6 +67,7 @@ def _cpu_median_ms(call: Any, warmup: int = 3, repeats: int = 30) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.clock == "cpu" and args.threads != 1:
         raise SystemExit("--clock cpu counts one thread's CPU time: use it with --threads 1")
+    libraries = emulate.libraries()  # before MKL or oneDNN first run: their headers
     torch.set_num_threads(args.threads)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     spec = get_builtin("tiny-lm")
@@ -110,13 +114,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eval_rows": int(x.shape[0]),
         "loadavg_before": load_before,
         "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+        "isa_forced": emulate.forced(),
+        "libraries": libraries,
         "rows": rows,
     }
 
 
 def table(result: dict[str, Any]) -> str:
+    isa = (result["isa_forced"] or {}).get("isa", "native")
     lines = [
-        f"tiny-lm, {result['threads']} threads, {result['clock']} clock, median of "
+        f"tiny-lm, {isa} instruction set, {result['threads']} threads, {result['clock']} clock, "
+        "median of "
         f"{result['rounds']} interleaved rounds; "
         f"perplexity on {result['eval_rows']} held-out rows",
         f"{'format':<10} {'decode ms':>10} {'x fp32':>7} {'prefill ms':>11} {'x fp32':>7} "
@@ -138,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-rows", type=int, default=32)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--isa", choices=emulate.ISA_CHOICES, default=emulate.NATIVE)
     args = ap.parse_args(argv)
+    emulate.script_guard(args.isa, __file__)
     result = run(args)
     print(table(result))
     print(json.dumps(result))

@@ -15,8 +15,10 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from explorer.measure import emulate
     from explorer.measure.bench import format_table, run_bench
 
+    emulate.apply()  # in the child of `--isa`: our kernels to that path, before any use
     if args.threads:
         torch.set_num_threads(args.threads)
     bar = tqdm(

@@ -26,6 +26,7 @@ from explorer.cli.search import add_sensitivity_options, cmd_search, cmd_sensiti
 from explorer.cli.store import add_store_parser
 from explorer.cli.sweep import add_config_options, cmd_sweep
 from explorer.errors import ExplorerError
+from explorer.measure.emulate import ISA_CHOICES, NATIVE, active, rerun
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-conv", action="store_true", help="skip the convolution benchmark")
     bench.add_argument(
         "--include-slow", action="store_true", help="also time kernels known to be slow here"
+    )
+    bench.add_argument(
+        "--isa",
+        choices=ISA_CHOICES,
+        default="native",
+        help="emulate a machine with this instruction set: re-run in a child process with torch, "
+        "oneDNN, MKL, fbgemm and our kernels restricted to it (default native: this CPU's own)",
     )
     bench.add_argument(
         "--ggml",
@@ -270,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     threads = _torch_threads()
     try:
+        if getattr(args, "isa", NATIVE) != NATIVE and active() is None:
+            # the libraries read their instruction-set switches once: a fresh process sets them
+            raw = list(argv) if argv is not None else sys.argv[1:]
+            return rerun(args.isa, ["-m", "explorer.cli", *raw])
         result = func(args)
     except (ExplorerError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split())

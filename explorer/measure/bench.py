@@ -13,6 +13,12 @@ The floor: interleaved with the kernels, a plain streaming read of the fp32 weig
 this machine at this moment. ``floor_ms`` is a kernel's weight bytes at that rate and
 ``of_floor`` = ``floor_ms / ms``: 1.0 means the kernel runs as fast as its weights can be read, so
 no kernel for that format can be faster, and ``fp32 ms / floor_ms`` bounds any speedup at M = 1.
+
+Each row's ``isa`` is the code that ran it, checked rather than assumed: our kernels' path, and
+for torch's kernels the library that ran the call (`explorer.measure.emulate.dispatch`: oneDNN's
+primitive, MKL's branch, fbgemm's, else ATen's capability). ``explorer bench --isa avx2`` runs
+all of it with every library restricted to AVX2 (`explorer.measure.emulate`); ``env`` then says
+what was forced (``isa_forced``) and what each library reports it ran (``libraries``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from explorer import machine
 from explorer.kernels import conv_ops, lowbit, native
 from explorer.kernels.base import LinearSpec
 from explorer.kernels.select import KERNELS, conv_candidates
+from explorer.measure import emulate
 from explorer.measure.latency import timing_lock
 from explorer.nn.modules import QuantConv2d
 from explorer.quant.config import QuantConfig
@@ -59,6 +66,10 @@ LOWBIT_KERNELS = {f"int{b}-wo-native" for b in lowbit.BITS} | {
     f"int{b}-w{b}a8-native" for b in lowbit.BITS
 }
 SLOW_ON_CPU = {"int8-w8a8-intmm"}  # torch._int_mm has no fast x86 path (≈10x slower than fp32)
+BASELINES = {"int8-w8a8-fbgemm"}
+"""Kernels timed even where an emulated instruction set makes the explorer refuse them for
+models (fbgemm without VNNI saturates, a different function): issue 15's int8 target is "as fast
+as fbgemm" on every machine. Their rows carry ``refused`` with the reason."""
 
 
 @dataclass
@@ -69,6 +80,7 @@ class _Candidate:
     states: list[Any]
     weight_bytes: int
     inputs: dict[int, torch.Tensor]
+    refused: str | None = None
 
 
 def _copies(nbytes: int) -> int:
@@ -143,7 +155,12 @@ def linear_candidates(
     for fmt, config in LINEAR_FORMATS:
         spec = LinearSpec.from_config(config, n, k, device)
         for kernel in KERNELS.values():
-            if kernel.supports(spec) is not None:
+            refused = kernel.supports(spec)
+            if refused is not None and kernel.name in BASELINES:
+                with emulate.real_cpu():  # refused only for the emulated machine's sake?
+                    if kernel.supports(spec) is not None:
+                        continue
+            elif refused is not None:
                 continue
             if kernel.name in SLOW_ON_CPU and device == "cpu" and not include_slow:
                 continue
@@ -154,7 +171,7 @@ def linear_candidates(
                 kernel.prepare(spec, _random_qweight(config, n, k, gen), None, None)
                 for _ in range(copies - 1)
             ]
-            out.append(_Candidate(kernel.name, fmt, kernel.run, states, probe.nbytes, {}))
+            out.append(_Candidate(kernel.name, fmt, kernel.run, states, probe.nbytes, {}, refused))
     if ggml_formats:  # llama.cpp's kernels side by side (the llamacpp extra)
         out += _ggml_candidates(n, k, ms, ggml_formats, gen)
     return out
@@ -175,8 +192,13 @@ def kernel_isa(kernel: str) -> str:
             return "avx2"
         return path
     if kernel.startswith("ggml-"):
-        return "ggml"  # llama.cpp's library dispatches by itself
+        return f"ggml-{emulate.ggml_isa()}"  # compiled for one CPU: no run-time switch
     return f"torch-{machine.torch_capability()}"
+
+
+def _ours(kernel: str) -> bool:
+    """Our kernels and ggml's say their path themselves; torch's are labelled by `dispatch`."""
+    return kernel.endswith("-native") or kernel.startswith("ggml-") or kernel == READ
 
 
 READ = "read"  # the streaming-read pseudo-candidate: it gives the floor, not a row of its own
@@ -218,6 +240,12 @@ def bench_linear(
         for c in cands:  # warm-up every copy once
             for s in c.states:
                 c.run(s, x)
+        isas = [
+            kernel_isa(c.kernel)
+            if _ours(c.kernel)
+            else emulate.dispatch(lambda c=c, x=x: c.run(c.states[0], x), c.kernel)
+            for c in cands
+        ]
         reps = {i: (3 if c.kernel in SLOW_ON_CPU else repeats) for i, c in enumerate(cands)}
         for r in range(repeats):
             for i, c in enumerate(cands):
@@ -255,10 +283,11 @@ def bench_linear(
                     "gbps": round(c.weight_bytes / ms_ / 1e6, 2),
                     "speedup_vs_fp32": round(fp32 / ms_, 2),
                     "speedup_vs_bf16": round(bf16 / ms_, 2),
-                    "isa": kernel_isa(c.kernel),
+                    "isa": isas[i],
                     "weight_copies": len(c.states),
                     "weight_bytes": c.weight_bytes,
                     **floor,
+                    **({"refused": c.refused} if c.refused else {}),
                 }
             )
     return rows
@@ -301,6 +330,11 @@ def bench_conv(
     with torch.inference_mode():
         for f in fns.values():
             f() if not isinstance(f, torch.nn.Module) else f(x)
+        isas = {}
+        for name, f in fns.items():
+            kernel = name.partition("|")[0]
+            call = f if not isinstance(f, torch.nn.Module) else lambda f=f: f(x)
+            isas[name] = kernel_isa(kernel) if _ours(kernel) else emulate.dispatch(call, kernel)
         samples: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(repeats):
             for name, f in fns.items():
@@ -317,7 +351,7 @@ def bench_conv(
                 "kernel": kernel,
                 "format": fmt or kernel,
                 "shape": dict(s),
-                "isa": kernel_isa(kernel),
+                "isa": isas[name],
                 "ms": round(t, 4),
                 "speedup_vs_fp32": round(med["fp32"] / t, 2),
                 "speedup_vs_bf16": round(med["bf16"] / t, 2),
@@ -326,10 +360,13 @@ def bench_conv(
     return rows
 
 
-def environment() -> dict[str, Any]:
-    """The machine the benchmark ran on (`explorer.machine`) and whether our kernels loaded."""
+def environment(libraries: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The machine the benchmark ran on (`explorer.machine`), whether our kernels loaded, the
+    instruction set emulated (None: this CPU's own) and what each library reports it ran."""
     info = native.build_info()
     return {
+        "isa_forced": emulate.forced(),
+        "libraries": libraries,
         "torch": torch.__version__,
         "threads": machine.threads(),
         "cpu_capability": machine.torch_capability(),
@@ -356,11 +393,12 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
     ggml_formats: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    libraries = emulate.libraries(ggml=bool(ggml_formats))  # before MKL or oneDNN first run
     with timing_lock():
         rows = bench_linear(ms, n, k, repeats, include_slow, progress, ggml_formats)
         if conv:
             rows += bench_conv(max(5, repeats // 2), progress)
-    return {"env": environment(), "rows": rows}
+    return {"env": environment(libraries), "rows": rows}
 
 
 def format_table(result: dict[str, Any]) -> str:

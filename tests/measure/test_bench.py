@@ -26,7 +26,11 @@ def test_rows_carry_a_floor_proportional_to_their_weight_bytes() -> None:
     assert int8["weight_bytes"] == 256 * 512 + 256 * 4
     assert int8["floor_ms"] / fp32["floor_ms"] == pytest.approx((512 + 4) / (4 * 512), rel=0.01)
     # the instruction-set path each row took (explorer bench --json)
-    assert fp32["isa"] == f"torch-{torch_capability()}"
+    # fp32 is MKL's (or ATen's) code, labelled by the library that ran it, never assumed
+    assert fp32["isa"].partition("-")[0] in ("mkl", "onednn", "torch")
+    assert by_kernel[("bf16", "bf16")]["isa"].partition("-")[0] in ("onednn", "torch")
+    if by_kernel[("bf16", "bf16")]["isa"].startswith("torch-"):
+        assert by_kernel[("bf16", "bf16")]["isa"] == f"torch-{torch_capability()}"
     assert by_kernel[("int8-w8a8-native", "w8a8-token")]["isa"] == native.isa()
     assert int8["isa"] == ("scalar" if native.isa() == "scalar" else "avx2")  # no VNNI code
     table = format_table({"rows": rows})
