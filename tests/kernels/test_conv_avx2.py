@@ -19,6 +19,7 @@ from explorer.kernels.base import ActQParams, LinearSpec
 from explorer.kernels.conv_ops import CONV_A8, ConvGeometry
 from explorer.nn.modules import QuantConv2d
 from explorer.quant.config import QuantConfig
+from explorer.quant.primitives import quantize
 from explorer.quant.qtensor import QuantizedWeight
 
 if conv_ops.unavailable_reason() is not None:
@@ -141,3 +142,37 @@ def test_offered_on_avx2_not_on_the_scalar_reference() -> None:
         )
     finally:
         conv_ops.force_conv_isa(None)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_activation_codes_identical_on_every_path(symmetric: bool) -> None:
+    """The AVX2 path quantizes with intrinsics (GCC does not vectorize the scalar loop's
+    narrowing for AVX2): ties, both clamps, huge values, infinities, NaN (to the low code) and
+    -0.0 give the scalar path's codes, in both memory layouts and with tails of every block
+    (37 channels, 30 pixels); finite values also match `quantize`'s."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(-300, 300, (2, 37, 5, 6), generator=g).float() / 2  # many exact halves
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, -0.0, 3e6, 4e6])
+    x.view(-1)[: special.numel() * 40 : 40] = special
+    paths = [p for p in ("scalar", "avx2", "avx512_vnni") if conv_ops.conv_isa_supported(p)]
+    outs = {}
+    for path in paths:
+        conv_ops.force_conv_isa(path)
+        try:
+            outs[path] = [
+                conv_ops.quantize_u8_nhwc(src, 0.75, 0 if symmetric else 131, 8, symmetric)
+                for src in (x, x.contiguous(memory_format=torch.channels_last))
+            ]
+        finally:
+            conv_ops.force_conv_isa(None)
+    for path in paths[1:]:
+        for got, want in zip(outs[path], outs["scalar"], strict=True):
+            assert torch.equal(got, want), path
+    nan_at = x.isnan()
+    assert (outs["avx2"][0][nan_at] == 0).all()  # the low code (plus 128 when symmetric)
+    finite = x.isfinite()
+    zero = 0 if symmetric else 131
+    flat = x.nan_to_num().reshape(1, -1)
+    want = quantize(flat, torch.tensor([[0.75]]), torch.tensor([[zero]]), flat.shape, 8, symmetric)
+    want = (want.reshape(x.shape) + (128 if symmetric else 0)).to(torch.uint8)
+    assert torch.equal(outs["avx2"][0][finite], want[finite])

@@ -48,6 +48,11 @@
 #define QE_EXPORT
 #endif
 
+#if QC_X86
+#define QC_AVX2 __attribute__((target("avx2,fma")))
+#define QC_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
+#endif
+
 #define QE_CONV_ABI 2
 /* Elements of work below which a call stays on one thread: a parallel region costs a few
  * microseconds on an idle machine, and a scheduler time slice per barrier on a loaded one, more
@@ -71,9 +76,10 @@ static inline float round_half_even(float v) {
 }
 
 static inline float clampf(float v, float lo, float hi) {
-    /* NaN goes to lo, like an out-of-range code; torch leaves it undefined */
-    if (!(v >= lo)) return lo;
-    return v > hi ? hi : v;
+    /* NaN goes to lo, like an out-of-range code; torch leaves it undefined.  Selects, not
+     * branches: they vectorize on AVX2 too (a branch per code mispredicts on signed data) */
+    const float a = v >= lo ? v : lo;
+    return a > hi ? hi : a;
 }
 
 static inline void qparams_from_range(float lo, float hi, int symmetric, float eps,
@@ -502,14 +508,46 @@ QC_VNNI static void qc_conv_vnni(const qc_conv_ctx *c, int64_t m0, int64_t m1) {
 }
 #endif
 
+/* o[i] = clamp(round(x[i] / s) + z, lo, hi) + off, i < len, as bytes (lo + off >= 0,
+ * hi + off <= 255).  GCC vectorizes the scalar loop for AVX-512 (vpmovdb narrows the codes) but
+ * not for AVX2, so the AVX2 path spells it out: the same float32 operations (vdivps, the
+ * magic-number rounding where |v| < 2^22, maxps(v, lo), which gives lo for NaN like clampf,
+ * then minps), truncated and packed to bytes. */
+static inline void qc_codes_scalar(const float *x, int64_t len, float s, float z, float lo,
+                                   float hi, float off, uint8_t *restrict o) {
+    for (int64_t i = 0; i < len; i++)
+        o[i] = (uint8_t)(int)(clampf(round_half_even(x[i] / s) + z, lo, hi) + off);
+}
+
+#if QC_X86
+QC_AVX2 static void qc_codes_avx2(const float *x, int64_t len, float s, float z, float lo,
+                                  float hi, float off, uint8_t *o) {
+    const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z), lov = _mm256_set1_ps(lo);
+    const __m256 hiv = _mm256_set1_ps(hi), offv = _mm256_set1_ps(off);
+    const __m256 magic = _mm256_set1_ps(12582912.0f), big = _mm256_set1_ps(4194304.0f);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + i), sv);
+        const __m256 r = _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
+        v = _mm256_blendv_ps(v, r, _mm256_cmp_ps(_mm256_and_ps(v, absm), big, _CMP_LT_OQ));
+        v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zv), lov), hiv);
+        const __m256i q = _mm256_cvttps_epi32(_mm256_add_ps(v, offv));
+        const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_storel_epi64((__m128i *)(o + i), _mm_packus_epi16(w, w));
+    }
+    qc_codes_scalar(x + i, len - i, s, z, lo, hi, off, o + i);
+}
+#endif
+
 /* Codes of x (NCHW, or NHWC when x_nhwc) into xb [N*H*W, cp]: clamp(round(x / s) + z, lo, hi)
  * + offset, s and z per tensor (xs == NULL) or per pixel; channels c..cp-1 get z + offset.
  * NCHW input goes through a 32-pixel tile per channel, so the arithmetic runs on contiguous
- * vectors and only the byte stores are strided. */
+ * vectors and only the byte stores are strided.  v256: the AVX2 instance (qc_codes_avx2). */
 static inline __attribute__((always_inline)) void
 qc_quant_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, int64_t cp, float s0,
               float z0, const float *xs, const int32_t *zp, float lo, float hi, int offset,
-              uint8_t *xb) {
+              uint8_t *xb, const int v256) {
     const float off = (float)offset;
     for (int64_t b = 0; b < n; b++) {
         if (x_nhwc || xs) {
@@ -519,9 +557,12 @@ qc_quant_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, int6
                 const float z = xs ? (float)(zp[pix] - offset) : z0;
                 uint8_t *restrict o = xb + pix * cp;
                 if (x_nhwc) {
-                    const float *restrict xr = x + pix * c;
-                    for (int64_t ch = 0; ch < c; ch++)
-                        o[ch] = (uint8_t)(int)(clampf(round_half_even(xr[ch] / s) + z, lo, hi) + off);
+#if QC_X86
+                    if (v256) {
+                        qc_codes_avx2(x + pix * c, c, s, z, lo, hi, off, o);
+                    } else
+#endif
+                        qc_codes_scalar(x + pix * c, c, s, z, lo, hi, off, o);
                 } else {
                     const float *xr = x + b * c * hw + p;
                     for (int64_t ch = 0; ch < c; ch++)
@@ -536,9 +577,13 @@ qc_quant_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, int6
             const int64_t len = hw - p0 < 32 ? hw - p0 : 32;
             uint8_t tile[32];
             for (int64_t ch = 0; ch < c; ch++) {
-                const float *restrict xr = x + (b * c + ch) * hw + p0;
-                for (int64_t p = 0; p < len; p++)
-                    tile[p] = (uint8_t)(int)(clampf(round_half_even(xr[p] / s0) + z0, lo, hi) + off);
+                const float *xr = x + (b * c + ch) * hw + p0;
+#if QC_X86
+                if (v256) {
+                    qc_codes_avx2(xr, len, s0, z0, lo, hi, off, tile);
+                } else
+#endif
+                    qc_codes_scalar(xr, len, s0, z0, lo, hi, off, tile);
                 uint8_t *o = xb + (b * hw + p0) * cp + ch;
                 for (int64_t p = 0; p < len; p++) o[p * cp] = tile[p];
             }
@@ -591,13 +636,11 @@ qc_quantf_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t h, int6
         int64_t pw, float s, float z, float lo, float hi, float *xf
 #define QC_QUANTF_CALL x, x_nhwc, n, c, h, w, ph, pw, s, z, lo, hi, xf
 
-static void qc_quant_scalar(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL); }
+static void qc_quant_scalar(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL, 0); }
 static void qc_quantf_scalar(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
 #if QC_X86
-#define QC_AVX2 __attribute__((target("avx2,fma")))
-#define QC_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
-QC_AVX2 static void qc_quant_avx2(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL); }
-QC_AVX512 static void qc_quant_avx512(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL); }
+QC_AVX2 static void qc_quant_avx2(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL, 1); }
+QC_AVX512 static void qc_quant_avx512(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL, 0); }
 QC_AVX2 static void qc_quantf_avx2(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
 QC_AVX512 static void qc_quantf_avx512(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
 #endif
