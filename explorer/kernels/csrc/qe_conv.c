@@ -779,21 +779,15 @@ static inline __attribute__((always_inline)) QC_AVX2 __m256i qc_bcast4(const uin
     return _mm256_set1_epi32(v);
 }
 
-/* Pixels m..m+NP-1 (rows past m1 read the padding and are not stored) x panel pb (16 outputs,
- * two 8-lane halves). */
+/* Pixels m..m+NP-1 (rows past m1 read the padding and are not stored; img -1) with their
+ * images and top-left input corners x panel pb (16 outputs, two 8-lane halves). */
 static inline __attribute__((always_inline)) QC_AVX2 void
-qc_avx2_tile(const qc_conv_ctx *c, int64_t m, int64_t m1, int64_t pb, const int NP) {
+qc_avx2_tile(const qc_conv_ctx *c, int64_t m, int64_t m1, int64_t pb, const int64_t *img,
+             const int64_t *y0, const int64_t *x0, const int NP) {
     __m256i acc[6][2];
     for (int i = 0; i < NP; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
     const __m256i ones = _mm256_set1_epi16(1);
     const int64_t cq = c->cp / 4, pstride = c->k4 * 64;
-    int64_t img[6], y0[6], x0[6];
-    for (int i = 0; i < NP; i++) {
-        const int64_t mi = m + i < m1 ? m + i : m, r = mi % (c->ho * c->wo);
-        img[i] = m + i < m1 ? mi / (c->ho * c->wo) : -1;
-        y0[i] = (r / c->wo) * c->sh - c->ph;
-        x0[i] = (r % c->wo) * c->sw - c->pw;
-    }
     for (int64_t ky = 0; ky < c->kh; ky++)
         for (int64_t kx = 0; kx < c->kw; kx++) {
             const uint8_t *sp[6], *ap[6];
@@ -827,23 +821,47 @@ qc_avx2_tile(const qc_conv_ctx *c, int64_t m, int64_t m1, int64_t pb, const int 
             const int64_t n0 = pb * QC_PR + 8 * j;
             const int64_t cnt = c->o - n0 < 8 ? c->o - n0 : 8;
             if (cnt <= 0) break;
-            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)cnt),
-                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
             const __m256i ws = _mm256_loadu_si256((const __m256i *)(c->wsum + n0));
             const __m256i d = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(zv, ws));
-            const __m256 scale = _mm256_mul_ps(xsv, _mm256_maskload_ps(c->ws + n0, mask));
-            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(d), scale);
-            if (c->bias) v = _mm256_add_ps(v, _mm256_maskload_ps(c->bias + n0, mask));
-            _mm256_maskstore_ps(c->y + (m + i) * c->o + n0, mask, v);
+            float *yo = c->y + (m + i) * c->o + n0;
+            if (cnt == 8) { /* no masked stores: vmaskmovps to memory is microcoded on AMD */
+                const __m256 scale = _mm256_mul_ps(xsv, _mm256_loadu_ps(c->ws + n0));
+                __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(d), scale);
+                if (c->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(c->bias + n0));
+                _mm256_storeu_ps(yo, v);
+                continue;
+            }
+            int32_t dv[8];
+            _mm256_storeu_si256((__m256i *)dv, d);
+            for (int64_t t = 0; t < cnt; t++) { /* the same operations, one lane at a time */
+                const float v = (float)dv[t] * (xs * c->ws[n0 + t]);
+                yo[t] = c->bias ? v + c->bias[n0 + t] : v;
+            }
         }
     }
 }
 
 #define QC_AVX2_NP 4 /* pixels a tile: 8 accumulators, 2 weight rows, ones, temporaries */
 
+/* Each tile's pixel geometry is found once for all panels, by division for its first pixel
+ * and counting on for the others: with a short K (a 1x1 over 32 channels: 8 steps a tile),
+ * 64-bit divisions per pixel and panel took longer than the products. */
 QC_AVX2 static void qc_conv_avx2(const qc_conv_ctx *c, int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; m += QC_AVX2_NP)
-        for (int64_t pb = 0; pb < c->np; pb++) qc_avx2_tile(c, m, m1, pb, QC_AVX2_NP);
+    const int64_t hwo = c->ho * c->wo;
+    for (int64_t m = m0; m < m1; m += QC_AVX2_NP) {
+        int64_t img[QC_AVX2_NP], y0[QC_AVX2_NP], x0[QC_AVX2_NP];
+        int64_t b = m / hwo, oy = m % hwo / c->wo, ox = m % c->wo;
+        for (int i = 0; i < QC_AVX2_NP; i++) {
+            img[i] = m + i < m1 ? b : -1;
+            y0[i] = oy * c->sh - c->ph;
+            x0[i] = ox * c->sw - c->pw;
+            if (++ox == c->wo) {
+                ox = 0;
+                if (++oy == c->ho) oy = 0, b++;
+            }
+        }
+        for (int64_t pb = 0; pb < c->np; pb++) qc_avx2_tile(c, m, m1, pb, img, y0, x0, QC_AVX2_NP);
+    }
 }
 #endif
 
