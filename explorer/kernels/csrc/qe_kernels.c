@@ -1723,7 +1723,15 @@ QE_EXPORT int qe_w4a8_dyn_linear(const float* x, int per_token, int symmetric, f
  */
 #define QE_PR 16 /* rows per panel */
 #ifndef QE_PF_BYTES
-#define QE_PF_BYTES 2048 /* software prefetch distance in the M = 1 weight stream (AVX2) */
+#define QE_PF_BYTES 2048 /* software prefetch distance in the M = 1 weight stream (AVX-VNNI) */
+#endif
+#ifndef QE_PF_BYTES_2
+/* AVX2 at M = 1 reads one panel at a time (W8A8 and W4A8), prefetching 4 KiB ahead, which
+ * runs into the next panel: one stream reads faster than two or four there.  4096 x 4096,
+ * 1 thread, thread CPU time, interleaved with qe_byte_sum (24.9 GB/s): W4A8 g32 / g128 0.38
+ * / 0.32 ms and W8A8 0.62 ms, against 0.58 / 0.44 / 0.67 with two panels and 2 KiB (one
+ * panel and 2 KiB: 0.40 / 0.34 / 0.72; 6 and 8 KiB within the noise of 4 KiB) */
+#define QE_PF_BYTES_2 4096
 #endif
 #ifndef QE_PF_BYTES_512
 /* The AVX-512 kernels stream faster on the hardware prefetcher alone: 4096 x 4096 W8A8 at
@@ -2248,6 +2256,8 @@ QE_EXPORT int qe_w4a8_dyn_packed_linear(const float* x, int per_token, int symme
 #define QV_SUB (QE_PR / QV_LANES) /* vectors per panel K step */
 #if QE_VNNI_PASS == 512
 #define QV_PF QE_PF_BYTES_512
+#elif QE_VNNI_PASS == 2
+#define QV_PF QE_PF_BYTES_2
 #else
 #define QV_PF QE_PF_BYTES
 #endif
@@ -2465,10 +2475,10 @@ QV_TARGET static void QV_SFX(qe_p8_call)(int mr, int nv, const qe_p8_ctx* c, int
 
 /* Tiles of panels are claimed from a shared counter (see the module comment on threads). */
 QV_TARGET static void QV_SFX(qe_p8_thread)(const qe_p8_ctx* c) {
-    /* M = 1: four vectors (4 panels on AVX-512, 2 on AVX2), as several weight streams read
-     * faster than one (4096 x 4096 AVX-512: 0.68 ms with 4 panels, 0.76 with 2, 0.97 with 1);
-     * M > 1: two vectors wide */
-    const int64_t tile = (c->M == 1 ? 4 : 2) / QV_SUB;
+    /* M = 1: four vectors (4 panels) on AVX-512, as several weight streams read faster than
+     * one there (4096 x 4096: 0.68 ms with 4 panels, 0.76 with 2, 0.97 with 1); on AVX2 one
+     * panel, as one stream reads faster there (see QE_PF_BYTES_2); M > 1: two vectors wide */
+    const int64_t tile = (c->M == 1 && !QV_EMU ? 4 : 2) / QV_SUB;
     for (;;) {
         const int64_t p0 = __atomic_fetch_add(c->next, tile, __ATOMIC_RELAXED);
         if (p0 >= c->np) break;
@@ -2576,6 +2586,62 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const q
     }
 }
 
+#if QV_EMU
+/* W4A8 at M = 1 on AVX2: one panel (two vectors of 8 columns) over all K.  One panel at a
+ * time, not the two or four of the vpdpbusd paths: with one weight stream (and the prefetch
+ * QV_PF ahead running into the next panel) AVX2 reads faster than with two or four
+ * interleaved streams (4096 x 4096 g128, 1 thread: 0.34 ms against 0.42-0.47).  Per 4 K
+ * steps, int16 sums of the two vpmaddubsw per vector (4 x 7680 < 32768), widened once with
+ * vpmaddwd; per group the int32 sums, less 8 x the group's activation sum (or with the
+ * float zero term), meet the scales in one FMA, in qe_p4_micro's order: the same floats. */
+QV_TARGET static void QV_SFX(qe_p4_m1)(const qe_p4_ctx* c, int64_t p) {
+    const int64_t k8 = c->k8, ng = c->ng, gs = c->G / 8;
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const int8_t* x = c->xq;
+    const uint8_t* w = c->w + p * k8 * 64;
+    const float* s = c->ws + p * ng * QE_PR;
+    const float* z = c->wzs ? c->wzs + p * ng * QE_PR : NULL;
+    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+        for (int64_t b = g * gs; b < (g + 1) * gs; b += 4) {
+            __m256i h0 = _mm256_setzero_si256(), h1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; ++t) {
+                const uint8_t* src = w + (b + t) * 64;
+                if (QV_PF) _mm_prefetch((const char*)(src + QV_PF), _MM_HINT_T0);
+                const __m256i xa = _mm256_set1_epi32(QV_SFX(qe_ld32)(x + 8 * (b + t)));
+                const __m256i xb = _mm256_set1_epi32(QV_SFX(qe_ld32)(x + 8 * (b + t) + 4));
+                const __m256i v0 = _mm256_loadu_si256((const __m256i*)src);
+                const __m256i v1 = _mm256_loadu_si256((const __m256i*)(src + 32));
+                h0 = qv_dot16(h0, _mm256_and_si256(v0, low), xa,
+                              _mm256_and_si256(_mm256_srli_epi16(v0, 4), low), xb);
+                h1 = qv_dot16(h1, _mm256_and_si256(v1, low), xa,
+                              _mm256_and_si256(_mm256_srli_epi16(v1, 4), low), xb);
+            }
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(h0, ones));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(h1, ones));
+        }
+        const __m256 s0 = _mm256_loadu_ps(s + g * QE_PR), s1 = _mm256_loadu_ps(s + g * QE_PR + 8);
+        if (z) {
+            const __m256 sx = _mm256_set1_ps(c->sxf[g]);
+            f0 = _mm256_fnmadd_ps(_mm256_loadu_ps(z + g * QE_PR), sx,
+                                  _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), s0, f0));
+            f1 = _mm256_fnmadd_ps(_mm256_loadu_ps(z + g * QE_PR + 8), sx,
+                                  _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), s1, f1));
+        } else {
+            const __m256i sx8 = _mm256_set1_epi32(8 * c->sxi[g]);
+            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(a0, sx8)), s0, f0);
+            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(a1, sx8)), s1, f1);
+        }
+    }
+    float tmp[16];
+    _mm256_storeu_ps(tmp, f0);
+    _mm256_storeu_ps(tmp + 8, f1);
+    qe_p4_store(c, 0, p * QE_PR, tmp, (int)qe_min64(QE_PR, c->N - p * QE_PR));
+}
+#endif
+
 QV_TARGET static void QV_SFX(qe_p4_call1)(int nv, const qe_p4_ctx* c, int64_t m0, int64_t p0) {
     switch (nv) {
         case 3: QV_SFX(qe_p4_micro)(1, 3, c, m0, p0); break;
@@ -2611,6 +2677,16 @@ QV_TARGET static void QV_SFX(qe_p4_call)(int mr, int nv, const qe_p4_ctx* c, int
 }
 
 QV_TARGET static void QV_SFX(qe_p4_thread)(const qe_p4_ctx* c) {
+#if QV_EMU
+    if (c->M == 1) { /* AVX2: one panel a claim (see qe_p4_m1) */
+        for (;;) {
+            const int64_t p = __atomic_fetch_add(c->next, 1, __ATOMIC_RELAXED);
+            if (p >= c->np) break;
+            QV_SFX(qe_p4_m1)(c, p);
+        }
+        return;
+    }
+#endif
     const int64_t tile = (c->M == 1 ? 4 : 2) / QV_SUB; /* vectors a step: 4 at M = 1, else 2 */
     for (;;) {
         const int64_t p0 = __atomic_fetch_add(c->next, tile, __ATOMIC_RELAXED);
