@@ -101,3 +101,27 @@ def test_an_avx2_machine_prepares_layers_with_the_panels(avx2: None, name: str) 
         ref = REF64.run(ref_state, x)
         err = float((kernel.run(state, x).double() - ref).norm() / ref.norm())
         assert err <= 1e-5, (m, err)
+
+
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("asym", [False, True])
+def test_m1_reads_panel_by_panel_to_the_same_floats(avx2: None, group: int, asym: bool) -> None:
+    """M = 1 has its own AVX2 loops, one panel at a time (W4A8 its own kernel): over 6
+    panels, the last holding 3 rows, a row alone gives the same floats as inside M = 3
+    (per-token activations, the same per-group FMA order), and W8A8's int32 sums the int64."""
+    g = torch.Generator().manual_seed(group + asym)
+    n, k = 83, 512
+    codes = nibbles(torch.randint(0, 16, (n, k), generator=g))
+    scale = torch.rand(n, k // group, generator=g) * 0.01 + 1e-3
+    zero = scale * torch.randint(0, 16, (n, k // group), generator=g) if asym else None
+    packed = native.pack_int4(codes, scale, zero, group)
+    zero_term, bias = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    x = torch.randn(3, k, generator=g) + (0.5 if asym else 0.0)
+    kw = {"per_token": True, "symmetric": not asym, "eps": 1e-8}
+    one = native.w4a8_packed_dynamic_linear(x[:1], packed, zero_term, bias, **kw)
+    three = native.w4a8_packed_dynamic_linear(x, packed, zero_term, bias, **kw)
+    assert torch.equal(one[0], three[0])
+    xq = torch.randint(-128, 128, (1, k), generator=g, dtype=torch.int8)
+    wq = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    out = native.int8_gemm_packed(xq, native.pack_int8(wq))
+    assert torch.equal(out.long(), xq.long() @ wq.long().T)
