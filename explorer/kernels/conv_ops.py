@@ -29,8 +29,8 @@ The ``spec`` is the layer's flattened ``[O, C/groups * kh * kw]`` weight (PyTorc
 - ``int8-conv-native`` (`NativeConvA8Kernel`): an implicit GEMM on uint8 NHWC codes
   (``qe_conv_a8``: range, codes and GEMM in one C call, no patch matrix except for narrow
   inputs and per-token rows), activations per tensor (dynamic or static) or per token. The GEMM
-  runs on AVX-512 VNNI (``vpdpbusd``) or AVX2, where ``vpmaddubsw``'s saturating int16 pairs are
-  kept exact by sign transfer (``|a| x sign(a) * w`` on codes shifted to int8).
+  runs on AVX-512 VNNI (``vpdpbusd``) or AVX2, where ``vpmaddubsw``'s int16 pairs would saturate,
+  so codes and weights are multiplied as int16 (``vpmaddwd``: exact int32 pairs).
 - ``int8-dwconv-native`` (`NativeDwConvA8Kernel`): depthwise, products of int8 codes summed
   exactly in float32 across channels (``qe_dwconv_a8``; AVX-512, AVX2 and scalar paths, which
   `force_conv_isa` selects for tests).
@@ -594,9 +594,7 @@ ISA_PATHS = {0: "scalar", 1: "avx2", 3: "avx512_vnni"}
 .native`'s); both kernels run on all three (``scalar`` is the reference)."""
 DENSE_ISA_PATHS = ("avx2", "avx512_vnni")
 """The paths on which `NativeConvA8Kernel` is offered: its scalar path is a reference only (two
-orders of magnitude slower). On ``avx2``, a layer whose weights hold the code -128 runs the
-scalar path too (sign transfer cannot negate -128; see ``qe_conv.c``): exact, and timed as
-such, so the kernel choice passes it over."""
+orders of magnitude slower)."""
 
 
 def conv_isa() -> str | None:
@@ -737,8 +735,8 @@ def _weight_why(spec: LinearSpec) -> str | None:
 class NativeConvA8Kernel:
     """``int8-conv-native``: dense int8 convolution as an implicit GEMM on NHWC codes
     (``qe_conv_a8``): the input quantized once (in C, bit-identical codes), each output pixel's
-    patch row read tap by tap from the codes, 64 products a ``vpdpbusd`` (AVX-512 VNNI) or 32 a
-    ``vpsignb`` + ``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd`` (AVX2); output channels-last.
+    patch row read tap by tap from the codes, 64 products a ``vpdpbusd`` (AVX-512 VNNI) or 16 a
+    ``vpmaddwd`` + ``vpaddd`` on int16 copies of codes and weights (AVX2); output channels-last.
     Activations per tensor (dynamic or static) or per token (per patch row: with a window
     wider than a pixel, each row quantized into a uint8 patch matrix in the same call)."""
 

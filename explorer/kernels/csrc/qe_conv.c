@@ -289,8 +289,8 @@ QE_EXPORT int qe_dwconv_wo(const float *x, const void *codes, int bits, const fl
  *                the compiler for each instruction set.  Output: float NHWC.
  *
  * Instruction-set paths (numbered as in qe_kernels.c): 0 scalar, 1 avx2, 3 avx512_vnni, for
- * both kernels.  The dense kernel's AVX2 path reads the same panels with vpmaddubsw, exact by
- * sign transfer (qc_conv_avx2); a layer with a weight of -128 runs its scalar path there.
+ * both kernels.  The dense kernel's AVX2 path multiplies int16 codes by int16 copies of the
+ * panels with vpmaddwd (qc_conv_avx2), exact where vpmaddubsw's int16 pairs would saturate.
  * qe_conv_set_isa forces a lower path (tests run each path the CPU has).
  * ------------------------------------------------------------------------------------------- */
 
@@ -344,24 +344,23 @@ static int qe_conv_isa_now(void) {
 
 static inline int64_t qc_round4(int64_t v) { return (v + 3) / 4 * 4; }
 
-/* Bytes of the packed weights of a dense convolution: codes, then int32 sums per output, then
- * a trailer of QC_PR int32 flags (the first: 1 if some weight is -128, which the AVX2 path's
- * sign transfer cannot negate). */
+/* Bytes of the packed weights of a dense convolution: int8 codes, int32 sums per output, then
+ * the codes again as int16 for the AVX2 path (qc_conv_avx2). */
 QE_EXPORT int64_t qe_conv_a8_packed_bytes(int64_t o, int64_t c, int64_t taps) {
     if (o <= 0 || c <= 0 || taps <= 0) return -1;
     const int64_t np = (o + QC_PR - 1) / QC_PR;
-    return np * taps * qc_round4(c) * QC_PR + np * QC_PR * 4 + QC_PR * 4;
+    return np * taps * qc_round4(c) * QC_PR * 3 + np * QC_PR * 4;
 }
 
-/* w: int8 [O, C, kh*kw] (PyTorch's order) -> panels [O/16][taps * Cp/4][16][4], sums, flags. */
+/* w: int8 [O, C, kh*kw] (PyTorch's order) -> panels [O/16][taps * Cp/4][16][4], sums, and
+ * int16 panels [O/16][taps * Cp/2][16][2]. */
 QE_EXPORT int qe_conv_a8_pack(const int8_t *w, int64_t o, int64_t c, int64_t taps, void *out) {
     if (!w || !out || o <= 0 || c <= 0 || taps <= 0) return 1;
     const int64_t cp = qc_round4(c), np = (o + QC_PR - 1) / QC_PR, k4 = taps * cp / 4;
     int8_t *d = (int8_t *)out;
-    int32_t *wsum = (int32_t *)(d + np * k4 * 64), *flags = wsum + np * QC_PR;
+    int32_t *wsum = (int32_t *)(d + np * k4 * 64);
+    int16_t *d16 = (int16_t *)(wsum + np * QC_PR);
     memset(out, 0, (size_t)qe_conv_a8_packed_bytes(o, c, taps));
-    for (int64_t i = 0; i < o * c * taps; i++)
-        if (w[i] == -128) flags[0] = 1;
     for (int64_t n = 0; n < o; n++) {
         const int64_t p = n / QC_PR, r = n % QC_PR;
         int32_t sum = 0;
@@ -370,6 +369,7 @@ QE_EXPORT int qe_conv_a8_pack(const int8_t *w, int64_t o, int64_t c, int64_t tap
                 const int8_t v = w[(n * c + ch) * taps + t];
                 const int64_t k = t * cp + ch;
                 d[((p * k4 + k / 4) * QC_PR + r) * 4 + k % 4] = v;
+                d16[((p * k4 * 2 + k / 2) * QC_PR + r) * 2 + k % 2] = v;
                 sum += v;
             }
         wsum[n] = sum;
@@ -380,10 +380,10 @@ QE_EXPORT int qe_conv_a8_pack(const int8_t *w, int64_t o, int64_t c, int64_t tap
 typedef struct {
     const uint8_t *xb;  /* [N, H, W, Cp] codes, shifted to uint8 */
     const uint8_t *pad; /* Cp codes of the zero point: padding pixels */
-    const uint8_t *xa, *pada; /* AVX2 path: |code - 128| of xb and pad (xb, pad: code - 128) */
+    const int16_t *x16, *pad16; /* AVX2 path: xb and pad widened to int16 */
     const int8_t *wp;   /* packed panels */
     const int32_t *wsum;
-    int w128; /* some weight is -128 (the packed flags) */
+    const int16_t *w16; /* the panels as int16, K in pairs (AVX2) */
     const float *ws, *bias;
     const float *xs;   /* per input pixel (per_token), else NULL */
     const int32_t *zu; /* same */
@@ -753,105 +753,107 @@ static void qc_pixel_qparams(int isa, const float *x, int x_nhwc, int64_t n, int
 }
 
 #if QC_X86
-/* The AVX2 path (no VNNI) over the same panels.  vpmaddubsw multiplies uint8 by int8 and adds
- * each pair into an int16 that SATURATES: a uint8 code up to 255 times weights up to 128 in
- * magnitude overflows (2 * 255 * 127 > 32767), which is why oneDNN's AVX2 int8 convolution is
- * not exact.  Sign transfer makes it exact: the codes are shifted to int8, a = code - 128, and
- * a x w is computed as |a| (uint8, <= 128) times sign(a) * w (vpsignb, int8 in [-127, 127]
- * when w != -128), so a pair is at most 2 * 128 * 127 = 32512; vpmaddwd with ones widens the
- * pairs to int32 lanes, one per output channel.  The shift is undone in the epilogue:
- * sum(code * w) - zu * wsum = sum(a * w) - (zu - 128) * wsum.  A weight of -128 (which vpsignb
- * cannot negate) sends the layer to the scalar path (the packed flags).
- * Per 32 products: vpsignb, vpmaddubsw, vpmaddwd, vpaddd -- against one 8-wide FMA per 8 for
- * fp32.  a and |a| are split from the codes once per call (qc_sign_split), so the inner loop
- * only broadcasts them. */
-QC_AVX2 static void qc_sign_split(const uint8_t *xb, int64_t count, int8_t *sg, uint8_t *ab) {
-    for (int64_t i = 0; i < count; i++) {
-        const int8_t a = (int8_t)(xb[i] ^ 0x80u);
-        sg[i] = a;
-        ab[i] = (uint8_t)(a < 0 ? -a : a);
-    }
+/* The AVX2 path (no VNNI).  vpmaddubsw multiplies uint8 by int8 and adds each pair into an
+ * int16 that SATURATES: a code up to 255 times a weight of magnitude 128 overflows
+ * (2 * 255 * 127 > 32767), which is why oneDNN's AVX2 int8 convolution is not exact.  This
+ * path multiplies int16 instead: vpmaddwd takes the codes (widened once per call) and weights
+ * (widened at packing, pairs of K per int32 lane) and adds each pair of products into an int32,
+ * exact (2 * 255 * 128 < 2^31); vpaddd accumulates.  16 products for two instructions, one of
+ * them a multiply; sign transfer on uint8 (|a| x sign(a) * w through vpsignb + vpmaddubsw +
+ * vpmaddwd) needs three multiply-port instructions per 32 and measured 14 % slower on Zen 4,
+ * and cannot negate a weight of -128.  The int32 sums and the float epilogue are the scalar
+ * path's. */
+QC_AVX2 static void qc_widen16(const uint8_t *xb, int64_t count, int16_t *out) {
+    for (int64_t i = 0; i < count; i++) out[i] = (int16_t)xb[i];
 }
 
-static inline __attribute__((always_inline)) QC_AVX2 __m256i qc_bcast4(const uint8_t *p) {
+static inline __attribute__((always_inline)) QC_AVX2 __m256i qc_bcast2(const int16_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
 }
 
-/* Pixels m..m+NP-1 (rows past m1 read the padding and are not stored; img -1) with their
- * images and top-left input corners x panel pb (16 outputs, two 8-lane halves). */
+#define QC_MADD2(c0, c1, a)                                                                     \
+    do {                                                                                       \
+        const __m256i a_ = (a);                                                                \
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(a_, w0));                                  \
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(a_, w1));                                  \
+    } while (0)
+
+/* Stores pixel i's sums of panel pb: y = (float)(acc - zu * wsum) * (xs * ws) + bias. */
 static inline __attribute__((always_inline)) QC_AVX2 void
-qc_avx2_tile(const qc_conv_ctx *c, int64_t m, int64_t m1, int64_t pb, const int64_t *img,
-             const int64_t *y0, const int64_t *x0, const int NP) {
-    __m256i acc[6][2];
-    for (int i = 0; i < NP; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-    const __m256i ones = _mm256_set1_epi16(1);
-    const int64_t cq = c->cp / 4, pstride = c->k4 * 64;
-    for (int64_t ky = 0; ky < c->kh; ky++)
-        for (int64_t kx = 0; kx < c->kw; kx++) {
-            const uint8_t *sp[6], *ap[6];
-            for (int i = 0; i < NP; i++) {
-                const int64_t iy = y0[i] + ky * c->dh, ix = x0[i] + kx * c->dw;
-                const int in = img[i] >= 0 && iy >= 0 && iy < c->h && ix >= 0 && ix < c->w;
-                const int64_t off = ((img[i] * c->h + iy) * c->w + ix) * c->cp;
-                sp[i] = in ? c->xb + off : c->pad;
-                ap[i] = in ? c->xa + off : c->pada;
-            }
-            const int8_t *wt = c->wp + pb * pstride + (ky * c->kw + kx) * cq * 64;
-            for (int64_t q = 0; q < cq; q++) {
-                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wt + q * 64));
-                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wt + q * 64 + 32));
-                for (int i = 0; i < NP; i++) {
-                    const __m256i a = qc_bcast4(sp[i] + q * 4), u = qc_bcast4(ap[i] + q * 4);
-                    const __m256i p0 = _mm256_maddubs_epi16(u, _mm256_sign_epi8(w0, a));
-                    const __m256i p1 = _mm256_maddubs_epi16(u, _mm256_sign_epi8(w1, a));
-                    acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(p0, ones));
-                    acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(p1, ones));
-                }
-            }
+qc_avx2_store(const qc_conv_ctx *c, int64_t m, int64_t pb, __m256i a0, __m256i a1) {
+    float xs;
+    int32_t zu;
+    qc_row_qparams(c, m, &xs, &zu);
+    const __m256i zv = _mm256_set1_epi32(zu);
+    const __m256 xsv = _mm256_set1_ps(xs);
+    for (int j = 0; j < 2; j++) {
+        const int64_t n0 = pb * QC_PR + 8 * j;
+        const int64_t cnt = c->o - n0 < 8 ? c->o - n0 : 8;
+        if (cnt <= 0) break;
+        const __m256i ws = _mm256_loadu_si256((const __m256i *)(c->wsum + n0));
+        const __m256i d = _mm256_sub_epi32(j ? a1 : a0, _mm256_mullo_epi32(zv, ws));
+        float *yo = c->y + m * c->o + n0;
+        if (cnt == 8) { /* no masked stores: vmaskmovps to memory is microcoded on AMD */
+            const __m256 scale = _mm256_mul_ps(xsv, _mm256_loadu_ps(c->ws + n0));
+            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(d), scale);
+            if (c->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(c->bias + n0));
+            _mm256_storeu_ps(yo, v);
+            continue;
         }
-    for (int i = 0; i < NP && m + i < m1; i++) {
-        float xs;
-        int32_t zu;
-        qc_row_qparams(c, m + i, &xs, &zu);
-        const __m256i zv = _mm256_set1_epi32(zu - 128);
-        const __m256 xsv = _mm256_set1_ps(xs);
-        for (int j = 0; j < 2; j++) {
-            const int64_t n0 = pb * QC_PR + 8 * j;
-            const int64_t cnt = c->o - n0 < 8 ? c->o - n0 : 8;
-            if (cnt <= 0) break;
-            const __m256i ws = _mm256_loadu_si256((const __m256i *)(c->wsum + n0));
-            const __m256i d = _mm256_sub_epi32(acc[i][j], _mm256_mullo_epi32(zv, ws));
-            float *yo = c->y + (m + i) * c->o + n0;
-            if (cnt == 8) { /* no masked stores: vmaskmovps to memory is microcoded on AMD */
-                const __m256 scale = _mm256_mul_ps(xsv, _mm256_loadu_ps(c->ws + n0));
-                __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(d), scale);
-                if (c->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(c->bias + n0));
-                _mm256_storeu_ps(yo, v);
-                continue;
-            }
-            int32_t dv[8];
-            _mm256_storeu_si256((__m256i *)dv, d);
-            for (int64_t t = 0; t < cnt; t++) { /* the same operations, one lane at a time */
-                const float v = (float)dv[t] * (xs * c->ws[n0 + t]);
-                yo[t] = c->bias ? v + c->bias[n0 + t] : v;
-            }
+        int32_t dv[8];
+        _mm256_storeu_si256((__m256i *)dv, d);
+        for (int64_t t = 0; t < cnt; t++) { /* the same operations, one lane at a time */
+            const float v = (float)dv[t] * (xs * c->ws[n0 + t]);
+            yo[t] = c->bias ? v + c->bias[n0 + t] : v;
         }
     }
 }
 
-#define QC_AVX2_NP 4 /* pixels a tile: 8 accumulators, 2 weight rows, ones, temporaries */
+/* Pixels m..m+3 (those at or past m1 read the padding and are not stored: img -1), given their
+ * images and top-left input corners, x panel pb: 4 x 2 accumulators of 8 outputs, named (GCC
+ * spills an array of them). */
+QC_AVX2 static void qc_avx2_tile(const qc_conv_ctx *c, int64_t m, int64_t m1, int64_t pb,
+                                 const int64_t *img, const int64_t *y0, const int64_t *x0) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+    __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    const int64_t cp = c->cp, kq = cp / 2; /* K pairs a tap */
+    const int16_t *wp = c->w16 + pb * c->k4 * 2 * 32;
+    for (int64_t ky = 0; ky < c->kh; ky++)
+        for (int64_t kx = 0; kx < c->kw; kx++) {
+            const int16_t *xp[4];
+            for (int i = 0; i < 4; i++) {
+                const int64_t iy = y0[i] + ky * c->dh, ix = x0[i] + kx * c->dw;
+                const int in = img[i] >= 0 && iy >= 0 && iy < c->h && ix >= 0 && ix < c->w;
+                xp[i] = in ? c->x16 + ((img[i] * c->h + iy) * c->w + ix) * cp : c->pad16;
+            }
+            const int16_t *wt = wp + (ky * c->kw + kx) * kq * 32;
+#pragma GCC unroll 2
+            for (int64_t q = 0; q < kq; q++) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wt + q * 32));
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wt + q * 32 + 16));
+                QC_MADD2(c00, c01, qc_bcast2(xp[0] + 2 * q));
+                QC_MADD2(c10, c11, qc_bcast2(xp[1] + 2 * q));
+                QC_MADD2(c20, c21, qc_bcast2(xp[2] + 2 * q));
+                QC_MADD2(c30, c31, qc_bcast2(xp[3] + 2 * q));
+            }
+        }
+    qc_avx2_store(c, m, pb, c00, c01);
+    if (m + 1 < m1) qc_avx2_store(c, m + 1, pb, c10, c11);
+    if (m + 2 < m1) qc_avx2_store(c, m + 2, pb, c20, c21);
+    if (m + 3 < m1) qc_avx2_store(c, m + 3, pb, c30, c31);
+}
 
 /* Each tile's pixel geometry is found once for all panels, by division for its first pixel
- * and counting on for the others: with a short K (a 1x1 over 32 channels: 8 steps a tile),
+ * and counting on for the others: with a short K (a 1x1 over 32 channels: 16 steps a tile),
  * 64-bit divisions per pixel and panel took longer than the products. */
 QC_AVX2 static void qc_conv_avx2(const qc_conv_ctx *c, int64_t m0, int64_t m1) {
     const int64_t hwo = c->ho * c->wo;
-    for (int64_t m = m0; m < m1; m += QC_AVX2_NP) {
-        int64_t img[QC_AVX2_NP], y0[QC_AVX2_NP], x0[QC_AVX2_NP];
+    for (int64_t m = m0; m < m1; m += 4) {
+        int64_t img[4], y0[4], x0[4];
         int64_t b = m / hwo, oy = m % hwo / c->wo, ox = m % c->wo;
-        for (int i = 0; i < QC_AVX2_NP; i++) {
+        for (int i = 0; i < 4; i++) {
             img[i] = m + i < m1 ? b : -1;
             y0[i] = oy * c->sh - c->ph;
             x0[i] = ox * c->sw - c->pw;
@@ -860,7 +862,7 @@ QC_AVX2 static void qc_conv_avx2(const qc_conv_ctx *c, int64_t m0, int64_t m1) {
                 if (++oy == c->ho) oy = 0, b++;
             }
         }
-        for (int64_t pb = 0; pb < c->np; pb++) qc_avx2_tile(c, m, m1, pb, img, y0, x0, QC_AVX2_NP);
+        for (int64_t pb = 0; pb < c->np; pb++) qc_avx2_tile(c, m, m1, pb, img, y0, x0);
     }
 }
 #endif
@@ -874,18 +876,15 @@ static int qc_conv_gemm(const qc_conv_ctx *ctx, int isa, int nthreads) {
     char *mem = NULL;
     qc_conv_ctx sc;
 #if QC_X86
-    if (isa == QC_ISA_AVX2 && !ctx->w128) { /* the codes split into a and |a| (see above) */
+    if (isa == QC_ISA_AVX2) { /* the codes widened to int16 (see qc_conv_avx2) */
         const int64_t count = ctx->n * ctx->h * ctx->w * ctx->cp, cp = ctx->cp;
-        const size_t half = (size_t)(count + cp + 63) / 64 * 64;
-        mem = malloc(2 * half);
+        mem = malloc(sizeof(int16_t) * (size_t)(count + cp));
         if (!mem) return 4;
         sc = *ctx;
-        int8_t *sg = (int8_t *)mem;
-        uint8_t *ab = (uint8_t *)(mem + half);
-        qc_sign_split(ctx->xb, count, sg, ab);
-        qc_sign_split(ctx->pad, cp, sg + count, ab + count);
-        sc.xb = (const uint8_t *)sg, sc.xa = ab;
-        sc.pad = (const uint8_t *)(sg + count), sc.pada = ab + count;
+        int16_t *x16 = (int16_t *)mem;
+        qc_widen16(ctx->xb, count, x16);
+        qc_widen16(ctx->pad, cp, x16 + count);
+        sc.x16 = x16, sc.pad16 = x16 + count;
         ctx = &sc;
     }
 #endif
@@ -1100,7 +1099,7 @@ QE_EXPORT int qe_conv_a8(const float *x, int x_nhwc, int64_t n, int64_t c, int64
     ctx.wp = (const int8_t *)packed;
     ctx.k4 = kh * kw * cp / 4;
     ctx.wsum = (const int32_t *)(ctx.wp + np * ctx.k4 * 64);
-    ctx.w128 = ctx.wsum[np * QC_PR];
+    ctx.w16 = (const int16_t *)(ctx.wsum + np * QC_PR);
     ctx.ws = ws, ctx.bias = bias, ctx.y = y;
     ctx.n = n, ctx.h = h, ctx.w = w, ctx.cp = cp, ctx.o = o, ctx.np = np;
     ctx.kh = kh, ctx.kw = kw, ctx.sh = sh, ctx.sw = sw, ctx.ph = ph, ctx.pw = pw;
