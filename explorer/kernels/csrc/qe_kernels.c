@@ -1726,11 +1726,11 @@ QE_EXPORT int qe_w4a8_dyn_linear(const float* x, int per_token, int symmetric, f
 #define QE_PF_BYTES 2048 /* software prefetch distance in the M = 1 weight stream (AVX-VNNI) */
 #endif
 #ifndef QE_PF_BYTES_2
-/* AVX2 at M = 1 reads one panel at a time (W8A8 and W4A8), prefetching 4 KiB ahead, which
- * runs into the next panel: one stream reads faster than two or four there.  4096 x 4096,
- * 1 thread, thread CPU time, interleaved with qe_byte_sum (24.9 GB/s): W4A8 g32 / g128 0.38
- * / 0.32 ms and W8A8 0.62 ms, against 0.58 / 0.44 / 0.67 with two panels and 2 KiB (one
- * panel and 2 KiB: 0.40 / 0.34 / 0.72; 6 and 8 KiB within the noise of 4 KiB) */
+/* The AVX2 M = 1 weight streams (W4A8: one panel, see qe_p4_m1; W8A8: two) read faster
+ * 4 KiB ahead.  4096 x 4096, 1 thread, thread CPU time, interleaved with qe_byte_sum (24.9
+ * GB/s): W4A8 g32 / g128 0.38 / 0.32 ms, against 0.58 / 0.44 with two panels and 2 KiB, and
+ * 0.40 / 0.34 with one panel and 2 KiB (1 KiB: 0.43 / 0.35; 6 and 8 KiB within the noise of
+ * 4 KiB); W8A8 1.59 / 0.68 ms at K = 11008 / 4096 against 1.58 / 0.69 with 2 KiB */
 #define QE_PF_BYTES_2 4096
 #endif
 #ifndef QE_PF_BYTES_512
@@ -2475,10 +2475,10 @@ QV_TARGET static void QV_SFX(qe_p8_call)(int mr, int nv, const qe_p8_ctx* c, int
 
 /* Tiles of panels are claimed from a shared counter (see the module comment on threads). */
 QV_TARGET static void QV_SFX(qe_p8_thread)(const qe_p8_ctx* c) {
-    /* M = 1: four vectors (4 panels) on AVX-512, as several weight streams read faster than
-     * one there (4096 x 4096: 0.68 ms with 4 panels, 0.76 with 2, 0.97 with 1); on AVX2 one
-     * panel, as one stream reads faster there (see QE_PF_BYTES_2); M > 1: two vectors wide */
-    const int64_t tile = (c->M == 1 && !QV_EMU ? 4 : 2) / QV_SUB;
+    /* M = 1: four vectors (4 panels on AVX-512, 2 on AVX2), as several weight streams read
+     * faster than one (4096 x 4096 AVX-512: 0.68 ms with 4 panels, 0.76 with 2, 0.97 with 1;
+     * AVX2 at K = 11008: 1.58 ms with 2, 1.77 with 1, equal at K = 4096); M > 1: two vectors */
+    const int64_t tile = (c->M == 1 ? 4 : 2) / QV_SUB;
     for (;;) {
         const int64_t p0 = __atomic_fetch_add(c->next, tile, __ATOMIC_RELAXED);
         if (p0 >= c->np) break;
