@@ -106,9 +106,9 @@ def test_an_avx2_machine_prepares_layers_with_the_panels(avx2: None, name: str) 
 @pytest.mark.parametrize("group", [32, 128])
 @pytest.mark.parametrize("asym", [False, True])
 def test_m1_reads_panel_by_panel_to_the_same_floats(avx2: None, group: int, asym: bool) -> None:
-    """M = 1 has its own AVX2 loops, one panel at a time (W4A8 its own kernel): over 6
-    panels, the last holding 3 rows, a row alone gives the same floats as inside M = 3
-    (per-token activations, the same per-group FMA order), and W8A8's int32 sums the int64."""
+    """W4A8 at M = 1 has its own AVX2 kernel, one panel at a time: over 6 panels, the last
+    holding 3 rows, a row alone gives the same floats as inside M = 3 (per-token activations,
+    the same per-group FMA order); and W8A8's M = 1 tiles of two panels the int64 sums."""
     g = torch.Generator().manual_seed(group + asym)
     n, k = 83, 512
     codes = nibbles(torch.randint(0, 16, (n, k), generator=g))
