@@ -19,6 +19,8 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from explorer.measure.bench import format_table, run_bench
 
     emulate.apply()  # in the child of `--isa`: our kernels to that path, before any use
+    if args.clock == "cpu" and (args.threads or torch.get_num_threads()) != 1:
+        raise ValueError("--clock cpu counts one thread's CPU time: use it with --threads 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     bar = tqdm(
@@ -43,6 +45,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
             include_slow=args.include_slow,
             progress=progress,
             ggml_formats=tuple(f.strip() for f in args.ggml.split(",") if f.strip()),
+            clock=args.clock,
         )
         bar.update()
     finally:

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--no-conv", action="store_true", help="skip the convolution benchmark")
     bench.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall, or cpu: the thread's CPU time, robust to other jobs (with --threads 1)",
+    )
+    bench.add_argument(
         "--include-slow", action="store_true", help="also time kernels known to be slow here"
     )
     bench.add_argument(

@@ -28,6 +28,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -305,7 +306,9 @@ CONV_SHAPE = {
 
 
 def bench_conv(
-    repeats: int = 20, progress: Callable[[str], None] | None = None
+    repeats: int = 20,
+    progress: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict[str, Any]]:
     """One 3x3 convolution (activation-bound; weights fit in cache, so no rotation)."""
     if progress:
@@ -338,9 +341,9 @@ def bench_conv(
         samples: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(repeats):
             for name, f in fns.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 f() if not isinstance(f, torch.nn.Module) else f(x)
-                samples[name].append((time.perf_counter() - t0) * 1e3)
+                samples[name].append((clock() - t0) * 1e3)
     med = {name: statistics.median(v) for name, v in samples.items()}
     rows = []
     for name, t in med.items():
@@ -392,13 +395,22 @@ def run_bench(
     include_slow: bool = False,
     progress: Callable[[str], None] | None = None,
     ggml_formats: tuple[str, ...] = (),
+    clock: str = "wall",
 ) -> dict[str, Any]:
+    """Every row, and the environment. ``clock="cpu"`` (one thread only) times the calling
+    thread's CPU time, which other jobs on a loaded machine inflate less than the wall clock."""
+    timer = {"wall": time.perf_counter, "cpu": time.thread_time}[clock]
     libraries = emulate.libraries(ggml=bool(ggml_formats))  # before MKL or oneDNN first run
+    load = Path("/proc/loadavg")
+    before = load.read_text().split()[:3] if load.exists() else None
     with timing_lock():
-        rows = bench_linear(ms, n, k, repeats, include_slow, progress, ggml_formats)
+        rows = bench_linear(ms, n, k, repeats, include_slow, progress, ggml_formats, timer)
         if conv:
-            rows += bench_conv(max(5, repeats // 2), progress)
-    return {"env": environment(libraries), "rows": rows}
+            rows += bench_conv(max(5, repeats // 2), progress, timer)
+    env = environment(libraries)
+    env.update(clock=clock, loadavg_before=before)
+    env["loadavg_after"] = load.read_text().split()[:3] if load.exists() else None
+    return {"env": env, "rows": rows}
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -31,10 +31,12 @@ Imports: the standard library, torch, `explorer.errors`, `explorer.machine`, `ex
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -163,7 +165,9 @@ def apply() -> dict[str, Any] | None:
     if hidden:
         text = machine.PROC_CPUINFO.read_text()
         pattern = re.compile(r"(?<=\s)(" + "|".join(map(re.escape, hidden)) + r")(?=\s|$)")
-        fake = Path(tempfile.mkdtemp(prefix="qe-emulate-")) / "cpuinfo"
+        folder = tempfile.mkdtemp(prefix="qe-emulate-")
+        atexit.register(shutil.rmtree, folder, True)
+        fake = Path(folder) / "cpuinfo"
         fake.write_text("\n".join(_strip(line, pattern) for line in text.splitlines()) + "\n")
         _real_cpuinfo = machine.PROC_CPUINFO
         machine.PROC_CPUINFO = fake

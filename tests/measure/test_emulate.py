@@ -96,6 +96,7 @@ def test_bench_refuses_an_isa_with_a_missing_flag(
 def test_bench_isa_avx2_runs_every_library_on_avx2() -> None:
     cmd = [sys.executable, "-m", "explorer.cli", "bench", "--isa", "avx2", "--m", "1"]
     cmd += ["--k", "256", "--n", "256", "--no-conv", "--json", "--repeats", "3", "--threads", "1"]
+    cmd += ["--clock", "cpu"]
     env = {k: v for k, v in os.environ.items() if k != emulate.MARKER}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -104,6 +105,7 @@ def test_bench_isa_avx2_runs_every_library_on_avx2() -> None:
     assert forced["isa"] == "avx2" and forced["torch_capability"] == "AVX2"
     assert doc["env"]["cpu_capability"] == "AVX2" and libs["torch"]["capability"] == "AVX2"
     assert libs["onednn"]["conv"] == "jit:avx2"
+    assert doc["env"]["clock"] == "cpu" and len(doc["env"]["loadavg_after"]) == 3
     assert not doc["env"]["cpu_features"]["avx512"]  # the explorer sees an AVX2 machine
     rows = {(r["kernel"], r["format"]): r for r in doc["rows"]}
     if doc["env"]["native_kernels"]:
