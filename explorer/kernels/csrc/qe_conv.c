@@ -520,23 +520,41 @@ static inline void qc_codes_scalar(const float *x, int64_t len, float s, float z
 }
 
 #if QC_X86
+/* clamp(round(x / s) + z, lo, hi) of 8 floats, with the scalar path's float32 operations. */
+static inline __attribute__((always_inline)) QC_AVX2 __m256 qc_code8(const float *x, __m256 sv,
+                                                                     __m256 zv, __m256 lov,
+                                                                     __m256 hiv) {
+    const __m256 magic = _mm256_set1_ps(12582912.0f), big = _mm256_set1_ps(4194304.0f);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 v = _mm256_div_ps(_mm256_loadu_ps(x), sv);
+    const __m256 r = _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
+    v = _mm256_blendv_ps(v, r, _mm256_cmp_ps(_mm256_and_ps(v, absm), big, _CMP_LT_OQ));
+    return _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zv), lov), hiv);
+}
+
 QC_AVX2 static void qc_codes_avx2(const float *x, int64_t len, float s, float z, float lo,
                                   float hi, float off, uint8_t *o) {
     const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z), lov = _mm256_set1_ps(lo);
     const __m256 hiv = _mm256_set1_ps(hi), offv = _mm256_set1_ps(off);
-    const __m256 magic = _mm256_set1_ps(12582912.0f), big = _mm256_set1_ps(4194304.0f);
-    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     int64_t i = 0;
     for (; i + 8 <= len; i += 8) {
-        __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + i), sv);
-        const __m256 r = _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
-        v = _mm256_blendv_ps(v, r, _mm256_cmp_ps(_mm256_and_ps(v, absm), big, _CMP_LT_OQ));
-        v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zv), lov), hiv);
+        const __m256 v = qc_code8(x + i, sv, zv, lov, hiv);
         const __m256i q = _mm256_cvttps_epi32(_mm256_add_ps(v, offv));
         const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
         _mm_storel_epi64((__m128i *)(o + i), _mm_packus_epi16(w, w));
     }
     qc_codes_scalar(x + i, len - i, s, z, lo, hi, off, o + i);
+}
+
+/* The depthwise kernel's codes minus the zero point, as floats (GCC left this loop scalar for
+ * AVX2 as well). */
+QC_AVX2 static void qc_fcodes_avx2(const float *x, int64_t len, float s, float z, float lo,
+                                   float hi, float *o) {
+    const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z), lov = _mm256_set1_ps(lo);
+    const __m256 hiv = _mm256_set1_ps(hi);
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) _mm256_storeu_ps(o + i, _mm256_sub_ps(qc_code8(x + i, sv, zv, lov, hiv), zv));
+    for (; i < len; i++) o[i] = clampf(round_half_even(x[i] / s) + z, lo, hi) - z;
 }
 #endif
 
@@ -599,13 +617,20 @@ qc_quant_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t hw, int6
  * zero minus the zero point is 0, so the convolution needs no bounds checks. */
 static inline __attribute__((always_inline)) void
 qc_quantf_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t h, int64_t w,
-               int64_t ph, int64_t pw, float s, float z, float lo, float hi, float *xf) {
+               int64_t ph, int64_t pw, float s, float z, float lo, float hi, float *xf,
+               const int v256) {
     const int64_t hw = h * w, hp = h + 2 * ph, wp = w + 2 * pw;
     for (int64_t b = 0; b < n; b++) {
         if (x_nhwc) {
             for (int64_t y = 0; y < h; y++) {
                 const float *restrict xr = x + (b * h + y) * w * c;
                 float *restrict o = xf + ((b * hp + y + ph) * wp + pw) * c;
+#if QC_X86
+                if (v256) {
+                    qc_fcodes_avx2(xr, w * c, s, z, lo, hi, o);
+                    continue;
+                }
+#endif
                 for (int64_t i = 0; i < w * c; i++)
                     o[i] = clampf(round_half_even(xr[i] / s) + z, lo, hi) - z;
             }
@@ -619,8 +644,13 @@ qc_quantf_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t h, int6
                 dst[p] = ((b * hp + (p0 + p) / w + ph) * wp + (p0 + p) % w + pw) * c;
             for (int64_t ch = 0; ch < c; ch++) {
                 const float *restrict xr = x + (b * c + ch) * hw + p0;
-                for (int64_t p = 0; p < len; p++)
-                    tile[p] = clampf(round_half_even(xr[p] / s) + z, lo, hi) - z;
+#if QC_X86
+                if (v256)
+                    qc_fcodes_avx2(xr, len, s, z, lo, hi, tile);
+                else
+#endif
+                    for (int64_t p = 0; p < len; p++)
+                        tile[p] = clampf(round_half_even(xr[p] / s) + z, lo, hi) - z;
                 for (int64_t p = 0; p < len; p++) xf[dst[p] + ch] = tile[p];
             }
         }
@@ -637,12 +667,12 @@ qc_quantf_body(const float *x, int x_nhwc, int64_t n, int64_t c, int64_t h, int6
 #define QC_QUANTF_CALL x, x_nhwc, n, c, h, w, ph, pw, s, z, lo, hi, xf
 
 static void qc_quant_scalar(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL, 0); }
-static void qc_quantf_scalar(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
+static void qc_quantf_scalar(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL, 0); }
 #if QC_X86
 QC_AVX2 static void qc_quant_avx2(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL, 1); }
 QC_AVX512 static void qc_quant_avx512(QC_QUANT_ARGS) { qc_quant_body(QC_QUANT_CALL, 0); }
-QC_AVX2 static void qc_quantf_avx2(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
-QC_AVX512 static void qc_quantf_avx512(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL); }
+QC_AVX2 static void qc_quantf_avx2(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL, 1); }
+QC_AVX512 static void qc_quantf_avx512(QC_QUANTF_ARGS) { qc_quantf_body(QC_QUANTF_CALL, 0); }
 #endif
 
 static void qc_quant_rows(int isa, QC_QUANT_ARGS) {
@@ -942,6 +972,12 @@ qc_patch_body(int isa, const float *x, int x_nhwc, const qc_conv_ctx *g, int sym
         xs[m] = s;
         zu[m] = zi + offset;
         uint8_t *restrict row = pm + m * kp;
+#if QC_X86
+        if (isa == QC_ISA_AVX2) {
+            qc_codes_avx2(fb, kp, s, z, lo, hi, off, row);
+            continue;
+        }
+#endif
         for (int64_t i = 0; i < kp; i++)
             row[i] = (uint8_t)(int)(clampf(round_half_even(fb[i] / s) + z, lo, hi) + off);
     }
