@@ -211,3 +211,17 @@ def test_bound_calls_equal_the_checked_ones(packed_isa: str) -> None:
     )
     with pytest.raises(ValueError, match="x must have last dimension K=128, got shape"):
         bound4(torch.zeros(1, 64))
+
+
+def test_int4_weights_packed_over_huge_pages_stay_exact() -> None:
+    """`pack_int4` asks for huge pages as `pack_int8` does: over several 2 MiB pages the
+    layout (codes, scales, scale x zero) and the products come through the collapse intact
+    (M = 1 and M = 3)."""
+    n, k, group = 2056, 4096, 128  # ~4.3 MiB packed: at least one whole 2 MiB page
+    ops = w4_operands(n, k, group, asym=True, seed=7)
+    assert ops["packed"].data.numel() > 4 << 20
+    w = ops["codes"] - ops["zero"].repeat_interleave(group, dim=1)
+    for m in (1, 3):
+        xq = int8s((m, k), m)
+        y = native.w4a8_packed_linear(xq, torch.ones(m), None, ops["packed"], ops["zero_term"])
+        assert torch.equal(y.double(), (xq.long() @ w.T).double())
