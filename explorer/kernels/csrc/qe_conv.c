@@ -275,6 +275,8 @@ QE_EXPORT int qe_dwconv_wo(const float *x, const void *codes, int bits, const fl
  *                per int32 lane, K ordered (kernel row, kernel column, channel) as NHWC reads
  *                it: the layout AVX-512 VNNI's vpdpbusd multiplies (64 uint8 x int8 products an
  *                instruction).  The micro-kernel keeps 4 pixels x 64 outputs in 16 registers.
+ *                The same panels follow as int16, K in pairs, for the AVX2 path's vpmaddwd
+ *                (4 pixels x 16 outputs in 8 registers).
  *                The int32 sums are exact; the epilogue is
  *                y = (float)(acc - zu * wsum[o]) * (xs * ws[o]) + bias[o]
  *                in float32, the same operations on every path, so the paths agree bit for bit.
