@@ -20,7 +20,11 @@ the packed integer weights, so a decode-bound (M=1) linear streams 4x / 8x fewer
     four after one 16-bit shift of the lane) equals ``u * 16**(t % 4)`` exactly, and the
     ``16**-(t % 4)`` is folded into the permuted copy of ``x`` (exact power-of-two scaling).
     For M > 1 the decode is shared by a 4 x 2 register tile of activation rows x weight rows,
-    so batches (M = 8, 32) reuse each decoded weight.
+    so batches (M = 8, 32) reuse each decoded weight.  On AVX-512 CPUs a decode step (M = 1,
+    K <= 4096) runs zmm row kernels instead: 128-element blocks, eight accumulators, the group
+    scale once per group; float32 sums of the same terms (`wo_isa` says which code runs).  Its
+    speed is bound by the int->float conversions (one ``vcvtdq2ps`` per 16 codes, two cycles a
+    zmm on Zen 4), not by reading the weights.
 
 ``int8_gemm`` -- exact ``int8 x int8 -> int32`` matrix product ``xq @ wq.T``.
     It sign-extends both operands to int16 and uses ``vpmaddwd`` (int16 pair products summed
@@ -102,6 +106,7 @@ __all__ = [
     "w8a8_packed_dynamic_linear",
     "w8a8_packed_linear",
     "weight_row_sums",
+    "wo_isa",
     "wo_linear",
 ]
 
@@ -142,6 +147,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qe_has_openmp.argtypes = []
     lib.qe_wo_linear.restype = _INT
     lib.qe_wo_linear.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
+    lib.qe_wo_isa.restype = _INT
+    lib.qe_wo_isa.argtypes = [_I64, _I64]
     lib.qe_int8_gemm.restype = _INT
     lib.qe_int8_gemm.argtypes = [_P, _P, _P, _I64, _I64, _I64, _INT]
     lib.qe_w8a8_dyn_linear.restype = _INT
@@ -308,6 +315,17 @@ def build_stamp() -> dict[str, str] | None:
 def isa() -> str:
     """The instruction-set path the kernels take now (one of `ISAS`)."""
     return ISAS[_get().qe_isa()]
+
+
+WO_ISAS: dict[int, str] = {0: "scalar", 1: "avx2", 3: "avx512"}
+"""The code `wo_linear` runs (``qe_wo_isa``), by the C library's path number."""
+
+
+def wo_isa(m: int = 1, k: int = 4096) -> str:
+    """The code `wo_linear` runs for ``m`` activation rows of length ``k`` on the path taken now:
+    ``avx512`` (AVX-512F row kernels: M = 1 with K <= 4096 on the avx512_vnni path), ``avx2``
+    (every other shape on a SIMD path) or ``scalar``."""
+    return WO_ISAS[_get().qe_wo_isa(m, k)]
 
 
 def isa_supported(name: str) -> bool:

@@ -178,10 +178,11 @@ def linear_candidates(
     return out
 
 
-def kernel_isa(kernel: str) -> str:
+def kernel_isa(kernel: str, m: int | None = None, k: int | None = None) -> str:
     """The instruction-set path a benchmarked kernel took: our kernels' path (`native.isa`;
-    the 4/8-bit weight-only ones have AVX2 code only, which the VNNI paths run; the 2/3-bit
-    ones say which of their codes ran, `lowbit.isa_taken`), else torch's own dispatch
+    the 4/8-bit weight-only ones run their AVX2 code on the VNNI paths, except the AVX-512 row
+    kernels at M = 1, `native.wo_isa`, reported when the shape ``m`` x ``k`` is given; the
+    2/3-bit ones say which of their codes ran, `lowbit.isa_taken`), else torch's own dispatch
     (``torch-AVX512``, ...)."""
     if kernel in LOWBIT_KERNELS and native.available():
         return lowbit.isa_taken()
@@ -190,7 +191,7 @@ def kernel_isa(kernel: str) -> str:
     if kernel.endswith("-native") and native.available():
         path = native.isa()
         if "-wo-" in kernel and path in ("avx_vnni", "avx512_vnni"):
-            return "avx2"
+            return native.wo_isa(m, k) if m is not None and k is not None else "avx2"
         return path
     if kernel.startswith("ggml-"):
         return f"ggml-{emulate.ggml_isa()}"  # compiled for one CPU: no run-time switch
@@ -242,7 +243,7 @@ def bench_linear(
             for s in c.states:
                 c.run(s, x)
         isas = [
-            kernel_isa(c.kernel)
+            kernel_isa(c.kernel, m, k)
             if _ours(c.kernel)
             else emulate.dispatch(lambda c=c, x=x: c.run(c.states[0], x), c.kernel)
             for c in cands
