@@ -1963,14 +1963,14 @@ QE_EXPORT int qe_w4a8_dyn_linear(const float* x, int per_token, int symmetric, f
  */
 #define QE_PR 16 /* rows per panel */
 #ifndef QE_PF_BYTES
-#define QE_PF_BYTES 2048 /* software prefetch distance in the M = 1 weight stream (AVX-VNNI) */
+#define QE_PF_BYTES 2048 /* prefetch distance in the M = 1 weight streams (AVX2 W8A8, AVX-VNNI) */
 #endif
 #ifndef QE_PF_BYTES_2
-/* The AVX2 M = 1 weight streams (W4A8: one panel, see qe_p4_m1; W8A8: two) read faster
- * 4 KiB ahead.  4096 x 4096, 1 thread, thread CPU time, interleaved with qe_byte_sum (24.9
- * GB/s): W4A8 g32 / g128 0.38 / 0.32 ms, against 0.58 / 0.44 with two panels and 2 KiB, and
- * 0.40 / 0.34 with one panel and 2 KiB (1 KiB: 0.43 / 0.35; 6 and 8 KiB within the noise of
- * 4 KiB); W8A8 1.59 / 0.68 ms at K = 11008 / 4096 against 1.58 / 0.69 with 2 KiB */
+/* The AVX2 W4A8 M = 1 weight stream (one panel, see qe_p4_m1) reads faster 4 KiB ahead.
+ * 4096 x 4096, 1 thread, thread CPU time, interleaved with qe_byte_sum (24.9 GB/s): g32 /
+ * g128 0.38 / 0.32 ms, against 0.58 / 0.44 with two panels and 2 KiB, and 0.40 / 0.34 with
+ * one panel and 2 KiB (1 KiB: 0.43 / 0.35; 6 and 8 KiB within the noise of 4 KiB).  AVX2
+ * W8A8 stays at QE_PF_BYTES: 4 KiB was 0-4 % slower there (4096 x 11008: 1.66 / 1.60 ms) */
 #define QE_PF_BYTES_2 4096
 #endif
 #ifndef QE_PF_BYTES_512
@@ -2509,8 +2509,6 @@ QE_EXPORT int qe_w4a8_dyn_packed_linear(const float* x, int per_token, int symme
 #define QV_SUB (QE_PR / QV_LANES) /* vectors per panel K step */
 #if QE_VNNI_PASS == 512
 #define QV_PF QE_PF_BYTES_512
-#elif QE_VNNI_PASS == 2
-#define QV_PF QE_PF_BYTES_2
 #else
 #define QV_PF QE_PF_BYTES
 #endif
@@ -2842,7 +2840,7 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p4_micro)(const int MR, const int NV, const q
 #if QV_EMU
 /* W4A8 at M = 1 on AVX2: one panel (two vectors of 8 columns) over all K.  One panel at a
  * time, not the two or four of the vpdpbusd paths: with one weight stream (and the prefetch
- * QV_PF ahead running into the next panel) AVX2 reads faster than with two or four
+ * QE_PF_BYTES_2 ahead running into the next panel) AVX2 reads faster than with two or four
  * interleaved streams (4096 x 4096 g128, 1 thread: 0.34 ms against 0.42-0.47).  Per 4 K
  * steps, int16 sums of the two vpmaddubsw per vector (4 x 7680 < 32768), widened once with
  * vpmaddwd; per group the int32 sums, less 8 x the group's activation sum (or with the
@@ -2862,7 +2860,7 @@ QV_TARGET static void QV_SFX(qe_p4_m1)(const qe_p4_ctx* c, int64_t p) {
 #pragma GCC unroll 4
             for (int t = 0; t < 4; ++t) {
                 const uint8_t* src = w + (b + t) * 64;
-                if (QV_PF) _mm_prefetch((const char*)(src + QV_PF), _MM_HINT_T0);
+                if (QE_PF_BYTES_2) _mm_prefetch((const char*)(src + QE_PF_BYTES_2), _MM_HINT_T0);
                 const __m256i xa = _mm256_set1_epi32(QV_SFX(qe_ld32)(x + 8 * (b + t)));
                 const __m256i xb = _mm256_set1_epi32(QV_SFX(qe_ld32)(x + 8 * (b + t) + 4));
                 const __m256i v0 = _mm256_loadu_si256((const __m256i*)src);
