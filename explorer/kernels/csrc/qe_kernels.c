@@ -138,8 +138,9 @@ static int qe_effective_isa(void) {
 QE_EXPORT int qe_abi_version(void) { return 1; }
 
 /* The path the kernels take: 0 scalar, 1 avx2 (+fma), 2 avx_vnni (256-bit vpdpbusd),
- * 3 avx512_vnni.  The weight-only kernels and qe_byte_sum use their AVX2 code from 1 up; the
- * int8 and W4A8 kernels have a vpdpbusd path for 2 and 3 (see "Repacked weights" below). */
+ * 3 avx512_vnni.  The weight-only kernels and qe_byte_sum use their AVX2 code from 1 up (the
+ * weight-only ones their AVX-512F row kernels at M = 1 on 3, see qe_wo_isa); the int8 and
+ * W4A8 kernels have a vpdpbusd path for 2 and 3 (see "Repacked weights" below). */
 QE_EXPORT int qe_isa(void) { return qe_effective_isa(); }
 
 /* 1 if this CPU can run path `isa`, else 0. */
