@@ -14,7 +14,7 @@ from explorer.export import WEIGHTS_FILE
 from explorer.measure.display import format_metric
 from explorer.plots import pareto_figure, to_html
 from explorer.ui import state
-from explorer.ui.rows import row_picker_ui
+from explorer.ui.rows import row_labels, row_picker_ui
 
 ROW_BOX = "export.row"
 BUNDLES = "export.bundles"  # {row key: {file name: bytes}}, this session's built exports
@@ -114,6 +114,7 @@ def main() -> None:
         )
         return
     row = row_ui(rows)
+    shown = row_labels(rows)[row["key"]]  # as the select box shows it
     summary_ui(row)
     name = (row.get("label") or "plan").replace(" ", "-").replace("/", "-")
 
@@ -144,8 +145,12 @@ def main() -> None:
         files = None
     if files is not None:
         left, right = st.columns(2)
+        # The label names the row: while a rerun for a newly chosen row builds its export, the
+        # previous row's button stays on the page and still serves the previous weights. In
+        # backticks, since a label is Markdown and a row's label may hold a glob (`features.*`).
         left.download_button(
-            f"Download the weights ({len(files[WEIGHTS_FILE]) / 1024:,.1f} KiB safetensors)",
+            f"Download the weights of `{shown}` "
+            f"({len(files[WEIGHTS_FILE]) / 1024:,.1f} KiB safetensors)",
             files[WEIGHTS_FILE],
             file_name=WEIGHTS_FILE,
             mime="application/octet-stream",

@@ -108,9 +108,14 @@ def test_export_page_follows_the_selected_row(swept: dict[str, Any], cache: Path
     assert not at.exception, at.exception
     assert at.selectbox(key="export.row").value == fp32["key"]
     assert set(_downloads(at)) == DOWNLOADS  # the float model exports too
+    assert _downloads(at)["export.weights"].startswith("Download the weights of `fp32` (")
     at.selectbox(key="export.row").set_value(w8a8["key"]).run()
     assert not at.exception, at.exception
     assert _selected(cache) == w8a8["key"]
+    # the weights button names its row (a browser test waits for it: the previous row's button
+    # stays on the page, serving the previous row's weights, until the new export is built)
+    weights = _downloads(at)["export.weights"]
+    assert weights.startswith(f"Download the weights of `{w8a8['label']}` (")
     assert set(at.session_state["export.bundles"]) == {fp32["key"], w8a8["key"]}
 
 

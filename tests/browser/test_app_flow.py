@@ -429,7 +429,12 @@ def test_export_reloads_to_identical_outputs(
     row = next(r for r in stored_rows(app_server).values() if r["label"] == label)
     open_app(page, app_server, "Export")
     choose(page, "Configuration", label)
-    weights_button = page.get_by_role("button", name=re.compile(r"^Download the weights"))
+    # The button that names the row: `choose` may return before the rerun for the new row has
+    # begun, and until that rerun has built the row's export the page still shows the first
+    # row's button, which downloads the first row's weights (ci10: the what-if row's, newest).
+    weights_button = page.get_by_role(
+        "button", name=re.compile(rf"^Download the weights of {re.escape(label)} \(")
+    )
     weights_button.wait_for(timeout=SWEEP_TIMEOUT_MS)
     with page.expect_download() as download:
         weights_button.click()
@@ -441,6 +446,7 @@ def test_export_reloads_to_identical_outputs(
     download.value.save_as(plan)
 
     assert json.loads(plan.read_text()) == plan_document(row)
+    assert read_export_plan(weights)[1]["plan"] == row["config"], "the weights of another row"
     reloaded = load_export(default_ctx.model, weights)
     direct = build_row_model(default_ctx, row)
     # Each part on its own, so that a difference says where it lies: the kernels the export
