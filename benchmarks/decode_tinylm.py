@@ -16,12 +16,14 @@ to AVX2 (`explorer.measure.emulate`); the JSON says what was forced and what eac
 Prints a table, then one JSON document (the last line on stdout).
 
 Usage: python benchmarks/decode_tinylm.py [--rounds 7] [--repeats 30] [--threads 2]
-[--clock wall|cpu] [--isa native|avx2]
+[--clock wall|cpu] [--isa native|avx2] [--hidden 256]  (--hidden: a randomly initialised Llama
+of tiny-lm's shape at that width, no perplexity)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     spec = get_builtin("tiny-lm")
-    model = spec.load()
+    model = spec.load() if args.hidden is None else resized_llama(spec.load(), args.hidden)
     x, y = (t[: args.eval_rows] for t in spec.load_split("eval"))
     models, calls = {}, {}
     with torch.inference_mode():
@@ -97,7 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             kernels = sorted({m.kernel_name for m in quant_modules(qmodel).values()})
             row = {
                 "format": name,
-                "perplexity": concat_stats(parts).perplexity(),
+                # random weights (--hidden): a perplexity would say nothing
+                "perplexity": concat_stats(parts).perplexity() if args.hidden is None else None,
                 "kernels": kernels,
             }
             for workload in WORKLOADS:
@@ -106,7 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row[workload] = {"ms": ms, "speedup_vs_fp32": base / ms}
             rows.append(row)
     return {
-        "model": "tiny-lm",
+        "model": "tiny-lm" if args.hidden is None else f"random Llama, hidden {args.hidden}",
+        "config": {k: getattr(model.config, k) for k in LLAMA_SHAPE},
         "threads": args.threads,
         "clock": args.clock,
         "rounds": args.rounds,
@@ -123,8 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     isa = (result["isa_forced"] or {}).get("isa", "native")
     lines = [
-        f"tiny-lm, {isa} instruction set, {result['threads']} threads, {result['clock']} clock, "
-        "median of "
+        f"{result['model']}, {isa} instruction set, {result['threads']} threads, "
+        f"{result['clock']} clock, median of "
         f"{result['rounds']} interleaved rounds; "
         f"perplexity on {result['eval_rows']} held-out rows",
         f"{'format':<10} {'decode ms':>10} {'x fp32':>7} {'prefill ms':>11} {'x fp32':>7} "
@@ -134,9 +138,41 @@ def table(result: dict[str, Any]) -> str:
         d, p = r["decode"], r["prefill"]
         lines.append(
             f"{r['format']:<10} {d['ms']:>10.3f} {d['speedup_vs_fp32']:>7.2f} {p['ms']:>11.3f} "
-            f"{p['speedup_vs_fp32']:>7.2f} {r['perplexity']:>11.4f}  {', '.join(r['kernels'])}"
+            f"{p['speedup_vs_fp32']:>7.2f} {_ppl(r['perplexity']):>11}  {', '.join(r['kernels'])}"
         )
     return "\n".join(lines)
+
+
+def _ppl(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+LLAMA_SHAPE = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+
+
+def resized_llama(model: torch.nn.Module, hidden: int) -> torch.nn.Module:
+    """A randomly initialised Llama of tiny-lm's architecture (layers, head size 64, 2 key/value
+    heads, vocabulary, tied embeddings) at width ``hidden`` with an MLP of 2 x ``hidden``: the
+    decode step of a narrower or wider model than the built-in, on the same prompt."""
+    from transformers import LlamaForCausalLM
+
+    if hidden % 128:
+        raise SystemExit(
+            f"--hidden {hidden}: use a multiple of 128 (heads of 64, 2 key/value heads)"
+        )
+    config = copy.deepcopy(model.config)
+    config.hidden_size = hidden
+    config.intermediate_size = 2 * hidden
+    config.num_attention_heads = hidden // config.head_dim
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-rows", type=int, default=32)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--isa", choices=emulate.ISA_CHOICES, default=emulate.NATIVE)
+    ap.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="time a randomly initialised Llama of tiny-lm's shape at this width instead",
+    )
     args = ap.parse_args(argv)
     emulate.script_guard(args.isa, __file__)
     result = run(args)
