@@ -366,6 +366,9 @@ def test_whatif_edit_adds_a_row_with_other_numbers(
     old = next(r for r in stored_rows(app_server).values() if r["label"] == label)
     open_app(page, app_server, "Layers")
     choose(page, "Configuration", label)
+    # the rerun for the chosen row has drawn its chart: the layer boxes below are that row's
+    # (choose() can return before the rerun starts; see test_export_reloads_to_identical_outputs)
+    expect(page.get_by_text(re.compile(f"^{re.escape(label)}: "))).to_be_visible()
     layer_box = page.get_by_role("combobox", name="Layer", exact=True)
     layer_box.scroll_into_view_if_needed()
     choose(page, "Layer", re.compile(r"^classifier "))
