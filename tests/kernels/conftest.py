@@ -60,8 +60,9 @@ def isa(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(params=("avx2", "scalar"))
 def wo_isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The paths of the kernels that have no VNNI code (weight-only, the streaming read): the
-    VNNI paths run their AVX2 code, so testing them again would test nothing new."""
+    """The AVX2 and scalar paths of the weight-only kernels and the streaming read, which have no
+    VNNI code: a VNNI level runs their AVX2 code, except the weight-only kernels at M = 1 with
+    K <= 4096, whose AVX-512F row kernels tests/kernels/test_wo_paths.py tests on avx512_vnni."""
     yield from _on_path(request.param)
 
 
