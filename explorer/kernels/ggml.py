@@ -16,6 +16,10 @@ weight is allocated in that buffer type and uploaded through it, and the one-nod
 ggml's repacked kernels, which is what llama.cpp runs for those formats; where ggml has no
 repacked layout for the format on this CPU, ``repacked`` is False and the plain layout is used.
 
+The libraries are llama-cpp-python's, or another build of the same ggml in the folder
+``EXPLORER_GGML_LIB_DIR`` names (`explorer.quant.ggml.library_dir`; e.g. one compiled for AVX2
+only, so that ``explorer bench --isa avx2`` times the ggml an AVX2 machine runs).
+
 Imports: `explorer.quant.ggml` (the library and the quantizer).
 """
 
@@ -61,10 +65,13 @@ REPACK_BUFFER = "CPU_REPACK"
 
 @functools.cache
 def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    # base first, from the same folder (EXPLORER_GGML_LIB_DIR or llama-cpp-python's): the CPU
+    # library's libggml-base dependency then binds to that already loaded copy
     base = ggml.ggml_base()
-    path = next(ggml.library_dir().glob("libggml-cpu.*"), None)
+    folder = ggml.library_dir()
+    path = next(folder.glob("libggml-cpu.*"), None)
     if path is None:
-        raise ggml.GgmlError(f"libggml-cpu is missing from {ggml.library_dir()}")
+        raise ggml.GgmlError(f"libggml-cpu is missing from {folder}")
     cpu = ctypes.CDLL(str(path))
     p = ctypes.c_void_p
     base.ggml_init.restype = p
@@ -208,6 +215,8 @@ class GgmlLinear:
         return torch.from_numpy(out.reshape(m, self.n).copy())
 
     def __del__(self) -> None:
+        if not any(getattr(self, name, None) for name in ("_wbuf", "_wctx", "_ctx")):
+            return  # __init__ failed before ggml allocated anything (no library, say)
         base = _libs()[0]
         if getattr(self, "_wbuf", None):
             base.ggml_backend_buffer_free(self._wbuf)

@@ -20,7 +20,10 @@ re-run in a child process (`rerun`) with all of them set (`child_env`):
 - what the rest of the explorer reads about the CPU (`explorer.machine.cpu_flags`: which kernels
   register, e.g. fbgemm only with VNNI) sees the flags the emulated machine would lack hidden;
 - llama.cpp's ggml is compiled for the CPU it was built on and has no switch: its rows say the
-  instruction set it was compiled with (`ggml_isa`), never the emulated one.
+  instruction set it was compiled with (`ggml_isa`), never the emulated one. A build for the
+  emulated set (``EXPLORER_GGML_LIB_DIR``, `explorer.quant.ggml.library_dir`: e.g. ggml compiled
+  for AVX2 only) runs instead where that variable names it; ``restricted`` then says whether
+  every instruction set it was compiled with is one the emulated machine has (`ggml_build`).
 
 `libraries` reports what each library says it runs; `dispatch` labels one call by the library
 code that ran it (oneDNN's primitive, MKL, fbgemm, else ATen at its capability). Every benchmark
@@ -337,26 +340,69 @@ def fbgemm_isa() -> str:
     return os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "no-vnni").lower()
 
 
+GGML_FLAGS: dict[str, str] = {
+    "avx": "avx",
+    "avx2": "avx2",
+    "fma": "fma",
+    "f16c": "f16c",
+    "bmi2": "bmi2",
+    "avx_vnni": "avx_vnni",
+    "avx512": "avx512f",
+    "avx512_vbmi": "avx512vbmi",
+    "avx512_vnni": "avx512_vnni",
+    "avx512_bf16": "avx512_bf16",
+    "amx_int8": "amx_int8",
+}
+"""ggml's ``ggml_cpu_has_<name>`` (true when its CPU library was compiled with that set) and
+the ``/proc/cpuinfo`` flag of the same set."""
+_GGML_BEST = ("amx_int8", "avx512_vnni", "avx512", "avx_vnni", "avx2", "avx")
+
+
+def ggml_uses(lib: Any) -> list[str]:
+    """The ``/proc/cpuinfo`` flags of the sets ggml's CPU library ``lib`` was compiled with."""
+    out = []
+    for name, flag in GGML_FLAGS.items():
+        fn = getattr(lib, f"ggml_cpu_has_{name}", None)
+        if fn is not None and fn():
+            out.append(flag)
+    return out
+
+
+def ggml_label(uses: Sequence[str]) -> str:
+    """The best instruction set among ``uses`` (`ggml_uses`), as ggml names it, or generic."""
+    return next((n for n in _GGML_BEST if GGML_FLAGS[n] in uses), "generic")
+
+
+def ggml_restricted(uses: Sequence[str], hidden: Sequence[str] | None) -> bool:
+    """Whether a ggml build that ``uses`` these flags runs within an emulated machine that
+    lacks ``hidden`` (`hidden_flags`; None: nothing is emulated, so nothing is restricted)."""
+    return hidden is not None and not set(uses) & set(hidden)
+
+
 @functools.cache
-def ggml_isa() -> str | None:
-    """The best instruction set llama.cpp's ggml CPU library was compiled with (it has no
-    run-time switch); None without the llamacpp extra."""
+def ggml_build() -> dict[str, Any] | None:
+    """ggml's CPU library as this process loads it: the best set it was compiled with
+    (``compiled``: it has no run-time switch), every set it uses and its folder; None without
+    the llamacpp extra."""
     import ctypes
 
     try:
         from explorer.quant import ggml
 
-        path = next(ggml.library_dir().glob("libggml-cpu.*"), None)
+        folder = ggml.library_dir()
+        path = next(folder.glob("libggml-cpu.*"), None)
         if path is None:
             return None
-        lib = ctypes.CDLL(str(path))
+        uses = ggml_uses(ctypes.CDLL(str(path)))
     except (ImportError, OSError, ExplorerError):
         return None
-    for name in ("amx_int8", "avx512_vnni", "avx512", "avx_vnni", "avx2", "avx"):
-        fn = getattr(lib, f"ggml_cpu_has_{name}", None)
-        if fn is not None and fn():
-            return name
-    return "generic"
+    return {"compiled": ggml_label(uses), "uses": uses, "dir": str(folder)}
+
+
+def ggml_isa() -> str | None:
+    """The best instruction set ggml's CPU library was compiled with; None without it."""
+    build = ggml_build()
+    return None if build is None else build["compiled"]
 
 
 def libraries(ggml: bool = False) -> dict[str, Any]:
@@ -399,5 +445,7 @@ def libraries(ggml: bool = False) -> dict[str, Any]:
     if conv_ops.unavailable_reason() is None:
         out.setdefault("native", {})["conv"] = conv_ops.conv_isa()
     if ggml:
-        out["ggml"] = {"compiled": ggml_isa(), "restricted": False}
+        build = ggml_build() or {"compiled": None, "uses": []}
+        hidden = None if _forced is None else _forced["hidden_cpu_flags"]
+        out["ggml"] = {**build, "restricted": ggml_restricted(build["uses"], hidden)}
     return out

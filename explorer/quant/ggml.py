@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,13 +152,59 @@ class _TypeTraits(ctypes.Structure):
 _TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
 
+LIB_DIR_ENV = "EXPLORER_GGML_LIB_DIR"
+"""Names a folder of ggml's own libraries to use instead of llama-cpp-python's: another build of
+the same ggml version (e.g. compiled for AVX2 only, for ``explorer bench --isa avx2``)."""
+LIBRARIES = ("libggml-base", "libggml-cpu", "libggml")
+
+
 def library_dir() -> Path:
-    """Where ``llama-cpp-python`` keeps its ggml and llama libraries."""
+    """Where ggml's libraries are: the folder `LIB_DIR_ENV` names, checked once per process to
+    hold them at llama-cpp-python's ggml version (the structs read here are that version's),
+    else the folder in which ``llama-cpp-python`` keeps its ggml and llama libraries."""
+    folder = os.environ.get(LIB_DIR_ENV)
+    if folder:
+        return _checked_dir(folder)
     try:
         import llama_cpp
     except ImportError:
         raise GgmlError(f"ggml's quantizer needs llama-cpp-python: {EXTRA_HINT}") from None
     return Path(llama_cpp.__file__).parent / "lib"
+
+
+@functools.cache
+def _checked_dir(folder: str) -> Path:
+    path = Path(folder)
+    missing = [n for n in LIBRARIES if not any(path.glob(f"{n}.*"))]
+    if missing:
+        raise GgmlError(
+            f"{LIB_DIR_ENV}={folder} holds no {', '.join(missing)}: point it at the folder of a "
+            "ggml build's shared libraries (see the README), or unset it"
+        )
+    if "llama_cpp" in sys.modules:  # its libggml-base came first and would serve ours too
+        raise GgmlError(
+            f"{LIB_DIR_ENV} is set but llama_cpp already loaded its own ggml; set it before "
+            "anything imports llama_cpp, or unset it"
+        )
+    lib = ctypes.CDLL(str(next(path.glob("libggml-base.*"))))
+    lib.ggml_version.restype = ctypes.c_char_p
+    have, want = lib.ggml_version().decode(), _packaged_version()
+    if want is not None and have != want:
+        raise GgmlError(
+            f"{LIB_DIR_ENV}={folder} holds ggml {have}, llama-cpp-python ships {want}: build "
+            f"ggml {want} (llama-cpp-python's sdist) or unset it"
+        )
+    return path
+
+
+def _packaged_version() -> str | None:
+    """The ggml version llama-cpp-python ships, from its library's file name (``llama_cpp`` is
+    found, not imported: importing it loads its own ggml)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        return None
+    names = (Path(spec.origin).parent / "lib").glob("libggml-base.so.*.*.*")
+    return next((n.name.removeprefix("libggml-base.so.") for n in names), None)
 
 
 @functools.cache
