@@ -4,9 +4,10 @@
 W4A8 multiplies 4-bit codes with ``vpmaddubsw``, exact only because a code is at most 15: the
 extreme operands (code 15 or 0 against -128 and 127, over a whole 4096 row and over groups of
 32) must equal the int64 sums bit for bit.  W8A8 sign-extends the weights instead; its register
-tiles of 1 to 4 rows are all met here, with an N tail and a K tail.  And a machine whose best
-path is AVX2 prepares layers with the panels, not the row-major weights.  The shared tests in
-``test_native_packed.py`` run every layout test on this path too (`packed_isa`)."""
+tiles of 2 to 6 rows at M > 1 are all met here, with N, K and K-block tails.  And a machine
+whose best path is AVX2 prepares layers with the panels, not the row-major weights.  The
+shared tests in ``test_native_packed.py`` run every layout test on this path too
+(`packed_isa`)."""
 
 from __future__ import annotations
 
@@ -62,14 +63,25 @@ def test_w4a8_extreme_operands_do_not_saturate(
     assert float(y[0, 0]) == (code - 8) * xv * k
 
 
-@pytest.mark.parametrize("m", [4, 5, 6, 7])
-def test_w8a8_every_register_tile_is_exact(avx2: None, m: int) -> None:
-    """Row tiles 4 + 0..3 (and a 17th column, a K tail of 3): the int64 sums exactly."""
+@pytest.mark.parametrize(
+    ("m", "k", "threads"), [(2, 259, 1), (7, 259, 1), (11, 4099, 1), (12, 259, 2), (67, 259, 1)]
+)
+def test_w8a8_every_register_tile_is_exact(avx2: None, m: int, k: int, threads: int) -> None:
+    """M > 1 runs row tiles of 2 to 6 rows (M = 2; 7 = 3 + 4; 11 = 5 + 6; 12 = 6 + 6; 67 = 7 x
+    6 + 5 x 5, two groups of partial sums), with an N tail (a 17th column, 65 on two threads:
+    each claims its next panel ahead), a K tail of 3 and, at K = 4099, two K blocks: the int64
+    sums exactly, extreme operands included."""
     g = torch.Generator().manual_seed(m)
-    n, k = 17, 259
+    n = 65 if threads > 1 else 17
     xq = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
     wq = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
-    out = native.int8_gemm_packed(xq, native.pack_int8(wq))
+    xq[0], wq[1] = -128, -128  # -128 x -128 pairs: 32768 each, beyond int16 as a pair sum
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = native.int8_gemm_packed(xq, native.pack_int8(wq))
+    finally:
+        torch.set_num_threads(before)
     assert torch.equal(out.long(), xq.long() @ wq.long().T)
 
 

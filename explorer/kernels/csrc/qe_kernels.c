@@ -1989,11 +1989,24 @@ QE_EXPORT int qe_w4a8_dyn_linear(const float* x, int per_token, int symmetric, f
 #define QE_PF_GEMM 4096
 #endif
 #ifndef QE_P8_AVX2_MR
-#define QE_P8_AVX2_MR 4 /* W8A8 on AVX2: rows x one vector x two halves of accumulators */
+#define QE_P8_AVX2_MR 6 /* W8A8 on AVX2, M > 1: most rows of a register tile (see qe_p8_gemm_2) */
+#endif
+#ifndef QE_P8_AVX2_KB
+/* ... its K block in steps of 4 K (4096 K: one block up to K = 4096).  4096 x 4096, 1 thread,
+ * interleaved: M = 32 / 64 6.95 / 13.26 ms against 7.10 / 13.52 with 128 steps (512 K, the
+ * block in L1), M = 8 / 16 equal within 1 % */
+#define QE_P8_AVX2_KB 1024
+#endif
+#ifndef QE_P8_AVX2_TC
+#define QE_P8_AVX2_TC 10 /* row tiles sharing one partial-sum buffer (<= 60 rows) */
 #endif
 enum { QE_EISA = -3 };
 
 static int64_t qe_panels(int64_t N) { return (N + QE_PR - 1) / QE_PR; }
+
+/* The AVX2 W8A8 row tiles: M rows in qe_p8_ntiles(M) tiles of as even a size as possible, tile
+ * j from row j * M / t (M = 8: 4 + 4, 16: 6 + 5 + 5, 64: 9 x 6 + 2 x 5; M = 1: one row). */
+static int64_t qe_p8_ntiles(int64_t M) { return (M + QE_P8_AVX2_MR - 1) / QE_P8_AVX2_MR; }
 
 /* Transparent huge pages under a repacked buffer: the kernels stream it, and with 4 KiB pages
  * each panel stream crosses a page (a TLB miss) every 64 K steps.  MADV_HUGEPAGE before the
@@ -2108,7 +2121,7 @@ QE_EXPORT int qe_pack_w4(const uint8_t* codes, const float* ws, const float* wzs
 typedef struct {
     const int8_t* xq;  /* [M, K] activations (scalar path) */
     const uint8_t* xu; /* [M, ldx] xq + 128, zero padded (VNNI paths) */
-    const int16_t* xw; /* xq widened to int16, zero padded, tiles of QE_P8_AVX2_MR rows
+    const int16_t* xw; /* xq widened to int16, zero padded, the row tiles of qe_p8_ntiles
                         * interleaved by 4 K: [tile][K/4][rows][4] (AVX2 path) */
     int64_t ldx;
     const int8_t* w;   /* repacked codes */
@@ -2221,6 +2234,23 @@ static void qe_p4_scalar_panels(const qe_p4_ctx* c, int64_t p0, int64_t p1) {
 #undef QE_VNNI_PASS
 #endif
 
+#if QE_HAVE_X86
+/* One activation row widened to int16 into its row tile (stride 4 * mr per 4 K), zero padded
+ * to ldx (a multiple of 64): 8 K at a time. */
+QE_AVX2 static void qe_p8_widen_row(const int8_t* x, int64_t K, int64_t ldx, int64_t mr,
+                                    int16_t* o) {
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        int64_t v;
+        memcpy(&v, x + k, sizeof(v));
+        const __m128i w = _mm_cvtepi8_epi16(_mm_cvtsi64_si128(v));
+        _mm_storel_epi64((__m128i*)(o + k * mr), w);
+        _mm_storel_epi64((__m128i*)(o + (k + 4) * mr), _mm_unpackhi_epi64(w, w));
+    }
+    for (; k < ldx; ++k) o[k / 4 * 4 * mr + k % 4] = k < K ? x[k] : 0;
+}
+#endif
+
 /* Runs a W8A8 / int8 GEMM context on repacked weights (c->xq set; xu made here). */
 static int qe_p8_run(const qe_p8_ctx* args, int nthreads) {
     if (args->M == 0 || args->N == 0) return QE_OK;
@@ -2245,14 +2275,13 @@ static int qe_p8_run(const qe_p8_ctx* args, int nthreads) {
     int cached;
     char* xmem = qe_ws_get((size_t)(c->M * c->ldx) * (wide ? 2 : 1), &cached);
     if (!xmem) return QE_ENOMEM;
-    for (int64_t m = 0; m < c->M; ++m) {
+    const int64_t nt = qe_p8_ntiles(c->M);
+    for (int64_t m = 0, j = 0; m < c->M; ++m) {
         const int8_t* x = c->xq + m * c->K;
-        if (wide) { /* one stream of the tile's rows per K step (see qe_p8_micro_2) */
-            const int64_t m0 = m / QE_P8_AVX2_MR * QE_P8_AVX2_MR, i = m - m0;
-            const int64_t mr = qe_min64(QE_P8_AVX2_MR, c->M - m0);
-            int16_t* o = (int16_t*)xmem + m0 * c->ldx + 4 * i;
-            for (int64_t k = 0; k < c->ldx; ++k)
-                o[k / 4 * 4 * mr + k % 4] = k < c->K ? x[k] : 0;
+        if (wide) { /* one stream of the tile's rows per K step (see qe_p8_gemm_2) */
+            if (m >= (j + 1) * c->M / nt) ++j;
+            const int64_t m0 = j * c->M / nt, mr = (j + 1) * c->M / nt - m0;
+            qe_p8_widen_row(x, c->K, c->ldx, mr, (int16_t*)xmem + m0 * c->ldx + 4 * (m - m0));
         } else {
             uint8_t* o = (uint8_t*)xmem + m * c->ldx;
             for (int64_t k = 0; k < c->K; ++k) o[k] = (uint8_t)x[k] ^ 0x80u;
@@ -2267,8 +2296,10 @@ static int qe_p8_run(const qe_p8_ctx* args, int nthreads) {
             qe_p8_thread_512(c);
         else if (isa == QE_ISA_AVXVNNI)
             qe_p8_thread_256(c);
-        else
+        else if (c->M == 1)
             qe_p8_thread_2(c);
+        else
+            qe_p8_gemm_2(c);
     }
     qe_ws_put(xmem, cached);
     return QE_OK;
@@ -2473,7 +2504,7 @@ QE_EXPORT int qe_w4a8_dyn_packed_linear(const float* x, int per_token, int symme
 #define QVF __m256
 #define QV_LANES 8
 #if QE_VNNI_PASS == 2
-#define QV_MR QE_P8_AVX2_MR
+#define QV_MR 1 /* W8A8 at M = 1 only: M > 1 runs qe_p8_gemm_2 */
 #define QV_MR4 2
 #define QV_TARGET __attribute__((target("avx2,fma")))
 #define QV_SFX(name) name##_2
@@ -2535,12 +2566,11 @@ static inline int32_t QV_SFX(qe_ld32)(const void* p) {
 }
 
 #if QV_EMU
-/* W8A8 on AVX2: MR activation rows x NV vectors of 8 columns over all K.  A vector's 32
- * bytes (rows 0-3 and 4-7, four K each) are sign-extended in two halves; vpmaddwd with the
- * four int16 activations of the step (broadcast as one 64-bit lane) leaves two partial sums
- * per row, folded at the end.  See "Repacked weights" for why not vpmaddubsw.  M = 1 reads
- * all NV vectors at once (one stream per panel); M > 1 one vector at a time, so that MR
- * rows x 2 halves of accumulators fit the 16 registers. */
+/* W8A8 on AVX2 at M = 1 (M > 1: qe_p8_gemm_2): NV vectors of 8 columns over all K.  A
+ * vector's 32 bytes (rows 0-3 and 4-7, four K each) are sign-extended in two halves; vpmaddwd
+ * with the four int16 activations of the step (broadcast as one 64-bit lane) leaves two
+ * partial sums per row, folded at the end.  See "Repacked weights" for why not vpmaddubsw.
+ * All NV vectors are read at once (one stream per panel). */
 QV_TARGET QE_INLINE void QV_SFX(qe_p8_micro)(const int MR, const int NV, const qe_p8_ctx* c,
                                              int64_t m0, int64_t p0) {
     const int64_t k4 = c->k4, ldx = c->ldx;
@@ -2591,6 +2621,141 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p8_micro)(const int MR, const int NV, const q
                     _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo[i][q], hi[i][q]), 0xD8);
                 qv_store(tmp, r);
                 qe_p8_store(c, m0 + i, n0, tmp, cnt, 0);
+            }
+        }
+    }
+}
+
+/* W8A8 on AVX2 at M > 1: MR <= QE_P8_AVX2_MR activation rows x one vector of 8 columns over
+ * `steps` K steps from w (a panel's vector at the block's first step) and x (the row tile's
+ * int16 activations at that step, [steps][MR][4]); the 8 sums per row are stored to (first) or
+ * added to C (row stride QE_PR).  vpmovsxbw of the weights once per step for all MR rows, then
+ * per row one 64-bit broadcast and two vpmaddwd (int16 pairs, exact for all int8) into two
+ * accumulators: 2 * MR + 2 + 2 = 16 ymm registers at MR = 6.  In an L1-resident loop on the
+ * AMD EPYC (Zen 4) this reaches 86 multiply-adds/ns at MR = 6, 85 at 5, 83 at 4: the int16
+ * scheme's ceiling (two vector operations per 16 multiply-adds, no vpdpwssd on AVX2).  The
+ * sign-transfer scheme (vpsignb, vpmaddubsw, vpmaddwd with ones, vpaddd) costs as many
+ * operations per multiply-add (75 in the conv helper's test), and fbgemm's cheaper
+ * vpmaddubsw chain saturates.  From pf (the next panel, or NULL) one line every pfn steps from
+ * step pf0 is prefetched into L2: spread over all micro calls of a panel, the next panel
+ * streams in while this one computes (at M = 8 a burst at the first tile outran DRAM). */
+QV_TARGET QE_INLINE void QV_SFX(qe_p8_gemm_micro)(const int MR, const int16_t* x,
+                                                  const int8_t* w, int64_t steps, int32_t* C,
+                                                  int first, const int8_t* pf, int64_t pf0,
+                                                  int64_t pfn) {
+    __m256i lo[QE_P8_AVX2_MR], hi[QE_P8_AVX2_MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) lo[i] = hi[i] = _mm256_setzero_si256();
+    for (int64_t s = 0; s < steps; ++s) {
+        const int8_t* src = w + s * 64;
+        if (pf && s == pf0) { /* one line of the next panel every pfn steps */
+            _mm_prefetch((const char*)(pf + s * 64), _MM_HINT_T1);
+            pf0 += pfn;
+        }
+        const __m256i wl = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)src));
+        const __m256i wh = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(src + 16)));
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            int64_t x4;
+            memcpy(&x4, x + (s * MR + i) * 4, sizeof(x4));
+            const __m256i xb = _mm256_set1_epi64x(x4);
+            lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(wl, xb));
+            hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(wh, xb));
+            /* keeps each accumulator in one register: without it GCC 12 adds two register
+             * moves per row and step (M = 64: 13.8 against 15.3 ms with the moves at MR = 6,
+             * and MR = 4 / 5 spilled) */
+            __asm__("" : "+x"(lo[i]), "+x"(hi[i]));
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) { /* columns 0 1 4 5 | 2 3 6 7, then 64-bit lanes 0 2 1 3 */
+        __m256i r = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo[i], hi[i]), 0xD8);
+        if (!first) r = _mm256_add_epi32(r, _mm256_loadu_si256((const __m256i*)(C + i * QE_PR)));
+        _mm256_storeu_si256((__m256i*)(C + i * QE_PR), r);
+    }
+}
+
+/* qe_p8_store for 8 outputs of the fused W8A8 epilogue in float64 vectors (AVX2: 4 lanes), the
+ * same operations in the same order, so the same floats (see qe_p8_epilogue16_512). */
+QV_TARGET static inline void QV_SFX(qe_p8_epilogue8)(const qe_p8_ctx* c, int64_t m, int64_t n0,
+                                                     const int32_t* acc) {
+    const __m256d xs = _mm256_set1_pd((double)c->xs[m]);
+#pragma GCC unroll 2
+    for (int h = 0; h < 8; h += 4) {
+        __m256d e = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(acc + h)));
+        if (c->zx) {
+            const __m128i wsum = _mm_loadu_si128((const __m128i*)(c->wsum + n0 + h));
+            e = _mm256_sub_pd(e, _mm256_mul_pd(_mm256_set1_pd((double)c->zx[m]),
+                                               _mm256_cvtepi32_pd(wsum)));
+        }
+        const __m256d ws = _mm256_cvtps_pd(_mm_loadu_ps(c->ws + n0 + h));
+        __m256d v = _mm256_mul_pd(_mm256_mul_pd(e, xs), ws);
+        if (c->bias) v = _mm256_add_pd(v, _mm256_cvtps_pd(_mm_loadu_ps(c->bias + n0 + h)));
+        _mm_storeu_ps(c->y + m * c->N + n0 + h, _mm256_cvtpd_ps(v));
+    }
+}
+
+QV_TARGET static void QV_SFX(qe_p8_gemm_call)(int mr, const int16_t* x, const int8_t* w,
+                                              int64_t steps, int32_t* C, int first,
+                                              const int8_t* pf, int64_t pf0, int64_t pfn) {
+    switch (mr) {
+#if QE_P8_AVX2_MR >= 6
+        case 6: QV_SFX(qe_p8_gemm_micro)(6, x, w, steps, C, first, pf, pf0, pfn); break;
+#endif
+#if QE_P8_AVX2_MR >= 5
+        case 5: QV_SFX(qe_p8_gemm_micro)(5, x, w, steps, C, first, pf, pf0, pfn); break;
+#endif
+        case 4: QV_SFX(qe_p8_gemm_micro)(4, x, w, steps, C, first, pf, pf0, pfn); break;
+        case 3: QV_SFX(qe_p8_gemm_micro)(3, x, w, steps, C, first, pf, pf0, pfn); break;
+        case 2: QV_SFX(qe_p8_gemm_micro)(2, x, w, steps, C, first, pf, pf0, pfn); break;
+        default: QV_SFX(qe_p8_gemm_micro)(1, x, w, steps, C, first, pf, pf0, pfn); break;
+    }
+}
+
+/* One panel (16 columns) a claim, the next one claimed ahead so that its weights can be
+ * prefetched while this one computes (see qe_p8_gemm_micro_2); per group of QE_P8_AVX2_TC row
+ * tiles (the first group prefetches), K blocks of QE_P8_AVX2_KB steps into int32 partial sums
+ * C, every tile and both vectors of the panel over one block before the next (the panel's
+ * block stays in L2, a tile's activations in L1 for the second vector); then the epilogue.
+ * 4096 x 4096 W8A8, 1 thread, thread CPU time, interleaved with fbgemm's dynamic linear under
+ * FBGEMM_ENABLE_INSTRUCTIONS=AVX2 (load 2.3): M = 8 / 16 / 32 / 64 1.96 / 3.31 / 6.60 / 13.07
+ * ms (68 / 81 / 81 / 82 multiply-adds/ns) against 2.33 / 4.14 / 7.92 / 15.35 ms for the
+ * previous 4-row tiles (no asm barrier, no K blocks, no prefetch) and fbgemm's 1.59 / 2.96 /
+ * 5.81 / 11.54 (saturating vpmaddubsw, 84-93 multiply-adds/ns). */
+QV_TARGET static void QV_SFX(qe_p8_gemm)(const qe_p8_ctx* c) {
+    const int64_t k4 = c->k4, ldx = c->ldx, M = c->M, nt = qe_p8_ntiles(M);
+    int32_t C[QE_P8_AVX2_TC * QE_P8_AVX2_MR * QE_PR];
+    for (int64_t p = __atomic_fetch_add(c->next, 1, __ATOMIC_RELAXED), pn; p < c->np; p = pn) {
+        pn = __atomic_fetch_add(c->next, 1, __ATOMIC_RELAXED); /* this thread's next panel */
+        const int8_t* wp = c->w + p * k4 * 64;
+        const int8_t* wn = pn < c->np ? c->w + pn * k4 * 64 : NULL;
+        const int64_t n0 = p * QE_PR;
+        const int cnt = (int)qe_min64(QE_PR, c->N - n0);
+        for (int64_t j0 = 0; j0 < nt; j0 += QE_P8_AVX2_TC) {
+            const int64_t j1 = qe_min64(nt, j0 + QE_P8_AVX2_TC), r0 = j0 * M / nt;
+            const int64_t nc = 2 * (j1 - j0); /* micro calls per K block, sharing the prefetch */
+            for (int64_t kb = 0; kb < k4; kb += QE_P8_AVX2_KB) {
+                const int64_t steps = qe_min64(QE_P8_AVX2_KB, k4 - kb);
+                for (int64_t j = j0; j < j1; ++j) {
+                    const int64_t m0 = j * M / nt, mr = (j + 1) * M / nt - m0;
+                    const int16_t* x = c->xw + m0 * ldx + kb * 4 * mr;
+                    int32_t* Cj = C + (m0 - r0) * QE_PR;
+                    const int8_t* pf = j0 == 0 && wn ? wn + kb * 64 : NULL;
+                    const int64_t ci = 2 * (j - j0);
+                    const int8_t* wk = wp + kb * 64;
+                    QV_SFX(qe_p8_gemm_call)((int)mr, x, wk, steps, Cj, kb == 0, pf, ci, nc);
+                    QV_SFX(qe_p8_gemm_call)((int)mr, x, wk + 32, steps, Cj + 8, kb == 0, pf, ci + 1,
+                                            nc);
+                }
+            }
+            for (int64_t m = r0; m < j1 * M / nt; ++m) {
+                const int32_t* a = C + (m - r0) * QE_PR;
+                if (cnt == QE_PR && !c->out) {
+                    QV_SFX(qe_p8_epilogue8)(c, m, n0, a);
+                    QV_SFX(qe_p8_epilogue8)(c, m, n0 + 8, a + 8);
+                } else {
+                    qe_p8_store(c, m, n0, a, cnt, 0);
+                }
             }
         }
     }
@@ -2709,9 +2874,11 @@ QV_TARGET static void QV_SFX(qe_p8_call)(int mr, int nv, const qe_p8_ctx* c, int
             else
                 QV_SFX(qe_p8_micro)(1, 1, c, m0, p0);
             break;
+#if QV_MR > 1
         QE_P8_CASE(2)
         QE_P8_CASE(3)
         QE_P8_CASE(4)
+#endif
 #if QV_MR > 4
         QE_P8_CASE(5)
         QE_P8_CASE(6)
