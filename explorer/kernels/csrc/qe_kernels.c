@@ -2656,15 +2656,17 @@ QV_TARGET QE_INLINE void QV_SFX(qe_p8_gemm_micro)(const int MR, const int16_t* x
         const __m256i wh = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(src + 16)));
 #pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
-            int64_t x4;
-            memcpy(&x4, x + (s * MR + i) * 4, sizeof(x4));
-            const __m256i xb = _mm256_set1_epi64x(x4);
-            lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(wl, xb));
-            hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(wh, xb));
-            /* keeps each accumulator in one register: without it GCC 12 adds two register
-             * moves per row and step (M = 64: 13.8 against 15.3 ms with the moves at MR = 6,
-             * and MR = 4 / 5 spilled) */
-            __asm__("" : "+x"(lo[i]), "+x"(hi[i]));
+            /* one row's step in asm: from intrinsics GCC 12 adds register moves around the
+             * accumulators (L1-resident loop: 67 / 74 multiply-adds/ns at MR = 3 / 4 against
+             * 79 / 82, and spills at MR = 6 without an empty asm barrier) */
+            __m256i t1, t2;
+            __asm__("vpbroadcastq (%[xp]), %[t1]\n\t"
+                    "vpmaddwd %[t1], %[wl], %[t2]\n\t"
+                    "vpmaddwd %[t1], %[wh], %[t1]\n\t"
+                    "vpaddd %[t2], %[lo], %[lo]\n\t"
+                    "vpaddd %[t1], %[hi], %[hi]"
+                    : [lo] "+x"(lo[i]), [hi] "+x"(hi[i]), [t1] "=&x"(t1), [t2] "=&x"(t2)
+                    : [wl] "x"(wl), [wh] "x"(wh), [xp] "r"(x + (s * MR + i) * 4));
         }
     }
 #pragma GCC unroll 8
@@ -2718,10 +2720,10 @@ QV_TARGET static void QV_SFX(qe_p8_gemm_call)(int mr, const int16_t* x, const in
  * C, every tile and both vectors of the panel over one block before the next (the panel's
  * block stays in L2, a tile's activations in L1 for the second vector); then the epilogue.
  * 4096 x 4096 W8A8, 1 thread, thread CPU time, interleaved with fbgemm's dynamic linear under
- * FBGEMM_ENABLE_INSTRUCTIONS=AVX2 (load 2.3): M = 8 / 16 / 32 / 64 1.96 / 3.31 / 6.60 / 13.07
- * ms (68 / 81 / 81 / 82 multiply-adds/ns) against 2.33 / 4.14 / 7.92 / 15.35 ms for the
- * previous 4-row tiles (no asm barrier, no K blocks, no prefetch) and fbgemm's 1.59 / 2.96 /
- * 5.81 / 11.54 (saturating vpmaddubsw, 84-93 multiply-adds/ns). */
+ * FBGEMM_ENABLE_INSTRUCTIONS=AVX2 (load 5.0): M = 8 / 16 / 32 / 64 1.84 / 3.40 / 6.74 / 13.15
+ * ms (73 / 79 / 80 / 82 multiply-adds/ns) against 2.36 / 4.20 / 7.91 / 15.33 ms for the
+ * previous 4-row tiles (intrinsics, no K blocks, no prefetch) and fbgemm's 1.58 / 3.01 / 5.96
+ * / 11.53 (saturating vpmaddubsw, 85-93 multiply-adds/ns). */
 QV_TARGET static void QV_SFX(qe_p8_gemm)(const qe_p8_ctx* c) {
     const int64_t k4 = c->k4, ldx = c->ldx, M = c->M, nt = qe_p8_ntiles(M);
     int32_t C[QE_P8_AVX2_TC * QE_P8_AVX2_MR * QE_PR];
