@@ -661,6 +661,26 @@ QE_AVX2 static void qe_wo8_call(int mr, int nr, const qe_wo_micro_args* a, int64
 #undef QE_CALL8
 }
 
+/* The next column tile of QE_NT weight rows for this thread (-1: none left), its row count in
+ * *nt, and the rows' partial last blocks copied into `tails` (`width` bytes a row, zero-padded),
+ * so that the micro-kernels read whole blocks.  Tiles are handed out dynamically: the vCPUs of a
+ * shared machine often run at very different speeds, and a static split then waits for the
+ * slowest thread. */
+static int64_t qe_wo_claim(const qe_wo_ctx* c, uint8_t* tails, int64_t width, int64_t* nt) {
+    const int64_t n0 = __atomic_fetch_add(c->next, (int64_t)QE_NT, __ATOMIC_RELAXED);
+    if (n0 >= c->N) return -1;
+    *nt = qe_min64(QE_NT, c->N - n0);
+    if (c->nfull < c->nblk) {
+        const int64_t tb = c->ldw - c->nfull * c->bb; /* tail bytes per row */
+        for (int64_t j = 0; j < *nt; ++j) {
+            memset(tails + j * width, 0, (size_t)width);
+            memcpy(tails + j * width, c->codes + (n0 + j) * c->ldw + c->nfull * c->bb,
+                   (size_t)tb);
+        }
+    }
+    return n0;
+}
+
 QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
     (void)nth;
     char* ws = c->tws + (size_t)tid * c->tws_stride;
@@ -671,20 +691,10 @@ QE_AVX2 static void qe_wo_avx2_thread(const qe_wo_ctx* c, int tid, int nth) {
     const int64_t M = c->M, N = c->N, ng = c->ng;
     const int64_t kcb = (M > 1) ? (QE_WO_KC / c->be) : c->nblk; /* blocks per chunk */
 
-    /* Column tiles are handed out dynamically: the vCPUs of a shared machine often run at
-     * very different speeds, and a static split then waits for the slowest thread. */
-    for (;;) {
-        const int64_t n0 = __atomic_fetch_add(c->next, (int64_t)QE_NT, __ATOMIC_RELAXED);
-        if (n0 >= c->N) break;
-        const int64_t nt = qe_min64(QE_NT, c->N - n0);
-        if (c->nfull < c->nblk) {
-            const int64_t tb = c->ldw - c->nfull * c->bb; /* tail bytes per row */
-            for (int64_t j = 0; j < nt; ++j) {
-                memset(tails + j * 32, 0, 32);
-                memcpy(tails + j * 32, c->codes + (n0 + j) * c->ldw + c->nfull * c->bb,
-                       (size_t)tb);
-            }
-        }
+    for (;;) { /* column tiles, handed out dynamically */
+        int64_t nt;
+        const int64_t n0 = qe_wo_claim(c, tails, 32, &nt);
+        if (n0 < 0) break;
         if (c->corr) {
             for (int64_t j = 0; j < nt; ++j) {
                 const float* s = c->scales + (n0 + j) * ng;
@@ -895,17 +905,9 @@ QE_AVX512 static void qe_wo512_thread(const qe_wo_ctx* c, int tid) {
     float* sz = (float*)(tails + QE_NT * 128);                            /* [ng] */
     const int64_t ng = c->ng;
     for (;;) {
-        const int64_t n0 = __atomic_fetch_add(c->next, (int64_t)QE_NT, __ATOMIC_RELAXED);
-        if (n0 >= c->N) break;
-        const int64_t nt = qe_min64(QE_NT, c->N - n0);
-        if (c->nfull < c->nblk) {
-            const int64_t tb = c->ldw - c->nfull * c->bb; /* tail bytes per row */
-            for (int64_t j = 0; j < nt; ++j) {
-                memset(tails + j * 128, 0, 128);
-                memcpy(tails + j * 128, c->codes + (n0 + j) * c->ldw + c->nfull * c->bb,
-                       (size_t)tb);
-            }
-        }
+        int64_t nt;
+        const int64_t n0 = qe_wo_claim(c, tails, 128, &nt);
+        if (n0 < 0) break;
         for (int64_t j = 0; j < nt; ++j) {
             const int64_t n = n0 + j;
             const float* s = c->scales + n * ng;
