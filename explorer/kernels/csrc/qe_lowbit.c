@@ -310,6 +310,11 @@ QE_LB_INLINE QE_LB_AVX2 void lb256_tile(const lb_ctx* c, int64_t p, int64_t kb0,
     for (int64_t s0 = kb0; s0 < kb1; s0 += c->seg) {
         const int64_t sgi = s0 / c->seg, g = lb_group_of_segment(c, sgi);
         const int64_t s1 = s0 + c->seg < c->kbn ? s0 + c->seg : c->kbn;
+        if (m0 == 0 && p + 1 < c->np) { /* and the next panel's scales (a line a group) */
+            const int64_t pn = ((p + 1) * c->ng + g) * QE_LB_PR;
+            _mm_prefetch((const char*)(c->s + pn), _MM_HINT_T0);
+            if (c->sz) _mm_prefetch((const char*)(c->sz + pn), _MM_HINT_T0);
+        }
         __m256 acc[2][3][2];
         for (int m = 0; m < MR; ++m)
             for (int b = 0; b < BITS; ++b) acc[m][b][0] = acc[m][b][1] = _mm256_setzero_ps();
