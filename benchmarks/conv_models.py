@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from explorer import machine
 from explorer.kernels.select import interleaved_medians
 from explorer.measure import emulate
 from explorer.models.registry import builtin_models
@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     emulate.script_guard(args.isa, __file__)
     libraries = emulate.libraries()  # before MKL or oneDNN first run: their headers
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    load_before = machine.load_average()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -115,7 +115,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpu_time": args.cpu_time,
         "loadavg_before": load_before,
-        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+        "loadavg_after": machine.load_average(),
         "isa_forced": emulate.forced(),
         "libraries": libraries,
         "rows": rows,

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from explorer import machine  # noqa: E402
 from explorer.measure import emulate  # noqa: E402
 from explorer.measure.evaluation import concat_stats, lm_stats  # noqa: E402
 from explorer.measure.latency import time_callable  # noqa: E402
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--clock cpu counts one thread's CPU time: use it with --threads 1")
     libraries = emulate.libraries()  # before MKL or oneDNN first run: their headers
     torch.set_num_threads(args.threads)
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    load_before = machine.load_average()
     spec = get_builtin("tiny-lm")
     model = spec.load() if args.hidden is None else resized_llama(spec.load(), args.hidden)
     x, y = (t[: args.eval_rows] for t in spec.load_split("eval"))
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "eval_rows": int(x.shape[0]),
         "loadavg_before": load_before,
-        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+        "loadavg_after": machine.load_average(),
         "isa_forced": emulate.forced(),
         "libraries": libraries,
         "rows": rows,

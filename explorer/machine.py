@@ -136,6 +136,15 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS has none): benchmarks record
+    them before and after a run, since other jobs on the machine inflate wall-clock times."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on: its affinity mask where the OS has one, else the count."""
     try:

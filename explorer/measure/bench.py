@@ -28,7 +28,6 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -402,15 +401,13 @@ def run_bench(
     thread's CPU time, which other jobs on a loaded machine inflate less than the wall clock."""
     timer = {"wall": time.perf_counter, "cpu": time.thread_time}[clock]
     libraries = emulate.libraries(ggml=bool(ggml_formats))  # before MKL or oneDNN first run
-    load = Path("/proc/loadavg")
-    before = load.read_text().split()[:3] if load.exists() else None
+    before = machine.load_average()
     with timing_lock():
         rows = bench_linear(ms, n, k, repeats, include_slow, progress, ggml_formats, timer)
         if conv:
             rows += bench_conv(max(5, repeats // 2), progress, timer)
     env = environment(libraries)
-    env.update(clock=clock, loadavg_before=before)
-    env["loadavg_after"] = load.read_text().split()[:3] if load.exists() else None
+    env.update(clock=clock, loadavg_before=before, loadavg_after=machine.load_average())
     return {"env": env, "rows": rows}
 
 
